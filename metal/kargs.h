@@ -1,0 +1,100 @@
+// Kernel argument structs: the single definition shared by Metal (this header), WGSL (mirrored
+// as `struct` declarations in python/fastllm/backends/shaders/*.wgsl) and Python (packed by field
+// name through fastllm.kargs, which parses this file). A test checks all three agree.
+//
+// Rules: 32-bit fields only (uint32_t, int32_t, float) so WGSL can mirror them; each struct is
+// padded to a multiple of 16 bytes (WGSL uniform layout). Field order is the layout.
+#pragma once
+#ifdef __METAL_VERSION__
+#include <metal_stdlib>
+typedef uint uint32_t;
+typedef int int32_t;
+#else
+#include <stdint.h>
+#endif
+
+// Per-run values shared by every dispatch of a step: a program is recorded once and only this
+// changes from one token to the next (DESIGN.md, principle 5).
+struct kargs_step {
+    uint32_t pos;       // position of the first token of this run
+    uint32_t n_tokens;  // tokens in this run
+    uint32_t n_kv;      // pos + n_tokens: positions visible to the last token
+    uint32_t _pad0;
+};
+
+struct kargs_get_rows {
+    uint32_t n_rows;    // tokens
+    uint32_t n_cols;    // row length of the table
+    uint32_t n_vocab;   // rows of the table (ids are clamped into range)
+    uint32_t _pad0;
+};
+
+struct kargs_rms_norm {
+    uint32_t n_rows;
+    uint32_t n_cols;
+    uint32_t group;       // normalise each group of this many values (n_cols or head_dim)
+    uint32_t has_weight;  // 0: no weight multiply
+    float eps;
+    uint32_t _pad0;
+    uint32_t _pad1;
+    uint32_t _pad2;
+};
+
+// y (M x N) = x (M x K) @ W^T with W (N x K) of the kernel's weight type.
+struct kargs_mul_mat {
+    uint32_t M;  // rows of x (tokens)
+    uint32_t N;  // rows of W (outputs)
+    uint32_t K;  // row length of x and W
+    uint32_t w_row_words;  // 32-bit words per W row in the repacked layout
+};
+
+// Element-wise a (op) b over n values; b repeats every b_period values (a bias row) or is full.
+struct kargs_binary {
+    uint32_t n;
+    uint32_t b_period;
+    float s;            // scale: the scalar of kernel_scale
+    uint32_t _pad0;
+};
+
+struct kargs_rope {
+    uint32_t n_rows;
+    uint32_t n_head;
+    uint32_t head_dim;
+    uint32_t n_rot;
+    float base;
+    float freq_scale;
+    uint32_t neox;             // 1: pairs (i, i + n_rot/2); 0: pairs (2i, 2i + 1)
+    uint32_t has_freq_factors;
+};
+
+struct kargs_kv_store {
+    uint32_t n_rows;
+    uint32_t kv_dim;
+    uint32_t ring;     // rows in this layer's cache; position p is stored in row p % ring
+    uint32_t _pad0;
+};
+
+struct kargs_attention {
+    uint32_t n_rows;
+    uint32_t n_head;
+    uint32_t n_kv_head;
+    uint32_t head_dim;
+    float scale;
+    float softcap;     // 0: none
+    uint32_t window;   // 0: full causal; else attend to the last `window` positions
+    uint32_t ring;     // rows in this layer's cache (n_ctx unless a sliding window)
+};
+
+struct kargs_unary {
+    uint32_t n;
+    uint32_t _pad0;
+    uint32_t _pad1;
+    uint32_t _pad2;
+};
+
+struct kargs_argmax {
+    uint32_t n_rows;
+    uint32_t n_cols;
+    uint32_t _pad0;
+    uint32_t _pad1;
+};

@@ -1,0 +1,36 @@
+"""fastllm: local LLM inference on GGUF files, native Metal on Apple Silicon, WebGPU elsewhere.
+
+    from fastllm import Model
+    print(Model.load("model.gguf").generate("Hello", max_tokens=64))
+"""
+
+from .errors import (
+    BackendError,
+    ContextOverflowError,
+    FastLLMError,
+    GGUFError,
+    PullError,
+    TemplateError,
+    TokenizerError,
+    UnsupportedError,
+)
+
+def __getattr__(name: str):
+    # Model and Tokenizer load on first use: `import fastllm.kargs` and the CLI's --help stay fast
+    if name == "Model":
+        from .model import Model
+
+        return Model
+    if name == "Tokenizer":
+        from .tokenizer import Tokenizer
+
+        return Tokenizer
+    raise AttributeError(f"module 'fastllm' has no attribute {name!r}")
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Model", "Tokenizer", "FastLLMError", "GGUFError", "UnsupportedError", "TokenizerError",
+    "ContextOverflowError", "BackendError", "TemplateError", "PullError", "__version__",
+]

@@ -1,0 +1,197 @@
+"""The op set: what a model may ask of a backend, and the graph it is recorded into.
+
+A model never computes. It records one forward pass over `n_tokens` tokens into a `Graph` with the
+builder methods below; a backend compiles that graph once into a `Program` and runs it many times.
+The start position of the tokens is *not* part of the graph: it is a run-time scalar (`pos`), so
+the decode graph (n_tokens = 1) is recorded once and replayed for every token, and a GPU backend
+only rewrites a small uniform per step (DESIGN.md, principle 5).
+
+Every op's meaning is defined by `backends/reference.py` (NumPy, float32); the WebGPU and Metal
+kernels are tested against it. Op names here match kernel names `kernel_<op>[_<variant>]_<type>`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..gguf import TensorInfo
+from ..quants import GGMLType
+
+
+@dataclass(eq=False)
+class Weight:
+    """A model tensor as a backend holds it (quantized where the file is). `shape` is numpy order:
+    a matrix is (n_out, n_in); `handle` is the backend's own object."""
+
+    name: str
+    type: GGMLType
+    shape: tuple[int, ...]
+    handle: Any = None
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """KV cache layout: per layer, `sizes[l]` rows of `kv_dim` values for K and for V.
+    A layer whose size is below n_ctx is a ring (sliding-window attention): position p lives in
+    row p % size."""
+
+    n_ctx: int
+    kv_dim: tuple[int, ...]  # per layer (n_kv_head * head_dim)
+    sizes: tuple[int, ...]  # per layer
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sizes)
+
+
+@dataclass(eq=False)
+class Value:
+    """A symbolic activation in a graph: float32 (or int32) of a static shape (rows = tokens)."""
+
+    id: int
+    shape: tuple[int, ...]
+    dtype: str = "f32"
+
+    @property
+    def cols(self) -> int:
+        return self.shape[-1]
+
+
+@dataclass(eq=False)
+class Node:
+    op: str
+    args: tuple[Any, ...]  # Values and Weights
+    attrs: dict[str, Any]
+    out: Value | None
+
+
+@dataclass(eq=False)
+class Graph:
+    """One forward pass over `n_tokens` tokens starting at the run-time position `pos`."""
+
+    n_tokens: int
+    nodes: list[Node] = field(default_factory=list)
+    outputs: dict[str, Value] = field(default_factory=dict)
+    _next: int = 0
+
+    def __post_init__(self) -> None:
+        self.tokens = self._value((self.n_tokens,), "i32")  # input: token ids, int32 [n]
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _value(self, shape: tuple[int, ...], dtype: str = "f32") -> Value:
+        v = Value(self._next, tuple(int(s) for s in shape), dtype)
+        self._next += 1
+        return v
+
+    def _add(self, op: str, args: tuple, out_shape, dtype: str = "f32", **attrs) -> Value | None:
+        out = self._value(out_shape, dtype) if out_shape is not None else None
+        self.nodes.append(Node(op, args, attrs, out))
+        return out
+
+    def output(self, name: str, v: Value) -> None:
+        """Mark v as a result of the program, returned by Program.run under `name`."""
+        self.outputs[name] = v
+
+    # -- ops -----------------------------------------------------------------------------------
+    def get_rows(self, w: Weight, ids: Value) -> Value:
+        """Embedding lookup: rows ids of w (n_vocab, d) -> (n, d) float32."""
+        return self._add("get_rows", (w, ids), (ids.shape[0], w.shape[-1]))
+
+    def rms_norm(self, x: Value, w: Weight | None, eps: float, group: int | None = None) -> Value:
+        """x / sqrt(mean(x^2) + eps) * w over each contiguous group of `group` values of a row
+        (default: the whole row; head_dim for per-head q/k norms). w has `group` values."""
+        g = group or x.cols
+        assert x.cols % g == 0
+        return self._add("rms_norm", (x, w), x.shape, eps=float(eps), group=int(g))
+
+    def matmul(self, x: Value, w: Weight) -> Value:
+        """x (n, k) @ w.T where w is (m, k) in any supported type -> (n, m)."""
+        assert w.shape[-1] == x.cols, (w.name, w.shape, x.shape)
+        return self._add("mul_mat", (x, w), (x.shape[0], w.shape[0]))
+
+    def add(self, a: Value, b: Value | Weight) -> Value:
+        """a + b; a Weight b of a row's length is added to every row (biases)."""
+        return self._add("add", (a, b), a.shape)
+
+    def mul(self, a: Value, b: Value | Weight) -> Value:
+        """a * b elementwise; a Weight b of a row's length is broadcast over rows."""
+        return self._add("mul", (a, b), a.shape)
+
+    def scale(self, x: Value, s: float) -> Value:
+        return self._add("scale", (x,), x.shape, s=float(s))
+
+    def rope(self, x: Value, *, n_head: int, head_dim: int, n_rot: int, base: float,
+             freq_scale: float = 1.0, neox: bool = False, freq_factors: Weight | None = None
+             ) -> Value:
+        """Rotary embedding of each head of x (n, n_head*head_dim) at positions pos..pos+n-1.
+        The first n_rot dims of a head rotate: pairs (2i, 2i+1) in normal mode, (i, i+n_rot/2) in
+        NeoX mode, by angle p * freq_scale * base^(-2i/n_rot) / freq_factors[i]."""
+        assert x.cols == n_head * head_dim and n_rot <= head_dim and n_rot % 2 == 0
+        return self._add("rope", (x, freq_factors), x.shape, n_head=n_head, head_dim=head_dim,
+                         n_rot=n_rot, base=float(base), freq_scale=float(freq_scale),
+                         neox=bool(neox))
+
+    def kv_store(self, layer: int, k: Value, v: Value) -> None:
+        """Write k, v (n, kv_dim) into the layer's cache at positions pos..pos+n-1."""
+        self._add("kv_store", (k, v), None, layer=layer)
+
+    def attention(self, q: Value, layer: int, *, n_head: int, n_kv_head: int, head_dim: int,
+                  scale: float, window: int = 0, softcap: float = 0.0) -> Value:
+        """Causal attention of q (n, n_head*head_dim) at positions pos..pos+n-1 over the layer's
+        cache (positions 0..pos+i for row i; only the last `window` of them when window > 0).
+        GQA: query head h reads KV head h // (n_head // n_kv_head)."""
+        return self._add("attention", (q,), q.shape, layer=layer, n_head=n_head,
+                         n_kv_head=n_kv_head, head_dim=head_dim, scale=float(scale),
+                         window=int(window), softcap=float(softcap))
+
+    def swiglu(self, gate: Value, up: Value) -> Value:
+        """silu(gate) * up."""
+        return self._add("swiglu", (gate, up), gate.shape)
+
+    def geglu(self, gate: Value, up: Value) -> Value:
+        """gelu(gate) * up, GELU in its tanh approximation (as ggml's gelu)."""
+        return self._add("geglu", (gate, up), gate.shape)
+
+    def last_row(self, x: Value) -> Value:
+        """The last row of x: (1, d). Generation needs only the last token's logits."""
+        return self._add("last_row", (x,), (1, x.cols))
+
+    def argmax(self, x: Value) -> Value:
+        """Index of each row's maximum (first on ties): int32 (n,)."""
+        return self._add("argmax", (x,), (x.shape[0],), "i32")
+
+
+class Program(ABC):
+    """A compiled graph. `run` evaluates it for `tokens` starting at position `pos`."""
+
+    @abstractmethod
+    def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:
+        ...
+
+
+class Backend(ABC):
+    """What every backend implements. Weights are loaded once; graphs compile once."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def load_weight(self, info: TensorInfo) -> Weight:
+        """Take a GGUF tensor onto the backend, keeping its type (quantized stays quantized)."""
+
+    @abstractmethod
+    def init_kv(self, spec: KVSpec) -> None:
+        """Allocate (or re-allocate) the KV cache."""
+
+    @abstractmethod
+    def compile(self, graph: Graph) -> Program:
+        """Turn a recorded graph into a program that can be run many times."""
+
+    def close(self) -> None:
+        """Release device memory."""
+
+    def describe(self) -> str:
+        return self.name

@@ -1,0 +1,68 @@
+"""`fastllm bench`: prefill (pp) and decode (tg) speed in llama-bench's table shape.
+
+pp<N>: N random prompt tokens evaluated from an empty cache (logits of the last one, as
+llama-bench). tg<N>: N tokens decoded one at a time after a single BOS, as llama-bench's tg test
+(which starts from an empty context). Each test runs once to warm up, then -r times.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def _time_pp(m, n: int, rng) -> float:
+    ids = rng.integers(0, m.n_vocab, size=n).astype(np.int32)
+    m._cached = []
+    t0 = time.perf_counter()
+    m.prefill(ids)
+    return n / (time.perf_counter() - t0)
+
+
+def _time_tg(m, n: int, rng) -> float:
+    m._cached = []
+    m.prefill([m.tokenizer.bos_id if m.tokenizer.bos_id is not None else 0])
+    ids = rng.integers(0, m.n_vocab, size=n)
+    t0 = time.perf_counter()
+    for t in ids:
+        m.decode(int(t))
+    return n / (time.perf_counter() - t0)
+
+
+def run_bench(a) -> int:
+    from .model import Model
+    from .pull import resolve
+
+    path = resolve(a.model)
+    n_ctx = a.ctx or max(a.n_prompt, a.n_gen + 1, 16)
+    m = Model.load(path, backend=a.backend, n_ctx=n_ctx)
+    rng = np.random.default_rng(0)
+    size = sum(t.data.nbytes for t in m.file.tensors.values())
+    name = os.path.basename(m.path)
+    rows = []
+    tests = []
+    if a.n_prompt > 0:
+        tests.append((f"pp{a.n_prompt}", lambda: _time_pp(m, a.n_prompt, rng)))
+    if a.n_gen > 0:
+        tests.append((f"tg{a.n_gen}", lambda: _time_tg(m, a.n_gen, rng)))
+    for label, fn in tests:
+        fn()  # warm-up: compiles programs, fills caches
+        vals = [fn() for _ in range(max(1, a.repetitions))]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        rows.append((label, statistics.mean(vals), sd))
+    print(f"| model | size | backend | test | t/s |")
+    print(f"| --- | ---: | --- | --- | ---: |")
+    for label, mean, sd in rows:
+        print(f"| {name} | {size / 2**20:.2f} MiB | {m.backend.describe()} | {label} | "
+              f"{mean:.2f} ± {sd:.2f} |")
+    extra = [f"load {m.load_seconds:.2f} s"]
+    stats = getattr(m.backend, "stats", None)
+    if callable(stats):
+        extra += [f"{k} {v}" for k, v in stats().items()]
+    print("fastllm bench: " + ", ".join(extra), file=sys.stderr)
+    m.close()
+    return 0

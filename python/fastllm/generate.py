@@ -1,0 +1,83 @@
+"""Generation loops: token ids first (generate_token_ids), text and stop strings on top of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from .sampling import make_sampler
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+def generate_token_ids(model: Model, prompt: Sequence[int], max_tokens: int = 256,
+                       temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                       min_p: float = 0.05, repeat_penalty: float = 1.0,
+                       seed: int | None = None) -> Iterator[int]:
+    """Sample up to max_tokens ids after prompt. Ends at an end-of-generation token (not yielded)
+    or when the context is full. The prompt is evaluated (reusing the cached prefix it shares
+    with the previous call) before the first id is produced."""
+    if max_tokens is not None and max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+    sample = make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                          repeat_penalty=repeat_penalty, seed=seed)
+    history = [int(t) for t in prompt]
+    eog = model.tokenizer.eog_ids
+    logits = model.prefill(history)
+    n = 0
+    while max_tokens is None or n < max_tokens:
+        tok = sample(logits, history)
+        if tok in eog:
+            return
+        yield tok
+        n += 1
+        history.append(tok)
+        if len(history) >= model.n_ctx or (max_tokens is not None and n >= max_tokens):
+            return
+        logits = model.decode(tok)
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of text that could begin a stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def generate_text(model: Model, prompt: Sequence[int], stop: str | Sequence[str] | None = None,
+                  **sampling) -> Iterator[str]:
+    """Text pieces of the continuation. Pieces never split a UTF-8 character, and text that might
+    begin a stop string is held back until it is known not to."""
+    from .tokenizer import StreamDecoder
+
+    stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+    dec = StreamDecoder(model.tokenizer)
+    pending = ""
+    tokens = generate_token_ids(model, prompt, **sampling)
+    for tok in tokens:
+        pending += dec.feed(tok)
+        if stops:
+            hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
+            if hits:
+                if min(hits):
+                    yield pending[:min(hits)]
+                tokens.close()
+                return
+            keep = _held_back(pending, stops)
+            out, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
+        else:
+            out, pending = pending, ""
+        if out:
+            yield out
+    pending += dec.flush()
+    if stops:
+        hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
+        if hits:
+            pending = pending[:min(hits)]
+    if pending:
+        yield pending

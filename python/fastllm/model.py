@@ -1,0 +1,242 @@
+"""`Model`: a GGUF file loaded onto a backend, with tokenizer, chat template and generation."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .backends import create_backend
+from .backends.base import Backend, Program
+from .errors import ContextOverflowError, GGUFError
+from .generate import generate_text, generate_token_ids
+from .gguf import GGUFFile, open_gguf
+from .models import architecture_for
+from .models.base import Architecture, Config
+from .tokenizer import Tokenizer
+
+DEFAULT_N_CTX = 4096
+DEFAULT_N_BATCH = 512
+
+
+class Model:
+    """A loaded model. Create with `Model.load(path)`."""
+
+    def __init__(self, file: GGUFFile, arch: Architecture, tokenizer: Tokenizer,
+                 backend: Backend, n_ctx: int, n_batch: int, load_seconds: float):
+        self.file = file
+        self.path = file.path
+        self.net = arch
+        self.config: Config = arch.cfg
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.load_seconds = load_seconds
+        self._programs: dict[tuple[int, bool], Program] = {}
+        self._cached: list[int] = []  # tokens whose K/V are in the cache, in position order
+        self._chat = None
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: str | Backend | None = None,
+             n_ctx: int | None = None,
+             n_batch: int = DEFAULT_N_BATCH) -> Model:
+        """Load a GGUF model. `backend`: "reference", "webgpu", "metal" or None (the best one
+        available). `n_ctx`: context length; None means min(training context, 4096). A known
+        model name (e.g. "smollm2-135m") that is not a file is pulled first."""
+        from .pull import KNOWN, pull
+
+        t0 = time.perf_counter()
+        p = os.fspath(path)
+        if p in KNOWN and not os.path.exists(p):
+            p = os.fspath(pull(p))
+        f = open_gguf(p)
+        arch_cls = architecture_for(f.architecture, f.path)
+        cfg = arch_cls.config(f.metadata, f.path)
+        tok = Tokenizer.from_metadata(f.metadata, f.path)
+        if cfg.n_vocab == 0:
+            cfg.n_vocab = tok.n_vocab
+        for name in arch_cls.required_tensors(cfg):
+            f.tensor(name)  # raises GGUFError naming the missing tensor
+        emb = f.tensor("token_embd.weight")
+        if emb.shape != (cfg.n_vocab, cfg.n_embd):
+            raise GGUFError(f"{f.path}: tensor 'token_embd.weight' has shape {emb.shape}, "
+                            f"expected {(cfg.n_vocab, cfg.n_embd)}")
+        if n_ctx is None:
+            n_ctx = min(cfg.n_ctx_train, DEFAULT_N_CTX)
+        if not isinstance(n_ctx, int) or n_ctx < 1:
+            raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
+        n_batch = max(1, min(n_batch, n_ctx))
+        be = create_backend(backend)
+        try:
+            weights = {name: be.load_weight(info) for name, info in f.tensors.items()}
+            net = arch_cls(cfg, weights)
+            be.init_kv(net.kv_spec(n_ctx, n_batch))
+        except BaseException:
+            be.close()  # nothing half-loaded stays on the device
+            raise
+        return cls(f, net, tok, be, n_ctx, n_batch, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        """Free the backend's memory. The model cannot be used afterwards."""
+        self._programs.clear()
+        self.backend.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- metadata ------------------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Every GGUF metadata key of the file."""
+        return self.file.metadata
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config.n_vocab
+
+    def __repr__(self) -> str:
+        return (f"Model({os.path.basename(self.path)!r}, arch={self.config.arch}, "
+                f"backend={self.backend.describe()}, n_ctx={self.n_ctx})")
+
+    # -- tokens --------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of text. add_bos adds BOS/EOS exactly when the metadata asks for them."""
+        return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of token ids (control tokens are not rendered)."""
+        return self.tokenizer.decode(ids)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _program(self, n: int, all_logits: bool) -> Program:
+        key = (n, all_logits)
+        prog = self._programs.get(key)
+        if prog is None:
+            if len(self._programs) > 16:  # odd prompt lengths: keep the decode program
+                self._programs = {k: v for k, v in self._programs.items() if k[0] == 1}
+            prog = self.backend.compile(self.net.build(n, all_logits))
+            self._programs[key] = prog
+        return prog
+
+    def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
+        arr = np.asarray(list(ids), dtype=np.int64)
+        if arr.ndim != 1:
+            raise ValueError("token ids must be a flat sequence of ints")
+        if len(arr) and (arr.min() < 0 or arr.max() >= self.n_vocab):
+            bad = int(arr[(arr < 0) | (arr >= self.n_vocab)][0])
+            raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
+        if len(arr) > self.n_ctx:
+            raise ContextOverflowError(f"{len(arr)} tokens do not fit the context of {self.n_ctx} "
+                                       f"(load with a larger n_ctx=, up to the model's "
+                                       f"{self.config.n_ctx_train})")
+        return arr.astype(np.int32)
+
+    def _eval(self, ids: np.ndarray, pos: int, all_logits: bool) -> np.ndarray:
+        """Run ids at positions pos.. through the network in batches; logits of the last token
+        (1, n_vocab), or of every token (n, n_vocab)."""
+        out = []
+        for s in range(0, len(ids), self.n_batch):
+            chunk = ids[s:s + self.n_batch]
+            last = s + self.n_batch >= len(ids)
+            r = self._program(len(chunk), all_logits).run(chunk, pos + s)
+            if all_logits or last:
+                out.append(r["logits"])
+        return np.concatenate(out) if all_logits else out[-1]
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 (len(ids), n_vocab): the logits after each token, from an empty cache."""
+        arr = self._check_ids(ids)
+        if len(arr) == 0:
+            return np.zeros((0, self.n_vocab), np.float32)
+        self._cached = []
+        r = self._eval(arr, 0, all_logits=True)
+        self._cached = list(map(int, arr))
+        return r
+
+    def _reusable(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of ids are already in the KV cache at the right positions."""
+        n = 0
+        for a, b in zip(self._cached, ids):
+            if a != b:
+                break
+            n += 1
+        spec = self.backend_kv_spec
+        if n < len(self._cached) and spec is not None and min(spec.sizes) < spec.n_ctx:
+            # a ring (sliding-window) layer may have overwritten the rows a rollback needs
+            if len(self._cached) - n > min(spec.sizes) - self.config.sliding_window:
+                return 0
+        return min(n, len(ids) - 1)  # always evaluate the last token: its logits are needed
+
+    @property
+    def backend_kv_spec(self):
+        return getattr(self.backend, "spec", None)
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        """Evaluate a prompt, reusing the cached prefix it shares with the last one; the last
+        token's logits (n_vocab,)."""
+        arr = self._check_ids(ids)
+        if len(arr) == 0:
+            raise ValueError("empty prompt: give at least one token (e.g. BOS)")
+        start = self._reusable(arr)
+        self._cached = self._cached[:start]
+        logits = self._eval(arr[start:], start, all_logits=False)[-1]
+        self._cached = list(map(int, arr))
+        return logits
+
+    def decode(self, token: int) -> np.ndarray:
+        """Append one token after the cached ones; its logits (n_vocab,)."""
+        pos = len(self._cached)
+        if pos >= self.n_ctx:
+            raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
+        r = self._program(1, False).run(np.array([token], np.int32), pos)["logits"][-1]
+        self._cached.append(int(token))
+        return r
+
+    # -- generation ----------------------------------------------------------------------------
+    def prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenize(prompt, add_bos=True, special=True)
+        return [int(t) for t in prompt]
+
+    def generate_tokens(self, prompt: str | Sequence[int], **sampling) -> Iterator[int]:
+        """Generated token ids, one at a time (end-of-generation tokens end it, unyielded).
+        Sampling arguments as for generate()."""
+        return generate_token_ids(self, self.prompt_ids(prompt), **sampling)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256,
+                 temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, repeat_penalty: float = 1.0, seed: int | None = None,
+                 stop: str | Sequence[str] | None = None, stream: bool = False):
+        """The continuation of prompt as text (or, with stream=True, an iterator of pieces whose
+        concatenation is that text). Stops at end-of-generation tokens, at any `stop` string
+        (not included), at max_tokens, or when the context is full. temperature=0 is greedy."""
+        it = generate_text(self, self.prompt_ids(prompt), stop=stop, max_tokens=max_tokens,
+                           temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                           repeat_penalty=repeat_penalty, seed=seed)
+        return it if stream else "".join(it)
+
+    def chat(self, messages: Sequence[dict], **sampling):
+        """Reply to a conversation (list of {"role", "content"}) rendered with the model's chat
+        template; arguments as for generate()."""
+        return self.generate(self.chat_prompt(messages), **sampling)
+
+    def chat_prompt(self, messages: Sequence[dict]) -> list[int]:
+        """Token ids of messages rendered with the chat template, ready for the assistant."""
+        from .chat import ChatTemplate
+
+        if self._chat is None:
+            self._chat = ChatTemplate.from_metadata(self.metadata, self.tokenizer)
+        text = self._chat.render(list(messages), add_generation_prompt=True)
+        ids = self.tokenize(text, add_bos=True, special=True)
+        bos = self.tokenizer.bos_id
+        if len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            ids = ids[1:]  # the template wrote BOS itself: do not double it (llama.cpp warns)
+        return ids

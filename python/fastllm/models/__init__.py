@@ -1,0 +1,24 @@
+"""Model architectures by GGUF `general.architecture`. Each module describes its network with the
+op set of backends/base.py and never imports a backend."""
+
+from __future__ import annotations
+
+from ..errors import UnsupportedError
+from .base import Architecture
+from .gemma3 import Gemma3
+from .llama import Llama
+from .qwen2 import Qwen2
+from .qwen3 import Qwen3
+
+ARCHITECTURES: dict[str, type[Architecture]] = {
+    cls.arch: cls for cls in (Llama, Qwen2, Qwen3, Gemma3)
+}
+
+
+def architecture_for(arch: str, path: str = "") -> type[Architecture]:
+    """The class for a GGUF general.architecture, or a clear error listing the supported ones."""
+    if arch not in ARCHITECTURES:
+        where = f"{path}: " if path else ""
+        raise UnsupportedError(f"{where}unsupported architecture {arch!r}; fastllm runs "
+                               f"{', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[arch]

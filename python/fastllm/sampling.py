@@ -1,0 +1,85 @@
+"""Sampling as pure functions over a logits row, composed by make_sampler().
+
+Order follows llama.cpp's default chain: repetition penalty, top-k, top-p, min-p, temperature,
+then a draw. temperature <= 0 means greedy (argmax of the raw logits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Sampler = Callable[[np.ndarray, Sequence[int]], int]
+
+
+def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.ndarray:
+    """CTRL-style penalty on tokens seen recently: positive logits divided, negative multiplied."""
+    if penalty == 1.0 or not len(recent):
+        return logits
+    out = logits.copy()
+    ids = np.unique(np.asarray(recent, dtype=np.int64))
+    v = out[ids]
+    out[ids] = np.where(v > 0, v / penalty, v * penalty)
+    return out
+
+
+def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
+    """Keep the k largest logits (others -inf). k <= 0 keeps all."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = np.partition(logits, -k)[-k]
+    return np.where(logits >= kth, logits, -np.inf)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = np.exp(x - np.max(x))
+    return x / x.sum()
+
+
+def top_p_mask(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep the smallest set of most likely tokens whose probability reaches p."""
+    if p >= 1.0:
+        return logits
+    probs = softmax(logits)
+    order = np.argsort(-probs, kind="stable")
+    cum = np.cumsum(probs[order])
+    keep_n = int(np.searchsorted(cum, p) + 1)
+    out = np.full_like(logits, -np.inf)
+    out[order[:keep_n]] = logits[order[:keep_n]]
+    return out
+
+
+def min_p_mask(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """Drop tokens whose probability is below min_p times the most likely token's."""
+    if min_p <= 0.0:
+        return logits
+    probs = softmax(logits)
+    return np.where(probs >= min_p * probs.max(), logits, -np.inf)
+
+
+def make_sampler(temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
+                 seed: int | None = None) -> Sampler:
+    """A function (logits row, previous token ids) -> next token id."""
+    for name, v, lo in (("temperature", temperature, 0.0), ("top_p", top_p, 0.0),
+                        ("min_p", min_p, 0.0), ("repeat_penalty", repeat_penalty, 1e-6)):
+        if not np.isfinite(v) or v < lo:
+            raise ValueError(f"sampling argument {name}={v!r} is out of range")
+    rng = np.random.default_rng(seed)
+
+    def sample(logits: np.ndarray, history: Sequence[int]) -> int:
+        x = np.asarray(logits, dtype=np.float32).reshape(-1)
+        x = apply_repeat_penalty(x, history[-repeat_last_n:] if repeat_last_n else (),
+                                 repeat_penalty)
+        if temperature <= 0.0:
+            return int(np.argmax(x))
+        x = top_k_mask(x, top_k)
+        x = top_p_mask(x, top_p)
+        x = min_p_mask(x, min_p)
+        probs = softmax(x / temperature)
+        return int(rng.choice(probs.shape[0], p=probs))
+
+    sample.greedy = temperature <= 0.0 and repeat_penalty == 1.0  # type: ignore[attr-defined]
+    return sample

@@ -1,0 +1,124 @@
+"""Each bad input gets its own test: one clear exception, a subclass of FastLLMError, naming the
+file, tensor or key at fault."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+from fastllm import (
+    ContextOverflowError,
+    FastLLMError,
+    GGUFError,
+    Model,
+    Tokenizer,
+    UnsupportedError,
+)
+from tinymodels import write_tiny_model
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("m") / "llama.gguf", "llama")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(GGUFError, match="no such file") as e:
+        Model.load(tmp_path / "nope.gguf", backend="reference")
+    assert "nope.gguf" in str(e.value)
+
+
+def test_wrong_magic(tmp_path):
+    p = tmp_path / "x.gguf"
+    p.write_bytes(b"GGML" + bytes(100))
+    with pytest.raises(GGUFError, match="not a GGUF file"):
+        Model.load(p, backend="reference")
+    with pytest.raises(FastLLMError):
+        Tokenizer.load(p)
+
+
+@pytest.mark.parametrize("keep", [0.01, 0.3, 0.999])
+def test_truncated_file(good, tmp_path, keep):
+    data = good.read_bytes()
+    p = tmp_path / "cut.gguf"
+    p.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(GGUFError, match="cut.gguf"):
+        Model.load(p, backend="reference")
+
+
+def test_tensor_data_past_end(good, tmp_path):
+    """Header intact, data region short: the tensor whose data runs off the end is named."""
+    data = good.read_bytes()
+    p = tmp_path / "short.gguf"
+    p.write_bytes(data[:-64])
+    with pytest.raises(GGUFError, match=r"tensor '.*' data ends .* past the end"):
+        Model.load(p, backend="reference")
+
+
+def test_unsupported_tensor_type(tmp_path):
+    p = tmp_path / "iq.gguf"
+    w = gguf.GGUFWriter(str(p), "llama")
+    raw = np.zeros((4, 66), np.uint8)  # 4 rows of one IQ2_XXS block (256 values, 66 bytes)
+    w.add_tensor("blk.0.attn_q.weight", raw, raw_shape=raw.shape,
+                 raw_dtype=gguf.GGMLQuantizationType.IQ2_XXS)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedError, match=r"unsupported tensor type IQ2_XXS in tensor "
+                                               r"'blk.0.attn_q.weight'"):
+        Model.load(p, backend="reference")
+
+
+def test_unknown_architecture(tmp_path):
+    p = tmp_path / "arch.gguf"
+    w = gguf.GGUFWriter(str(p), "mamba9")
+    w.add_tensor("x.weight", np.zeros(4, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedError, match=r"unsupported architecture 'mamba9'.*llama"):
+        Model.load(p, backend="reference")
+
+
+def test_missing_tensor_named(good, tmp_path):
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(good))
+    p = tmp_path / "missing.gguf"
+    w = gguf.GGUFWriter(str(p), "llama")
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k == "general.architecture":
+            continue
+        w.add_key_value(k, f.contents(), f.types[0], f.types[-1] if len(f.types) > 1 else None)
+    for t in r.tensors:
+        if t.name != "blk.1.ffn_up.weight":
+            w.add_tensor(t.name, np.array(t.data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(GGUFError, match="missing tensor 'blk.1.ffn_up.weight'"):
+        Model.load(p, backend="reference")
+
+
+def test_prompt_longer_than_context(good):
+    m = Model.load(good, backend="reference", n_ctx=8)
+    with pytest.raises(ContextOverflowError, match="do not fit the context of 8"):
+        m.generate(list(range(3, 20)), max_tokens=1)
+    with pytest.raises(ContextOverflowError):
+        m.logits(list(range(3, 20)))
+    # the failed call left the model usable
+    assert m.logits([1, 5, 6]).shape == (3, m.n_vocab)
+
+
+def test_bad_token_id_and_arguments(good):
+    m = Model.load(good, backend="reference", n_ctx=8)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        m.logits([1, 10**6])
+    with pytest.raises(ValueError, match="temperature"):
+        m.generate("a", temperature=-1)
+    with pytest.raises(FastLLMError, match="unknown backend"):
+        Model.load(good, backend="cuda")

@@ -1,0 +1,47 @@
+"""Sampling functions against their definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastllm.sampling import (
+    apply_repeat_penalty,
+    make_sampler,
+    min_p_mask,
+    softmax,
+    top_k_mask,
+    top_p_mask,
+)
+
+
+def test_top_k_keeps_k_largest():
+    x = np.random.default_rng().standard_normal(100).astype(np.float32)
+    kept = np.isfinite(top_k_mask(x, 7))
+    assert kept.sum() == 7 and set(np.flatnonzero(kept)) == set(np.argsort(-x)[:7])
+
+
+def test_top_p_smallest_set_reaching_p():
+    x = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+    assert np.isfinite(top_p_mask(x, 0.7)).tolist() == [True, True, False, False]
+    assert np.isfinite(top_p_mask(x, 0.85)).tolist() == [True, True, True, False]
+
+
+def test_min_p_relative_to_max():
+    x = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+    assert np.isfinite(min_p_mask(x, 0.2)).tolist() == [True, True, True, False]
+
+
+def test_repeat_penalty_sign_aware():
+    x = np.array([2.0, -2.0, 1.0], np.float32)
+    y = apply_repeat_penalty(x, [0, 1], 2.0)
+    assert y.tolist() == [1.0, -4.0, 1.0]
+
+
+def test_greedy_and_seed():
+    x = np.random.default_rng().standard_normal(50).astype(np.float32)
+    assert make_sampler(temperature=0)(x, []) == int(np.argmax(x))
+    a = [make_sampler(temperature=1.0, seed=3)(x, []) for _ in range(5)]
+    assert len(set(a)) == 1
+    s = make_sampler(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1)
+    draws = np.bincount([s(x, []) for _ in range(4000)], minlength=50) / 4000
+    assert np.abs(draws - softmax(x)).max() < 0.05
