@@ -16,12 +16,12 @@ WORDS = ["▁the", "▁a", "▁cat", "▁dog", "▁sat", "▁on", "▁mat", "▁
          "▁time", "▁there", "▁was", "▁little", "▁girl", ".", ",", "▁", "e", "t", "a", "o", "n"]
 
 
-def tiny_vocab() -> tuple[list[str], np.ndarray, np.ndarray]:
+def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
     """(tokens, scores, token types) of a small SPM vocabulary: unk, BOS, EOS, 256 bytes, words."""
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + WORDS
     types = [2, 3, 3] + [6] * 256 + [1] * len(WORDS)
     scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(WORDS))]
-    return tokens, np.array(scores, np.float32), np.array(types, np.int32)
+    return tokens, scores, types
 
 
 SHAPES = {

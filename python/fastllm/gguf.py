@@ -126,6 +126,7 @@ def _precheck(path: str, size: int) -> None:
         if n_tensors > size // 24 or n_kv > size // 12:
             raise GGUFError(f"{path}: header claims {n_tensors} tensors and {n_kv} keys, more "
                             f"than a file of {size} bytes can hold")
+        alignment = 32
         for _ in range(n_kv):
             klen = u64()
             if klen > 65535:
@@ -133,18 +134,42 @@ def _precheck(path: str, size: int) -> None:
             need(klen)
             key = head[pos:pos + klen].decode("utf-8", "replace")
             pos += klen
-            skip_value(u32(), key)
+            vtype = u32()
+            if key == "general.alignment" and vtype == 4:
+                need(4)
+                alignment = struct.unpack_from("<I", head, pos)[0]
+                if alignment == 0 or alignment & (alignment - 1):
+                    raise GGUFError(f"{path}: general.alignment {alignment} is not a power of 2")
+            skip_value(vtype, key)
+        infos = []
         for _ in range(n_tensors):
             nlen = u64()
             if nlen > 65535:
                 raise GGUFError(f"{path}: tensor name length {nlen} is implausible (damaged file)")
             need(nlen)
+            name = head[pos:pos + nlen].decode("utf-8", "replace")
             pos += nlen
             nd = u32()
             if nd > 4:
-                raise GGUFError(f"{path}: tensor has {nd} dimensions (GGUF allows at most 4)")
+                raise GGUFError(f"{path}: tensor {name!r} has {nd} dimensions (GGUF allows 4)")
             need(8 * nd + 12)
+            ne = struct.unpack_from(f"<{nd}Q", head, pos)
+            gtype, offset = struct.unpack_from("<IQ", head, pos + 8 * nd)
             pos += 8 * nd + 12
+            infos.append((name, ne, gtype, offset))
+        data_start = (pos + alignment - 1) // alignment * alignment
+        for name, ne, gtype, offset in infos:
+            try:
+                blk, bsz = type_size(GGMLType(gtype))
+            except ValueError:
+                continue  # an unknown type is reported by name when tensors are built
+            n = 1
+            for d in ne:
+                n *= d
+            end = data_start + offset + n // max(blk, 1) * bsz
+            if end > size:
+                raise GGUFError(f"{path}: tensor {name!r} data ends at byte {end}, past the end of "
+                                f"the file ({size} bytes): truncated file?")
 
 
 class GGUFFile:
