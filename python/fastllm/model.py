@@ -39,6 +39,7 @@ class Model:
         self._programs: dict[tuple[int, bool], Program] = {}
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in position order
         self._chat = None
+        self.kv_spec = arch.kv_spec(n_ctx, n_batch)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -75,7 +76,7 @@ class Model:
         try:
             weights = {name: be.load_weight(info) for name, info in f.tensors.items()}
             net = arch_cls(cfg, weights)
-            be.init_kv(net.kv_spec(n_ctx, n_batch))
+            be.init_kv(net.kv_spec(n_ctx, n_batch))  # the same spec Model keeps
         except BaseException:
             be.close()  # nothing half-loaded stays on the device
             raise
@@ -157,6 +158,7 @@ class Model:
         if len(arr) == 0:
             return np.zeros((0, self.n_vocab), np.float32)
         self._cached = []
+        self.backend.reset_state()
         r = self._eval(arr, 0, all_logits=True)
         self._cached = list(map(int, arr))
         return r
@@ -168,16 +170,30 @@ class Model:
             if a != b:
                 break
             n += 1
-        spec = self.backend_kv_spec
-        if n < len(self._cached) and spec is not None and min(spec.sizes) < spec.n_ctx:
+        spec = self.kv_spec
+        if spec.recurrent:
+            # a recurrent state cannot roll back: reuse only an exact extension, else restart
+            if 0 < n == len(self._cached) < len(ids):
+                return n
+            self.backend.reset_state()
+            return 0
+        if n < len(self._cached) and spec.sizes and min(spec.sizes) < spec.n_ctx:
             # a ring (sliding-window) layer may have overwritten the rows a rollback needs
             if len(self._cached) - n > min(spec.sizes) - self.config.sliding_window:
                 return 0
         return min(n, len(ids) - 1)  # always evaluate the last token: its logits are needed
 
-    @property
-    def backend_kv_spec(self):
-        return getattr(self.backend, "spec", None)
+    def save_state(self) -> dict:
+        """A snapshot of the model's memory (tokens seen and, for recurrent models, the state) to
+        continue a conversation later with restore_state() without re-reading its prefix."""
+        return {"tokens": list(self._cached), "state": self.backend.get_state()}
+
+    def restore_state(self, snap: dict) -> None:
+        """Return to a snapshot taken with save_state(). For transformers the KV rows of the
+        snapshot's tokens must still be in the cache (no other prompt since); recurrent models
+        restore their state buffers."""
+        self.backend.set_state(snap["state"])
+        self._cached = list(snap["tokens"])
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         """Evaluate a prompt, reusing the cached prefix it shares with the last one; the last

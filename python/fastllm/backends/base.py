@@ -35,13 +35,20 @@ class Weight:
 
 @dataclass(frozen=True)
 class KVSpec:
-    """KV cache layout: per layer, `sizes[l]` rows of `kv_dim` values for K and for V.
-    A layer whose size is below n_ctx is a ring (sliding-window attention): position p lives in
-    row p % size."""
+    """What a model keeps between runs. Transformers: per layer, `sizes[l]` rows of `kv_dim`
+    values for K and for V; a layer whose size is below n_ctx is a ring (sliding-window
+    attention): position p lives in row p % size. Recurrent models (RWKV): named float32 state
+    buffers, `state[name] = n_values`, zero at the start of a sequence, no KV rows."""
 
     n_ctx: int
     kv_dim: tuple[int, ...]  # per layer (n_kv_head * head_dim)
     sizes: tuple[int, ...]  # per layer
+    state: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def recurrent(self) -> bool:
+        """True when the model's memory is a fixed-size state: no rollback, no KV rows."""
+        return bool(self.state)
 
     @property
     def n_layers(self) -> int:
@@ -189,6 +196,17 @@ class Backend(ABC):
     @abstractmethod
     def compile(self, graph: Graph) -> Program:
         """Turn a recorded graph into a program that can be run many times."""
+
+    def reset_state(self) -> None:
+        """Zero the recurrent state buffers (a new sequence). KV caches need no reset: rows past
+        the current position are never read."""
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Copies of the recurrent state buffers (for saving a conversation)."""
+        return {}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore buffers from get_state()."""
 
     def close(self) -> None:
         """Release device memory."""

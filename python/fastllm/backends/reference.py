@@ -167,6 +167,7 @@ class ReferenceBackend(Backend):
 
     def __init__(self):
         self.spec: KVSpec | None = None
+        self.state: dict[str, np.ndarray] = {}
         self.k: list[np.ndarray] = []
         self.v: list[np.ndarray] = []
 
@@ -175,6 +176,7 @@ class ReferenceBackend(Backend):
 
     def init_kv(self, spec: KVSpec) -> None:
         self.spec = spec
+        self.state = {name: np.zeros(n, np.float32) for name, n in spec.state}
         # NaN, not zero: a read of a row never written shows up in the output
         self.k = [np.full((s, d), np.nan, np.float32) for s, d in zip(spec.sizes, spec.kv_dim)]
         self.v = [np.full((s, d), np.nan, np.float32) for s, d in zip(spec.sizes, spec.kv_dim)]
@@ -195,3 +197,14 @@ class ReferenceBackend(Backend):
 
     def compile(self, graph: Graph) -> Program:
         return _RefProgram(self, graph)
+
+    def reset_state(self) -> None:
+        for v in self.state.values():
+            v[:] = 0.0
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.state.items()}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        for k, v in state.items():
+            self.state[k][:] = v
