@@ -69,28 +69,134 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, n_head: int
     """Causal GQA attention. q (n, H*D) at positions pos..pos+n-1; k, v (T, KV*D) hold
     positions 0..T-1 (T = pos + n). Row i attends to positions max(0, p-window+1)..p, p = pos+i."""
     n, t = q.shape[0], k.shape[0]
-    qh = q.reshape(n, n_head, head_dim).transpose(1, 0, 2)  # (H, n, D)
     group = n_head // n_kv_head
-    kh = np.repeat(k.reshape(t, n_kv_head, head_dim).transpose(1, 0, 2), group, axis=0)
-    vh = np.repeat(v.reshape(t, n_kv_head, head_dim).transpose(1, 0, 2), group, axis=0)
-    s = (qh @ kh.transpose(0, 2, 1)) * np.float32(scale)  # (H, n, T)
-    if softcap:
-        s = np.tanh(s / softcap) * softcap
     p = pos + np.arange(n)[:, None]
     j = np.arange(t)[None, :]
     masked = j > p
     if window:
         masked |= j <= p - window
-    s = np.where(masked[None], -np.inf, s)
-    s = s - s.max(axis=-1, keepdims=True)
-    e = np.exp(s)
-    w = e / e.sum(axis=-1, keepdims=True)
-    return (w @ vh).transpose(1, 0, 2).reshape(n, n_head * head_dim).astype(np.float32)
+    out = np.empty((n, n_head, head_dim), np.float32)
+    qh = q.reshape(n, n_head, head_dim)
+    kh = k.reshape(t, n_kv_head, head_dim)
+    vh = v.reshape(t, n_kv_head, head_dim)
+    for h in range(n_head):  # 2-D products: numpy's stacked matmul takes a slow path here
+        kv = h // group
+        s = (qh[:, h] @ kh[:, kv].T) * np.float32(scale)  # (n, T)
+        if softcap:
+            s = np.tanh(s / softcap) * softcap
+        s = np.where(masked, -np.inf, s)
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        out[:, h] = (e / e.sum(axis=-1, keepdims=True)) @ vh[:, kv]
+    return out.reshape(n, n_head * head_dim)
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     c = math.sqrt(2.0 / math.pi)
     return 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x * x * x)))
+
+
+# -- recurrent-model ops (RWKV); their exact meaning is in the Graph docstrings of base.py ----
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(-x) -> inf for x < -88 gives the right limit, 0
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def unary(x: np.ndarray, fn: str) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        if fn == "tanh":
+            return np.tanh(x)
+        if fn == "sigmoid":
+            return _sigmoid(x)
+        if fn == "silu":
+            return x * _sigmoid(x)
+        if fn == "relu_sqr":
+            return np.square(np.maximum(x, 0.0))
+        if fn == "exp_neg_exp":
+            return np.exp(-np.exp(x))
+        if fn == "decay7":
+            return np.exp(np.float32(-0.606531) * _sigmoid(x))
+    raise NotImplementedError(f"reference backend: unary {fn!r}")
+
+
+def layer_norm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, eps: float,
+               group: int) -> np.ndarray:
+    xg = x.reshape(x.shape[0], -1, group).astype(np.float64)
+    xc = xg - xg.mean(axis=-1, keepdims=True)
+    r = (xc / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + eps)).astype(np.float32)
+    r = r.reshape(x.shape)
+    if w is not None:
+        r = r * w.reshape(-1)
+    if b is not None:
+        r = r + b.reshape(-1)
+    return r
+
+
+def l2_norm(x: np.ndarray, eps: float, group: int) -> np.ndarray:
+    xg = x.reshape(x.shape[0], -1, group)
+    norm = np.sqrt(np.sum(xg.astype(np.float64) ** 2, axis=-1, keepdims=True))
+    return (xg / np.maximum(norm, eps)).astype(np.float32).reshape(x.shape)
+
+
+def lerp(a: np.ndarray, b: np.ndarray, mu: np.ndarray | None, mu_row: int,
+         mu_v: np.ndarray | None, mu_col: int) -> np.ndarray:
+    d = a.shape[1]
+    m = np.zeros(d, np.float32) if mu is None else mu.reshape(-1, d)[mu_row]
+    if mu_v is not None:
+        m = m + mu_v[:, mu_col:mu_col + d]
+    return a + (b - a) * m
+
+
+def token_shift(x: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    prev = np.concatenate([buf.reshape(1, -1), x[:-1]])
+    buf[:] = x[-1]
+    return prev
+
+
+def mul_mat_blocks(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    nb, m, k = w.shape
+    xb = x.reshape(x.shape[0], nb, k).transpose(1, 0, 2)  # (B, n, k)
+    return (xb @ w.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(x.shape[0], nb * m)
+
+
+def wkv6(r: np.ndarray, k: np.ndarray, v: np.ndarray, w: np.ndarray, u: np.ndarray,
+         buf: np.ndarray, head_size: int) -> np.ndarray:
+    n, c = r.shape
+    h, s = c // head_size, head_size
+    st = buf.reshape(h, s, s).copy()  # s[h, i (key), j (value)]
+    uh = u.reshape(h, s, 1)
+    r3, k3, w3 = r.reshape(n, h, 1, s), k.reshape(n, h, s, 1), w.reshape(n, h, s, 1)
+    v3 = v.reshape(n, h, 1, s)
+    out = np.empty((n, h, 1, s), np.float32)
+    for t in range(n):
+        kv = k3[t] * v3[t]  # (h, i, j)
+        out[t] = r3[t] @ (uh * kv + st)
+        st = st * w3[t] + kv
+    buf[:] = st.reshape(-1)
+    return out.reshape(n, c)
+
+
+def wkv7(r: np.ndarray, w: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray,
+         b: np.ndarray, buf: np.ndarray, head_size: int) -> np.ndarray:
+    n, c = r.shape
+    h, s = c // head_size, head_size
+    st = buf.reshape(h, s, s).copy()  # s[h, i (value), j (key)]
+    r3, a3, v3 = r.reshape(n, h, s, 1), a.reshape(n, h, s, 1), v.reshape(n, h, s, 1)
+    w3, k3, b3 = w.reshape(n, h, 1, s), k.reshape(n, h, 1, s), b.reshape(n, h, 1, s)
+    out = np.empty((n, h, s, 1), np.float32)
+    for t in range(n):
+        # sa (h, i, 1) = s @ a_t with the state before the update
+        st = st * w3[t] + v3[t] * k3[t] + (st @ a3[t]) * b3[t]
+        out[t] = st @ r3[t]
+    buf[:] = st.reshape(-1)
+    return out.reshape(n, c)
+
+
+def wkv7_bonus(r: np.ndarray, k: np.ndarray, v: np.ndarray, r_k: np.ndarray,
+               head_size: int) -> np.ndarray:
+    n, c = r.shape
+    dots = (r * k * r_k.reshape(-1)).reshape(n, c // head_size, head_size).sum(-1, keepdims=True)
+    return (v.reshape(n, -1, head_size) * dots).reshape(n, c)
 
 
 class _RefProgram(Program):
@@ -153,6 +259,26 @@ class _RefProgram(Program):
                 r = val(args[0])[-1:]
             elif op == "argmax":
                 r = np.argmax(val(args[0]), axis=-1).astype(np.int32)
+            elif op == "layer_norm":
+                w_, b_ = (val(t) if t is not None else None for t in args[1:3])
+                r = layer_norm(val(args[0]), w_, b_, at["eps"], at["group"])
+            elif op == "unary":
+                r = unary(val(args[0]), at["fn"])
+            elif op == "lerp":
+                mu, mu_v = (val(t) if t is not None else None for t in args[2:4])
+                r = lerp(val(args[0]), val(args[1]), mu, at["mu_row"], mu_v, at["mu_col"])
+            elif op == "token_shift":
+                r = token_shift(val(args[0]), b.state[at["state"]])
+            elif op == "l2_norm":
+                r = l2_norm(val(args[0]), at["eps"], at["group"])
+            elif op == "mul_mat_blocks":
+                r = mul_mat_blocks(val(args[0]), val(args[1]))
+            elif op == "wkv6":
+                r = wkv6(*(val(t) for t in args), b.state[at["state"]], at["head_size"])
+            elif op == "wkv7":
+                r = wkv7(*(val(t) for t in args), b.state[at["state"]], at["head_size"])
+            elif op == "wkv7_bonus":
+                r = wkv7_bonus(*(val(t) for t in args), at["head_size"])
             else:
                 raise NotImplementedError(f"reference backend: op {op!r}")
             env[node.out.id] = np.ascontiguousarray(r, dtype=np.int32 if node.out.dtype == "i32"
