@@ -198,10 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("type", help="F16, Q8_0, Q4_0, Q4_K, Q6_K or Q4_K_M")
     p.set_defaults(func=cmd_quantize)
+
+    # listed for --help; main() hands `convert ...` to convert_rwkv.main before parsing
+    sub.add_parser("convert", help="convert an rwkv.cpp model file to GGUF "
+                                   "(IN.bin OUT.gguf [--vocab FILE])")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["convert"]:  # its own parser (convert_rwkv.main) owns every option, --help too
+        from .convert_rwkv import main as convert_main
+
+        return convert_main(argv[1:])
     a = build_parser().parse_args(argv)
     try:
         return a.func(a)

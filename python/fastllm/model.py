@@ -47,7 +47,8 @@ class Model:
              n_ctx: int | None = None,
              n_batch: int = DEFAULT_N_BATCH) -> Model:
         """Load a GGUF model. `backend`: "reference", "webgpu", "metal" or None (the best one
-        available). `n_ctx`: context length; None means min(training context, 4096). A known
+        available). `n_ctx`: context length; None means min(training context, 4096) (recurrent
+        models: the training context). A known
         model name (e.g. "smollm2-135m") that is not a file is pulled first."""
         from .pull import KNOWN, pull
 
@@ -68,7 +69,8 @@ class Model:
             raise GGUFError(f"{f.path}: tensor 'token_embd.weight' has shape {emb.shape}, "
                             f"expected {(cfg.n_vocab, cfg.n_embd)}")
         if n_ctx is None:
-            n_ctx = min(cfg.n_ctx_train, DEFAULT_N_CTX)
+            # a recurrent state does not grow with the context: only the training length bounds it
+            n_ctx = cfg.n_ctx_train if arch_cls.recurrent else min(cfg.n_ctx_train, DEFAULT_N_CTX)
         if not isinstance(n_ctx, int) or n_ctx < 1:
             raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
         n_batch = max(1, min(n_batch, n_ctx))

@@ -171,6 +171,108 @@ class Graph:
         """Index of each row's maximum (first on ties): int32 (n,)."""
         return self._add("argmax", (x,), (x.shape[0],), "i32")
 
+    # -- recurrent-model ops -------------------------------------------------------------------
+    # RWKV-6 and RWKV-7 (models/rwkv6.py, rwkv7.py). Rows are tokens in order. Ops marked
+    # "state" read and update a named float32 buffer of KVSpec.state (zero at the start of a
+    # sequence); each is one kernel over all n rows of a run, sequential in the rows inside it,
+    # so a prefill of n tokens leaves the same state as n single-token decodes.
+
+    UNARY_FNS = ("tanh", "sigmoid", "silu", "relu_sqr", "exp_neg_exp", "decay7")
+
+    def layer_norm(self, x: Value, w: Weight | None, b: Weight | None, eps: float,
+                   group: int | None = None) -> Value:
+        """(x - mean) / sqrt(var + eps) over each contiguous group of `group` values of a row
+        (default: the whole row; the head size for RWKV's per-head GroupNorm), var being the
+        biased variance mean((x - mean)^2) as in ggml_norm; then * w + b, where w and b (either
+        may be None) hold a whole row's values, not one group's."""
+        g = group or x.cols
+        assert x.cols % g == 0
+        for t in (w, b):
+            assert t is None or int(np.prod(t.shape)) == x.cols, (t.name, t.shape, x.shape)
+        return self._add("layer_norm", (x, w, b), x.shape, eps=float(eps), group=int(g))
+
+    def unary(self, x: Value, fn: str) -> Value:
+        """fn(x) elementwise. fn is one of UNARY_FNS: tanh; sigmoid 1/(1+exp(-x)); silu
+        x*sigmoid(x); relu_sqr max(x, 0)^2; exp_neg_exp exp(-exp(x)) (RWKV-6 decay); decay7
+        exp(-0.606531 * sigmoid(x)) (RWKV-7 decay; the constant is exp(-1/2) as rwkv.cpp and
+        llama.cpp write it)."""
+        assert fn in self.UNARY_FNS, fn
+        return self._add("unary", (x,), x.shape, fn=fn)
+
+    def lerp(self, a: Value, b: Value, mu: Weight | None = None, *, mu_row: int = 0,
+             mu_v: Value | None = None, mu_col: int = 0) -> Value:
+        """a + (b - a) * m, elementwise over a's (n, d) shape, with m = mu[mu_row] + mu_v[:,
+        mu_col:mu_col + d]: mu (a Weight whose values, in storage order, are taken as rows of d)
+        gives one row broadcast over tokens, mu_v (a Value of n rows) a per-token part; either
+        may be absent (then it counts as 0). RWKV's token shift mixes x with x_prev this way;
+        RWKV-6's data-dependent mixes add a column block of a LoRA output as mu_v."""
+        assert mu is not None or mu_v is not None
+        assert b.shape == a.shape, (a.shape, b.shape)
+        d = a.cols
+        if mu is not None:
+            n_el = int(np.prod(mu.shape))
+            assert n_el % d == 0 and 0 <= mu_row < n_el // d, (mu.name, mu.shape, d, mu_row)
+        if mu_v is not None:
+            assert mu_v.shape[0] == a.shape[0] and 0 <= mu_col and mu_col + d <= mu_v.cols
+        return self._add("lerp", (a, b, mu, mu_v), a.shape, mu_row=int(mu_row),
+                         mu_col=int(mu_col))
+
+    def token_shift(self, x: Value, state: str) -> Value:
+        """State op: x_prev (n, d), the row before each row of x. Row 0 is the state buffer
+        `state` (d values: the last row of the previous run, zero for a new sequence); row i
+        is x[i-1]. Afterwards the buffer holds x[n-1]."""
+        return self._add("token_shift", (x,), x.shape, state=state)
+
+    def l2_norm(self, x: Value, eps: float, group: int) -> Value:
+        """x / max(sqrt(sum(x^2)), eps) over each contiguous group of `group` values of a row
+        (ggml_l2_norm)."""
+        assert x.cols % group == 0
+        return self._add("l2_norm", (x,), x.shape, eps=float(eps), group=int(group))
+
+    def matmul_blocks(self, x: Value, w: Weight) -> Value:
+        """Block-diagonal product: w is (B, m, k) in any supported type, x is (n, B*k); block i
+        of the result, columns i*m..(i+1)*m-1 of (n, B*m), is x[:, i*k:(i+1)*k] @ w[i].T.
+        RWKV-6's five token-mix LoRAs are one such product."""
+        assert len(w.shape) == 3 and x.cols == w.shape[0] * w.shape[2], (w.name, w.shape, x.shape)
+        return self._add("mul_mat_blocks", (x, w), (x.shape[0], w.shape[0] * w.shape[1]))
+
+    def wkv6(self, r: Value, k: Value, v: Value, w: Value, u: Weight, state: str,
+             head_size: int) -> Value:
+        """State op, RWKV-6 time mixing (ggml_rwkv_wkv6). r, k, v, w are (n, H*S) with S =
+        head_size; u (time_first) holds H*S values. The buffer `state` holds H matrices of S x S,
+        s[h, i, j] at (h*S + i)*S + j, i indexing keys and j values. For each row t in order
+        and each head h (x_t meaning x[t, h*S:(h+1)*S]):
+            out[t, h*S + j] = sum_i r_t[i] * (u[h*S + i] * k_t[i] * v_t[j] + s[h, i, j])
+            s[h, i, j]      = s[h, i, j] * w_t[i] + k_t[i] * v_t[j]
+        w is the decay factor itself (in (0, 1)). Returns out (n, H*S)."""
+        assert r.shape == k.shape == v.shape == w.shape and r.cols % head_size == 0
+        assert int(np.prod(u.shape)) == r.cols, (u.name, u.shape)
+        return self._add("wkv6", (r, k, v, w, u), r.shape, state=state,
+                         head_size=int(head_size))
+
+    def wkv7(self, r: Value, w: Value, k: Value, v: Value, a: Value, b: Value, state: str,
+             head_size: int) -> Value:
+        """State op, RWKV-7 time mixing, the generalized delta rule (ggml_rwkv_wkv7). All inputs
+        are (n, H*S) with S = head_size. The buffer `state` holds H matrices of S x S,
+        s[h, i, j] at (h*S + i)*S + j, i indexing values and j keys. For each row t in order
+        and each head h (x_t meaning x[t, h*S:(h+1)*S]):
+            sa_i            = sum_j a_t[j] * s[h, i, j]          (with the state before row t)
+            s[h, i, j]      = s[h, i, j] * w_t[j] + v_t[i] * k_t[j] + sa_i * b_t[j]
+            out[t, h*S + i] = sum_j s[h, i, j] * r_t[j]          (with the updated state)
+        w is the decay factor itself; RWKV-7 passes a = -kk and b = kk * iclr. Returns out."""
+        assert r.shape == w.shape == k.shape == v.shape == a.shape == b.shape
+        assert r.cols % head_size == 0
+        return self._add("wkv7", (r, w, k, v, a, b), r.shape, state=state,
+                         head_size=int(head_size))
+
+    def wkv7_bonus(self, r: Value, k: Value, v: Value, r_k: Weight, head_size: int) -> Value:
+        """RWKV-7's per-head r.k bonus: with S = head_size and r, k, v (n, H*S), r_k H*S values,
+            out[t, h*S + i] = v[t, h*S + i] * sum_j r[t, h*S + j] * k[t, h*S + j] * r_k[h*S + j]
+        """
+        assert r.shape == k.shape == v.shape and r.cols % head_size == 0
+        assert int(np.prod(r_k.shape)) == r.cols, (r_k.name, r_k.shape)
+        return self._add("wkv7_bonus", (r, k, v, r_k), r.shape, head_size=int(head_size))
+
 
 class Program(ABC):
     """A compiled graph. `run` evaluates it for `tokens` starting at position `pos`."""

@@ -87,6 +87,8 @@ class Architecture(ABC):
     """One network family. Subclasses set `arch` and implement `forward`."""
 
     arch: str = ""
+    # True for models whose memory is a fixed-size state (RWKV): the context length costs nothing
+    recurrent: bool = False
 
     def __init__(self, cfg: Config, weights: dict[str, Weight]):
         self.cfg = cfg
