@@ -27,28 +27,7 @@ TINY = ("tiny-rwkv-7v0-834K-FP32.bin", "tiny-rwkv-7v0-834K-Q5_1.bin",
 
 def _load(path: str, backend: str, n_ctx: int):
     from fastllm import Model
-    from fastllm.errors import TokenizerError
-
-    try:
-        return Model.load(path, backend=backend, n_ctx=n_ctx)
-    except TokenizerError as e:
-        if "rwkv" not in str(e):
-            raise
-    # until fastllm.Tokenizer reads "rwkv" vocabularies: token ids are all this needs
-    import fastllm.model as fm
-    from fastllm.tokenizer_rwkv import RwkvTokenizerCore
-
-    class Ids:
-        def __init__(self, md):
-            self.n_vocab = RwkvTokenizerCore.from_metadata(md).n_vocab
-            self.bos_id, self.eog_ids = None, frozenset()
-
-    real = fm.Tokenizer
-    fm.Tokenizer = type("Shim", (), {"from_metadata": staticmethod(lambda md, src="": Ids(md))})
-    try:
-        return Model.load(path, backend=backend, n_ctx=n_ctx)
-    finally:
-        fm.Tokenizer = real
+    return Model.load(path, backend=backend, n_ctx=n_ctx)
 
 
 def bench(path: str, backend: str, contexts: list[int], n_decode: int) -> list[tuple]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import fastllm.model as fastllm_model
 from fastllm import Model
 from fastllm.backends.base import Graph, KVSpec
 from fastllm.backends.reference import ReferenceBackend
@@ -65,42 +64,8 @@ def expected(rwkv_dir):
     return get
 
 
-class _RwkvTokenizerShim:
-    """What Model needs of a tokenizer, for as long as fastllm.Tokenizer does not read
-    tokenizer.ggml.model = "rwkv": the byte-level vocabulary, no BOS, nothing ends generation."""
-
-    def __init__(self, md):
-        self.core = RwkvTokenizerCore.from_metadata(md)
-        self.n_vocab, self.bos_id, self.eog_ids = self.core.n_vocab, None, frozenset()
-
-    def encode(self, text, add_bos=True, special=False):
-        return self.core.encode(text)
-
-    def decode(self, ids):
-        return self.core.decode(ids).decode("utf-8", "replace")
-
-    def token_to_piece(self, token_id):
-        return self.core.piece(token_id)
-
-
 def load(path, backend="reference", **kw) -> Model:
-    try:
-        return Model.load(path, backend=backend, **kw)
-    except TokenizerError as e:
-        if "rwkv" not in str(e):
-            raise
-    real = fastllm_model.Tokenizer
-
-    class Shim:
-        @staticmethod
-        def from_metadata(md, source=""):
-            return _RwkvTokenizerShim(md)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fastllm_model, "Tokenizer", Shim)
-        m = Model.load(path, backend=backend, **kw)
-    assert fastllm_model.Tokenizer is real
-    return m
+    return Model.load(path, backend=backend, **kw)
 
 
 def serial(m: Model, ids) -> list[np.ndarray]:
