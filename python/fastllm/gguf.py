@@ -116,6 +116,8 @@ class GGUFFile:
         self.path = os.fspath(path)
         paths = self._split_paths(self.path)
         self.metadata: dict[str, Any] = {}
+        # key -> (GGUF value type, array item type or None): what a writer needs to copy a key
+        self.value_types: dict[str, tuple[int, int | None]] = {}
         self.tensors: dict[str, TensorInfo] = {}
         for i, p in enumerate(paths):
             self._read_one(p, first=i == 0, check_types=check_types)
@@ -158,9 +160,14 @@ class GGUFFile:
                             f"than a file of {size} bytes can hold")
         for _ in range(n_kv):
             key = h.string("a metadata key")
-            val = h.value(h.scalar(np.uint32, f"type of {key!r}"), key)
+            vtype = h.scalar(np.uint32, f"type of {key!r}")
+            itype = None
+            if vtype == _ARRAY and h.pos + 4 <= size:
+                itype = int(np.frombuffer(h.buf, np.uint32, 1, h.pos)[0])
+            val = h.value(vtype, key)
             if first or key not in self.metadata:
                 self.metadata[key] = val
+                self.value_types[key] = (vtype, itype)
         alignment = self.metadata.get("general.alignment", 32)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise GGUFError(f"{path}: general.alignment {alignment!r} is not a power of 2")

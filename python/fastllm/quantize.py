@@ -193,67 +193,19 @@ def plan_types(src: Any, ftype: str, *, pure: bool = False) -> dict[str, GGMLTyp
     return {name: plan[name] for name in names}
 
 
-# GGUF scalar value types (gguf spec): type id -> struct format
-_SCALAR_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-               10: "<Q", 11: "<q", 12: "<d"}
-_NP_DTYPE = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?",
-             10: "<u8", 11: "<i8", 12: "<f8"}
+# GGUF value type ids (gguf spec)
 _STRING, _ARRAY = 8, 9
 
 
-def _raw_metadata(path: str) -> list[tuple[str, int, Any, int | None]]:
-    """Every key of a GGUF file as (key, value type, value, array item type), with strings as
-    bytes (kept exactly, even invalid UTF-8) and arrays as lists. The file must already have
-    passed open_gguf, which bounds-checks the same header. (gguf.GGUFReader would do this too,
-    but makes one numpy view per array item: 27 s for SmolLM2's 49k-token vocabulary.)"""
-    import struct
-
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
-    buf = memoryview(mm)
-    pos = 16
-
-    def u(fmt: str) -> Any:
-        nonlocal pos
-        v = struct.unpack_from(fmt, buf, pos)[0]
-        pos += struct.calcsize(fmt)
-        return v
-
-    def string() -> bytes:
-        nonlocal pos
-        n = u("<Q")
-        pos += n
-        return bytes(buf[pos - n:pos])
-
-    def value(vtype: int) -> Any:
-        nonlocal pos
-        if vtype == _STRING:
-            return string()
-        if vtype != _ARRAY:
-            return u(_SCALAR_FMT[vtype])
-        sub, n = u("<I"), u("<Q")
-        if sub == _STRING:
-            return [string() for _ in range(n)]
-        if sub == _ARRAY:
-            return [value(_ARRAY) for _ in range(n)]
-        dt = np.dtype(_NP_DTYPE[sub])
-        pos += n * dt.itemsize
-        return np.frombuffer(buf, dt, n, pos - n * dt.itemsize).tolist()
-
-    out = []
-    for _ in range(u("<Q")):
-        key = string().decode("utf-8")
-        vtype = u("<I")
-        sub = struct.unpack_from("<I", buf, pos)[0] if vtype == _ARRAY else None
-        out.append((key, vtype, value(vtype), sub))
-    return out
-
-
-def _copy_metadata(writer: Any, src_path: str, file_type: int) -> None:
-    """Copy every key/value of the source with its exact GGUF value type."""
+def _copy_metadata(writer: Any, src: Any, file_type: int) -> None:
+    """Copy every key/value of the source (an open GGUFFile) with its exact GGUF value type."""
     from gguf import GGUFValueType
 
     done = set()
-    for key, vtype, val, sub in _raw_metadata(src_path):
+    for key, val in src.metadata.items():
+        vtype, sub = src.value_types[key]
+        if isinstance(val, np.ndarray):
+            val = val.tolist()
         if key.startswith("split.") or key == "general.architecture":
             continue  # one output file; the writer sets the architecture itself
         if key == "general.file_type":
@@ -318,7 +270,7 @@ def quantize_file(src_path: str | os.PathLike, dst_path: str | os.PathLike, ftyp
     arch = str(src.metadata.get("general.architecture", "llama"))
     writer = GGUFWriter(tmp, arch)
     try:
-        _copy_metadata(writer, src.path, file_type)
+        _copy_metadata(writer, src, file_type)
         for name, target in plan.items():
             info = src.tensors[name]
             rb = row_bytes(target, info.shape[-1])
