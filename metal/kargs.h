@@ -98,3 +98,22 @@ struct kargs_argmax {
     uint32_t _pad0;
     uint32_t _pad1;
 };
+
+// Split-KV decode attention: kernel_attn_reduce_f32 joins the n_splits partial results that
+// kernel_attn_decode_* wrote for each (row, head).
+struct kargs_attn_reduce {
+    uint32_t n_rows;
+    uint32_t n_head;
+    uint32_t head_dim;
+    uint32_t n_splits;
+};
+
+// A weight too large for one storage binding (WebGPU caps a binding, e.g. 128 MiB) is split by
+// rows into parts, one dispatch per part; this part holds rows [row0, row0 + n_rows) of the whole.
+// Unsplit weights use row0 = 0, n_rows = all rows.
+struct kargs_part {
+    uint32_t row0;
+    uint32_t n_rows;
+    uint32_t _pad0;
+    uint32_t _pad1;
+};

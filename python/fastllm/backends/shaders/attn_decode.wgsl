@@ -1,0 +1,192 @@
+// Decode attention (one query token) over a layer's KV cache, split over the visible positions
+// (flash-decoding). GQA: query head h reads KV head h / G. Position p sits in cache row
+// p % ring; the query at position p sees positions first_visible(p, window)..p.
+//
+// kernel_attn_decode_f32, grid (NSPLIT, n_kv_head): each workgroup takes one contiguous share
+// of the visible positions and all G query heads of its KV head, so K and V are read once for the
+// group. Per block of WG keys: thread t scores key t against the G heads (vec4 loads of K), the
+// block maximum per head comes from one vec4 reduction per 4 heads (online softmax), and the
+// weighted sum of V is spread over threads as (head, 4 values) pairs, and over KSPL subsets of
+// the keys when the pairs are fewer than the threads (the subsets are added at the end). It
+// writes per head (acc[D], max, sum) to `part`; kernel_attn_reduce_f32, grid (n_head), joins the
+// NSPLIT records. Masked scores are MASKED (common.wgsl), so no infinities meet.
+
+const WG: u32 = 128u;
+const G: u32 = 1u;       // query heads per KV head
+const D: u32 = 64u;      // head_dim (a multiple of 4)
+const NSPLIT: u32 = 1u;  // workgroups per KV head
+const D4: u32 = D / 4u;
+const P: u32 = G * D4;  // (head, 4 values) pairs
+const KSPL: u32 = max(1u, WG / P);  // key subsets per pair
+const PR: u32 = (P + WG - 1u) / WG;  // pairs per thread
+const G4: u32 = (G + 3u) / 4u;
+
+@group(0) @binding(0) var<uniform> args: kargs_attention;
+@group(0) @binding(1) var<uniform> step: kargs_step;
+@group(0) @binding(2) var<storage, read> q4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> kc4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> vc4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// partials, (n_head, NSPLIT, D + 2): acc[D], max, sum
+@group(0) @binding(6) var<storage, read_write> part: array<f32>;
+
+var<workgroup> qd: array<vec4<f32>, P>;
+var<workgroup> pd: array<f32, G * WG>;  // softmax weights of the block, per head
+var<workgroup> hd: array<vec2<f32>, G>;  // per head: (scale of the old sums, running max)
+var<workgroup> sums: array<vec4<f32>, WG * PR>;
+var<workgroup> lsum: array<f32, WG * PR>;
+
+@compute @workgroup_size(WG)
+fn kernel_attn_decode_f32(ids: Ids) {
+    let t = ids.lid;
+    let split = ids.wg.x;
+    let kvh = ids.wg.y;
+    let kvd4 = args.n_kv_head * D4;
+    let p = step.pos + step.n_tokens - 1u;
+    let lo = first_visible(p, args.window);
+    let chunk = ((p + 1u - lo + NSPLIT - 1u) / NSPLIT + WG - 1u) / WG * WG;
+    let s0 = min(lo + split * chunk, p + 1u);
+    let s1 = min(s0 + chunk, p + 1u);
+    for (var e = t; e < P; e += WG) {
+        qd[e] = q4[kvh * P + e] * args.scale;
+    }
+    if (t == 0u) {
+        for (var g = 0u; g < G; g++) {
+            hd[g] = vec2<f32>(1.0, MASKED);  // an empty share writes (0, MASKED, 0)
+        }
+    }
+    workgroupBarrier();
+    // this thread's pairs and key subset
+    let ksub = select(0u, t / P, KSPL > 1u);
+    var m: array<f32, G>;
+    for (var g = 0u; g < G; g++) {
+        m[g] = MASKED;
+    }
+    var acc: array<vec4<f32>, PR>;
+    var l: array<f32, PR>;
+    for (var j0 = s0; j0 < s1; j0 += WG) {
+        let jp = j0 + t;
+        // (set explicitly: naga does not re-zero a `var` declared in a loop body on every pass)
+        var sc: array<f32, G>;
+        if (jp < s1) {
+            for (var g = 0u; g < G; g++) {
+                sc[g] = 0.0;
+            }
+            let kb = (jp % args.ring) * kvd4 + kvh * D4;
+            for (var e = 0u; e < D4; e++) {
+                let kv = kc4[kb + e];
+                for (var g = 0u; g < G; g++) {
+                    sc[g] += dot(qd[g * D4 + e], kv);
+                }
+            }
+            for (var g = 0u; g < G; g++) {
+                sc[g] = capped(sc[g], args.softcap);
+            }
+        } else {
+            for (var g = 0u; g < G; g++) {
+                sc[g] = MASKED;
+            }
+        }
+        for (var g4 = 0u; g4 < G4; g4++) {
+            var v = vec4<f32>(MASKED);
+            for (var c = 0u; c < 4u; c++) {
+                if (4u * g4 + c < G) {
+                    v[c] = sc[4u * g4 + c];
+                }
+            }
+            let mb = wg_max4(v, ids);
+            for (var c = 0u; c < 4u; c++) {
+                let g = 4u * g4 + c;
+                if (g < G) {
+                    let mn = max(m[g], mb[c]);
+                    pd[g * WG + t] = select(0.0, exp(sc[g] - mn), sc[g] > MASKED);
+                    if (t == 0u) {
+                        hd[g] = vec2<f32>(exp(m[g] - mn), mn);
+                    }
+                    m[g] = mn;
+                }
+            }
+        }
+        workgroupBarrier();
+        let nv = min(WG, s1 - j0);
+        for (var r = 0u; r < PR; r++) {
+            let pr = select(t + r * WG, t % P, KSPL > 1u);
+            if (pr < P && ksub < KSPL) {
+                let g = pr / D4;
+                let al = hd[g].x;
+                var a = acc[r] * al;
+                var ll = l[r] * al;
+                let vb = kvh * D4 + pr % D4;
+                for (var jj = ksub; jj < nv; jj += KSPL) {
+                    let pv = pd[g * WG + jj];
+                    a += pv * vc4[((j0 + jj) % args.ring) * kvd4 + vb];
+                    ll += pv;
+                }
+                acc[r] = a;
+                l[r] = ll;
+            }
+        }
+        workgroupBarrier();
+    }
+    // add the key subsets, then write (acc, max, sum) per head
+    for (var r = 0u; r < PR; r++) {
+        sums[t + r * WG] = acc[r];
+        lsum[t + r * WG] = l[r];
+    }
+    workgroupBarrier();
+    for (var r = 0u; r < PR; r++) {
+        let pr = t + r * WG;
+        if (pr < P) {
+            var a = vec4<f32>(0.0);
+            var ll = 0.0;
+            if (KSPL > 1u) {
+                for (var k = 0u; k < KSPL; k++) {
+                    a += sums[k * P + pr];
+                    ll += lsum[k * P + pr];
+                }
+            } else {
+                a = sums[pr];
+                ll = lsum[pr];
+            }
+            let g = pr / D4;
+            let base = ((kvh * G + g) * NSPLIT + split) * (D + 2u);
+            let d = 4u * (pr % D4);
+            part[base + d] = a.x;
+            part[base + d + 1u] = a.y;
+            part[base + d + 2u] = a.z;
+            part[base + d + 3u] = a.w;
+            if (d == 0u) {
+                part[base + D] = hd[g].y;
+                part[base + D + 1u] = ll;
+            }
+        }
+    }
+}
+
+@group(0) @binding(0) var<uniform> rargs: kargs_attn_reduce;
+
+// partials of query head h: n_splits records of (acc[head_dim], max, sum)
+@compute @workgroup_size(WG)
+fn kernel_attn_reduce_f32(ids: Ids) {
+    let h = ids.wg.x;
+    let ns = rargs.n_splits;
+    let hdim = rargs.head_dim;
+    let rec = hdim + 2u;
+    var mx = MASKED;
+    for (var s = 0u; s < ns; s++) {
+        mx = max(mx, part[(h * ns + s) * rec + hdim]);
+    }
+    var l = 0.0;
+    for (var s = 0u; s < ns; s++) {
+        let b = (h * ns + s) * rec;
+        l += exp(part[b + hdim] - mx) * part[b + hdim + 1u];
+    }
+    for (var d = ids.lid; d < hdim; d += WG) {
+        var o = 0.0;
+        for (var s = 0u; s < ns; s++) {
+            let b = (h * ns + s) * rec;
+            o += exp(part[b + hdim] - mx) * part[b + d];
+        }
+        out[h * hdim + d] = o / l;
+    }
+}

@@ -1,0 +1,165 @@
+// Workgroup reductions, in two versions: the backend includes the section that matches the
+// device, `subgroup` (wgpu feature "subgroup": subgroup built-ins, used without `enable
+// subgroups;`, which naga rejects) or `shared` (workgroup memory only). Kernels receive their
+// built-ins as `ids: Ids` and number threads with thread_index(ids): with subgroups that index
+// runs lane-first inside each subgroup, so an aligned run of indices shorter than a subgroup is
+// one set of lanes whatever order the driver hands lanes out in.
+// Every module that includes this defines `const WG: u32`, its workgroup size (a power of two).
+
+// A score that no softmax weight survives: exp(MASKED - m) is 0 for every finite m >= MASKED.
+// (WGSL has no infinity literal.)
+const MASKED: f32 = -3.0e38;
+
+// Attention: the first position a query at position p sees (a window keeps the last `window`)
+fn first_visible(p: u32, window: u32) -> u32 {
+    if (window > 0u && p + 1u > window) {
+        return p + 1u - window;
+    }
+    return 0u;
+}
+
+// Attention: scores through softcap * tanh(s / softcap) (Gemma 2), when softcap > 0. The clamp
+// keeps tanh's exp() finite (tanh(15) == 1 in f32).
+fn capped(s: f32, softcap: f32) -> f32 {
+    if (softcap > 0.0) {
+        return tanh(clamp(s / softcap, -15.0, 15.0)) * softcap;
+    }
+    return s;
+}
+
+//! section subgroup
+struct Ids {
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_size) sgs: u32,
+    @builtin(subgroup_invocation_id) sgl: u32,
+    @builtin(subgroup_id) sgid: u32,
+    @builtin(num_subgroups) nsg: u32,
+}
+
+fn thread_index(ids: Ids) -> u32 {
+    return ids.sgid * ids.sgs + ids.sgl;
+}
+
+var<workgroup> red4: array<vec4<f32>, WG>;
+
+// Sum of v over each aligned run of n thread indices (n a power of two, n <= WG); every thread
+// gets its run's sum. Lanes first (butterfly), then the per-subgroup partials through memory.
+fn group_sum4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
+    let m = min(n, ids.sgs);
+    var s = v;
+    for (var o = 1u; o < m; o <<= 1u) {
+        s += subgroupShuffleXor(s, o);
+    }
+    let t = thread_index(ids);
+    if (ids.sgl % m == 0u) {
+        red4[t / m] = s;
+    }
+    workgroupBarrier();
+    let per = n / m;
+    let first = (t / n) * per;
+    var r = vec4<f32>(0.0);
+    for (var q = 0u; q < per; q++) {
+        r += red4[first + q];
+    }
+    workgroupBarrier();
+    return r;
+}
+
+fn wg_sum(v: f32, ids: Ids) -> f32 {
+    return group_sum4(vec4<f32>(v, 0.0, 0.0, 0.0), WG, ids).x;
+}
+
+fn wg_max(v: f32, ids: Ids) -> f32 {
+    let s = subgroupMax(v);
+    if (ids.sgl == 0u) {
+        red4[ids.sgid].x = s;
+    }
+    workgroupBarrier();
+    var r = red4[0].x;
+    for (var q = 1u; q < ids.nsg; q++) {
+        r = max(r, red4[q].x);
+    }
+    workgroupBarrier();
+    return r;
+}
+
+// Component-wise maximum of v over the workgroup; every thread gets it.
+fn wg_max4(v: vec4<f32>, ids: Ids) -> vec4<f32> {
+    let s = subgroupMax(v);
+    if (ids.sgl == 0u) {
+        red4[ids.sgid] = s;
+    }
+    workgroupBarrier();
+    var r = red4[0];
+    for (var q = 1u; q < ids.nsg; q++) {
+        r = max(r, red4[q]);
+    }
+    workgroupBarrier();
+    return r;
+}
+
+//! section shared
+struct Ids {
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+}
+
+fn thread_index(ids: Ids) -> u32 {
+    return ids.lid;
+}
+
+var<workgroup> red4: array<vec4<f32>, WG>;
+
+// Sum of v over each aligned run of n thread indices (n a power of two, n <= WG): a tree in
+// workgroup memory; every thread gets its run's sum.
+fn group_sum4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
+    let t = ids.lid;
+    red4[t] = v;
+    workgroupBarrier();
+    for (var s = n / 2u; s > 0u; s >>= 1u) {
+        if (t % n < s) {
+            red4[t] += red4[t + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red4[t - t % n];
+    workgroupBarrier();
+    return r;
+}
+
+fn wg_sum(v: f32, ids: Ids) -> f32 {
+    return group_sum4(vec4<f32>(v, 0.0, 0.0, 0.0), WG, ids).x;
+}
+
+fn wg_max(v: f32, ids: Ids) -> f32 {
+    let t = ids.lid;
+    red4[t].x = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            red4[t].x = max(red4[t].x, red4[t + s].x);
+        }
+        workgroupBarrier();
+    }
+    let r = red4[0].x;
+    workgroupBarrier();
+    return r;
+}
+
+fn wg_max4(v: vec4<f32>, ids: Ids) -> vec4<f32> {
+    let t = ids.lid;
+    red4[t] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            red4[t] = max(red4[t], red4[t + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red4[0];
+    workgroupBarrier();
+    return r;
+}

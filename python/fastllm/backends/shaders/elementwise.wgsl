@@ -1,0 +1,69 @@
+// Element-wise kernels, one thread per value over a 2-D grid (a dimension holds at most 65535
+// workgroups). b of add/mul repeats every b_period values (a bias or norm weight row).
+
+const WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> args: kargs_binary;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+@group(0) @binding(0) var<uniform> uargs: kargs_unary;
+@group(0) @binding(4) var<uniform> step: kargs_step;
+
+fn gidx(ids: Ids) -> u32 {
+    return (ids.wg.y * ids.nwg.x + ids.wg.x) * WG + ids.lid;
+}
+
+@compute @workgroup_size(WG)
+fn kernel_add_f32(ids: Ids) {
+    let i = gidx(ids);
+    if (i < args.n) {
+        y[i] = a[i] + b[i % args.b_period];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn kernel_mul_f32(ids: Ids) {
+    let i = gidx(ids);
+    if (i < args.n) {
+        y[i] = a[i] * b[i % args.b_period];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn kernel_scale_f32(ids: Ids) {
+    let i = gidx(ids);
+    if (i < args.n) {
+        y[i] = a[i] * args.s;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn kernel_swiglu_f32(ids: Ids) {
+    let i = gidx(ids);
+    if (i < uargs.n) {
+        let g = a[i];
+        y[i] = g / (1.0 + exp(-g)) * b[i];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn kernel_geglu_f32(ids: Ids) {
+    let i = gidx(ids);
+    if (i < uargs.n) {
+        let g = a[i];
+        // GELU, tanh form (as ggml); the clamp keeps tanh's exp() finite (tanh(15) == 1 in f32)
+        let u = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+        y[i] = 0.5 * g * (1.0 + tanh(u)) * b[i];
+    }
+}
+
+// the last of the step's n_tokens rows of a (n values each)
+@compute @workgroup_size(WG)
+fn kernel_last_row_f32(ids: Ids) {
+    let i = gidx(ids);
+    if (i < uargs.n) {
+        y[i] = a[(step.n_tokens - 1u) * uargs.n + i];
+    }
+}

@@ -1,0 +1,98 @@
+// Mirrors of the kernel argument structs of metal/kargs.h (the single definition): same names,
+// same field order, 32-bit fields. tests/backends/test_ops.py checks them against the header.
+
+struct kargs_step {
+    pos: u32,
+    n_tokens: u32,
+    n_kv: u32,
+    _pad0: u32,
+}
+
+struct kargs_get_rows {
+    n_rows: u32,
+    n_cols: u32,
+    n_vocab: u32,
+    _pad0: u32,
+}
+
+struct kargs_rms_norm {
+    n_rows: u32,
+    n_cols: u32,
+    group: u32,
+    has_weight: u32,
+    eps: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct kargs_mul_mat {
+    M: u32,
+    N: u32,
+    K: u32,
+    w_row_words: u32,
+}
+
+struct kargs_binary {
+    n: u32,
+    b_period: u32,
+    s: f32,
+    _pad0: u32,
+}
+
+struct kargs_rope {
+    n_rows: u32,
+    n_head: u32,
+    head_dim: u32,
+    n_rot: u32,
+    base: f32,
+    freq_scale: f32,
+    neox: u32,
+    has_freq_factors: u32,
+}
+
+struct kargs_kv_store {
+    n_rows: u32,
+    kv_dim: u32,
+    ring: u32,
+    _pad0: u32,
+}
+
+struct kargs_attention {
+    n_rows: u32,
+    n_head: u32,
+    n_kv_head: u32,
+    head_dim: u32,
+    scale: f32,
+    softcap: f32,
+    window: u32,
+    ring: u32,
+}
+
+struct kargs_unary {
+    n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct kargs_argmax {
+    n_rows: u32,
+    n_cols: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct kargs_attn_reduce {
+    n_rows: u32,
+    n_head: u32,
+    head_dim: u32,
+    n_splits: u32,
+}
+
+struct kargs_part {
+    row0: u32,
+    n_rows: u32,
+    _pad0: u32,
+    _pad1: u32,
+}

@@ -1,0 +1,561 @@
+// Weight types as the kernels read them. GGUF blocks are repacked at load into separate u32
+// arrays (webgpu_repack.py: quant bits, scales, high bits), since WGSL loads nothing narrower
+// than 32 bits; nothing is dequantized ahead of time.
+//
+// Each section gives one type the same interface, over "units": 32 weights of a row that one
+// thread takes at a time (units need not be contiguous columns; their layout follows the block's
+// own so that a unit's bits are one or two aligned vector loads). With U units per row, unit u of
+// part-local row r has index i = r * U + u; blocks hold UPB units.
+//   unit_col(u, j): column of weight 4j of unit u in its row (weights 4j..4j+3 are 4 columns)
+//   dq4(i, j):      weights 4j..4j+3 of unit i
+//   dot_unit(i, xv): dot product of unit i with x, where xv[j] holds the 4 columns of unit_col
+// Weight arrays bind at 3, 4, 5, 6, in the order webgpu_repack.py lists them.
+
+fn nib_lo(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(0xFu));
+}
+
+fn nib_hi(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(w >> 4u, w >> 12u, w >> 20u, w >> 28u) & vec4<u32>(0xFu));
+}
+
+// two-bit fields at bit `shift` of each byte of w
+fn crumbs(w: u32, shift: u32) -> vec4<f32> {
+    let b = vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u);
+    return vec4<f32>((b >> vec4<u32>(shift)) & vec4<u32>(3u));
+}
+
+// one bit at `shift` of each byte of w
+fn bits(w: u32, shift: u32) -> vec4<f32> {
+    let b = vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u);
+    return vec4<f32>((b >> vec4<u32>(shift)) & vec4<u32>(1u));
+}
+
+// the four bytes of w as signed values
+fn sbytes(w: u32) -> vec4<f32> {
+    let v = vec4<i32>(bitcast<i32>(w << 24u), bitcast<i32>(w << 16u), bitcast<i32>(w << 8u),
+                      bitcast<i32>(w));
+    return vec4<f32>(v >> vec4<u32>(24u));
+}
+
+// byte k of a 16-byte vector
+fn byte16(v: vec4<u32>, k: u32) -> u32 {
+    return (v[k >> 2u] >> (8u * (k & 3u))) & 0xFFu;
+}
+
+fn hsum(v: vec4<f32>) -> f32 {
+    return v.x + v.y + v.z + v.w;
+}
+
+// bits 4j..4j+3 of w, one per lane
+fn bits4(w: u32, j: u32) -> vec4<f32> {
+    let b = w >> (4u * j);
+    return vec4<f32>(vec4<u32>(b, b >> 1u, b >> 2u, b >> 3u) & vec4<u32>(1u));
+}
+
+//! section f32
+// rows zero-padded to a multiple of 32 columns
+@group(0) @binding(3) var<storage, read> w0: array<vec4<f32>>;
+const UPB: u32 = 1u;
+const GUARD_K: bool = true;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    return 32u * u + 4u * j;
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    return w0[8u * i + j];
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    var s = 0.0;
+    for (var j = 0u; j < 8u; j++) {
+        s += dot(w0[8u * i + j], (*xv)[j]);
+    }
+    return s;
+}
+
+//! section f16
+// rows zero-padded to a multiple of 32 columns; two halves per word
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+const UPB: u32 = 1u;
+const GUARD_K: bool = true;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    return 32u * u + 4u * j;
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let q = w0[4u * i + j / 2u];
+    let a = select(q.xy, q.zw, (j & 1u) == 1u);
+    return vec4<f32>(unpack2x16float(a.x), unpack2x16float(a.y));
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    var s = 0.0;
+    for (var h = 0u; h < 4u; h++) {
+        let q = w0[4u * i + h];
+        s += dot(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)), (*xv)[2u * h]);
+        s += dot(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)), (*xv)[2u * h + 1u]);
+    }
+    return s;
+}
+
+//! section bf16
+// rows zero-padded to a multiple of 32 columns; two bfloat16 per word
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+const UPB: u32 = 1u;
+const GUARD_K: bool = true;
+
+fn bf2(w: u32) -> vec2<f32> {
+    return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xFFFF0000u));
+}
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    return 32u * u + 4u * j;
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let q = w0[4u * i + j / 2u];
+    let a = select(q.xy, q.zw, (j & 1u) == 1u);
+    return vec4<f32>(bf2(a.x), bf2(a.y));
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    var s = 0.0;
+    for (var h = 0u; h < 4u; h++) {
+        let q = w0[4u * i + h];
+        s += dot(vec4<f32>(bf2(q.x), bf2(q.y)), (*xv)[2u * h]);
+        s += dot(vec4<f32>(bf2(q.z), bf2(q.w)), (*xv)[2u * h + 1u]);
+    }
+    return s;
+}
+
+//! section q8_0
+// w0: the 32 signed bytes of a block; w1: its scale d, two halves per word
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<u32>;
+const UPB: u32 = 1u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    return 32u * u + 4u * j;
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let d = unpack2x16float(w1[i >> 1u])[i & 1u];
+    return d * sbytes(w0[2u * i + j / 4u][j & 3u]);
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let a = w0[2u * i];
+    let b = w0[2u * i + 1u];
+    var s = dot(sbytes(a.x), (*xv)[0]) + dot(sbytes(a.y), (*xv)[1]);
+    s += dot(sbytes(a.z), (*xv)[2]) + dot(sbytes(a.w), (*xv)[3]);
+    s += dot(sbytes(b.x), (*xv)[4]) + dot(sbytes(b.y), (*xv)[5]);
+    s += dot(sbytes(b.z), (*xv)[6]) + dot(sbytes(b.w), (*xv)[7]);
+    return unpack2x16float(w1[i >> 1u])[i & 1u] * s;
+}
+
+//! section q4_0
+// w0: 16 bytes of nibbles (low nibbles are weights 0..15, high ones 16..31); w1: d as halves.
+// x = d * (q - 8)
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<u32>;
+const UPB: u32 = 1u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    return 32u * u + 4u * j;
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let d = unpack2x16float(w1[i >> 1u])[i & 1u];
+    let q = w0[i][j & 3u];
+    return d * (select(nib_lo(q), nib_hi(q), j >= 4u) - 8.0);
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let q = w0[i];
+    var s = 0.0;
+    var sx = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        s += dot(nib_lo(q[k]), (*xv)[k]) + dot(nib_hi(q[k]), (*xv)[k + 4u]);
+        sx += (*xv)[k] + (*xv)[k + 4u];
+    }
+    return unpack2x16float(w1[i >> 1u])[i & 1u] * (s - 8.0 * hsum(sx));
+}
+
+//! section q4_1
+// w0: nibbles as q4_0; w1: (d, m) as two halves. x = d * q + m
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<u32>;
+const UPB: u32 = 1u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    return 32u * u + 4u * j;
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let dm = unpack2x16float(w1[i]);
+    let q = w0[i][j & 3u];
+    return dm.x * select(nib_lo(q), nib_hi(q), j >= 4u) + dm.y;
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let q = w0[i];
+    var s = 0.0;
+    var sx = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        s += dot(nib_lo(q[k]), (*xv)[k]) + dot(nib_hi(q[k]), (*xv)[k + 4u]);
+        sx += (*xv)[k] + (*xv)[k + 4u];
+    }
+    let dm = unpack2x16float(w1[i]);
+    return dm.x * s + dm.y * hsum(sx);
+}
+
+//! section q5_0
+// w0: low nibbles as q4_0; w1: the fifth bits (bit e for weight e); w2: d as halves.
+// x = d * (q - 16)
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<u32>;
+@group(0) @binding(5) var<storage, read> w2: array<u32>;
+const UPB: u32 = 1u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    return 32u * u + 4u * j;
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let d = unpack2x16float(w2[i >> 1u])[i & 1u];
+    let q = w0[i][j & 3u];
+    let lo = select(nib_lo(q), nib_hi(q), j >= 4u);
+    return d * (lo + 16.0 * bits4(w1[i], j) - 16.0);
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let q = w0[i];
+    let h = w1[i];
+    var s = 0.0;
+    var sx = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        s += dot(nib_lo(q[k]) + 16.0 * bits4(h, k), (*xv)[k]);
+        s += dot(nib_hi(q[k]) + 16.0 * bits4(h, k + 4u), (*xv)[k + 4u]);
+        sx += (*xv)[k] + (*xv)[k + 4u];
+    }
+    return unpack2x16float(w2[i >> 1u])[i & 1u] * (s - 16.0 * hsum(sx));
+}
+
+//! section q5_1
+// w0: low nibbles as q4_0; w1: ((d, m) as two halves, fifth bits). x = d * q + m
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<vec2<u32>>;
+const UPB: u32 = 1u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    return 32u * u + 4u * j;
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let hdr = w1[i];
+    let dm = unpack2x16float(hdr.x);
+    let q = w0[i][j & 3u];
+    let lo = select(nib_lo(q), nib_hi(q), j >= 4u);
+    return dm.x * (lo + 16.0 * bits4(hdr.y, j)) + dm.y;
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let q = w0[i];
+    let hdr = w1[i];
+    var s = 0.0;
+    var sx = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        s += dot(nib_lo(q[k]) + 16.0 * bits4(hdr.y, k), (*xv)[k]);
+        s += dot(nib_hi(q[k]) + 16.0 * bits4(hdr.y, k + 4u), (*xv)[k + 4u]);
+        sx += (*xv)[k] + (*xv)[k + 4u];
+    }
+    let dm = unpack2x16float(hdr.x);
+    return dm.x * s + dm.y * hsum(sx);
+}
+
+//! section q2_K
+// Block of 256: w0 the 64 bytes of 2-bit quants (byte l of half n holds weights
+// 128n + 32t + l at bits 2t), as 8-byte pieces; w1 the 16 scale bytes (low nibble scale, high
+// nibble min, one per 16 weights); w2 (d, dmin) as two halves. x = d * sc * q - dmin * mn.
+// Unit (n, lq) = bytes 32n + 8lq .. +7 of the quants, all four shifts: weights
+// 128n + 32t + 8lq + l', t < 4, l' < 8.
+@group(0) @binding(3) var<storage, read> w0: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read> w2: array<u32>;
+const UPB: u32 = 8u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    let ui = u & 7u;
+    return 256u * (u >> 3u) + 128u * (ui >> 2u) + 32u * (j >> 1u) + 8u * (ui & 3u) + 4u * (j & 1u);
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let blk = i >> 3u;
+    let ui = i & 7u;
+    let t = j >> 1u;
+    let q = w0[i][j & 1u];
+    let sc = byte16(w1[blk], 8u * (ui >> 2u) + 2u * t + ((ui & 3u) >> 1u));
+    let dm = unpack2x16float(w2[blk]);
+    return dm.x * f32(sc & 0xFu) * crumbs(q, 2u * t) - dm.y * f32(sc >> 4u);
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let blk = i >> 3u;
+    let ui = i & 7u;
+    let q = w0[i];
+    let scs = w1[blk];
+    let dm = unpack2x16float(w2[blk]);
+    let s0 = 8u * (ui >> 2u) + ((ui & 3u) >> 1u);
+    var sq = 0.0;
+    var sm = 0.0;
+    for (var t = 0u; t < 4u; t++) {
+        let sc = byte16(scs, s0 + 2u * t);
+        let a = (*xv)[2u * t];
+        let b = (*xv)[2u * t + 1u];
+        sq += f32(sc & 0xFu) * (dot(crumbs(q.x, 2u * t), a) + dot(crumbs(q.y, 2u * t), b));
+        sm += f32(sc >> 4u) * hsum(a + b);
+    }
+    return dm.x * sq - dm.y * sm;
+}
+
+//! section q3_K
+// Block of 256: w0 the 2-bit quants as q2_K; w1 the 32 hmask bytes (byte l holds the third bit
+// of weight 128n + 32t + l at bit 4n + t), as 8-byte pieces; w2 (the 12 bytes of 6-bit scales,
+// d as a half in the low half of the last word). x = d * (sc - 32) * (q - (bit ? 0 : 4)).
+@group(0) @binding(3) var<storage, read> w0: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<vec2<u32>>;
+@group(0) @binding(5) var<storage, read> w2: array<vec4<u32>>;
+const UPB: u32 = 8u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    let ui = u & 7u;
+    return 256u * (u >> 3u) + 128u * (ui >> 2u) + 32u * (j >> 1u) + 8u * (ui & 3u) + 4u * (j & 1u);
+}
+
+// 6-bit scale s (one per 16 weights) minus 32: low 4 bits from byte s % 8 (nibble s / 8), high
+// 2 bits from byte 8 + s % 4 (bits 2 * (s / 4))
+fn q3_scale(hdr: vec4<u32>, s: u32) -> f32 {
+    let lo = (byte16(hdr, s & 7u) >> (4u * (s >> 3u))) & 0xFu;
+    let hi = (byte16(hdr, 8u + (s & 3u)) >> (2u * (s >> 2u))) & 3u;
+    return f32(i32(lo | (hi << 4u)) - 32);
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let blk = i >> 3u;
+    let ui = i & 7u;
+    let n = ui >> 2u;
+    let lq = ui & 3u;
+    let t = j >> 1u;
+    let hdr = w2[blk];
+    let d = unpack2x16float(hdr.w).x;
+    let q = crumbs(w0[i][j & 1u], 2u * t) + 4.0 * bits(w1[4u * blk + lq][j & 1u], 4u * n + t);
+    return d * q3_scale(hdr, 8u * n + 2u * t + (lq >> 1u)) * (q - 4.0);
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let blk = i >> 3u;
+    let ui = i & 7u;
+    let n = ui >> 2u;
+    let lq = ui & 3u;
+    let q = w0[i];
+    let h = w1[4u * blk + lq];
+    let hdr = w2[blk];
+    var s = 0.0;
+    for (var t = 0u; t < 4u; t++) {
+        let a = (*xv)[2u * t];
+        let b = (*xv)[2u * t + 1u];
+        let qa = crumbs(q.x, 2u * t) + 4.0 * bits(h.x, 4u * n + t);
+        let qb = crumbs(q.y, 2u * t) + 4.0 * bits(h.y, 4u * n + t);
+        let sc = q3_scale(hdr, 8u * n + 2u * t + (lq >> 1u));
+        s += sc * (dot(qa, a) + dot(qb, b) - 4.0 * hsum(a + b));
+    }
+    return unpack2x16float(hdr.w).x * s;
+}
+
+//! section q4_K
+// Block of 256: w0 the 128 bytes of nibbles (byte l of chunk c holds weight 64c + l in its low
+// nibble and 64c + 32 + l in its high one); w1 ((d, dmin) as two halves, the 12 bytes of 6-bit
+// scales and mins). x = d * sc * q - dmin * mn, (sc, mn) per 32 weights.
+// Unit (c, lh) = bytes 32c + 16lh .. +15, both nibbles: weights 64c + 16lh + l' (low) and
+// 64c + 32 + 16lh + l' (high), l' < 16; its 16 bytes are w0[i].
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<vec4<u32>>;
+const UPB: u32 = 8u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    let ui = u & 7u;
+    return 256u * (u >> 3u) + 64u * (ui >> 1u) + 32u * (j >> 2u) + 16u * (ui & 1u) + 4u * (j & 3u);
+}
+
+// (scale, min) of sub-block s < 8 from the packed 6-bit fields (bytes 4.. of w1)
+fn k_scale_min(hdr: vec4<u32>, s: u32) -> vec2<f32> {
+    if (s < 4u) {
+        return vec2<f32>(f32(byte16(hdr, 4u + s) & 63u), f32(byte16(hdr, 8u + s) & 63u));
+    }
+    let b = byte16(hdr, 8u + s);
+    let sc = (b & 0xFu) | ((byte16(hdr, s) >> 6u) << 4u);
+    let mn = (b >> 4u) | ((byte16(hdr, 4u + s) >> 6u) << 4u);
+    return vec2<f32>(f32(sc), f32(mn));
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let hdr = w1[i >> 3u];
+    let dm = unpack2x16float(hdr.x);
+    let hi = j >= 4u;
+    let sm = k_scale_min(hdr, 2u * ((i & 7u) >> 1u) + select(0u, 1u, hi));
+    let q = w0[i][j & 3u];
+    return dm.x * sm.x * select(nib_lo(q), nib_hi(q), hi) - dm.y * sm.y;
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let hdr = w1[i >> 3u];
+    let q = w0[i];
+    let c2 = 2u * ((i & 7u) >> 1u);
+    let s0 = k_scale_min(hdr, c2);
+    let s1 = k_scale_min(hdr, c2 + 1u);
+    var qlo = 0.0;
+    var qhi = 0.0;
+    var xlo = vec4<f32>(0.0);
+    var xhi = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        qlo += dot(nib_lo(q[k]), (*xv)[k]);
+        qhi += dot(nib_hi(q[k]), (*xv)[k + 4u]);
+        xlo += (*xv)[k];
+        xhi += (*xv)[k + 4u];
+    }
+    let dm = unpack2x16float(hdr.x);
+    return dm.x * (s0.x * qlo + s1.x * qhi) - dm.y * (s0.y * hsum(xlo) + s1.y * hsum(xhi));
+}
+
+//! section q5_K
+// As q4_K, plus w2: the 32 qh bytes (byte l holds the fifth bit of weight 64c + l at bit 2c and
+// of 64c + 32 + l at bit 2c + 1), as 16-byte pieces. x = d * sc * q - dmin * mn.
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read> w2: array<vec4<u32>>;
+const UPB: u32 = 8u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    let ui = u & 7u;
+    return 256u * (u >> 3u) + 64u * (ui >> 1u) + 32u * (j >> 2u) + 16u * (ui & 1u) + 4u * (j & 3u);
+}
+
+fn k_scale_min(hdr: vec4<u32>, s: u32) -> vec2<f32> {
+    if (s < 4u) {
+        return vec2<f32>(f32(byte16(hdr, 4u + s) & 63u), f32(byte16(hdr, 8u + s) & 63u));
+    }
+    let b = byte16(hdr, 8u + s);
+    let sc = (b & 0xFu) | ((byte16(hdr, s) >> 6u) << 4u);
+    let mn = (b >> 4u) | ((byte16(hdr, 4u + s) >> 6u) << 4u);
+    return vec2<f32>(f32(sc), f32(mn));
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let blk = i >> 3u;
+    let ui = i & 7u;
+    let hdr = w1[blk];
+    let dm = unpack2x16float(hdr.x);
+    let hi = j >= 4u;
+    let s = 2u * (ui >> 1u) + select(0u, 1u, hi);
+    let sm = k_scale_min(hdr, s);
+    let q = w0[i][j & 3u];
+    let h = bits(w2[2u * blk + (ui & 1u)][j & 3u], s);
+    return dm.x * sm.x * (select(nib_lo(q), nib_hi(q), hi) + 16.0 * h) - dm.y * sm.y;
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let blk = i >> 3u;
+    let ui = i & 7u;
+    let hdr = w1[blk];
+    let q = w0[i];
+    let h = w2[2u * blk + (ui & 1u)];
+    let c2 = 2u * (ui >> 1u);
+    let s0 = k_scale_min(hdr, c2);
+    let s1 = k_scale_min(hdr, c2 + 1u);
+    var qlo = 0.0;
+    var qhi = 0.0;
+    var xlo = vec4<f32>(0.0);
+    var xhi = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        qlo += dot(nib_lo(q[k]) + 16.0 * bits(h[k], c2), (*xv)[k]);
+        qhi += dot(nib_hi(q[k]) + 16.0 * bits(h[k], c2 + 1u), (*xv)[k + 4u]);
+        xlo += (*xv)[k];
+        xhi += (*xv)[k + 4u];
+    }
+    let dm = unpack2x16float(hdr.x);
+    return dm.x * (s0.x * qlo + s1.x * qhi) - dm.y * (s0.y * hsum(xlo) + s1.y * hsum(xhi));
+}
+
+//! section q6_K
+// Block of 256 in halves n of 128: w0 the 128 ql bytes (byte 64n + l holds weight
+// 128n + l (low nibble) and 128n + 64 + l (high), byte 64n + 32 + l weights 128n + 32 + l and
+// 128n + 96 + l), as 8-byte pieces; w1 the 64 qh bytes (byte 32n + l holds the top two bits of
+// weight 128n + 32t + l at bits 2t), as 8-byte pieces; w2 the 16 signed scales; w3 d as halves.
+// x = d * sc * (q - 32). Unit (n, lq): weights 128n + 32t + 8lq + l', t < 4, l' < 8.
+@group(0) @binding(3) var<storage, read> w0: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<vec2<u32>>;
+@group(0) @binding(5) var<storage, read> w2: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> w3: array<u32>;
+const UPB: u32 = 8u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32) -> u32 {
+    let ui = u & 7u;
+    return 256u * (u >> 3u) + 128u * (ui >> 2u) + 32u * (j >> 1u) + 8u * (ui & 3u) + 4u * (j & 1u);
+}
+
+fn q6_scale(scs: vec4<u32>, s: u32) -> f32 {
+    return f32(extractBits(bitcast<i32>(scs[s >> 2u]), 8u * (s & 3u), 8u));
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    let blk = i >> 3u;
+    let ui = i & 7u;
+    let n = ui >> 2u;
+    let lq = ui & 3u;
+    let t = j >> 1u;
+    let ql = w0[16u * blk + 8u * n + 4u * (t & 1u) + lq][j & 1u];
+    let lo = select(nib_lo(ql), nib_hi(ql), t >= 2u);
+    let q = lo + 16.0 * crumbs(w1[i][j & 1u], 2u * t);
+    let d = unpack2x16float(w3[blk >> 1u])[blk & 1u];
+    return d * q6_scale(w2[blk], 8u * n + 2u * t + (lq >> 1u)) * (q - 32.0);
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let blk = i >> 3u;
+    let ui = i & 7u;
+    let n = ui >> 2u;
+    let lq = ui & 3u;
+    let base = 16u * blk + 8u * n + lq;
+    let la = w0[base];
+    let lb = w0[base + 4u];
+    let h = w1[i];
+    let scs = w2[blk];
+    let s0 = 8u * n + (lq >> 1u);
+    // quarters t = 0..3 take ql from (la low, lb low, la high, lb high)
+    let q0 = vec2<u32>(la.x, la.y);
+    let q1 = vec2<u32>(lb.x, lb.y);
+    var s = 0.0;
+    for (var t = 0u; t < 4u; t++) {
+        let src = select(q0, q1, (t & 1u) == 1u);
+        let hi = t >= 2u;
+        let a = (*xv)[2u * t];
+        let b = (*xv)[2u * t + 1u];
+        let qa = select(nib_lo(src.x), nib_hi(src.x), hi) + 16.0 * crumbs(h.x, 2u * t);
+        let qb = select(nib_lo(src.y), nib_hi(src.y), hi) + 16.0 * crumbs(h.y, 2u * t);
+        s += q6_scale(scs, s0 + 2u * t) * (dot(qa, a) + dot(qb, b) - 32.0 * hsum(a + b));
+    }
+    return unpack2x16float(w3[blk >> 1u])[blk & 1u] * s;
+}

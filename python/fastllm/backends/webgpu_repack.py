@@ -1,0 +1,103 @@
+"""Repacking of GGUF tensors into the u32 arrays the WGSL kernels read (shaders/quants.wgsl).
+
+WGSL loads nothing narrower than 32 bits, so each block type is split into separate arrays of
+whole words: quant bits, scales, high bits. Nothing is dequantized: the arrays hold the file's
+own bits, re-ordered (an f16 scale per block is packed two to a word). Float matrices keep their
+values, rows zero-padded to a multiple of 32 so every type works in units of 32 weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedError
+from ..quants import GGMLType, type_size
+
+# Per type: its kernel-name suffix, units of 32 weights per block, and its arrays in binding
+# order. An array is ("b", start, stop, width): bytes start..stop of each block into a record of
+# `width` bytes (zero-padded), or ("h", start): the f16 at `start` of each block, two per word.
+_QUANT: dict[GGMLType, tuple[str, int, tuple[tuple, ...]]] = {
+    GGMLType.Q8_0: ("q8_0", 1, (("b", 2, 34, 32), ("h", 0))),
+    GGMLType.Q4_0: ("q4_0", 1, (("b", 2, 18, 16), ("h", 0))),
+    GGMLType.Q4_1: ("q4_1", 1, (("b", 4, 20, 16), ("b", 0, 4, 4))),
+    GGMLType.Q5_0: ("q5_0", 1, (("b", 6, 22, 16), ("b", 2, 6, 4), ("h", 0))),
+    GGMLType.Q5_1: ("q5_1", 1, (("b", 8, 24, 16), ("b", 0, 8, 8))),
+    GGMLType.Q2_K: ("q2_K", 8, (("b", 16, 80, 64), ("b", 0, 16, 16), ("b", 80, 84, 4))),
+    GGMLType.Q3_K: ("q3_K", 8, (("b", 32, 96, 64), ("b", 0, 32, 32), ("b", 96, 110, 16))),
+    GGMLType.Q4_K: ("q4_K", 8, (("b", 16, 144, 128), ("b", 0, 16, 16))),
+    GGMLType.Q5_K: ("q5_K", 8, (("b", 48, 176, 128), ("b", 0, 16, 16), ("b", 16, 48, 32))),
+    GGMLType.Q6_K: ("q6_K", 8, (("b", 0, 128, 128), ("b", 128, 192, 64), ("b", 192, 208, 16),
+                                ("h", 208))),
+}
+_FLOAT = {GGMLType.F32: ("f32", 4), GGMLType.F16: ("f16", 2), GGMLType.BF16: ("bf16", 2)}
+
+MAX_ARRAYS = 4  # weight arrays bind at 3 .. 3 + MAX_ARRAYS - 1
+
+
+def type_name(t: GGMLType) -> str:
+    """Kernel-name suffix of a weight type (`q4_K`, `f16`, ...)."""
+    if t in _QUANT:
+        return _QUANT[t][0]
+    if t in _FLOAT:
+        return _FLOAT[t][0]
+    raise UnsupportedError(f"webgpu: no kernels for tensor type {t.name}")
+
+
+def units_per_row(t: GGMLType, k: int) -> int:
+    """Units of 32 weights in a row of k values (float rows are padded up to whole units)."""
+    if t in _FLOAT:
+        return (k + 31) // 32
+    blk, _ = type_size(t)
+    return k // blk * _QUANT[t][1]
+
+
+def array_sizes(t: GGMLType, rows: int, k: int) -> list[int]:
+    """Bytes of each repacked array of `rows` rows of length k."""
+    if t in _FLOAT:
+        return [rows * units_per_row(t, k) * 32 * _FLOAT[t][1]]
+    blk, _ = type_size(t)
+    nb = rows * (k // blk)
+    return [nb * a[3] if a[0] == "b" else (nb + 1) // 2 * 4 for a in _QUANT[t][2]]
+
+
+def repack(t: GGMLType, raw: np.ndarray, rows: int, k: int) -> list[np.ndarray]:
+    """The arrays (uint8, whole words) of `rows` rows of raw GGUF bytes, in binding order."""
+    raw = np.ascontiguousarray(raw).reshape(-1)
+    if t in _FLOAT:
+        width = _FLOAT[t][1]
+        m = raw.reshape(rows, k * width)
+        pad = units_per_row(t, k) * 32 * width - k * width
+        if pad:
+            m = np.concatenate([m, np.zeros((rows, pad), np.uint8)], axis=1)
+        return [np.ascontiguousarray(m).reshape(-1)]
+    _blk, bsz = type_size(t)
+    b = raw.reshape(-1, bsz)
+    out = []
+    for a in _QUANT[t][2]:
+        if a[0] == "h":
+            h = b[:, a[1]:a[1] + 2]
+            if len(h) % 2:
+                h = np.concatenate([h, np.zeros((1, 2), np.uint8)])
+            out.append(np.ascontiguousarray(h).reshape(-1))
+        else:
+            _, start, stop, width = a
+            rec = b[:, start:stop]
+            if stop - start < width:
+                rec = np.concatenate([rec, np.zeros((len(b), width - (stop - start)), np.uint8)],
+                                     axis=1)
+            out.append(np.ascontiguousarray(rec).reshape(-1))
+    return out
+
+
+def to_f32(t: GGMLType, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Float32 values of a small tensor (norm weights, biases, rope factors)."""
+    raw = np.ascontiguousarray(raw).reshape(-1)
+    if t == GGMLType.F32:
+        return raw.view(np.float32).reshape(shape).copy()
+    if t == GGMLType.F16:
+        return raw.view(np.float16).astype(np.float32).reshape(shape)
+    if t == GGMLType.BF16:
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    from ..quants import dequantize
+
+    return np.asarray(dequantize(raw, t, shape), np.float32)

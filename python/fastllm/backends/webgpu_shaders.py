@@ -1,0 +1,63 @@
+"""WGSL sources: modules assembled from shaders/*.wgsl and specialized per pipeline.
+
+A kernel module is kargs.wgsl + one section of common.wgsl (subgroup or shared reductions) +
+optionally one type section of quants.wgsl + the op family's file. WGSL has no preprocessor, so
+the files stay valid WGSL and specialization is done on the text: `const NAME: T = ...;` lines
+take the values a pipeline needs, `alias TILE = f32;` may become f16, and `TYPE` in entry point
+names becomes the weight type (kernel_mul_mv_TYPE_f32 -> kernel_mul_mv_q4_K_f32).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+SHADER_DIR = Path(__file__).resolve().parent / "shaders"
+_SECTION = re.compile(r"^//! section (\w+)\s*$", re.MULTILINE)
+
+
+@cache
+def read(name: str) -> str:
+    return (SHADER_DIR / name).read_text()
+
+
+@cache
+def sections(name: str) -> tuple[str, dict[str, str]]:
+    """(text before the first section marker, {section name: text})."""
+    text = read(name)
+    parts = _SECTION.split(text)
+    return parts[0], {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def specialize(src: str, consts: dict[str, int | bool]) -> str:
+    for name, value in consts.items():
+        if isinstance(value, bool):
+            lit = "true" if value else "false"
+        else:
+            lit = f"{int(value)}u"
+        pat = re.compile(rf"^const {name}: (\w+) = [^;]+;", re.MULTILINE)
+        src, n = pat.subn(lambda m, lit=lit, name=name: f"const {name}: {m.group(1)} = {lit};",
+                          src)
+        if n != 1:
+            raise KeyError(f"shader constant {name} is declared {n} times")
+    return src
+
+
+def module_source(file: str, *, subgroups: bool, wtype: str | None = None,
+                  consts: dict[str, int | bool] | None = None, f16_tile: bool = False) -> str:
+    """The full WGSL text of a kernel module."""
+    head, common = sections("common.wgsl")
+    parts = [read("kargs.wgsl"), head, common["subgroup" if subgroups else "shared"]]
+    body = read(file)
+    if wtype is not None:
+        qhead, qsec = sections("quants.wgsl")
+        parts += [qhead, qsec[wtype]]
+        body = body.replace("_TYPE", "_" + wtype)
+    parts.append(body)
+    src = "\n".join(parts)
+    if consts:
+        src = specialize(src, consts)
+    if f16_tile:
+        src = "enable f16;\n" + src.replace("alias TILE = f32;", "alias TILE = f16;")
+    return src

@@ -1,0 +1,355 @@
+"""Every op of backends/base.py on the WebGPU backend against the NumPy reference.
+
+Graphs are built directly with `Graph`; activations come from random float32 tables through
+get_rows (a graph's only input is its token ids). Inputs are fresh random data on every run and
+the seed is printed on failure; every activation buffer is filled with NaN before each run, so a
+kernel that skips a write shows. Each test runs with the adapter's optional features (subgroups,
+shader-f16) and with both forced off.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastllm import kargs
+from fastllm.backends.base import Graph, KVSpec
+from fastllm.backends.reference import ReferenceBackend
+from fastllm.gguf import TensorInfo
+from fastllm.quants import SUPPORTED_TYPES, GGMLType, quantize, random_blocks
+
+FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
+# max |gpu - ref| / max |ref| of a mat-mul. Float weights are read exactly (f32 sums in another
+# order); quantized prefill may round its tiles to f16 (shader-f16), ~2^-11 per value.
+MATMUL_TOL = {t: 1e-5 if t in FLOATS else 2e-3 for t in SUPPORTED_TYPES}
+F32_TOL = 1e-5  # element-wise ops and norms: f32 rounding only
+ROPE_TOL = 2e-4  # angles p * inv_freq rounded once in f32, and the GPU's sin/cos
+ATTN_TOL = 2e-5
+
+VARIANTS = {"features": None, "plain": {"shader-f16", "subgroup"}}
+
+
+def _backend(disable):
+    from fastllm.errors import BackendError
+
+    try:
+        from fastllm.backends.webgpu import WebGPUBackend
+
+        return WebGPUBackend(disable=disable)
+    except (ImportError, BackendError) as e:
+        pytest.skip(f"no WebGPU adapter: {e}")
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def gpu(request):
+    be = _backend(VARIANTS[request.param])
+    yield be
+    be.close()
+
+
+class SeededRng:
+    """A numpy Generator that remembers its seed (printed when a check fails)."""
+
+    def __init__(self):
+        self.seed_value = secrets.randbits(63)
+        self._gen = np.random.default_rng(self.seed_value)
+
+    def __getattr__(self, name):
+        return getattr(self._gen, name)
+
+
+@pytest.fixture
+def rng():
+    return SeededRng()
+
+
+def info(name: str, t: GGMLType, shape: tuple[int, ...], data: np.ndarray) -> TensorInfo:
+    return TensorInfo(name, t, shape, np.ascontiguousarray(data).view(np.uint8).reshape(-1), "")
+
+
+def f32_info(name: str, a: np.ndarray) -> TensorInfo:
+    a = np.ascontiguousarray(a, np.float32)
+    return info(name, GGMLType.F32, a.shape, a)
+
+
+def quant_info(name: str, t: GGMLType, rows: int, cols: int, rng) -> TensorInfo:
+    return info(name, t, (rows, cols), random_blocks(t, rows, cols, rng))
+
+
+class Pair:
+    """The same weights and KV cache on the reference and a WebGPU backend."""
+
+    def __init__(self, gpu, infos: dict[str, TensorInfo], kv: KVSpec | None = None):
+        self.ref, self.gpu = ReferenceBackend(), gpu
+        self.w = {b: {n: b.load_weight(i) for n, i in infos.items()} for b in (self.ref, gpu)}
+        if kv is not None:
+            self.ref.init_kv(kv)
+            gpu.init_kv(kv)
+
+    def run(self, build, n: int, tokens: np.ndarray, pos: int = 0):
+        """build(graph, weights) records the graph; returns (gpu outputs, reference outputs)."""
+        out = []
+        for b in (self.gpu, self.ref):
+            g = Graph(n)
+            build(g, self.w[b])
+            prog = b.compile(g)
+            if b is self.gpu:
+                prog.poison()
+            out.append(prog.run(tokens, pos))
+        return out
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert np.isfinite(a).all(), "non-finite values (a skipped write?)"
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def check(got: dict, want: dict, tol: float, rng, what: str = "") -> None:
+    for name, ref in want.items():
+        e = rel_err(got[name], ref)
+        assert e <= tol, (f"{what} {name}: relative error {e:.2e} > {tol:.0e} "
+                          f"(seed {rng.seed_value})")
+
+
+# -- the kargs mirrors ------------------------------------------------------------------------
+def test_kargs_wgsl_mirrors_header():
+    from fastllm.backends import webgpu_shaders
+
+    text = webgpu_shaders.read("kargs.wgsl")
+    wgsl = {}
+    for name, body in re.findall(r"struct\s+(kargs_\w+)\s*\{(.*?)\}", text, re.DOTALL):
+        wgsl[name] = re.findall(r"(\w+)\s*:\s*(u32|i32|f32)", body)
+    types = {"u32": np.uint32, "i32": np.int32, "f32": np.float32}
+    header = kargs.structs()
+    assert set(wgsl) == set(header)
+    for name, dt in header.items():
+        assert [f for f, _ in wgsl[name]] == list(dt.names), name
+        assert [np.dtype(types[t]) for _, t in wgsl[name]] == [dt[f] for f in dt.names], name
+
+
+def test_shaders_have_contract_names():
+    shaders = Path(__file__).resolve().parents[2] / "python/fastllm/backends/shaders"
+    text = "".join(p.read_text() for p in shaders.glob("*.wgsl"))
+    for entry in ("kernel_mul_mv_TYPE_f32", "kernel_mul_mm_TYPE_f32", "kernel_get_rows_TYPE",
+                  "kernel_rms_norm_f32", "kernel_rope_f32", "kernel_attn_decode_f32",
+                  "kernel_attn_prefill_f32", "kernel_argmax_f32", "kernel_kv_store_f32",
+                  "kernel_swiglu_f32", "kernel_geglu_f32", "kernel_add_f32", "kernel_mul_f32",
+                  "kernel_scale_f32"):
+        assert f"fn {entry}(" in text, entry
+
+
+# -- matrices ---------------------------------------------------------------------------------
+def _k(t: GGMLType) -> int:
+    # float rows that are not whole 32-value units exercise the padded layout
+    return 172 if t in FLOATS else 512
+
+
+@pytest.mark.parametrize("t", SUPPORTED_TYPES, ids=lambda t: t.name)
+def test_mul_mat(gpu, t, rng):
+    k, n = _k(t), 72  # 72 rows: not a whole mat-vec workgroup, not a whole 64-row tile
+    pair = Pair(gpu, {"w": quant_info("w", t, n, k, rng),
+                      "x": f32_info("x", rng.standard_normal((40, k)))})
+    for m in (1, 7, 33):
+
+        def build(g, w):
+            g.output("y", g.matmul(g.get_rows(w["x"], g.tokens), w["w"]))
+
+        got, want = pair.run(build, m, rng.integers(0, 40, m).astype(np.int32))
+        check(got, want, MATMUL_TOL[t], rng, f"{t.name} M={m}")
+
+
+@pytest.mark.parametrize("t", SUPPORTED_TYPES, ids=lambda t: t.name)
+def test_get_rows(gpu, t, rng):
+    k, n = _k(t), 50
+    pair = Pair(gpu, {"w": quant_info("w", t, n, k, rng)})
+    for m in (1, 7):
+        # ids outside the table are clamped (both backends see only valid ids here)
+        got, want = pair.run(lambda g, w: g.output("r", g.get_rows(w["w"], g.tokens)), m,
+                             rng.integers(0, n, m).astype(np.int32))
+        check(got, want, 0.0, rng, f"{t.name} M={m}")
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.F16], ids=lambda t: t.name)
+def test_split_weight(t, rng):
+    """A weight over the binding size is split by rows; each part is its own dispatch."""
+    from fastllm.backends.webgpu import WebGPUBackend
+
+    _backend(None).close()  # skips without an adapter
+    gpu = WebGPUBackend(max_binding=24 * 1024)
+    cap = gpu.limits["max-compute-workgroups-per-dimension"]
+    try:
+        k, n = 512, 150
+        pair = Pair(gpu, {"w": quant_info("w", t, n, k, rng),
+                          "x": f32_info("x", rng.standard_normal((n, k)))})
+        assert len(pair.w[gpu]["w"].handle.parts) > 1
+        for m in (1, 9):
+            # decode also with 3 workgroups per grid dimension: mat-vec grids of more fold into z
+            gpu.limits["max-compute-workgroups-per-dimension"] = 3 if m == 1 else cap
+
+            def build(g, w):
+                g.output("y", g.matmul(g.get_rows(w["x"], g.tokens), w["w"]))
+                g.output("r", g.get_rows(w["w"], g.tokens))
+
+            got, want = pair.run(build, m, rng.integers(0, n, m).astype(np.int32))
+            check(got, want, MATMUL_TOL[t], rng, f"split {t.name} M={m}")
+    finally:
+        gpu.close()
+
+
+# -- element-wise, norms, argmax --------------------------------------------------------------
+@pytest.mark.parametrize("m", [1, 7])
+def test_elementwise(gpu, m, rng):
+    d = 96
+    pair = Pair(gpu, {"a": f32_info("a", rng.standard_normal((20, d)) * 3),
+                      "b": f32_info("b", rng.standard_normal((20, d)) * 3),
+                      "bias": f32_info("bias", rng.standard_normal(d)),
+                      "nw": f32_info("nw", rng.standard_normal(d)),
+                      "hw": f32_info("hw", rng.standard_normal(16))})
+
+    def build(g, w):
+        a, b = g.get_rows(w["a"], g.tokens), g.get_rows(w["b"], g.tokens)
+        g.output("add", g.add(a, b))
+        g.output("bias", g.add(a, w["bias"]))
+        g.output("mul", g.mul(a, b))
+        g.output("mulw", g.mul(a, w["nw"]))
+        g.output("scale", g.scale(a, -0.37))
+        g.output("swiglu", g.swiglu(a, b))
+        g.output("geglu", g.geglu(a, b))
+        g.output("norm", g.rms_norm(a, w["nw"], 1e-5))
+        g.output("norm_nw", g.rms_norm(b, None, 1e-6))
+        g.output("norm_head", g.rms_norm(a, w["hw"], 1e-6, group=16))
+        g.output("last", g.last_row(b))
+
+    got, want = pair.run(build, m, rng.integers(0, 20, m).astype(np.int32))
+    check(got, want, F32_TOL, rng, f"M={m}")
+
+
+@pytest.mark.parametrize("m", [1, 5])
+def test_argmax(gpu, m, rng):
+    v = 1000
+    table = rng.standard_normal((10, v)).astype(np.float32)
+    table[3, 17] = table[3, 900] = 50.0  # a tie: the first index wins
+    pair = Pair(gpu, {"t": f32_info("t", table)})
+    toks = rng.integers(0, 10, m).astype(np.int32)
+    toks[0] = 3
+    got, want = pair.run(lambda g, w: g.output("i", g.argmax(g.get_rows(w["t"], g.tokens))), m,
+                         toks)
+    np.testing.assert_array_equal(got["i"], want["i"], err_msg=f"seed {rng.seed_value}")
+    assert got["i"][0] == 17
+
+
+# -- rope -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("neox", [False, True], ids=["normal", "neox"])
+@pytest.mark.parametrize("ff", [False, True], ids=["plain", "freq_factors"])
+def test_rope(gpu, neox, ff, rng):
+    n_head, hd, n_rot = 3, 32, 24  # n_rot < head_dim: the tail of each head passes through
+    infos = {"x": f32_info("x", rng.standard_normal((20, n_head * hd)))}
+    if ff:
+        infos["ff"] = f32_info("ff", rng.uniform(1.0, 8.0, n_rot // 2))
+    pair = Pair(gpu, infos)
+    for m, pos in ((1, 0), (7, int(rng.integers(1, 300))), (1, 299)):
+
+        def build(g, w):
+            x = g.get_rows(w["x"], g.tokens)
+            g.output("y", g.rope(x, n_head=n_head, head_dim=hd, n_rot=n_rot, base=10000.0,
+                                 freq_scale=0.5, neox=neox, freq_factors=w.get("ff")))
+
+        got, want = pair.run(build, m, rng.integers(0, 20, m).astype(np.int32), pos)
+        check(got, want, ROPE_TOL, rng, f"M={m} pos={pos}")
+
+
+# -- KV cache and attention -------------------------------------------------------------------
+ATTN_SHAPES = [(4, 2, 16), (6, 2, 64), (2, 2, 8)]  # (n_head, n_kv_head, head_dim)
+
+
+@pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "h{}kv{}d{}".format(*s))
+def test_attention_runs(gpu, shape, rng):
+    """kv_store + attention over several runs (prefill chunks, then decode steps) on a full
+    layer and a sliding-window ring layer, out to positions past 300."""
+    nh, nkv, d = shape
+    window, chunk = 16, 64
+    spec = KVSpec(n_ctx=512, kv_dim=(nkv * d, nkv * d), sizes=(512, window + chunk))
+    vocab = 64
+    pair = Pair(gpu, {"q": f32_info("q", rng.standard_normal((vocab, nh * d))),
+                      "k": f32_info("k", rng.standard_normal((vocab, nkv * d))),
+                      "v": f32_info("v", rng.standard_normal((vocab, nkv * d)))}, spec)
+
+    def build(g, w):
+        q, k, v = (g.get_rows(w[n], g.tokens) for n in "qkv")
+        for layer, win, cap in ((0, 0, 0.0), (1, window, 0.0)):
+            g.kv_store(layer, k, v)
+            g.output(f"a{layer}", g.attention(q, layer, n_head=nh, n_kv_head=nkv, head_dim=d,
+                                              scale=d ** -0.5, window=win, softcap=cap))
+
+    pos = 0
+    for n in (33, 7, 1, 1, chunk, chunk, chunk, chunk, chunk, 1, 1):
+        got, want = pair.run(build, n, rng.integers(0, vocab, n).astype(np.int32), pos)
+        check(got, want, ATTN_TOL, rng, f"n={n} pos={pos}")
+        pos += n
+    assert pos > 300
+
+
+@pytest.mark.parametrize("n", [1, 9])
+def test_attention_softcap(gpu, n, rng):
+    nh, nkv, d = 4, 1, 32
+    spec = KVSpec(n_ctx=64, kv_dim=(nkv * d,), sizes=(64,))
+    pair = Pair(gpu, {"q": f32_info("q", rng.standard_normal((32, nh * d)) * 4),
+                      "k": f32_info("k", rng.standard_normal((32, nkv * d))),
+                      "v": f32_info("v", rng.standard_normal((32, nkv * d)))}, spec)
+
+    def build(g, w):
+        q, k, v = (g.get_rows(w[c], g.tokens) for c in "qkv")
+        g.kv_store(0, k, v)
+        g.output("a", g.attention(q, 0, n_head=nh, n_kv_head=nkv, head_dim=d, scale=1.0,
+                                  softcap=5.0))
+
+    pos = 0
+    for _ in range(3):
+        got, want = pair.run(build, n, rng.integers(0, 32, n).astype(np.int32), pos)
+        check(got, want, ATTN_TOL, rng, f"n={n} pos={pos}")
+        pos += n
+
+
+# -- a whole block --------------------------------------------------------------------------
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q8_0], ids=lambda t: t.name)
+def test_block_decode_after_prefill(gpu, t, rng):
+    """One pre-norm decoder block (the ops a llama layer records) prefilled, then decoded."""
+    d, nh, nkv, hd, ff, vocab = 256, 4, 2, 64, 512, 48
+    spec = KVSpec(n_ctx=128, kv_dim=(nkv * hd,), sizes=(128,))
+
+    def mat(name, rows, cols):
+        # weights of a trained model's scale keep activations O(1) and softmax not saturated
+        x = rng.standard_normal((rows, cols)).astype(np.float32) / np.sqrt(cols)
+        return info(name, t, (rows, cols), quantize(x, t))
+
+    infos = {"emb": mat("emb", vocab, d), "norm": f32_info("norm", rng.uniform(0.5, 1.5, d)),
+             "wq": mat("wq", nh * hd, d), "wk": mat("wk", nkv * hd, d),
+             "wv": mat("wv", nkv * hd, d), "wo": mat("wo", d, nh * hd),
+             "gate": mat("gate", ff, d), "up": mat("up", ff, d), "down": mat("down", d, ff)}
+    pair = Pair(gpu, infos, spec)
+
+    def build(g, w):
+        x = g.get_rows(w["emb"], g.tokens)
+        h = g.rms_norm(x, w["norm"], 1e-5)
+        q = g.rope(g.matmul(h, w["wq"]), n_head=nh, head_dim=hd, n_rot=hd, base=1e4)
+        k = g.rope(g.matmul(h, w["wk"]), n_head=nkv, head_dim=hd, n_rot=hd, base=1e4)
+        g.kv_store(0, k, g.matmul(h, w["wv"]))
+        a = g.attention(q, 0, n_head=nh, n_kv_head=nkv, head_dim=hd, scale=hd ** -0.5)
+        x = g.add(x, g.matmul(a, w["wo"]))
+        h = g.rms_norm(x, w["norm"], 1e-5)
+        x = g.add(x, g.matmul(g.swiglu(g.matmul(h, w["gate"]), g.matmul(h, w["up"])),
+                              w["down"]))
+        last = g.last_row(x)
+        g.output("x", last)
+        g.output("id", g.argmax(last))
+
+    pos = 0
+    for n in (11, 1, 1):
+        got, want = pair.run(build, n, rng.integers(0, vocab, n).astype(np.int32), pos)
+        check({"x": got["x"]}, {"x": want["x"]}, MATMUL_TOL[t] * 2, rng, f"n={n} pos={pos}")
+        pos += n
