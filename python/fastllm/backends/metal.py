@@ -1,0 +1,583 @@
+"""The Metal backend (Apple Silicon): graph nodes become Metal compute dispatches.
+
+Three layers:
+- `MetalLowering` turns a recorded `Graph` into a fixed list of `Dispatch`es (kernel name, kargs
+  bytes, buffer references, grid) over one activation arena with static offsets. It knows the
+  kernels of metal/*.metal and nothing of the device.
+- A runtime executes dispatch lists: `_NativeRuntime` drives the `fastllm._metal` extension
+  (one command buffer per run, encoded in C++); the tests drive the same lowering through an
+  emulator runtime (tests/metal/mslemu_runtime.py) that runs the kernels on the CPU.
+- `MetalBackend` / `_MetalProgram`: weights, KV cache, arena; a program is recorded once and per
+  run only the token ids and the `kargs_step` header in the arena change (DESIGN.md, principle 5).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import kargs
+from ..errors import BackendError, ContextOverflowError, UnsupportedError
+from ..gguf import TensorInfo
+from ..quants import GGMLType, row_bytes
+from .base import Backend, Graph, KVSpec, Program, Value, Weight
+
+# kernel-name suffix of each weight type: kernel_mul_mv_<t>_f32, kernel_get_rows_<t>, ...
+TYPE_NAMES: dict[GGMLType, str] = {
+    GGMLType.F32: "f32", GGMLType.F16: "f16", GGMLType.BF16: "bf16",
+    GGMLType.Q8_0: "q8_0", GGMLType.Q4_0: "q4_0", GGMLType.Q4_1: "q4_1",
+    GGMLType.Q5_0: "q5_0", GGMLType.Q5_1: "q5_1", GGMLType.Q2_K: "q2_K",
+    GGMLType.Q3_K: "q3_K", GGMLType.Q4_K: "q4_K", GGMLType.Q5_K: "q5_K", GGMLType.Q6_K: "q6_K",
+}
+KV_TYPES = {"f16": 2, "f32": 4}  # cache element type -> bytes
+
+# Launch constants shared with the kernels (same names in metal/*.metal)
+MV_NSG, MV_NR = 2, 4  # mul_mv: SIMD groups per threadgroup, rows per SIMD group
+MM_TILE = 32  # mul_mm: 32 x 32 output tile per threadgroup of 128 threads
+MM_MIN_ROWS = 8  # tokens from which mat-mat beats re-reading W per token in mat-vec
+ATTN_MAX_D = 256  # attention: largest head_dim
+AP_Q = 8  # attention prefill: query rows per threadgroup
+ATTN_SPLIT = 256  # decode attention: cache positions per split at full context
+ATTN_MAX_SPLITS = 32
+ALIGN = 256  # arena offsets: ample for any vector load and for setBuffer offsets
+HEADER = 256  # arena bytes 0..15: kargs_step; token ids start at HEADER
+
+
+def _up(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def _threads(n: int, cap: int = 256) -> int:
+    """A threadgroup width for n work items: whole SIMD groups, at most cap."""
+    return max(32, min(cap, _up(n, 32)))
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A buffer argument: `kind` "arena" (offset from the arena start), "weight" (key: the weight's
+    handle), "k"/"v" (key: layer). nbytes is the extent the kernel may touch."""
+
+    kind: str
+    offset: int = 0
+    nbytes: int = 0
+    key: Any = None
+
+
+@dataclass
+class Dispatch:
+    """One kernel launch: kargs at [[buffer(0)]] (set as bytes), `buffers` at 1, 2, ...;
+    `grid` threadgroups of `threads` threads. `writes` are the positions in `buffers` whose
+    contents the kernel defines entirely (the emulator poisons them before the launch)."""
+
+    kernel: str
+    kargs: bytes
+    buffers: tuple[Ref, ...]
+    grid: tuple[int, int, int]
+    threads: tuple[int, int, int]
+    writes: tuple[int, ...] = ()
+
+
+@dataclass
+class Plan:
+    """A lowered graph: dispatches, arena size, and where each output lives."""
+
+    dispatches: list[Dispatch]
+    arena_bytes: int
+    tokens: Ref
+    step: Ref
+    outputs: dict[str, tuple[Ref, tuple[int, ...], str]] = field(default_factory=dict)
+
+
+class _Arena:
+    """First-fit allocator of static offsets; `redzone` bytes after each block stay unused (the
+    emulator checks them for stray writes)."""
+
+    def __init__(self, start: int, redzone: int = 0):
+        self.free: list[tuple[int, int]] = []  # (offset, size), sorted
+        self.top = start
+        self.redzone = redzone
+
+    def alloc(self, nbytes: int) -> int:
+        size = _up(max(nbytes, 1) + self.redzone, ALIGN)
+        for i, (off, sz) in enumerate(self.free):
+            if sz >= size:
+                self.free[i:i + 1] = [(off + size, sz - size)] if sz > size else []
+                return off
+        off, self.top = self.top, self.top + size
+        return off
+
+    def release(self, off: int, nbytes: int) -> None:
+        size = _up(max(nbytes, 1) + self.redzone, ALIGN)
+        self.free.append((off, size))
+        self.free.sort()
+        merged: list[tuple[int, int]] = []
+        for o, s in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + s)
+            else:
+                merged.append((o, s))
+        self.free = merged
+
+
+class MetalLowering:
+    """Graph -> Plan. `kv` is the backend's KV spec and `kv_type` its cache element type."""
+
+    def __init__(self, graph: Graph, kv: KVSpec | None, kv_type: str = "f16",
+                 redzone: int = 0):
+        self.g, self.kv, self.kv_type, self.redzone = graph, kv, kv_type, redzone
+        self.out: list[Dispatch] = []
+
+    # -- values ----------------------------------------------------------------------------
+    @staticmethod
+    def _nbytes(v: Value) -> int:
+        return int(np.prod(v.shape)) * 4  # f32 and i32 alike
+
+    def lower(self) -> Plan:
+        g = self.g
+        n = g.n_tokens
+        arena = _Arena(HEADER + _up(4 * n + self.redzone, ALIGN), self.redzone)
+        self.refs: dict[int, Ref] = {g.tokens.id: Ref("arena", HEADER, 4 * n)}
+        alias: dict[int, int] = {}  # view value id -> the value id that owns the memory
+        last: dict[int, int] = {}
+        for i, node in enumerate(g.nodes):
+            for a in node.args:
+                if isinstance(a, Value):
+                    last[alias.get(a.id, a.id)] = i
+            if node.op == "last_row":
+                alias[node.out.id] = alias.get(node.args[0].id, node.args[0].id)
+        for v in g.outputs.values():
+            last[alias.get(v.id, v.id)] = len(g.nodes)
+        self.arena = arena
+        for i, node in enumerate(g.nodes):
+            if node.op == "last_row":
+                x = self.refs[node.args[0].id]
+                row = node.out.cols * 4
+                self.refs[node.out.id] = Ref("arena", x.offset + x.nbytes - row, row)
+            else:
+                if node.out is not None:
+                    nb = self._nbytes(node.out)
+                    self.refs[node.out.id] = Ref("arena", arena.alloc(nb), nb)
+                lower_op = getattr(self, "_" + node.op, None)
+                if lower_op is None:
+                    raise UnsupportedError(f"metal: op {node.op!r} has no Metal kernel yet "
+                                           f"(use backend='webgpu' or 'reference')")
+                lower_op(node)
+            done = {alias.get(a.id, a.id) for a in node.args if isinstance(a, Value)}
+            if node.out is not None and node.op != "last_row":
+                done.add(node.out.id)  # an output nothing reads is dead at once
+            for vid in done:
+                if last.get(vid, -1) <= i and vid != g.tokens.id and vid in self.refs:
+                    r = self.refs[vid]
+                    arena.release(r.offset, r.nbytes)
+        outs = {k: (self.refs[v.id], v.shape, v.dtype) for k, v in g.outputs.items()}
+        return Plan(self.out, arena.top, self.refs[g.tokens.id], Ref("arena", 0, 16), outs)
+
+    def _emit(self, kernel: str, buffers: list[Ref], grid: tuple[int, ...], threads: int,
+              writes: tuple[int, ...], struct: str, **fields) -> None:
+        """Append a dispatch; `fields` fill the kargs struct `struct`."""
+        grid3 = tuple(int(x) for x in grid) + (1,) * (3 - len(grid))
+        self.out.append(Dispatch(kernel, kargs.pack(struct, **fields), tuple(buffers), grid3,
+                                 (int(threads), 1, 1), writes))
+
+    def _ref(self, a) -> Ref:
+        if isinstance(a, Value):
+            return self.refs[a.id]
+        h = a.handle
+        return Ref("weight", h.offset, h.nbytes, h)
+
+    def _step(self) -> Ref:
+        return Ref("arena", 0, 16)
+
+    # -- ops (one method per op of base.py) -------------------------------------------------
+    def _get_rows(self, node) -> None:
+        w, ids = node.args
+        rows, cols = node.out.shape
+        self._emit(f"kernel_get_rows_{_type_name(w)}",
+                   [self._ref(w), self._ref(ids), self._ref(node.out)],
+                   (rows,), _threads(-(-cols // 16)), (2,),
+                   "kargs_get_rows", n_rows=rows, n_cols=cols, n_vocab=w.shape[0])
+
+    def _rms_norm(self, node) -> None:
+        x, w = node.args
+        rows, cols = x.shape
+        grp = node.attrs["group"]
+        self._emit("kernel_rms_norm_f32",
+                   [self._ref(x), self._ref(w if w is not None else x), self._ref(node.out)],
+                   (rows * cols // grp,), _threads(grp), (2,),
+                   "kargs_rms_norm", n_rows=rows, n_cols=cols, group=grp,
+                   has_weight=int(w is not None), eps=node.attrs["eps"])
+
+    def _mul_mat(self, node) -> None:
+        x, w = node.args
+        m, k = x.shape
+        nw = w.shape[0]
+        t = _type_name(w)
+        bufs = [self._ref(w), self._ref(x), self._ref(node.out)]
+        # w_row_words describes WebGPU's repacked rows; Metal reads GGUF rows as they are
+        f = {"M": m, "N": nw, "K": k, "w_row_words": row_bytes(w.type, k) // 4}
+        if m >= MM_MIN_ROWS:
+            self._emit(f"kernel_mul_mm_{t}_f32", bufs, (-(-nw // MM_TILE), -(-m // MM_TILE)),
+                       128, (2,), "kargs_mul_mat", **f)
+        else:
+            self._emit(f"kernel_mul_mv_{t}_f32", bufs, (-(-nw // (MV_NSG * MV_NR)), m),
+                       32 * MV_NSG, (2,), "kargs_mul_mat", **f)
+
+    def _binary(self, node, kernel: str) -> None:
+        a, b = node.args
+        n = int(np.prod(a.shape))
+        nb = int(np.prod(b.shape))
+        if n % nb:
+            raise UnsupportedError(f"metal: {node.op} of shapes {a.shape} and {b.shape}")
+        self._emit(kernel, [self._ref(a), self._ref(b), self._ref(node.out)],
+                   (-(-n // 256),), 256, (2,), "kargs_binary", n=n, b_period=nb)
+
+    def _add(self, node) -> None:
+        self._binary(node, "kernel_add_f32")
+
+    def _mul(self, node) -> None:
+        self._binary(node, "kernel_mul_f32")
+
+    def _scale(self, node) -> None:
+        (a,) = node.args
+        n = int(np.prod(a.shape))
+        self._emit("kernel_scale_f32", [self._ref(a), self._ref(node.out)],
+                   (-(-n // 256),), 256, (1,), "kargs_binary", n=n, b_period=1,
+                   s=node.attrs["s"])
+
+    def _glu(self, node, kernel: str) -> None:
+        gate, up = node.args
+        n = int(np.prod(gate.shape))
+        self._emit(kernel, [self._ref(gate), self._ref(up), self._ref(node.out)],
+                   (-(-n // 256),), 256, (2,), "kargs_unary", n=n)
+
+    def _swiglu(self, node) -> None:
+        self._glu(node, "kernel_swiglu_f32")
+
+    def _geglu(self, node) -> None:
+        self._glu(node, "kernel_geglu_f32")
+
+    def _rope(self, node) -> None:
+        x, ff = node.args
+        at = node.attrs
+        hd = at["head_dim"]
+        tp = _threads(hd // 2, 64)
+        self._emit("kernel_rope_f32",
+                   [self._step(), self._ref(x), self._ref(ff if ff is not None else x),
+                    self._ref(node.out)],
+                   (-(-(hd // 2) // tp), at["n_head"], x.shape[0]), tp, (3,),
+                   "kargs_rope", n_rows=x.shape[0], n_head=at["n_head"], head_dim=hd,
+                   n_rot=at["n_rot"], base=at["base"], freq_scale=at["freq_scale"],
+                   neox=int(at["neox"]), has_freq_factors=int(ff is not None))
+
+    def _cache(self, layer: int) -> tuple[Ref, Ref, int, int]:
+        if self.kv is None:
+            raise BackendError("metal: the KV cache is not initialised (call init_kv first)")
+        ring, dim = self.kv.sizes[layer], self.kv.kv_dim[layer]
+        nb = ring * dim * KV_TYPES[self.kv_type]
+        return Ref("k", 0, nb, layer), Ref("v", 0, nb, layer), ring, dim
+
+    def _kv_store(self, node) -> None:
+        k, v = node.args
+        kc, vc, ring, dim = self._cache(node.attrs["layer"])
+        rows = k.shape[0]
+        tp = _threads(dim)
+        self._emit(f"kernel_kv_store_{self.kv_type}",
+                   [self._step(), self._ref(k), self._ref(v), kc, vc],
+                   (-(-dim // tp), rows), tp, (),
+                   "kargs_kv_store", n_rows=rows, kv_dim=dim, ring=ring)
+
+    def _attention(self, node) -> None:
+        (q,) = node.args
+        at = node.attrs
+        d, nh = at["head_dim"], at["n_head"]
+        if d % 8 or d > ATTN_MAX_D or nh % at["n_kv_head"]:
+            raise UnsupportedError(f"metal: attention with head_dim {d} (needs a multiple of 8 "
+                                   f"up to {ATTN_MAX_D}) and {nh}/{at['n_kv_head']} heads")
+        kc, vc, ring, _ = self._cache(at["layer"])
+        rows = q.shape[0]
+        f = {"n_rows": rows, "n_head": nh, "n_kv_head": at["n_kv_head"], "head_dim": d,
+             "scale": at["scale"], "softcap": at["softcap"], "window": at["window"], "ring": ring}
+        if rows >= AP_Q:
+            self._emit(f"kernel_attn_prefill_{self.kv_type}",
+                       [self._step(), self._ref(q), kc, vc, self._ref(node.out)],
+                       (-(-rows // AP_Q), nh), 32, (4,), "kargs_attention", **f)
+            return
+        # split the visible positions so that a long context still fills the GPU
+        visible = min(self.kv.n_ctx, at["window"] or self.kv.n_ctx)
+        ns = max(1, min(ATTN_MAX_SPLITS, -(-visible // ATTN_SPLIT)))
+        nb = rows * nh * ns * (d + 2) * 4
+        part = Ref("arena", self.arena.alloc(nb), nb)
+        self._emit(f"kernel_attn_decode_{self.kv_type}",
+                   [self._step(), self._ref(q), kc, vc, part],
+                   (ns, nh, rows), 32, (4,), "kargs_attention", **f)
+        self._emit("kernel_attn_reduce_f32", [part, self._ref(node.out)], (nh, rows), 32, (1,),
+                   "kargs_attn_reduce", n_rows=rows, n_head=nh, head_dim=d, n_splits=ns)
+        self.arena.release(part.offset, nb)
+
+    def _argmax(self, node) -> None:
+        (x,) = node.args
+        rows, cols = x.shape
+        self._emit("kernel_argmax_f32", [self._ref(x), self._ref(node.out)],
+                   (rows,), _threads(cols), (1,), "kargs_argmax", n_rows=rows, n_cols=cols)
+
+
+def _type_name(w: Weight) -> str:
+    t = w.handle.type
+    if t not in TYPE_NAMES:
+        raise UnsupportedError(f"metal: tensor {w.name!r} has type {t.name}, which no kernel reads")
+    return TYPE_NAMES[t]
+
+
+# ------------------------------------------------------------------------------------------
+# runtime over the native extension
+
+
+class _NativeRuntime:
+    """fastllm._metal: device buffers, pipelines by kernel name, one command buffer per run."""
+
+    def __init__(self, metallib: str | None = None):
+        try:
+            from .. import _metal
+        except ImportError as e:
+            raise BackendError(f"metal: the native extension fastllm._metal is not available "
+                               f"({e}); it is built only in the macOS arm64 wheel - use "
+                               f"backend='webgpu' or 'reference' elsewhere") from None
+        path = metallib or os.environ.get("FASTLLM_METALLIB") or str(
+            Path(_metal.__file__).resolve().parent / "fastllm.metallib")
+        if not os.path.exists(path):
+            raise BackendError(f"metal: kernel library {path} not found (reinstall the macOS "
+                               f"arm64 wheel, or point FASTLLM_METALLIB at a fastllm.metallib)")
+        try:
+            self.dev = _metal.Device(path)
+        except RuntimeError as e:
+            raise BackendError(f"metal: {e}") from None
+        self.name = self.dev.name
+        self.redzone = 0
+        self._pipes: dict[str, Any] = {}
+        self._maps: dict[int, tuple[Any, Any]] = {}  # id(mapping) -> (mapping, buffer)
+
+    def buffer(self, nbytes: int):
+        return self.dev.buffer(max(int(nbytes), 16))
+
+    @staticmethod
+    def host(buf) -> np.ndarray:
+        return np.frombuffer(buf, dtype=np.uint8)
+
+    def weight(self, data: np.ndarray) -> tuple[Any, int]:
+        """(buffer, offset) holding data: a view of the whole mapped file without a copy when the
+        mapping allows it (one Metal buffer per file), else a copy."""
+        root = data
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        start = root.__array_interface__["data"][0]
+        # a whole-file np.memmap starts on a page; anything else is copied tensor by tensor
+        if (isinstance(root.base, mmap.mmap) and start % mmap.PAGESIZE == 0
+                and root.nbytes <= self.dev.max_buffer_length):
+            entry = self._maps.get(id(root))
+            if entry is None:
+                buf = self.dev.wrap(root, True)
+                entry = self._maps[id(root)] = (root, buf)
+            if entry[1].nocopy:
+                return entry[1], data.__array_interface__["data"][0] - start
+        return self.dev.wrap(np.ascontiguousarray(data), False), 0
+
+    def record(self, items: list[tuple[Dispatch, list[tuple[Any, int, int]]]]):
+        cmds = []
+        for d, bound in items:
+            pipe = self._pipes.get(d.kernel)
+            if pipe is None:
+                try:
+                    pipe = self._pipes[d.kernel] = self.dev.pipeline(d.kernel)
+                except RuntimeError as e:
+                    raise BackendError(f"metal: {e}") from None
+            cmds.append((pipe, d.kargs, [(b, off) for b, off, _ in bound], d.grid, d.threads))
+        try:
+            return self.dev.record(cmds)
+        except RuntimeError as e:
+            raise BackendError(f"metal: {e}") from None
+
+    def run(self, rec) -> None:
+        try:
+            self.dev.run(rec)
+        except RuntimeError as e:
+            raise BackendError(f"metal: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------
+# backend
+
+
+class _MetalWeight:
+    """Where a weight's bytes live: `buffer` from `offset`, in type `type` (1-D weights are kept
+    as f32: the element-wise and norm kernels read f32)."""
+
+    def __init__(self, buffer, offset: int, nbytes: int, type: GGMLType):
+        self.buffer, self.offset, self.nbytes, self.type = buffer, offset, nbytes, type
+
+
+class _MetalProgram(Program):
+    def __init__(self, backend: MetalBackend, graph: Graph):
+        self.b, self.n = backend, graph.n_tokens
+        self.plan = MetalLowering(graph, backend.spec, backend.kv_type,
+                                  backend.rt.redzone).lower()
+        self._rec = None
+        self._gen = -1
+
+    def _bind(self, ref: Ref, arena) -> tuple[Any, int, int]:
+        b = self.b
+        if ref.kind == "arena":
+            return arena, ref.offset, ref.nbytes
+        if ref.kind == "weight":
+            return ref.key.buffer, ref.offset, ref.nbytes
+        return (b.k if ref.kind == "k" else b.v)[ref.key], ref.offset, ref.nbytes
+
+    def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:
+        b = self.b
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        if tokens.shape[0] != self.n:
+            raise ValueError(f"program for {self.n} tokens run with {tokens.shape[0]}")
+        if b.spec is not None and pos + self.n > b.spec.n_ctx:
+            raise ContextOverflowError(f"positions {pos}..{pos + self.n - 1} do not fit the "
+                                       f"context of {b.spec.n_ctx}")
+        arena = b._arena(self.plan.arena_bytes)
+        if self._gen != b._gen:
+            self._rec = b.rt.record([(d, [self._bind(r, arena) for r in d.buffers])
+                                     for d in self.plan.dispatches])
+            self._gen = b._gen
+        host = b._host
+        host[:16] = np.frombuffer(kargs.pack("kargs_step", pos=pos, n_tokens=self.n,
+                                             n_kv=pos + self.n), np.uint8)
+        t = self.plan.tokens
+        host[t.offset:t.offset + t.nbytes] = tokens.view(np.uint8)
+        b.rt.run(self._rec)
+        out = {}
+        for name, (ref, shape, dtype) in self.plan.outputs.items():
+            dt = np.int32 if dtype == "i32" else np.float32
+            out[name] = host[ref.offset:ref.offset + ref.nbytes].view(dt).reshape(shape).copy()
+        return out
+
+
+class MetalBackend(Backend):
+    """Metal compute on Apple Silicon. `kv_type` is the cache element type ("f16" as llama.cpp,
+    or "f32"); `runtime` replaces the native extension (the tests pass a CPU emulator);
+    `self_check` compares a tiny graph with the reference backend before first use."""
+
+    name = "metal"
+
+    def __init__(self, kv_type: str = "f16", runtime=None, metallib: str | None = None,
+                 self_check: bool = True):
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
+        self.kv_type = kv_type
+        self.rt = runtime if runtime is not None else _NativeRuntime(metallib)
+        self.spec: KVSpec | None = None
+        self.k: list[Any] = []
+        self.v: list[Any] = []
+        self.state: dict[str, Any] = {}  # recurrent state buffers by name (float32)
+        self._buf = None
+        self._host = np.zeros(0, np.uint8)
+        self._gen = 0  # bumped when the arena or the cache is reallocated: programs re-record
+        if self_check:
+            self._self_check()
+
+    def describe(self) -> str:
+        return f"metal ({self.rt.name})"
+
+    # -- memory ----------------------------------------------------------------------------
+    def _arena(self, nbytes: int):
+        if self._buf is None or self._host.nbytes < nbytes:
+            self._buf = self.rt.buffer(_up(nbytes, 1 << 16))
+            self._host = self.rt.host(self._buf)
+            self._gen += 1
+        return self._buf
+
+    def load_weight(self, info: TensorInfo) -> Weight:
+        if info.type not in TYPE_NAMES:
+            raise UnsupportedError(f"{info.file}: tensor {info.name!r} has type {info.type.name}, "
+                                   f"which the metal backend does not read")
+        if len(info.shape) == 1 and info.type != GGMLType.F32:
+            from ..quants import dequantize
+
+            data = np.ascontiguousarray(dequantize(info.data, info.type, info.shape),
+                                        np.float32).view(np.uint8).reshape(-1)
+            buf, off = self.rt.weight(data)
+            h = _MetalWeight(buf, off, data.nbytes, GGMLType.F32)
+        else:
+            buf, off = self.rt.weight(info.data)
+            h = _MetalWeight(buf, off, int(info.data.nbytes), info.type)
+        return Weight(info.name, info.type, info.shape, h)
+
+    def init_kv(self, spec: KVSpec) -> None:
+        self.spec = spec
+        esz = KV_TYPES[self.kv_type]
+        self.k, self.v = [], []
+        for s, d in zip(spec.sizes, spec.kv_dim):
+            for lst in (self.k, self.v):
+                buf = self.rt.buffer(s * d * esz)
+                self.rt.host(buf)[:] = 0xFF  # NaN: a read of a row never written shows
+                lst.append(buf)
+        self.state = {name: self.rt.buffer(4 * n) for name, n in spec.state}
+        self._gen += 1
+
+    def compile(self, graph: Graph) -> Program:
+        return _MetalProgram(self, graph)
+
+    def _state_view(self, name: str) -> np.ndarray:
+        return self.rt.host(self.state[name]).view(np.float32)[:dict(self.spec.state)[name]]
+
+    def reset_state(self) -> None:
+        for name in self.state:
+            self._state_view(name)[:] = 0.0
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {name: self._state_view(name).copy() for name in self.state}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        for name, v in state.items():
+            self._state_view(name)[:] = v
+
+    def close(self) -> None:
+        self.k, self.v, self.state, self._buf = [], [], {}, None
+        self._host = np.zeros(0, np.uint8)
+        self._gen += 1
+
+    # -- self-check ------------------------------------------------------------------------
+    def _self_check(self) -> None:
+        """Run embedding -> rms_norm -> Q8_0 mat-vec on this device and on the reference backend.
+        A device or compiler that gets it wrong is refused (create_backend then falls back)."""
+        from .reference import ReferenceBackend
+
+        rng = np.random.default_rng(0)
+        d, n_out, vocab = 64, 40, 16
+        emb = rng.standard_normal((vocab, d)).astype(np.float32)
+        norm = (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)
+        blocks = np.zeros((n_out, d // 32), np.dtype([("d", "<f2"), ("qs", "i1", 32)]))
+        blocks["d"] = (0.01 + 0.02 * rng.random(blocks.shape)).astype(np.float16)
+        blocks["qs"] = rng.integers(-127, 128, blocks["qs"].shape)
+        infos = [TensorInfo("emb", GGMLType.F32, (vocab, d), emb.view(np.uint8).reshape(-1), ""),
+                 TensorInfo("norm", GGMLType.F32, (d,), norm.view(np.uint8), ""),
+                 TensorInfo("w", GGMLType.Q8_0, (n_out, d), blocks.view(np.uint8).reshape(-1), "")]
+        ref = ReferenceBackend()
+        results = []
+        for be in (self, ref):
+            w = {i.name: be.load_weight(i) for i in infos}
+            g = Graph(3)
+            x = g.rms_norm(g.get_rows(w["emb"], g.tokens), w["norm"], 1e-5)
+            g.output("y", g.matmul(x, w["w"]))
+            results.append(be.compile(g).run(np.array([3, 0, 15], np.int32), 0)["y"])
+        got, want = results
+        err = float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-30))
+        if not np.isfinite(err) or err > 1e-3:
+            msg = (f"metal: the self-check on {self.rt.name} disagrees with the reference backend "
+                   f"(relative error {err:.3g}); not using Metal")
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            raise BackendError(msg)
+
+
+__all__ = ["TYPE_NAMES", "Dispatch", "MetalBackend", "MetalLowering", "Plan", "Ref"]

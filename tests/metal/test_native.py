@@ -1,0 +1,100 @@
+"""fastllm._metal on a real device (macOS arm64 only; skipped elsewhere): the kernel library,
+the extension's kargs layout, buffers and the checks a recording makes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from metal_env import emulator_available, native_available
+
+from fastllm import kargs
+
+ROOT = Path(__file__).resolve().parents[2]
+native = pytest.mark.skipif(not native_available(), reason="fastllm._metal is built only on "
+                            "macOS arm64")
+
+
+def kernel_names_in_sources() -> set[str]:
+    """Every entry point of metal/*.metal: [[host_name]] instantiations and plain kernels."""
+    names = set()
+    for p in (ROOT / "metal").glob("*.metal"):
+        src = p.read_text()
+        names |= set(re.findall(r'host_name\(\s*"(\w+)"\s*\)', src))
+        # plain kernels; a template's definition (after `template <...>`) is no entry point
+        for m in re.finditer(r"^(.*)\nkernel void (\w+)\(", src, re.MULTILINE):
+            if not m.group(1).startswith("template"):
+                names.add(m.group(2))
+    return names
+
+
+@pytest.mark.skipif(not emulator_available(), reason="needs the MSL emulator")
+def test_source_kernel_names_match_the_emulated_library():
+    from mslemu_runtime import libraries
+
+    assert kernel_names_in_sources() == set(libraries())
+
+
+@pytest.fixture(scope="module")
+def rt():
+    from fastllm.backends.metal import _NativeRuntime
+
+    return _NativeRuntime()
+
+
+@native
+def test_every_kernel_has_a_pipeline(rt):
+    assert rt.dev.supports_simdgroup_matrix, f"{rt.name}: no simdgroup_matrix (Apple7 family)"
+    for name in sorted(kernel_names_in_sources()):
+        p = rt.dev.pipeline(name)
+        assert p.name == name and p.max_threads >= 256 and p.execution_width == 32, name
+
+
+@native
+def test_kargs_layout_of_the_extension():
+    from fastllm import _metal
+
+    got = _metal.kargs_layout()
+    for name, dt in kargs.structs().items():
+        size, fields = got[name]
+        assert size == dt.itemsize, name
+        assert fields == {f: dt.fields[f][1] for f in dt.names}, name
+
+
+@native
+def test_buffers(rt, tmp_path):
+    b = rt.buffer(100)
+    h = rt.host(b)
+    assert h.nbytes >= 100 and not h.any()  # zero-filled
+    h[:4] = [1, 2, 3, 4]
+    assert bytes(rt.host(b)[:4]) == b"\x01\x02\x03\x04"
+    f = tmp_path / "w.bin"
+    f.write_bytes(bytes(range(256)) * 40)
+    mm = np.memmap(f, dtype=np.uint8, mode="r")
+    buf, off = rt.weight(mm[1000:1100])
+    assert buf.nocopy and off == 1000
+    assert bytes(rt.host(buf)[off:off + 100]) == bytes(mm[1000:1100])
+    copy, off = rt.weight(np.arange(10, dtype=np.uint8))
+    assert not copy.nocopy and off == 0
+
+
+@native
+def test_recording_checks(rt):
+    from fastllm._metal import MetalError
+
+    with pytest.raises(MetalError, match="not in"):
+        rt.dev.pipeline("kernel_no_such_thing")
+    p = rt.dev.pipeline("kernel_add_f32")
+    b = rt.buffer(64)
+    with pytest.raises(MetalError, match="threads per threadgroup"):
+        rt.dev.record([(p, b"\0" * 16, [(b, 0)] * 3, (1,), (4096,))])
+    with pytest.raises(MetalError, match="offset"):
+        rt.dev.record([(p, b"\0" * 16, [(b, 0), (b, 0), (b, 4096)], (1,), (32,))])
+    args = kargs.pack("kargs_binary", n=16, b_period=16)
+    h = rt.host(b).view(np.float32)
+    h[:] = 1.5
+    rec = rt.dev.record([(p, args, [(b, 0), (b, 0), (b, 0)], (1,), (32,))])
+    rt.dev.run(rec)
+    assert (h == 3.0).all()

@@ -1,0 +1,250 @@
+"""Every op of base.py through MetalLowering and the metal/*.metal kernels, against the reference
+backend on the same graph with fresh random inputs. On Linux the kernels run in the MSL emulator
+under the forward, reverse and random schedules in strict mode (outputs poisoned with NaN before
+each dispatch, redzones after each arena block); on macOS arm64 on the GPU."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from metal_env import POLICIES, RUNTIMES, make_runtime
+
+from fastllm.backends.base import Graph, KVSpec
+from fastllm.backends.metal import TYPE_NAMES, MetalBackend
+from fastllm.backends.reference import ReferenceBackend
+from fastllm.gguf import TensorInfo
+from fastllm.quants import GGMLType, random_blocks
+
+ALL_TYPES = list(TYPE_NAMES)
+rng = np.random.default_rng()
+
+
+def info(name, t, shape, data=None):
+    if data is None:
+        data = random_blocks(t, int(np.prod(shape[:-1])), shape[-1], rng)
+    return TensorInfo(name, t, tuple(shape), np.ascontiguousarray(data).view(np.uint8).reshape(-1),
+                      "<test>")
+
+
+def f32(name, a):
+    a = np.ascontiguousarray(a, np.float32)
+    return info(name, GGMLType.F32, a.shape, a)
+
+
+def rel_err(got, want):
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert np.isfinite(got).all(), "non-finite values in the Metal output"
+    return float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-30))
+
+
+def run_both(build, infos, runs, runtime, kv=None, kv_type="f16"):
+    """build(g, weights) records a graph on Graph(n) for each (tokens, pos) of runs; returns the
+    metal and reference outputs of every run."""
+    mb = MetalBackend(runtime=runtime, self_check=False, kv_type=kv_type)
+    rb = ReferenceBackend()
+    outs = []
+    for be in (mb, rb):
+        w = {i.name: be.load_weight(i) for i in infos}
+        if kv is not None:
+            be.init_kv(kv)
+        progs = {}
+        res = []
+        for toks, pos in runs:
+            n = len(toks)
+            if n not in progs:
+                g = Graph(n)
+                build(g, w)
+                progs[n] = be.compile(g)
+            res.append(progs[n].run(np.asarray(toks, np.int32), pos))
+        outs.append(res)
+    return outs
+
+
+@pytest.fixture(params=RUNTIMES)
+def rt_kind(request):
+    return request.param
+
+
+# -- matmul and get_rows: every weight type ------------------------------------------------------
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_tok", [1, 3, 9])
+def test_mul_mat_types(t, n_tok, rt_kind):
+    k = 256 if t in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
+                     GGMLType.Q6_K) else 96
+    n_out = 37  # not a multiple of any tile
+    x = rng.standard_normal((n_tok + 2, k)).astype(np.float32)
+    infos = [f32("x", x), info("w", t, (n_out, k))]
+
+    def build(g, w):
+        g.output("y", g.matmul(g.get_rows(w["x"], g.tokens), w["w"]))
+
+    toks = rng.permutation(n_tok + 2)[:n_tok]
+    (got,), (want,) = run_both(build, infos, [(toks, 0)], make_runtime(rt_kind))
+    assert rel_err(got["y"], want["y"]) < 2e-5
+
+
+@pytest.mark.parametrize("t", [GGMLType.F32, GGMLType.F16, GGMLType.BF16], ids=lambda t: t.name)
+@pytest.mark.parametrize("n_tok", [2, 35])
+def test_float_weights_ragged_rows(t, n_tok, rt_kind):
+    """Float weights may have any row length: K = 40 ends inside a 16-value chunk and inside a
+    32-wide tile; M = 35 leaves a partial tile of tokens."""
+    k = 40
+    infos = [f32("x", rng.standard_normal((n_tok, k))), info("w", t, (33, k)),
+             info("emb", t, (5, k))]
+
+    def build(g, w):
+        g.output("y", g.matmul(g.get_rows(w["x"], g.tokens), w["w"]))
+
+    (got,), (want,) = run_both(build, infos[:2], [(np.arange(n_tok), 0)], make_runtime(rt_kind))
+    assert rel_err(got["y"], want["y"]) < 2e-5
+
+    def build_rows(g, w):
+        g.output("e", g.get_rows(w["emb"], g.tokens))
+
+    (got,), (want,) = run_both(build_rows, infos[2:], [([4, 0, 2], 0)], make_runtime(rt_kind))
+    np.testing.assert_array_equal(got["e"], want["e"])
+
+
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
+def test_get_rows_types(t, rt_kind):
+    k = 256 if TYPE_NAMES[t].endswith("K") else 96
+    infos = [info("emb", t, (11, k))]
+
+    def build(g, w):
+        g.output("y", g.get_rows(w["emb"], g.tokens))
+
+    (got,), (want,) = run_both(build, infos, [([10, 0, 3, 3], 0)], make_runtime(rt_kind))
+    np.testing.assert_array_equal(got["y"], want["y"])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.F16])
+def test_mul_mat_schedules(t, policy):
+    k = 256
+    x = rng.standard_normal((40, k)).astype(np.float32)
+    infos = [f32("x", x), info("w", t, (70, k))]
+
+    def build(g, w):
+        g.output("y", g.matmul(g.get_rows(w["x"], g.tokens), w["w"]))
+
+    runs = [(rng.permutation(40)[:33], 0), ([5, 7], 0)]  # mat-mat over 2 x 3 tiles, mat-vec
+    got, want = run_both(build, infos, runs, make_runtime("emu", policy, seed=rng.integers(99)))
+    for a, b in zip(got, want):
+        assert rel_err(a["y"], b["y"]) < 2e-5
+
+
+# -- norm, element-wise, rope, argmax ---------------------------------------------------------
+@pytest.mark.parametrize("policy", POLICIES)
+def test_rms_norm_elementwise_rope(policy):
+    """One graph through every row-wise op: rms_norm (whole row, per head, no weight), add / mul
+    with a bias row and with a full tensor, scale, swiglu, geglu, rope (normal, NeoX, partial
+    rotation, frequency factors) at a run-time position, last_row and argmax."""
+    d, heads, hd = 96, 4, 24
+    infos = [f32("x", 3 * rng.standard_normal((9, d))), f32("y", rng.standard_normal((9, d))),
+             f32("nw", 1 + 0.1 * rng.standard_normal(d)), f32("hw", rng.standard_normal(hd)),
+             f32("bias", rng.standard_normal(d)), f32("ff", 1 + rng.random(8))]
+
+    def build(g, w):
+        x = g.get_rows(w["x"], g.tokens)
+        y = g.get_rows(w["y"], g.tokens)
+        a = g.rms_norm(x, w["nw"], 1e-5)
+        b = g.rms_norm(x, w["hw"], 1e-6, group=hd)
+        c = g.rms_norm(g.add(a, w["bias"]), None, 1e-5)
+        e = g.mul(g.scale(c, 0.5), y)
+        f = g.swiglu(e, g.mul(b, w["bias"]))
+        h = g.geglu(g.add(f, x), y)
+        r1 = g.rope(h, n_head=heads, head_dim=hd, n_rot=hd, base=10000.0)
+        r2 = g.rope(b, n_head=heads, head_dim=hd, n_rot=16, base=5e5, freq_scale=0.25,
+                    neox=True, freq_factors=w["ff"])
+        r3 = g.rope(a, n_head=heads, head_dim=hd, n_rot=8, base=100.0)
+        outs = {"a": a, "b": b, "c": c, "e": e, "f": f, "h": h, "r1": r1, "r2": r2, "r3": r3}
+        for name, v in outs.items():
+            g.output(name, v)
+        g.output("last", g.last_row(r2))
+        g.output("am", g.argmax(g.add(h, r1)))
+
+    runs = [(rng.permutation(9)[:5], 0), (rng.permutation(9)[:5], 1000), ([4], 37)]
+    got, want = run_both(build, infos, runs, make_runtime("emu", policy, seed=rng.integers(99)))
+    for a, b in zip(got, want):
+        for name in b:
+            if name == "am":
+                np.testing.assert_array_equal(a[name], b[name])
+            else:  # rope angles at position 1000 carry float32's ~6e-5 rad rounding
+                tol = 1e-4 if name.startswith("r") or name == "last" else 1e-5
+                assert rel_err(a[name], b[name]) < tol, name
+
+
+def test_argmax_ties_and_wide_rows():
+    """First index on ties, rows wider than a threadgroup, a maximum in the last element."""
+    x = rng.standard_normal((4, 3000)).astype(np.float32)
+    x[0, [7, 2900]] = 50.0
+    x[1, 2999] = 50.0
+    x[2, :] = -1.0
+    infos = [f32("x", x)]
+
+    def build(g, w):
+        g.output("am", g.argmax(g.get_rows(w["x"], g.tokens)))
+
+    (got,), (want,) = run_both(build, infos, [([0, 1, 2, 3], 0)], make_runtime("emu", "random"))
+    np.testing.assert_array_equal(got["am"], want["am"])
+    np.testing.assert_array_equal(got["am"][:3], [7, 2999, 0])
+
+
+# -- KV cache and attention -------------------------------------------------------------------
+ATTN_CASES = {
+    # name: n_head, n_kv_head, head_dim, window, softcap, ring, runs (tokens per run)
+    "gqa_decode": (8, 2, 64, 0, 0.0, 64, [5, 1, 1, 1]),
+    "prefill_then_decode": (4, 4, 32, 0, 0.0, 64, [19, 1, 9, 1]),
+    "window_ring": (4, 1, 16, 12, 0.0, 24, [10, 1, 11, 1, 1, 9, 1]),
+    "softcap_d256": (2, 1, 256, 0, 20.0, 32, [9, 1]),
+    "tiny_heads": (8, 4, 8, 0, 0.0, 64, [3, 8, 1, 1]),
+}
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "f32"])
+@pytest.mark.parametrize("case", sorted(ATTN_CASES))
+def test_attention(case, kv_type, rt_kind, policy="forward"):
+    nh, nkv, hd, window, softcap, ring, lens = ATTN_CASES[case]
+    n_ctx = 64
+    total = sum(lens)
+    infos = [f32("q", rng.standard_normal((total, nh * hd))),
+             f32("k", rng.standard_normal((total, nkv * hd))),
+             f32("v", rng.standard_normal((total, nkv * hd)))]
+    kv = KVSpec(n_ctx, (nkv * hd,), (ring,))
+
+    def build(g, w):
+        q, k, v = (g.get_rows(w[n], g.tokens) for n in "qkv")
+        g.kv_store(0, k, v)
+        g.output("o", g.attention(q, 0, n_head=nh, n_kv_head=nkv, head_dim=hd,
+                                  scale=hd ** -0.5, window=window, softcap=softcap))
+
+    runs, pos = [], 0
+    for n in lens:
+        runs.append((np.arange(pos, pos + n), pos))
+        pos += n
+    got, want = run_both(build, infos, runs, make_runtime(rt_kind, policy), kv=kv,
+                         kv_type=kv_type)
+    tol = 2e-3 if kv_type == "f16" else 1e-5
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert rel_err(a["o"], b["o"]) < tol, f"run {i}"
+
+
+@pytest.mark.parametrize("policy", ["reverse", "random"])
+@pytest.mark.parametrize("case", ["gqa_decode", "window_ring"])
+def test_attention_schedules(case, policy):
+    test_attention(case, "f32", "emu", policy)
+
+
+def test_every_kernel_ran(request):
+    """Runs last in this module: when the whole module ran on the emulator, each kernel of
+    metal/*.metal has run at least once (a kernel no test reaches would be untested)."""
+    module = request.node.parent
+    ran = {i.nodeid for i in request.session.items}
+    every = {i.nodeid for i in module.collect()}
+    if not every <= ran or "mslemu_runtime" not in sys.modules:
+        pytest.skip("only meaningful when every test of test_ops.py runs on the emulator")
+    rt = sys.modules["mslemu_runtime"]
+    missing = sorted(set(rt.libraries()) - set(rt.EmuRuntime.total))
+    assert not missing, f"kernels no test ran: {missing}"
