@@ -140,3 +140,64 @@ def test_long_prompt_window_against_plain_numpy(gemma_path):
     # float32 engine vs a float64-leaning plain pass: 18 layers of rounding, well under 0.05
     assert np.abs(got - want).max() < 0.05
     assert int(np.argmax(got)) == int(np.argmax(want))
+
+
+# -- WebGPU ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gemma_gpu(gemma_path):
+    pytest.importorskip("wgpu")
+    return Model.load(gemma_path, backend="webgpu", n_ctx=1024)
+
+
+def test_webgpu_first_step_and_greedy(gemma_gpu, ref):
+    logits = gemma_gpu.logits(ref["prompt_ids"])[-1]
+    for tok, val in ref["top5"]:  # the same bound as the reference backend's, same reason
+        assert abs(float(logits[tok]) - val) < 0.25, (tok, float(logits[tok]), val)
+    assert compare_greedy(gemma_gpu, ref) >= 1
+
+
+def test_webgpu_long_prompt_matches_reference(gemma_gpu, gemma):
+    """Past the 512-token window, in batches of 512 then 88: the WebGPU ring caches give the
+    reference backend's logits (which the test above ties to a plain windowed attention)."""
+    ids = long_prompt(gemma)
+    got = gemma_gpu.prefill(ids)
+    want = gemma.prefill(ids)
+    # f32 on both sides; the GPU sums in another order (tiles, subgroups) over 18 layers
+    assert np.abs(got - want).max() < 0.05
+    assert int(np.argmax(got)) == int(np.argmax(want))
+
+
+def test_kquant_kernels_on_real_tensors(gemma_path):
+    """The mat-vec (1 row) and mat-mat (33 rows) kernels on the model's own Q4_K and Q6_K
+    tensors (not only random blocks) against the reference dequantizer."""
+    pytest.importorskip("wgpu")
+    from fastllm.backends.base import Graph
+    from fastllm.backends.reference import ReferenceBackend
+    from fastllm.backends.webgpu import WebGPUBackend
+    from fastllm.gguf import open_gguf
+    from fastllm.quants import GGMLType
+
+    f = open_gguf(gemma_path)
+    picked = {}
+    for name, t in f.tensors.items():
+        if t.type in (GGMLType.Q4_K, GGMLType.Q6_K) and t.type not in picked and len(t.shape) == 2:
+            picked[t.type] = t
+    assert set(picked) == {GGMLType.Q4_K, GGMLType.Q6_K}
+    gpu, cpu = WebGPUBackend(), ReferenceBackend()
+    rng = np.random.default_rng()
+    for t in picked.values():
+        k = t.shape[1]
+        table = rng.standard_normal((40, k)).astype(np.float32)
+        from fastllm.gguf import TensorInfo
+
+        x_info = TensorInfo("x", GGMLType.F32, table.shape, table.view(np.uint8).reshape(-1), "")
+        for m in (1, 33):
+            outs = []
+            for be in (cpu, gpu):
+                w, x = be.load_weight(t), be.load_weight(x_info)
+                g = Graph(m)
+                g.output("y", g.matmul(g.get_rows(x, g.tokens), w))
+                outs.append(be.compile(g).run(np.arange(m, dtype=np.int32), 0)["y"])
+            want, got = outs
+            err = np.abs(got - want).max() / np.abs(want).max()
+            assert err < 2e-3, (t.name, t.type.name, m, err)
