@@ -80,7 +80,7 @@ def _plain_forward(model: Model, ids: list[int]) -> np.ndarray:
         return (x / np.sqrt(ms + c.rms_eps)).astype(np.float32) * w
 
     def rope(x, base):  # NeoX pairs (i, i + d/2)
-        n, h, d = x.shape
+        n, _h, d = x.shape
         inv = base ** (-np.arange(0, d, 2) / d)
         ang = np.arange(n)[:, None] * inv[None]
         cos, sin = np.cos(ang)[:, None], np.sin(ang)[:, None]
@@ -179,7 +179,7 @@ def test_kquant_kernels_on_real_tensors(gemma_path):
 
     f = open_gguf(gemma_path)
     picked = {}
-    for name, t in f.tensors.items():
+    for t in f.tensors.values():
         if t.type in (GGMLType.Q4_K, GGMLType.Q6_K) and t.type not in picked and len(t.shape) == 2:
             picked[t.type] = t
     assert set(picked) == {GGMLType.Q4_K, GGMLType.Q6_K}

@@ -15,6 +15,7 @@ from .errors import (
     UnsupportedError,
 )
 
+
 def __getattr__(name: str):
     # Model and Tokenizer load on first use: `import fastllm.kargs` and the CLI's --help stay fast
     if name == "Model":
@@ -31,6 +32,15 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "Tokenizer", "FastLLMError", "GGUFError", "UnsupportedError", "TokenizerError",
-    "ContextOverflowError", "BackendError", "TemplateError", "PullError", "__version__",
+    "BackendError",
+    "ContextOverflowError",
+    "FastLLMError",
+    "GGUFError",
+    "Model",
+    "PullError",
+    "TemplateError",
+    "Tokenizer",
+    "TokenizerError",
+    "UnsupportedError",
+    "__version__",
 ]

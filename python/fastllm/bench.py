@@ -54,8 +54,8 @@ def run_bench(a) -> int:
         vals = [fn() for _ in range(max(1, a.repetitions))]
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         rows.append((label, statistics.mean(vals), sd))
-    print(f"| model | size | backend | test | t/s |")
-    print(f"| --- | ---: | --- | --- | ---: |")
+    print("| model | size | backend | test | t/s |")
+    print("| --- | ---: | --- | --- | ---: |")
     for label, mean, sd in rows:
         print(f"| {name} | {size / 2**20:.2f} MiB | {m.backend.describe()} | {label} | "
               f"{mean:.2f} ± {sd:.2f} |")

@@ -54,7 +54,6 @@ def cmd_run(a: argparse.Namespace) -> int:
     m = _load(a)
     ids = m.prompt_ids(a.prompt)
     t0 = time.perf_counter()
-    n = 0
     first = None
     text_iter = m.generate(ids, stream=True, stop=a.stop or None, **_sampling(a))
     sys.stdout.write(a.prompt if a.echo else "")
@@ -63,7 +62,6 @@ def cmd_run(a: argparse.Namespace) -> int:
             first = time.perf_counter()
         sys.stdout.write(piece)
         sys.stdout.flush()
-        n += 1
     sys.stdout.write("\n")
     t1 = time.perf_counter()
     gen = len(m._cached) - len(ids)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 _TYPES = {"uint32_t": np.uint32, "int32_t": np.int32, "float": np.float32}
-_STRUCT = re.compile(r"struct\s+(kargs_\w+)\s*\{(.*?)\};", re.S)
-_FIELD = re.compile(r"^\s*(uint32_t|int32_t|float)\s+(\w+)\s*;", re.M)
+_STRUCT = re.compile(r"struct\s+(kargs_\w+)\s*\{(.*?)\};", re.DOTALL)
+_FIELD = re.compile(r"^\s*(uint32_t|int32_t|float)\s+(\w+)\s*;", re.MULTILINE)
 
 
 def header_path() -> Path:

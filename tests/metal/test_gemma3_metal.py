@@ -25,7 +25,7 @@ def test_tiny_gemma3_window8_prompt20(tmp_path, policy):
     ref = Model.load(path, backend="reference", n_ctx=32, n_batch=4)
     emu = Model.load(path, backend=MetalBackend(runtime=make_runtime("emu", policy)), n_ctx=32,
                      n_batch=4)
-    assert min(emu.kv_spec.sizes) == 12 < 32  # local layers are rings of window + batch rows
+    assert min(emu.kv_spec.sizes) == 12  # < n_ctx: local layers are rings of window + batch rows
     want = ref.logits(ids)
     got = emu.logits(ids)
     # f16 KV cache on Metal (the reference keeps f32): about 1e-3 relative on these logits
