@@ -122,3 +122,37 @@ def test_bad_token_id_and_arguments(good):
         m.generate("a", temperature=-1)
     with pytest.raises(FastLLMError, match="unknown backend"):
         Model.load(good, backend="cuda")
+
+
+def test_split_model_files(good, tmp_path):
+    """A model split llama.cpp-style (*-0000K-of-0000N.gguf) loads from its first part, with the
+    tensors of every part; a missing part is named."""
+    from fastllm.gguf import open_gguf
+
+    src = open_gguf(good)
+    names = list(src.tensors)
+    halves = (names[: len(names) // 2], names[len(names) // 2:])
+    for i, part in enumerate(halves):
+        w = gguf.GGUFWriter(str(tmp_path / f"m-{i + 1:05d}-of-00002.gguf"), "llama")
+        if i == 0:
+            for k, v in src.metadata.items():
+                if k == "general.architecture":
+                    continue
+                vt, sub = src.value_types[k]
+                w.add_key_value(k, v.tolist() if isinstance(v, np.ndarray) else v,
+                                gguf.GGUFValueType(vt),
+                                sub_type=None if sub is None else gguf.GGUFValueType(sub))
+        for n in part:
+            t = src.tensors[n]
+            w.add_tensor(n, np.frombuffer(t.data, np.float32).reshape(t.shape))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    first = tmp_path / "m-00001-of-00002.gguf"
+    split = Model.load(first, backend="reference", n_ctx=16)
+    whole = Model.load(good, backend="reference", n_ctx=16)
+    np.testing.assert_array_equal(split.logits([1, 5, 9]), whole.logits([1, 5, 9]))
+    (tmp_path / "m-00002-of-00002.gguf").unlink()
+    with pytest.raises(GGUFError, match="missing part .*m-00002-of-00002.gguf"):
+        Model.load(first, backend="reference")
