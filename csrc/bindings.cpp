@@ -99,6 +99,13 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_argmax, F(n_rows) F(n_cols) F(_pad0) F(_pad1))
     KARGS_STRUCT(kargs_attn_reduce, F(n_rows) F(n_head) F(head_dim) F(n_splits))
     KARGS_STRUCT(kargs_part, F(row0) F(n_rows) F(_pad0) F(_pad1))
+    KARGS_STRUCT(kargs_layer_norm,
+                 F(n_rows) F(n_cols) F(group) F(has_weight) F(has_bias) F(eps) F(_pad0) F(_pad1))
+    KARGS_STRUCT(kargs_lerp, F(n_rows) F(n_cols) F(has_mu) F(mu_off) F(has_mu_v) F(mu_v_cols)
+                                 F(mu_col) F(_pad0))
+    KARGS_STRUCT(kargs_rwkv, F(n_rows) F(n_cols) F(group) F(eps))
+    KARGS_STRUCT(kargs_mul_mat_blocks,
+                 F(M) F(n_blocks) F(m) F(k) F(w_row_words) F(_pad0) F(_pad1) F(_pad2))
     return out;
 }
 

@@ -117,3 +117,50 @@ struct kargs_part {
     uint32_t _pad0;
     uint32_t _pad1;
 };
+
+// -- recurrent-model ops (RWKV; metal/rwkv.metal, shaders/rwkv.wgsl) --------------------------
+
+// (x - mean) / sqrt(var + eps) over each group of a row, then * w + b (either may be absent).
+struct kargs_layer_norm {
+    uint32_t n_rows;
+    uint32_t n_cols;
+    uint32_t group;
+    uint32_t has_weight;
+    uint32_t has_bias;
+    float eps;
+    uint32_t _pad0;
+    uint32_t _pad1;
+};
+
+// a + (b - a) * (mu[mu_off + c] + mu_v[row * mu_v_cols + mu_col + c]) over (n_rows, n_cols)
+struct kargs_lerp {
+    uint32_t n_rows;
+    uint32_t n_cols;
+    uint32_t has_mu;
+    uint32_t mu_off;  // mu_row * n_cols
+    uint32_t has_mu_v;
+    uint32_t mu_v_cols;  // row length of mu_v
+    uint32_t mu_col;     // first column of mu_v read
+    uint32_t _pad0;
+};
+
+// token_shift, l2_norm (group, eps), wkv6 / wkv7 / wkv7_bonus (group = head size)
+struct kargs_rwkv {
+    uint32_t n_rows;
+    uint32_t n_cols;
+    uint32_t group;
+    float eps;
+};
+
+// Block-diagonal product: y[:, b*m : (b+1)*m] = x[:, b*k : (b+1)*k] @ W[b]^T with W (n_blocks,
+// m, k) stored as n_blocks * m rows of k values.
+struct kargs_mul_mat_blocks {
+    uint32_t M;  // rows of x (tokens)
+    uint32_t n_blocks;
+    uint32_t m;            // rows of a block
+    uint32_t k;            // columns of a block
+    uint32_t w_row_words;  // 32-bit words per W row in WebGPU's repacked layout
+    uint32_t _pad0;
+    uint32_t _pad1;
+    uint32_t _pad2;
+};

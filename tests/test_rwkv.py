@@ -1,4 +1,5 @@
-"""RWKV-6 and RWKV-7 on the reference backend.
+"""RWKV-6 and RWKV-7 on the reference backend, and on WebGPU and Metal (under the MSL emulator)
+against rwkv.cpp's logits and the reference's greedy bytes.
 
 rwkv.cpp's tiny test models (../shared/rwkv, from rwkv.cpp's tests/) are converted to GGUF and
 checked against rwkv.cpp's expected logits after the bytes '"in' (its
@@ -8,6 +9,9 @@ the tokenizer on hand-built vocabularies.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,7 +69,32 @@ def expected(rwkv_dir):
 
 
 def load(path, backend="reference", **kw) -> Model:
-    return Model.load(path, backend=backend, **kw)
+    return Model.load(path, backend=make_backend(backend), **kw)
+
+
+BACKENDS = ["reference", "webgpu", "metal-emu"]
+
+
+def make_backend(kind):
+    """A backend object (or name) for kind: "webgpu" skips without an adapter, "metal-emu" (the
+    Metal backend with the kernels run by the MSL emulator) without clang-16 on Linux."""
+    if kind == "webgpu":
+        from fastllm.errors import BackendError
+
+        try:
+            from fastllm.backends.webgpu import WebGPUBackend
+
+            return WebGPUBackend()
+        except (ImportError, BackendError) as e:
+            pytest.skip(f"no WebGPU adapter: {e}")
+    if kind == "metal-emu":
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "metal"))
+        from metal_env import make_runtime
+
+        from fastllm.backends.metal import MetalBackend
+
+        return MetalBackend(runtime=make_runtime("emu"), self_check=False)
+    return kind
 
 
 def serial(m: Model, ids) -> list[np.ndarray]:
@@ -81,8 +110,9 @@ def diff_sum(logits: np.ndarray, want: np.ndarray) -> float:
 
 # -- rwkv.cpp's expected logits ------------------------------------------------------------
 
-def test_v7_fp32_every_logit_within_1e3(gguf, expected):
-    m = load(gguf("v7-fp32"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_v7_fp32_every_logit_within_1e3(gguf, expected, backend):
+    m = load(gguf("v7-fp32"), backend)
     want = expected("v7-fp32")
     modes = {"one sequence (all logits)": m.logits(PROMPT)[-1],
              "one at a time": serial(m, PROMPT)[-1],
@@ -98,9 +128,10 @@ def test_v7_fp32_every_logit_within_1e3(gguf, expected):
 PUBLISHED = {"v7-fp16": 0.005766, "v6-q5_1": 3.576909}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_published_difference_sums(gguf, expected, name):
-    m = load(gguf(name))
+def test_published_difference_sums(gguf, expected, name, backend):
+    m = load(gguf(name), backend)
     want, bound = expected(name), abs(PUBLISHED[name]) * 1.05
     for mode, got in (("sequence", m.logits(PROMPT)[-1]), ("serial", serial(m, PROMPT)[-1])):
         s = diff_sum(got, want)
@@ -134,7 +165,18 @@ class _GgmlCpuRounding(ReferenceBackend):
         return w
 
 
-def test_v7_q5_1_difference_sum(gguf, expected, rwkv_dir):
+@pytest.fixture(scope="module")
+def q5_1_rounding_effect(gguf, expected):
+    """(exact, d): the reference's difference sum of v7-q5_1 and the effect d of ggml's Q8_1
+    rounding of activations on it (see test_v7_q5_1_difference_sum)."""
+    want = expected("v7-q5_1")
+    exact = diff_sum(load(gguf("v7-q5_1")).logits(PROMPT)[-1], want)
+    rounded = diff_sum(load(gguf("v7-q5_1"), backend=_GgmlCpuRounding()).logits(PROMPT)[-1],
+                       want)
+    return exact, abs(exact - rounded)
+
+
+def test_v7_q5_1_difference_sum(gguf, expected, rwkv_dir, q5_1_rounding_effect):
     """rwkv.cpp publishes -0.064663 for its FP32 7v0 model quantized to Q5_1, which is this very
     file (checked below: its blocks are fastllm's Q5_1 quantization, ggml's reference quantizer,
     of the FP32 file). That figure comes from ggml's CPU arithmetic, which rounds activations to
@@ -150,15 +192,65 @@ def test_v7_q5_1_difference_sum(gguf, expected, rwkv_dir):
         assert blocks.tobytes() == q51.tensors[n].data.tobytes(), n
 
     want = expected("v7-q5_1")
-    exact = diff_sum(load(gguf("v7-q5_1")).logits(PROMPT)[-1], want)
-    rounded = diff_sum(load(gguf("v7-q5_1"), backend=_GgmlCpuRounding()).logits(PROMPT)[-1],
-                       want)
-    d = abs(exact - rounded)
+    exact, d = q5_1_rounding_effect
     assert 0 < d < 0.05, d  # the rounding is felt, and it is a perturbation
     bound = (0.064663 + d) * 1.05
-    assert abs(exact) <= bound, (exact, rounded, bound)
+    assert abs(exact) <= bound, (exact, d, bound)
     m = load(gguf("v7-q5_1"))
     assert abs(diff_sum(serial(m, PROMPT)[-1], want) - exact) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["webgpu", "metal-emu"])
+def test_v7_q5_1_difference_sum_gpu(gguf, expected, q5_1_rounding_effect, backend):
+    """The bound of test_v7_q5_1_difference_sum, on the GPU backends, fed both ways."""
+    want = expected("v7-q5_1")
+    bound = (0.064663 + q5_1_rounding_effect[1]) * 1.05
+    m = load(gguf("v7-q5_1"), backend)
+    for mode, got in (("sequence", m.logits(PROMPT)[-1]), ("serial", serial(m, PROMPT)[-1])):
+        s = diff_sum(got, want)
+        assert abs(s) <= bound, f"{mode}: sum(logit - expected) = {s}, bound {bound}"
+
+
+@pytest.fixture(scope="module")
+def reference_greedy(gguf):
+    """name -> the reference backend's 12 greedy bytes after PROMPT."""
+    cache: dict[str, list[int]] = {}
+
+    def get(name: str) -> list[int]:
+        if name not in cache:
+            cache[name] = list(load(gguf(name)).generate_tokens(PROMPT, temperature=0,
+                                                                max_tokens=12))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("backend", ["webgpu", "metal-emu"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_greedy_bytes_equal_across_backends(gguf, reference_greedy, name, backend):
+    """Prefill then decode, and the whole sequence at once: the reference's bytes."""
+    want = reference_greedy(name)
+    m = load(gguf(name), backend)
+    assert list(m.generate_tokens(PROMPT, temperature=0, max_tokens=12)) == want
+    ids = PROMPT + want
+    assert [int(np.argmax(r)) for r in m.logits(ids[:-1])[2:]] == want
+
+
+@pytest.mark.parametrize("backend", ["webgpu", "metal-emu"])
+def test_gpu_state_save_restore_and_batches(gguf, backend):
+    """The state on the device: a snapshot restores exactly; a prompt run in batches of 4
+    leaves the same logits as one batch (the state carries between the dispatch lists)."""
+    m = load(gguf("v6-q5_1"), backend, n_batch=4)
+    prompt, more = [84, 104, 101, 32], [99, 97, 116]
+    ref = load(gguf("v6-q5_1"))
+    np.testing.assert_allclose(m.logits(prompt + more), ref.logits(prompt + more), rtol=1e-4,
+                               atol=1e-4)
+    m.prefill(prompt)
+    snap = m.save_state()
+    straight = [m.decode(t) for t in more]
+    m.logits([1, 2, 3, 4, 5])
+    m.restore_state(snap)
+    np.testing.assert_array_equal(np.stack([m.decode(t) for t in more]), np.stack(straight))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -353,3 +353,122 @@ def test_block_decode_after_prefill(gpu, t, rng):
         got, want = pair.run(build, n, rng.integers(0, vocab, n).astype(np.int32), pos)
         check({"x": got["x"]}, {"x": want["x"]}, MATMUL_TOL[t] * 2, rng, f"n={n} pos={pos}")
         pos += n
+
+
+# -- fused kernels (webgpu_program._fuse) ----------------------------------------------------
+def _fused_ops(be, build, n: int) -> list[str]:
+    g = Graph(n)
+    build(g)
+    prog = be.compile(g)
+    ops = [node.op for node in prog.nodes]
+    prog.release()
+    return ops
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.F16],
+                         ids=lambda t: t.name)
+@pytest.mark.parametrize("m", [1, 3])
+def test_fused_mul_mv(gpu, t, m, rng):
+    """swiglu -> mul_mat -> add and mul_mat -> add become one mat-vec dispatch each
+    (mul_mv_fused: glu_res and res variants), matching the reference's separate ops."""
+    d, ff, vocab = 256, 512, 16
+    infos = {"g": f32_info("g", rng.standard_normal((vocab, ff)) * 2),
+             "u": f32_info("u", rng.standard_normal((vocab, ff))),
+             "x": f32_info("x", rng.standard_normal((vocab, d))),
+             "down": quant_info("down", t, d, ff, rng), "wo": quant_info("wo", t, d, d, rng)}
+    pair = Pair(gpu, infos)
+
+    def build(g, w):
+        x = g.get_rows(w["x"], g.tokens)
+        h = g.add(x, g.matmul(g.swiglu(g.get_rows(w["g"], g.tokens),
+                                       g.get_rows(w["u"], g.tokens)), w["down"]))
+        g.output("y", g.add(g.matmul(h, w["wo"]), h))  # residual on the left and the right
+
+    ops = _fused_ops(gpu, lambda g: build(g, pair.w[gpu]), m)
+    assert ops.count("mul_mv_fused") == 2 and "swiglu" not in ops and "add" not in ops, ops
+    got, want = pair.run(build, m, rng.integers(0, vocab, m).astype(np.int32))
+    check(got, want, MATMUL_TOL[t] * 2, rng, f"m={m}")
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.F32],
+                         ids=lambda t: t.name)
+def test_fused_rms_norm_mul_mv(gpu, t, rng):
+    """A one-row rms_norm read only by mat-vecs is computed inside each of them (norm variant);
+    with more rows, or another reader, it stays a dispatch of its own."""
+    d, vocab = 512, 16
+    infos = {"x": f32_info("x", rng.standard_normal((vocab, d)) * 3),
+             "nw": f32_info("nw", rng.uniform(0.5, 1.5, d)),
+             "a": quant_info("a", t, 64, d, rng), "b": quant_info("b", t, 96, d, rng)}
+    pair = Pair(gpu, infos)
+
+    def build(g, w):
+        h = g.rms_norm(g.get_rows(w["x"], g.tokens), w["nw"], 1e-5)
+        g.output("a", g.matmul(h, w["a"]))
+        g.output("b", g.matmul(h, w["b"]))
+
+    for m in (1, 2):
+        ops = _fused_ops(gpu, lambda g: build(g, pair.w[gpu]), m)
+        assert ("rms_norm" in ops) == (m > 1), ops
+        got, want = pair.run(build, m, rng.integers(0, vocab, m).astype(np.int32))
+        check(got, want, MATMUL_TOL[t] * 2, rng, f"m={m}")
+
+
+@pytest.mark.parametrize("neox", [False, True])
+def test_fused_rope_kv_store(gpu, neox, rng):
+    """rope(q), rope(k), kv_store(k, v) become one dispatch (rope_kv_store); attention then
+    reads what it stored, at several positions (n_rot < head_dim copies the tail)."""
+    n, nh, nkv, d = 3, 4, 2, 32
+    spec = KVSpec(n_ctx=32, kv_dim=(nkv * d,), sizes=(32,))
+    pair = Pair(gpu, {"q": f32_info("q", rng.standard_normal((16, nh * d))),
+                      "k": f32_info("k", rng.standard_normal((16, nkv * d))),
+                      "v": f32_info("v", rng.standard_normal((16, nkv * d)))}, spec)
+
+    def build(g, w):
+        rope = {"head_dim": d, "n_rot": 16, "base": 1e4, "neox": neox}
+        q, k, v = (g.get_rows(w[c], g.tokens) for c in "qkv")
+        q = g.rope(q, n_head=nh, **rope)  # consecutive, as a model records them
+        k = g.rope(k, n_head=nkv, **rope)
+        g.kv_store(0, k, v)
+        g.output("q", q)
+        g.output("a", g.attention(q, 0, n_head=nh, n_kv_head=nkv, head_dim=d, scale=0.2))
+
+    assert "rope_kv_store" in _fused_ops(gpu, lambda g: build(g, pair.w[gpu]), n)
+    pos = 0
+    for _ in range(3):
+        got, want = pair.run(build, n, rng.integers(0, 16, n).astype(np.int32), pos)
+        check(got, want, ROPE_TOL, rng, f"pos={pos}")
+        pos += n
+
+
+def test_run_greedy(gpu, rng):
+    """Program.run_greedy (argmax on the device, fed to the next step) yields the tokens that
+    run() + numpy argmax yield, and leaves the same KV cache behind."""
+    vocab, d = 64, 64
+    spec = KVSpec(n_ctx=40, kv_dim=(d,), sizes=(40,))
+    infos = {"emb": f32_info("emb", rng.standard_normal((vocab, d))),
+             "wq": quant_info("wq", GGMLType.Q8_0, d, d, rng),
+             "out": quant_info("out", GGMLType.Q8_0, vocab, d, rng)}
+    be = gpu
+    w = {n: be.load_weight(i) for n, i in infos.items()}
+
+    def build(g):
+        x = g.get_rows(w["emb"], g.tokens)
+        g.kv_store(0, x, x)
+        a = g.attention(g.matmul(x, w["wq"]), 0, n_head=1, n_kv_head=1, head_dim=d, scale=0.1)
+        g.output("logits", g.matmul(g.add(a, x), w["out"]))
+
+    g = Graph(1)
+    build(g)
+    prog = be.compile(g)
+    want, tok = [], int(rng.integers(0, vocab))
+    be.init_kv(spec)
+    first = tok
+    for pos in range(30):
+        tok = int(np.argmax(prog.run(np.array([tok], np.int32), pos)["logits"][0]))
+        want.append(tok)
+    after = prog.run(np.array([tok], np.int32), 30)["logits"]
+    be.init_kv(spec)
+    got = prog.run_greedy(30, first, 0)
+    assert got == want
+    assert np.array_equal(prog.run(np.array([got[-1]], np.int32), 30)["logits"], after)
+    prog.release()

@@ -45,6 +45,8 @@ ATTN_MAX_D = 256  # attention: largest head_dim
 AP_Q = 8  # attention prefill: query rows per threadgroup
 ATTN_SPLIT = 256  # decode attention: cache positions per split at full context
 ATTN_MAX_SPLITS = 32
+WKV_TG, WKV_MAX = 64, 64  # rwkv.metal: wkv threads per threadgroup, largest head size
+MB_NSG = 2  # rwkv.metal: mul_mat_blocks SIMD groups per threadgroup
 ALIGN = 256  # arena offsets: ample for any vector load and for setBuffer offsets
 HEADER = 256  # arena bytes 0..15: kargs_step; token ids start at HEADER
 
@@ -61,7 +63,7 @@ def _threads(n: int, cap: int = 256) -> int:
 @dataclass(frozen=True)
 class Ref:
     """A buffer argument: `kind` "arena" (offset from the arena start), "weight" (key: the weight's
-    handle), "k"/"v" (key: layer). nbytes is the extent the kernel may touch."""
+    handle), "k"/"v" (key: layer), "state" (key: the name of a recurrent state buffer). nbytes is the extent the kernel may touch."""
 
     kind: str
     offset: int = 0
@@ -326,6 +328,118 @@ class MetalLowering:
         self._emit("kernel_argmax_f32", [self._ref(x), self._ref(node.out)],
                    (rows,), _threads(cols), (1,), "kargs_argmax", n_rows=rows, n_cols=cols)
 
+    # -- recurrent-model ops (RWKV; metal/rwkv.metal) ----------------------------------------
+    def _state(self, node, n: int) -> Ref:
+        """The state buffer `node.attrs["state"]`, which must hold n floats. It is read and
+        written by the kernel, so never among a dispatch's `writes` (those are poisoned)."""
+        name = node.attrs["state"]
+        have = dict(self.kv.state).get(name) if self.kv is not None else None
+        if have is None:
+            raise BackendError(f"metal: no recurrent state buffer {name!r} (init_kv with a KVSpec "
+                               f"that declares it first)")
+        if have != n:
+            raise UnsupportedError(f"metal: {node.op} needs {n} state values in {name!r}, which "
+                                   f"holds {have}")
+        return Ref("state", 0, 4 * n, name)
+
+    def _vec(self, w, like: Value) -> Ref:
+        """A weight read element-wise: f32 (1-D weights are made f32 at load)."""
+        if w is None:
+            return self._ref(like)  # bound, never read
+        if w.handle.type != GGMLType.F32:
+            raise UnsupportedError(f"metal: tensor {w.name!r} of type {w.handle.type.name} is "
+                                   f"used element-wise; only f32 is read that way")
+        return self._ref(w)
+
+    def _groups(self, node, group: int) -> tuple[int, int]:
+        rows, cols = node.args[0].shape
+        if cols % group:
+            raise UnsupportedError(f"metal: {node.op} over groups of {group} of rows of {cols}")
+        return rows, cols
+
+    def _layer_norm(self, node) -> None:
+        x, w, b = node.args
+        g = node.attrs["group"]
+        rows, cols = self._groups(node, g)
+        self._emit("kernel_layer_norm_f32",
+                   [self._ref(x), self._vec(w, x), self._vec(b, x), self._ref(node.out)],
+                   (rows * cols // g,), _threads(g), (3,), "kargs_layer_norm", n_rows=rows,
+                   n_cols=cols, group=g, has_weight=int(w is not None),
+                   has_bias=int(b is not None), eps=node.attrs["eps"])
+
+    def _l2_norm(self, node) -> None:
+        g = node.attrs["group"]
+        rows, cols = self._groups(node, g)
+        self._emit("kernel_l2_norm_f32", [self._ref(node.args[0]), self._ref(node.out)],
+                   (rows * cols // g,), _threads(g), (1,), "kargs_rwkv", n_rows=rows,
+                   n_cols=cols, group=g, eps=node.attrs["eps"])
+
+    def _wkv7_bonus(self, node) -> None:
+        r, k, v, r_k = node.args
+        g = node.attrs["head_size"]
+        rows, cols = self._groups(node, g)
+        self._emit("kernel_wkv7_bonus_f32",
+                   [self._ref(r), self._ref(k), self._ref(v), self._vec(r_k, r),
+                    self._ref(node.out)], (rows * cols // g,), _threads(g), (4,), "kargs_rwkv",
+                   n_rows=rows, n_cols=cols, group=g)
+
+    def _unary(self, node) -> None:
+        (x,) = node.args
+        n = int(np.prod(x.shape))
+        self._emit(f"kernel_unary_{node.attrs['fn']}_f32", [self._ref(x), self._ref(node.out)],
+                   (-(-n // 256),), 256, (1,), "kargs_unary", n=n)
+
+    def _lerp(self, node) -> None:
+        a, b, mu, mu_v = node.args
+        at = node.attrs
+        rows, d = a.shape
+        n = rows * d
+        self._emit("kernel_lerp_f32",
+                   [self._ref(a), self._ref(b), self._vec(mu, a),
+                    self._ref(mu_v if mu_v is not None else a), self._ref(node.out)],
+                   (-(-n // 256),), 256, (4,), "kargs_lerp", n_rows=rows, n_cols=d,
+                   has_mu=int(mu is not None), mu_off=at["mu_row"] * d,
+                   has_mu_v=int(mu_v is not None), mu_v_cols=mu_v.cols if mu_v is not None else 0,
+                   mu_col=at["mu_col"])
+
+    def _token_shift(self, node) -> None:
+        (x,) = node.args
+        rows, d = x.shape
+        tp = _threads(d)
+        self._emit("kernel_token_shift_f32", [self._ref(x), self._state(node, d),
+                                              self._ref(node.out)],
+                   (-(-d // tp),), tp, (2,), "kargs_rwkv", n_rows=rows, n_cols=d)
+
+    def _wkv(self, node, kernel: str) -> None:
+        s = node.attrs["head_size"]
+        rows, cols = self._groups(node, s)
+        if s > WKV_MAX or WKV_TG % s:
+            raise UnsupportedError(f"metal: {node.op} with head size {s} (a power of two up to "
+                                   f"{WKV_MAX} is supported)")
+        ins = [self._vec(a, node.args[0]) if isinstance(a, Weight) else self._ref(a)
+               for a in node.args]
+        bufs = ins + [self._state(node, cols * s), self._ref(node.out)]
+        self._emit(kernel, bufs, (-(-cols // WKV_TG),), WKV_TG, (len(bufs) - 1,), "kargs_rwkv",
+                   n_rows=rows, n_cols=cols, group=s)
+
+    def _wkv6(self, node) -> None:
+        self._wkv(node, "kernel_wkv6_f32")
+
+    def _wkv7(self, node) -> None:
+        self._wkv(node, "kernel_wkv7_f32")
+
+    def _mul_mat_blocks(self, node) -> None:
+        x, w = node.args
+        nb, m, k = w.shape
+        rows = x.shape[0]
+        if k % 16:
+            raise UnsupportedError(f"metal: mul_mat_blocks with blocks of {k} columns (a "
+                                   f"multiple of 16 is needed) for {w.name!r}")
+        self._emit(f"kernel_mul_mat_blocks_{_type_name(w)}_f32",
+                   [self._ref(w), self._ref(x), self._ref(node.out)],
+                   (-(-nb * m // MB_NSG), rows), 32 * MB_NSG, (2,), "kargs_mul_mat_blocks",
+                   M=rows, n_blocks=nb, m=m, k=k, w_row_words=row_bytes(w.type, k) // 4)
+
 
 def _type_name(w: Weight) -> str:
     t = w.handle.type
@@ -435,6 +549,8 @@ class _MetalProgram(Program):
             return arena, ref.offset, ref.nbytes
         if ref.kind == "weight":
             return ref.key.buffer, ref.offset, ref.nbytes
+        if ref.kind == "state":  # RWKV: a recurrent state buffer, by name
+            return b.state[ref.key], ref.offset, ref.nbytes
         return (b.k if ref.kind == "k" else b.v)[ref.key], ref.offset, ref.nbytes
 
     def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:

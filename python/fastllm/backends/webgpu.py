@@ -24,6 +24,7 @@ from ..errors import BackendError, UnsupportedError
 from ..gguf import TensorInfo
 from ..quants import GGMLType, row_bytes, type_size
 from . import webgpu_repack as repack
+from . import webgpu_rwkv as rwkv
 from . import webgpu_shaders as shaders
 from .base import Backend, Graph, KVSpec, Program, Weight
 
@@ -82,14 +83,17 @@ class WebGPUBackend(Backend):
     `features`: optional features to use at most (default: all of shader-f16 and subgroup the
     adapter has); `disable`: features to leave off (tests force the fallback paths this way).
     `max_binding`: bytes per storage binding, below the device's limit (tests of weight splits).
+    `fuse`: merge neighbouring ops into one dispatch where a fused kernel exists (off: one
+    dispatch per op, for tests and benchmarks that compare the two).
     """
 
     name = "webgpu"
 
     def __init__(self, features: set[str] | None = None, disable: set[str] | None = None, *,
-                 max_binding: int | None = None):
+                 max_binding: int | None = None, fuse: bool = True):
         wgpu = _wgpu()
         self._closed = False
+        self.fuse = fuse
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
         except Exception as e:
@@ -129,6 +133,8 @@ class WebGPUBackend(Backend):
         self._programs: weakref.WeakSet = weakref.WeakSet()
         self.spec: KVSpec | None = None
         self.kv: list[tuple[Any, Any]] = []
+        self.state: dict[str, Any] = {}  # RWKV: recurrent state buffers (webgpu_rwkv.py)
+        self.state_sizes: dict[str, int] = {}
         self.kv_version = 0  # programs compiled against an older cache rebuild their bindings
         self.rope_tables: dict[tuple, Any] = {}
         self.dummy = self.buffer(16, "STORAGE", "dummy")
@@ -169,13 +175,14 @@ class WebGPUBackend(Backend):
 
     # -- pipelines -----------------------------------------------------------------------------
     def pipeline(self, file: str, entry: str, wtype: str | None = None,
-                 consts: dict[str, int | bool] | None = None, f16_tile: bool = False):
+                 consts: dict[str, int | bool] | None = None, f16_tile: bool = False,
+                 variant: str | None = None):
         """The compute pipeline of entry point `entry` (cached per backend)."""
-        key = (file, entry, wtype, tuple(sorted((consts or {}).items())), f16_tile)
+        key = (file, entry, wtype, tuple(sorted((consts or {}).items())), f16_tile, variant)
         p = self._pipelines.get(key)
         if p is None:
             src = shaders.module_source(file, subgroups=self.subgroups, wtype=wtype,
-                                        consts=consts, f16_tile=f16_tile)
+                                        consts=consts, f16_tile=f16_tile, variant=variant)
             digest = hashlib.sha1(src.encode()).hexdigest()
             with self.errors(f"compiling {entry} ({file})"):
                 mod = self._modules.get(digest)
@@ -270,13 +277,25 @@ class WebGPUBackend(Backend):
                         self.queue.write_buffer(buf, off, nan[:min(nan.size, (size - off) // 4)])
                 pair.append(buf)
             self.kv.append((pair[0], pair[1]))
+        rwkv.init_state(self, spec)  # RWKV: the recurrent state buffers
 
     def _free_kv(self) -> None:
         for k, v in self.kv:
             k.destroy()
             v.destroy()
         self.kv = []
+        rwkv.free_state(self)  # RWKV
         self.spec = None
+
+    # RWKV: the recurrent state buffers (webgpu_rwkv.py)
+    def reset_state(self) -> None:
+        rwkv.reset_state(self)
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return rwkv.get_state(self)
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        rwkv.set_state(self, state)
 
     # -- programs ------------------------------------------------------------------------------
     def compile(self, graph: Graph) -> Program:

@@ -19,18 +19,27 @@ from ..errors import ContextOverflowError, UnsupportedError
 from ..quants import GGMLType
 from . import webgpu_repack as repack
 from .base import Graph, Node, Program, Value, Weight
+from .webgpu_rwkv import RwkvOps  # RWKV: the recurrent-model ops' lowering
 
 if TYPE_CHECKING:
     from .webgpu import WebGPUBackend
 
-# Mat-vec shape (mul_mv.wgsl). Measured on an H100 (Vulkan, 4096 x 4096): 64 threads per row and
-# 4 rows per thread group beat fewer threads, fewer or more rows, and several units per pass.
+try:  # wgpu-native's raw C entry points: a dispatch costs ~0.5 us through them instead of ~8
+    from wgpu.backends.wgpu_native._api import ffi as _ffi
+    from wgpu.backends.wgpu_native._api import lib as _lib
+except ImportError:  # another wgpu build: the public API
+    _ffi = _lib = None
+
+# Mat-vec shape (mul_mv.wgsl). Measured on an H100 (Vulkan, Llama-3.2-1B shapes, 2026-11-22): a
+# 2048 x 2048 mat-vec costs ~11 us whatever the shape (the per-dispatch floor); wider rows gain
+# from more threads per row, so up to 128 threads per row and 4 rows per group (benchmarks/NOTES.md).
 MV_MAX_M = 8  # token rows up to which mul_mat uses the mat-vec kernel (one pass over the weights)
-MV_TPR_MAX = 64  # most threads sharing one weight row
+MV_TPR_MAX = 128  # most threads sharing one weight row
 MV_UNR = 1  # units per thread per pass
 MV_R = 4  # weight rows per thread group (below 4, or a multiple of 4)
-MV_WG = 64  # workgroup size
+MV_WG = 128  # workgroup size
 MM_BN = 64  # mul_mm.wgsl's BN (rows of W per tile)
+ARGMAX_WG = 1024  # one workgroup scans a whole vocabulary row: as many threads as allowed
 EW_WG = 64  # workgroup size of elementwise.wgsl, rope.wgsl, kv.wgsl and attention.wgsl
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
@@ -43,7 +52,7 @@ def _pow2_floor(x: int) -> int:
     return 1 << (max(1, x).bit_length() - 1)
 
 
-class WebGPUProgram(Program):
+class WebGPUProgram(RwkvOps, Program):
     """A graph compiled for one WebGPU device; run() replays it."""
 
     def __init__(self, backend: WebGPUBackend, graph: Graph):
@@ -56,19 +65,98 @@ class WebGPUProgram(Program):
     def _build(self) -> None:
         backend, graph = self.be, self.g
         self._kv_version = backend.kv_version  # bind groups hold the KV cache's buffers
+        self._greedy: dict[str, Any] | None = None
         self._specs: list[tuple] = []  # (pipeline, entries, grid) until bind groups exist
         self._args = bytearray()
         with backend.errors("compiling a graph"):
-            self.tokens = self._buf(self.n * 4, "STORAGE|COPY_DST", "tokens")
+            self.tokens = self._buf(self.n * 4, "STORAGE|COPY_DST|COPY_SRC", "tokens")
             self.step = self._buf(16, "UNIFORM|COPY_DST", "step")
+            self.nodes = self._fuse(graph.nodes) if backend.fuse else list(graph.nodes)
             self._plan()
-            for node in graph.nodes:
+            for node in self.nodes:
                 getattr(self, "_op_" + node.op)(node)
             self._finish()
             self.outputs = {}
             for name, v in graph.outputs.items():
                 stage = self._buf(_nbytes(v), "MAP_READ|COPY_DST", f"out {name}", binding=False)
                 self.outputs[name] = (self.buf(v), stage, v)
+
+    # -- fusion --------------------------------------------------------------------------------
+    def _fuse(self, nodes: list[Node]) -> list[Node]:
+        """Neighbouring ops merged into one dispatch (a decode step is bound by per-dispatch
+        cost, DESIGN.md principle 5). Only runs of consecutive nodes whose inner values nothing
+        else reads, so the list stays in order and _plan sees the fused reads:
+          swiglu(g, u) -> mul_mat            => mul_mv_fused (silu(g) * u computed on load)
+          mul_mat / mul_mv_fused -> add(x, .) => mul_mv_fused (+ x on store)
+          rope(q), rope(k), kv_store(k', v)  => rope_kv_store
+          rms_norm(x, nw) -> mul_mat, ...     => mul_mv_fused (norm: each workgroup reduces x;
+                                                one token row, every reader a mul_mat)
+        Mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= MV_MAX_M)."""
+        readers: dict[int, int] = {v.id: 1 for v in self.g.outputs.values()}
+        for node in nodes:
+            for a in node.args:
+                if isinstance(a, Value):
+                    readers[a.id] = readers.get(a.id, 0) + 1
+
+        def inner(v: Value | None) -> bool:  # read once, and not a graph output
+            return v is not None and readers.get(v.id, 0) == 1
+
+        mm_of: dict[int, int] = {}  # value id -> how many mul_mat nodes read it as x
+        for node in nodes:
+            if node.op == "mul_mat":
+                mm_of[node.args[0].id] = mm_of.get(node.args[0].id, 0) + 1
+        folded: dict[int, Node] = {}  # rms_norm outputs computed inside their readers
+        for node in nodes:
+            if (node.op == "rms_norm" and node.args[1] is not None and node.out.shape[0] == 1
+                    and node.attrs["group"] == node.out.cols and node.out.cols % 4 == 0
+                    and node.out.id not in {v.id for v in self.g.outputs.values()}
+                    and mm_of.get(node.out.id, 0) == readers.get(node.out.id, 0) > 0):
+                folded[node.out.id] = node
+
+        out: list[Node] = []
+        for node in nodes:
+            if node.op == "rms_norm" and node.out.id in folded:
+                continue
+            if node.op == "mul_mat" and node.args[0].id in folded:
+                nrm = folded[node.args[0].id]
+                out.append(Node("mul_mv_fused", (nrm.args[0], node.args[1], None, None,
+                                                 nrm.args[1]),
+                                {"glu": False, "eps": nrm.attrs["eps"]}, node.out))
+                continue
+            prev = out[-1] if out else None
+            if (node.op == "mul_mat" and prev is not None and prev.op == "swiglu"
+                    and node.args[0] is prev.out and inner(prev.out)
+                    and node.args[0].shape[0] <= MV_MAX_M and node.args[0].cols % 4 == 0):
+                g, u = prev.args
+                out[-1] = Node("mul_mv_fused", (g, node.args[1], u, None, None), {"glu": True},
+                               node.out)
+                continue
+            if (node.op == "add" and prev is not None and prev.op in ("mul_mat", "mul_mv_fused")
+                    and inner(prev.out) and prev.args[0].shape[0] <= MV_MAX_M
+                    and (prev.op == "mul_mat" or prev.args[4] is None)):
+                a, b = node.args
+                res = a if b is prev.out else b if a is prev.out else None
+                if (isinstance(res, Value) and res is not prev.out and res.shape == node.out.shape
+                        and prev.out.shape == node.out.shape):
+                    x, w = prev.args[0], prev.args[1]
+                    up = prev.args[2] if prev.op == "mul_mv_fused" else None
+                    out[-1] = Node("mul_mv_fused", (x, w, up, res, None),
+                                   {"glu": prev.attrs.get("glu", False)}, node.out)
+                    continue
+            if (node.op == "kv_store" and len(out) >= 2 and out[-1].op == "rope"
+                    and out[-2].op == "rope" and node.args[0] is out[-1].out
+                    and inner(out[-1].out) and node.args[1] not in (out[-2].out, out[-1].out)):
+                rq, rk = out[-2], out[-1]
+                same = ("head_dim", "n_rot", "base", "freq_scale", "neox")
+                if (rq.args[1] is rk.args[1] and rk.args[0] is not rq.out
+                        and all(rq.attrs[a] == rk.attrs[a] for a in same)):
+                    out[-2:] = [Node("rope_kv_store", (rq.args[0], rk.args[0], node.args[1],
+                                                       rq.args[1]),
+                                     {**rq.attrs, "k_n_head": rk.attrs["n_head"],
+                                      "layer": node.attrs["layer"]}, rq.out)]
+                    continue
+            out.append(node)
+        return out
 
     # -- buffers -------------------------------------------------------------------------------
     def _buf(self, size: int, usage: str, label: str, binding: bool = True):
@@ -81,7 +169,7 @@ class WebGPUProgram(Program):
         Graph outputs keep theirs. Slot sizes are the largest value they hold."""
         g = self.g
         last: dict[int, int] = {}
-        for i, node in enumerate(g.nodes):
+        for i, node in enumerate(self.nodes):
             for a in node.args:
                 if isinstance(a, Value):
                     last[a.id] = i
@@ -89,7 +177,7 @@ class WebGPUProgram(Program):
         sizes: list[int] = []
         free: list[int] = []
         slot_of: dict[int, int] = {}
-        for i, node in enumerate(g.nodes):
+        for i, node in enumerate(self.nodes):
             v = node.out
             if v is not None:
                 need = _nbytes(v)
@@ -133,8 +221,8 @@ class WebGPUProgram(Program):
 
     def _dispatch(self, file: str, entry: str, bindings: dict[int, Any], grid: tuple[int, ...],
                   wtype: str | None = None, consts: dict | None = None,
-                  f16_tile: bool = False) -> None:
-        p = self.be.pipeline(file, entry, wtype, consts, f16_tile)
+                  f16_tile: bool = False, variant: str | None = None) -> None:
+        p = self.be.pipeline(file, entry, wtype, consts, f16_tile, variant)
         gx, gy, gz = (list(grid) + [1, 1])[:3]
         cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
         if max(gx, gy, gz) > cap:
@@ -169,6 +257,17 @@ class WebGPUProgram(Program):
             bg = dev.create_bind_group(layout=p.get_bind_group_layout(0), entries=entries)
             self.dispatches.append((p, bg, grid))
         self._specs = []
+        self._raw = self._raw_list(self.dispatches)
+
+    @staticmethod
+    def _raw_list(dispatches) -> list[tuple]:
+        """(pipeline handle or None when unchanged, bind group handle, x, y, z) per dispatch:
+        what _record hands to wgpu-native, with nothing left to look up per token."""
+        raw, last = [], None
+        for p, bg, (x, y, z) in dispatches:
+            raw.append((p._internal if p is not last else None, bg._internal, x, y, z))
+            last = p
+        return raw
 
     # -- ops -----------------------------------------------------------------------------------
     def _op_get_rows(self, node: Node) -> None:
@@ -185,6 +284,17 @@ class WebGPUProgram(Program):
 
     def _op_mul_mat(self, node: Node) -> None:
         x, w = node.args
+        self._mul_mat(node, x, w)
+
+    def _op_mul_mv_fused(self, node: Node) -> None:
+        x, w, up, res, nw = node.args
+        self._mul_mat(node, x, w, up, res, nw, node.attrs.get("eps", 0.0))
+
+    def _mul_mat(self, node: Node, x: Value, w: Weight, up: Value | None = None,
+                 res: Value | None = None, nw: Weight | None = None, eps: float = 0.0) -> None:
+        """y = W x (mat-vec for up to MV_MAX_M token rows, tiled mat-mat beyond); with `up`,
+        x is a gate and the kernel reads silu(x) * up; with `res`, it adds res to y; with `nw`,
+        it reads rms_norm(x) * nw."""
         h = w.handle
         m, k = x.shape[0], x.cols
         if k % 4:
@@ -192,22 +302,36 @@ class WebGPUProgram(Program):
                                    f"is needed) for {w.name!r}")
         t = GGMLType(w.type)
         words = sum(repack.array_sizes(t, 2, k)) // 8
+        variant = ("glu_" if up is not None else "") + ("res" if res is not None else "")
+        variant = "norm" if nw is not None else variant.rstrip("_") or None
         for part in h.parts:
-            b = {0: self._arg(("kargs_mul_mat", {"M": m, "N": h.n, "K": k, "w_row_words": words}),
-                              ("kargs_part", {"row0": part.row0, "n_rows": part.n_rows})),
-                 1: self.buf(x), 2: self.buf(node.out)}
+            structs = [("kargs_mul_mat", {"M": m, "N": h.n, "K": k, "w_row_words": words}),
+                       ("kargs_part", {"row0": part.row0, "n_rows": part.n_rows})]
+            if nw is not None:
+                structs.append(("kargs_rms_norm", {"n_rows": 1, "n_cols": k, "group": k,
+                                                   "has_weight": 1, "eps": eps}))
+            b = {0: self._arg(*structs), 1: self.buf(x), 2: self.buf(node.out)}
+            if nw is not None:
+                b[9] = self.buf(nw)
             b.update({3 + i: buf for i, buf in enumerate(part.buffers)})
+            if up is not None:
+                b[7] = self.buf(up)
+            if res is not None:
+                b[8] = self.buf(res)
             if m <= MV_MAX_M:
                 tpr = min(MV_TPR_MAX, MV_WG, _pow2_floor(h.units))
                 rows = MV_R * (MV_WG // tpr)
                 n_wg = -(-part.n_rows // rows)
                 cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
                 gz = -(-n_wg // cap)
-                self._dispatch("mul_mv.wgsl", f"kernel_mul_mv_{h.tname}_f32", b,
+                name = f"kernel_mul_mv_{variant}_" if variant else "kernel_mul_mv_"
+                self._dispatch("mul_mv.wgsl", f"{name}{h.tname}_f32", b,
                                (-(-n_wg // gz), 1, gz), wtype=h.tname,
                                consts={"TPR": tpr, "R": MV_R, "C": m, "UNR": MV_UNR,
-                                       "WG": MV_WG})
+                                       "WG": MV_WG}, variant=variant)
             else:
+                if variant:
+                    raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule
                 bm = 16 if m <= 16 else 32 if m <= 32 else 64  # tokens per tile
                 self._dispatch("mul_mm.wgsl", f"kernel_mul_mm_{h.tname}_f32", b,
                                (-(-part.n_rows // MM_BN), -(-m // bm)), wtype=h.tname,
@@ -295,6 +419,28 @@ class WebGPUProgram(Program):
                        {0: self._arg(("kargs_rope", args)), 1: self.step, 2: self.buf(x),
                         3: table, 4: self.buf(node.out)},
                        self._grid1(rows * at["n_head"] * at["head_dim"] // 2))
+
+    def _op_rope_kv_store(self, node: Node) -> None:
+        q, k, v, ff = node.args
+        at = node.attrs
+        ring, dim, (kc, vc) = self._kv(at["layer"])
+        rows = q.shape[0]
+        if at["head_dim"] % 2:
+            raise UnsupportedError(f"webgpu: rope with an odd head_dim {at['head_dim']}")
+        if k.cols != dim or v.cols != dim:
+            raise UnsupportedError(f"webgpu: kv_store of {k.cols} values into a cache of {dim}")
+        rope = {"n_rows": rows, "head_dim": at["head_dim"], "n_rot": at["n_rot"],
+                "base": at["base"], "freq_scale": at["freq_scale"], "neox": int(at["neox"]),
+                "has_freq_factors": int(ff is not None)}
+        args = self._arg(("kargs_rope", {**rope, "n_head": at["n_head"]}),
+                         ("kargs_rope", {**rope, "n_head": at["k_n_head"]}),
+                         ("kargs_kv_store", {"n_rows": rows, "kv_dim": dim, "ring": ring}))
+        table = self._rope_table(at["n_rot"], at["base"], at["freq_scale"], ff)
+        half = at["head_dim"] // 2
+        n = rows * (at["n_head"] + at["k_n_head"]) * half + rows * dim
+        self._dispatch("rope_kv.wgsl", "kernel_rope_kv_store_f32",
+                       {0: args, 1: self.step, 2: self.buf(q), 3: table, 4: self.buf(node.out),
+                        5: self.buf(k), 6: self.buf(v), 7: kc, 8: vc}, self._grid1(n))
 
     def _kv(self, layer: int):
         spec = self.be.spec
@@ -385,15 +531,7 @@ class WebGPUProgram(Program):
             q.write_buffer(self.tokens, 0, tokens)
             q.write_buffer(self.step, 0, np.array([pos, self.n, pos + self.n, 0], np.uint32))
             enc = be.device.create_command_encoder()
-            cp = enc.begin_compute_pass()
-            last = None
-            for p, bg, (x, y, z) in self.dispatches:
-                if p is not last:
-                    cp.set_pipeline(p)
-                    last = p
-                cp.set_bind_group(0, bg)
-                cp.dispatch_workgroups(x, y, z)
-            cp.end()
+            self._record(enc, self._raw, self.dispatches)
             for src, stage, v in self.outputs.values():
                 enc.copy_buffer_to_buffer(src, 0, stage, 0, _nbytes(v))
             q.submit([enc.finish()])
@@ -406,6 +544,106 @@ class WebGPUProgram(Program):
                 out[name] = np.frombuffer(data, dt).reshape(v.shape).copy()
         return out
 
+    def _record(self, enc, raw: list[tuple], dispatches: list[tuple]) -> None:
+        """One compute pass of the dispatch list. Per-token cost is all here (a step is
+        re-encoded every token: command buffers are single-use), so the loop calls wgpu-native's
+        C functions directly; validation happens when the pass ends, as through wgpu-py."""
+        cp = enc.begin_compute_pass()
+        if _lib is not None:
+            c, null = cp._internal, _ffi.NULL
+            set_p = _lib.wgpuComputePassEncoderSetPipeline
+            set_bg = _lib.wgpuComputePassEncoderSetBindGroup
+            go = _lib.wgpuComputePassEncoderDispatchWorkgroups
+            for p, bg, x, y, z in raw:
+                if p is not None:
+                    set_p(c, p)
+                set_bg(c, 0, bg, 0, null)
+                go(c, x, y, z)
+        else:
+            last = None
+            for p, bg, (x, y, z) in dispatches:
+                if p is not last:
+                    cp.set_pipeline(p)
+                    last = p
+                cp.set_bind_group(0, bg)
+                cp.dispatch_workgroups(x, y, z)
+        cp.end()
+
+    # -- greedy decoding on the device ---------------------------------------------------------
+    def _greedy_setup(self, n_steps: int) -> dict[str, Any]:
+        """The argmax dispatch that writes a step's token straight into the token buffer (the
+        next step's input), and buffers for positions and the tokens produced."""
+        g = self._greedy
+        if g is None:
+            v = self.g.outputs.get("logits")
+            if self.n != 1 or v is None or v.shape[0] != 1:
+                raise ValueError("run_greedy needs a one-token program whose output 'logits' is "
+                                 "one row")
+            with self.be.errors("preparing greedy decoding"):
+                args = self._buf(16, "UNIFORM|COPY_DST", "argmax args")
+                self.be.queue.write_buffer(args, 0, kargs.pack("kargs_argmax", n_rows=1,
+                                                               n_cols=v.cols))
+                lim = self.be.limits
+                wg = _pow2_floor(min(ARGMAX_WG, lim.get("max-compute-invocations-per-workgroup",
+                                                        256),
+                                     lim.get("max-compute-workgroup-size-x", 256)))
+                p = self.be.pipeline("argmax.wgsl", "kernel_argmax_f32", consts={"WG": wg})
+                bg = self.be.device.create_bind_group(
+                    layout=p.get_bind_group_layout(0),
+                    entries=[{"binding": 0, "resource": {"buffer": args}},
+                             {"binding": 1, "resource": {"buffer": self.buf(v)}},
+                             {"binding": 2, "resource": {"buffer": self.tokens}}])
+            tail = [(p, bg, (1, 1, 1))]
+            g = self._greedy = {"tail": tail, "dispatches": self.dispatches + tail,
+                                "raw": self._raw_list(self.dispatches + tail), "cap": 0}
+        if g["cap"] < n_steps:
+            cap = max(64, 1 << (n_steps - 1).bit_length())
+            for old in (g.get("pos"), g.get("out")):  # outgrown
+                if old is not None:
+                    old.destroy()
+                    self._own.remove(old)
+            with self.be.errors("preparing greedy decoding"):
+                g["pos"] = self._buf(16 * cap, "COPY_SRC|COPY_DST", "greedy positions")
+                g["out"] = self._buf(4 * cap, "MAP_READ|COPY_DST", "greedy tokens",
+                                     binding=False)
+            g["cap"] = cap
+        return g
+
+    def run_greedy(self, n_steps: int, first_token: int, pos: int) -> list[int]:
+        """Greedy decoding of n_steps tokens on the device: first_token goes in at position
+        pos, each step's argmax (first maximum on ties, as numpy) is the next step's input at the
+        next position. Returns the n_steps tokens produced; the last one is not yet in the KV
+        cache. Nothing is read back until the end, so the host encodes step i + 1 while the GPU
+        runs step i, and the GPU never waits for the host."""
+        if n_steps < 1:
+            return []
+        spec = self.be.spec
+        if pos < 0 or (spec is not None and pos + n_steps > spec.n_ctx):
+            raise ContextOverflowError(f"positions {pos}..{pos + n_steps - 1} do not fit the "
+                                       f"context of {spec.n_ctx if spec else 0}")
+        be = self.be
+        if self._kv_version != be.kv_version:
+            self.release()
+            self._build()
+        g = self._greedy_setup(n_steps)
+        p = np.arange(pos, pos + n_steps, dtype=np.uint32)
+        steps = np.stack([p, np.ones_like(p), p + 1, np.zeros_like(p)], axis=1)
+        with be.errors("greedy decoding"):
+            q, dev = be.queue, be.device
+            q.write_buffer(self.tokens, 0, np.array([first_token], np.int32))
+            q.write_buffer(g["pos"], 0, steps)
+            raw, dispatches, posb, out = g["raw"], g["dispatches"], g["pos"], g["out"]
+            for i in range(n_steps):
+                enc = dev.create_command_encoder()
+                enc.copy_buffer_to_buffer(posb, 16 * i, self.step, 0, 16)
+                self._record(enc, raw, dispatches)
+                enc.copy_buffer_to_buffer(self.tokens, 0, out, 4 * i, 4)
+                q.submit([enc.finish()])
+            out.map_sync("READ", 0, 4 * n_steps)
+            ids = np.frombuffer(out.read_mapped(0, 4 * n_steps, copy=True), np.int32)
+            out.unmap()
+        return [int(t) for t in ids]
+
     def poison(self) -> None:
         """Fill every activation buffer with NaN (tests: a kernel that skips a write shows)."""
         with self.be.errors("poisoning buffers"):
@@ -417,3 +655,5 @@ class WebGPUProgram(Program):
             b.destroy()
         self._own = []
         self.dispatches = []
+        self._raw = []
+        self._greedy = None

@@ -45,11 +45,17 @@ def specialize(src: str, consts: dict[str, int | bool]) -> str:
 
 
 def module_source(file: str, *, subgroups: bool, wtype: str | None = None,
-                  consts: dict[str, int | bool] | None = None, f16_tile: bool = False) -> str:
-    """The full WGSL text of a kernel module."""
+                  consts: dict[str, int | bool] | None = None, f16_tile: bool = False,
+                  variant: str | None = None) -> str:
+    """The full WGSL text of a kernel module. A kernel file with sections (mul_mv.wgsl) gets the
+    one named `variant` ("plain" when None) after its head; a variant's entry point is named
+    kernel_<op>_<variant>_... (kernel_mul_mv_res_q4_K_f32)."""
     head, common = sections("common.wgsl")
     parts = [read("kargs.wgsl"), head, common["subgroup" if subgroups else "shared"]]
-    body = read(file)
+    bhead, bsec = sections(file)
+    body = bhead + bsec[variant or "plain"] if bsec else bhead
+    if variant is not None and variant != "plain":
+        body = re.sub(r"\bfn kernel_(\w+?)_TYPE", rf"fn kernel_\1_{variant}_TYPE", body)
     if wtype is not None:
         qhead, qsec = sections("quants.wgsl")
         parts += [qhead, qsec[wtype]]

@@ -96,3 +96,45 @@ struct kargs_part {
     _pad0: u32,
     _pad1: u32,
 }
+
+// -- recurrent-model ops (RWKV; rwkv.wgsl, rwkv_blocks.wgsl) ----------------------------------
+
+struct kargs_layer_norm {
+    n_rows: u32,
+    n_cols: u32,
+    group: u32,
+    has_weight: u32,
+    has_bias: u32,
+    eps: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct kargs_lerp {
+    n_rows: u32,
+    n_cols: u32,
+    has_mu: u32,
+    mu_off: u32,
+    has_mu_v: u32,
+    mu_v_cols: u32,
+    mu_col: u32,
+    _pad0: u32,
+}
+
+struct kargs_rwkv {
+    n_rows: u32,
+    n_cols: u32,
+    group: u32,
+    eps: f32,
+}
+
+struct kargs_mul_mat_blocks {
+    M: u32,
+    n_blocks: u32,
+    m: u32,
+    k: u32,
+    w_row_words: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}

@@ -10,6 +10,14 @@
 // workgroup whatever C is. The backend picks TPR from the row length so that short rows leave no
 // thread idle. Grid: ceil(n_rows / (R * WG / TPR)) workgroups as (x, 1, z), x * z of them (a
 // huge vocabulary can pass the 65535 a dimension holds).
+//
+// Variants (a section below each; the backend fuses neighbouring ops into them, one dispatch
+// instead of two or three, since a decode step is bound by per-dispatch cost):
+//   plain    y = W x
+//   res      y = W x + res             (the residual add after an output projection)
+//   glu      y = W (silu(x) * up)      (SwiGLU computed while loading x: no gate*up pass)
+//   glu_res  y = W (silu(x) * up) + res
+//   norm     y = W rms_norm(x) * nw   (one token row; each workgroup reduces x itself first)
 
 const WG: u32 = 64u;
 const TPR: u32 = 32u;
@@ -17,11 +25,6 @@ const R: u32 = 4u;  // a multiple of 4 or less than 4: sums travel as vec4s, 4 r
 const C: u32 = 1u;
 const UNR: u32 = 1u;  // units a thread takes per pass (their loads can be in flight together)
 const RV: u32 = (R + 3u) / 4u;  // vec4 accumulators per token row
-
-struct MatArgs {
-    mm: kargs_mul_mat,
-    part: kargs_part,
-}
 
 @group(0) @binding(0) var<uniform> args: MatArgs;
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
@@ -33,11 +36,12 @@ fn x_at(m: u32, u: u32, j: u32) -> vec4<f32> {
     if (GUARD_K && col >= K) {
         return vec4<f32>(0.0);
     }
-    return x4[m * (K / 4u) + col / 4u];
+    return load_x(m * (K / 4u) + col / 4u);
 }
 
 @compute @workgroup_size(WG)
 fn kernel_mul_mv_TYPE_f32(ids: Ids) {
+    prepare_x(ids);
     let t = thread_index(ids);
     let U = (args.mm.K + 31u) / 32u;
     let m0 = 0u;  // C covers all token rows (the backend uses this kernel for M <= C)
@@ -92,7 +96,8 @@ fn kernel_mul_mv_TYPE_f32(ids: Ids) {
                 for (var q = 0u; q < min(4u, R); q++) {
                     let r = r0 + 4u * v + q;
                     if (r < nr) {
-                        y[(m0 + c) * args.mm.N + args.part.row0 + r] = s[q];
+                        let o = (m0 + c) * args.mm.N + args.part.row0 + r;
+                        y[o] = out_value(o, s[q]);
                     }
                 }
             }
@@ -102,4 +107,106 @@ fn kernel_mul_mv_TYPE_f32(ids: Ids) {
 
 fn onehot(r: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(r) == vec4<u32>(0u, 1u, 2u, 3u));
+}
+
+//! section plain
+struct MatArgs {
+    mm: kargs_mul_mat,
+    part: kargs_part,
+}
+
+fn prepare_x(ids: Ids) {}
+
+fn load_x(i: u32) -> vec4<f32> {
+    return x4[i];
+}
+
+fn out_value(o: u32, s: f32) -> f32 {
+    return s;
+}
+
+//! section res
+struct MatArgs {
+    mm: kargs_mul_mat,
+    part: kargs_part,
+}
+
+fn prepare_x(ids: Ids) {}
+
+@group(0) @binding(8) var<storage, read> res: array<f32>;
+
+fn load_x(i: u32) -> vec4<f32> {
+    return x4[i];
+}
+
+fn out_value(o: u32, s: f32) -> f32 {
+    return res[o] + s;
+}
+
+//! section glu
+struct MatArgs {
+    mm: kargs_mul_mat,
+    part: kargs_part,
+}
+
+fn prepare_x(ids: Ids) {}
+
+@group(0) @binding(7) var<storage, read> up4: array<vec4<f32>>;
+
+// as kernel_swiglu_f32: g / (1 + exp(-g)) * up
+fn load_x(i: u32) -> vec4<f32> {
+    let g = x4[i];
+    return g / (1.0 + exp(-g)) * up4[i];
+}
+
+fn out_value(o: u32, s: f32) -> f32 {
+    return s;
+}
+
+//! section glu_res
+struct MatArgs {
+    mm: kargs_mul_mat,
+    part: kargs_part,
+}
+
+fn prepare_x(ids: Ids) {}
+
+@group(0) @binding(7) var<storage, read> up4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> res: array<f32>;
+
+fn load_x(i: u32) -> vec4<f32> {
+    let g = x4[i];
+    return g / (1.0 + exp(-g)) * up4[i];
+}
+
+fn out_value(o: u32, s: f32) -> f32 {
+    return res[o] + s;
+}
+
+//! section norm
+struct MatArgs {
+    mm: kargs_mul_mat,
+    part: kargs_part,
+    norm: kargs_rms_norm,
+}
+
+@group(0) @binding(9) var<storage, read> nw4: array<vec4<f32>>;
+var<private> inv_rms: f32;
+
+// as kernel_rms_norm_f32 over the one token row: x / sqrt(mean(x^2) + eps) * nw
+fn prepare_x(ids: Ids) {
+    var s = 0.0;
+    for (var i = ids.lid; i < args.mm.K / 4u; i += WG) {
+        let v = x4[i];
+        s += dot(v, v);
+    }
+    inv_rms = 1.0 / sqrt(wg_sum(s, ids) / f32(args.mm.K) + args.norm.eps);
+}
+
+fn load_x(i: u32) -> vec4<f32> {
+    return x4[i] * inv_rms * nw4[i];
+}
+
+fn out_value(o: u32, s: f32) -> f32 {
+    return s;
 }
