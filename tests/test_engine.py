@@ -128,3 +128,25 @@ def test_gemma3_ring_cache_equals_full_cache(tmp_path):
     ring._cached = []
     steps = [ring.prefill(ids[:5])] + [ring.decode(t) for t in ids[5:]]
     np.testing.assert_allclose(np.stack(steps), want[4:], rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_chunks_equal_token_by_token(tiny):
+    """temperature=0 goes through decode_greedy in growing chunks; the ids must equal a plain
+    argmax loop over decode(), including at max_tokens and context limits."""
+    m = Model.load(tiny, backend="reference", n_ctx=40)
+    prompt = [1, 270, 271]
+    want, logits = [], m.prefill(prompt)
+    while len(prompt) + len(want) < 40 and len(want) < 30:
+        t = int(np.argmax(logits))
+        if t in m.tokenizer.eog_ids:
+            break
+        want.append(t)
+        if len(prompt) + len(want) >= 40 or len(want) >= 30:
+            break
+        logits = m.decode(t)
+    got = list(m.generate_tokens(prompt, temperature=0, max_tokens=30))
+    assert got == want
+    for n in (1, 2, 5, 13):
+        assert list(m.generate_tokens(prompt, temperature=0, max_tokens=n)) == want[:n]
+    m2 = Model.load(tiny, backend="reference", n_ctx=12)
+    assert len(list(m2.generate_tokens(prompt, temperature=0, max_tokens=50))) <= 9

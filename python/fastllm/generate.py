@@ -25,6 +25,9 @@ def generate_token_ids(model: Model, prompt: Sequence[int], max_tokens: int = 25
     history = [int(t) for t in prompt]
     eog = model.tokenizer.eog_ids
     logits = model.prefill(history)
+    if getattr(sample, "greedy", False):
+        yield from _greedy(model, sample(logits, history), len(history), max_tokens, eog)
+        return
     n = 0
     while max_tokens is None or n < max_tokens:
         tok = sample(logits, history)
@@ -36,6 +39,29 @@ def generate_token_ids(model: Model, prompt: Sequence[int], max_tokens: int = 25
         if len(history) >= model.n_ctx or (max_tokens is not None and n >= max_tokens):
             return
         logits = model.decode(tok)
+
+
+def _greedy(model: Model, tok: int, n_hist: int, max_tokens: int | None, eog) -> Iterator[int]:
+    """Greedy decoding in chunks through Model.decode_greedy, so a GPU backend runs a chunk
+    without reading a token back per step; the same ids as the sampled loop at temperature 0.
+    `tok` comes from the prompt's logits; chunks start small (an early end of generation wastes
+    little) and grow."""
+    n, chunk, pending = 0, 4, [tok]
+    while True:
+        for t in pending:
+            if t in eog:
+                return
+            yield t
+            n += 1
+            n_hist += 1
+            if (max_tokens is not None and n >= max_tokens) or n_hist >= model.n_ctx:
+                return
+        k = min(chunk, model.n_ctx - n_hist)
+        if max_tokens is not None:
+            k = min(k, max_tokens - n)
+        # pending[-1] is not in the cache yet: it goes in first
+        pending = model.decode_greedy(pending[-1], k)
+        chunk = min(chunk * 2, 64)
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:

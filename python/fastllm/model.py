@@ -218,6 +218,17 @@ class Model:
         self._cached.append(int(token))
         return r
 
+    def decode_greedy(self, token: int, n: int) -> list[int]:
+        """Append `token` after the cached ones and decode greedily: the n tokens that follow
+        (the last of them is not yet in the cache). On GPU backends the loop stays on the device."""
+        pos = len(self._cached)
+        n = min(n, self.n_ctx - pos)
+        if n <= 0:
+            raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
+        toks = self._program(1, False).run_greedy(n, int(token), pos)
+        self._cached += [int(token)] + toks[:-1]
+        return toks
+
     # -- generation ----------------------------------------------------------------------------
     def prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):

@@ -281,6 +281,17 @@ class Program(ABC):
     def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:
         ...
 
+    def run_greedy(self, n_steps: int, first_token: int, pos: int) -> list[int]:
+        """Greedy decoding with a one-token program whose output is "logits": first_token goes
+        in at position pos, each step's argmax (first maximum on ties) is the next step's input.
+        Returns the n_steps tokens produced; the last one is not yet in the cache. GPU backends
+        override this to keep the loop on the device (no read-back per token)."""
+        out, tok = [], int(first_token)
+        for i in range(n_steps):
+            tok = int(np.argmax(self.run(np.array([tok], np.int32), pos + i)["logits"][-1]))
+            out.append(tok)
+        return out
+
 
 class Backend(ABC):
     """What every backend implements. Weights are loaded once; graphs compile once."""
