@@ -313,8 +313,9 @@ class ReferenceBackend(Backend):
         self.v[layer][positions % size] = v
 
     def kv_read(self, layer: int, t: int) -> tuple[np.ndarray, np.ndarray]:
-        """K and V of positions 0..t-1 in position order. Ring layers return the stored positions
-        with the ones that were overwritten as NaN-free placeholders that the window masks."""
+        """K and V of positions 0..t-1 in position order. On a ring layer (size < t) an old
+        position reads the row a newer one overwrote: finite values that the attention window
+        masks out, since the ring holds window + batch rows."""
         size = self.spec.sizes[layer]
         if t <= size:
             return self.k[layer][:t], self.v[layer][:t]
