@@ -156,3 +156,19 @@ def test_split_model_files(good, tmp_path):
     (tmp_path / "m-00002-of-00002.gguf").unlink()
     with pytest.raises(GGUFError, match="missing part .*m-00002-of-00002.gguf"):
         Model.load(first, backend="reference")
+
+
+def test_default_backend_on_a_cpu_only_machine(good, monkeypatch):
+    """backend=None never picks a CPU WebGPU adapter (lavapipe): it falls back to the reference
+    backend with exactly one warning that says why."""
+    import warnings
+
+    from fastllm.backends import webgpu
+
+    monkeypatch.setattr(webgpu, "hardware_adapter_available", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = Model.load(good, n_ctx=8)
+    assert m.backend.name == "reference"
+    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "reference backend" in msgs[0] and "CPU adapter" in msgs[0]
