@@ -63,11 +63,12 @@ fn kernel_mul_mv_TYPE_f32(ids: Ids) {
                 for (var j = 0u; j < 8u; j++) {
                     xv[j] = x_at(m0, u, j) * live;
                 }
+                let xs = x_sums(&xv);
                 for (var r = 0u; r < R; r++) {
                     // rows past the part repeat its last row (dropped below): no read out of
                     // bounds
                     let row = min(r0 + r, nr - 1u);
-                    acc[r / 4u] += onehot(r % 4u) * dot_unit(row * U + u, &xv);
+                    acc[r / 4u] += onehot(r % 4u) * dot_unit(row * U + u, &xv, xs);
                 }
             } else if (uk < U) {
                 for (var r = 0u; r < R; r++) {

@@ -8,7 +8,8 @@
 // part-local row r has index i = r * U + u; blocks hold UPB units.
 //   unit_col(u, j): column of weight 4j of unit u in its row (weights 4j..4j+3 are 4 columns)
 //   dq4(i, j):      weights 4j..4j+3 of unit i
-//   dot_unit(i, xv): dot product of unit i with x, where xv[j] holds the 4 columns of unit_col
+//   dot_unit(i, xv, xs): dot product of unit i with x, where xv[j] holds the 4 columns of
+//                    unit_col and xs = x_sums(xv) (computed once per unit for all rows)
 // Weight arrays bind at 3, 4, 5, 6, in the order webgpu_repack.py lists them.
 
 fn nib_lo(w: u32) -> vec4<f32> {
@@ -53,6 +54,42 @@ fn bits4(w: u32, j: u32) -> vec4<f32> {
     return vec4<f32>(vec4<u32>(b, b >> 1u, b >> 2u, b >> 3u) & vec4<u32>(1u));
 }
 
+// Sums of xv[0] + xv[1], xv[2] + xv[3], xv[4] + xv[5], xv[6] + xv[7]: the x sums every quant
+// type's dot_unit needs (offsets, mins). mul_mv computes them once per unit, not once per row.
+fn x_sums(xv: ptr<function, array<vec4<f32>, 8>>) -> vec4<f32> {
+    return vec4<f32>(hsum((*xv)[0] + (*xv)[1]), hsum((*xv)[2] + (*xv)[3]),
+                     hsum((*xv)[4] + (*xv)[5]), hsum((*xv)[6] + (*xv)[7]));
+}
+
+// Quant bits to floats without an int-to-float conversion (a quarter-rate instruction on
+// NVIDIA): the bits are shifted into the top of an f32 mantissa under exponent 0, giving
+// 1 + q / 2^n exactly. A dot product of such values with x is sum(x) + sum(q x) / 2^n, and the
+// callers subtract sum(x) (from x_sums), so each weight costs a shift, a mask and an FMA.
+const ONE: u32 = 0x3F800000u;
+
+// the four low nibbles of w (bytes 0..3) as 1 + q / 16
+fn fnib_lo(w: u32) -> vec4<f32> {
+    let v = vec4<u32>(w << 19u, w << 11u, w << 3u, w >> 5u);
+    return bitcast<vec4<f32>>((v & vec4<u32>(0x00780000u)) | vec4<u32>(ONE));
+}
+
+// the four high nibbles of w as 1 + q / 16
+fn fnib_hi(w: u32) -> vec4<f32> {
+    let v = vec4<u32>(w << 15u, w << 7u, w >> 1u, w >> 9u);
+    return bitcast<vec4<f32>>((v & vec4<u32>(0x00780000u)) | vec4<u32>(ONE));
+}
+
+// the four bytes of w (read unsigned) as 1 + b / 256
+fn fbytes(w: u32) -> vec4<f32> {
+    let v = vec4<u32>(w << 15u, w << 7u, w >> 1u, w >> 9u);
+    return bitcast<vec4<f32>>((v & vec4<u32>(0x007F8000u)) | vec4<u32>(ONE));
+}
+
+// the bytes of a word split into lanes (bits above each lane's byte are left for masks to drop)
+fn lanes(w: u32) -> vec4<u32> {
+    return vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u);
+}
+
 //! section f32
 // rows zero-padded to a multiple of 32 columns
 @group(0) @binding(3) var<storage, read> w0: array<vec4<f32>>;
@@ -67,7 +104,7 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return w0[8u * i + j];
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     var s = 0.0;
     for (var j = 0u; j < 8u; j++) {
         s += dot(w0[8u * i + j], (*xv)[j]);
@@ -91,7 +128,7 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(a.x), unpack2x16float(a.y));
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     var s = 0.0;
     for (var h = 0u; h < 4u; h++) {
         let q = w0[4u * i + h];
@@ -121,7 +158,7 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return vec4<f32>(bf2(a.x), bf2(a.y));
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     var s = 0.0;
     for (var h = 0u; h < 4u; h++) {
         let q = w0[4u * i + h];
@@ -147,14 +184,16 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return d * sbytes(w0[2u * i + j / 4u][j & 3u]);
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
-    let a = w0[2u * i];
-    let b = w0[2u * i + 1u];
-    var s = dot(sbytes(a.x), (*xv)[0]) + dot(sbytes(a.y), (*xv)[1]);
-    s += dot(sbytes(a.z), (*xv)[2]) + dot(sbytes(a.w), (*xv)[3]);
-    s += dot(sbytes(b.x), (*xv)[4]) + dot(sbytes(b.y), (*xv)[5]);
-    s += dot(sbytes(b.z), (*xv)[6]) + dot(sbytes(b.w), (*xv)[7]);
-    return unpack2x16float(w1[i >> 1u])[i & 1u] * s;
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
+    // flipping the sign bits makes the bytes q + 128, read as 1 + (q + 128) / 256:
+    // sum(q x) = 256 s - 384 sum(x)
+    let a = w0[2u * i] ^ vec4<u32>(0x80808080u);
+    let b = w0[2u * i + 1u] ^ vec4<u32>(0x80808080u);
+    var s = dot(fbytes(a.x), (*xv)[0]) + dot(fbytes(a.y), (*xv)[1]);
+    s += dot(fbytes(a.z), (*xv)[2]) + dot(fbytes(a.w), (*xv)[3]);
+    s += dot(fbytes(b.x), (*xv)[4]) + dot(fbytes(b.y), (*xv)[5]);
+    s += dot(fbytes(b.z), (*xv)[6]) + dot(fbytes(b.w), (*xv)[7]);
+    return unpack2x16float(w1[i >> 1u])[i & 1u] * (256.0 * s - 384.0 * hsum(xs));
 }
 
 //! section q4_0
@@ -175,15 +214,14 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return d * (select(nib_lo(q), nib_hi(q), j >= 4u) - 8.0);
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let q = w0[i];
     var s = 0.0;
-    var sx = vec4<f32>(0.0);
     for (var k = 0u; k < 4u; k++) {
-        s += dot(nib_lo(q[k]), (*xv)[k]) + dot(nib_hi(q[k]), (*xv)[k + 4u]);
-        sx += (*xv)[k] + (*xv)[k + 4u];
+        s += dot(fnib_lo(q[k]), (*xv)[k]) + dot(fnib_hi(q[k]), (*xv)[k + 4u]);
     }
-    return unpack2x16float(w1[i >> 1u])[i & 1u] * (s - 8.0 * hsum(sx));
+    // nibbles read as 1 + q / 16: sum((q - 8) x) = 16 s - 24 sum(x)
+    return unpack2x16float(w1[i >> 1u])[i & 1u] * (16.0 * s - 24.0 * hsum(xs));
 }
 
 //! section q4_1
@@ -203,16 +241,16 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return dm.x * select(nib_lo(q), nib_hi(q), j >= 4u) + dm.y;
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let q = w0[i];
     var s = 0.0;
-    var sx = vec4<f32>(0.0);
     for (var k = 0u; k < 4u; k++) {
-        s += dot(nib_lo(q[k]), (*xv)[k]) + dot(nib_hi(q[k]), (*xv)[k + 4u]);
-        sx += (*xv)[k] + (*xv)[k + 4u];
+        s += dot(fnib_lo(q[k]), (*xv)[k]) + dot(fnib_hi(q[k]), (*xv)[k + 4u]);
     }
+    // nibbles read as 1 + q / 16: sum(q x) = 16 (s - sum(x))
     let dm = unpack2x16float(w1[i]);
-    return dm.x * s + dm.y * hsum(sx);
+    let sx = hsum(xs);
+    return dm.x * 16.0 * (s - sx) + dm.y * sx;
 }
 
 //! section q5_0
@@ -235,7 +273,7 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return d * (lo + 16.0 * bits4(w1[i], j) - 16.0);
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let q = w0[i];
     let h = w1[i];
     var s = 0.0;
@@ -267,7 +305,7 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return dm.x * (lo + 16.0 * bits4(hdr.y, j)) + dm.y;
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let q = w0[i];
     let hdr = w1[i];
     var s = 0.0;
@@ -308,7 +346,7 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return dm.x * f32(sc & 0xFu) * crumbs(q, 2u * t) - dm.y * f32(sc >> 4u);
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let blk = i >> 3u;
     let ui = i & 7u;
     let q = w0[i];
@@ -362,7 +400,7 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return d * q3_scale(hdr, 8u * n + 2u * t + (lq >> 1u)) * (q - 4.0);
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let blk = i >> 3u;
     let ui = i & 7u;
     let n = ui >> 2u;
@@ -418,24 +456,25 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return dm.x * sm.x * select(nib_lo(q), nib_hi(q), hi) - dm.y * sm.y;
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let hdr = w1[i >> 3u];
     let q = w0[i];
     let c2 = 2u * ((i & 7u) >> 1u);
     let s0 = k_scale_min(hdr, c2);
     let s1 = k_scale_min(hdr, c2 + 1u);
-    var qlo = 0.0;
-    var qhi = 0.0;
-    var xlo = vec4<f32>(0.0);
-    var xhi = vec4<f32>(0.0);
+    var flo = 0.0;
+    var fhi = 0.0;
     for (var k = 0u; k < 4u; k++) {
-        qlo += dot(nib_lo(q[k]), (*xv)[k]);
-        qhi += dot(nib_hi(q[k]), (*xv)[k + 4u]);
-        xlo += (*xv)[k];
-        xhi += (*xv)[k + 4u];
+        flo += dot(fnib_lo(q[k]), (*xv)[k]);
+        fhi += dot(fnib_hi(q[k]), (*xv)[k + 4u]);
     }
+    // nibbles read as 1 + q / 16: sum(q x) = 16 (f - sum(x))
+    let xlo = xs.x + xs.y;
+    let xhi = xs.z + xs.w;
+    let qlo = 16.0 * (flo - xlo);
+    let qhi = 16.0 * (fhi - xhi);
     let dm = unpack2x16float(hdr.x);
-    return dm.x * (s0.x * qlo + s1.x * qhi) - dm.y * (s0.y * hsum(xlo) + s1.y * hsum(xhi));
+    return dm.x * (s0.x * qlo + s1.x * qhi) - dm.y * (s0.y * xlo + s1.y * xhi);
 }
 
 //! section q5_K
@@ -475,7 +514,7 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return dm.x * sm.x * (select(nib_lo(q), nib_hi(q), hi) + 16.0 * h) - dm.y * sm.y;
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let blk = i >> 3u;
     let ui = i & 7u;
     let hdr = w1[blk];
@@ -520,6 +559,15 @@ fn q6_scale(scs: vec4<u32>, s: u32) -> f32 {
     return f32(extractBits(bitcast<i32>(scs[s >> 2u]), 8u * (s & 3u), 8u));
 }
 
+// 6-bit weights of quarter t as 1 + q / 64: the nibble (high one if `hi`) of each byte of ql
+// goes to mantissa bits 17..20, the two bits at 2t of each byte of qh to bits 21..22
+fn q6_f(ql: u32, hi: bool, qh: u32, t: u32) -> vec4<f32> {
+    let lo = lanes(ql) << vec4<u32>(select(17u, 13u, hi));
+    let top = lanes(qh) << vec4<u32>(21u - 2u * t);
+    let m = (lo & vec4<u32>(0x001E0000u)) | (top & vec4<u32>(0x00600000u));
+    return bitcast<vec4<f32>>(m | vec4<u32>(ONE));
+}
+
 fn dq4(i: u32, j: u32) -> vec4<f32> {
     let blk = i >> 3u;
     let ui = i & 7u;
@@ -533,7 +581,7 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return d * q6_scale(w2[blk], 8u * n + 2u * t + (lq >> 1u)) * (q - 32.0);
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let blk = i >> 3u;
     let ui = i & 7u;
     let n = ui >> 2u;
@@ -551,11 +599,11 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>) -> f32 {
     for (var t = 0u; t < 4u; t++) {
         let src = select(q0, q1, (t & 1u) == 1u);
         let hi = t >= 2u;
-        let a = (*xv)[2u * t];
-        let b = (*xv)[2u * t + 1u];
-        let qa = select(nib_lo(src.x), nib_hi(src.x), hi) + 16.0 * crumbs(h.x, 2u * t);
-        let qb = select(nib_lo(src.y), nib_hi(src.y), hi) + 16.0 * crumbs(h.y, 2u * t);
-        s += q6_scale(scs, s0 + 2u * t) * (dot(qa, a) + dot(qb, b) - 32.0 * hsum(a + b));
+        let fa = q6_f(src.x, hi, h.x, t);
+        let fb = q6_f(src.y, hi, h.y, t);
+        // weights read as 1 + q / 64: sum((q - 32) x) = 64 f - 96 sum(x)
+        let f = dot(fa, (*xv)[2u * t]) + dot(fb, (*xv)[2u * t + 1u]);
+        s += q6_scale(scs, s0 + 2u * t) * (64.0 * f - 96.0 * xs[t]);
     }
     return unpack2x16float(w3[blk >> 1u])[blk & 1u] * s;
 }
