@@ -29,9 +29,16 @@ def _time_tg(m, n: int, rng) -> float:
     m._cached = []
     bos = m.tokenizer.bos_id if m.tokenizer.bos_id is not None else 0
     first = int(np.argmax(m.prefill([bos])))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     m.decode_greedy(first, n)
-    return n / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    _CPU_SHARE.append((time.process_time() - c0) / wall)
+    return n / wall
+
+
+# process CPU time / wall time of each timed tg run: how much of a token's time the host spends
+# (encoding, submitting, Python); on a GPU backend it should stay well under 100%
+_CPU_SHARE: list[float] = []
 
 
 def run_bench(a) -> int:
@@ -61,6 +68,9 @@ def run_bench(a) -> int:
         print(f"| {name} | {size / 2**20:.2f} MiB | {m.backend.describe()} | {label} | "
               f"{mean:.2f} ± {sd:.2f} |")
     extra = [f"load {m.load_seconds:.2f} s"]
+    if _CPU_SHARE and a.n_gen > 0:
+        timed = _CPU_SHARE[-max(1, a.repetitions):]
+        extra.append(f"tg host CPU time {100 * statistics.mean(timed):.0f}% of wall time")
     stats = getattr(m.backend, "stats", None)
     if callable(stats):
         extra += [f"{k} {v}" for k, v in stats().items()]
