@@ -38,7 +38,15 @@ MV_TPR_MAX = 128  # most threads sharing one weight row
 MV_UNR = 1  # units per thread per pass
 MV_R = 4  # weight rows per thread group (below 4, or a multiple of 4)
 MV_WG = 128  # workgroup size
-MM_BN = 64  # mul_mm.wgsl's BN (rows of W per tile)
+MM_BN = 64  # mul_mm.wgsl's BN (rows of W per tile) for the 4 x 4-per-thread kernel
+# Long batches over many rows take kernel_mul_mm8 (8 x 8 outputs per thread, tiles of MM8_BM
+# tokens x MM8_BN rows) when that still makes MM8_MIN_WG workgroups: with a quarter of the
+# threads it needs ~2 groups per SM to hide its loads, and below that the 4 x 4 kernel wins
+# (H100, 512 tokens, q4_K: 8192 x 2048 0.99 vs 1.31 ms, 2048 x 2048 0.55 vs 0.39 ms;
+# benchmarks/NOTES.md, section 5)
+MM8_BM = 128
+MM8_BN = 64
+MM8_MIN_WG = 256
 ARGMAX_WG = 1024  # one workgroup scans a whole vocabulary row: as many threads as allowed
 EW_WG = 64  # workgroup size of elementwise.wgsl, rope.wgsl, kv.wgsl and attention.wgsl
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
@@ -332,11 +340,18 @@ class WebGPUProgram(RwkvOps, Program):
             else:
                 if variant:
                     raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule
-                bm = 16 if m <= 16 else 32 if m <= 32 else 64  # tokens per tile
-                self._dispatch("mul_mm.wgsl", f"kernel_mul_mm_{h.tname}_f32", b,
-                               (-(-part.n_rows // MM_BN), -(-m // bm)), wtype=h.tname,
-                               consts={"BM": bm, "WG": bm * MM_BN // 16},
-                               f16_tile=self.be.f16 and t not in _FLOATS)
+                f16_tile = self.be.f16 and t not in _FLOATS
+                if m >= MM8_BM and (-(-part.n_rows // MM8_BN)) * (-(-m // MM8_BM)) >= MM8_MIN_WG:
+                    bm, bn, per = MM8_BM, MM8_BN, 64
+                    entry = f"kernel_mul_mm8_{h.tname}_f32"
+                else:
+                    bm = 16 if m <= 16 else 32 if m <= 32 else 64  # tokens per tile
+                    bn, per = MM_BN, 16
+                    entry = f"kernel_mul_mm_{h.tname}_f32"
+                self._dispatch("mul_mm.wgsl", entry, b,
+                               (-(-part.n_rows // bn), -(-m // bm)), wtype=h.tname,
+                               consts={"BM": bm, "BN": bn, "WG": bm * bn // per},
+                               f16_tile=f16_tile)
 
     def _binary(self, node: Node, entry: str) -> None:
         a, b = node.args
