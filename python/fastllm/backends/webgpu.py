@@ -130,6 +130,8 @@ class WebGPUBackend(Backend):
         self._modules: dict[str, Any] = {}
         self._pipelines: dict[tuple, Any] = {}
         self._buffers: list[Any] = []  # weights: freed by close()
+        # bytes of device buffers alive now and at most so far (fastllm bench reports them)
+        self.bytes_live = self.bytes_peak = 0
         self._programs: weakref.WeakSet = weakref.WeakSet()
         self.spec: KVSpec | None = None
         self.kv: list[tuple[Any, Any]] = []
@@ -171,7 +173,26 @@ class WebGPUBackend(Backend):
         # wgpu-py raises the device's validation and out-of-memory errors from the call itself
         # (error scopes are not exposed by its native backend)
         with self.errors(f"allocating {size} bytes for {label!r}"):
-            return self.device.create_buffer(size=size, usage=usage, label=label)
+            buf = self.device.create_buffer(size=size, usage=usage, label=label)
+        self.bytes_live += size
+        self.bytes_peak = max(self.bytes_peak, self.bytes_live)
+        return buf
+
+    def free(self, buf) -> None:
+        """Destroy a buffer made by buffer(), keeping the memory count (fastllm bench) true."""
+        self.bytes_live -= buf.size
+        buf.destroy()
+
+    def stats(self) -> dict[str, str]:
+        """What `fastllm bench` reports: device memory of this backend's buffers."""
+        mib = 1 << 20
+        weights = sum(b.size for b in self._buffers)
+        kv = sum(k.size + v.size for k, v in self.kv)
+        kv += sum(b.size for b in getattr(self, "state", {}).values())
+        return {"GPU memory peak": f"{self.bytes_peak / mib:.1f} MiB",
+                "of which weights": f"{weights / mib:.1f} MiB",
+                "KV cache/state": f"{kv / mib:.1f} MiB",
+                "peak / (weights + KV)": f"{self.bytes_peak / max(1, weights + kv):.3f}"}
 
     # -- pipelines -----------------------------------------------------------------------------
     def pipeline(self, file: str, entry: str, wtype: str | None = None,
@@ -281,8 +302,8 @@ class WebGPUBackend(Backend):
 
     def _free_kv(self) -> None:
         for k, v in self.kv:
-            k.destroy()
-            v.destroy()
+            self.free(k)
+            self.free(v)
         self.kv = []
         rwkv.free_state(self)  # RWKV
         self.spec = None
@@ -312,7 +333,7 @@ class WebGPUBackend(Backend):
             p.release()
         self._free_kv()
         for b in self._buffers:
-            b.destroy()
+            self.free(b)
         self._buffers = []
         self._pipelines.clear()
         self._modules.clear()

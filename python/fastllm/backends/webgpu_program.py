@@ -615,7 +615,7 @@ class WebGPUProgram(RwkvOps, Program):
             cap = max(64, 1 << (n_steps - 1).bit_length())
             for old in (g.get("pos"), g.get("out")):  # outgrown
                 if old is not None:
-                    old.destroy()
+                    self.be.free(old)
                     self._own.remove(old)
             with self.be.errors("preparing greedy decoding"):
                 g["pos"] = self._buf(16 * cap, "COPY_SRC|COPY_DST", "greedy positions")
@@ -667,7 +667,7 @@ class WebGPUProgram(RwkvOps, Program):
 
     def release(self) -> None:
         for b in self._own:
-            b.destroy()
+            self.be.free(b)
         self._own = []
         self.dispatches = []
         self._raw = []

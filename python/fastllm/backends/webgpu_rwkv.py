@@ -39,7 +39,7 @@ def init_state(be: WebGPUBackend, spec) -> None:
 
 def free_state(be: WebGPUBackend) -> None:
     for b in getattr(be, "state", {}).values():
-        b.destroy()
+        be.free(b)
     be.state, be.state_sizes = {}, {}
 
 
