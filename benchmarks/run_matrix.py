@@ -34,6 +34,8 @@ def adapter_name(backend: str) -> str:
 
 
 def commit() -> str:
+    if os.environ.get("FASTLLM_COMMIT"):  # a copy of the tree without .git (a remote machine)
+        return os.environ["FASTLLM_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                text=True, cwd=Path(__file__).parent).stdout.strip() or "?"
