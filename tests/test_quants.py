@@ -10,7 +10,6 @@ import pytest
 
 from fastllm.errors import UnsupportedError
 from fastllm.quants import (
-    _F16_FIELDS,
     GGML_BLOCK,
     SUPPORTED_TYPES,
     GGMLType,
@@ -20,6 +19,7 @@ from fastllm.quants import (
     random_blocks,
     row_bytes,
 )
+from fastllm.quants_encode import _F16_FIELDS
 
 QUANT_TYPES = [t for t in SUPPORTED_TYPES if GGML_BLOCK[t][0] > 1]
 
