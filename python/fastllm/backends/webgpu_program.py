@@ -19,6 +19,7 @@ from ..errors import ContextOverflowError, UnsupportedError
 from ..quants import GGMLType
 from . import webgpu_repack as repack
 from .base import Graph, Node, Program, Value, Weight
+from .webgpu_fuse import fuse
 from .webgpu_rwkv import RwkvOps  # RWKV: the recurrent-model ops' lowering
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ class WebGPUProgram(RwkvOps, Program):
         with backend.errors("compiling a graph"):
             self.tokens = self._buf(self.n * 4, "STORAGE|COPY_DST|COPY_SRC", "tokens")
             self.step = self._buf(16, "UNIFORM|COPY_DST", "step")
-            self.nodes = self._fuse(graph.nodes) if backend.fuse else list(graph.nodes)
+            self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M) if backend.fuse
+                          else list(graph.nodes))
             self._plan()
             for node in self.nodes:
                 getattr(self, "_op_" + node.op)(node)
@@ -88,83 +90,6 @@ class WebGPUProgram(RwkvOps, Program):
             for name, v in graph.outputs.items():
                 stage = self._buf(_nbytes(v), "MAP_READ|COPY_DST", f"out {name}", binding=False)
                 self.outputs[name] = (self.buf(v), stage, v)
-
-    # -- fusion --------------------------------------------------------------------------------
-    def _fuse(self, nodes: list[Node]) -> list[Node]:
-        """Neighbouring ops merged into one dispatch (a decode step is bound by per-dispatch
-        cost, DESIGN.md principle 5). Only runs of consecutive nodes whose inner values nothing
-        else reads, so the list stays in order and _plan sees the fused reads:
-          swiglu(g, u) -> mul_mat            => mul_mv_fused (silu(g) * u computed on load)
-          mul_mat / mul_mv_fused -> add(x, .) => mul_mv_fused (+ x on store)
-          rope(q), rope(k), kv_store(k', v)  => rope_kv_store
-          rms_norm(x, nw) -> mul_mat, ...     => mul_mv_fused (norm: each workgroup reduces x;
-                                                one token row, every reader a mul_mat)
-        Mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= MV_MAX_M)."""
-        readers: dict[int, int] = {v.id: 1 for v in self.g.outputs.values()}
-        for node in nodes:
-            for a in node.args:
-                if isinstance(a, Value):
-                    readers[a.id] = readers.get(a.id, 0) + 1
-
-        def inner(v: Value | None) -> bool:  # read once, and not a graph output
-            return v is not None and readers.get(v.id, 0) == 1
-
-        mm_of: dict[int, int] = {}  # value id -> how many mul_mat nodes read it as x
-        for node in nodes:
-            if node.op == "mul_mat":
-                mm_of[node.args[0].id] = mm_of.get(node.args[0].id, 0) + 1
-        folded: dict[int, Node] = {}  # rms_norm outputs computed inside their readers
-        for node in nodes:
-            if (node.op == "rms_norm" and node.args[1] is not None and node.out.shape[0] == 1
-                    and node.attrs["group"] == node.out.cols and node.out.cols % 4 == 0
-                    and node.out.id not in {v.id for v in self.g.outputs.values()}
-                    and mm_of.get(node.out.id, 0) == readers.get(node.out.id, 0) > 0):
-                folded[node.out.id] = node
-
-        out: list[Node] = []
-        for node in nodes:
-            if node.op == "rms_norm" and node.out.id in folded:
-                continue
-            if node.op == "mul_mat" and node.args[0].id in folded:
-                nrm = folded[node.args[0].id]
-                out.append(Node("mul_mv_fused", (nrm.args[0], node.args[1], None, None,
-                                                 nrm.args[1]),
-                                {"glu": False, "eps": nrm.attrs["eps"]}, node.out))
-                continue
-            prev = out[-1] if out else None
-            if (node.op == "mul_mat" and prev is not None and prev.op == "swiglu"
-                    and node.args[0] is prev.out and inner(prev.out)
-                    and node.args[0].shape[0] <= MV_MAX_M and node.args[0].cols % 4 == 0):
-                g, u = prev.args
-                out[-1] = Node("mul_mv_fused", (g, node.args[1], u, None, None), {"glu": True},
-                               node.out)
-                continue
-            if (node.op == "add" and prev is not None and prev.op in ("mul_mat", "mul_mv_fused")
-                    and inner(prev.out) and prev.args[0].shape[0] <= MV_MAX_M
-                    and (prev.op == "mul_mat" or prev.args[4] is None)):
-                a, b = node.args
-                res = a if b is prev.out else b if a is prev.out else None
-                if (isinstance(res, Value) and res is not prev.out and res.shape == node.out.shape
-                        and prev.out.shape == node.out.shape):
-                    x, w = prev.args[0], prev.args[1]
-                    up = prev.args[2] if prev.op == "mul_mv_fused" else None
-                    out[-1] = Node("mul_mv_fused", (x, w, up, res, None),
-                                   {"glu": prev.attrs.get("glu", False)}, node.out)
-                    continue
-            if (node.op == "kv_store" and len(out) >= 2 and out[-1].op == "rope"
-                    and out[-2].op == "rope" and node.args[0] is out[-1].out
-                    and inner(out[-1].out) and node.args[1] not in (out[-2].out, out[-1].out)):
-                rq, rk = out[-2], out[-1]
-                same = ("head_dim", "n_rot", "base", "freq_scale", "neox")
-                if (rq.args[1] is rk.args[1] and rk.args[0] is not rq.out
-                        and all(rq.attrs[a] == rk.attrs[a] for a in same)):
-                    out[-2:] = [Node("rope_kv_store", (rq.args[0], rk.args[0], node.args[1],
-                                                       rq.args[1]),
-                                     {**rq.attrs, "k_n_head": rk.attrs["n_head"],
-                                      "layer": node.attrs["layer"]}, rq.out)]
-                    continue
-            out.append(node)
-        return out
 
     # -- buffers -------------------------------------------------------------------------------
     def _buf(self, size: int, usage: str, label: str, binding: bool = True):
