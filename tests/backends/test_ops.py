@@ -358,7 +358,7 @@ def test_block_decode_after_prefill(gpu, t, rng):
         pos += n
 
 
-# -- fused kernels (webgpu_program._fuse) ----------------------------------------------------
+# -- fused kernels (webgpu_fuse.fuse) ---------------------------------------------------------
 def _fused_ops(be, build, n: int) -> list[str]:
     g = Graph(n)
     build(g)
