@@ -49,7 +49,7 @@ def test_batch_equals_incremental(tiny):
     ids = [1] + list(rng.integers(3, m.n_vocab, size=19))
     batch = m.logits(ids)
     assert batch.shape == (20, m.n_vocab) and batch.dtype == np.float32
-    m._cached = []
+    m.reset()
     step = [m.prefill(ids[:1])] + [m.decode(t) for t in ids[1:]]
     np.testing.assert_allclose(np.stack(step), batch, rtol=1e-4, atol=1e-4)
     # prefill in uneven batches gives the same logits as one batch
@@ -125,7 +125,7 @@ def test_gemma3_ring_cache_equals_full_cache(tmp_path):
     ids = [1] + list(np.random.default_rng().integers(3, full.n_vocab, size=29))
     want = full.logits(ids)
     np.testing.assert_allclose(ring.logits(ids), want, rtol=1e-4, atol=1e-4)
-    ring._cached = []
+    ring.reset()
     steps = [ring.prefill(ids[:5])] + [ring.decode(t) for t in ids[5:]]
     np.testing.assert_allclose(np.stack(steps), want[4:], rtol=1e-4, atol=1e-4)
 

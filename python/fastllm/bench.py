@@ -17,7 +17,7 @@ import numpy as np
 
 def _time_pp(m, n: int, rng) -> float:
     ids = rng.integers(0, m.n_vocab, size=n).astype(np.int32)
-    m._cached = []
+    m.reset()
     t0 = time.perf_counter()
     m.prefill(ids)
     return n / (time.perf_counter() - t0)
@@ -26,7 +26,7 @@ def _time_pp(m, n: int, rng) -> float:
 def _time_tg(m, n: int, rng) -> float:
     """n greedy steps through Model.decode_greedy: the path generate() takes at temperature 0
     (on GPU backends the loop stays on the device, one read-back at the end)."""
-    m._cached = []
+    m.reset()
     bos = m.tokenizer.bos_id if m.tokenizer.bos_id is not None else 0
     first = int(np.argmax(m.prefill([bos])))
     t0, c0 = time.perf_counter(), time.process_time()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .backends import create_backend
-from .backends.base import Backend, Program
+from .backends.base import Backend, KVSpec, Program
 from .errors import ContextOverflowError, GGUFError
 from .generate import generate_text, generate_token_ids
 from .gguf import GGUFFile, open_gguf
@@ -26,20 +26,20 @@ class Model:
     """A loaded model. Create with `Model.load(path)`."""
 
     def __init__(self, file: GGUFFile, arch: Architecture, tokenizer: Tokenizer,
-                 backend: Backend, n_ctx: int, n_batch: int, load_seconds: float):
+                 backend: Backend, kv_spec: KVSpec, n_batch: int, load_seconds: float):
         self.file = file
         self.path = file.path
         self.net = arch
         self.config: Config = arch.cfg
         self.tokenizer = tokenizer
         self.backend = backend
-        self.n_ctx = n_ctx
+        self.kv_spec = kv_spec  # what the backend's cache was allocated for
+        self.n_ctx = kv_spec.n_ctx
         self.n_batch = n_batch
         self.load_seconds = load_seconds
         self._programs: dict[tuple[int, bool], Program] = {}
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in position order
         self._chat = None
-        self.kv_spec = arch.kv_spec(n_ctx, n_batch)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -78,11 +78,12 @@ class Model:
         try:
             weights = {name: be.load_weight(info) for name, info in f.tensors.items()}
             net = arch_cls(cfg, weights)
-            be.init_kv(net.kv_spec(n_ctx, n_batch))  # the same spec Model keeps
+            spec = net.kv_spec(n_ctx, n_batch)
+            be.init_kv(spec)
         except BaseException:
             be.close()  # nothing half-loaded stays on the device
             raise
-        return cls(f, net, tok, be, n_ctx, n_batch, time.perf_counter() - t0)
+        return cls(f, net, tok, be, spec, n_batch, time.perf_counter() - t0)
 
     def close(self) -> None:
         """Free the backend's memory. The model cannot be used afterwards."""
@@ -159,11 +160,15 @@ class Model:
         arr = self._check_ids(ids)
         if len(arr) == 0:
             return np.zeros((0, self.n_vocab), np.float32)
-        self._cached = []
-        self.backend.reset_state()
+        self.reset()
         r = self._eval(arr, 0, all_logits=True)
         self._cached = list(map(int, arr))
         return r
+
+    def reset(self) -> None:
+        """Forget the cached tokens (and a recurrent state): the next prompt starts afresh."""
+        self._cached = []
+        self.backend.reset_state()
 
     def _reusable(self, ids: Sequence[int]) -> int:
         """How many leading tokens of ids are already in the KV cache at the right positions."""
