@@ -334,7 +334,9 @@ class WebGPUProgram(RwkvOps, Program):
 
     def _rope_table(self, n_rot: int, base: float, freq_scale: float, ff: Weight | None):
         """inv_freq[i] = freq_scale * base^(-2i/n_rot) / ff[i], computed in float64 once."""
-        key = (n_rot, base, freq_scale, id(ff.handle) if ff is not None else None)
+        # the weight object itself, not id(): the key keeps it alive, so a later weight can never
+        # reuse a freed one's id and be handed its stale table
+        key = (n_rot, base, freq_scale, ff.handle if ff is not None else None)
         buf = self.be.rope_tables.get(key)
         if buf is None:
             inv = freq_scale * base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
