@@ -83,24 +83,40 @@ def test_unknown_architecture(tmp_path):
         Model.load(p, backend="reference")
 
 
-def test_missing_tensor_named(good, tmp_path):
+def _rewrite(src, dst, change) -> None:
+    """Copy GGUF src to dst with its metadata; change(name, data) gives each tensor's new data,
+    or None to leave the tensor out."""
     from gguf import GGUFReader
 
-    r = GGUFReader(str(good))
-    p = tmp_path / "missing.gguf"
-    w = gguf.GGUFWriter(str(p), "llama")
+    r = GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(dst), "llama")
     for k, f in r.fields.items():
         if k.startswith("GGUF.") or k == "general.architecture":
             continue
         w.add_key_value(k, f.contents(), f.types[0], f.types[-1] if len(f.types) > 1 else None)
     for t in r.tensors:
-        if t.name != "blk.1.ffn_up.weight":
-            w.add_tensor(t.name, np.array(t.data))
+        data = change(t.name, np.array(t.data))
+        if data is not None:
+            w.add_tensor(t.name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def test_missing_tensor_named(good, tmp_path):
+    p = tmp_path / "missing.gguf"
+    _rewrite(good, p, lambda name, d: None if name == "blk.1.ffn_up.weight" else d)
     with pytest.raises(GGUFError, match="missing tensor 'blk.1.ffn_up.weight'"):
+        Model.load(p, backend="reference")
+
+
+def test_tensor_shape_disagreeing_with_metadata(good, tmp_path):
+    """attn_k with fewer rows than head_count_kv * head_dim: a clear error at load, naming the
+    file (the fuzzer found this one as an AssertionError at the first token)."""
+    p = tmp_path / "shape.gguf"
+    _rewrite(good, p, lambda name, d: d[:8] if name == "blk.0.attn_k.weight" else d)
+    with pytest.raises(GGUFError, match=r"shape.gguf: inconsistent model"):
         Model.load(p, backend="reference")
 
 

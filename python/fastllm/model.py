@@ -78,6 +78,12 @@ class Model:
         try:
             weights = {name: be.load_weight(info) for name, info in f.tensors.items()}
             net = arch_cls(cfg, weights)
+            try:
+                # recording the decode graph checks every tensor's shape against the config:
+                # a file whose tensors disagree fails here, not at its first token
+                net.build(1, False)
+            except GGUFError as e:
+                raise GGUFError(f"{f.path}: {e}") from None
             spec = net.kv_spec(n_ctx, n_batch)
             be.init_kv(spec)
         except BaseException:

@@ -18,8 +18,17 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GGUFError
 from ..gguf import TensorInfo
 from ..quants import GGMLType
+
+
+def _require(ok: bool, what: str, detail: Any = None) -> None:
+    """The shape checks of the graph builders. They fail only for a model file whose tensors or
+    metadata disagree (a hand-made or damaged file), so they raise GGUFError, not an assert."""
+    if not ok:
+        extra = f" {detail}" if detail is not None else ""
+        raise GGUFError(f"inconsistent model: {what} does not hold{extra}")
 
 
 @dataclass(eq=False)
@@ -112,12 +121,12 @@ class Graph:
         """x / sqrt(mean(x^2) + eps) * w over each contiguous group of `group` values of a row
         (default: the whole row; head_dim for per-head q/k norms). w has `group` values."""
         g = group or x.cols
-        assert x.cols % g == 0
+        _require(x.cols % g == 0, "x.cols % g == 0")
         return self._add("rms_norm", (x, w), x.shape, eps=float(eps), group=int(g))
 
     def matmul(self, x: Value, w: Weight) -> Value:
         """x (n, k) @ w.T where w is (m, k) in any supported type -> (n, m)."""
-        assert w.shape[-1] == x.cols, (w.name, w.shape, x.shape)
+        _require(w.shape[-1] == x.cols, "w.shape[-1] == x.cols", (w.name, w.shape, x.shape))
         return self._add("mul_mat", (x, w), (x.shape[0], w.shape[0]))
 
     def add(self, a: Value, b: Value | Weight) -> Value:
@@ -137,7 +146,9 @@ class Graph:
         """Rotary embedding of each head of x (n, n_head*head_dim) at positions pos..pos+n-1.
         The first n_rot dims of a head rotate: pairs (2i, 2i+1) in normal mode, (i, i+n_rot/2) in
         NeoX mode, by angle p * freq_scale * base^(-2i/n_rot) / freq_factors[i]."""
-        assert x.cols == n_head * head_dim and n_rot <= head_dim and n_rot % 2 == 0
+        _require(
+            x.cols == n_head * head_dim and n_rot <= head_dim and n_rot % 2 == 0,
+            "x.cols == n_head * head_dim and n_rot <= head_dim and n_rot % 2 == 0")
         return self._add("rope", (x, freq_factors), x.shape, n_head=n_head, head_dim=head_dim,
                          n_rot=n_rot, base=float(base), freq_scale=float(freq_scale),
                          neox=bool(neox))
@@ -186,9 +197,12 @@ class Graph:
         biased variance mean((x - mean)^2) as in ggml_norm; then * w + b, where w and b (either
         may be None) hold a whole row's values, not one group's."""
         g = group or x.cols
-        assert x.cols % g == 0
+        _require(x.cols % g == 0, "x.cols % g == 0")
         for t in (w, b):
-            assert t is None or int(np.prod(t.shape)) == x.cols, (t.name, t.shape, x.shape)
+            _require(
+                t is None or int(np.prod(t.shape)) == x.cols,
+                "t is None or int(np.prod(t.shape)) == x.cols",
+                (t.name, t.shape, x.shape))
         return self._add("layer_norm", (x, w, b), x.shape, eps=float(eps), group=int(g))
 
     def unary(self, x: Value, fn: str) -> Value:
@@ -196,7 +210,7 @@ class Graph:
         x*sigmoid(x); relu_sqr max(x, 0)^2; exp_neg_exp exp(-exp(x)) (RWKV-6 decay); decay7
         exp(-0.606531 * sigmoid(x)) (RWKV-7 decay; the constant is exp(-1/2) as rwkv.cpp and
         llama.cpp write it)."""
-        assert fn in self.UNARY_FNS, fn
+        _require(fn in self.UNARY_FNS, "fn in self.UNARY_FNS", fn)
         return self._add("unary", (x,), x.shape, fn=fn)
 
     def lerp(self, a: Value, b: Value, mu: Weight | None = None, *, mu_row: int = 0,
@@ -206,14 +220,19 @@ class Graph:
         gives one row broadcast over tokens, mu_v (a Value of n rows) a per-token part; either
         may be absent (then it counts as 0). RWKV's token shift mixes x with x_prev this way;
         RWKV-6's data-dependent mixes add a column block of a LoRA output as mu_v."""
-        assert mu is not None or mu_v is not None
-        assert b.shape == a.shape, (a.shape, b.shape)
+        _require(mu is not None or mu_v is not None, "mu is not None or mu_v is not None")
+        _require(b.shape == a.shape, "b.shape == a.shape", (a.shape, b.shape))
         d = a.cols
         if mu is not None:
             n_el = int(np.prod(mu.shape))
-            assert n_el % d == 0 and 0 <= mu_row < n_el // d, (mu.name, mu.shape, d, mu_row)
+            _require(
+                n_el % d == 0 and 0 <= mu_row < n_el // d,
+                "n_el % d == 0 and 0 <= mu_row < n_el // d",
+                (mu.name, mu.shape, d, mu_row))
         if mu_v is not None:
-            assert mu_v.shape[0] == a.shape[0] and 0 <= mu_col and mu_col + d <= mu_v.cols
+            _require(
+                mu_v.shape[0] == a.shape[0] and 0 <= mu_col and mu_col + d <= mu_v.cols,
+                "mu_v.shape[0] == a.shape[0] and 0 <= mu_col and mu_col + d <= mu_v.cols")
         return self._add("lerp", (a, b, mu, mu_v), a.shape, mu_row=int(mu_row),
                          mu_col=int(mu_col))
 
@@ -226,14 +245,17 @@ class Graph:
     def l2_norm(self, x: Value, eps: float, group: int) -> Value:
         """x / max(sqrt(sum(x^2)), eps) over each contiguous group of `group` values of a row
         (ggml_l2_norm)."""
-        assert x.cols % group == 0
+        _require(x.cols % group == 0, "x.cols % group == 0")
         return self._add("l2_norm", (x,), x.shape, eps=float(eps), group=int(group))
 
     def matmul_blocks(self, x: Value, w: Weight) -> Value:
         """Block-diagonal product: w is (B, m, k) in any supported type, x is (n, B*k); block i
         of the result, columns i*m..(i+1)*m-1 of (n, B*m), is x[:, i*k:(i+1)*k] @ w[i].T.
         RWKV-6's five token-mix LoRAs are one such product."""
-        assert len(w.shape) == 3 and x.cols == w.shape[0] * w.shape[2], (w.name, w.shape, x.shape)
+        _require(
+            len(w.shape) == 3 and x.cols == w.shape[0] * w.shape[2],
+            "len(w.shape) == 3 and x.cols == w.shape[0] * w.shape[2]",
+            (w.name, w.shape, x.shape))
         return self._add("mul_mat_blocks", (x, w), (x.shape[0], w.shape[0] * w.shape[1]))
 
     def wkv6(self, r: Value, k: Value, v: Value, w: Value, u: Weight, state: str,
@@ -245,8 +267,13 @@ class Graph:
             out[t, h*S + j] = sum_i r_t[i] * (u[h*S + i] * k_t[i] * v_t[j] + s[h, i, j])
             s[h, i, j]      = s[h, i, j] * w_t[i] + k_t[i] * v_t[j]
         w is the decay factor itself (in (0, 1)). Returns out (n, H*S)."""
-        assert r.shape == k.shape == v.shape == w.shape and r.cols % head_size == 0
-        assert int(np.prod(u.shape)) == r.cols, (u.name, u.shape)
+        _require(
+            r.shape == k.shape == v.shape == w.shape and r.cols % head_size == 0,
+            "r.shape == k.shape == v.shape == w.shape and r.cols % head_size == 0")
+        _require(
+            int(np.prod(u.shape)) == r.cols,
+            "int(np.prod(u.shape)) == r.cols",
+            (u.name, u.shape))
         return self._add("wkv6", (r, k, v, w, u), r.shape, state=state,
                          head_size=int(head_size))
 
@@ -260,8 +287,10 @@ class Graph:
             s[h, i, j]      = s[h, i, j] * w_t[j] + v_t[i] * k_t[j] + sa_i * b_t[j]
             out[t, h*S + i] = sum_j s[h, i, j] * r_t[j]          (with the updated state)
         w is the decay factor itself; RWKV-7 passes a = -kk and b = kk * iclr. Returns out."""
-        assert r.shape == w.shape == k.shape == v.shape == a.shape == b.shape
-        assert r.cols % head_size == 0
+        _require(
+            r.shape == w.shape == k.shape == v.shape == a.shape == b.shape,
+            "r.shape == w.shape == k.shape == v.shape == a.shape == b.shape")
+        _require(r.cols % head_size == 0, "r.cols % head_size == 0")
         return self._add("wkv7", (r, w, k, v, a, b), r.shape, state=state,
                          head_size=int(head_size))
 
@@ -269,8 +298,13 @@ class Graph:
         """RWKV-7's per-head r.k bonus: with S = head_size and r, k, v (n, H*S), r_k H*S values,
             out[t, h*S + i] = v[t, h*S + i] * sum_j r[t, h*S + j] * k[t, h*S + j] * r_k[h*S + j]
         """
-        assert r.shape == k.shape == v.shape and r.cols % head_size == 0
-        assert int(np.prod(r_k.shape)) == r.cols, (r_k.name, r_k.shape)
+        _require(
+            r.shape == k.shape == v.shape and r.cols % head_size == 0,
+            "r.shape == k.shape == v.shape and r.cols % head_size == 0")
+        _require(
+            int(np.prod(r_k.shape)) == r.cols,
+            "int(np.prod(r_k.shape)) == r.cols",
+            (r_k.name, r_k.shape))
         return self._add("wkv7_bonus", (r, k, v, r_k), r.shape, head_size=int(head_size))
 
 

@@ -77,7 +77,8 @@ class Config:
             rope_base=key("rope.freq_base", 10000.0, float), rope_freq_scale=freq_scale,
             sliding_window=key("attention.sliding_window", 0),
         )
-        if cfg.n_head % cfg.n_head_kv or cfg.n_layer <= 0 or cfg.n_rot > cfg.head_dim:
+        if (cfg.n_head_kv <= 0 or cfg.n_head % cfg.n_head_kv or cfg.n_layer <= 0
+                or cfg.n_rot > cfg.head_dim or cfg.n_rot % 2):
             raise GGUFError(f"{path}: inconsistent attention shape (heads {cfg.n_head}, kv heads "
                             f"{cfg.n_head_kv}, layers {cfg.n_layer}, rot {cfg.n_rot})")
         return cfg
