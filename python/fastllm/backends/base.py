@@ -25,9 +25,10 @@ from ..quants import GGMLType
 
 def _require(ok: bool, what: str, detail: Any = None) -> None:
     """The shape checks of the graph builders. They fail only for a model file whose tensors or
-    metadata disagree (a hand-made or damaged file), so they raise GGUFError, not an assert."""
+    metadata disagree (a hand-made or damaged file), so they raise GGUFError, not an assert.
+    `detail` is a function, called only on failure (its operands may be None otherwise)."""
     if not ok:
-        extra = f" {detail}" if detail is not None else ""
+        extra = f" {detail()}" if detail is not None else ""
         raise GGUFError(f"inconsistent model: {what} does not hold{extra}")
 
 
@@ -126,7 +127,7 @@ class Graph:
 
     def matmul(self, x: Value, w: Weight) -> Value:
         """x (n, k) @ w.T where w is (m, k) in any supported type -> (n, m)."""
-        _require(w.shape[-1] == x.cols, "w.shape[-1] == x.cols", (w.name, w.shape, x.shape))
+        _require(w.shape[-1] == x.cols, "w.shape[-1] == x.cols", lambda: (w.name, w.shape, x.shape))
         return self._add("mul_mat", (x, w), (x.shape[0], w.shape[0]))
 
     def add(self, a: Value, b: Value | Weight) -> Value:
@@ -202,7 +203,7 @@ class Graph:
             _require(
                 t is None or int(np.prod(t.shape)) == x.cols,
                 "t is None or int(np.prod(t.shape)) == x.cols",
-                (t.name, t.shape, x.shape))
+                lambda t=t: (t.name, t.shape, x.shape))
         return self._add("layer_norm", (x, w, b), x.shape, eps=float(eps), group=int(g))
 
     def unary(self, x: Value, fn: str) -> Value:
@@ -210,7 +211,7 @@ class Graph:
         x*sigmoid(x); relu_sqr max(x, 0)^2; exp_neg_exp exp(-exp(x)) (RWKV-6 decay); decay7
         exp(-0.606531 * sigmoid(x)) (RWKV-7 decay; the constant is exp(-1/2) as rwkv.cpp and
         llama.cpp write it)."""
-        _require(fn in self.UNARY_FNS, "fn in self.UNARY_FNS", fn)
+        _require(fn in self.UNARY_FNS, "fn in self.UNARY_FNS", lambda: fn)
         return self._add("unary", (x,), x.shape, fn=fn)
 
     def lerp(self, a: Value, b: Value, mu: Weight | None = None, *, mu_row: int = 0,
@@ -221,14 +222,14 @@ class Graph:
         may be absent (then it counts as 0). RWKV's token shift mixes x with x_prev this way;
         RWKV-6's data-dependent mixes add a column block of a LoRA output as mu_v."""
         _require(mu is not None or mu_v is not None, "mu is not None or mu_v is not None")
-        _require(b.shape == a.shape, "b.shape == a.shape", (a.shape, b.shape))
+        _require(b.shape == a.shape, "b.shape == a.shape", lambda: (a.shape, b.shape))
         d = a.cols
         if mu is not None:
             n_el = int(np.prod(mu.shape))
             _require(
                 n_el % d == 0 and 0 <= mu_row < n_el // d,
                 "n_el % d == 0 and 0 <= mu_row < n_el // d",
-                (mu.name, mu.shape, d, mu_row))
+                lambda: (mu.name, mu.shape, d, mu_row))
         if mu_v is not None:
             _require(
                 mu_v.shape[0] == a.shape[0] and 0 <= mu_col and mu_col + d <= mu_v.cols,
@@ -255,7 +256,7 @@ class Graph:
         _require(
             len(w.shape) == 3 and x.cols == w.shape[0] * w.shape[2],
             "len(w.shape) == 3 and x.cols == w.shape[0] * w.shape[2]",
-            (w.name, w.shape, x.shape))
+            lambda: (w.name, w.shape, x.shape))
         return self._add("mul_mat_blocks", (x, w), (x.shape[0], w.shape[0] * w.shape[1]))
 
     def wkv6(self, r: Value, k: Value, v: Value, w: Value, u: Weight, state: str,
@@ -273,7 +274,7 @@ class Graph:
         _require(
             int(np.prod(u.shape)) == r.cols,
             "int(np.prod(u.shape)) == r.cols",
-            (u.name, u.shape))
+            lambda: (u.name, u.shape))
         return self._add("wkv6", (r, k, v, w, u), r.shape, state=state,
                          head_size=int(head_size))
 
@@ -304,7 +305,7 @@ class Graph:
         _require(
             int(np.prod(r_k.shape)) == r.cols,
             "int(np.prod(r_k.shape)) == r.cols",
-            (r_k.name, r_k.shape))
+            lambda: (r_k.name, r_k.shape))
         return self._add("wkv7_bonus", (r, k, v, r_k), r.shape, head_size=int(head_size))
 
 
