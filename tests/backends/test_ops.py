@@ -30,23 +30,26 @@ F32_TOL = 1e-5  # element-wise ops and norms: f32 rounding only
 ROPE_TOL = 2e-4  # angles p * inv_freq rounded once in f32, and the GPU's sin/cos
 ATTN_TOL = 2e-5
 
-VARIANTS = {"features": None, "plain": {"shader-f16", "subgroup"}}
+# (features left off, naga's run-time checks on): the adapter's features with the kernels as the
+# backend compiles them by default, and the fallback paths with naga's checks (the other way
+# shaders can be compiled)
+VARIANTS = {"features": (None, False), "plain": ({"shader-f16", "subgroup"}, True)}
 
 
-def _backend(disable):
+def _backend(disable, checked=None):
     from fastllm.errors import BackendError
 
     try:
         from fastllm.backends.webgpu import WebGPUBackend
 
-        return WebGPUBackend(disable=disable)
+        return WebGPUBackend(disable=disable, checked=checked)
     except (ImportError, BackendError) as e:
         pytest.skip(f"no WebGPU adapter: {e}")
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def gpu(request):
-    be = _backend(VARIANTS[request.param])
+    be = _backend(*VARIANTS[request.param])
     yield be
     be.close()
 
@@ -475,3 +478,33 @@ def test_run_greedy(gpu, rng):
     assert got == want
     assert np.array_equal(prog.run(np.array([got[-1]], np.int32), 30)["logits"], after)
     prog.release()
+
+
+def test_checked_flag_compiles_both_ways(monkeypatch):
+    """The backend compiles without naga's run-time checks unless asked (argument or
+    FASTLLM_WEBGPU_CHECKED), and both ways give the same mat-vec on fresh inputs."""
+    from fastllm.backends.webgpu import WebGPUBackend
+
+    _backend(None).close()  # skips without an adapter
+    monkeypatch.setenv("FASTLLM_WEBGPU_CHECKED", "1")
+    be = WebGPUBackend()
+    assert be.checked is True
+    be.close()
+    monkeypatch.delenv("FASTLLM_WEBGPU_CHECKED")
+    rng = np.random.default_rng(secrets.randbits(63))
+    w = TensorInfo("w", GGMLType.Q4_K, (64, 512),
+                   random_blocks(GGMLType.Q4_K, 64, 512, rng).reshape(-1), "t.gguf")
+    x = TensorInfo("x", GGMLType.F32, (3, 512),
+                   rng.standard_normal((3, 512)).astype(np.float32).view(np.uint8).reshape(-1),
+                   "t.gguf")
+    outs = []
+    for checked in (None, True):
+        be = WebGPUBackend(checked=checked)
+        assert be.checked is bool(checked)
+        g = Graph(1)
+        g.output("y", g.matmul(g.get_rows(be.load_weight(x), g.tokens), be.load_weight(w)))
+        outs.append(be.compile(g).run(np.array([2], np.int32), 0)["y"].copy())
+        be.close()
+    assert np.isfinite(outs[0]).all()
+    # the same arithmetic; the driver may contract or reorder it differently
+    assert np.abs(outs[0] - outs[1]).max() <= 1e-5 * np.abs(outs[1]).max()

@@ -19,7 +19,7 @@ from .test_ops import SeededRng as _SeededRng
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def gpu(request):
-    be = _backend(VARIANTS[request.param])
+    be = _backend(*VARIANTS[request.param])
     yield be
     be.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,23 @@ _LIMITS = ("max-storage-buffer-binding-size", "max-buffer-size",
            "max-compute-workgroup-size-x", "max-storage-buffers-per-shader-stage",
            "max-compute-workgroups-per-dimension")
 _UPLOAD_CHUNK = 32 << 20  # bytes of raw weight repacked and written at a time
+
+
+def _trusted_module(device, code: str, label: str):
+    """wgpu-native's wgpuDeviceCreateShaderModuleTrusted with no run-time checks, wrapped as
+    wgpu-py's own shader module object (wgpu-py exposes only the checked entry point)."""
+    from wgpu.backends.wgpu_native import _api
+
+    src = _api.new_struct_p("WGPUShaderSourceWGSL *", code=_api.to_c_string_view(code))
+    src[0].chain.next = _api.ffi.NULL
+    src[0].chain.sType = _api.lib.WGPUSType_ShaderSourceWGSL
+    desc = _api.new_struct_p("WGPUShaderModuleDescriptor *",
+                             nextInChain=_api.ffi.cast("WGPUChainedStruct *", src),
+                             label=_api.to_c_string_view(label))
+    mod = _api.libf.wgpuDeviceCreateShaderModuleTrusted(device._internal, desc, 0)
+    if mod == _api.ffi.NULL:
+        raise RuntimeError("shader module creation failed")
+    return _api.GPUShaderModule(label, mod, device)
 
 
 def _wgpu():
@@ -85,15 +103,25 @@ class WebGPUBackend(Backend):
     `max_binding`: bytes per storage binding, below the device's limit (tests of weight splits).
     `fuse`: merge neighbouring ops into one dispatch where a fused kernel exists (off: one
     dispatch per op, for tests and benchmarks that compare the two).
+    `checked`: compile kernels with naga's run-time checks (an index clamp on every array access
+    and a counter in every loop). Off by default: the kernels are ours, their loops end and their
+    indices stay in bounds by construction (the op tests check outputs against NaN-poisoned
+    buffers), and the driver's robust buffer access still bounds every storage access. The
+    checks cost the mat-vec kernels most of their speed (benchmarks/NOTES.md, section 6).
+    FASTLLM_WEBGPU_CHECKED=1 turns them on for every backend.
     """
 
     name = "webgpu"
 
     def __init__(self, features: set[str] | None = None, disable: set[str] | None = None, *,
-                 max_binding: int | None = None, fuse: bool = True):
+                 max_binding: int | None = None, fuse: bool = True,
+                 checked: bool | None = None):
         wgpu = _wgpu()
         self._closed = False
         self.fuse = fuse
+        if checked is None:
+            checked = os.environ.get("FASTLLM_WEBGPU_CHECKED", "") not in ("", "0")
+        self.checked = checked
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
         except Exception as e:
@@ -208,12 +236,21 @@ class WebGPUBackend(Backend):
             with self.errors(f"compiling {entry} ({file})"):
                 mod = self._modules.get(digest)
                 if mod is None:
-                    mod = self.device.create_shader_module(code=src, label=file)
+                    mod = self._shader_module(src, file)
                     self._modules[digest] = mod
                 p = self.device.create_compute_pipeline(
                     layout="auto", compute={"module": mod, "entry_point": entry}, label=entry)
             self._pipelines[key] = p
         return p
+
+    def _shader_module(self, src: str, label: str):
+        """A shader module, without naga's run-time checks unless `checked` (see the class)."""
+        if not self.checked:
+            try:
+                return _trusted_module(self.device, src, label)
+            except (ImportError, AttributeError):  # a wgpu build without the native entry point
+                self.checked = True
+        return self.device.create_shader_module(code=src, label=label)
 
     # -- weights -------------------------------------------------------------------------------
     def load_weight(self, info: TensorInfo) -> Weight:
