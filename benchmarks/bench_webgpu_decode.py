@@ -41,7 +41,7 @@ def main() -> int:
     if a.mv:
         from fastllm.backends import webgpu_program as wp
 
-        wp.MV_R, wp.MV_TPR_MAX, wp.MV_UNR, wp.MV_WG = (int(v) for v in a.mv.split(","))
+        wp.MV_FIXED = tuple(int(v) for v in a.mv.split(","))
     rng = np.random.default_rng(0)
     for fuse in ([False, True] if not a.no_unfused else [True]):
         be = WebGPUBackend(fuse=fuse)

@@ -119,7 +119,7 @@ def bench_mul_mm(be, timer, types, n, k, m, rng, repeat):
         prog.release()
 
 
-def bench_encode(be, rng, count=2000):
+def bench_encode(be, rng, count=2000, timer=None):
     print("\nhost cost per dispatch")
     x = be.load_weight(TensorInfo("x", GGMLType.F32, (4, 64), rng.standard_normal(
         (4, 64)).astype(np.float32).view(np.uint8).reshape(-1), ""))
@@ -151,6 +151,10 @@ def bench_encode(be, rng, count=2000):
         prog.run(np.zeros(1, np.int32), 0)
     per = (time.perf_counter() - t0) / runs / len(d)
     print(f"  Program.run (record + submit + GPU + read back), per dispatch: {per * 1e6:.2f} us")
+    if timer is not None and timer.gpu:
+        # each scale reads the previous one's output: a barrier between every two dispatches
+        print(f"  GPU time per dispatch of a dependent chain of one-workgroup kernels: "
+              f"{timer.time(d, 1) / len(d) * 1e6:.2f} us")
     prog.release()
 
 
@@ -232,7 +236,7 @@ def main(argv=None) -> None:
     bench_mul_mv(be, timer, types, a.n, a.k, rng, a.repeat)
     if a.mm:
         bench_mul_mm(be, timer, types, a.n, a.k, a.mm, rng, max(1, a.repeat // 10))
-    bench_encode(be, rng)
+    bench_encode(be, rng, timer=timer)
     be.close()
 
 

@@ -2,6 +2,9 @@
 most threads per row TPR, units per pass UNR), to choose webgpu_program's MV_* constants.
 
     python benchmarks/sweep_webgpu_mv.py [--types q4_K,q6_K,q8_0] [--shapes 2048x2048,...]
+
+With --copies N, N copies of each weight take turns (N * size above the GPU's L2 cache: each
+dispatch reads its weights from memory, as in a model, instead of the L2 a repeated one hits).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def main() -> None:
     ap.add_argument("--unr", default="1,2")
     ap.add_argument("--wg", default="64")
     ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--copies", type=int, default=1)
     a = ap.parse_args()
     be = WebGPUBackend()
     timer = bo.Timer(be)
@@ -43,7 +47,8 @@ def main() -> None:
     ws = {}
     for s in a.types.split(","):
         for n, k in shapes:
-            ws[s, n, k] = be.load_weight(bo._tensor("w", names[s], n, k, rng))
+            ws[s, n, k] = [be.load_weight(bo._tensor("w", names[s], n, k, rng))
+                           for _ in range(a.copies)]
     xs = {k: be.load_weight(TensorInfo("x", GGMLType.F32, (1, k), rng.standard_normal(k).astype(
         np.float32).view(np.uint8), "")) for k in {k for _, k in shapes}}
     combos = [c for c in itertools.product(*[list(map(int, v.split(",")))
@@ -53,12 +58,14 @@ def main() -> None:
     for (s, n, k), w in ws.items():
         row = []
         for r, tpr, unr, wg in combos:
-            wp.MV_R, wp.MV_TPR_MAX, wp.MV_UNR, wp.MV_WG = r, tpr, unr, wg
-            prog = bo.matmul_program(be, w, xs[k], 1)
-            sec = timer.time(prog.dispatches[-len(w.handle.parts):], a.repeat)
+            wp.MV_FIXED = (r, tpr, unr, wg)
+            progs = [bo.matmul_program(be, c, xs[k], 1) for c in w]
+            sec = timer.time([d for p in progs for d in p.dispatches[-len(w[0].handle.parts):]],
+                             a.repeat) / len(w)
             gbs = (sum(array_sizes(names[s], n, k)) + 4 * (n + k)) / sec / 1e9
             row.append(f"{sec * 1e6:6.1f}us {gbs:5.0f}")
-            prog.release()
+            for p in progs:
+                p.release()
         print(f"{s:>5} {n:>5}x{k:<5} " + " ".join(f"{c:>14}" for c in row), flush=True)
     be.close()
 

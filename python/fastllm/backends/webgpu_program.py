@@ -31,14 +31,33 @@ try:  # wgpu-native's raw C entry points: a dispatch costs ~0.5 us through them 
 except ImportError:  # another wgpu build: the public API
     _ffi = _lib = None
 
-# Mat-vec shape (mul_mv.wgsl). Measured on an H100 (Vulkan, Llama-3.2-1B shapes, 2026-11-22): a
-# 2048 x 2048 mat-vec costs ~11 us whatever the shape (the per-dispatch floor); wider rows gain
-# from more threads per row, so up to 128 threads per row and 4 rows per group (benchmarks/NOTES.md).
+# Mat-vec shape (mul_mv.wgsl): rows per thread group R, threads per row TPR, workgroup size.
+# Measured on an H100 (Vulkan, weights rotated through more copies than the L2 holds, 2026-11-22;
+# benchmarks/NOTES.md, section 6): one token row is fastest with 8 rows per group where the
+# matrix has >= 4096 rows or rows of >= 8192 values (enough work per workgroup), 2 rows per
+# group below that (enough workgroups), and up to 128 threads per row.
 MV_MAX_M = 8  # token rows up to which mul_mat uses the mat-vec kernel (one pass over the weights)
 MV_TPR_MAX = 128  # most threads sharing one weight row
 MV_UNR = 1  # units per thread per pass
-MV_R = 4  # weight rows per thread group (below 4, or a multiple of 4)
-MV_WG = 128  # workgroup size
+MV_R = 4  # weight rows per thread group for 2..MV_MAX_M token rows (< 4 or a multiple of 4)
+MV_WG = 128  # workgroup size for 2..MV_MAX_M token rows
+MV_FIXED: tuple[int, int, int, int] | None = None  # (R, TPR, UNR, WG) for all: shape sweeps
+
+
+def mv_shape(n_rows: int, units: int, m: int) -> tuple[int, int, int, int]:
+    """(R, TPR, UNR, WG) of a mat-vec over n_rows rows of `units` units for m token rows."""
+    if MV_FIXED is not None:
+        r, tpr, unr, wg = MV_FIXED
+    elif m == 1:
+        r = 8 if n_rows >= 4096 or units >= 256 else 2
+        tpr = MV_TPR_MAX
+        wg = max(64, min(MV_TPR_MAX, _pow2_floor(units)))
+        unr = 1
+    else:
+        r, tpr, unr, wg = MV_R, MV_TPR_MAX, MV_UNR, MV_WG
+    return r, min(tpr, wg, _pow2_floor(units)), unr, wg
+
+
 MM_BN = 64  # mul_mm.wgsl's BN (rows of W per tile) for the 4 x 4-per-thread kernel
 # Long batches over many rows take kernel_mul_mm8 (8 x 8 outputs per thread, tiles of MM8_BM
 # tokens x MM8_BN rows) when that still makes MM8_MIN_WG workgroups: with a quarter of the
@@ -252,16 +271,16 @@ class WebGPUProgram(RwkvOps, Program):
             if res is not None:
                 b[8] = self.buf(res)
             if m <= MV_MAX_M:
-                tpr = min(MV_TPR_MAX, MV_WG, _pow2_floor(h.units))
-                rows = MV_R * (MV_WG // tpr)
+                r, tpr, unr, wg = mv_shape(part.n_rows, h.units, m)
+                rows = r * (wg // tpr)
                 n_wg = -(-part.n_rows // rows)
                 cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
                 gz = -(-n_wg // cap)
                 name = f"kernel_mul_mv_{variant}_" if variant else "kernel_mul_mv_"
                 self._dispatch("mul_mv.wgsl", f"{name}{h.tname}_f32", b,
                                (-(-n_wg // gz), 1, gz), wtype=h.tname,
-                               consts={"TPR": tpr, "R": MV_R, "C": m, "UNR": MV_UNR,
-                                       "WG": MV_WG}, variant=variant)
+                               consts={"TPR": tpr, "R": r, "C": m, "UNR": unr, "WG": wg},
+                               variant=variant)
             else:
                 if variant:
                     raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule

@@ -39,9 +39,34 @@ fn sbytes(w: u32) -> vec4<f32> {
     return vec4<f32>(v >> vec4<u32>(24u));
 }
 
+// word w of a vector, by selects: a dynamic component index can make the compiler keep the
+// vector in (slow, per-thread) local memory
+fn word4(v: vec4<u32>, w: u32) -> u32 {
+    return select(select(v.x, v.y, w == 1u), select(v.z, v.w, w == 3u), w >= 2u);
+}
+
 // byte k of a 16-byte vector
 fn byte16(v: vec4<u32>, k: u32) -> u32 {
-    return (v[k >> 2u] >> (8u * (k & 3u))) & 0xFFu;
+    return (word4(v, k >> 2u) >> (8u * (k & 3u))) & 0xFFu;
+}
+
+// Q4_K / Q5_K: (scale, scale, min, min) of sub-blocks 2c and 2c + 1 (c < 4) from a block's
+// 16-byte head (d and dmin in word 0, the 12 bytes of packed 6-bit fields in words 1..3).
+// Sub-blocks 0..3 keep their 6 bits whole in bytes 0..3 (scales) and 4..7 (mins); 4..7 take
+// their low 4 bits from bytes 8..11 and their top 2 from the top bits of bytes 0..7. Both
+// sub-blocks of a pair are on the same side, so this is shifts and one select, no branch.
+fn k_scales2(hdr: vec4<u32>, c: u32) -> vec4<f32> {
+    let sh = 16u * (c & 1u);
+    let a = (hdr.y >> sh) & 0xFFFFu;
+    let b = (hdr.z >> sh) & 0xFFFFu;
+    let e = (hdr.w >> sh) & 0xFFFFu;
+    let av = vec2<u32>(a & 0xFFu, a >> 8u);
+    let bv = vec2<u32>(b & 0xFFu, b >> 8u);
+    let ev = vec2<u32>(e & 0xFFu, e >> 8u);
+    let hi = c >= 2u;
+    let sc = select(av & vec2<u32>(63u), (ev & vec2<u32>(0xFu)) | ((av >> vec2<u32>(6u)) << vec2<u32>(4u)), hi);
+    let mn = select(bv & vec2<u32>(63u), (ev >> vec2<u32>(4u)) | ((bv >> vec2<u32>(6u)) << vec2<u32>(4u)), hi);
+    return vec4<f32>(vec4<u32>(sc, mn));
 }
 
 fn hsum(v: vec4<f32>) -> f32 {
@@ -436,32 +461,21 @@ fn unit_col(u: u32, j: u32) -> u32 {
     return 256u * (u >> 3u) + 64u * (ui >> 1u) + 32u * (j >> 2u) + 16u * (ui & 1u) + 4u * (j & 3u);
 }
 
-// (scale, min) of sub-block s < 8 from the packed 6-bit fields (bytes 4.. of w1)
-fn k_scale_min(hdr: vec4<u32>, s: u32) -> vec2<f32> {
-    if (s < 4u) {
-        return vec2<f32>(f32(byte16(hdr, 4u + s) & 63u), f32(byte16(hdr, 8u + s) & 63u));
-    }
-    let b = byte16(hdr, 8u + s);
-    let sc = (b & 0xFu) | ((byte16(hdr, s) >> 6u) << 4u);
-    let mn = (b >> 4u) | ((byte16(hdr, 4u + s) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(mn));
-}
 
 fn dq4(i: u32, j: u32) -> vec4<f32> {
     let hdr = w1[i >> 3u];
     let dm = unpack2x16float(hdr.x);
     let hi = j >= 4u;
-    let sm = k_scale_min(hdr, 2u * ((i & 7u) >> 1u) + select(0u, 1u, hi));
+    let sm = k_scales2(hdr, (i & 7u) >> 1u);
     let q = w0[i][j & 3u];
-    return dm.x * sm.x * select(nib_lo(q), nib_hi(q), hi) - dm.y * sm.y;
+    return dm.x * select(sm.x, sm.y, hi) * select(nib_lo(q), nib_hi(q), hi)
+        - dm.y * select(sm.z, sm.w, hi);
 }
 
 fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let hdr = w1[i >> 3u];
     let q = w0[i];
-    let c2 = 2u * ((i & 7u) >> 1u);
-    let s0 = k_scale_min(hdr, c2);
-    let s1 = k_scale_min(hdr, c2 + 1u);
+    let sm = k_scales2(hdr, (i & 7u) >> 1u);
     var flo = 0.0;
     var fhi = 0.0;
     for (var k = 0u; k < 4u; k++) {
@@ -474,7 +488,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
     let qlo = 16.0 * (flo - xlo);
     let qhi = 16.0 * (fhi - xhi);
     let dm = unpack2x16float(hdr.x);
-    return dm.x * (s0.x * qlo + s1.x * qhi) - dm.y * (s0.y * xlo + s1.y * xhi);
+    return dm.x * (sm.x * qlo + sm.y * qhi) - dm.y * (sm.z * xlo + sm.w * xhi);
 }
 
 //! section q5_K
@@ -491,15 +505,6 @@ fn unit_col(u: u32, j: u32) -> u32 {
     return 256u * (u >> 3u) + 64u * (ui >> 1u) + 32u * (j >> 2u) + 16u * (ui & 1u) + 4u * (j & 3u);
 }
 
-fn k_scale_min(hdr: vec4<u32>, s: u32) -> vec2<f32> {
-    if (s < 4u) {
-        return vec2<f32>(f32(byte16(hdr, 4u + s) & 63u), f32(byte16(hdr, 8u + s) & 63u));
-    }
-    let b = byte16(hdr, 8u + s);
-    let sc = (b & 0xFu) | ((byte16(hdr, s) >> 6u) << 4u);
-    let mn = (b >> 4u) | ((byte16(hdr, 4u + s) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(mn));
-}
 
 fn dq4(i: u32, j: u32) -> vec4<f32> {
     let blk = i >> 3u;
@@ -508,10 +513,11 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     let dm = unpack2x16float(hdr.x);
     let hi = j >= 4u;
     let s = 2u * (ui >> 1u) + select(0u, 1u, hi);
-    let sm = k_scale_min(hdr, s);
+    let sm = k_scales2(hdr, ui >> 1u);
     let q = w0[i][j & 3u];
     let h = bits(w2[2u * blk + (ui & 1u)][j & 3u], s);
-    return dm.x * sm.x * (select(nib_lo(q), nib_hi(q), hi) + 16.0 * h) - dm.y * sm.y;
+    return dm.x * select(sm.x, sm.y, hi) * (select(nib_lo(q), nib_hi(q), hi) + 16.0 * h)
+        - dm.y * select(sm.z, sm.w, hi);
 }
 
 fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
@@ -521,8 +527,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
     let q = w0[i];
     let h = w2[2u * blk + (ui & 1u)];
     let c2 = 2u * (ui >> 1u);
-    let s0 = k_scale_min(hdr, c2);
-    let s1 = k_scale_min(hdr, c2 + 1u);
+    let sm = k_scales2(hdr, ui >> 1u);
     var qlo = 0.0;
     var qhi = 0.0;
     var xlo = vec4<f32>(0.0);
@@ -534,7 +539,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
         xhi += (*xv)[k + 4u];
     }
     let dm = unpack2x16float(hdr.x);
-    return dm.x * (s0.x * qlo + s1.x * qhi) - dm.y * (s0.y * hsum(xlo) + s1.y * hsum(xhi));
+    return dm.x * (sm.x * qlo + sm.y * qhi) - dm.y * (sm.z * hsum(xlo) + sm.w * hsum(xhi));
 }
 
 //! section q6_K
