@@ -118,6 +118,20 @@ struct kargs_part {
     uint32_t _pad1;
 };
 
+// Up to three mat-vecs over one normed token row in one dispatch (the WebGPU backend's fusion of
+// the q, k, v or the gate, up projections that read the same rms_norm): slot s takes workgroups
+// [wg_end of slot s - 1, wg_end of slot s) and computes all n_rows of its own weight and output.
+struct kargs_mv_slots {
+    uint32_t n_rows0;
+    uint32_t n_rows1;
+    uint32_t n_rows2;
+    uint32_t _pad0;
+    uint32_t wg_end0;
+    uint32_t wg_end1;
+    uint32_t wg_end2;
+    uint32_t _pad1;
+};
+
 // -- recurrent-model ops (RWKV; metal/rwkv.metal, shaders/rwkv.wgsl) --------------------------
 
 // (x - mean) / sqrt(var + eps) over each group of a row, then * w + b (either may be absent).

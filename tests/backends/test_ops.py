@@ -419,6 +419,35 @@ def test_fused_rms_norm_mul_mv(gpu, t, rng):
         check(got, want, MATMUL_TOL[t] * 2, rng, f"m={m}")
 
 
+@pytest.mark.parametrize("types", [(GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.Q4_K),
+                                   (GGMLType.F16, GGMLType.Q5_K, GGMLType.Q4_0, GGMLType.F32)],
+                         ids=lambda ts: "-".join(t.name for t in ts))
+def test_fused_mul_mv_multi(gpu, types, rng, monkeypatch):
+    """The mat-vecs reading one folded norm run in one dispatch per three (mul_mv_multi), the
+    slots of different types and row counts (not multiples of the rows per group); the same
+    graph falls back to one dispatch per weight where the device has too few bindings."""
+    d, vocab = 512, 16
+    rows = (96, 40, 72, 8)
+    infos = {"x": f32_info("x", rng.standard_normal((vocab, d)) * 3),
+             "nw": f32_info("nw", rng.uniform(0.5, 1.5, d))}
+    infos.update({f"w{i}": quant_info(f"w{i}", t, n, d, rng)
+                  for i, (t, n) in enumerate(zip(types, rows))})
+    pair = Pair(gpu, infos)
+
+    def build(g, w):
+        h = g.rms_norm(g.get_rows(w["x"], g.tokens), w["nw"], 1e-5)
+        for i in range(len(rows)):
+            g.output(f"y{i}", g.matmul(h, w[f"w{i}"]))
+
+    ops = _fused_ops(gpu, lambda g: build(g, pair.w[gpu]), 1)
+    assert ops == ["get_rows", "mul_mv_multi", "mul_mv_fused"], ops
+    for cap in (None, 4):
+        if cap:
+            monkeypatch.setitem(gpu.limits, "max-storage-buffers-per-shader-stage", cap)
+        got, want = pair.run(build, 1, rng.integers(0, vocab, 1).astype(np.int32))
+        check(got, want, max(MATMUL_TOL[t] for t in types) * 2, rng, f"cap={cap}")
+
+
 @pytest.mark.parametrize("neox", [False, True])
 def test_fused_rope_kv_store(gpu, neox, rng):
     """rope(q), rope(k), kv_store(k, v) become one dispatch (rope_kv_store); attention then

@@ -223,15 +223,18 @@ class WebGPUBackend(Backend):
                 "peak / (weights + KV)": f"{self.bytes_peak / max(1, weights + kv):.3f}"}
 
     # -- pipelines -----------------------------------------------------------------------------
-    def pipeline(self, file: str, entry: str, wtype: str | None = None,
+    def pipeline(self, file: str, entry: str, wtype: str | tuple[str, ...] | None = None,
                  consts: dict[str, int | bool] | None = None, f16_tile: bool = False,
                  variant: str | None = None):
         """The compute pipeline of entry point `entry` (cached per backend)."""
         key = (file, entry, wtype, tuple(sorted((consts or {}).items())), f16_tile, variant)
         p = self._pipelines.get(key)
         if p is None:
-            src = shaders.module_source(file, subgroups=self.subgroups, wtype=wtype,
-                                        consts=consts, f16_tile=f16_tile, variant=variant)
+            if isinstance(wtype, tuple):  # one type per slot (mul_mv_multi.wgsl)
+                src = shaders.multi_source(wtype, subgroups=self.subgroups, consts=consts or {})
+            else:
+                src = shaders.module_source(file, subgroups=self.subgroups, wtype=wtype,
+                                            consts=consts, f16_tile=f16_tile, variant=variant)
             digest = hashlib.sha1(src.encode()).hexdigest()
             with self.errors(f"compiling {entry} ({file})"):
                 mod = self._modules.get(digest)

@@ -1,6 +1,7 @@
 """The WebGPU fusion pass: neighbouring graph nodes merged into one dispatch, since a decode step
 on a GPU is bound by per-dispatch cost (benchmarks/NOTES.md). A pure function of the node list:
-the fused ops (`mul_mv_fused`, `rope_kv_store`) are lowered in webgpu_program.py."""
+the fused ops (`mul_mv_fused`, `mul_mv_multi`, `rope_kv_store`) are lowered in
+webgpu_program.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
       mul_mat / mul_mv_fused -> add(x, .) => mul_mv_fused (+ x on store)
       rope(q), rope(k), kv_store(k', v)  => rope_kv_store
       rms_norm(x, nw) -> mul_mat, ...     => mul_mv_fused (norm: each workgroup reduces x;
-                                            one token row, every reader a mul_mat)
+                                            one token row, every reader a mul_mat), or for
+                                            2-3 readers (q, k, v; gate, up) one mul_mv_multi
     Mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= mv_max_m)."""
     outputs = list(outputs)
     readers: dict[int, int] = {v.id: 1 for v in outputs}
@@ -41,12 +43,33 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
                 and mm_of.get(node.out.id, 0) == readers.get(node.out.id, 0) > 0):
             folded[node.out.id] = node
 
+    # the readers of each folded norm, in order, in runs of up to three: one mul_mv_multi each
+    runs: dict[int, list[Node]] = {}
+    for node in nodes:
+        if node.op == "mul_mat" and node.args[0].id in folded:
+            runs.setdefault(node.args[0].id, []).append(node)
+    chunk_of: dict[int, list[Node]] = {}
+    for group in runs.values():
+        for i in range(0, len(group), 3):
+            for n in group[i:i + 3]:
+                chunk_of[id(n)] = group[i:i + 3]
+
     out: list[Node] = []
     for node in nodes:
         if node.op == "rms_norm" and node.out.id in folded:
             continue
         if node.op == "mul_mat" and node.args[0].id in folded:
             nrm = folded[node.args[0].id]
+            chunk = chunk_of[id(node)]
+            if len(chunk) > 1:
+                # emitted where its first mul_mat was: the others' inputs (the norm's input and
+                # weight) exist there already
+                if node is chunk[0]:
+                    out.append(Node("mul_mv_multi",
+                                    (nrm.args[0], nrm.args[1], *(n.args[1] for n in chunk)),
+                                    {"eps": nrm.attrs["eps"],
+                                     "also_out": [n.out for n in chunk[1:]]}, node.out))
+                continue
             out.append(Node("mul_mv_fused", (nrm.args[0], node.args[1], None, None,
                                              nrm.args[1]),
                             {"glu": False, "eps": nrm.attrs["eps"]}, node.out))

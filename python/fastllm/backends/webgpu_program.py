@@ -18,6 +18,7 @@ from .. import kargs
 from ..errors import ContextOverflowError, UnsupportedError
 from ..quants import GGMLType
 from . import webgpu_repack as repack
+from . import webgpu_shaders as shaders
 from .base import Graph, Node, Program, Value, Weight
 from .webgpu_fuse import fuse
 from .webgpu_rwkv import RwkvOps  # RWKV: the recurrent-model ops' lowering
@@ -130,8 +131,10 @@ class WebGPUProgram(RwkvOps, Program):
         free: list[int] = []
         slot_of: dict[int, int] = {}
         for i, node in enumerate(self.nodes):
-            v = node.out
-            if v is not None:
+            unread = []  # freed after all of the node's outputs have their own slots
+            for v in (node.out, *node.attrs.get("also_out", ())):
+                if v is None:
+                    continue
                 need = _nbytes(v)
                 fits = [s for s in free if sizes[s] >= need]
                 if fits:
@@ -146,7 +149,8 @@ class WebGPUProgram(RwkvOps, Program):
                     free.remove(s)
                 slot_of[v.id] = s
                 if v.id not in keep and v.id not in last:
-                    free.append(s)  # never read
+                    unread.append(s)
+            free += unread
             for a in node.args:
                 if (isinstance(a, Value) and a.id in slot_of and last.get(a.id) == i
                         and a.id not in keep and slot_of[a.id] not in free):
@@ -241,6 +245,49 @@ class WebGPUProgram(RwkvOps, Program):
     def _op_mul_mv_fused(self, node: Node) -> None:
         x, w, up, res, nw = node.args
         self._mul_mat(node, x, w, up, res, nw, node.attrs.get("eps", 0.0))
+
+    def _op_mul_mv_multi(self, node: Node) -> None:
+        """Several mat-vecs of one normed token row in one dispatch (webgpu_fuse.py): args
+        (x, nw, W_0, W_1, ...), outputs node.out and attrs["also_out"]. Where the device's
+        bindings or a split weight rule it out, one norm mat-vec per weight instead."""
+        x, nw, *ws = node.args
+        outs = [node.out, *node.attrs["also_out"]]
+        eps = node.attrs["eps"]
+        k = x.cols
+        arrays = sum(len(w.handle.parts[0].buffers) for w in ws)
+        cap = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
+        if (any(len(w.handle.parts) > 1 for w in ws) or 2 + len(ws) + arrays > cap
+                or x.shape[0] != 1):
+            for w, out in zip(ws, outs):
+                self._mul_mat(Node("mul_mv_fused", (x, w, None, None, nw), {"eps": eps}, out),
+                              x, w, nw=nw, eps=eps)
+            return
+        units = ws[0].handle.units
+        r, tpr, _unr, wg = mv_shape(sum(w.handle.n for w in ws), units, 1)
+        rows = r * (wg // tpr)
+        ends, total = [], 0
+        for w in ws:
+            total += -(-w.handle.n // rows)
+            ends.append(total)
+        slots = {f"n_rows{i}": w.handle.n for i, w in enumerate(ws)}
+        slots.update({f"wg_end{i}": e for i, e in enumerate(ends)})
+        t0 = GGMLType(ws[0].type)
+        words = sum(repack.array_sizes(t0, 2, k)) // 8
+        b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": ws[0].handle.n, "K": k,
+                                              "w_row_words": words}),
+                          ("kargs_rms_norm", {"n_rows": 1, "n_cols": k, "group": k,
+                                              "has_weight": 1, "eps": eps}),
+                          ("kargs_mv_slots", slots)),
+             1: self.buf(x), 9: self.buf(nw)}
+        for s, (w, out) in enumerate(zip(ws, outs)):
+            b[shaders.MULTI_OUT + s] = self.buf(out)
+            b.update({shaders.MULTI_W + 4 * s + i: buf
+                      for i, buf in enumerate(w.handle.parts[0].buffers)})
+        cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
+        gz = -(-total // cap)
+        self._dispatch("mul_mv_multi.wgsl", "kernel_mul_mv_multi_f32", b,
+                       (-(-total // gz), 1, gz), wtype=tuple(w.handle.tname for w in ws),
+                       consts={"TPR": tpr, "R": r, "WG": wg})
 
     def _mul_mat(self, node: Node, x: Value, w: Weight, up: Value | None = None,
                  res: Value | None = None, nw: Weight | None = None, eps: float = 0.0) -> None:

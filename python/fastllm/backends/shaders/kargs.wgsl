@@ -97,6 +97,17 @@ struct kargs_part {
     _pad1: u32,
 }
 
+struct kargs_mv_slots {
+    n_rows0: u32,
+    n_rows1: u32,
+    n_rows2: u32,
+    _pad0: u32,
+    wg_end0: u32,
+    wg_end1: u32,
+    wg_end2: u32,
+    _pad1: u32,
+}
+
 // -- recurrent-model ops (RWKV; rwkv.wgsl, rwkv_blocks.wgsl) ----------------------------------
 
 struct kargs_layer_norm {

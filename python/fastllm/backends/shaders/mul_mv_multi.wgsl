@@ -1,0 +1,91 @@
+// Up to three mat-vecs that read the same normed token row, in one dispatch:
+// y_s = W_s (rms_norm(x) * nw) for the slots s = 0, 1, 2 (the q, k and v projections, or gate
+// and up). A decode step of a small model is bound by how many dependent dispatches it has, and
+// by each one's latency (norm, loads, reduction) more than by its bytes: one dispatch for q, k
+// and v costs about what one of them did alone (benchmarks/NOTES.md, section 7).
+//
+// webgpu_shaders.multi_source assembles the module: each slot's weight type section of
+// quants.wgsl, with its names suffixed by the slot (dot_unit -> dot_unit_1, w0 -> w0_1) and its
+// arrays bound at 13 + 4 s, so the slots may have different types; the `slot` section below
+// once per slot (SLOT -> s); and an entry point that sends each workgroup to its slot's rows
+// (kargs_mv_slots: slot s takes workgroups [wg_end of s - 1, wg_end of s)).
+//
+// Within a slot the work is mul_mv.wgsl's one-token path: groups of TPR threads compute R
+// consecutive rows, taking the row's units in turn; each workgroup reduces x for the norm itself.
+
+const WG: u32 = 64u;
+const TPR: u32 = 64u;
+const R: u32 = 2u;  // a multiple of 4 or less than 4: sums travel as vec4s, 4 rows each
+const RV: u32 = (R + 3u) / 4u;
+
+struct MatArgs {
+    mm: kargs_mul_mat,
+    norm: kargs_rms_norm,
+    slots: kargs_mv_slots,
+}
+
+@group(0) @binding(0) var<uniform> args: MatArgs;
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> nw4: array<vec4<f32>>;
+var<private> inv_rms: f32;
+
+// as kernel_rms_norm_f32 over the one token row: x / sqrt(mean(x^2) + eps) * nw
+fn prepare_x(ids: Ids) {
+    var s = 0.0;
+    for (var i = ids.lid; i < args.mm.K / 4u; i += WG) {
+        let v = x4[i];
+        s += dot(v, v);
+    }
+    inv_rms = 1.0 / sqrt(wg_sum(s, ids) / f32(args.mm.K) + args.norm.eps);
+}
+
+fn load_x(i: u32) -> vec4<f32> {
+    return x4[i] * inv_rms * nw4[i];
+}
+
+fn onehot(r: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(r) == vec4<u32>(0u, 1u, 2u, 3u));
+}
+
+//! section slot
+@group(0) @binding(OUT_SLOT) var<storage, read_write> y_SLOT: array<f32>;
+
+fn x_at_SLOT(u: u32, j: u32) -> vec4<f32> {
+    let col = unit_col_SLOT(u, j);
+    if (GUARD_K_SLOT && col >= args.mm.K) {
+        return vec4<f32>(0.0);
+    }
+    return load_x(col / 4u);
+}
+
+// rows of workgroup g (counted from the slot's first) of the slot's nr rows
+fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
+    let t = thread_index(ids);
+    let U = (args.mm.K + 31u) / 32u;
+    let lane = t % TPR;
+    let r0 = (g * (WG / TPR) + t / TPR) * R;
+    var acc: array<vec4<f32>, RV>;
+    for (var u = lane; u < U; u += TPR) {
+        var xv: array<vec4<f32>, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            xv[j] = x_at_SLOT(u, j);
+        }
+        let xs = x_sums(&xv);
+        for (var r = 0u; r < R; r++) {
+            // rows past the slot repeat its last row (dropped below): no read out of bounds
+            let row = min(r0 + r, nr - 1u);
+            acc[r / 4u] += onehot(r % 4u) * dot_unit_SLOT(row * U + u, &xv, xs);
+        }
+    }
+    for (var v = 0u; v < RV; v++) {
+        let s = group_sum4(acc[v], TPR, ids);
+        if (lane == 0u) {
+            for (var q = 0u; q < min(4u, R); q++) {
+                let r = r0 + 4u * v + q;
+                if (r < nr) {
+                    y_SLOT[r] = s[q];
+                }
+            }
+        }
+    }
+}
