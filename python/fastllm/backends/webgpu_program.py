@@ -483,7 +483,9 @@ class WebGPUProgram(RwkvOps, Program):
         b = {0: args, 1: self.step, 2: self.buf(q), 3: kc, 4: vc, 5: self.buf(node.out)}
         if n == 1:
             visible = min(at["window"], ring) if at["window"] else ring
-            nsplit = max(1, min(16, -(-visible // 256)))
+            # splits share the visible positions evenly at run time (attn_decode.wgsl), so a
+            # short context too runs on n_kv_head * nsplit workgroups
+            nsplit = max(1, min(16, visible // 8))
             consts = {"G": g, "D": d, "NSPLIT": nsplit}
             part = self._buf(nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
             dec = {i: r for i, r in b.items() if i != 5}  # partials, not the output

@@ -44,7 +44,9 @@ fn kernel_attn_decode_f32(ids: Ids) {
     let kvd4 = args.n_kv_head * D4;
     let p = step.pos + step.n_tokens - 1u;
     let lo = first_visible(p, args.window);
-    let chunk = ((p + 1u - lo + NSPLIT - 1u) / NSPLIT + WG - 1u) / WG * WG;
+    // an even share for every workgroup, however few positions are visible: a short context
+    // then still spreads over NSPLIT workgroups instead of leaving one to walk all its keys
+    let chunk = (p + 1u - lo + NSPLIT - 1u) / NSPLIT;
     let s0 = min(lo + split * chunk, p + 1u);
     let s1 = min(s0 + chunk, p + 1u);
     for (var e = t; e < P; e += WG) {
