@@ -68,6 +68,7 @@ MM_BN = 64  # mul_mm.wgsl's BN (rows of W per tile) for the 4 x 4-per-thread ker
 MM8_BM = 128
 MM8_BN = 64
 MM8_MIN_WG = 256
+MM_F16_TILE = 1  # quantized weights' tiles in f16 where the device has shader-f16 (0: f32)
 ARGMAX_WG = 1024  # one workgroup scans a whole vocabulary row: as many threads as allowed
 EW_WG = 64  # workgroup size of elementwise.wgsl, rope.wgsl, kv.wgsl and attention.wgsl
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
@@ -331,7 +332,7 @@ class WebGPUProgram(RwkvOps, Program):
             else:
                 if variant:
                     raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule
-                f16_tile = self.be.f16 and t not in _FLOATS
+                f16_tile = MM_F16_TILE and self.be.f16 and t not in _FLOATS
                 if m >= MM8_BM and (-(-part.n_rows // MM8_BN)) * (-(-m // MM8_BM)) >= MM8_MIN_WG:
                     bm, bn, per = MM8_BM, MM8_BN, 64
                     entry = f"kernel_mul_mm8_{h.tname}_f32"
