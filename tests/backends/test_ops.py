@@ -448,6 +448,30 @@ def test_fused_mul_mv_multi(gpu, types, rng, monkeypatch):
         check(got, want, max(MATMUL_TOL[t] for t in types) * 2, rng, f"cap={cap}")
 
 
+def test_fused_norm_mul_mv_long_rows(gpu, rng):
+    """Rows of 8192 values take the wide mat-vec shape (8 rows per thread group, 128 threads
+    per row), alone and as mul_mv_multi slots."""
+    d, vocab = 8192, 4
+    infos = {"x": f32_info("x", rng.standard_normal((vocab, d)) * 3),
+             "nw": f32_info("nw", rng.uniform(0.5, 1.5, d)),
+             "a": quant_info("a", GGMLType.Q8_0, 40, d, rng),
+             "b": quant_info("b", GGMLType.Q4_K, 24, d, rng),
+             "c": quant_info("c", GGMLType.Q6_K, 12, d, rng)}
+    pair = Pair(gpu, infos)
+
+    def build(g, w):
+        h = g.rms_norm(g.get_rows(w["x"], g.tokens), w["nw"], 1e-5)
+        g.output("a", g.matmul(h, w["a"]))
+        h2 = g.rms_norm(g.get_rows(w["x"], g.tokens), w["nw"], 1e-5)
+        g.output("b", g.matmul(h2, w["b"]))
+        g.output("c", g.matmul(h2, w["c"]))
+
+    ops = _fused_ops(gpu, lambda g: build(g, pair.w[gpu]), 1)
+    assert ops.count("mul_mv_fused") == 1 and ops.count("mul_mv_multi") == 1, ops
+    got, want = pair.run(build, 1, rng.integers(0, vocab, 1).astype(np.int32))
+    check(got, want, MATMUL_TOL[GGMLType.Q4_K] * 2, rng)
+
+
 @pytest.mark.parametrize("neox", [False, True])
 def test_fused_rope_kv_store(gpu, neox, rng):
     """rope(q), rope(k), kv_store(k, v) become one dispatch (rope_kv_store); attention then
