@@ -499,6 +499,36 @@ def test_fused_rope_kv_store(gpu, neox, rng):
         pos += n
 
 
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("window", [0, 4])
+def test_fused_attn_decode_rope(gpu, neox, window, rng):
+    """At one token row, rope_kv_store + attention become one dispatch pair (attn_decode_rope:
+    the rotations and the store inside decode attention); decoding after a prefill matches the
+    reference step after step, and the cache rows it stored serve the later steps."""
+    nh, nkv, d = 4, 2, 32
+    spec = KVSpec(n_ctx=32, kv_dim=(nkv * d,), sizes=(32,))
+    pair = Pair(gpu, {"q": f32_info("q", rng.standard_normal((16, nh * d))),
+                      "k": f32_info("k", rng.standard_normal((16, nkv * d))),
+                      "v": f32_info("v", rng.standard_normal((16, nkv * d)))}, spec)
+
+    def build(g, w):
+        rope = {"head_dim": d, "n_rot": d, "base": 1e4, "neox": neox}
+        q, k, v = (g.get_rows(w[c], g.tokens) for c in "qkv")
+        q = g.rope(q, n_head=nh, **rope)
+        k = g.rope(k, n_head=nkv, **rope)
+        g.kv_store(0, k, v)
+        g.output("a", g.attention(q, 0, n_head=nh, n_kv_head=nkv, head_dim=d, scale=0.2,
+                                  window=window))
+
+    ops = _fused_ops(gpu, lambda g: build(g, pair.w[gpu]), 1)
+    assert "attn_decode_rope" in ops and "rope_kv_store" not in ops, ops
+    got, want = pair.run(build, 5, rng.integers(0, 16, 5).astype(np.int32), 0)
+    check(got, want, ROPE_TOL, rng, "prefill")
+    for pos in range(5, 12):
+        got, want = pair.run(build, 1, rng.integers(0, 16, 1).astype(np.int32), pos)
+        check(got, want, ROPE_TOL, rng, f"pos={pos}")
+
+
 def test_run_greedy(gpu, rng):
     """Program.run_greedy (argmax on the device, fed to the next step) yields the tokens that
     run() + numpy argmax yield, and leaves the same KV cache behind."""

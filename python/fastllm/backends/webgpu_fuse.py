@@ -1,6 +1,6 @@
 """The WebGPU fusion pass: neighbouring graph nodes merged into one dispatch, since a decode step
 on a GPU is bound by per-dispatch cost (benchmarks/NOTES.md). A pure function of the node list:
-the fused ops (`mul_mv_fused`, `mul_mv_multi`, `rope_kv_store`) are lowered in
+the fused ops (`mul_mv_fused`, `mul_mv_multi`, `rope_kv_store`, `attn_decode_rope`) are lowered in
 webgpu_program.py."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
       swiglu(g, u) -> mul_mat            => mul_mv_fused (silu(g) * u computed on load)
       mul_mat / mul_mv_fused -> add(x, .) => mul_mv_fused (+ x on store)
       rope(q), rope(k), kv_store(k', v)  => rope_kv_store
+      rope_kv_store -> attention, one row => attn_decode_rope (rotations and the store inside
+                                            decode attention)
       rms_norm(x, nw) -> mul_mat, ...     => mul_mv_fused (norm: each workgroup reduces x;
                                             one token row, every reader a mul_mat), or for
                                             2-3 readers (q, k, v; gate, up) one mul_mv_multi
@@ -105,6 +107,17 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
                                                    rq.args[1]),
                                  {**rq.attrs, "k_n_head": rk.attrs["n_head"],
                                   "layer": node.attrs["layer"]}, rq.out)]
+                continue
+        if (node.op == "attention" and out and out[-1].op == "rope_kv_store"
+                and node.args[0] is out[-1].out and inner(out[-1].out)
+                and node.out.shape[0] == 1 and out[-1].attrs["layer"] == node.attrs["layer"]):
+            rk = out[-1]
+            d = node.attrs["head_dim"]
+            if (rk.attrs["n_rot"] == d == rk.attrs["head_dim"] and d % 8 == 0
+                    and rk.attrs["n_head"] == node.attrs["n_head"]
+                    and rk.attrs["k_n_head"] == node.attrs["n_kv_head"]):
+                out[-1] = Node("attn_decode_rope", rk.args, {**node.attrs, "rope": rk.attrs},
+                               node.out)
                 continue
         out.append(node)
     return out

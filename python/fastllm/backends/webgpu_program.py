@@ -469,7 +469,7 @@ class WebGPUProgram(RwkvOps, Program):
                         3: self.buf(v), 4: kc, 5: vc}, self._grid1(n * dim))
 
     def _op_attention(self, node: Node) -> None:
-        (q,) = node.args
+        q = node.args[0]  # attn_decode_rope: (q, k, v, rope factors)
         at = node.attrs
         ring, dim, (kc, vc) = self._kv(at["layer"])
         nh, nkv, d = at["n_head"], at["n_kv_head"], at["head_dim"]
@@ -483,6 +483,12 @@ class WebGPUProgram(RwkvOps, Program):
             "softcap": at["softcap"], "window": at["window"], "ring": ring}))
         b = {0: args, 1: self.step, 2: self.buf(q), 3: kc, 4: vc, 5: self.buf(node.out)}
         if n == 1:
+            rope = node.attrs.get("rope")
+            if rope is not None:  # attn_decode_rope: q, k, v unrotated, k and v not yet stored
+                _, k, v, ff = node.args
+                b.update({7: self.buf(k), 8: self.buf(v),
+                          9: self._rope_table(rope["n_rot"], rope["base"], rope["freq_scale"],
+                                              ff)})
             visible = min(at["window"], ring) if at["window"] else ring
             # splits share the visible positions evenly at run time (attn_decode.wgsl), so a
             # short context too runs on n_kv_head * nsplit workgroups
@@ -491,7 +497,9 @@ class WebGPUProgram(RwkvOps, Program):
             part = self._buf(nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
             dec = {i: r for i, r in b.items() if i != 5}  # partials, not the output
             self._dispatch("attn_decode.wgsl", "kernel_attn_decode_f32", {**dec, 6: part},
-                           (nsplit, nkv), consts=consts)
+                           (nsplit, nkv),
+                           consts={**consts, "NEOX": bool(rope["neox"])} if rope else consts,
+                           variant="rope" if rope else None)
             rargs = self._arg(("kargs_attn_reduce", {"n_rows": 1, "n_head": nh, "head_dim": d,
                                                          "n_splits": nsplit}))
             self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",
@@ -516,6 +524,9 @@ class WebGPUProgram(RwkvOps, Program):
         consts = {"G": g, "D": d, "TPQ": tpq, "BK": bk}
         self._dispatch("attention.wgsl", "kernel_attn_prefill_f32", b, (-(-n * g // bq), nkv),
                        consts=consts)
+
+    def _op_attn_decode_rope(self, node: Node) -> None:
+        self._op_attention(node)  # the decode path with the `rope` variant (args q, k, v, ff)
 
     def _op_argmax(self, node: Node) -> None:
         (x,) = node.args

@@ -10,6 +10,8 @@
 // the keys when the pairs are fewer than the threads (the subsets are added at the end). It
 // writes per head (acc[D], max, sum) to `part`; kernel_attn_reduce_f32, grid (n_head), joins the
 // NSPLIT records. Masked scores are MASKED (common.wgsl), so no infinities meet.
+// Variants (sections at the end): `plain` reads q as given and a cache that holds position p;
+// `rope` also rotates q and the new k and stores k and v into the cache itself.
 
 const WG: u32 = 128u;
 const G: u32 = 1u;       // query heads per KV head
@@ -24,8 +26,7 @@ const G4: u32 = (G + 3u) / 4u;
 @group(0) @binding(0) var<uniform> args: kargs_attention;
 @group(0) @binding(1) var<uniform> step: kargs_step;
 @group(0) @binding(2) var<storage, read> q4: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> kc4: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> vc4: array<vec4<f32>>;
+// kc4 (binding 3) and vc4 (4), the layer's KV cache: declared by the variant sections below
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 // partials, (n_head, NSPLIT, D + 2): acc[D], max, sum
 @group(0) @binding(6) var<storage, read_write> part: array<f32>;
@@ -49,9 +50,7 @@ fn kernel_attn_decode_f32(ids: Ids) {
     let chunk = (p + 1u - lo + NSPLIT - 1u) / NSPLIT;
     let s0 = min(lo + split * chunk, p + 1u);
     let s1 = min(s0 + chunk, p + 1u);
-    for (var e = t; e < P; e += WG) {
-        qd[e] = q4[kvh * P + e] * args.scale;
-    }
+    prologue(ids, kvh, p, s0, s1);
     if (t == 0u) {
         for (var g = 0u; g < G; g++) {
             hd[g] = vec2<f32>(1.0, MASKED);  // an empty share writes (0, MASKED, 0)
@@ -191,4 +190,97 @@ fn kernel_attn_reduce_f32(ids: Ids) {
         }
         out[h * hdim + d] = o / l;
     }
+}
+
+//! section plain
+@group(0) @binding(3) var<storage, read> kc4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> vc4: array<vec4<f32>>;
+
+// this KV head's G query heads, scaled, into qd
+fn prologue(ids: Ids, kvh: u32, p: u32, s0: u32, s1: u32) {
+    for (var e = ids.lid; e < P; e += WG) {
+        qd[e] = q4[kvh * P + e] * args.scale;
+    }
+}
+
+//! section rope
+// The rotary embedding of q and k and the KV-cache store of the new position folded into decode
+// attention, in place of a rope_kv_store dispatch before it (webgpu_fuse.py): every workgroup
+// rotates its KV head's G query heads as it loads them; the one whose share of positions holds
+// the new position p rotates k, stores k and v at p's cache row, and reads them back from there
+// like every other key (no other workgroup reads row p). Same arithmetic as rope_kv.wgsl, for
+// n_rot == head_dim, a multiple of 8, so a rotation never splits a vec4.
+const NEOX: bool = false;
+
+@group(0) @binding(3) var<storage, read_write> kc4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> vc4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> k4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> v4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> inv_freq: array<f32>;
+
+fn cs(p: u32, i: u32) -> vec2<f32> {
+    let theta = f32(p) * inv_freq[i];
+    return vec2<f32>(cos(theta), sin(theta));
+}
+
+// vec4 e of a head (normal rope: pairs (x, y) and (z, w) are pairs 2e and 2e + 1)
+fn rot_pairs(v: vec4<f32>, e: u32, p: u32) -> vec4<f32> {
+    let a = cs(p, 2u * e);
+    let b = cs(p, 2u * e + 1u);
+    return vec4<f32>(v.x * a.x - v.y * a.y, v.x * a.y + v.y * a.x,
+                     v.z * b.x - v.w * b.y, v.z * b.y + v.w * b.x);
+}
+
+// neox rope: value i pairs with i + D / 2; lo holds values 4e..4e+3, hi their partners
+struct Halves {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+fn rot_halves(lo: vec4<f32>, hi: vec4<f32>, e: u32, p: u32) -> Halves {
+    let c0 = cs(p, 4u * e);
+    let c1 = cs(p, 4u * e + 1u);
+    let c2 = cs(p, 4u * e + 2u);
+    let c3 = cs(p, 4u * e + 3u);
+    let c = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
+    let s = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
+    return Halves(lo * c - hi * s, lo * s + hi * c);
+}
+
+fn prologue(ids: Ids, kvh: u32, p: u32, s0: u32, s1: u32) {
+    let h4 = D4 / 2u;
+    for (var e = ids.lid; e < G * h4; e += WG) {
+        let g = e / h4;
+        let i = e % h4;
+        let qb = kvh * P + g * D4;
+        if (NEOX) {
+            let r = rot_halves(q4[qb + i], q4[qb + i + h4], i, p);
+            qd[g * D4 + i] = r.lo * args.scale;
+            qd[g * D4 + i + h4] = r.hi * args.scale;
+        } else {
+            qd[g * D4 + 2u * i] = rot_pairs(q4[qb + 2u * i], 2u * i, p) * args.scale;
+            qd[g * D4 + 2u * i + 1u] = rot_pairs(q4[qb + 2u * i + 1u], 2u * i + 1u, p)
+                * args.scale;
+        }
+    }
+    if (s0 <= p && p < s1) {
+        let kvd4 = args.n_kv_head * D4;
+        let row = (p % args.ring) * kvd4 + kvh * D4;
+        let kb = kvh * D4;
+        for (var i = ids.lid; i < h4; i += WG) {
+            if (NEOX) {
+                let r = rot_halves(k4[kb + i], k4[kb + i + h4], i, p);
+                kc4[row + i] = r.lo;
+                kc4[row + i + h4] = r.hi;
+            } else {
+                kc4[row + 2u * i] = rot_pairs(k4[kb + 2u * i], 2u * i, p);
+                kc4[row + 2u * i + 1u] = rot_pairs(k4[kb + 2u * i + 1u], 2u * i + 1u, p);
+            }
+        }
+        for (var i = ids.lid; i < D4; i += WG) {
+            vc4[row + i] = v4[kb + i];
+        }
+    }
+    // the stores above are read back by other threads of this workgroup
+    storageBarrier();
 }
