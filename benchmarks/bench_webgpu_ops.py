@@ -60,12 +60,17 @@ class Timer:
             enc.resolve_query_set(self.qs, 0, 2, self.res, 0)
         return enc.finish()
 
-    def time(self, dispatches, repeat: int) -> float:
-        """Seconds per repetition of the dispatch list. A first, untimed pass of the same work
-        brings the GPU's clocks up (they drop while the host compiles pipelines)."""
+    def time(self, dispatches, repeat: int, warm: float = 0.25) -> float:
+        """Seconds per repetition of the dispatch list. Untimed passes of the same work for
+        `warm` seconds first bring the GPU's clocks up: they drop while the host compiles
+        pipelines, and one short pass is not enough (an H100 then reads at half speed)."""
         be = self.be
-        be.queue.submit([self._encode(dispatches, repeat, False)])
-        be.queue.read_buffer(self.sync)
+        t_end = time.perf_counter() + warm
+        while True:
+            be.queue.submit([self._encode(dispatches, repeat, False)])
+            be.queue.read_buffer(self.sync)
+            if time.perf_counter() >= t_end:
+                break
         cb = self._encode(dispatches, repeat, self.gpu)
         t0 = time.perf_counter()
         be.queue.submit([cb])
