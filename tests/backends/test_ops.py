@@ -448,6 +448,26 @@ def test_fused_mul_mv_multi(gpu, types, rng, monkeypatch):
         check(got, want, max(MATMUL_TOL[t] for t in types) * 2, rng, f"cap={cap}")
 
 
+def test_fused_mul_mv_multi_padded_rows(gpu, rng):
+    """Float slots whose rows are not whole 32-value units (the padded layout: x columns past K
+    must read as zero) in one mul_mv_multi."""
+    d, vocab = 172, 8
+    infos = {"x": f32_info("x", rng.standard_normal((vocab, d))),
+             "nw": f32_info("nw", rng.uniform(0.5, 1.5, d)),
+             "a": quant_info("a", GGMLType.F16, 40, d, rng),
+             "b": quant_info("b", GGMLType.F32, 24, d, rng)}
+    pair = Pair(gpu, infos)
+
+    def build(g, w):
+        h = g.rms_norm(g.get_rows(w["x"], g.tokens), w["nw"], 1e-5)
+        g.output("a", g.matmul(h, w["a"]))
+        g.output("b", g.matmul(h, w["b"]))
+
+    assert "mul_mv_multi" in _fused_ops(gpu, lambda g: build(g, pair.w[gpu]), 1)
+    got, want = pair.run(build, 1, rng.integers(0, vocab, 1).astype(np.int32))
+    check(got, want, MATMUL_TOL[GGMLType.F16] * 2, rng)
+
+
 def test_fused_norm_mul_mv_long_rows(gpu, rng):
     """Rows of 8192 values take the wide mat-vec shape (8 rows per thread group, 128 threads
     per row), alone and as mul_mv_multi slots."""

@@ -286,9 +286,11 @@ class WebGPUProgram(RwkvOps, Program):
                       for i, buf in enumerate(w.handle.parts[0].buffers)})
         cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
         gz = -(-total // cap)
+        guards = {f"GUARD_K_{s}": GGMLType(w.type) in _FLOATS and k % 32 != 0
+                  for s, w in enumerate(ws)}
         self._dispatch("mul_mv_multi.wgsl", "kernel_mul_mv_multi_f32", b,
                        (-(-total // gz), 1, gz), wtype=tuple(w.handle.tname for w in ws),
-                       consts={"TPR": tpr, "R": r, "WG": wg})
+                       consts={"TPR": tpr, "R": r, "WG": wg, **guards})
 
     def _mul_mat(self, node: Node, x: Value, w: Weight, up: Value | None = None,
                  res: Value | None = None, nw: Weight | None = None, eps: float = 0.0) -> None:
@@ -302,6 +304,10 @@ class WebGPUProgram(RwkvOps, Program):
                                    f"is needed) for {w.name!r}")
         t = GGMLType(w.type)
         words = sum(repack.array_sizes(t, 2, k)) // 8
+        # float rows are padded to whole units of 32: only a padded row needs the kernels' test
+        # of each x column against K (a branch per x load, which costs a float mat-vec half
+        # its speed: benchmarks/NOTES.md, section 6)
+        guard = t in _FLOATS and k % 32 != 0
         variant = ("glu_" if up is not None else "") + ("res" if res is not None else "")
         variant = "norm" if nw is not None else variant.rstrip("_") or None
         for part in h.parts:
@@ -327,8 +333,8 @@ class WebGPUProgram(RwkvOps, Program):
                 name = f"kernel_mul_mv_{variant}_" if variant else "kernel_mul_mv_"
                 self._dispatch("mul_mv.wgsl", f"{name}{h.tname}_f32", b,
                                (-(-n_wg // gz), 1, gz), wtype=h.tname,
-                               consts={"TPR": tpr, "R": r, "C": m, "UNR": unr, "WG": wg},
-                               variant=variant)
+                               consts={"TPR": tpr, "R": r, "C": m, "UNR": unr, "WG": wg,
+                                       "GUARD_K": guard}, variant=variant)
             else:
                 if variant:
                     raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule
@@ -342,7 +348,8 @@ class WebGPUProgram(RwkvOps, Program):
                     entry = f"kernel_mul_mm_{h.tname}_f32"
                 self._dispatch("mul_mm.wgsl", entry, b,
                                (-(-part.n_rows // bn), -(-m // bm)), wtype=h.tname,
-                               consts={"BM": bm, "BN": bn, "WG": bm * bn // per},
+                               consts={"BM": bm, "BN": bn, "WG": bm * bn // per,
+                                       "GUARD_K": guard},
                                f16_tile=f16_tile)
 
     def _binary(self, node: Node, entry: str) -> None:

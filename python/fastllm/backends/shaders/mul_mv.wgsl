@@ -33,8 +33,11 @@ const RV: u32 = (R + 3u) / 4u;  // vec4 accumulators per token row
 fn x_at(m: u32, u: u32, j: u32) -> vec4<f32> {
     let K = args.mm.K;
     let col = unit_col(u, j);
-    if (GUARD_K && col >= K) {
-        return vec4<f32>(0.0);
+    if (GUARD_K) {
+        // padded float rows (the backend sets GUARD_K only for them): a clamped load and a
+        // select, no branch around the load, so a unit's eight loads still issue together
+        let v = load_x(m * (K / 4u) + min(col, K - 4u) / 4u);
+        return select(v, vec4<f32>(0.0), col >= K);
     }
     return load_x(m * (K / 4u) + col / 4u);
 }

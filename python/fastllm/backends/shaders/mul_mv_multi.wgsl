@@ -52,8 +52,8 @@ fn onehot(r: u32) -> vec4<f32> {
 
 fn x_at_SLOT(u: u32, j: u32) -> vec4<f32> {
     let col = unit_col_SLOT(u, j);
-    if (GUARD_K_SLOT && col >= args.mm.K) {
-        return vec4<f32>(0.0);
+    if (GUARD_K_SLOT) {  // padded float rows only, as mul_mv.wgsl's x_at
+        return select(load_x(min(col, args.mm.K - 4u) / 4u), vec4<f32>(0.0), col >= args.mm.K);
     }
     return load_x(col / 4u);
 }
