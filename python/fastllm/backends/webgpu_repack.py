@@ -15,7 +15,9 @@ from ..quants import GGMLType, type_size
 
 # Per type: its kernel-name suffix, units of 32 weights per block, and its arrays in binding
 # order. An array is ("b", start, stop, width): bytes start..stop of each block into a record of
-# `width` bytes (zero-padded), or ("h", start): the f16 at `start` of each block, two per word.
+# `width` bytes (zero-padded), ("h", start): the f16 at `start` of each block, two per word, or
+# ("k", 0, 16, 16): a Q4_K / Q5_K block's head (d, dmin, 12 bytes of 6-bit scales and mins) with
+# the scales re-laid for the kernels (k_scale_bytes).
 _QUANT: dict[GGMLType, tuple[str, int, tuple[tuple, ...]]] = {
     GGMLType.Q8_0: ("q8_0", 1, (("b", 2, 34, 32), ("h", 0))),
     GGMLType.Q4_0: ("q4_0", 1, (("b", 2, 18, 16), ("h", 0))),
@@ -24,8 +26,8 @@ _QUANT: dict[GGMLType, tuple[str, int, tuple[tuple, ...]]] = {
     GGMLType.Q5_1: ("q5_1", 1, (("b", 8, 24, 16), ("b", 0, 8, 8))),
     GGMLType.Q2_K: ("q2_K", 8, (("b", 16, 80, 64), ("b", 0, 16, 16), ("b", 80, 84, 4))),
     GGMLType.Q3_K: ("q3_K", 8, (("b", 32, 96, 64), ("b", 0, 32, 32), ("b", 96, 110, 16))),
-    GGMLType.Q4_K: ("q4_K", 8, (("b", 16, 144, 128), ("b", 0, 16, 16))),
-    GGMLType.Q5_K: ("q5_K", 8, (("b", 48, 176, 128), ("b", 0, 16, 16), ("b", 16, 48, 32))),
+    GGMLType.Q4_K: ("q4_K", 8, (("b", 16, 144, 128), ("k", 0, 16, 16))),
+    GGMLType.Q5_K: ("q5_K", 8, (("b", 48, 176, 128), ("k", 0, 16, 16), ("b", 16, 48, 32))),
     GGMLType.Q6_K: ("q6_K", 8, (("b", 0, 128, 128), ("b", 128, 192, 64), ("b", 192, 208, 16),
                                 ("h", 208))),
 }
@@ -57,7 +59,7 @@ def array_sizes(t: GGMLType, rows: int, k: int) -> list[int]:
         return [rows * units_per_row(t, k) * 32 * _FLOAT[t][1]]
     blk, _ = type_size(t)
     nb = rows * (k // blk)
-    return [nb * a[3] if a[0] == "b" else (nb + 1) // 2 * 4 for a in _QUANT[t][2]]
+    return [nb * a[3] if a[0] in "bk" else (nb + 1) // 2 * 4 for a in _QUANT[t][2]]
 
 
 def repack(t: GGMLType, raw: np.ndarray, rows: int, k: int) -> list[np.ndarray]:
@@ -79,6 +81,8 @@ def repack(t: GGMLType, raw: np.ndarray, rows: int, k: int) -> list[np.ndarray]:
             if len(h) % 2:
                 h = np.concatenate([h, np.zeros((1, 2), np.uint8)])
             out.append(np.ascontiguousarray(h).reshape(-1))
+        elif a[0] == "k":
+            out.append(k_scale_bytes(b[:, :16]).reshape(-1))
         else:
             _, start, stop, width = a
             rec = b[:, start:stop]
@@ -86,6 +90,29 @@ def repack(t: GGMLType, raw: np.ndarray, rows: int, k: int) -> list[np.ndarray]:
                 rec = np.concatenate([rec, np.zeros((len(b), width - (stop - start)), np.uint8)],
                                      axis=1)
             out.append(np.ascontiguousarray(rec).reshape(-1))
+    return out
+
+
+def k_scale_bytes(head: np.ndarray) -> np.ndarray:
+    """Q4_K / Q5_K block heads (n, 16 bytes: d, dmin, then 8 scales and 8 mins of 6 bits packed
+    into 12 bytes as ggml's get_scale_min_k4 reads them) with the 12 bytes re-laid, losslessly,
+    so that a kernel gets the (scale, scale, min, min) of sub-blocks 2c, 2c + 1 from byte c of
+    words 1..3 with one shift each: word 1 byte c = sc[2c] | mn[2c+1] bits 0-1 << 6, word 2
+    byte c = sc[2c+1] | mn[2c+1] bits 2-3 << 6, word 3 byte c = mn[2c] | mn[2c+1] bits 4-5 << 6
+    (quants.wgsl's k_scales2)."""
+    q = head[:, 4:16].astype(np.uint16)
+    sc = np.empty((len(head), 8), np.uint16)
+    mn = np.empty((len(head), 8), np.uint16)
+    sc[:, :4] = q[:, 0:4] & 63
+    mn[:, :4] = q[:, 4:8] & 63
+    sc[:, 4:] = (q[:, 8:12] & 0xF) | ((q[:, 0:4] >> 6) << 4)
+    mn[:, 4:] = (q[:, 8:12] >> 4) | ((q[:, 4:8] >> 6) << 4)
+    m1 = mn[:, 1::2]
+    out = np.empty_like(head)
+    out[:, :4] = head[:, :4]
+    out[:, 4:8] = sc[:, 0::2] | ((m1 & 3) << 6)
+    out[:, 8:12] = sc[:, 1::2] | (((m1 >> 2) & 3) << 6)
+    out[:, 12:16] = mn[:, 0::2] | (((m1 >> 4) & 3) << 6)
     return out
 
 

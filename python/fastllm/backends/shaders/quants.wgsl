@@ -51,22 +51,16 @@ fn byte16(v: vec4<u32>, k: u32) -> u32 {
 }
 
 // Q4_K / Q5_K: (scale, scale, min, min) of sub-blocks 2c and 2c + 1 (c < 4) from a block's
-// 16-byte head (d and dmin in word 0, the 12 bytes of packed 6-bit fields in words 1..3).
-// Sub-blocks 0..3 keep their 6 bits whole in bytes 0..3 (scales) and 4..7 (mins); 4..7 take
-// their low 4 bits from bytes 8..11 and their top 2 from the top bits of bytes 0..7. Both
-// sub-blocks of a pair are on the same side, so this is shifts and one select, no branch.
+// 16-byte head as webgpu_repack.k_scale_bytes lays it out: byte c of words 1, 2, 3 holds sc[2c],
+// sc[2c + 1] and mn[2c] in its low 6 bits and two bits each of mn[2c + 1] on top. The 6-bit
+// values become floats through the mantissa (2^23 + n), not an int-to-float conversion.
 fn k_scales2(hdr: vec4<u32>, c: u32) -> vec4<f32> {
-    let sh = 16u * (c & 1u);
-    let a = (hdr.y >> sh) & 0xFFFFu;
-    let b = (hdr.z >> sh) & 0xFFFFu;
-    let e = (hdr.w >> sh) & 0xFFFFu;
-    let av = vec2<u32>(a & 0xFFu, a >> 8u);
-    let bv = vec2<u32>(b & 0xFFu, b >> 8u);
-    let ev = vec2<u32>(e & 0xFFu, e >> 8u);
-    let hi = c >= 2u;
-    let sc = select(av & vec2<u32>(63u), (ev & vec2<u32>(0xFu)) | ((av >> vec2<u32>(6u)) << vec2<u32>(4u)), hi);
-    let mn = select(bv & vec2<u32>(63u), (ev >> vec2<u32>(4u)) | ((bv >> vec2<u32>(6u)) << vec2<u32>(4u)), hi);
-    return vec4<f32>(vec4<u32>(sc, mn));
+    let v = vec3<u32>(hdr.y, hdr.z, hdr.w) >> vec3<u32>(8u * c);
+    let lo = v & vec3<u32>(63u);
+    let hi = (v >> vec3<u32>(6u)) & vec3<u32>(3u);
+    let m1 = hi.x | (hi.y << 2u) | (hi.z << 4u);
+    let u = vec4<u32>(lo.x, lo.y, lo.z, m1) | vec4<u32>(0x4B000000u);
+    return bitcast<vec4<f32>>(u) - vec4<f32>(8388608.0);
 }
 
 fn hsum(v: vec4<f32>) -> f32 {
@@ -447,8 +441,9 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 
 //! section q4_K
 // Block of 256: w0 the 128 bytes of nibbles (byte l of chunk c holds weight 64c + l in its low
-// nibble and 64c + 32 + l in its high one); w1 ((d, dmin) as two halves, the 12 bytes of 6-bit
-// scales and mins). x = d * sc * q - dmin * mn, (sc, mn) per 32 weights.
+// nibble and 64c + 32 + l in its high one); w1 ((d, dmin) as two halves, then the 6-bit
+// scales and mins as k_scale_bytes re-lays them). x = d * sc * q - dmin * mn, (sc, mn) per 32
+// weights.
 // Unit (c, lh) = bytes 32c + 16lh .. +15, both nibbles: weights 64c + 16lh + l' (low) and
 // 64c + 32 + 16lh + l' (high), l' < 16; its 16 bytes are w0[i].
 @group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
@@ -561,7 +556,19 @@ fn unit_col(u: u32, j: u32) -> u32 {
 }
 
 fn q6_scale(scs: vec4<u32>, s: u32) -> f32 {
-    return f32(extractBits(bitcast<i32>(scs[s >> 2u]), 8u * (s & 3u), 8u));
+    return f32(extractBits(bitcast<i32>(word4(scs, s >> 2u)), 8u * (s & 3u), 8u));
+}
+
+// the scales of quarters t = 0..3 of unit (n, lq): bytes 8n + (lq >> 1) + 2t of the 16, which
+// sit in words 2n and 2n + 1; signed bytes become floats through the mantissa ((b ^ 0x80) is
+// b + 128 read unsigned: 2^23 + 128 + b)
+fn q6_scales4(scs: vec4<u32>, n: u32, lq: u32) -> vec4<f32> {
+    let wa = select(scs.x, scs.z, n == 1u);
+    let wb = select(scs.y, scs.w, n == 1u);
+    let sh = 8u * (lq >> 1u);
+    let b = vec4<u32>(wa >> sh, wa >> (sh + 16u), wb >> sh, wb >> (sh + 16u)) & vec4<u32>(0xFFu);
+    return bitcast<vec4<f32>>((b ^ vec4<u32>(0x80u)) | vec4<u32>(0x4B000000u))
+        - vec4<f32>(8388736.0);
 }
 
 // 6-bit weights of quarter t as 1 + q / 64: the nibble (high one if `hi`) of each byte of ql
@@ -596,7 +603,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
     let lb = w0[base + 4u];
     let h = w1[i];
     let scs = w2[blk];
-    let s0 = 8u * n + (lq >> 1u);
+    let sc = q6_scales4(scs, n, lq);
     // quarters t = 0..3 take ql from (la low, lb low, la high, lb high)
     let q0 = vec2<u32>(la.x, la.y);
     let q1 = vec2<u32>(lb.x, lb.y);
@@ -608,7 +615,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
         let fb = q6_f(src.y, hi, h.y, t);
         // weights read as 1 + q / 64: sum((q - 32) x) = 64 f - 96 sum(x)
         let f = dot(fa, (*xv)[2u * t]) + dot(fb, (*xv)[2u * t + 1u]);
-        s += q6_scale(scs, s0 + 2u * t) * (64.0 * f - 96.0 * xs[t]);
+        s += sc[t] * (64.0 * f - 96.0 * xs[t]);
     }
     return unpack2x16float(w3[blk >> 1u])[blk & 1u] * s;
 }
