@@ -3,7 +3,8 @@
 WGSL loads nothing narrower than 32 bits, so each block type is split into separate arrays of
 whole words: quant bits, scales, high bits. Nothing is dequantized: the arrays hold the file's
 own bits, re-ordered (an f16 scale per block is packed two to a word). Float matrices keep their
-values, rows zero-padded to a multiple of 32 so every type works in units of 32 weights.
+values, rows zero-padded to a multiple of 32 so every type works in units of 32 weights, and
+their columns interleaved over the units (see repack).
 """
 
 from __future__ import annotations
@@ -67,11 +68,15 @@ def repack(t: GGMLType, raw: np.ndarray, rows: int, k: int) -> list[np.ndarray]:
     raw = np.ascontiguousarray(raw).reshape(-1)
     if t in _FLOAT:
         width = _FLOAT[t][1]
+        u = units_per_row(t, k)
         m = raw.reshape(rows, k * width)
-        pad = units_per_row(t, k) * 32 * width - k * width
+        pad = u * 32 * width - k * width
         if pad:
             m = np.concatenate([m, np.zeros((rows, pad), np.uint8)], axis=1)
-        return [np.ascontiguousarray(m).reshape(-1)]
+        # columns dealt to units interleaved (quants.wgsl's unit_col): unit u's weights 4j..4j+3
+        # are columns 4 (u + j u_row)..; a mat-vec thread per unit then reads x coalesced
+        m = m.view(np.uint32 if width == 4 else np.uint16).reshape(rows, 8, u, 4)
+        return [np.ascontiguousarray(m.transpose(0, 2, 1, 3)).reshape(-1).view(np.uint8)]
     _blk, bsz = type_size(t)
     b = raw.reshape(-1, bsz)
     out = []

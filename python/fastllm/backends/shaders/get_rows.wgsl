@@ -29,7 +29,7 @@ fn kernel_get_rows_TYPE(ids: Ids) {
     let u = q / 8u;
     let j = q % 8u;
     let v = dq4((id - args.part.row0) * U + u, j);
-    let col = unit_col(u, j);
+    let col = unit_col(u, j, U);
     for (var c = 0u; c < 4u; c++) {
         if (col + c < n_cols) {
             out[tok * n_cols + col + c] = v[c];

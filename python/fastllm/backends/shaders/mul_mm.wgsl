@@ -42,7 +42,7 @@ fn kernel_mul_mm_TYPE_f32(ids: Ids) {
         for (var q = t; q < 8u * BM; q += WG) {
             let mm = q / 8u;
             let j = q % 8u;
-            let col = unit_col(u, j);
+            let col = unit_col(u, j, U);
             var v = vec4<f32>(0.0);
             if (m0 + mm < M && (!GUARD_K || col < K)) {
                 v = x4[(m0 + mm) * (K / 4u) + col / 4u];
@@ -98,7 +98,7 @@ fn kernel_mul_mm8_TYPE_f32(ids: Ids) {
         for (var q = t; q < 8u * BM; q += WG) {
             let mm = q / 8u;
             let j = q % 8u;
-            let col = unit_col(u, j);
+            let col = unit_col(u, j, U);
             var v = vec4<f32>(0.0);
             if (m0 + mm < M && (!GUARD_K || col < K)) {
                 v = x4[(m0 + mm) * (K / 4u) + col / 4u];

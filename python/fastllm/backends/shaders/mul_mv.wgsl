@@ -32,7 +32,7 @@ const RV: u32 = (R + 3u) / 4u;  // vec4 accumulators per token row
 
 fn x_at(m: u32, u: u32, j: u32) -> vec4<f32> {
     let K = args.mm.K;
-    let col = unit_col(u, j);
+    let col = unit_col(u, j, (K + 31u) / 32u);
     if (GUARD_K) {
         // padded float rows (the backend sets GUARD_K only for them): a clamped load and a
         // select, no branch around the load, so a unit's eight loads still issue together

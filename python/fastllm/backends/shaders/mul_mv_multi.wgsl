@@ -51,7 +51,7 @@ fn onehot(r: u32) -> vec4<f32> {
 @group(0) @binding(OUT_SLOT) var<storage, read_write> y_SLOT: array<f32>;
 
 fn x_at_SLOT(u: u32, j: u32) -> vec4<f32> {
-    let col = unit_col_SLOT(u, j);
+    let col = unit_col_SLOT(u, j, (args.mm.K + 31u) / 32u);
     if (GUARD_K_SLOT) {  // padded float rows only, as mul_mv.wgsl's x_at
         return select(load_x(min(col, args.mm.K - 4u) / 4u), vec4<f32>(0.0), col >= args.mm.K);
     }

@@ -6,7 +6,8 @@
 // thread takes at a time (units need not be contiguous columns; their layout follows the block's
 // own so that a unit's bits are one or two aligned vector loads). With U units per row, unit u of
 // part-local row r has index i = r * U + u; blocks hold UPB units.
-//   unit_col(u, j): column of weight 4j of unit u in its row (weights 4j..4j+3 are 4 columns)
+//   unit_col(u, j, U): column of weight 4j of unit u in its row of U units (weights 4j..4j+3
+//                   are 4 columns)
 //   dq4(i, j):      weights 4j..4j+3 of unit i
 //   dot_unit(i, xv, xs): dot product of unit i with x, where xv[j] holds the 4 columns of
 //                    unit_col and xs = x_sums(xv) (computed once per unit for all rows)
@@ -115,8 +116,10 @@ fn lanes(w: u32) -> vec4<u32> {
 const UPB: u32 = 1u;
 const GUARD_K: bool = true;
 
-fn unit_col(u: u32, j: u32) -> u32 {
-    return 32u * u + 4u * j;
+// columns dealt to units interleaved (webgpu_repack): weights 4j..4j+3 of unit u are columns
+// 4 (u + j U).., so threads that take neighbouring units read neighbouring x vec4s
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
+    return 4u * (u + j * U);
 }
 
 fn dq4(i: u32, j: u32) -> vec4<f32> {
@@ -137,8 +140,10 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 1u;
 const GUARD_K: bool = true;
 
-fn unit_col(u: u32, j: u32) -> u32 {
-    return 32u * u + 4u * j;
+// columns dealt to units interleaved (webgpu_repack): weights 4j..4j+3 of unit u are columns
+// 4 (u + j U).., so threads that take neighbouring units read neighbouring x vec4s
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
+    return 4u * (u + j * U);
 }
 
 fn dq4(i: u32, j: u32) -> vec4<f32> {
@@ -167,8 +172,10 @@ fn bf2(w: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xFFFF0000u));
 }
 
-fn unit_col(u: u32, j: u32) -> u32 {
-    return 32u * u + 4u * j;
+// columns dealt to units interleaved (webgpu_repack): weights 4j..4j+3 of unit u are columns
+// 4 (u + j U).., so threads that take neighbouring units read neighbouring x vec4s
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
+    return 4u * (u + j * U);
 }
 
 fn dq4(i: u32, j: u32) -> vec4<f32> {
@@ -194,7 +201,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 1u;
 const GUARD_K: bool = false;
 
-fn unit_col(u: u32, j: u32) -> u32 {
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     return 32u * u + 4u * j;
 }
 
@@ -223,7 +230,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 1u;
 const GUARD_K: bool = false;
 
-fn unit_col(u: u32, j: u32) -> u32 {
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     return 32u * u + 4u * j;
 }
 
@@ -250,7 +257,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 1u;
 const GUARD_K: bool = false;
 
-fn unit_col(u: u32, j: u32) -> u32 {
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     return 32u * u + 4u * j;
 }
 
@@ -281,7 +288,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 1u;
 const GUARD_K: bool = false;
 
-fn unit_col(u: u32, j: u32) -> u32 {
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     return 32u * u + 4u * j;
 }
 
@@ -312,7 +319,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 1u;
 const GUARD_K: bool = false;
 
-fn unit_col(u: u32, j: u32) -> u32 {
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     return 32u * u + 4u * j;
 }
 
@@ -350,7 +357,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 8u;
 const GUARD_K: bool = false;
 
-fn unit_col(u: u32, j: u32) -> u32 {
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     let ui = u & 7u;
     return 256u * (u >> 3u) + 128u * (ui >> 2u) + 32u * (j >> 1u) + 8u * (ui & 3u) + 4u * (j & 1u);
 }
@@ -394,7 +401,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 8u;
 const GUARD_K: bool = false;
 
-fn unit_col(u: u32, j: u32) -> u32 {
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     let ui = u & 7u;
     return 256u * (u >> 3u) + 128u * (ui >> 2u) + 32u * (j >> 1u) + 8u * (ui & 3u) + 4u * (j & 1u);
 }
@@ -451,7 +458,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 8u;
 const GUARD_K: bool = false;
 
-fn unit_col(u: u32, j: u32) -> u32 {
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     let ui = u & 7u;
     return 256u * (u >> 3u) + 64u * (ui >> 1u) + 32u * (j >> 2u) + 16u * (ui & 1u) + 4u * (j & 3u);
 }
@@ -495,7 +502,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 8u;
 const GUARD_K: bool = false;
 
-fn unit_col(u: u32, j: u32) -> u32 {
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     let ui = u & 7u;
     return 256u * (u >> 3u) + 64u * (ui >> 1u) + 32u * (j >> 2u) + 16u * (ui & 1u) + 4u * (j & 3u);
 }
@@ -550,7 +557,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 8u;
 const GUARD_K: bool = false;
 
-fn unit_col(u: u32, j: u32) -> u32 {
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     let ui = u & 7u;
     return 256u * (u >> 3u) + 128u * (ui >> 2u) + 32u * (j >> 1u) + 8u * (ui & 3u) + 4u * (j & 1u);
 }

@@ -31,7 +31,7 @@ fn kernel_mul_mat_blocks_TYPE_f32(ids: Ids) {
     var s = 0.0;
     for (var u = 0u; u < U; u++) {
         for (var j = 0u; j < 8u; j++) {
-            let col = unit_col(u, j);
+            let col = unit_col(u, j, U);
             if (col < K) {
                 s += dot(dq4(r * U + u, j), x4[x0 + col / 4u]);
             }
