@@ -61,7 +61,7 @@ def main() -> None:
             wp.MV_FIXED = (r, tpr, unr, wg)
             progs = [bo.matmul_program(be, c, xs[k], 1) for c in w]
             sec = timer.time([d for p in progs for d in p.dispatches[-len(w[0].handle.parts):]],
-                             a.repeat) / len(w)
+                             a.repeat, warm=0.1) / len(w)
             gbs = (sum(array_sizes(names[s], n, k)) + 4 * (n + k)) / sec / 1e9
             row.append(f"{sec * 1e6:6.1f}us {gbs:5.0f}")
             for p in progs:
