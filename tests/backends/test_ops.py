@@ -469,8 +469,8 @@ def test_fused_mul_mv_multi_padded_rows(gpu, rng):
 
 
 def test_fused_norm_mul_mv_long_rows(gpu, rng):
-    """Rows of 8192 values take the wide mat-vec shape (8 rows per thread group, 128 threads
-    per row), alone and as mul_mv_multi slots."""
+    """Rows of 8192 values take the wide mat-vec shapes (128 threads per row; 8 rows per
+    group for Q8_0), alone and as mul_mv_multi slots."""
     d, vocab = 8192, 4
     infos = {"x": f32_info("x", rng.standard_normal((vocab, d)) * 3),
              "nw": f32_info("nw", rng.uniform(0.5, 1.5, d)),

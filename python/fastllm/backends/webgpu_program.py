@@ -33,10 +33,11 @@ except ImportError:  # another wgpu build: the public API
     _ffi = _lib = None
 
 # Mat-vec shape (mul_mv.wgsl): rows per thread group R, threads per row TPR, workgroup size.
-# Measured on an H100 (Vulkan, weights rotated through more copies than the L2 holds, 2026-11-22;
-# benchmarks/NOTES.md, section 6): one token row is fastest with 8 rows per group where the
-# matrix has >= 4096 rows or rows of >= 8192 values (enough work per workgroup), 2 rows per
-# group below that (enough workgroups), and up to 128 threads per row.
+# Measured on an H100 (Vulkan, 2026-11-22, weights rotated through more copies than the L2
+# holds, clocks warmed up; benchmarks/NOTES.md, section 6): for one token row the K-quants,
+# whose arithmetic is the limit, are fastest with few rows per group (2; Q6_K 4) and 64 threads
+# per row up to rows of 4096 values, 128 beyond; the other types keep 8 rows per group on big
+# matrices (>= 4096 rows or rows of >= 8192 values) and 2 on small ones.
 MV_MAX_M = 8  # token rows up to which mul_mat uses the mat-vec kernel (one pass over the weights)
 MV_TPR_MAX = 128  # most threads sharing one weight row
 MV_UNR = 1  # units per thread per pass
@@ -45,10 +46,18 @@ MV_WG = 128  # workgroup size for 2..MV_MAX_M token rows
 MV_FIXED: tuple[int, int, int, int] | None = None  # (R, TPR, UNR, WG) for all: shape sweeps
 
 
-def mv_shape(n_rows: int, units: int, m: int) -> tuple[int, int, int, int]:
-    """(R, TPR, UNR, WG) of a mat-vec over n_rows rows of `units` units for m token rows."""
+_KQUANTS = ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K")
+
+
+def mv_shape(n_rows: int, units: int, m: int, tname: str = "") -> tuple[int, int, int, int]:
+    """(R, TPR, UNR, WG) of a mat-vec of type `tname` over n_rows rows of `units` units for m
+    token rows."""
     if MV_FIXED is not None:
         r, tpr, unr, wg = MV_FIXED
+    elif m == 1 and tname in _KQUANTS:
+        r = 4 if tname == "q6_K" else 2
+        tpr = wg = 64 if units <= 128 else 128
+        unr = 1
     elif m == 1:
         r = 8 if n_rows >= 4096 or units >= 256 else 2
         tpr = MV_TPR_MAX
@@ -264,7 +273,7 @@ class WebGPUProgram(RwkvOps, Program):
                               x, w, nw=nw, eps=eps)
             return
         units = ws[0].handle.units
-        r, tpr, _unr, wg = mv_shape(sum(w.handle.n for w in ws), units, 1)
+        r, tpr, _unr, wg = mv_shape(sum(w.handle.n for w in ws), units, 1, ws[0].handle.tname)
         rows = r * (wg // tpr)
         ends, total = [], 0
         for w in ws:
@@ -325,7 +334,7 @@ class WebGPUProgram(RwkvOps, Program):
             if res is not None:
                 b[8] = self.buf(res)
             if m <= MV_MAX_M:
-                r, tpr, unr, wg = mv_shape(part.n_rows, h.units, m)
+                r, tpr, unr, wg = mv_shape(part.n_rows, h.units, m, h.tname)
                 rows = r * (wg // tpr)
                 n_wg = -(-part.n_rows // rows)
                 cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
