@@ -49,12 +49,14 @@ MV_FIXED: tuple[int, int, int, int] | None = None  # (R, TPR, UNR, WG) for all: 
 _KQUANTS = ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K")
 
 
-def mv_shape(n_rows: int, units: int, m: int, tname: str = "") -> tuple[int, int, int, int]:
+def mv_shape(n_rows: int, units: int, m: int, tname: str = "",
+             norm: bool = False) -> tuple[int, int, int, int]:
     """(R, TPR, UNR, WG) of a mat-vec of type `tname` over n_rows rows of `units` units for m
-    token rows."""
+    token rows; `norm`: the kernel norms x itself, once per workgroup (those keep 8 rows per
+    group on big matrices whatever the type: with 2, the norm's reads of x outweigh the rest)."""
     if MV_FIXED is not None:
         r, tpr, unr, wg = MV_FIXED
-    elif m == 1 and tname in _KQUANTS:
+    elif m == 1 and tname in _KQUANTS and not norm:
         r = 4 if tname == "q6_K" else 2
         tpr = wg = 64 if units <= 128 else 128
         unr = 1
@@ -273,7 +275,7 @@ class WebGPUProgram(RwkvOps, Program):
                               x, w, nw=nw, eps=eps)
             return
         units = ws[0].handle.units
-        r, tpr, _unr, wg = mv_shape(sum(w.handle.n for w in ws), units, 1, ws[0].handle.tname)
+        r, tpr, _unr, wg = mv_shape(sum(w.handle.n for w in ws), units, 1, norm=True)
         rows = r * (wg // tpr)
         ends, total = [], 0
         for w in ws:
@@ -334,7 +336,7 @@ class WebGPUProgram(RwkvOps, Program):
             if res is not None:
                 b[8] = self.buf(res)
             if m <= MV_MAX_M:
-                r, tpr, unr, wg = mv_shape(part.n_rows, h.units, m, h.tname)
+                r, tpr, unr, wg = mv_shape(part.n_rows, h.units, m, h.tname, nw is not None)
                 rows = r * (wg // tpr)
                 n_wg = -(-part.n_rows // rows)
                 cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
