@@ -14,7 +14,6 @@ import hashlib
 import math
 import os
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -54,27 +53,6 @@ def _trusted_module(device, code: str, label: str):
     if mod == _api.ffi.NULL:
         raise RuntimeError("shader module creation failed")
     return _api.GPUShaderModule(label, mod, device)
-
-
-_POOL: list[ThreadPoolExecutor] = []
-_WORKERS = max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def _map_ahead(fn, items: list):
-    """fn over items on a thread pool, yielded in order, with a few results computed ahead."""
-    if len(items) < 2:
-        yield from map(fn, items)
-        return
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="fastllm-repack"))
-    pool = _POOL[0]
-    ahead = _WORKERS + 1
-    futures = [pool.submit(fn, it) for it in items[:ahead]]
-    for i in range(len(items)):
-        if i + ahead < len(items):
-            futures.append(pool.submit(fn, items[i + ahead]))
-        yield futures[i].result()
-        futures[i] = None
 
 
 def _wgpu():
@@ -323,11 +301,9 @@ class WebGPUBackend(Backend):
                     for s in sizes]
             self._buffers.extend(bufs)
             offsets = [0] * len(bufs)
-            spans = [(c0, min(chunk, r0 + nr - c0)) for c0 in range(r0, r0 + nr, chunk)]
-            # chunks repacked on worker threads (numpy's copies release the GIL), written in
-            # order as they come; at most a few chunks are in memory at once
-            for arrays in _map_ahead(lambda sp: repack.repack(t, raw[sp[0] * rb:(sp[0] + sp[1])
-                                                                     * rb], sp[1], w.k), spans):
+            for c0 in range(r0, r0 + nr, chunk):
+                cn = min(chunk, r0 + nr - c0)
+                arrays = repack.repack(t, raw[c0 * rb:(c0 + cn) * rb], cn, w.k)
                 with self.errors(f"uploading {info.name!r}"):
                     for i, a in enumerate(arrays):
                         if len(a) % 4:
