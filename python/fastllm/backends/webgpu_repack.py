@@ -75,8 +75,9 @@ def repack(t: GGMLType, raw: np.ndarray, rows: int, k: int) -> list[np.ndarray]:
             m = np.concatenate([m, np.zeros((rows, pad), np.uint8)], axis=1)
         # columns dealt to units interleaved (quants.wgsl's unit_col): unit u's weights 4j..4j+3
         # are columns 4 (u + j u_row)..; a mat-vec thread per unit then reads x coalesced
-        m = m.view(np.uint32 if width == 4 else np.uint16).reshape(rows, 8, u, 4)
-        return [np.ascontiguousarray(m.transpose(0, 2, 1, 3)).reshape(-1).view(np.uint8)]
+        # (moved as whole 4-value groups: 8- or 16-byte items copy faster than single values)
+        m = m.view(np.uint64 if width == 2 else np.dtype("V16")).reshape(rows, 8, u)
+        return [np.ascontiguousarray(m.transpose(0, 2, 1)).reshape(-1).view(np.uint8)]
     _blk, bsz = type_size(t)
     b = raw.reshape(-1, bsz)
     out = []
