@@ -106,20 +106,30 @@ def k_scale_bytes(head: np.ndarray) -> np.ndarray:
     words 1..3 with one shift each: word 1 byte c = sc[2c] | mn[2c+1] bits 0-1 << 6, word 2
     byte c = sc[2c+1] | mn[2c+1] bits 2-3 << 6, word 3 byte c = mn[2c] | mn[2c+1] bits 4-5 << 6
     (quants.wgsl's k_scales2)."""
-    q = head[:, 4:16].astype(np.uint16)
-    sc = np.empty((len(head), 8), np.uint16)
-    mn = np.empty((len(head), 8), np.uint16)
-    sc[:, :4] = q[:, 0:4] & 63
-    mn[:, :4] = q[:, 4:8] & 63
-    sc[:, 4:] = (q[:, 8:12] & 0xF) | ((q[:, 0:4] >> 6) << 4)
-    mn[:, 4:] = (q[:, 8:12] >> 4) | ((q[:, 4:8] >> 6) << 4)
-    m1 = mn[:, 1::2]
-    out = np.empty_like(head)
-    out[:, :4] = head[:, :4]
-    out[:, 4:8] = sc[:, 0::2] | ((m1 & 3) << 6)
-    out[:, 8:12] = sc[:, 1::2] | (((m1 >> 2) & 3) << 6)
-    out[:, 12:16] = mn[:, 0::2] | (((m1 >> 4) & 3) << 6)
-    return out
+    w = np.ascontiguousarray(head).view(np.uint32).reshape(-1, 4)  # little-endian words
+    w0, w1, w2 = w[:, 1], w[:, 2], w[:, 3]  # bytes q[0..3], q[4..7], q[8..11]
+    lo6, hi2, lo4 = np.uint32(0x3F3F3F3F), np.uint32(0x30303030), np.uint32(0x0F0F0F0F)
+    # sc[0..3], sc[4..7], mn[0..3], mn[4..7], one per byte (get_scale_min_k4, four at a time)
+    sc_a, mn_a = w0 & lo6, w1 & lo6
+    sc_b = (w2 & lo4) | ((w0 >> 2) & hi2)
+    mn_b = ((w2 >> 4) & lo4) | ((w1 >> 2) & hi2)
+
+    def even(a, b):  # bytes 0, 2 of a and of b: values 0, 2, 4, 6
+        return ((a & 0xFF) | ((a >> 8) & 0xFF00) | ((b & 0xFF) << 16)
+                | ((b << 8) & 0xFF000000)).astype(np.uint32)
+
+    def odd(a, b):  # bytes 1, 3 of a and of b: values 1, 3, 5, 7
+        return (((a >> 8) & 0xFF) | ((a >> 16) & 0xFF00) | ((b & 0xFF00) << 8)
+                | (b & 0xFF000000)).astype(np.uint32)
+
+    m1 = odd(mn_a, mn_b)
+    two = np.uint32(0x03030303)
+    out = np.empty_like(w)
+    out[:, 0] = w[:, 0]
+    out[:, 1] = even(sc_a, sc_b) | ((m1 & two) << 6)
+    out[:, 2] = odd(sc_a, sc_b) | (((m1 >> 2) & two) << 6)
+    out[:, 3] = even(mn_a, mn_b) | (((m1 >> 4) & two) << 6)
+    return out.view(np.uint8).reshape(-1, 16)
 
 
 def to_f32(t: GGMLType, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
