@@ -99,6 +99,8 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_argmax, F(n_rows) F(n_cols) F(_pad0) F(_pad1))
     KARGS_STRUCT(kargs_attn_reduce, F(n_rows) F(n_head) F(head_dim) F(n_splits))
     KARGS_STRUCT(kargs_part, F(row0) F(n_rows) F(_pad0) F(_pad1))
+    KARGS_STRUCT(kargs_mv_slots, F(n_rows0) F(n_rows1) F(n_rows2) F(_pad0) F(wg_end0) F(wg_end1)
+                                     F(wg_end2) F(_pad1))
     KARGS_STRUCT(kargs_layer_norm,
                  F(n_rows) F(n_cols) F(group) F(has_weight) F(has_bias) F(eps) F(_pad0) F(_pad1))
     KARGS_STRUCT(kargs_lerp, F(n_rows) F(n_cols) F(has_mu) F(mu_off) F(has_mu_v) F(mu_v_cols)
