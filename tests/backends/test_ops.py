@@ -154,9 +154,9 @@ def _k(t: GGMLType) -> int:
 
 @pytest.mark.parametrize("t", SUPPORTED_TYPES, ids=lambda t: t.name)
 def test_mul_mat(gpu, t, rng, monkeypatch):
-    from fastllm.backends import webgpu_program
+    from fastllm.backends import webgpu_matmul
 
-    monkeypatch.setattr(webgpu_program, "MM8_MIN_WG", 1)  # the 8 x 8 kernel at this small size
+    monkeypatch.setattr(webgpu_matmul, "MM8_MIN_WG", 1)  # the 8 x 8 kernel at this small size
     k, n = _k(t), 72  # 72 rows: not a whole mat-vec workgroup, not a whole 64-row tile
     pair = Pair(gpu, {"w": quant_info("w", t, n, k, rng),
                       "x": f32_info("x", rng.standard_normal((40, k)))})

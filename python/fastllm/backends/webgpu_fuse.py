@@ -1,7 +1,7 @@
 """The WebGPU fusion pass: neighbouring graph nodes merged into one dispatch, since a decode step
 on a GPU is bound by per-dispatch cost (benchmarks/NOTES.md). A pure function of the node list:
 the fused ops (`mul_mv_fused`, `mul_mv_multi`, `rope_kv_store`, `attn_decode_rope`) are lowered in
-webgpu_program.py."""
+webgpu_program.py and webgpu_matmul.py."""
 
 from __future__ import annotations
 

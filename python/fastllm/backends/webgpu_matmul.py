@@ -1,0 +1,184 @@
+"""Mat-mul lowering of the WebGPU backend, as a mixin of WebGPUProgram: mul_mat and its fused
+forms (mul_mv_fused, mul_mv_multi from webgpu_fuse.py) become mat-vec dispatches (mul_mv.wgsl,
+mul_mv_multi.wgsl) for up to MV_MAX_M token rows and tiled mat-mat dispatches (mul_mm.wgsl)
+beyond. The shape constants live here: benchmarks sweep them (MV_FIXED, MM8_MIN_WG, ...).
+"""
+
+from __future__ import annotations
+
+from ..errors import UnsupportedError
+from ..quants import GGMLType
+from . import webgpu_repack as repack
+from . import webgpu_shaders as shaders
+from .base import Node, Value, Weight
+
+# Mat-vec shape (mul_mv.wgsl): rows per thread group R, threads per row TPR, workgroup size.
+# Measured on an H100 (Vulkan, 2026-11-22, weights rotated through more copies than the L2
+# holds, clocks warmed up; benchmarks/NOTES.md, section 6): for one token row the K-quants,
+# whose arithmetic is the limit, are fastest with few rows per group (2; Q6_K 4) and 64 threads
+# per row up to rows of 4096 values, 128 beyond; the other types keep 8 rows per group on big
+# matrices (>= 4096 rows or rows of >= 8192 values) and 2 on small ones.
+MV_MAX_M = 8  # token rows up to which mul_mat uses the mat-vec kernel (one pass over the weights)
+MV_TPR_MAX = 128  # most threads sharing one weight row
+MV_UNR = 1  # units per thread per pass
+MV_R = 4  # weight rows per thread group for 2..MV_MAX_M token rows (< 4 or a multiple of 4)
+MV_WG = 128  # workgroup size for 2..MV_MAX_M token rows
+MV_FIXED: tuple[int, int, int, int] | None = None  # (R, TPR, UNR, WG) for all: shape sweeps
+
+
+_KQUANTS = ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K")
+
+
+def mv_shape(n_rows: int, units: int, m: int, tname: str = "",
+             norm: bool = False) -> tuple[int, int, int, int]:
+    """(R, TPR, UNR, WG) of a mat-vec of type `tname` over n_rows rows of `units` units for m
+    token rows; `norm`: the kernel norms x itself, once per workgroup (those keep 8 rows per
+    group on big matrices whatever the type: with 2, the norm's reads of x outweigh the rest)."""
+    if MV_FIXED is not None:
+        r, tpr, unr, wg = MV_FIXED
+    elif m == 1 and tname in _KQUANTS and not norm:
+        r = 4 if tname == "q6_K" else 2
+        tpr = wg = 64 if units <= 128 else 128
+        unr = 1
+    elif m == 1:
+        r = 8 if n_rows >= 4096 or units >= 256 else 2
+        tpr = MV_TPR_MAX
+        wg = max(64, min(MV_TPR_MAX, _pow2_floor(units)))
+        unr = 1
+    else:
+        r, tpr, unr, wg = MV_R, MV_TPR_MAX, MV_UNR, MV_WG
+    return r, min(tpr, wg, _pow2_floor(units)), unr, wg
+
+
+MM_BN = 64  # mul_mm.wgsl's BN (rows of W per tile) for the 4 x 4-per-thread kernel
+# Long batches over many rows take kernel_mul_mm8 (8 x 8 outputs per thread, tiles of MM8_BM
+# tokens x MM8_BN rows) when that still makes MM8_MIN_WG workgroups: with a quarter of the
+# threads it needs ~2 groups per SM to hide its loads, and below that the 4 x 4 kernel wins
+# (H100, 512 tokens, q4_K: 8192 x 2048 0.99 vs 1.31 ms, 2048 x 2048 0.55 vs 0.39 ms;
+# benchmarks/NOTES.md, section 5)
+MM8_BM = 128
+MM8_BN = 64
+MM8_MIN_WG = 256
+MM_F16_TILE = 1  # quantized weights' tiles in f16 where the device has shader-f16 (0: f32)
+_FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << (max(1, x).bit_length() - 1)
+
+
+class MatmulOps:
+    """The mat-mul ops of WebGPUProgram (uses its _arg, _dispatch, buf and be)."""
+
+    def _op_mul_mat(self, node: Node) -> None:
+        x, w = node.args
+        self._mul_mat(node, x, w)
+
+    def _op_mul_mv_fused(self, node: Node) -> None:
+        x, w, up, res, nw = node.args
+        self._mul_mat(node, x, w, up, res, nw, node.attrs.get("eps", 0.0))
+
+    def _op_mul_mv_multi(self, node: Node) -> None:
+        """Several mat-vecs of one normed token row in one dispatch (webgpu_fuse.py): args
+        (x, nw, W_0, W_1, ...), outputs node.out and attrs["also_out"]. Where the device's
+        bindings or a split weight rule it out, one norm mat-vec per weight instead."""
+        x, nw, *ws = node.args
+        outs = [node.out, *node.attrs["also_out"]]
+        eps = node.attrs["eps"]
+        k = x.cols
+        arrays = sum(len(w.handle.parts[0].buffers) for w in ws)
+        cap = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
+        if (any(len(w.handle.parts) > 1 for w in ws) or 2 + len(ws) + arrays > cap
+                or x.shape[0] != 1):
+            for w, out in zip(ws, outs):
+                self._mul_mat(Node("mul_mv_fused", (x, w, None, None, nw), {"eps": eps}, out),
+                              x, w, nw=nw, eps=eps)
+            return
+        units = ws[0].handle.units
+        r, tpr, _unr, wg = mv_shape(sum(w.handle.n for w in ws), units, 1, norm=True)
+        rows = r * (wg // tpr)
+        ends, total = [], 0
+        for w in ws:
+            total += -(-w.handle.n // rows)
+            ends.append(total)
+        slots = {f"n_rows{i}": w.handle.n for i, w in enumerate(ws)}
+        slots.update({f"wg_end{i}": e for i, e in enumerate(ends)})
+        t0 = GGMLType(ws[0].type)
+        words = sum(repack.array_sizes(t0, 2, k)) // 8
+        b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": ws[0].handle.n, "K": k,
+                                              "w_row_words": words}),
+                          ("kargs_rms_norm", {"n_rows": 1, "n_cols": k, "group": k,
+                                              "has_weight": 1, "eps": eps}),
+                          ("kargs_mv_slots", slots)),
+             1: self.buf(x), 9: self.buf(nw)}
+        for s, (w, out) in enumerate(zip(ws, outs)):
+            b[shaders.MULTI_OUT + s] = self.buf(out)
+            b.update({shaders.MULTI_W + 4 * s + i: buf
+                      for i, buf in enumerate(w.handle.parts[0].buffers)})
+        cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
+        gz = -(-total // cap)
+        guards = {f"GUARD_K_{s}": GGMLType(w.type) in _FLOATS and k % 32 != 0
+                  for s, w in enumerate(ws)}
+        self._dispatch("mul_mv_multi.wgsl", "kernel_mul_mv_multi_f32", b,
+                       (-(-total // gz), 1, gz), wtype=tuple(w.handle.tname for w in ws),
+                       consts={"TPR": tpr, "R": r, "WG": wg, **guards})
+
+    def _mul_mat(self, node: Node, x: Value, w: Weight, up: Value | None = None,
+                 res: Value | None = None, nw: Weight | None = None, eps: float = 0.0) -> None:
+        """y = W x (mat-vec for up to MV_MAX_M token rows, tiled mat-mat beyond); with `up`,
+        x is a gate and the kernel reads silu(x) * up; with `res`, it adds res to y; with `nw`,
+        it reads rms_norm(x) * nw."""
+        h = w.handle
+        m, k = x.shape[0], x.cols
+        if k % 4:
+            raise UnsupportedError(f"webgpu: mul_mat with rows of {k} values (a multiple of 4 "
+                                   f"is needed) for {w.name!r}")
+        t = GGMLType(w.type)
+        words = sum(repack.array_sizes(t, 2, k)) // 8
+        # float rows are padded to whole units of 32: only a padded row needs the kernels' test
+        # of each x column against K (a branch per x load, which costs a float mat-vec half
+        # its speed: benchmarks/NOTES.md, section 6)
+        guard = t in _FLOATS and k % 32 != 0
+        variant = ("glu_" if up is not None else "") + ("res" if res is not None else "")
+        variant = "norm" if nw is not None else variant.rstrip("_") or None
+        for part in h.parts:
+            structs = [("kargs_mul_mat", {"M": m, "N": h.n, "K": k, "w_row_words": words}),
+                       ("kargs_part", {"row0": part.row0, "n_rows": part.n_rows})]
+            if nw is not None:
+                structs.append(("kargs_rms_norm", {"n_rows": 1, "n_cols": k, "group": k,
+                                                   "has_weight": 1, "eps": eps}))
+            b = {0: self._arg(*structs), 1: self.buf(x), 2: self.buf(node.out)}
+            if nw is not None:
+                b[9] = self.buf(nw)
+            b.update({3 + i: buf for i, buf in enumerate(part.buffers)})
+            if up is not None:
+                b[7] = self.buf(up)
+            if res is not None:
+                b[8] = self.buf(res)
+            if m <= MV_MAX_M:
+                r, tpr, unr, wg = mv_shape(part.n_rows, h.units, m, h.tname, nw is not None)
+                rows = r * (wg // tpr)
+                n_wg = -(-part.n_rows // rows)
+                cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
+                gz = -(-n_wg // cap)
+                name = f"kernel_mul_mv_{variant}_" if variant else "kernel_mul_mv_"
+                self._dispatch("mul_mv.wgsl", f"{name}{h.tname}_f32", b,
+                               (-(-n_wg // gz), 1, gz), wtype=h.tname,
+                               consts={"TPR": tpr, "R": r, "C": m, "UNR": unr, "WG": wg,
+                                       "GUARD_K": guard}, variant=variant)
+            else:
+                if variant:
+                    raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule
+                f16_tile = MM_F16_TILE and self.be.f16 and t not in _FLOATS
+                if m >= MM8_BM and (-(-part.n_rows // MM8_BN)) * (-(-m // MM8_BM)) >= MM8_MIN_WG:
+                    bm, bn, per = MM8_BM, MM8_BN, 64
+                    entry = f"kernel_mul_mm8_{h.tname}_f32"
+                else:
+                    bm = 16 if m <= 16 else 32 if m <= 32 else 64  # tokens per tile
+                    bn, per = MM_BN, 16
+                    entry = f"kernel_mul_mm_{h.tname}_f32"
+                self._dispatch("mul_mm.wgsl", entry, b,
+                               (-(-part.n_rows // bn), -(-m // bm)), wtype=h.tname,
+                               consts={"BM": bm, "BN": bn, "WG": bm * bn // per,
+                                       "GUARD_K": guard},
+                               f16_tile=f16_tile)
