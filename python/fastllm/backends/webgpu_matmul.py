@@ -67,8 +67,27 @@ def _pow2_floor(x: int) -> int:
     return 1 << (max(1, x).bit_length() - 1)
 
 
+def _guard_k(t: GGMLType, k: int) -> bool:
+    """GUARD_K of a weight's kernels: float rows are padded to whole units of 32, and only a
+    padded row needs the kernels' test of each x column against K (a branch per x load, which
+    costs a float mat-vec half its speed: benchmarks/NOTES.md, section 6)."""
+    return t in _FLOATS and k % 32 != 0
+
+
+def _norm_args(k: int, eps: float) -> tuple[str, dict]:
+    """kargs_rms_norm of a mat-vec that norms its one token row x itself."""
+    return ("kargs_rms_norm", {"n_rows": 1, "n_cols": k, "group": k, "has_weight": 1,
+                               "eps": eps})
+
+
 class MatmulOps:
     """The mat-mul ops of WebGPUProgram (uses its _arg, _dispatch, buf and be)."""
+
+    def _mv_grid(self, n_wg: int) -> tuple[int, int, int]:
+        """A mat-vec grid of n_wg workgroups as (x, 1, z): a huge vocabulary can pass the
+        workgroups one dimension holds (the kernels rebuild z * x + x)."""
+        gz = -(-n_wg // self.be.limits.get("max-compute-workgroups-per-dimension", 65535))
+        return -(-n_wg // gz), 1, gz
 
     def _op_mul_mat(self, node: Node) -> None:
         x, w = node.args
@@ -87,8 +106,8 @@ class MatmulOps:
         eps = node.attrs["eps"]
         k = x.cols
         arrays = sum(len(w.handle.parts[0].buffers) for w in ws)
-        cap = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
-        if (any(len(w.handle.parts) > 1 for w in ws) or 2 + len(ws) + arrays > cap
+        storage = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
+        if (any(len(w.handle.parts) > 1 for w in ws) or 2 + len(ws) + arrays > storage
                 or x.shape[0] != 1):
             for w, out in zip(ws, outs):
                 self._mul_mat(Node("mul_mv_fused", (x, w, None, None, nw), {"eps": eps}, out),
@@ -107,20 +126,15 @@ class MatmulOps:
         words = sum(repack.array_sizes(t0, 2, k)) // 8
         b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": ws[0].handle.n, "K": k,
                                               "w_row_words": words}),
-                          ("kargs_rms_norm", {"n_rows": 1, "n_cols": k, "group": k,
-                                              "has_weight": 1, "eps": eps}),
-                          ("kargs_mv_slots", slots)),
+                          _norm_args(k, eps), ("kargs_mv_slots", slots)),
              1: self.buf(x), 9: self.buf(nw)}
         for s, (w, out) in enumerate(zip(ws, outs)):
             b[shaders.MULTI_OUT + s] = self.buf(out)
             b.update({shaders.MULTI_W + 4 * s + i: buf
                       for i, buf in enumerate(w.handle.parts[0].buffers)})
-        cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
-        gz = -(-total // cap)
-        guards = {f"GUARD_K_{s}": GGMLType(w.type) in _FLOATS and k % 32 != 0
-                  for s, w in enumerate(ws)}
+        guards = {f"GUARD_K_{s}": _guard_k(GGMLType(w.type), k) for s, w in enumerate(ws)}
         self._dispatch("mul_mv_multi.wgsl", "kernel_mul_mv_multi_f32", b,
-                       (-(-total // gz), 1, gz), wtype=tuple(w.handle.tname for w in ws),
+                       self._mv_grid(total), wtype=tuple(w.handle.tname for w in ws),
                        consts={"TPR": tpr, "R": r, "WG": wg, **guards})
 
     def _mul_mat(self, node: Node, x: Value, w: Weight, up: Value | None = None,
@@ -135,18 +149,14 @@ class MatmulOps:
                                    f"is needed) for {w.name!r}")
         t = GGMLType(w.type)
         words = sum(repack.array_sizes(t, 2, k)) // 8
-        # float rows are padded to whole units of 32: only a padded row needs the kernels' test
-        # of each x column against K (a branch per x load, which costs a float mat-vec half
-        # its speed: benchmarks/NOTES.md, section 6)
-        guard = t in _FLOATS and k % 32 != 0
+        guard = _guard_k(t, k)
         variant = ("glu_" if up is not None else "") + ("res" if res is not None else "")
         variant = "norm" if nw is not None else variant.rstrip("_") or None
         for part in h.parts:
             structs = [("kargs_mul_mat", {"M": m, "N": h.n, "K": k, "w_row_words": words}),
                        ("kargs_part", {"row0": part.row0, "n_rows": part.n_rows})]
             if nw is not None:
-                structs.append(("kargs_rms_norm", {"n_rows": 1, "n_cols": k, "group": k,
-                                                   "has_weight": 1, "eps": eps}))
+                structs.append(_norm_args(k, eps))
             b = {0: self._arg(*structs), 1: self.buf(x), 2: self.buf(node.out)}
             if nw is not None:
                 b[9] = self.buf(nw)
@@ -158,12 +168,9 @@ class MatmulOps:
             if m <= MV_MAX_M:
                 r, tpr, unr, wg = mv_shape(part.n_rows, h.units, m, h.tname, nw is not None)
                 rows = r * (wg // tpr)
-                n_wg = -(-part.n_rows // rows)
-                cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
-                gz = -(-n_wg // cap)
                 name = f"kernel_mul_mv_{variant}_" if variant else "kernel_mul_mv_"
                 self._dispatch("mul_mv.wgsl", f"{name}{h.tname}_f32", b,
-                               (-(-n_wg // gz), 1, gz), wtype=h.tname,
+                               self._mv_grid(-(-part.n_rows // rows)), wtype=h.tname,
                                consts={"TPR": tpr, "R": r, "C": m, "UNR": unr, "WG": wg,
                                        "GUARD_K": guard}, variant=variant)
             else:

@@ -27,6 +27,12 @@ fn capped(s: f32, softcap: f32) -> f32 {
     return s;
 }
 
+// (1, 0, 0, 0) ... (0, 0, 0, 1) for r = 0 .. 3: mat-vecs spread a row's sum over a vec4 with it
+// instead of a dynamic component index
+fn onehot(r: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(r) == vec4<u32>(0u, 1u, 2u, 3u));
+}
+
 //! section subgroup
 struct Ids {
     @builtin(local_invocation_index) lid: u32,

@@ -109,10 +109,6 @@ fn kernel_mul_mv_TYPE_f32(ids: Ids) {
     }
 }
 
-fn onehot(r: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(r) == vec4<u32>(0u, 1u, 2u, 3u));
-}
-
 //! section plain
 struct MatArgs {
     mm: kargs_mul_mat,

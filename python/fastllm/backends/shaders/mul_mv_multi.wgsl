@@ -43,10 +43,6 @@ fn load_x(i: u32) -> vec4<f32> {
     return x4[i] * inv_rms * nw4[i];
 }
 
-fn onehot(r: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(r) == vec4<u32>(0u, 1u, 2u, 3u));
-}
-
 //! section slot
 @group(0) @binding(OUT_SLOT) var<storage, read_write> y_SLOT: array<f32>;
 
