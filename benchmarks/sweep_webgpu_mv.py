@@ -5,6 +5,8 @@ most threads per row TPR, units per pass UNR), to choose webgpu_matmul's mat-vec
 
 With --copies N, N copies of each weight take turns (N * size above the GPU's L2 cache: each
 dispatch reads its weights from memory, as in a model, instead of the L2 a repeated one hits).
+With --int, the integer mat-vec (mul_mvq.wgsl) over (R, TPR, WG) instead (--unr ignored), plus
+the time of the quantize_x dispatch that precedes it; the float kernels are timed otherwise.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def main() -> None:
     ap.add_argument("--wg", default="64")
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--copies", type=int, default=1)
+    ap.add_argument("--int", action="store_true", help="the integer mat-vec's shapes")
     a = ap.parse_args()
-    be = WebGPUBackend()
+    be = WebGPUBackend(int_dot=a.int)
     timer = bo.Timer(be)
     rng = np.random.default_rng(0)
     names = {type_name(t): t for t in SUPPORTED_TYPES}
@@ -53,20 +56,29 @@ def main() -> None:
         np.float32).view(np.uint8), "")) for k in {k for _, k in shapes}}
     combos = [c for c in itertools.product(*[list(map(int, v.split(",")))
                                              for v in (a.r, a.tpr, a.unr, a.wg)]) if c[1] <= c[3]]
+    if a.int:
+        combos = list(dict.fromkeys((r, t, 1, w) for r, t, _u, w in combos))
     print(f"{'type':>5} {'shape':>11} " + " ".join(f"{f'R{r}/T{t}/U{u}/W{w}':>14}"
                                                    for r, t, u, w in combos))
     for (s, n, k), w in ws.items():
         row = []
+        nparts = len(w[0].handle.parts)
         for r, tpr, unr, wg in combos:
-            wp.MV_FIXED = (r, tpr, unr, wg)
+            if a.int:
+                wp.MVQ_FIXED = (r, tpr, wg)
+            else:
+                wp.MV_FIXED = (r, tpr, unr, wg)
             progs = [bo.matmul_program(be, c, xs[k], 1) for c in w]
-            sec = timer.time([d for p in progs for d in p.dispatches[-len(w[0].handle.parts):]],
+            sec = timer.time([d for p in progs for d in p.dispatches[-nparts:]],
                              a.repeat, warm=0.1) / len(w)
             gbs = (sum(array_sizes(names[s], n, k)) + 4 * (n + k)) / sec / 1e9
             row.append(f"{sec * 1e6:6.1f}us {gbs:5.0f}")
+            if a.int and len(row) == 1:
+                quant = timer.time([progs[0].dispatches[-nparts - 1]], a.repeat, warm=0.1)
             for p in progs:
                 p.release()
-        print(f"{s:>5} {n:>5}x{k:<5} " + " ".join(f"{c:>14}" for c in row), flush=True)
+        extra = f"  quantize_x {quant * 1e6:.1f}us" if a.int else ""
+        print(f"{s:>5} {n:>5}x{k:<5} " + " ".join(f"{c:>14}" for c in row) + extra, flush=True)
     be.close()
 
 

@@ -156,20 +156,30 @@ def test_webgpu_first_step_and_greedy(gemma_gpu, ref):
     assert compare_greedy(gemma_gpu, ref) >= 1
 
 
-def test_webgpu_long_prompt_matches_reference(gemma_gpu, gemma):
+def test_webgpu_long_prompt_matches_reference(gemma_gpu, gemma, gemma_path):
     """Past the 512-token window, in batches of 512 then 88: the WebGPU ring caches give the
     reference backend's logits (which the test above ties to a plain windowed attention)."""
+    from fastllm.backends.webgpu import WebGPUBackend
+
     ids = long_prompt(gemma)
-    got = gemma_gpu.prefill(ids)
     want = gemma.prefill(ids)
-    # f32 on both sides; the GPU sums in another order (tiles, subgroups) over 18 layers
+    # float mat-vecs: f32 on both sides; the GPU sums in another order (tiles, subgroups) over
+    # 18 layers
+    with Model.load(gemma_path, backend=WebGPUBackend(int_dot=False), n_ctx=1024) as flt:
+        got = flt.prefill(ids)
     assert np.abs(got - want).max() < 0.05
+    assert int(np.argmax(got)) == int(np.argmax(want))
+    # the default integer mat-vec rounds the last row's x to bytes before the output matrix
+    # (~1% of the logits' magnitude here, observed 0.22 of ~20)
+    got = gemma_gpu.prefill(ids)
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
     assert int(np.argmax(got)) == int(np.argmax(want))
 
 
 def test_kquant_kernels_on_real_tensors(gemma_path):
-    """The mat-vec (1 row) and mat-mat (33 rows) kernels on the model's own Q4_K and Q6_K
-    tensors (not only random blocks) against the reference dequantizer."""
+    """The mat-vec (1 row; float and integer) and mat-mat (33 rows) kernels on the model's own
+    Q4_K and Q6_K tensors (not only random blocks) against the reference dequantizer, and for
+    the integer mat-vec the float64 model of its rounding of x (backends/test_int_dot.py)."""
     pytest.importorskip("wgpu")
     from fastllm.backends.base import Graph
     from fastllm.backends.reference import ReferenceBackend
@@ -183,7 +193,10 @@ def test_kquant_kernels_on_real_tensors(gemma_path):
         if t.type in (GGMLType.Q4_K, GGMLType.Q6_K) and t.type not in picked and len(t.shape) == 2:
             picked[t.type] = t
     assert set(picked) == {GGMLType.Q4_K, GGMLType.Q6_K}
-    gpu, cpu = WebGPUBackend(), ReferenceBackend()
+    from backends.test_int_dot import check_model
+
+    gpu, cpu = WebGPUBackend(int_dot=False), ReferenceBackend()
+    ints = WebGPUBackend(int_dot=True)
     rng = np.random.default_rng()
     for t in picked.values():
         k = t.shape[1]
@@ -201,3 +214,8 @@ def test_kquant_kernels_on_real_tensors(gemma_path):
             want, got = outs
             err = np.abs(got - want).max() / np.abs(want).max()
             assert err < 2e-3, (t.name, t.type.name, m, err)
+        w, x = ints.load_weight(t), ints.load_weight(x_info)
+        g = Graph(1)
+        g.output("y", g.matmul(g.get_rows(x, g.tokens), w))
+        got = ints.compile(g).run(np.array([3], np.int32), 0)["y"]
+        check_model(got, table[3], t, f"{t.name} integer mat-vec")

@@ -89,10 +89,16 @@ def test_smollm2_greedy(smol):
 
 
 @pytest.mark.parametrize("arch", sorted(SHAPES))
-@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
-def test_tiny_models(webgpu_ok, tmp_path, arch, qtype):
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q8_0-int"])
+def test_tiny_models(webgpu_ok, tmp_path, arch, qtype, monkeypatch):
     """Every architecture's ops (biases, q/k norms, GELU, sliding-window rings that wrap,
-    rope_freqs) through prefill and decode, against the reference backend."""
+    rope_freqs) through prefill and decode, against the reference backend. Q8_0-int: decode
+    steps on the integer mat-vecs (the default), which round x to bytes per 32 values as
+    llama.cpp does: their logits differ from the float reference by up to ~6% of the logits'
+    spread on these random-weight models (observed); a wrong kernel is off by the spread."""
+    int_dot = qtype.endswith("-int")
+    qtype = qtype.removesuffix("-int")
+    monkeypatch.setenv("FASTLLM_WEBGPU_INT_DOT", "1" if int_dot else "0")
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=qtype, seed=1,
                             rope_freqs=arch == "llama")
     ids = [1] + list(np.random.default_rng(0).integers(3, 200, 23))
@@ -105,6 +111,8 @@ def test_tiny_models(webgpu_ok, tmp_path, arch, qtype):
         got = gpu.logits(ids)  # batches of 8: tiled prefill kernels
         assert np.abs(got - want).max() < tol
         gpu.prefill(ids[:5])  # mat-vec kernels for 5 rows, then decode steps
+        if int_dot:
+            tol = 0.15 * want.std()
         for i in range(5, len(ids)):
             got = gpu.decode(ids[i])
             assert np.abs(got - want[i]).max() < tol, i

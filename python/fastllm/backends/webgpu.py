@@ -110,19 +110,26 @@ class WebGPUBackend(Backend):
     buffers), and the driver's robust buffer access still bounds every storage access. The
     checks cost the mat-vec kernels most of their speed (benchmarks/NOTES.md, section 6).
     FASTLLM_WEBGPU_CHECKED=1 turns them on for every backend.
+    `int_dot`: one-token mat-vecs of Q8_0, Q4_K and Q6_K weights quantize x to bytes (per 32
+    values, as llama.cpp does) and multiply with integer dot products (quantize_x.wgsl,
+    mul_mvq.wgsl): the float kernels spend most of their time converting quant bits. x then
+    carries ~0.4% rounding per value. On by default; FASTLLM_WEBGPU_INT_DOT=0 turns it off.
     """
 
     name = "webgpu"
 
     def __init__(self, features: set[str] | None = None, disable: set[str] | None = None, *,
                  max_binding: int | None = None, fuse: bool = True,
-                 checked: bool | None = None):
+                 checked: bool | None = None, int_dot: bool | None = None):
         wgpu = _wgpu()
         self._closed = False
         self.fuse = fuse
         if checked is None:
             checked = os.environ.get("FASTLLM_WEBGPU_CHECKED", "") not in ("", "0")
         self.checked = checked
+        if int_dot is None:
+            int_dot = os.environ.get("FASTLLM_WEBGPU_INT_DOT", "1") not in ("", "0")
+        self.int_dot = int_dot
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
         except Exception as e:
@@ -232,7 +239,8 @@ class WebGPUBackend(Backend):
         p = self._pipelines.get(key)
         if p is None:
             if isinstance(wtype, tuple):  # one type per slot (mul_mv_multi.wgsl)
-                src = shaders.multi_source(wtype, subgroups=self.subgroups, consts=consts or {})
+                src = shaders.multi_source(wtype, subgroups=self.subgroups, consts=consts or {},
+                                           q8=entry.endswith("_q8"))
             else:
                 src = shaders.module_source(file, subgroups=self.subgroups, wtype=wtype,
                                             consts=consts, f16_tile=f16_tile, variant=variant)

@@ -50,6 +50,29 @@ def mv_shape(n_rows: int, units: int, m: int, tname: str = "",
     return r, min(tpr, wg, _pow2_floor(units)), unr, wg
 
 
+# Integer mat-vec (quantize_x.wgsl + mul_mvq.wgsl) for one token row of these types. Shapes
+# from a sweep on an H100 (Vulkan, 2026-11-22, 8 weight copies rotated past the L2, warm clocks;
+# benchmarks/NOTES.md, section 7): Q8_0 one row per 128-thread group; Q4_K one row per 64 threads
+# in workgroups of 256; Q6_K 4 rows per 128 threads on matrices of >= 4096 rows, else 1.
+Q8_TYPES = ("q8_0", "q4_K", "q6_K")
+MVQ_FIXED: tuple[int, int, int] | None = None  # (R, TPR, WG) for all: shape sweeps
+QX_WG = 64  # quantize_x.wgsl: threads (blocks of 32 values) per workgroup
+
+
+def mvq_shape(n_rows: int, units: int, tname: str) -> tuple[int, int, int]:
+    """(R, TPR, WG) of an integer mat-vec (mul_mvq.wgsl, mul_mv_multi's q8 form) of type tname
+    over n_rows rows of `units` units."""
+    if MVQ_FIXED is not None:
+        r, tpr, wg = MVQ_FIXED
+    elif tname == "q4_K":
+        r, tpr, wg = 1, 64, 256
+    elif tname == "q6_K":
+        r, tpr, wg = (4 if n_rows >= 4096 else 1), 128, 128
+    else:
+        r, tpr, wg = 1, 128, 128
+    return r, min(tpr, wg, _pow2_floor(units)), wg
+
+
 MM_BN = 64  # mul_mm.wgsl's BN (rows of W per tile) for the 4 x 4-per-thread kernel
 # Long batches over many rows take kernel_mul_mm8 (8 x 8 outputs per thread, tiles of MM8_BM
 # tokens x MM8_BN rows) when that still makes MM8_MIN_WG workgroups: with a quarter of the
@@ -81,7 +104,34 @@ def _norm_args(k: int, eps: float) -> tuple[str, dict]:
 
 
 class MatmulOps:
-    """The mat-mul ops of WebGPUProgram (uses its _arg, _dispatch, buf and be)."""
+    """The mat-mul ops of WebGPUProgram (uses its _arg, _dispatch, _buf, buf and be)."""
+
+    def _int_dot(self, ws: list[Weight], x: Value) -> bool:
+        """Whether one-token mat-vecs of these weights take the integer path."""
+        return (self.be.int_dot and x.shape[0] == 1 and x.cols % 32 == 0
+                and all(w.handle.tname in Q8_TYPES for w in ws))
+
+    def _quantize_x(self, x: Value, up: Value | None = None, nw: Weight | None = None,
+                    eps: float = 0.0):
+        """x (as silu(x) * up with `up`, rms_norm(x) * nw with `nw`) quantized to bytes by
+        quantize_x.wgsl into a scratch buffer, which is returned. Programs run their dispatches
+        in order, so one scratch buffer serves every mat-vec of a step."""
+        k = x.cols
+        need = k + k // 2  # bytes, then a vec4 of floats per 32 values
+        if getattr(self, "_xq", None) is None or self._xq.size < need:
+            self._xq = self._buf(max(need, 256), "STORAGE", "quantized x")
+        variant = "norm" if nw is not None else "glu" if up is not None else "plain"
+        b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": 0, "K": k, "w_row_words": 0}),
+                          _norm_args(k, eps)),
+             1: self.buf(x), 2: self._xq}
+        if nw is not None:
+            b[9] = self.buf(nw)
+        if up is not None:
+            b[7] = self.buf(up)
+        self._dispatch("quantize_x.wgsl", "kernel_quantize_x_f32", b,
+                       self._mv_grid(-(-(k // 32) // QX_WG)), consts={"WG": QX_WG},
+                       variant=variant)
+        return self._xq
 
     def _mv_grid(self, n_wg: int) -> tuple[int, int, int]:
         """A mat-vec grid of n_wg workgroups as (x, 1, z): a huge vocabulary can pass the
@@ -114,7 +164,13 @@ class MatmulOps:
                               x, w, nw=nw, eps=eps)
             return
         units = ws[0].handle.units
-        r, tpr, _unr, wg = mv_shape(sum(w.handle.n for w in ws), units, 1, norm=True)
+        q8 = self._int_dot(ws, x)
+        if q8:
+            xbuf = self._quantize_x(x, nw=nw, eps=eps)
+            r, tpr, wg = mvq_shape(sum(w.handle.n for w in ws), units, ws[0].handle.tname)
+        else:
+            xbuf = self.buf(x)
+            r, tpr, _unr, wg = mv_shape(sum(w.handle.n for w in ws), units, 1, norm=True)
         rows = r * (wg // tpr)
         ends, total = [], 0
         for w in ws:
@@ -127,13 +183,17 @@ class MatmulOps:
         b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": ws[0].handle.n, "K": k,
                                               "w_row_words": words}),
                           _norm_args(k, eps), ("kargs_mv_slots", slots)),
-             1: self.buf(x), 9: self.buf(nw)}
+             1: xbuf}
+        if not q8:
+            b[9] = self.buf(nw)
         for s, (w, out) in enumerate(zip(ws, outs)):
             b[shaders.MULTI_OUT + s] = self.buf(out)
             b.update({shaders.MULTI_W + 4 * s + i: buf
                       for i, buf in enumerate(w.handle.parts[0].buffers)})
-        guards = {f"GUARD_K_{s}": _guard_k(GGMLType(w.type), k) for s, w in enumerate(ws)}
-        self._dispatch("mul_mv_multi.wgsl", "kernel_mul_mv_multi_f32", b,
+        guards = ({} if q8 else
+                  {f"GUARD_K_{s}": _guard_k(GGMLType(w.type), k) for s, w in enumerate(ws)})
+        self._dispatch("mul_mv_multi.wgsl",
+                       "kernel_mul_mv_multi_q8" if q8 else "kernel_mul_mv_multi_f32", b,
                        self._mv_grid(total), wtype=tuple(w.handle.tname for w in ws),
                        consts={"TPR": tpr, "R": r, "WG": wg, **guards})
 
@@ -152,6 +212,23 @@ class MatmulOps:
         guard = _guard_k(t, k)
         variant = ("glu_" if up is not None else "") + ("res" if res is not None else "")
         variant = "norm" if nw is not None else variant.rstrip("_") or None
+        if m <= MV_MAX_M and self._int_dot([w], x):
+            xq = self._quantize_x(x, up, nw, eps)
+            for part in h.parts:
+                b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": h.n, "K": k,
+                                                     "w_row_words": words}),
+                                  ("kargs_part", {"row0": part.row0, "n_rows": part.n_rows})),
+                     1: xq, 2: self.buf(node.out)}
+                b.update({3 + i: buf for i, buf in enumerate(part.buffers)})
+                if res is not None:
+                    b[8] = self.buf(res)
+                r, tpr, wg = mvq_shape(part.n_rows, h.units, h.tname)
+                self._dispatch("mul_mvq.wgsl", ("kernel_mul_mvq_res_" if res is not None
+                                                else "kernel_mul_mvq_") + f"{h.tname}_f32", b,
+                               self._mv_grid(-(-part.n_rows // (r * (wg // tpr)))),
+                               wtype=h.tname, consts={"TPR": tpr, "R": r, "WG": wg},
+                               variant="res" if res is not None else "plain")
+            return
         for part in h.parts:
             structs = [("kargs_mul_mat", {"M": m, "N": h.n, "K": k, "w_row_words": words}),
                        ("kargs_part", {"row0": part.row0, "n_rows": part.n_rows})]

@@ -59,6 +59,8 @@ def module_source(file: str, *, subgroups: bool, wtype: str | None = None,
     if wtype is not None:
         qhead, qsec = sections("quants.wgsl")
         parts += [qhead, qsec[wtype]]
+        if file == "mul_mvq.wgsl":  # the type's integer form: it reads mul_mvq's x accessors
+            parts.append(qsec[wtype + "_int"])
         body = body.replace("_TYPE", "_" + wtype)
     parts.append(body)
     src = "\n".join(parts)
@@ -70,15 +72,17 @@ def module_source(file: str, *, subgroups: bool, wtype: str | None = None,
 
 
 _SLOT_NAMES = (re.compile(r"^fn (\w+)", re.MULTILINE), re.compile(r"^const (\w+)", re.MULTILINE),
-               re.compile(r"var<storage, read> (\w+)"))
+               re.compile(r"^struct (\w+)", re.MULTILINE), re.compile(r"var<storage, read> (\w+)"))
 MULTI_OUT = 10  # slot s writes its output at binding MULTI_OUT + s
 MULTI_W = 13  # and binds weight array i at MULTI_W + 4 s + i
 
 
-def slot_section(wtype: str, s: int) -> str:
-    """quants.wgsl's section for `wtype` with every name it declares suffixed by _s and its
-    weight arrays bound at MULTI_W + 4 s + i (several slots of one module may share a type)."""
-    text = sections("quants.wgsl")[1][wtype]
+def slot_section(wtype: str, s: int, q8: bool = False) -> str:
+    """quants.wgsl's section for `wtype` (and with `q8` its integer form) with every name it
+    declares suffixed by _s and its weight arrays bound at MULTI_W + 4 s + i (several slots of
+    one module may share a type)."""
+    qsec = sections("quants.wgsl")[1]
+    text = qsec[wtype] + (qsec[wtype + "_int"] if q8 else "")
     names = {n for pat in _SLOT_NAMES for n in pat.findall(text)}
     text = re.sub(r"@binding\((\d+)\)",
                   lambda m: f"@binding({MULTI_W + 4 * s + int(m.group(1)) - 3})", text)
@@ -86,22 +90,24 @@ def slot_section(wtype: str, s: int) -> str:
 
 
 def multi_source(wtypes: tuple[str, ...], *, subgroups: bool,
-                 consts: dict[str, int | bool]) -> str:
-    """The module of kernel_mul_mv_multi_f32 (mul_mv_multi.wgsl) for slots of these types."""
+                 consts: dict[str, int | bool], q8: bool = False) -> str:
+    """The module of kernel_mul_mv_multi_f32 (mul_mv_multi.wgsl) for slots of these types;
+    `q8`: its integer form, over x quantized by quantize_x.wgsl (entry kernel_mul_mv_multi_q8)."""
     head, common = sections("common.wgsl")
     qhead, _ = sections("quants.wgsl")
     mhead, msec = sections("mul_mv_multi.wgsl")
     parts = [read("kargs.wgsl"), head, common["subgroup" if subgroups else "shared"], qhead,
-             mhead]
+             mhead, msec["q8" if q8 else "norm"]]
     branches = []
     for s, t in enumerate(wtypes):
-        parts.append(slot_section(t, s))
-        parts.append(msec["slot"].replace("OUT_SLOT", str(MULTI_OUT + s))
+        parts.append(slot_section(t, s, q8))
+        parts.append(msec["slotq" if q8 else "slot"].replace("OUT_SLOT", str(MULTI_OUT + s))
                      .replace("_SLOT", f"_{s}"))
         first = f"g - args.slots.wg_end{s - 1}" if s else "g"
         branches.append(f"if (g < args.slots.wg_end{s}) {{\n"
                         f"        mv_{s}({first}, args.slots.n_rows{s}, ids);\n    }}")
-    parts.append("@compute @workgroup_size(WG)\nfn kernel_mul_mv_multi_f32(ids: Ids) {\n"
+    entry = "kernel_mul_mv_multi_q8" if q8 else "kernel_mul_mv_multi_f32"
+    parts.append(f"@compute @workgroup_size(WG)\nfn {entry}(ids: Ids) {{\n"
                  "    prepare_x(ids);\n    let g = ids.wg.z * ids.nwg.x + ids.wg.x;\n    "
                  + " else ".join(branches) + "\n}\n")
     return specialize("\n".join(parts), consts)

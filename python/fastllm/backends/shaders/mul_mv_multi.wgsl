@@ -12,6 +12,8 @@
 //
 // Within a slot the work is mul_mv.wgsl's one-token path: groups of TPR threads compute R
 // consecutive rows, taking the row's units in turn; each workgroup reduces x for the norm itself.
+// The q8 form (sections q8 and slotq) is mul_mvq.wgsl's instead: x normed and quantized to bytes
+// by quantize_x.wgsl beforehand, for slots whose types all have the integer form.
 
 const WG: u32 = 64u;
 const TPR: u32 = 64u;
@@ -25,6 +27,8 @@ struct MatArgs {
 }
 
 @group(0) @binding(0) var<uniform> args: MatArgs;
+
+//! section norm
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read> nw4: array<vec4<f32>>;
 var<private> inv_rms: f32;
@@ -41,6 +45,20 @@ fn prepare_x(ids: Ids) {
 
 fn load_x(i: u32) -> vec4<f32> {
     return x4[i] * inv_rms * nw4[i];
+}
+
+//! section q8
+@group(0) @binding(1) var<storage, read> xq: array<vec4<u32>>;
+
+fn prepare_x(ids: Ids) {}
+
+// as mul_mvq.wgsl: x's bytes at columns col .. col + 15, and its block's (d, sums)
+fn xq16(col: u32) -> vec4<u32> {
+    return xq[col >> 4u];
+}
+
+fn xmeta(col: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(xq[args.mm.K / 16u + (col >> 5u)]);
 }
 
 //! section slot
@@ -71,6 +89,36 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
             // rows past the slot repeat its last row (dropped below): no read out of bounds
             let row = min(r0 + r, nr - 1u);
             acc[r / 4u] += onehot(r % 4u) * dot_unit_SLOT(row * U + u, &xv, xs);
+        }
+    }
+    for (var v = 0u; v < RV; v++) {
+        let s = group_sum4(acc[v], TPR, ids);
+        if (lane == 0u) {
+            for (var q = 0u; q < min(4u, R); q++) {
+                let r = r0 + 4u * v + q;
+                if (r < nr) {
+                    y_SLOT[r] = s[q];
+                }
+            }
+        }
+    }
+}
+
+//! section slotq
+@group(0) @binding(OUT_SLOT) var<storage, read_write> y_SLOT: array<f32>;
+
+// as mv_SLOT, over x's bytes
+fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
+    let t = thread_index(ids);
+    let U = args.mm.K / 32u;
+    let lane = t % TPR;
+    let r0 = (g * (WG / TPR) + t / TPR) * R;
+    var acc: array<vec4<f32>, RV>;
+    for (var u = lane; u < U; u += TPR) {
+        let xv = load_q8_SLOT(u);
+        for (var r = 0u; r < R; r++) {
+            let row = min(r0 + r, nr - 1u);
+            acc[r / 4u] += onehot(r % 4u) * dot_q8_SLOT(row * U + u, xv);
         }
     }
     for (var v = 0u; v < RV; v++) {

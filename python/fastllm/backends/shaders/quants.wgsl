@@ -12,6 +12,10 @@
 //   dot_unit(i, xv, xs): dot product of unit i with x, where xv[j] holds the 4 columns of
 //                    unit_col and xs = x_sums(xv) (computed once per unit for all rows)
 // Weight arrays bind at 3, 4, 5, 6, in the order webgpu_repack.py lists them.
+// A type with an integer form (section <type>_int, included by mul_mvq.wgsl and mul_mv_multi's
+// q8 form only: it reads their x accessors xq16 and xmeta) adds
+//   struct XQ, load_q8(u): unit u's x as quantize_x.wgsl's bytes and scales (once for all rows)
+//   dot_q8(i, xv):         the dot product of unit i with it, the quants multiplied as integers
 
 fn nib_lo(w: u32) -> vec4<f32> {
     return vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(0xFu));
@@ -220,6 +224,27 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
     s += dot(fbytes(b.x), (*xv)[4]) + dot(fbytes(b.y), (*xv)[5]);
     s += dot(fbytes(b.z), (*xv)[6]) + dot(fbytes(b.w), (*xv)[7]);
     return unpack2x16float(w1[i >> 1u])[i & 1u] * (256.0 * s - 384.0 * hsum(xs));
+}
+
+//! section q8_0_int
+// Integer form (mul_mvq.wgsl): the weight bytes are signed already
+struct XQ {
+    a: vec4<u32>,
+    b: vec4<u32>,
+    d: f32,
+}
+
+fn load_q8(u: u32) -> XQ {
+    return XQ(xq16(32u * u), xq16(32u * u + 16u), xmeta(32u * u).x);
+}
+
+fn dot_q8(i: u32, xv: XQ) -> f32 {
+    let a = w0[2u * i];
+    let b = w0[2u * i + 1u];
+    let s = dot4I8Packed(a.x, xv.a.x) + dot4I8Packed(a.y, xv.a.y) + dot4I8Packed(a.z, xv.a.z)
+        + dot4I8Packed(a.w, xv.a.w) + dot4I8Packed(b.x, xv.b.x) + dot4I8Packed(b.y, xv.b.y)
+        + dot4I8Packed(b.z, xv.b.z) + dot4I8Packed(b.w, xv.b.w);
+    return unpack2x16float(w1[i >> 1u])[i & 1u] * xv.d * f32(s);
 }
 
 //! section q4_0
@@ -493,6 +518,40 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
     return dm.x * (sm.x * qlo + sm.y * qhi) - dm.y * (sm.z * xlo + sm.w * xhi);
 }
 
+//! section q4_K_int
+// Integer form (mul_mvq.wgsl): the unit's low nibbles cover 16 columns of x block 2c and its
+// high ones 16 of block 2c + 1, so each half has one x scale; the min term uses x's exact sums
+struct XQ {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+    m: vec4<f32>,  // (d of the low half's block, d of the high's, low half's sum, high's sum)
+}
+
+fn load_q8(u: u32) -> XQ {
+    let ui = u & 7u;
+    let c = 256u * (u >> 3u) + 64u * (ui >> 1u) + 16u * (ui & 1u);
+    let ml = xmeta(c);
+    let mh = xmeta(c + 32u);
+    let odd = (ui & 1u) == 1u;
+    return XQ(xq16(c), xq16(c + 32u),
+              vec4<f32>(ml.x, mh.x, select(ml.y, ml.z, odd), select(mh.y, mh.z, odd)));
+}
+
+fn dot_q8(i: u32, xv: XQ) -> f32 {
+    let hdr = w1[i >> 3u];
+    let q = w0[i];
+    let sm = k_scales2(hdr, (i & 7u) >> 1u);
+    let lo = q & vec4<u32>(0x0F0F0F0Fu);
+    let hi = (q >> vec4<u32>(4u)) & vec4<u32>(0x0F0F0F0Fu);
+    let il = dot4I8Packed(lo.x, xv.lo.x) + dot4I8Packed(lo.y, xv.lo.y)
+        + dot4I8Packed(lo.z, xv.lo.z) + dot4I8Packed(lo.w, xv.lo.w);
+    let ih = dot4I8Packed(hi.x, xv.hi.x) + dot4I8Packed(hi.y, xv.hi.y)
+        + dot4I8Packed(hi.z, xv.hi.z) + dot4I8Packed(hi.w, xv.hi.w);
+    let dm = unpack2x16float(hdr.x);
+    return dm.x * (sm.x * xv.m.x * f32(il) + sm.y * xv.m.y * f32(ih))
+        - dm.y * (sm.z * xv.m.z + sm.w * xv.m.w);
+}
+
 //! section q5_K
 // As q4_K, plus w2: the 32 qh bytes (byte l holds the fifth bit of weight 64c + l at bit 2c and
 // of 64c + 32 + l at bit 2c + 1), as 16-byte pieces. x = d * sc * q - dmin * mn.
@@ -626,3 +685,64 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
     }
     return unpack2x16float(w3[blk >> 1u])[blk & 1u] * s;
 }
+
+//! section q6_K_int
+// Integer form (mul_mvq.wgsl): quarter t of the unit is 8 columns of x block 4n + t (words
+// 2 (lq & 1) .. + 1 of its 16-column vector); the weights' -32 offset becomes
+// 32 * sum(x bytes), counted once per unit for all rows
+struct XQ {
+    x0: vec2<u32>,
+    x1: vec2<u32>,
+    x2: vec2<u32>,
+    x3: vec2<u32>,
+    d: vec4<f32>,  // x scale of each quarter's block
+    s: vec4<i32>,  // 32 * the sum of each quarter's 8 x bytes
+}
+
+fn q6_xpart(c: u32, odd: bool) -> vec2<u32> {
+    let v = xq16(c);
+    return select(v.xy, v.zw, odd);
+}
+
+fn q6_xsum(x: vec2<u32>) -> i32 {
+    return 32 * (dot4I8Packed(x.x, 0x01010101u) + dot4I8Packed(x.y, 0x01010101u));
+}
+
+fn load_q8(u: u32) -> XQ {
+    let ui = u & 7u;
+    let c = 256u * (u >> 3u) + 128u * (ui >> 2u) + 8u * (ui & 3u);
+    let odd = (ui & 1u) == 1u;
+    let x0 = q6_xpart(c, odd);
+    let x1 = q6_xpart(c + 32u, odd);
+    let x2 = q6_xpart(c + 64u, odd);
+    let x3 = q6_xpart(c + 96u, odd);
+    let d = vec4<f32>(xmeta(c).x, xmeta(c + 32u).x, xmeta(c + 64u).x, xmeta(c + 96u).x);
+    return XQ(x0, x1, x2, x3, d, vec4<i32>(q6_xsum(x0), q6_xsum(x1), q6_xsum(x2), q6_xsum(x3)));
+}
+
+// 6-bit weights of quarter t as bytes: the nibble at `sh` of each ql byte, the two bits at 2t
+// of each qh byte on top; their dot product with x's bytes, less the offset
+fn q6_qdot(ql: vec2<u32>, sh: u32, qh: vec2<u32>, t: u32, x: vec2<u32>, xs: i32) -> i32 {
+    let a = ((ql.x >> sh) & 0x0F0F0F0Fu) | (((qh.x >> (2u * t)) & 0x03030303u) << 4u);
+    let b = ((ql.y >> sh) & 0x0F0F0F0Fu) | (((qh.y >> (2u * t)) & 0x03030303u) << 4u);
+    return dot4I8Packed(a, x.x) + dot4I8Packed(b, x.y) - xs;
+}
+
+fn dot_q8(i: u32, xv: XQ) -> f32 {
+    let blk = i >> 3u;
+    let ui = i & 7u;
+    let n = ui >> 2u;
+    let lq = ui & 3u;
+    let base = 16u * blk + 8u * n + lq;
+    let la = w0[base];
+    let lb = w0[base + 4u];
+    let h = w1[i];
+    let sc = q6_scales4(w2[blk], n, lq) * xv.d;
+    // quarters t = 0..3 take ql from (la low, lb low, la high, lb high), as dot_unit
+    let s = sc.x * f32(q6_qdot(la, 0u, h, 0u, xv.x0, xv.s.x))
+        + sc.y * f32(q6_qdot(lb, 0u, h, 1u, xv.x1, xv.s.y))
+        + sc.z * f32(q6_qdot(la, 4u, h, 2u, xv.x2, xv.s.z))
+        + sc.w * f32(q6_qdot(lb, 4u, h, 3u, xv.x3, xv.s.w));
+    return unpack2x16float(w3[blk >> 1u])[blk & 1u] * s;
+}
+
