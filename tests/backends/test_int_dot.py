@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastllm.backends.base import Graph
+from fastllm.backends.base import Graph, KVSpec
+from fastllm.backends.reference import ReferenceBackend
 from fastllm.quants import GGMLType, dequantize
 
 from .test_ops import VARIANTS, _backend, f32_info, info, quant_info
@@ -160,6 +161,59 @@ def test_int_dot_multi(gpu, rng):
     xn = _rms(x[tok].astype(np.float32), nw.astype(np.float32))
     for i, inf in enumerate(infos):
         check_model(out[f"y{i}"][0], xn, inf, f"slot {i} {inf.type.name}", rng.seed_value)
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q8_0], ids=lambda t: t.name)
+def test_int_dot_attention_output(gpu, t, rng):
+    """Decode attention whose one reader is the output projection (+ residual) writes its heads
+    already quantized (kernel_attn_reduce_q8, no quantize_x dispatch); where the attention
+    output is read by anything else it stays floats. Steps after a prefill, each against the
+    model of the rounding applied to the reference backend's attention output."""
+    nh, nkv, d, vocab = 8, 2, 64, 16
+    n = nh * d
+    spec = KVSpec(n_ctx=32, kv_dim=(nkv * d,), sizes=(32,))
+    tables = {c: rng.standard_normal((vocab, m)) for c, m in
+              (("q", n), ("k", nkv * d), ("v", nkv * d), ("r", 256))}
+    wi = quant_info("wo", t, 256, n, rng)
+    ref = ReferenceBackend()
+    w = {b: {c: b.load_weight(f32_info(c, a)) for c, a in tables.items()} for b in (ref, gpu)}
+    w[gpu]["wo"] = gpu.load_weight(wi)
+    for b in (ref, gpu):
+        b.init_kv(spec)
+
+    def build(g, w, also_a=False):
+        q, k, v = (g.get_rows(w[c], g.tokens) for c in "qkv")
+        g.kv_store(0, k, v)
+        a = g.attention(q, 0, n_head=nh, n_kv_head=nkv, head_dim=d, scale=0.15)
+        if w is not None and "wo" in w:
+            g.output("y", g.add(g.matmul(a, w["wo"]), g.get_rows(w["r"], g.tokens)))
+        if also_a:
+            g.output("a", a)
+
+    for pos, m in ((0, 5), (5, 1), (6, 1), (7, 1)):
+        toks = rng.integers(0, vocab, m).astype(np.int32)
+        want_a = ref.compile(_graph(m, lambda g: build(g, w[ref], True))).run(toks, pos)["a"]
+        prog = gpu.compile(_graph(m, lambda g: build(g, w[gpu])))
+        prog.poison()
+        y = prog.run(toks, pos)["y"]
+        labels = _labels(prog)
+        prog.release()
+        if m > 1:
+            continue
+        assert "kernel_attn_reduce_q8" in labels and "kernel_quantize_x_f32" not in labels, labels
+        got = y[0] - tables["r"][toks[0]].astype(np.float32)
+        check_model(got, want_a[0], wi, f"{t.name} pos {pos}", rng.seed_value)
+    # the attention output also a graph output: floats, and the mat-vec quantizes it itself
+    prog = gpu.compile(_graph(1, lambda g: build(g, w[gpu], True)))
+    labels = _labels(prog)
+    prog.release()
+    assert "kernel_attn_reduce_f32" in labels and "kernel_quantize_x_f32" in labels, labels
+
+
+def _graph(n, build):
+    g = Graph(n)
+    build(g)
+    return g
 
 
 def test_int_dot_split_weight(rng):

@@ -111,6 +111,31 @@ class MatmulOps:
         return (self.be.int_dot and x.shape[0] == 1 and x.cols % 32 == 0
                 and all(w.handle.tname in Q8_TYPES for w in ws))
 
+    def _prequantized(self) -> set[int]:
+        """Ids of decode attention outputs that the attention writes directly as the integer
+        mat-vec's x (attn_decode.wgsl's kernel_attn_reduce_q8): those whose one reader is an
+        integer mat-vec of them as they are (the output projection, with or without its
+        residual add). The value's own buffer (4 bytes a value) holds the bytes and scales
+        (1.5 bytes a value)."""
+        produced = {n.out.id: n for n in self.nodes if n.out is not None}
+        reads: dict[int, int] = {v.id: 1 for v in self.g.outputs.values()}
+        for n in self.nodes:
+            for a in n.args:
+                if isinstance(a, Value):
+                    reads[a.id] = reads.get(a.id, 0) + 1
+        out = set()
+        for n in self.nodes:
+            if n.op not in ("mul_mat", "mul_mv_fused") or (
+                    n.op == "mul_mv_fused" and (n.args[2] is not None or n.args[4] is not None)):
+                continue
+            x, w = n.args[0], n.args[1]
+            src = produced.get(x.id)
+            if (src is not None and src.op in ("attention", "attn_decode_rope")
+                    and reads.get(x.id) == 1 and src.attrs["head_dim"] % 32 == 0
+                    and self._int_dot([w], x)):
+                out.add(x.id)
+        return out
+
     def _quantize_x(self, x: Value, up: Value | None = None, nw: Weight | None = None,
                     eps: float = 0.0):
         """x (as silu(x) * up with `up`, rms_norm(x) * nw with `nw`) quantized to bytes by
@@ -213,7 +238,7 @@ class MatmulOps:
         variant = ("glu_" if up is not None else "") + ("res" if res is not None else "")
         variant = "norm" if nw is not None else variant.rstrip("_") or None
         if m <= MV_MAX_M and self._int_dot([w], x):
-            xq = self._quantize_x(x, up, nw, eps)
+            xq = self.buf(x) if x.id in self.prequantized else self._quantize_x(x, up, nw, eps)
             for part in h.parts:
                 b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": h.n, "K": k,
                                                      "w_row_words": words}),

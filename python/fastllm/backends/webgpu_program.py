@@ -60,6 +60,7 @@ class WebGPUProgram(MatmulOps, RwkvOps, Program):
             self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M) if backend.fuse
                           else list(graph.nodes))
             self._plan()
+            self.prequantized = self._prequantized()
             for node in self.nodes:
                 getattr(self, "_op_" + node.op)(node)
             self._finish()
@@ -352,8 +353,13 @@ class WebGPUProgram(MatmulOps, RwkvOps, Program):
                            variant="rope" if rope else None)
             rargs = self._arg(("kargs_attn_reduce", {"n_rows": 1, "n_head": nh, "head_dim": d,
                                                          "n_splits": nsplit}))
-            self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",
-                           {0: rargs, 5: self.buf(node.out), 6: part}, (nh,), consts=consts)
+            if node.out.id in self.prequantized:  # written as the output projection's x
+                self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_q8",
+                               {0: rargs, 10: self.buf(node.out), 6: part}, (nh,),
+                               consts=consts)
+            else:
+                self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",
+                               {0: rargs, 5: self.buf(node.out), 6: part}, (nh,), consts=consts)
             return
         d4 = d // 4
         tpq = min(16, _pow2_floor(max(1, d // 16)))

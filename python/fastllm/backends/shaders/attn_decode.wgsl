@@ -9,7 +9,8 @@
 // weighted sum of V is spread over threads as (head, 4 values) pairs, and over KSPL subsets of
 // the keys when the pairs are fewer than the threads (the subsets are added at the end). It
 // writes per head (acc[D], max, sum) to `part`; kernel_attn_reduce_f32, grid (n_head), joins the
-// NSPLIT records. Masked scores are MASKED (common.wgsl), so no infinities meet.
+// NSPLIT records (kernel_attn_reduce_q8: into the bytes the integer mat-vec reads). Masked
+// scores are MASKED (common.wgsl), so no infinities meet.
 // Variants (sections at the end): `plain` reads q as given and a cache that holds position p;
 // `rope` also rotates q and the new k and stores k and v into the cache itself.
 
@@ -166,29 +167,70 @@ fn kernel_attn_decode_f32(ids: Ids) {
 
 @group(0) @binding(0) var<uniform> rargs: kargs_attn_reduce;
 
-// partials of query head h: n_splits records of (acc[head_dim], max, sum)
-@compute @workgroup_size(WG)
-fn kernel_attn_reduce_f32(ids: Ids) {
-    let h = ids.wg.x;
+// the largest of the splits' maxima and the softmax denominator of query head h
+fn reduce_stats(h: u32) -> vec2<f32> {
     let ns = rargs.n_splits;
-    let hdim = rargs.head_dim;
-    let rec = hdim + 2u;
+    let rec = rargs.head_dim + 2u;
     var mx = MASKED;
     for (var s = 0u; s < ns; s++) {
-        mx = max(mx, part[(h * ns + s) * rec + hdim]);
+        mx = max(mx, part[(h * ns + s) * rec + rargs.head_dim]);
     }
     var l = 0.0;
     for (var s = 0u; s < ns; s++) {
         let b = (h * ns + s) * rec;
-        l += exp(part[b + hdim] - mx) * part[b + hdim + 1u];
+        l += exp(part[b + rargs.head_dim] - mx) * part[b + rargs.head_dim + 1u];
     }
-    for (var d = ids.lid; d < hdim; d += WG) {
-        var o = 0.0;
-        for (var s = 0u; s < ns; s++) {
-            let b = (h * ns + s) * rec;
-            o += exp(part[b + hdim] - mx) * part[b + d];
+    return vec2<f32>(mx, l);
+}
+
+// output value d of query head h: the splits' accumulators joined
+fn reduce_value(h: u32, d: u32, st: vec2<f32>) -> f32 {
+    let ns = rargs.n_splits;
+    let rec = rargs.head_dim + 2u;
+    var o = 0.0;
+    for (var s = 0u; s < ns; s++) {
+        let b = (h * ns + s) * rec;
+        o += exp(part[b + rargs.head_dim] - st.x) * part[b + d];
+    }
+    return o / st.y;
+}
+
+// partials of query head h: n_splits records of (acc[head_dim], max, sum)
+@compute @workgroup_size(WG)
+fn kernel_attn_reduce_f32(ids: Ids) {
+    let h = ids.wg.x;
+    let st = reduce_stats(h);
+    for (var d = ids.lid; d < rargs.head_dim; d += WG) {
+        out[h * rargs.head_dim + d] = reduce_value(h, d, st);
+    }
+}
+
+// As kernel_attn_reduce_f32, writing the heads' output as the integer mat-vec's x
+// (quantize_x.wgsl's layout, blocks of 32 within a head: head_dim a multiple of 32) for the
+// output projection that reads it: one quantize_x dispatch less per layer.
+@group(0) @binding(10) var<storage, read_write> xq: array<vec4<u32>>;
+var<workgroup> ob: array<f32, D>;
+
+@compute @workgroup_size(WG)
+fn kernel_attn_reduce_q8(ids: Ids) {
+    let h = ids.wg.x;
+    let st = reduce_stats(h);
+    for (var d = ids.lid; d < D; d += WG) {
+        ob[d] = reduce_value(h, d, st);
+    }
+    workgroupBarrier();
+    let b = ids.lid;  // this thread's block of the head
+    if (b < D / 32u) {
+        var v: array<vec4<f32>, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            let e = 32u * b + 4u * j;
+            v[j] = vec4<f32>(ob[e], ob[e + 1u], ob[e + 2u], ob[e + 3u]);
         }
-        out[h * hdim + d] = o / l;
+        let q = quant_block(&v);
+        let blk = h * (D / 32u) + b;  // block of the whole row of n_head * D values
+        xq[2u * blk] = q.lo;
+        xq[2u * blk + 1u] = q.hi;
+        xq[rargs.n_head * D / 16u + blk] = q.scales;
     }
 }
 

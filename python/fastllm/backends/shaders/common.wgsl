@@ -33,6 +33,33 @@ fn onehot(r: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<u32>(r) == vec4<u32>(0u, 1u, 2u, 3u));
 }
 
+// A block of 32 values as the integer mat-vecs read x (quantize_x.wgsl's layout): its bytes
+// round(v / d), d = max |v| / 127 (0 for an all-zero block, whose bytes are then 0), as two
+// vec4s of words, and (d, sum of the first 16 values, sum of the last 16, 0) as f32 bits.
+struct QBlock {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+    scales: vec4<u32>,
+}
+
+fn quant_block(v: ptr<function, array<vec4<f32>, 8>>) -> QBlock {
+    var amax = vec4<f32>(0.0);
+    for (var j = 0u; j < 8u; j++) {
+        amax = max(amax, abs((*v)[j]));
+    }
+    let d = max(max(amax.x, amax.y), max(amax.z, amax.w)) / 127.0;
+    let inv = select(0.0, 1.0 / d, d > 0.0);
+    var w: array<u32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        w[j] = pack4xI8(vec4<i32>(round((*v)[j] * inv)));
+    }
+    let one = vec4<f32>(1.0);
+    let s0 = dot((*v)[0] + (*v)[1] + (*v)[2] + (*v)[3], one);
+    let s1 = dot((*v)[4] + (*v)[5] + (*v)[6] + (*v)[7], one);
+    return QBlock(vec4<u32>(w[0], w[1], w[2], w[3]), vec4<u32>(w[4], w[5], w[6], w[7]),
+                  bitcast<vec4<u32>>(vec4<f32>(d, s0, s1, 0.0)));
+}
+
 //! section subgroup
 struct Ids {
     @builtin(local_invocation_index) lid: u32,

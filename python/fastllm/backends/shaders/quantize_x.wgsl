@@ -4,7 +4,8 @@
 // scale and the sums of its two halves of 16, kept as floats (the K-quants' min terms use the
 // exact sums, not the rounded ones).
 //
-// Layout of xq for a row of K values (the contract with the readers' xq16 / xmeta):
+// Layout of xq for a row of K values (the contract with the readers' xq16 / xmeta; blocks are
+// made by common.wgsl's quant_block, which attn_decode.wgsl's reduce_q8 shares):
 //   vec4<u32> h < K / 16:            the bytes of columns 16h .. 16h + 15, in column order
 //   vec4<u32> K / 16 + b, b < K / 32: (d, sum of columns 32b .. +15, sum of 32b + 16 .. +31, 0)
 //                                     of block b, as f32 bits
@@ -22,11 +23,6 @@ struct MatArgs {
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;
 
-fn pack16(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, inv: f32) -> vec4<u32> {
-    return vec4<u32>(pack4xI8(vec4<i32>(round(a * inv))), pack4xI8(vec4<i32>(round(b * inv))),
-                     pack4xI8(vec4<i32>(round(c * inv))), pack4xI8(vec4<i32>(round(d * inv))));
-}
-
 @compute @workgroup_size(WG)
 fn kernel_quantize_x_f32(ids: Ids) {
     prepare_x(ids);
@@ -36,19 +32,13 @@ fn kernel_quantize_x_f32(ids: Ids) {
         return;
     }
     var v: array<vec4<f32>, 8>;
-    var amax = vec4<f32>(0.0);
     for (var j = 0u; j < 8u; j++) {
         v[j] = load_x(8u * b + j);
-        amax = max(amax, abs(v[j]));
     }
-    let d = max(max(amax.x, amax.y), max(amax.z, amax.w)) / 127.0;
-    let inv = select(0.0, 1.0 / d, d > 0.0);
-    xq[2u * b] = pack16(v[0], v[1], v[2], v[3], inv);
-    xq[2u * b + 1u] = pack16(v[4], v[5], v[6], v[7], inv);
-    let one = vec4<f32>(1.0);
-    let s0 = dot(v[0] + v[1] + v[2] + v[3], one);
-    let s1 = dot(v[4] + v[5] + v[6] + v[7], one);
-    xq[2u * nb + b] = bitcast<vec4<u32>>(vec4<f32>(d, s0, s1, 0.0));
+    let q = quant_block(&v);
+    xq[2u * b] = q.lo;
+    xq[2u * b + 1u] = q.hi;
+    xq[2u * nb + b] = q.scales;
 }
 
 //! section plain
