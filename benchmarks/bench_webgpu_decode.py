@@ -6,7 +6,10 @@ Paths: `logits` is Model.decode per token (the step's logits read back, then the
 encoded: host and GPU take turns), with fused kernels off and on; `greedy` is
 Program.run_greedy (argmax on the device feeding the next step, read back once at the end, so
 the host encodes step i + 1 while the GPU runs step i). `encode` is the host time to record one
-step's dispatches. Reports the median of -r runs and their spread.
+step's dispatches, `submit` that plus finishing and submitting the command buffer (the host's
+whole share of a greedy step), `gpu step` the GPU's time for one step's dispatches in a pass
+of 20 steps (timestamp queries): greedy decoding runs at about the larger of the two.
+Reports the median of -r runs and their spread.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+import bench_webgpu_ops as bo
 
 from fastllm import Model
 from fastllm.backends.webgpu import WebGPUBackend
@@ -76,6 +82,18 @@ def main() -> int:
                 enc.append(time.perf_counter() - t0)
                 e.finish()
             print(f"  encode: {1e6 * statistics.median(enc):.0f} us/step", flush=True)
+            sub = []
+            for _ in range(50):
+                t0 = time.perf_counter()
+                e = be.device.create_command_encoder()
+                prog._record(e, prog._raw, prog.dispatches)
+                be.queue.submit([e.finish()])
+                sub.append(time.perf_counter() - t0)
+            be.queue.read_buffer(prog.tokens)  # waits for them
+            print(f"  submit: {1e6 * statistics.median(sub):.0f} us/step", flush=True)
+            timer = bo.Timer(be)
+            if timer.gpu:
+                print(f"  gpu step: {1e6 * timer.time(prog.dispatches, 20):.0f} us", flush=True)
             if fuse:
                 tg = []
                 for _ in range(a.r + 1):

@@ -192,6 +192,20 @@ def kernel_profile(be, prog, label: str) -> None:
         print(f"  {name:34s} {n:4d} {t:9.1f} us")
 
 
+def step_ablation(be, prog, label: str, repeat: int = 10) -> None:
+    """GPU time of a step in one pass (as it runs), and without each kernel's dispatches: the
+    difference is what that kernel costs in the stream, its waits on the others included
+    (results are wrong on purpose; only the time counts)."""
+    timer = Timer(be)
+    d = prog.dispatches
+    full = timer.time(d, repeat)
+    print(f"\n{label}: {len(d)} dispatches, GPU {full * 1e6:.0f} us in one pass; without:")
+    for name in sorted({p.label for p, _, _ in d}):
+        rest = [x for x in d if x[0].label != name]
+        n = len(d) - len(rest)
+        print(f"  {name:34s} {n:4d} {(full - timer.time(rest, repeat)) * 1e6:9.1f} us")
+
+
 def bench_model(path: str, disable: set[str], prompt: int = 512) -> None:
     """Per-kernel GPU time of a decode step (at position 64) and of a prompt of `prompt`
     tokens, and the wall time of Program.run for both."""
@@ -215,6 +229,7 @@ def bench_model(path: str, disable: set[str], prompt: int = 512) -> None:
         dec.run(ids[i:i + 1], 64 + i)
     print(f"\ndecode: Program.run {(time.perf_counter() - t0) / 32 * 1e3:.2f} ms")
     kernel_profile(m.backend, dec, "decode")
+    step_ablation(m.backend, dec, "decode")
     m.close()
 
 

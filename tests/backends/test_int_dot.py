@@ -210,6 +210,46 @@ def test_int_dot_attention_output(gpu, t, rng):
     assert "kernel_attn_reduce_f32" in labels and "kernel_quantize_x_f32" in labels, labels
 
 
+@pytest.mark.parametrize("types", [(GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K),
+                                   (GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.Q4_K)],
+                         ids=lambda ts: "-".join(t.name for t in ts))
+def test_int_dot_glu(gpu, types, rng):
+    """rms_norm -> gate, up -> swiglu -> down (+ residual): gate and up in one glu dispatch that
+    writes silu(gate) * up already quantized for down (kernel_mul_mv_glu_q8; the only
+    quantize_x is the norm's)."""
+    d, ff, vocab = 256, 512, 8
+    tg, tu, td = types
+    tables = {"x": rng.standard_normal((vocab, d)) * 2, "nw": rng.uniform(0.5, 1.5, d),
+              "r": rng.standard_normal((vocab, d))}
+    infos = {"gate": quant_info("gate", tg, ff, d, rng), "up": quant_info("up", tu, ff, d, rng),
+             "down": quant_info("down", td, d, ff, rng)}
+    w = {c: gpu.load_weight(f32_info(c, a)) for c, a in tables.items()}
+    w.update({c: gpu.load_weight(i) for c, i in infos.items()})
+
+    def build(g):
+        h = g.rms_norm(g.get_rows(w["x"], g.tokens), w["nw"], 1e-5)
+        a = g.swiglu(g.matmul(h, w["gate"]), g.matmul(h, w["up"]))
+        g.output("y", g.add(g.matmul(a, w["down"]), g.get_rows(w["r"], g.tokens)))
+
+    tok = int(rng.integers(0, vocab))
+    out, labels = _run(gpu, build, tok)
+    assert labels.count("kernel_mul_mv_glu_q8") == 1, labels
+    assert labels.count("kernel_quantize_x_f32") == 1, labels
+    h = _rms(tables["x"][tok].astype(np.float32), tables["nw"].astype(np.float32))
+    (g, bg), (u, bu) = model_y(h, infos["gate"]), model_y(h, infos["up"])
+    sg = 1.0 / (1.0 + np.exp(-g))
+    v = g * sg * u
+    # a rounding tie of h that went the other way moves g and u by their bounds
+    dv = np.abs(sg * (1.0 + g * (1.0 - sg)) * u) * bg + np.abs(g * sg) * bu
+    want, bound = model_y(v, infos["down"])
+    dw = dequantize(infos["down"].data, td, infos["down"].shape).astype(np.float64)
+    bound = bound + np.abs(dw) @ dv
+    got = out["y"][0].astype(np.float64) - tables["r"][tok].astype(np.float32)
+    err = np.abs(got - want)
+    lim = F32_REL * 4 * np.abs(want).max() + bound
+    assert (err <= lim).all(), (err.max(), lim[np.argmax(err - lim)], rng.seed_value)
+
+
 def _graph(n, build):
     g = Graph(n)
     build(g)

@@ -240,7 +240,7 @@ class WebGPUBackend(Backend):
         if p is None:
             if isinstance(wtype, tuple):  # one type per slot (mul_mv_multi.wgsl)
                 src = shaders.multi_source(wtype, subgroups=self.subgroups, consts=consts or {},
-                                           q8=entry.endswith("_q8"))
+                                           q8=entry.endswith("_q8"), glu="_glu_" in entry)
             else:
                 src = shaders.module_source(file, subgroups=self.subgroups, wtype=wtype,
                                             consts=consts, f16_tile=f16_tile, variant=variant)

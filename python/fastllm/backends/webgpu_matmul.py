@@ -57,6 +57,7 @@ def mv_shape(n_rows: int, units: int, m: int, tname: str = "",
 Q8_TYPES = ("q8_0", "q4_K", "q6_K")
 MVQ_FIXED: tuple[int, int, int] | None = None  # (R, TPR, WG) for all: shape sweeps
 QX_WG = 64  # quantize_x.wgsl: threads (blocks of 32 values) per workgroup
+GLU_TPR = 16  # kernel_mul_mv_glu_q8: threads per row (32 rows of gate and up per workgroup)
 
 
 def mvq_shape(n_rows: int, units: int, tname: str) -> tuple[int, int, int]:
@@ -111,30 +112,48 @@ class MatmulOps:
         return (self.be.int_dot and x.shape[0] == 1 and x.cols % 32 == 0
                 and all(w.handle.tname in Q8_TYPES for w in ws))
 
-    def _prequantized(self) -> set[int]:
-        """Ids of decode attention outputs that the attention writes directly as the integer
-        mat-vec's x (attn_decode.wgsl's kernel_attn_reduce_q8): those whose one reader is an
-        integer mat-vec of them as they are (the output projection, with or without its
-        residual add). The value's own buffer (4 bytes a value) holds the bytes and scales
-        (1.5 bytes a value)."""
+    def _prequantized(self) -> tuple[set[int], set[int]]:
+        """Values that their producer writes directly as the integer mat-vec's x, where their
+        one reader is an integer mat-vec of them. The value's own buffer (4 bytes a value)
+        holds the bytes and scales (1.5 bytes a value). Returns (those values' ids, ids of the
+        mul_mv_multi nodes that become kernel_mul_mv_glu_q8):
+          decode attention -> output projection (+ residual): kernel_attn_reduce_q8;
+          mul_mv_multi (gate, up) -> down projection of silu(gate) * up (+ residual): the glu
+            kernel, writing silu(gate) * up quantized in the gate output's buffer."""
         produced = {n.out.id: n for n in self.nodes if n.out is not None}
         reads: dict[int, int] = {v.id: 1 for v in self.g.outputs.values()}
         for n in self.nodes:
             for a in n.args:
                 if isinstance(a, Value):
                     reads[a.id] = reads.get(a.id, 0) + 1
-        out = set()
+        values, glu = set(), set()
         for n in self.nodes:
-            if n.op not in ("mul_mat", "mul_mv_fused") or (
-                    n.op == "mul_mv_fused" and (n.args[2] is not None or n.args[4] is not None)):
+            if n.op not in ("mul_mat", "mul_mv_fused") or n.args[0].shape[0] != 1:
                 continue
             x, w = n.args[0], n.args[1]
+            up = n.args[2] if n.op == "mul_mv_fused" else None
+            if (n.op == "mul_mv_fused" and n.args[4] is not None) or not self._int_dot([w], x):
+                continue
             src = produced.get(x.id)
-            if (src is not None and src.op in ("attention", "attn_decode_rope")
-                    and reads.get(x.id) == 1 and src.attrs["head_dim"] % 32 == 0
-                    and self._int_dot([w], x)):
-                out.add(x.id)
-        return out
+            if src is None or reads.get(x.id) != 1:
+                continue
+            if (up is None and src.op in ("attention", "attn_decode_rope")
+                    and src.attrs["head_dim"] % 32 == 0):
+                values.add(x.id)
+            elif (up is not None and src.op == "mul_mv_multi" and src.out is x
+                  and src.attrs["also_out"] == [up] and reads.get(up.id) == 1
+                  and x.cols % 32 == 0 and self._int_dot(list(src.args[2:]), src.args[0])
+                  and self._glu_bindings(src)):
+                values.add(x.id)
+                glu.add(id(src))
+        return values, glu
+
+    def _glu_bindings(self, node: Node) -> bool:
+        """Whether the glu kernel's bindings fit the device (weights of one part each)."""
+        ws = node.args[2:]
+        arrays = sum(len(w.handle.parts[0].buffers) for w in ws)
+        storage = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
+        return all(len(w.handle.parts) == 1 for w in ws) and 2 + arrays <= storage
 
     def _quantize_x(self, x: Value, up: Value | None = None, nw: Weight | None = None,
                     eps: float = 0.0):
@@ -189,6 +208,9 @@ class MatmulOps:
                               x, w, nw=nw, eps=eps)
             return
         units = ws[0].handle.units
+        if id(node) in self.glu_multi:
+            self._mul_mv_glu(node, x, nw, ws, eps)
+            return
         q8 = self._int_dot(ws, x)
         if q8:
             xbuf = self._quantize_x(x, nw=nw, eps=eps)
@@ -221,6 +243,21 @@ class MatmulOps:
                        "kernel_mul_mv_multi_q8" if q8 else "kernel_mul_mv_multi_f32", b,
                        self._mv_grid(total), wtype=tuple(w.handle.tname for w in ws),
                        consts={"TPR": tpr, "R": r, "WG": wg, **guards})
+
+    def _mul_mv_glu(self, node: Node, x: Value, nw: Weight, ws: list[Weight],
+                    eps: float) -> None:
+        """Gate and up of one normed token row, joined into the down projection's quantized x
+        (mul_mv_multi.wgsl's kernel_mul_mv_glu_q8), written in the gate output's buffer."""
+        k, n = x.cols, ws[0].handle.n
+        b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": n, "K": k, "w_row_words": 0}),
+                          _norm_args(k, eps), ("kargs_mv_slots", {})),
+             1: self._quantize_x(x, nw=nw, eps=eps), 10: self.buf(node.out)}
+        for s, w in enumerate(ws):
+            b.update({shaders.MULTI_W + 4 * s + i: buf
+                      for i, buf in enumerate(w.handle.parts[0].buffers)})
+        self._dispatch("mul_mv_multi.wgsl", "kernel_mul_mv_glu_q8", b,
+                       self._mv_grid(-(-n // 32)), wtype=tuple(w.handle.tname for w in ws),
+                       consts={"TPR": GLU_TPR, "WG": 32 * GLU_TPR})
 
     def _mul_mat(self, node: Node, x: Value, w: Weight, up: Value | None = None,
                  res: Value | None = None, nw: Weight | None = None, eps: float = 0.0) -> None:

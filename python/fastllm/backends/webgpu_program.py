@@ -60,7 +60,7 @@ class WebGPUProgram(MatmulOps, RwkvOps, Program):
             self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M) if backend.fuse
                           else list(graph.nodes))
             self._plan()
-            self.prequantized = self._prequantized()
+            self.prequantized, self.glu_multi = self._prequantized()
             for node in self.nodes:
                 getattr(self, "_op_" + node.op)(node)
             self._finish()

@@ -90,14 +90,18 @@ def slot_section(wtype: str, s: int, q8: bool = False) -> str:
 
 
 def multi_source(wtypes: tuple[str, ...], *, subgroups: bool,
-                 consts: dict[str, int | bool], q8: bool = False) -> str:
+                 consts: dict[str, int | bool], q8: bool = False, glu: bool = False) -> str:
     """The module of kernel_mul_mv_multi_f32 (mul_mv_multi.wgsl) for slots of these types;
-    `q8`: its integer form, over x quantized by quantize_x.wgsl (entry kernel_mul_mv_multi_q8)."""
+    `q8`: its integer form, over x quantized by quantize_x.wgsl (entry kernel_mul_mv_multi_q8);
+    `glu`: kernel_mul_mv_glu_q8 instead, for gate and up (two slots, the integer form)."""
     head, common = sections("common.wgsl")
     qhead, _ = sections("quants.wgsl")
     mhead, msec = sections("mul_mv_multi.wgsl")
     parts = [read("kargs.wgsl"), head, common["subgroup" if subgroups else "shared"], qhead,
-             mhead, msec["q8" if q8 else "norm"]]
+             mhead, msec["q8" if q8 or glu else "norm"]]
+    if glu:
+        parts += [slot_section(t, s, True) for s, t in enumerate(wtypes)] + [msec["glu"]]
+        return specialize("\n".join(parts), consts)
     branches = []
     for s, t in enumerate(wtypes):
         parts.append(slot_section(t, s, q8))

@@ -133,3 +133,44 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
         }
     }
 }
+
+//! section glu
+// Gate and up (slots 0 and 1, over the quantized normed row) joined: a workgroup computes 32
+// consecutive rows of both, TPR threads per row for both weights, and writes silu(gate) * up of
+// those rows as one block of the down projection's x (common.wgsl's quant_block) into xo, so
+// the gate and up outputs never reach memory and no quantize_x pass runs between them.
+// WG = 32 * TPR; the rows (N) a multiple of 32.
+@group(0) @binding(10) var<storage, read_write> xo: array<vec4<u32>>;
+var<workgroup> gv: array<f32, 32>;
+
+@compute @workgroup_size(WG)
+fn kernel_mul_mv_glu_q8(ids: Ids) {
+    let t = thread_index(ids);
+    let U = args.mm.K / 32u;
+    let lane = t % TPR;
+    let b = ids.wg.z * ids.nwg.x + ids.wg.x;  // block of 32 rows
+    let row = 32u * b + t / TPR;
+    let nr = args.mm.N;
+    let r = min(row, nr - 1u);  // a short last block repeats its last row (dropped below)
+    var acc = vec4<f32>(0.0);
+    for (var u = lane; u < U; u += TPR) {
+        acc.x += dot_q8_0(r * U + u, load_q8_0(u));
+        acc.y += dot_q8_1(r * U + u, load_q8_1(u));
+    }
+    let s = group_sum4(acc, TPR, ids);
+    if (lane == 0u) {
+        // as kernel_swiglu_f32: g / (1 + exp(-g)) * up
+        gv[t / TPR] = select(0.0, s.x / (1.0 + exp(-s.x)) * s.y, row < nr);
+    }
+    workgroupBarrier();
+    if (t == 0u) {
+        var v: array<vec4<f32>, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            v[j] = vec4<f32>(gv[4u * j], gv[4u * j + 1u], gv[4u * j + 2u], gv[4u * j + 3u]);
+        }
+        let q = quant_block(&v);
+        xo[2u * b] = q.lo;
+        xo[2u * b + 1u] = q.hi;
+        xo[nr / 16u + b] = q.scales;
+    }
+}
