@@ -56,7 +56,7 @@ def mv_shape(n_rows: int, units: int, m: int, tname: str = "",
 # in workgroups of 256; Q6_K 4 rows per 128 threads on matrices of >= 4096 rows, else 1.
 Q8_TYPES = ("q8_0", "q4_K", "q6_K")
 MVQ_FIXED: tuple[int, int, int] | None = None  # (R, TPR, WG) for all: shape sweeps
-QX_WG = 64  # quantize_x.wgsl: threads (blocks of 32 values) per workgroup
+QX_WG = 256  # quantize_x.wgsl: threads per workgroup (8 per block of 32 values)
 GLU_TPR = 16  # kernel_mul_mv_glu_q8: threads per row (32 rows of gate and up per workgroup)
 
 
@@ -173,7 +173,7 @@ class MatmulOps:
         if up is not None:
             b[7] = self.buf(up)
         self._dispatch("quantize_x.wgsl", "kernel_quantize_x_f32", b,
-                       self._mv_grid(-(-(k // 32) // QX_WG)), consts={"WG": QX_WG},
+                       self._mv_grid(-(-(k // 4) // QX_WG)), consts={"WG": QX_WG},
                        variant=variant)
         return self._xq
 

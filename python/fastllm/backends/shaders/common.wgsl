@@ -100,6 +100,29 @@ fn group_sum4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
     return r;
 }
 
+// Component-wise maximum of v over each aligned run of n thread indices, as group_sum4 (the
+// integer mat-vecs' x: the largest |x| of a block of 32 values spread over 8 threads).
+fn group_max4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
+    let m = min(n, ids.sgs);
+    var s = v;
+    for (var o = 1u; o < m; o <<= 1u) {
+        s = max(s, subgroupShuffleXor(s, o));
+    }
+    let t = thread_index(ids);
+    if (ids.sgl % m == 0u) {
+        red4[t / m] = s;
+    }
+    workgroupBarrier();
+    let per = n / m;
+    let first = (t / n) * per;
+    var r = red4[first];
+    for (var q = 1u; q < per; q++) {
+        r = max(r, red4[first + q]);
+    }
+    workgroupBarrier();
+    return r;
+}
+
 fn wg_sum(v: f32, ids: Ids) -> f32 {
     return group_sum4(vec4<f32>(v, 0.0, 0.0, 0.0), WG, ids).x;
 }
@@ -155,6 +178,22 @@ fn group_sum4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
     for (var s = n / 2u; s > 0u; s >>= 1u) {
         if (t % n < s) {
             red4[t] += red4[t + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red4[t - t % n];
+    workgroupBarrier();
+    return r;
+}
+
+// Component-wise maximum of v over each aligned run of n thread indices, as group_sum4.
+fn group_max4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
+    let t = ids.lid;
+    red4[t] = v;
+    workgroupBarrier();
+    for (var s = n / 2u; s > 0u; s >>= 1u) {
+        if (t % n < s) {
+            red4[t] = max(red4[t], red4[t + s]);
         }
         workgroupBarrier();
     }

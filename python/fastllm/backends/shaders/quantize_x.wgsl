@@ -9,10 +9,10 @@
 //   vec4<u32> h < K / 16:            the bytes of columns 16h .. 16h + 15, in column order
 //   vec4<u32> K / 16 + b, b < K / 32: (d, sum of columns 32b .. +15, sum of 32b + 16 .. +31, 0)
 //                                     of block b, as f32 bits
-// One thread per block; x arrives as the consumer would have read it (sections below): as is,
-// rms-normed (each workgroup reduces the row itself), or as silu(gate) * up.
+// x arrives as the consumer would have read it (sections below): as is, rms-normed (each
+// workgroup reduces the row itself), or as silu(gate) * up.
 
-const WG: u32 = 64u;
+const WG: u32 = 256u;
 
 struct MatArgs {
     mm: kargs_mul_mat,
@@ -21,24 +21,39 @@ struct MatArgs {
 
 @group(0) @binding(0) var<uniform> args: MatArgs;
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> xq: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> xq: array<u32>;
 
+// Eight threads per block, four values each: the block's largest |x| and its half sums come
+// from reductions over the eight (common.wgsl's quant_block does the same work in one thread,
+// where a block is made by a kernel that holds it whole).
 @compute @workgroup_size(WG)
 fn kernel_quantize_x_f32(ids: Ids) {
     prepare_x(ids);
     let nb = args.mm.K / 32u;
-    let b = (ids.wg.z * ids.nwg.x + ids.wg.x) * WG + ids.lid;
-    if (b >= nb) {
-        return;
+    let t = thread_index(ids);
+    let g = (ids.wg.z * ids.nwg.x + ids.wg.x) * WG + t;
+    let b = g / 8u;
+    let j = g % 8u;
+    let live = b < nb;
+    // threads past the row load the last block and write nothing: every thread reaches the
+    // reductions
+    let v = select(vec4<f32>(0.0), load_x(8u * min(b, nb - 1u) + j), live);
+    let a = group_max4(abs(v), 8u, ids);
+    let d = max(max(a.x, a.y), max(a.z, a.w)) / 127.0;
+    let inv = select(0.0, 1.0 / d, d > 0.0);
+    let hs = dot(v, vec4<f32>(1.0));
+    let s = group_sum4(select(vec4<f32>(0.0, hs, 0.0, 0.0), vec4<f32>(hs, 0.0, 0.0, 0.0),
+                              j < 4u), 8u, ids);
+    if (live) {
+        xq[8u * b + j] = pack4xI8(vec4<i32>(round(v * inv)));
+        if (j == 0u) {
+            let o = args.mm.K / 4u + 4u * b;
+            xq[o] = bitcast<u32>(d);
+            xq[o + 1u] = bitcast<u32>(s.x);
+            xq[o + 2u] = bitcast<u32>(s.y);
+            xq[o + 3u] = 0u;
+        }
     }
-    var v: array<vec4<f32>, 8>;
-    for (var j = 0u; j < 8u; j++) {
-        v[j] = load_x(8u * b + j);
-    }
-    let q = quant_block(&v);
-    xq[2u * b] = q.lo;
-    xq[2u * b + 1u] = q.hi;
-    xq[2u * nb + b] = q.scales;
 }
 
 //! section plain
