@@ -167,41 +167,50 @@ fn kernel_attn_decode_f32(ids: Ids) {
 
 @group(0) @binding(0) var<uniform> rargs: kargs_attn_reduce;
 
-// the largest of the splits' maxima and the softmax denominator of query head h
-fn reduce_stats(h: u32) -> vec2<f32> {
-    let ns = rargs.n_splits;
-    let rec = rargs.head_dim + 2u;
-    var mx = MASKED;
-    for (var s = 0u; s < ns; s++) {
-        mx = max(mx, part[(h * ns + s) * rec + rargs.head_dim]);
+// weights of the NSPLIT records of query head h in its softmax, exp(max_s - max) / sum, into rw
+// (one thread reads the records' (max, sum) pairs; NSPLIT is a constant, so its loads issue
+// together). Every thread calls it (a barrier).
+var<workgroup> rw: array<f32, NSPLIT>;
+
+fn reduce_weights(h: u32, ids: Ids) {
+    if (ids.lid == 0u) {
+        let rec = rargs.head_dim + 2u;
+        var ms: array<vec2<f32>, NSPLIT>;
+        var mx = MASKED;
+        for (var s = 0u; s < NSPLIT; s++) {
+            let b = (h * NSPLIT + s) * rec + rargs.head_dim;
+            ms[s] = vec2<f32>(part[b], part[b + 1u]);
+            mx = max(mx, ms[s].x);
+        }
+        var l = 0.0;
+        for (var s = 0u; s < NSPLIT; s++) {
+            rw[s] = exp(ms[s].x - mx);
+            l += rw[s] * ms[s].y;
+        }
+        for (var s = 0u; s < NSPLIT; s++) {
+            rw[s] /= l;
+        }
     }
-    var l = 0.0;
-    for (var s = 0u; s < ns; s++) {
-        let b = (h * ns + s) * rec;
-        l += exp(part[b + rargs.head_dim] - mx) * part[b + rargs.head_dim + 1u];
-    }
-    return vec2<f32>(mx, l);
+    workgroupBarrier();
 }
 
-// output value d of query head h: the splits' accumulators joined
-fn reduce_value(h: u32, d: u32, st: vec2<f32>) -> f32 {
-    let ns = rargs.n_splits;
+// output value d of query head h: the records' accumulators joined
+fn reduce_value(h: u32, d: u32) -> f32 {
     let rec = rargs.head_dim + 2u;
     var o = 0.0;
-    for (var s = 0u; s < ns; s++) {
-        let b = (h * ns + s) * rec;
-        o += exp(part[b + rargs.head_dim] - st.x) * part[b + d];
+    for (var s = 0u; s < NSPLIT; s++) {
+        o += rw[s] * part[(h * NSPLIT + s) * rec + d];
     }
-    return o / st.y;
+    return o;
 }
 
-// partials of query head h: n_splits records of (acc[head_dim], max, sum)
+// partials of query head h: NSPLIT records of (acc[head_dim], max, sum)
 @compute @workgroup_size(WG)
 fn kernel_attn_reduce_f32(ids: Ids) {
     let h = ids.wg.x;
-    let st = reduce_stats(h);
+    reduce_weights(h, ids);
     for (var d = ids.lid; d < rargs.head_dim; d += WG) {
-        out[h * rargs.head_dim + d] = reduce_value(h, d, st);
+        out[h * rargs.head_dim + d] = reduce_value(h, d);
     }
 }
 
@@ -214,9 +223,9 @@ var<workgroup> ob: array<f32, D>;
 @compute @workgroup_size(WG)
 fn kernel_attn_reduce_q8(ids: Ids) {
     let h = ids.wg.x;
-    let st = reduce_stats(h);
+    reduce_weights(h, ids);
     for (var d = ids.lid; d < D; d += WG) {
-        ob[d] = reduce_value(h, d, st);
+        ob[d] = reduce_value(h, d);
     }
     workgroupBarrier();
     let b = ids.lid;  // this thread's block of the head
