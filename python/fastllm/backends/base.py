@@ -176,7 +176,10 @@ class Graph:
         return self._add("geglu", (gate, up), gate.shape)
 
     def last_row(self, x: Value) -> Value:
-        """The last row of x: (1, d). Generation needs only the last token's logits."""
+        """The last row of x: (1, d). Generation needs only the last token's logits. A one-row
+        x is its own last row (no op: a decode step saves a dispatch)."""
+        if x.shape[0] == 1:
+            return x
         return self._add("last_row", (x,), (1, x.cols))
 
     def argmax(self, x: Value) -> Value:
