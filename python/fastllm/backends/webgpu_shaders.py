@@ -4,7 +4,9 @@ A kernel module is kargs.wgsl + one section of common.wgsl (subgroup or shared r
 optionally one type section of quants.wgsl + the op family's file. WGSL has no preprocessor, so
 the files stay valid WGSL and specialization is done on the text: `const NAME: T = ...;` lines
 take the values a pipeline needs, `alias TILE = f32;` may become f16, and `TYPE` in entry point
-names becomes the weight type (kernel_mul_mv_TYPE_f32 -> kernel_mul_mv_q4_K_f32).
+names becomes the weight type (kernel_mul_mv_TYPE_f32 -> kernel_mul_mv_q4_K_f32). Sections
+(`//! section NAME`) hold the variants of a file; a line `//! use FILE SECTION` includes a
+section of another file (the forms in which mat-vecs read x are written once, in x_forms.wgsl).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 SHADER_DIR = Path(__file__).resolve().parent / "shaders"
 _SECTION = re.compile(r"^//! section (\w+)\s*$", re.MULTILINE)
+_USE = re.compile(r"^//! use (\S+) (\w+)\s*$", re.MULTILINE)
 
 
 @cache
@@ -24,9 +27,10 @@ def read(name: str) -> str:
 
 @cache
 def sections(name: str) -> tuple[str, dict[str, str]]:
-    """(text before the first section marker, {section name: text})."""
-    text = read(name)
-    parts = _SECTION.split(text)
+    """(text before the first section marker, {section name: text}); a line
+    `//! use FILE SECTION` in either becomes that section of FILE (x_forms.wgsl's forms of x)."""
+    parts = [_USE.sub(lambda m: sections(m.group(1))[1][m.group(2)], p)
+             for p in _SECTION.split(read(name))]
     return parts[0], {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
 
 

@@ -115,11 +115,7 @@ struct MatArgs {
     part: kargs_part,
 }
 
-fn prepare_x(ids: Ids) {}
-
-fn load_x(i: u32) -> vec4<f32> {
-    return x4[i];
-}
+//! use x_forms.wgsl plain
 
 fn out_value(o: u32, s: f32) -> f32 {
     return s;
@@ -131,13 +127,9 @@ struct MatArgs {
     part: kargs_part,
 }
 
-fn prepare_x(ids: Ids) {}
-
 @group(0) @binding(8) var<storage, read> res: array<f32>;
 
-fn load_x(i: u32) -> vec4<f32> {
-    return x4[i];
-}
+//! use x_forms.wgsl plain
 
 fn out_value(o: u32, s: f32) -> f32 {
     return res[o] + s;
@@ -149,15 +141,7 @@ struct MatArgs {
     part: kargs_part,
 }
 
-fn prepare_x(ids: Ids) {}
-
-@group(0) @binding(7) var<storage, read> up4: array<vec4<f32>>;
-
-// as kernel_swiglu_f32: g / (1 + exp(-g)) * up
-fn load_x(i: u32) -> vec4<f32> {
-    let g = x4[i];
-    return g / (1.0 + exp(-g)) * up4[i];
-}
+//! use x_forms.wgsl glu
 
 fn out_value(o: u32, s: f32) -> f32 {
     return s;
@@ -169,15 +153,9 @@ struct MatArgs {
     part: kargs_part,
 }
 
-fn prepare_x(ids: Ids) {}
-
-@group(0) @binding(7) var<storage, read> up4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> res: array<f32>;
 
-fn load_x(i: u32) -> vec4<f32> {
-    let g = x4[i];
-    return g / (1.0 + exp(-g)) * up4[i];
-}
+//! use x_forms.wgsl glu
 
 fn out_value(o: u32, s: f32) -> f32 {
     return res[o] + s;
@@ -190,22 +168,7 @@ struct MatArgs {
     norm: kargs_rms_norm,
 }
 
-@group(0) @binding(9) var<storage, read> nw4: array<vec4<f32>>;
-var<private> inv_rms: f32;
-
-// as kernel_rms_norm_f32 over the one token row: x / sqrt(mean(x^2) + eps) * nw
-fn prepare_x(ids: Ids) {
-    var s = 0.0;
-    for (var i = ids.lid; i < args.mm.K / 4u; i += WG) {
-        let v = x4[i];
-        s += dot(v, v);
-    }
-    inv_rms = 1.0 / sqrt(wg_sum(s, ids) / f32(args.mm.K) + args.norm.eps);
-}
-
-fn load_x(i: u32) -> vec4<f32> {
-    return x4[i] * inv_rms * nw4[i];
-}
+//! use x_forms.wgsl norm
 
 fn out_value(o: u32, s: f32) -> f32 {
     return s;

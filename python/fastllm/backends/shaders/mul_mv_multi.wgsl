@@ -30,22 +30,8 @@ struct MatArgs {
 
 //! section norm
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(9) var<storage, read> nw4: array<vec4<f32>>;
-var<private> inv_rms: f32;
 
-// as kernel_rms_norm_f32 over the one token row: x / sqrt(mean(x^2) + eps) * nw
-fn prepare_x(ids: Ids) {
-    var s = 0.0;
-    for (var i = ids.lid; i < args.mm.K / 4u; i += WG) {
-        let v = x4[i];
-        s += dot(v, v);
-    }
-    inv_rms = 1.0 / sqrt(wg_sum(s, ids) / f32(args.mm.K) + args.norm.eps);
-}
-
-fn load_x(i: u32) -> vec4<f32> {
-    return x4[i] * inv_rms * nw4[i];
-}
+//! use x_forms.wgsl norm
 
 //! section q8
 @group(0) @binding(1) var<storage, read> xq: array<vec4<u32>>;

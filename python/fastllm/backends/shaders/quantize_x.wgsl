@@ -57,37 +57,10 @@ fn kernel_quantize_x_f32(ids: Ids) {
 }
 
 //! section plain
-fn prepare_x(ids: Ids) {}
-
-fn load_x(i: u32) -> vec4<f32> {
-    return x4[i];
-}
+//! use x_forms.wgsl plain
 
 //! section norm
-@group(0) @binding(9) var<storage, read> nw4: array<vec4<f32>>;
-var<private> inv_rms: f32;
-
-// as kernel_rms_norm_f32 over the one token row: x / sqrt(mean(x^2) + eps) * nw
-fn prepare_x(ids: Ids) {
-    var s = 0.0;
-    for (var i = ids.lid; i < args.mm.K / 4u; i += WG) {
-        let v = x4[i];
-        s += dot(v, v);
-    }
-    inv_rms = 1.0 / sqrt(wg_sum(s, ids) / f32(args.mm.K) + args.norm.eps);
-}
-
-fn load_x(i: u32) -> vec4<f32> {
-    return x4[i] * inv_rms * nw4[i];
-}
+//! use x_forms.wgsl norm
 
 //! section glu
-@group(0) @binding(7) var<storage, read> up4: array<vec4<f32>>;
-
-fn prepare_x(ids: Ids) {}
-
-// as kernel_swiglu_f32: g / (1 + exp(-g)) * up
-fn load_x(i: u32) -> vec4<f32> {
-    let g = x4[i];
-    return g / (1.0 + exp(-g)) * up4[i];
-}
+//! use x_forms.wgsl glu
