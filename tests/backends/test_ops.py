@@ -570,9 +570,9 @@ def test_run_greedy(gpu, rng):
 
     g = Graph(1)
     build(g)
+    be.init_kv(spec)  # before compiling: the program binds the cache
     prog = be.compile(g)
     want, tok = [], int(rng.integers(0, vocab))
-    be.init_kv(spec)
     first = tok
     for pos in range(30):
         tok = int(np.argmax(prog.run(np.array([tok], np.int32), pos)["logits"][0]))
