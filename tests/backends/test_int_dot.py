@@ -213,7 +213,7 @@ def test_int_dot_attention_output(gpu, t, rng):
 @pytest.mark.parametrize("types", [(GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K),
                                    (GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.Q4_K)],
                          ids=lambda ts: "-".join(t.name for t in ts))
-def test_int_dot_glu(gpu, types, rng):
+def test_int_dot_glu(gpu, types, rng, monkeypatch):
     """rms_norm -> gate, up -> swiglu -> down (+ residual): gate and up in one glu dispatch that
     writes silu(gate) * up already quantized for down (kernel_mul_mv_glu_q8; the only
     quantize_x is the norm's)."""
@@ -235,6 +235,13 @@ def test_int_dot_glu(gpu, types, rng):
     out, labels = _run(gpu, build, tok)
     assert labels.count("kernel_mul_mv_glu_q8") == 1, labels
     assert labels.count("kernel_quantize_x_f32") == 1, labels
+    # storage bindings enough for the glu kernel (x, out, weight arrays) but not for
+    # mul_mv_multi (x, two outputs, weight arrays): still the glu kernel
+    arrays = sum(len(w[c].handle.parts[0].buffers) for c in ("gate", "up"))
+    monkeypatch.setitem(gpu.limits, "max-storage-buffers-per-shader-stage", 2 + arrays)
+    out2, labels = _run(gpu, build, tok)
+    assert labels.count("kernel_mul_mv_glu_q8") == 1, labels
+    assert np.array_equal(out2["y"], out["y"])
     h = _rms(tables["x"][tok].astype(np.float32), tables["nw"].astype(np.float32))
     (g, bg), (u, bu) = model_y(h, infos["gate"]), model_y(h, infos["up"])
     sg = 1.0 / (1.0 + np.exp(-g))

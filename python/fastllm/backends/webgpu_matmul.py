@@ -199,6 +199,9 @@ class MatmulOps:
         outs = [node.out, *node.attrs["also_out"]]
         eps = node.attrs["eps"]
         k = x.cols
+        if id(node) in self.glu_multi:  # its bindings were checked (_glu_bindings)
+            self._mul_mv_glu(node, x, nw, ws, eps)
+            return
         arrays = sum(len(w.handle.parts[0].buffers) for w in ws)
         storage = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
         if (any(len(w.handle.parts) > 1 for w in ws) or 2 + len(ws) + arrays > storage
@@ -208,9 +211,6 @@ class MatmulOps:
                               x, w, nw=nw, eps=eps)
             return
         units = ws[0].handle.units
-        if id(node) in self.glu_multi:
-            self._mul_mv_glu(node, x, nw, ws, eps)
-            return
         q8 = self._int_dot(ws, x)
         if q8:
             xbuf = self._quantize_x(x, nw=nw, eps=eps)
