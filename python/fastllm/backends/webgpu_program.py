@@ -32,6 +32,11 @@ except ImportError:  # another wgpu build: the public API
 
 ARGMAX_WG = 1024  # one workgroup scans a whole vocabulary row: as many threads as allowed
 EW_WG = 64  # workgroup size of elementwise.wgsl, rope.wgsl, kv.wgsl and attention.wgsl
+# Most workgroups per KV head of decode attention (attn_decode.wgsl's NSPLIT; a cache of N rows
+# gets min(ATTN_SPLITS, N / 8)). H100, 8B Q4_K_M step at positions 64 / 1,000 / 4,000:
+# 16 splits 3.12 / 3.45 / 4.55 ms, 32 splits 3.15 / 3.34 / 3.97, 64 splits 3.23 / 3.33 / 3.81
+# (benchmarks/NOTES.md, section 7).
+ATTN_SPLITS = 32
 
 
 def _nbytes(v: Value) -> int:
@@ -343,7 +348,7 @@ class WebGPUProgram(MatmulOps, RwkvOps, Program):
             visible = min(at["window"], ring) if at["window"] else ring
             # splits share the visible positions evenly at run time (attn_decode.wgsl), so a
             # short context too runs on n_kv_head * nsplit workgroups
-            nsplit = max(1, min(16, visible // 8))
+            nsplit = max(1, min(ATTN_SPLITS, visible // 8))
             consts = {"G": g, "D": d, "NSPLIT": nsplit}
             part = self._buf(nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
             dec = {i: r for i, r in b.items() if i != 5}  # partials, not the output
