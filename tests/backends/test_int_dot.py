@@ -299,6 +299,37 @@ def test_int_dot_only_where_it_applies(gpu, rng):
         assert not any("mvq" in lab or "quantize_x" in lab for lab in labels), (t, m, labels)
 
 
+def test_int_dot_program_rebuilt(rng):
+    """A program rebuilt because the KV cache was replaced (init_kv again) gets a new
+    quantize_x scratch buffer: the old one went with the old build."""
+    _backend(None).close()  # skips without an adapter
+    from fastllm.backends.webgpu import WebGPUBackend
+
+    be = WebGPUBackend(int_dot=True)
+    try:
+        spec = KVSpec(n_ctx=16, kv_dim=(64,), sizes=(16,))
+        be.init_kv(spec)
+        wi = quant_info("w", GGMLType.Q8_0, 64, 64, rng)
+        x = rng.standard_normal((4, 64))
+        wt, wx = be.load_weight(wi), be.load_weight(f32_info("x", x))
+
+        def build(g):
+            a = g.get_rows(wx, g.tokens)
+            g.kv_store(0, a, a)
+            g.output("y", g.matmul(a, wt))
+            g.output("a", g.attention(a, 0, n_head=1, n_kv_head=1, head_dim=64, scale=0.1))
+
+        prog = be.compile(_graph(1, build))
+        assert "kernel_quantize_x_f32" in _labels(prog)
+        for _ in range(2):
+            y = prog.run(np.array([2], np.int32), 0)["y"]
+            check_model(y[0], x[2].astype(np.float32), wi, "after init_kv", rng.seed_value)
+            be.init_kv(spec)
+        prog.release()
+    finally:
+        be.close()
+
+
 def test_int_dot_zero_row(gpu, rng):
     """A block of x that is all zeros has d = 0: its bytes are 0 and nothing divides by it."""
     k = 256

@@ -162,7 +162,7 @@ class MatmulOps:
         in order, so one scratch buffer serves every mat-vec of a step."""
         k = x.cols
         need = k + k // 2  # bytes, then a vec4 of floats per 32 values
-        if getattr(self, "_xq", None) is None or self._xq.size < need:
+        if self._xq is None or self._xq.size < need:
             self._xq = self._buf(max(need, 256), "STORAGE", "quantized x")
         variant = "norm" if nw is not None else "glu" if up is not None else "plain"
         b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": 0, "K": k, "w_row_words": 0}),

@@ -57,6 +57,7 @@ class WebGPUProgram(MatmulOps, RwkvOps, Program):
         backend, graph = self.be, self.g
         self._kv_version = backend.kv_version  # bind groups hold the KV cache's buffers
         self._greedy: dict[str, Any] | None = None
+        self._xq = None  # quantize_x's scratch buffer (webgpu_matmul), made on first use
         self._specs: list[tuple] = []  # (pipeline, entries, grid) until bind groups exist
         self._args = bytearray()
         with backend.errors("compiling a graph"):
