@@ -659,31 +659,39 @@ fn dq4(i: u32, j: u32) -> vec4<f32> {
     return d * q6_scale(w2[blk], 8u * n + 2u * t + (lq >> 1u)) * (q - 32.0);
 }
 
-fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
+// unit i's words: the ql of its quarters t = 0..3 come from (la low, lb low, la high, lb high),
+// h holds their qh; the four quarters' scales and the block's d
+struct Q6Unit {
+    la: vec2<u32>,
+    lb: vec2<u32>,
+    h: vec2<u32>,
+    sc: vec4<f32>,
+    d: f32,
+}
+
+fn q6_unit(i: u32) -> Q6Unit {
     let blk = i >> 3u;
     let ui = i & 7u;
     let n = ui >> 2u;
     let lq = ui & 3u;
     let base = 16u * blk + 8u * n + lq;
-    let la = w0[base];
-    let lb = w0[base + 4u];
-    let h = w1[i];
-    let scs = w2[blk];
-    let sc = q6_scales4(scs, n, lq);
-    // quarters t = 0..3 take ql from (la low, lb low, la high, lb high)
-    let q0 = vec2<u32>(la.x, la.y);
-    let q1 = vec2<u32>(lb.x, lb.y);
+    return Q6Unit(w0[base], w0[base + 4u], w1[i], q6_scales4(w2[blk], n, lq),
+                  unpack2x16float(w3[blk >> 1u])[blk & 1u]);
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
+    let w = q6_unit(i);
     var s = 0.0;
     for (var t = 0u; t < 4u; t++) {
-        let src = select(q0, q1, (t & 1u) == 1u);
+        let src = select(w.la, w.lb, (t & 1u) == 1u);
         let hi = t >= 2u;
-        let fa = q6_f(src.x, hi, h.x, t);
-        let fb = q6_f(src.y, hi, h.y, t);
+        let fa = q6_f(src.x, hi, w.h.x, t);
+        let fb = q6_f(src.y, hi, w.h.y, t);
         // weights read as 1 + q / 64: sum((q - 32) x) = 64 f - 96 sum(x)
         let f = dot(fa, (*xv)[2u * t]) + dot(fb, (*xv)[2u * t + 1u]);
-        s += sc[t] * (64.0 * f - 96.0 * xs[t]);
+        s += w.sc[t] * (64.0 * f - 96.0 * xs[t]);
     }
-    return unpack2x16float(w3[blk >> 1u])[blk & 1u] * s;
+    return w.d * s;
 }
 
 //! section q6_K_int
@@ -729,20 +737,12 @@ fn q6_qdot(ql: vec2<u32>, sh: u32, qh: vec2<u32>, t: u32, x: vec2<u32>, xs: i32)
 }
 
 fn dot_q8(i: u32, xv: XQ) -> f32 {
-    let blk = i >> 3u;
-    let ui = i & 7u;
-    let n = ui >> 2u;
-    let lq = ui & 3u;
-    let base = 16u * blk + 8u * n + lq;
-    let la = w0[base];
-    let lb = w0[base + 4u];
-    let h = w1[i];
-    let sc = q6_scales4(w2[blk], n, lq) * xv.d;
-    // quarters t = 0..3 take ql from (la low, lb low, la high, lb high), as dot_unit
-    let s = sc.x * f32(q6_qdot(la, 0u, h, 0u, xv.x0, xv.s.x))
-        + sc.y * f32(q6_qdot(lb, 0u, h, 1u, xv.x1, xv.s.y))
-        + sc.z * f32(q6_qdot(la, 4u, h, 2u, xv.x2, xv.s.z))
-        + sc.w * f32(q6_qdot(lb, 4u, h, 3u, xv.x3, xv.s.w));
-    return unpack2x16float(w3[blk >> 1u])[blk & 1u] * s;
+    let w = q6_unit(i);
+    let sc = w.sc * xv.d;
+    let s = sc.x * f32(q6_qdot(w.la, 0u, w.h, 0u, xv.x0, xv.s.x))
+        + sc.y * f32(q6_qdot(w.lb, 0u, w.h, 1u, xv.x1, xv.s.y))
+        + sc.z * f32(q6_qdot(w.la, 4u, w.h, 2u, xv.x2, xv.s.z))
+        + sc.w * f32(q6_qdot(w.lb, 4u, w.h, 3u, xv.x3, xv.s.w));
+    return w.d * s;
 }
 
