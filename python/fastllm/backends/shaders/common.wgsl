@@ -60,6 +60,21 @@ fn quant_block(v: ptr<function, array<vec4<f32>, 8>>) -> QBlock {
                   bitcast<vec4<u32>>(vec4<f32>(d, s0, s1, 0.0)));
 }
 
+fn reduce_op4(a: vec4<f32>, b: vec4<f32>, take_max: bool) -> vec4<f32> {
+    return select(a + b, max(a, b), take_max);
+}
+
+// Sum of v over each aligned run of n thread indices (group_reduce4, in the device's section)
+fn group_sum4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
+    return group_reduce4(v, n, ids, false);
+}
+
+// Component-wise maximum of v over each aligned run of n thread indices (the integer
+// mat-vecs' x: the largest |x| of a block of 32 values spread over 8 threads)
+fn group_max4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
+    return group_reduce4(v, n, ids, true);
+}
+
 //! section subgroup
 struct Ids {
     @builtin(local_invocation_index) lid: u32,
@@ -77,36 +92,15 @@ fn thread_index(ids: Ids) -> u32 {
 
 var<workgroup> red4: array<vec4<f32>, WG>;
 
-// Sum of v over each aligned run of n thread indices (n a power of two, n <= WG); every thread
-// gets its run's sum. Lanes first (butterfly), then the per-subgroup partials through memory.
-fn group_sum4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
+// Sum (or with take_max the component-wise maximum) of v over each aligned run of n thread
+// indices (n a power of two, n <= WG); every thread gets its run's result. Lanes first
+// (butterfly), then the per-subgroup partials through memory. take_max is a constant at every
+// call (group_sum4 / group_max4), so the select folds away.
+fn group_reduce4(v: vec4<f32>, n: u32, ids: Ids, take_max: bool) -> vec4<f32> {
     let m = min(n, ids.sgs);
     var s = v;
     for (var o = 1u; o < m; o <<= 1u) {
-        s += subgroupShuffleXor(s, o);
-    }
-    let t = thread_index(ids);
-    if (ids.sgl % m == 0u) {
-        red4[t / m] = s;
-    }
-    workgroupBarrier();
-    let per = n / m;
-    let first = (t / n) * per;
-    var r = vec4<f32>(0.0);
-    for (var q = 0u; q < per; q++) {
-        r += red4[first + q];
-    }
-    workgroupBarrier();
-    return r;
-}
-
-// Component-wise maximum of v over each aligned run of n thread indices, as group_sum4 (the
-// integer mat-vecs' x: the largest |x| of a block of 32 values spread over 8 threads).
-fn group_max4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
-    let m = min(n, ids.sgs);
-    var s = v;
-    for (var o = 1u; o < m; o <<= 1u) {
-        s = max(s, subgroupShuffleXor(s, o));
+        s = reduce_op4(s, subgroupShuffleXor(s, o), take_max);
     }
     let t = thread_index(ids);
     if (ids.sgl % m == 0u) {
@@ -117,7 +111,7 @@ fn group_max4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
     let first = (t / n) * per;
     var r = red4[first];
     for (var q = 1u; q < per; q++) {
-        r = max(r, red4[first + q]);
+        r = reduce_op4(r, red4[first + q], take_max);
     }
     workgroupBarrier();
     return r;
@@ -169,31 +163,16 @@ fn thread_index(ids: Ids) -> u32 {
 
 var<workgroup> red4: array<vec4<f32>, WG>;
 
-// Sum of v over each aligned run of n thread indices (n a power of two, n <= WG): a tree in
-// workgroup memory; every thread gets its run's sum.
-fn group_sum4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
+// Sum (or with take_max the component-wise maximum) of v over each aligned run of n thread
+// indices (n a power of two, n <= WG): a tree in workgroup memory; every thread gets its run's
+// result.
+fn group_reduce4(v: vec4<f32>, n: u32, ids: Ids, take_max: bool) -> vec4<f32> {
     let t = ids.lid;
     red4[t] = v;
     workgroupBarrier();
     for (var s = n / 2u; s > 0u; s >>= 1u) {
         if (t % n < s) {
-            red4[t] += red4[t + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red4[t - t % n];
-    workgroupBarrier();
-    return r;
-}
-
-// Component-wise maximum of v over each aligned run of n thread indices, as group_sum4.
-fn group_max4(v: vec4<f32>, n: u32, ids: Ids) -> vec4<f32> {
-    let t = ids.lid;
-    red4[t] = v;
-    workgroupBarrier();
-    for (var s = n / 2u; s > 0u; s >>= 1u) {
-        if (t % n < s) {
-            red4[t] = max(red4[t], red4[t + s]);
+            red4[t] = reduce_op4(red4[t], red4[t + s], take_max);
         }
         workgroupBarrier();
     }
