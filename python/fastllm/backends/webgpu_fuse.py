@@ -10,6 +10,16 @@ from collections.abc import Iterable
 from .base import Node, Value
 
 
+def reader_counts(nodes: list[Node], outputs: Iterable[Value]) -> dict[int, int]:
+    """Value id -> how many nodes read it, a graph output counting as one more reader."""
+    readers: dict[int, int] = {v.id: 1 for v in outputs}
+    for node in nodes:
+        for a in node.args:
+            if isinstance(a, Value):
+                readers[a.id] = readers.get(a.id, 0) + 1
+    return readers
+
+
 def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Node]:
     """Neighbouring ops merged into one dispatch (a decode step is bound by per-dispatch
     cost, DESIGN.md principle 5). Only runs of consecutive nodes whose inner values nothing
@@ -24,11 +34,7 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
                                             2-3 readers (q, k, v; gate, up) one mul_mv_multi
     Mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= mv_max_m)."""
     outputs = list(outputs)
-    readers: dict[int, int] = {v.id: 1 for v in outputs}
-    for node in nodes:
-        for a in node.args:
-            if isinstance(a, Value):
-                readers[a.id] = readers.get(a.id, 0) + 1
+    readers = reader_counts(nodes, outputs)
 
     def inner(v: Value | None) -> bool:  # read once, and not a graph output
         return v is not None and readers.get(v.id, 0) == 1

@@ -11,6 +11,7 @@ from ..quants import GGMLType
 from . import webgpu_repack as repack
 from . import webgpu_shaders as shaders
 from .base import Node, Value, Weight
+from .webgpu_fuse import reader_counts
 
 # Mat-vec shape (mul_mv.wgsl): rows per thread group R, threads per row TPR, workgroup size.
 # Measured on an H100 (Vulkan, 2026-11-22, weights rotated through more copies than the L2
@@ -121,11 +122,7 @@ class MatmulOps:
           mul_mv_multi (gate, up) -> down projection of silu(gate) * up (+ residual): the glu
             kernel, writing silu(gate) * up quantized in the gate output's buffer."""
         produced = {n.out.id: n for n in self.nodes if n.out is not None}
-        reads: dict[int, int] = {v.id: 1 for v in self.g.outputs.values()}
-        for n in self.nodes:
-            for a in n.args:
-                if isinstance(a, Value):
-                    reads[a.id] = reads.get(a.id, 0) + 1
+        reads = reader_counts(self.nodes, self.g.outputs.values())
         values, glu = set(), set()
         for n in self.nodes:
             if n.op not in ("mul_mat", "mul_mv_fused") or n.args[0].shape[0] != 1:
@@ -142,18 +139,18 @@ class MatmulOps:
                 values.add(x.id)
             elif (up is not None and src.op == "mul_mv_multi" and src.out is x
                   and src.attrs["also_out"] == [up] and reads.get(up.id) == 1
-                  and x.cols % 32 == 0 and self._int_dot(list(src.args[2:]), src.args[0])
-                  and self._glu_bindings(src)):
+                  and self._int_dot(list(src.args[2:]), src.args[0])
+                  and self._bindings_fit(src.args[2:], 2)):
                 values.add(x.id)
                 glu.add(id(src))
         return values, glu
 
-    def _glu_bindings(self, node: Node) -> bool:
-        """Whether the glu kernel's bindings fit the device (weights of one part each)."""
-        ws = node.args[2:]
+    def _bindings_fit(self, ws, others: int) -> bool:
+        """Whether one dispatch can bind all of these weights (each of one part) besides
+        `others` storage buffers, within the device's storage bindings per shader stage."""
         arrays = sum(len(w.handle.parts[0].buffers) for w in ws)
         storage = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
-        return all(len(w.handle.parts) == 1 for w in ws) and 2 + arrays <= storage
+        return all(len(w.handle.parts) == 1 for w in ws) and others + arrays <= storage
 
     def _quantize_x(self, x: Value, up: Value | None = None, nw: Weight | None = None,
                     eps: float = 0.0):
@@ -199,13 +196,10 @@ class MatmulOps:
         outs = [node.out, *node.attrs["also_out"]]
         eps = node.attrs["eps"]
         k = x.cols
-        if id(node) in self.glu_multi:  # its bindings were checked (_glu_bindings)
+        if id(node) in self.glu_multi:  # its bindings were checked (x and its output)
             self._mul_mv_glu(node, x, nw, ws, eps)
             return
-        arrays = sum(len(w.handle.parts[0].buffers) for w in ws)
-        storage = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
-        if (any(len(w.handle.parts) > 1 for w in ws) or 2 + len(ws) + arrays > storage
-                or x.shape[0] != 1):
+        if not self._bindings_fit(ws, 2 + len(ws)) or x.shape[0] != 1:  # x, nw, the outputs
             for w, out in zip(ws, outs):
                 self._mul_mat(Node("mul_mv_fused", (x, w, None, None, nw), {"eps": eps}, out),
                               x, w, nw=nw, eps=eps)
