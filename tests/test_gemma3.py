@@ -138,6 +138,7 @@ def test_long_prompt_window_against_plain_numpy(gemma_path):
     got = small.prefill(ids)
     want = _plain_forward(small, ids)
     # float32 engine vs a float64-leaning plain pass: 18 layers of rounding, well under 0.05
+    print("float path max error", np.abs(got - want).max(), np.abs(want).max())
     assert np.abs(got - want).max() < 0.05
     assert int(np.argmax(got)) == int(np.argmax(want))
 
@@ -164,10 +165,11 @@ def test_webgpu_long_prompt_matches_reference(gemma_gpu, gemma, gemma_path):
     ids = long_prompt(gemma)
     want = gemma.prefill(ids)
     # float mat-vecs: f32 on both sides; the GPU sums in another order (tiles, subgroups) over
-    # 18 layers
+    # 18 layers, and with shader-f16 its prefill tiles hold x, Q, K and V in f16 and sum each
+    # unit's 32 products of a mat-mat in f16 (observed 0.049 of ~27)
     with Model.load(gemma_path, backend=WebGPUBackend(int_dot=False), n_ctx=1024) as flt:
         got = flt.prefill(ids)
-    assert np.abs(got - want).max() < 0.05
+    assert np.abs(got - want).max() < 0.004 * np.abs(want).max()
     assert int(np.argmax(got)) == int(np.argmax(want))
     # the default integer mat-vec rounds the last row's x to bytes before the output matrix
     # (~1% of the logits' magnitude here, observed 0.22 of ~20)

@@ -75,17 +75,38 @@ def mvq_shape(n_rows: int, units: int, tname: str) -> tuple[int, int, int]:
     return r, min(tpr, wg, _pow2_floor(units)), wg
 
 
-MM_BN = 64  # mul_mm.wgsl's BN (rows of W per tile) for the 4 x 4-per-thread kernel
-# Long batches over many rows take kernel_mul_mm8 (8 x 8 outputs per thread, tiles of MM8_BM
-# tokens x MM8_BN rows) when that still makes MM8_MIN_WG workgroups: with a quarter of the
-# threads it needs ~2 groups per SM to hide its loads, and below that the 4 x 4 kernel wins
-# (H100, 512 tokens, q4_K: 8192 x 2048 0.99 vs 1.31 ms, 2048 x 2048 0.55 vs 0.39 ms;
-# benchmarks/NOTES.md, section 5)
+MM_BN = 64  # mul_mm.wgsl's BN (rows of W per tile) for 4 x 4 outputs per thread
+# ... halved while its grid has fewer than MM_MIN_WG workgroups (H100, 512 tokens, q4_K:
+# 512 x 2048 8.4 -> 12.1 TFLOP/s, 1024 x 4096 17.1 -> 18.4; 2048 x 2048 21.7 -> 20.6)
+MM_MIN_WG = 256
+# Long batches over many rows take tiles of MM8_BM tokens x MM8_BN rows with MM8_TQ x MM8_RQ
+# quads of outputs per thread (8 x 8) when that still makes MM8_MIN_WG workgroups: with a
+# quarter of the threads it needs ~2 groups per SM to hide its loads, and below that 4 x 4 per
+# thread wins (H100, 512 tokens, q4_K: 8192 x 2048 0.99 vs 1.31 ms, 2048 x 2048 0.55 vs 0.39
+# ms; benchmarks/NOTES.md, sections 5 and 8)
 MM8_BM = 128
 MM8_BN = 64
+MM8_TQ = 2
+MM8_RQ = 2
+# units of K per tile step: two halve the barriers and tile fills per unit, but the 8 x 8
+# tiles' doubled workgroup memory costs them more than that (H100, 512 tokens: 14336 x 4096
+# q4_K 31.1 -> 21.7 TFLOP/s with two; 4 x 4: 1024 x 4096 18.2 -> 19.7, 512 x 2048 12.0 -> 13.8)
+MM8_UPS = 1
+MM_UPS = 2
+# Below MM8_NARROW_WG workgroups of 8 x 8 tiles, weights with a cheap dequant (Q8_0, floats)
+# take tiles of 64 tokens x 64 rows with 8 x 4 outputs per thread: twice the workgroups (H100,
+# 512 tokens, 4096 x 14336 f16 24.6 -> 30.1 TFLOP/s, q8_0 25.9 -> 28.4; Q4_K/Q6_K gain nothing)
+MM8_NARROW_WG = 512
+# 8 x 8 grids under MM_SPLIT_WG workgroups over rows of at least MM_SPLIT_K values split K in
+# MM_SPLITS parts summed by a second dispatch (q, o and down at the 8B shape: 256 workgroups)
+MM_SPLIT_WG = 512
+MM_SPLIT_K = 4096
+MM_SPLITS = 2
 MM8_MIN_WG = 256
-MM_F16_TILE = 1  # quantized weights' tiles in f16 where the device has shader-f16 (0: f32)
+MM_F16_TILE = 1  # quantized weights' tiles (and sums) in f16 where the device has shader-f16
+MM_F16_FLOAT = 1  # F16/BF16 weights' tiles in f16 too (x rounded to f16 as for quantized ones)
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
+_CHEAP = (GGMLType.Q8_0, *_FLOATS)
 
 
 def _pow2_floor(x: int) -> int:
@@ -173,6 +194,13 @@ class MatmulOps:
                        self._mv_grid(-(-(k // 4) // QX_WG)), consts={"WG": QX_WG},
                        variant=variant)
         return self._xq
+
+    def _planes(self, need: int):
+        """The split mat-mats' scratch buffer (one per build of a program: each split mat-mat's
+        sum has run before the next one writes it)."""
+        if self._mm_planes is None or self._mm_planes.size < need:
+            self._mm_planes = self._buf(need, "STORAGE", "mat-mat partial sums")
+        return self._mm_planes
 
     def _mv_grid(self, n_wg: int) -> tuple[int, int, int]:
         """A mat-vec grid of n_wg workgroups as (x, 1, z): a huge vocabulary can pass the
@@ -309,16 +337,30 @@ class MatmulOps:
             else:
                 if variant:
                     raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule
-                f16_tile = MM_F16_TILE and self.be.f16 and t not in _FLOATS
-                if m >= MM8_BM and (-(-part.n_rows // MM8_BN)) * (-(-m // MM8_BM)) >= MM8_MIN_WG:
-                    bm, bn, per = MM8_BM, MM8_BN, 64
-                    entry = f"kernel_mul_mm8_{h.tname}_f32"
+                f16_tile = MM_F16_TILE and self.be.f16 and (
+                    t not in _FLOATS or (MM_F16_FLOAT and t != GGMLType.F32))
+                wg8 = (-(-part.n_rows // MM8_BN)) * (-(-m // MM8_BM))
+                splits = 1
+                if m >= MM8_BM and wg8 >= MM8_MIN_WG:
+                    bm, bn, tq, rq, ups = MM8_BM, MM8_BN, MM8_TQ, MM8_RQ, MM8_UPS
+                    if wg8 < MM8_NARROW_WG and t in _CHEAP:
+                        bm, bn, tq, rq = 64, 64, 2, 1
+                    if wg8 < MM_SPLIT_WG and k >= MM_SPLIT_K and len(h.parts) == 1:
+                        splits = MM_SPLITS
                 else:
                     bm = 16 if m <= 16 else 32 if m <= 32 else 64  # tokens per tile
-                    bn, per = MM_BN, 16
-                    entry = f"kernel_mul_mm_{h.tname}_f32"
-                self._dispatch("mul_mm.wgsl", entry, b,
-                               (-(-part.n_rows // bn), -(-m // bm)), wtype=h.tname,
-                               consts={"BM": bm, "BN": bn, "WG": bm * bn // per,
-                                       "GUARD_K": guard},
-                               f16_tile=f16_tile)
+                    bn, tq, rq, ups = MM_BN, 1, 1, MM_UPS
+                    if (-(-part.n_rows // bn)) * (-(-m // bm)) < MM_MIN_WG:
+                        bn //= 2
+                if splits > 1:  # partial sums into planes of a scratch buffer, then summed
+                    b[2] = planes = self._planes(splits * m * h.n * 4)
+                consts = {"BM": bm, "BN": bn, "TQ": tq, "RQ": rq, "UPS": ups, "SPLITK": splits,
+                          "WG": bm * bn // (16 * tq * rq), "GUARD_K": guard}
+                self._dispatch("mul_mm.wgsl", f"kernel_mul_mm_{h.tname}_f32", b,
+                               (-(-part.n_rows // bn), -(-m // bm), splits), wtype=h.tname,
+                               consts=consts, f16_tile=f16_tile)
+                if splits > 1:
+                    self._dispatch("mul_mm.wgsl", "kernel_mul_mm_sum_f32",
+                                   {0: b[0], 2: self.buf(node.out), 7: planes},
+                                   self._grid1(m * h.n, 256), wtype=h.tname,
+                                   consts={**consts, "WG": 256}, f16_tile=f16_tile)

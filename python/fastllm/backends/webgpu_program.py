@@ -31,12 +31,28 @@ except ImportError:  # another wgpu build: the public API
     _ffi = _lib = None
 
 ARGMAX_WG = 1024  # one workgroup scans a whole vocabulary row: as many threads as allowed
-EW_WG = 64  # workgroup size of elementwise.wgsl, rope.wgsl, kv.wgsl and attention.wgsl
+EW_WG = 64  # workgroup size of elementwise.wgsl, rope.wgsl and kv.wgsl
 # Most workgroups per KV head of decode attention (attn_decode.wgsl's NSPLIT; a cache of N rows
 # gets min(ATTN_SPLITS, N / 8)). H100, 8B Q4_K_M step at positions 64 / 1,000 / 4,000:
 # 16 splits 3.12 / 3.45 / 4.55 ms, 32 splits 3.15 / 3.34 / 3.97, 64 splits 3.23 / 3.33 / 3.81
 # (benchmarks/NOTES.md, section 7).
 ATTN_SPLITS = 32
+# Prefill attention tiles (attention.wgsl): BQ query rows x BK keys per step, the first that
+# fits the device's workgroup memory; PREFILL_ATTN_F16 stores the Q, K and V tiles in f16 where
+# the device has shader-f16 (the products stay f32).
+PREFILL_ATTN_TILES = ((64, 32), (32, 32), (64, 16), (32, 16), (16, 16), (16, 8), (8, 8), (4, 4))
+PREFILL_ATTN_F16 = 1
+
+
+def prefill_attn_shape(d: int, f16: bool, smem: int, max_wg: int) -> tuple[int, int, bool]:
+    """(BQ, BK, f16 tiles) of prefill attention at head_dim d."""
+    tile = bool(PREFILL_ATTN_F16 and f16)
+    for bq, bk in PREFILL_ATTN_TILES:
+        size = (d * bq + d * bk) * (2 if tile else 4) + (bk * bq + 3 * bq) * 4
+        if size <= smem and bq * bk // 16 <= max_wg:
+            return bq, bk, tile
+    raise UnsupportedError(f"webgpu: head_dim {d} needs more workgroup memory than the device "
+                           f"has ({smem} bytes)")
 
 
 def _nbytes(v: Value) -> int:
@@ -58,6 +74,7 @@ class WebGPUProgram(MatmulOps, RwkvOps, Program):
         self._kv_version = backend.kv_version  # bind groups hold the KV cache's buffers
         self._greedy: dict[str, Any] | None = None
         self._xq = None  # quantize_x's scratch buffer (webgpu_matmul), made on first use
+        self._mm_planes = None  # split mat-mats' partial sums (webgpu_matmul), as _xq
         self._specs: list[tuple] = []  # (pipeline, entries, grid) until bind groups exist
         self._args = bytearray()
         with backend.errors("compiling a graph"):
@@ -367,25 +384,12 @@ class WebGPUProgram(MatmulOps, RwkvOps, Program):
                 self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",
                                {0: rargs, 5: self.buf(node.out), 6: part}, (nh,), consts=consts)
             return
-        d4 = d // 4
-        tpq = min(16, _pow2_floor(max(1, d // 16)))
-        while d4 % tpq:
-            tpq //= 2
-        bq = EW_WG // tpq
-        limit = self.be.limits["max-compute-workgroup-storage-size"] // 4  # floats
-
-        def floats(bk: int) -> int:  # attention.wgsl's tiles
-            return bq * d + bk * (d + 4) + bq * bk
-
-        bk = 64
-        while bk > 4 and floats(bk) > limit:
-            bk //= 2
-        if floats(bk) > limit:
-            raise UnsupportedError(f"webgpu: head_dim {d} needs more workgroup memory than the "
-                                   f"device has")
-        consts = {"G": g, "D": d, "TPQ": tpq, "BK": bk}
+        bq, bk, tile = prefill_attn_shape(d, self.be.f16,
+                                          self.be.limits["max-compute-workgroup-storage-size"],
+                                          self.be.limits["max-compute-invocations-per-workgroup"])
         self._dispatch("attention.wgsl", "kernel_attn_prefill_f32", b, (-(-n * g // bq), nkv),
-                       consts=consts)
+                       consts={"G": g, "D": d, "BQ": bq, "BK": bk, "WG": bq * bk // 16},
+                       f16_tile=tile)
 
     def _op_attn_decode_rope(self, node: Node) -> None:
         self._op_attention(node)  # the decode path with the `rope` variant (args q, k, v, ff)

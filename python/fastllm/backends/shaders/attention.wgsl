@@ -4,22 +4,25 @@
 // subtracts infinities. (Decode, one token: attn_decode.wgsl.)
 //
 // A workgroup takes BQ query rows, (token, head of the group) pairs, so K and V tiles serve the
-// G heads of a KV head at once, and walks the keys its rows see BK at a time through workgroup
-// memory (K, then V in the same tile). TPQ threads per row: each scores every TPQ-th key of the
-// tile (vec4 products, so the sum's dependency chain is D / 4 long) and holds DPT4 vec4s of the
-// output (columns k + TPQ * e, e < DPT4, in vec4 units). Tiles are vec4 arrays whose rows are
-// padded by one vec4, so rows start in different banks.
-// Grid: (ceil(n_tokens * G / BQ), n_kv_head).
+// G heads of a KV head at once, and walks the keys its rows see BK at a time (online softmax,
+// as flash attention). Both products are small mat-mats with mul_mm.wgsl's register tiles:
+// scores S = Q K^T with Q and K stored d-major as vec4s of four rows (keys), so a thread's 4 x 4
+// block of scores takes two vec4 loads per d for 16 multiply-adds; then O += P V with P stored
+// key-major as vec4s of four rows and V as it is in the cache, a thread holding 4 rows x DG
+// d-quads of O. (One thread per row with scalar loads of K, as before, read K and V once per
+// 8 rows and ran at ~1.5 TFLOP/s on an H100.)
+// Grid: (ceil(n_tokens * G / BQ), n_kv_head); WG = (BQ / 4) * (BK / 4).
 
-const WG: u32 = 64u;
+const WG: u32 = 128u;
 const G: u32 = 1u;       // query heads per KV head
 const D: u32 = 64u;      // head_dim (a multiple of 4)
-const TPQ: u32 = 4u;     // threads per query row (divides D / 4)
-const BK: u32 = 32u;     // keys per tile
+const BQ: u32 = 64u;     // query rows per workgroup (a multiple of 4)
+const BK: u32 = 32u;     // keys per tile (a multiple of 4)
+alias TILE = f32;
 const D4: u32 = D / 4u;
-const DPT4: u32 = D4 / TPQ;
-const BQ: u32 = WG / TPQ;
-const KS: u32 = D4 + 1u;
+const RQ4: u32 = BQ / 4u;
+const KQ4: u32 = BK / 4u;
+const DG: u32 = (D4 + KQ4 - 1u) / KQ4;  // d-quads of O per thread
 
 @group(0) @binding(0) var<uniform> args: kargs_attention;
 @group(0) @binding(1) var<uniform> step: kargs_step;
@@ -28,100 +31,152 @@ const KS: u32 = D4 + 1u;
 @group(0) @binding(4) var<storage, read> vc4: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;
 
-var<workgroup> qt: array<vec4<f32>, BQ * D4>;
-var<workgroup> kt: array<vec4<f32>, BK * KS>;
-var<workgroup> st: array<f32, BQ * BK>;
+var<workgroup> qt: array<vec4<TILE>, D * RQ4>;  // Q: [d][row quad], scaled
+var<workgroup> kt: array<vec4<TILE>, D * KQ4>;  // K: [d][key quad]; then V: [key][d quad]
+var<workgroup> pt: array<vec4<f32>, BK * RQ4>;  // scores, then weights: [key][row quad]
+var<workgroup> rm: array<f32, BQ>;  // per row: running maximum,
+var<workgroup> rl: array<f32, BQ>;  // running sum of weights (1 / sum at the end),
+var<workgroup> ra: array<f32, BQ>;  // and this tile's rescale of O
+
+// the query position of row rr of the batch (rows past the batch take its last token's)
+fn row_pos(rr: u32) -> u32 {
+    return step.pos + min(rr / G, step.n_tokens - 1u);
+}
 
 @compute @workgroup_size(WG)
 fn kernel_attn_prefill_f32(ids: Ids) {
     let t = ids.lid;
     let kvh = ids.wg.y;
     let n = step.n_tokens;
-    let pos = step.pos;
     let hd4 = args.n_head * D4;
     let kvd4 = args.n_kv_head * D4;
-    let r = t / TPQ;
-    let k = t % TPQ;
-    let row = ids.wg.x * BQ + r;  // (token, head of group) pair
-    let tok = row / G;
-    let h = kvh * G + row % G;
-    let p = pos + min(tok, n - 1u);
-    let lo = first_visible(p, args.window);
-    for (var e = t; e < BQ * D4; e += WG) {
-        let rr = ids.wg.x * BQ + e / D4;
-        let tk = rr / G;
-        var v = vec4<f32>(0.0);
-        if (tk < n) {
-            v = q4[tk * hd4 + (kvh * G + rr % G) * D4 + e % D4] * args.scale;
+    let r0 = ids.wg.x * BQ;
+    for (var q = t; q < RQ4 * D4; q += WG) {
+        let iq = q % RQ4;
+        let e4 = q / RQ4;
+        var v = array<vec4<f32>, 4>();  // (zeroed explicitly: naga does not re-zero a `var`
+        for (var i = 0u; i < 4u; i++) {  // declared in a loop body on every pass)
+            let rr = r0 + 4u * iq + i;
+            if (rr / G < n) {
+                v[i] = q4[(rr / G) * hd4 + (kvh * G + rr % G) * D4 + e4] * args.scale;
+            }
         }
-        qt[e] = v;
+        for (var c = 0u; c < 4u; c++) {
+            qt[(4u * e4 + c) * RQ4 + iq] = vec4<TILE>(vec4<f32>(v[0][c], v[1][c], v[2][c],
+                                                                v[3][c]));
+        }
     }
-    // keys any row of the tile sees
-    let t0 = ids.wg.x * BQ / G;
-    let t1 = min(((ids.wg.x + 1u) * BQ - 1u) / G, n - 1u);
-    let kmin = first_visible(pos + t0, args.window);
-    let kmax = pos + t1;
-    var m = MASKED;
-    var l = 0.0;
-    var acc: array<vec4<f32>, DPT4>;
+    for (var r = t; r < BQ; r += WG) {
+        rm[r] = MASKED;
+        rl[r] = 0.0;
+    }
+    let kmin = first_visible(row_pos(r0), args.window);
+    let kmax = row_pos(r0 + BQ - 1u);
+    // S: rows 4 sq.., keys 4 sk..; O: rows 4 sq.., d-quads sk + KQ4 i
+    let sq = t % RQ4;
+    let sk = t / RQ4;
+    var acc: array<vec4<f32>, 4u * DG>;  // [row c * DG + i]
     for (var j0 = kmin; j0 <= kmax; j0 += BK) {
+        workgroupBarrier();  // the last tile's V and weights are read
+        for (var q = t; q < KQ4 * D4; q += WG) {
+            let jq = q % KQ4;
+            let e4 = q / KQ4;
+            var v = array<vec4<f32>, 4>();
+            for (var i = 0u; i < 4u; i++) {
+                let jp = j0 + 4u * jq + i;
+                if (jp <= kmax) {
+                    v[i] = kc4[(jp % args.ring) * kvd4 + kvh * D4 + e4];
+                }
+            }
+            for (var c = 0u; c < 4u; c++) {
+                kt[(4u * e4 + c) * KQ4 + jq] = vec4<TILE>(vec4<f32>(v[0][c], v[1][c], v[2][c],
+                                                                    v[3][c]));
+            }
+        }
         workgroupBarrier();
-        for (var e = t; e < BK * D4; e += WG) {
-            let jp = j0 + e / D4;
+        var s = array<vec4<f32>, 4>();  // s[c]: row 4 sq + c, keys 4 sk..
+        for (var e = 0u; e < D; e++) {
+            let a = vec4<f32>(qt[e * RQ4 + sq]);
+            let b = vec4<f32>(kt[e * KQ4 + sk]);
+            for (var c = 0u; c < 4u; c++) {
+                s[c] = fma(vec4<f32>(a[c]), b, s[c]);
+            }
+        }
+        for (var c = 0u; c < 4u; c++) {
+            let p = row_pos(r0 + 4u * sq + c);
+            let lo = first_visible(p, args.window);
+            for (var c2 = 0u; c2 < 4u; c2++) {
+                let jp = j0 + 4u * sk + c2;
+                var x = MASKED;
+                if (jp <= p && jp >= lo) {
+                    x = capped(s[c][c2], args.softcap);
+                }
+                s[c][c2] = x;
+            }
+        }
+        for (var c2 = 0u; c2 < 4u; c2++) {
+            pt[(4u * sk + c2) * RQ4 + sq] = vec4<f32>(s[0][c2], s[1][c2], s[2][c2], s[3][c2]);
+        }
+        workgroupBarrier();
+        for (var q = t; q < BK * D4; q += WG) {
+            let jj = q / D4;
             var v = vec4<f32>(0.0);
-            if (jp <= kmax) {
-                v = kc4[(jp % args.ring) * kvd4 + kvh * D4 + e % D4];
+            if (j0 + jj <= kmax) {
+                v = vc4[((j0 + jj) % args.ring) * kvd4 + kvh * D4 + q % D4];
             }
-            kt[(e / D4) * KS + e % D4] = v;
+            kt[q] = vec4<TILE>(v);
+        }
+        for (var r = t; r < BQ; r += WG) {
+            var mb = MASKED;
+            for (var jj = 0u; jj < BK; jj++) {
+                mb = max(mb, pt[jj * RQ4 + r / 4u][r % 4u]);
+            }
+            let mn = max(rm[r], mb);
+            let al = exp(rm[r] - mn);
+            var l = 0.0;
+            for (var jj = 0u; jj < BK; jj++) {
+                let sj = pt[jj * RQ4 + r / 4u][r % 4u];
+                let pj = select(0.0, exp(sj - mn), sj > MASKED);
+                pt[jj * RQ4 + r / 4u][r % 4u] = pj;
+                l += pj;
+            }
+            rl[r] = rl[r] * al + l;
+            rm[r] = mn;
+            ra[r] = al;
         }
         workgroupBarrier();
-        for (var jj = k; jj < BK; jj += TPQ) {
-            var s4 = vec4<f32>(0.0);
-            for (var e = 0u; e < D4; e++) {
-                s4 += qt[r * D4 + e] * kt[jj * KS + e];
+        for (var c = 0u; c < 4u; c++) {
+            let al = ra[4u * sq + c];
+            for (var i = 0u; i < DG; i++) {
+                acc[c * DG + i] *= al;
             }
-            var s = s4.x + s4.y + s4.z + s4.w;
-            let jp = j0 + jj;
-            if (jp > p || jp < lo) {
-                s = MASKED;
-            } else {
-                s = capped(s, args.softcap);
-            }
-            st[r * BK + jj] = s;
-        }
-        workgroupBarrier();
-        for (var e = t; e < BK * D4; e += WG) {
-            let jp = j0 + e / D4;
-            var v = vec4<f32>(0.0);
-            if (jp <= kmax) {
-                v = vc4[(jp % args.ring) * kvd4 + kvh * D4 + e % D4];
-            }
-            kt[(e / D4) * KS + e % D4] = v;
-        }
-        workgroupBarrier();
-        var mb = MASKED;
-        for (var jj = 0u; jj < BK; jj++) {
-            mb = max(mb, st[r * BK + jj]);
-        }
-        let mn = max(m, mb);
-        let al = exp(m - mn);
-        l *= al;
-        for (var e = 0u; e < DPT4; e++) {
-            acc[e] *= al;
         }
         for (var jj = 0u; jj < BK; jj++) {
-            let sj = st[r * BK + jj];
-            let pj = select(0.0, exp(sj - mn), sj > MASKED);
-            l += pj;
-            for (var e = 0u; e < DPT4; e++) {
-                acc[e] += pj * kt[jj * KS + k + TPQ * e];
+            let pv = pt[jj * RQ4 + sq];
+            for (var i = 0u; i < DG; i++) {
+                let dq = sk + KQ4 * i;
+                if (dq < D4) {
+                    let vv = vec4<f32>(kt[jj * D4 + dq]);
+                    for (var c = 0u; c < 4u; c++) {
+                        acc[c * DG + i] = fma(vec4<f32>(pv[c]), vv, acc[c * DG + i]);
+                    }
+                }
             }
         }
-        m = mn;
     }
-    if (tok < n) {
-        for (var e = 0u; e < DPT4; e++) {
-            out4[tok * hd4 + h * D4 + k + TPQ * e] = acc[e] / l;
+    workgroupBarrier();
+    for (var c = 0u; c < 4u; c++) {
+        let rr = r0 + 4u * sq + c;
+        if (rr / G < n) {
+            // a row sees its own position, so its sum of weights is at least 1
+            let inv = 1.0 / rl[4u * sq + c];
+            let o = (rr / G) * hd4 + (kvh * G + rr % G) * D4;
+            for (var i = 0u; i < DG; i++) {
+                let dq = sk + KQ4 * i;
+                if (dq < D4) {
+                    out4[o + dq] = acc[c * DG + i] * inv;
+                }
+            }
         }
     }
 }
