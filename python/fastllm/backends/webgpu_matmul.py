@@ -98,10 +98,11 @@ MM_UPS = 2
 # 512 tokens, 4096 x 14336 f16 24.6 -> 30.1 TFLOP/s, q8_0 25.9 -> 28.4; Q4_K/Q6_K gain nothing)
 MM8_NARROW_WG = 512
 # 8 x 8 grids under MM_SPLIT_WG workgroups over rows of at least MM_SPLIT_K values split K in
-# MM_SPLITS parts summed by a second dispatch (q, o and down at the 8B shape: 256 workgroups)
+# MM_SPLITS parts summed by a second dispatch (q, o and down at the 8B shape: 256 workgroups;
+# H100, 8B Q4_K_M pp512 1,859 -> 1,959 with two parts, 1,979 with three)
 MM_SPLIT_WG = 512
 MM_SPLIT_K = 4096
-MM_SPLITS = 2
+MM_SPLITS = 3
 MM8_MIN_WG = 256
 MM_F16_TILE = 1  # quantized weights' tiles (and sums) in f16 where the device has shader-f16
 MM_F16_FLOAT = 1  # F16/BF16 weights' tiles in f16 too (x rounded to f16 as for quantized ones)
