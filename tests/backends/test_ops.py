@@ -27,8 +27,10 @@ FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 # order); quantized prefill may round its tiles to f16 (shader-f16), ~2^-11 per value.
 MATMUL_TOL = {t: 1e-5 if t in FLOATS else 2e-3 for t in SUPPORTED_TYPES}
 # prefill tiles with shader-f16 (F16 and BF16 weights too; F32 stays f32): x rounded to f16 and
-# each unit's 32 products summed in f16 before the f32 sums, ~1e-3 of the largest output
-MM_F16_TOL = 2e-3
+# each unit's 32 products summed in f16 before the f32 sums: ~1e-3 of the largest output over
+# thousands of values, up to 2.1e-3 over rows of only two or three units (observed); a lost or
+# doubled unit, or a wrong element, is off by a large fraction of it
+MM_F16_TOL = 4e-3
 
 
 def mm_tol(gpu, t: GGMLType, m: int) -> float:
