@@ -217,6 +217,34 @@ def test_mul_mat_odd_units(gpu, t, rng, monkeypatch):
             check(got, want, mm_tol(gpu, t, m), rng, f"{t.name} M={m} UPS={ups}")
 
 
+def test_mul_mat_small_workgroup_memory(rng, monkeypatch):
+    """On a device with WebGPU's base 16 KB of workgroup memory the mat-mat tiles shrink to fit
+    (two units per step become one, f32 8 x 8 tiles give way to 4 x 4) and still compute the
+    same products."""
+    from fastllm.backends import webgpu_matmul
+
+    monkeypatch.setattr(webgpu_matmul, "MM8_MIN_WG", 1)
+    _backend(None).close()  # skips without an adapter
+    for disable in ({"shader-f16"}, None):
+        gpu = _backend(disable)
+        gpu.limits["max-compute-workgroup-storage-size"] = 16384
+        try:
+            pair = Pair(gpu, {"w": quant_info("w", GGMLType.Q8_0, 1100, 256, rng),
+                              "x": f32_info("x", rng.standard_normal((40, 256)))})
+            for m in (40, 130):
+                got, want = pair.run(
+                    lambda g, w: g.output("y", g.matmul(g.get_rows(w["x"], g.tokens), w["w"])),
+                    m, rng.integers(0, 40, m).astype(np.int32))
+                check(got, want, mm_tol(gpu, GGMLType.Q8_0, m), rng, f"M={m}")
+            tb = 2 if gpu.f16 else 4
+            for _file, entry, _, consts, _, _ in gpu._pipelines:
+                if entry.startswith("kernel_mul_mm_q"):
+                    c = dict(consts)
+                    assert c["UPS"] * 32 * (c["BM"] + c["BN"]) * tb <= 16384, (entry, c)
+        finally:
+            gpu.close()
+
+
 @pytest.mark.parametrize("t", SUPPORTED_TYPES, ids=lambda t: t.name)
 def test_get_rows(gpu, t, rng):
     k, n = _k(t), 50

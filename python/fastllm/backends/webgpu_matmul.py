@@ -342,7 +342,11 @@ class MatmulOps:
                     t not in _FLOATS or (MM_F16_FLOAT and t != GGMLType.F32))
                 wg8 = (-(-part.n_rows // MM8_BN)) * (-(-m // MM8_BM))
                 splits = 1
-                if m >= MM8_BM and wg8 >= MM8_MIN_WG:
+                # tiles: UPS * 32 k x (BM + BN) values of TILE
+                smem = self.be.limits.get("max-compute-workgroup-storage-size", 16384)
+                tb = 2 if f16_tile else 4
+                fits8 = MM8_UPS * 32 * (MM8_BM + MM8_BN) * tb <= smem
+                if m >= MM8_BM and wg8 >= MM8_MIN_WG and fits8:
                     bm, bn, tq, rq, ups = MM8_BM, MM8_BN, MM8_TQ, MM8_RQ, MM8_UPS
                     if wg8 < MM8_NARROW_WG and t in _CHEAP:
                         bm, bn, tq, rq = 64, 64, 2, 1
@@ -353,6 +357,8 @@ class MatmulOps:
                     bn, tq, rq, ups = MM_BN, 1, 1, MM_UPS
                     if (-(-part.n_rows // bn)) * (-(-m // bm)) < MM_MIN_WG:
                         bn //= 2
+                    while ups > 1 and ups * 32 * (bm + bn) * tb > smem:
+                        ups //= 2  # little workgroup memory (WebGPU's base limit is 16 KB)
                 if splits > 1:  # partial sums into planes of a scratch buffer, then summed
                     b[2] = planes = self._planes(splits * m * h.n * 4)
                 consts = {"BM": bm, "BN": bn, "TQ": tq, "RQ": rq, "UPS": ups, "SPLITK": splits,
