@@ -42,12 +42,14 @@ F32_TOL = 1e-5  # element-wise ops and norms: f32 rounding only
 ROPE_TOL = 2e-4  # angles p * inv_freq rounded once in f32, and the GPU's sin/cos
 ATTN_TOL = 2e-5
 # prefill attention with shader-f16 keeps its Q, K and V tiles in f16 (as a cache in f16 would),
-# products and softmax in f32: scores move by ~|s| 2^-11
-ATTN_F16_TOL = 3e-3
+# products and softmax in f32: scores move by ~|s| 2^-11 (observed up to 1.1e-3 of the largest
+# output over 280 prefill checks of test_attention_runs)
+ATTN_F16_TOL = 5e-3
 
 
-def attn_tol(gpu, n: int, tol: float = ATTN_TOL) -> float:
-    return max(tol, ATTN_F16_TOL) if gpu.f16 and n > 1 else tol
+def attn_tol(gpu, n: int, tol: float = ATTN_TOL, f16_tol: float = ATTN_F16_TOL) -> float:
+    """f16_tol for prefill (n > 1) on a device with shader-f16, else tol."""
+    return max(tol, f16_tol) if gpu.f16 and n > 1 else tol
 
 # (features left off, naga's run-time checks on): the adapter's features with the kernels as the
 # backend compiles them by default, and the fallback paths with naga's checks (the other way
@@ -396,7 +398,9 @@ def test_attention_softcap(gpu, n, rng):
     pos = 0
     for _ in range(3):
         got, want = pair.run(build, n, rng.integers(0, 32, n).astype(np.int32), pos)
-        check(got, want, attn_tol(gpu, n), rng, f"n={n} pos={pos}")
+        # scores here are ~N(0, 512) on purpose (the cap at work), so f16 Q and K tiles move
+        # them by ~0.01-0.05 before the cap (observed up to 6.5e-3 of the largest output)
+        check(got, want, attn_tol(gpu, n, f16_tol=2e-2), rng, f"n={n} pos={pos}")
         pos += n
 
 

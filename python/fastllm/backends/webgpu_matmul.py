@@ -88,6 +88,7 @@ MM8_BM = 128
 MM8_BN = 64
 MM8_TQ = 2
 MM8_RQ = 2
+MM8_MIN_WG = 256
 # units of K per tile step: two halve the barriers and tile fills per unit, but the 8 x 8
 # tiles' doubled workgroup memory costs them more than that (H100, 512 tokens: 14336 x 4096
 # q4_K 31.1 -> 21.7 TFLOP/s with two; 4 x 4: 1024 x 4096 18.2 -> 19.7, 512 x 2048 12.0 -> 13.8)
@@ -103,11 +104,31 @@ MM8_NARROW_WG = 512
 MM_SPLIT_WG = 512
 MM_SPLIT_K = 4096
 MM_SPLITS = 3
-MM8_MIN_WG = 256
 MM_F16_TILE = 1  # quantized weights' tiles (and sums) in f16 where the device has shader-f16
 MM_F16_FLOAT = 1  # F16/BF16 weights' tiles in f16 too (x rounded to f16 as for quantized ones)
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 _CHEAP = (GGMLType.Q8_0, *_FLOATS)
+
+
+def mm_shape(n_rows: int, m: int, k: int, t: GGMLType, f16_tile: bool, parts: int,
+             smem: int) -> tuple[int, int, int, int, int, int]:
+    """(BM, BN, TQ, RQ, UPS, SPLITK) of a prefill mat-mat (mul_mm.wgsl) of m tokens over
+    n_rows rows of k values of type t, for a device with smem bytes of workgroup memory."""
+    tb = 2 if f16_tile else 4  # tiles: UPS * 32 k x (BM + BN) values of TILE
+    wg8 = (-(-n_rows // MM8_BN)) * (-(-m // MM8_BM))
+    if m >= MM8_BM and wg8 >= MM8_MIN_WG and MM8_UPS * 32 * (MM8_BM + MM8_BN) * tb <= smem:
+        bm, bn, tq, rq = MM8_BM, MM8_BN, MM8_TQ, MM8_RQ
+        if wg8 < MM8_NARROW_WG and t in _CHEAP:
+            bm, bn, tq, rq = 64, 64, 2, 1
+        split = wg8 < MM_SPLIT_WG and k >= MM_SPLIT_K and parts == 1
+        return bm, bn, tq, rq, MM8_UPS, MM_SPLITS if split else 1
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64  # tokens per tile
+    bn, ups = MM_BN, MM_UPS
+    if (-(-n_rows // bn)) * (-(-m // bm)) < MM_MIN_WG:
+        bn //= 2
+    while ups > 1 and ups * 32 * (bm + bn) * tb > smem:
+        ups //= 2  # little workgroup memory (WebGPU's base limit is 16 KB)
+    return bm, bn, 1, 1, ups, 1
 
 
 def _pow2_floor(x: int) -> int:
@@ -340,25 +361,9 @@ class MatmulOps:
                     raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule
                 f16_tile = MM_F16_TILE and self.be.f16 and (
                     t not in _FLOATS or (MM_F16_FLOAT and t != GGMLType.F32))
-                wg8 = (-(-part.n_rows // MM8_BN)) * (-(-m // MM8_BM))
-                splits = 1
-                # tiles: UPS * 32 k x (BM + BN) values of TILE
-                smem = self.be.limits.get("max-compute-workgroup-storage-size", 16384)
-                tb = 2 if f16_tile else 4
-                fits8 = MM8_UPS * 32 * (MM8_BM + MM8_BN) * tb <= smem
-                if m >= MM8_BM and wg8 >= MM8_MIN_WG and fits8:
-                    bm, bn, tq, rq, ups = MM8_BM, MM8_BN, MM8_TQ, MM8_RQ, MM8_UPS
-                    if wg8 < MM8_NARROW_WG and t in _CHEAP:
-                        bm, bn, tq, rq = 64, 64, 2, 1
-                    if wg8 < MM_SPLIT_WG and k >= MM_SPLIT_K and len(h.parts) == 1:
-                        splits = MM_SPLITS
-                else:
-                    bm = 16 if m <= 16 else 32 if m <= 32 else 64  # tokens per tile
-                    bn, tq, rq, ups = MM_BN, 1, 1, MM_UPS
-                    if (-(-part.n_rows // bn)) * (-(-m // bm)) < MM_MIN_WG:
-                        bn //= 2
-                    while ups > 1 and ups * 32 * (bm + bn) * tb > smem:
-                        ups //= 2  # little workgroup memory (WebGPU's base limit is 16 KB)
+                bm, bn, tq, rq, ups, splits = mm_shape(
+                    part.n_rows, m, k, t, f16_tile, len(h.parts),
+                    self.be.limits.get("max-compute-workgroup-storage-size", 16384))
                 if splits > 1:  # partial sums into planes of a scratch buffer, then summed
                     b[2] = planes = self._planes(splits * m * h.n * 4)
                 consts = {"BM": bm, "BN": bn, "TQ": tq, "RQ": rq, "UPS": ups, "SPLITK": splits,
