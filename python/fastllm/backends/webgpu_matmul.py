@@ -99,11 +99,12 @@ MM_UPS = 2
 # 512 tokens, 4096 x 14336 f16 24.6 -> 30.1 TFLOP/s, q8_0 25.9 -> 28.4; Q4_K/Q6_K gain nothing)
 MM8_NARROW_WG = 512
 # 8 x 8 grids under MM_SPLIT_WG workgroups over rows of at least MM_SPLIT_K values split K in
-# MM_SPLITS parts summed by a second dispatch (q, o and down at the 8B shape: 256 workgroups;
-# H100, 8B Q4_K_M pp512 1,859 -> 1,959 with two parts, 1,979 with three)
-MM_SPLIT_WG = 512
+# MM_SPLITS parts summed by a second dispatch (8B shape: q, o and down have 256 workgroups,
+# gate and up 896. H100, 8B Q4_K_M pp512: none 1,859; under 512 in two parts 1,959, three
+# 1,979 (1,971 in a later run), four 1,998; under 1024 in three 2,014, four 2,029)
+MM_SPLIT_WG = 1024
 MM_SPLIT_K = 4096
-MM_SPLITS = 3
+MM_SPLITS = 4
 MM_F16_TILE = 1  # quantized weights' tiles (and sums) in f16 where the device has shader-f16
 MM_F16_FLOAT = 1  # F16/BF16 weights' tiles in f16 too (x rounded to f16 as for quantized ones)
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
