@@ -100,9 +100,9 @@ def test_tiny_models(webgpu_ok, tmp_path, arch, qtype, monkeypatch):
     qtype = qtype.removesuffix("-int")
     monkeypatch.setenv("FASTLLM_WEBGPU_INT_DOT", "1" if int_dot else "0")
     if qtype == "F32":  # f32 throughout: prefill attention's f16 tiles (shader-f16) off too
-        from fastllm.backends import webgpu_program
+        from fastllm.backends import webgpu_attention
 
-        monkeypatch.setattr(webgpu_program, "PREFILL_ATTN_F16", 0)
+        monkeypatch.setattr(webgpu_attention, "PREFILL_ATTN_F16", 0)
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=qtype, seed=1,
                             rope_freqs=arch == "llama")
     ids = [1] + list(np.random.default_rng(0).integers(3, 200, 23))

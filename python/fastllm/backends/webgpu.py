@@ -2,8 +2,8 @@
 
 This module owns the device: adapter and feature choice, limits, buffers, the pipeline cache,
 weight upload (webgpu_repack.py) and the KV cache. Graph lowering and replay live in
-webgpu_program.py (mat-muls: webgpu_matmul.py), kernel sources in shaders/*.wgsl (assembled by
-webgpu_shaders.py).
+webgpu_program.py (mat-muls: webgpu_matmul.py, attention: webgpu_attention.py), kernel sources
+in shaders/*.wgsl (assembled by webgpu_shaders.py).
 
 Weights stay quantized on the device; a matrix larger than one storage binding allows is split
 by rows into parts (one dispatch each). Activations and the KV cache are float32.
