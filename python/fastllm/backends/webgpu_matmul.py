@@ -105,6 +105,11 @@ MM8_NARROW_WG = 512
 MM_SPLIT_WG = 1024
 MM_SPLIT_K = 4096
 MM_SPLITS = 4
+# 4 x 4 grids split too where their rows hold MM_SPLIT_K values or the grid of 64-row tiles is
+# under MM_MIN_WG (H100, 512 tokens, q4_K: 1024 x 4096 19.5 -> 21.1 TFLOP/s, 2048 x 8192
+# 22.9 -> 24.7, 512 x 2048 13.7 -> 18.5; 2048 x 2048 22.9 -> 22.7, so not there). The partial
+# sums live in a slot of the program's activation planner, free again after the sum.
+MM4_SPLIT = 1
 MM_F16_TILE = 1  # quantized weights' tiles (and sums) in f16 where the device has shader-f16
 MM_F16_FLOAT = 1  # F16/BF16 weights' tiles in f16 too (x rounded to f16 as for quantized ones)
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
@@ -129,7 +134,10 @@ def mm_shape(n_rows: int, m: int, k: int, t: GGMLType, f16_tile: bool, parts: in
         bn //= 2
     while ups > 1 and ups * 32 * (bm + bn) * tb > smem:
         ups //= 2  # little workgroup memory (WebGPU's base limit is 16 KB)
-    return bm, bn, 1, 1, ups, 1
+    wg64 = (-(-n_rows // MM_BN)) * (-(-m // bm))
+    split = (MM4_SPLIT and parts == 1 and wg64 < MM_SPLIT_WG
+             and (k >= MM_SPLIT_K or wg64 < MM_MIN_WG))
+    return bm, bn, 1, 1, ups, MM_SPLITS if split else 1
 
 
 def _pow2_floor(x: int) -> int:
@@ -218,12 +226,27 @@ class MatmulOps:
                        variant=variant)
         return self._xq
 
-    def _planes(self, need: int):
-        """The split mat-mats' scratch buffer (one per build of a program: each split mat-mat's
-        sum has run before the next one writes it)."""
-        if self._mm_planes is None or self._mm_planes.size < need:
-            self._mm_planes = self._buf(need, "STORAGE", "mat-mat partial sums")
-        return self._mm_planes
+    def _mm_tile_f16(self, t: GGMLType) -> bool:
+        """Whether a prefill mat-mat over weights of type t keeps its tiles (and sums) in f16."""
+        return bool(MM_F16_TILE and self.be.f16
+                    and (t not in _FLOATS or (MM_F16_FLOAT and t != GGMLType.F32)))
+
+    def _mm_shape_of(self, x: Value, w: Weight, part) -> tuple[int, int, int, int, int, int]:
+        shape = mm_shape(part.n_rows, x.shape[0], x.cols, GGMLType(w.type),
+                         self._mm_tile_f16(GGMLType(w.type)), len(w.handle.parts),
+                         self.be.limits.get("max-compute-workgroup-storage-size", 16384))
+        if shape[5] * x.shape[0] * w.handle.n * 4 > self.be.max_binding:
+            shape = (*shape[:5], 1)  # the planes would not fit one binding
+        return shape
+
+    def _scratch_bytes(self, node: Node) -> int:
+        """Bytes of scratch a node needs while it runs (the planner gives it a slot): a split
+        prefill mat-mat's planes of partial sums."""
+        if node.op != "mul_mat" or node.args[0].shape[0] <= MV_MAX_M:
+            return 0
+        x, w = node.args
+        splits = self._mm_shape_of(x, w, w.handle.parts[0])[5]
+        return splits * x.shape[0] * w.handle.n * 4 if splits > 1 else 0
 
     def _mv_grid(self, n_wg: int) -> tuple[int, int, int]:
         """A mat-vec grid of n_wg workgroups as (x, 1, z): a huge vocabulary can pass the
@@ -360,13 +383,10 @@ class MatmulOps:
             else:
                 if variant:
                     raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule
-                f16_tile = MM_F16_TILE and self.be.f16 and (
-                    t not in _FLOATS or (MM_F16_FLOAT and t != GGMLType.F32))
-                bm, bn, tq, rq, ups, splits = mm_shape(
-                    part.n_rows, m, k, t, f16_tile, len(h.parts),
-                    self.be.limits.get("max-compute-workgroup-storage-size", 16384))
-                if splits > 1:  # partial sums into planes of a scratch buffer, then summed
-                    b[2] = planes = self._planes(splits * m * h.n * 4)
+                f16_tile = self._mm_tile_f16(t)
+                bm, bn, tq, rq, ups, splits = self._mm_shape_of(x, w, part)
+                if splits > 1:  # partial sums into planes of the node's scratch, then summed
+                    b[2] = planes = self.slots[self.scratch_of[node.out.id]]
                 consts = {"BM": bm, "BN": bn, "TQ": tq, "RQ": rq, "UPS": ups, "SPLITK": splits,
                           "WG": bm * bn // (16 * tq * rq), "GUARD_K": guard}
                 self._dispatch("mul_mm.wgsl", f"kernel_mul_mm_{h.tname}_f32", b,

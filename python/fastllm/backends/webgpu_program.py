@@ -52,7 +52,6 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, Program):
         self._kv_version = backend.kv_version  # bind groups hold the KV cache's buffers
         self._greedy: dict[str, Any] | None = None
         self._xq = None  # quantize_x's scratch buffer (webgpu_matmul), made on first use
-        self._mm_planes = None  # split mat-mats' partial sums (webgpu_matmul), as _xq
         self._specs: list[tuple] = []  # (pipeline, entries, grid) until bind groups exist
         self._args = bytearray()
         with backend.errors("compiling a graph"):
@@ -89,26 +88,34 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, Program):
         sizes: list[int] = []
         free: list[int] = []
         slot_of: dict[int, int] = {}
+        scratch_of: dict[int, int] = {}
+
+        def take(need: int) -> int:  # the smallest free slot that fits, else the largest grown
+            fits = [s for s in free if sizes[s] >= need]
+            if fits:
+                s = min(fits, key=lambda s: sizes[s])
+            elif free:
+                s = max(free, key=lambda s: sizes[s])
+                sizes[s] = need
+            else:
+                s = len(sizes)
+                sizes.append(need)
+            if s in free:
+                free.remove(s)
+            return s
+
         for i, node in enumerate(self.nodes):
             unread = []  # freed after all of the node's outputs have their own slots
             for v in (node.out, *node.attrs.get("also_out", ())):
                 if v is None:
                     continue
-                need = _nbytes(v)
-                fits = [s for s in free if sizes[s] >= need]
-                if fits:
-                    s = min(fits, key=lambda s: sizes[s])
-                elif free:
-                    s = max(free, key=lambda s: sizes[s])
-                    sizes[s] = need
-                else:
-                    s = len(sizes)
-                    sizes.append(need)
-                if s in free:
-                    free.remove(s)
-                slot_of[v.id] = s
+                s = slot_of[v.id] = take(_nbytes(v))
                 if v.id not in keep and v.id not in last:
                     unread.append(s)
+            need = self._scratch_bytes(node)
+            if need:  # held while the node runs: not one of its inputs' or outputs' slots
+                unread.append(take(need))
+                scratch_of[node.out.id] = unread[-1]
             free += unread
             for a in node.args:
                 if (isinstance(a, Value) and a.id in slot_of and last.get(a.id) == i
@@ -117,6 +124,7 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, Program):
         self.slots = [self._buf(s, "STORAGE|COPY_SRC|COPY_DST", f"act{i}")
                       for i, s in enumerate(sizes)]
         self.slot_of = slot_of
+        self.scratch_of = scratch_of
 
     def buf(self, v: Value | Weight):
         if isinstance(v, Weight):
