@@ -89,9 +89,10 @@ MM8_BN = 64
 MM8_TQ = 2
 MM8_RQ = 2
 MM8_MIN_WG = 256
-# units of K per tile step: two halve the barriers and tile fills per unit, but the 8 x 8
-# tiles' doubled workgroup memory costs them more than that (H100, 512 tokens: 14336 x 4096
-# q4_K 31.1 -> 21.7 TFLOP/s with two; 4 x 4: 1024 x 4096 18.2 -> 19.7, 512 x 2048 12.0 -> 13.8)
+# units of K per tile step: two halve the barriers and tile fills per unit, but cost the 8 x 8
+# tiles more than that (twice the workgroup memory and unrolled code per step; H100, 512
+# tokens: 14336 x 4096 q4_K 31.1 -> 21.7 TFLOP/s; 4 x 4: 1024 x 4096 18.2 -> 19.7, 512 x 2048
+# 12.0 -> 13.8)
 MM8_UPS = 1
 MM_UPS = 2
 # Below MM8_NARROW_WG workgroups of 8 x 8 tiles, weights with a cheap dequant (Q8_0, floats)
