@@ -219,6 +219,42 @@ def test_mul_mat_odd_units(gpu, t, rng, monkeypatch):
             check(got, want, mm_tol(gpu, t, m), rng, f"{t.name} M={m} UPS={ups}")
 
 
+def test_split_mat_mat_scratch_in_planner(gpu, rng, monkeypatch):
+    """A split mat-mat's partial sums take a slot of the activation planner for the time the
+    mat-mat and its sum run: never its input's or output's slot, and free for the next split
+    mat-mat after it (two in a row share one), with both results right."""
+    from fastllm.backends import webgpu_matmul
+
+    monkeypatch.setattr(webgpu_matmul, "MM_SPLIT_K", 1)
+    monkeypatch.setattr(webgpu_matmul, "MM8_MIN_WG", 1)
+    pair = Pair(gpu, {"a": quant_info("a", GGMLType.Q8_0, 96, 256, rng),
+                      "b": quant_info("b", GGMLType.Q8_0, 64, 96, rng),
+                      "x": f32_info("x", rng.standard_normal((40, 256)))})
+    m = 130
+
+    def build(g, w):
+        h = g.matmul(g.get_rows(w["x"], g.tokens), w["a"])
+        g.output("y", g.matmul(h, w["b"]))
+
+    got, want = pair.run(build, m, rng.integers(0, 40, m).astype(np.int32))
+    check(got, want, mm_tol(gpu, GGMLType.Q8_0, m) * 2, rng, f"M={m}")
+    g = Graph(m)
+    w = pair.w[gpu]
+    h = g.matmul(g.get_rows(w["x"], g.tokens), w["a"])
+    y = g.matmul(h, w["b"])
+    g.output("y", y)
+    prog = gpu.compile(g)
+    try:
+        nodes = [nd for nd in prog.nodes if nd.op == "mul_mat"]
+        assert [nd.out.id for nd in nodes] == [h.id, y.id]
+        s1, s2 = prog.scratch_of[h.id], prog.scratch_of[y.id]
+        assert s1 not in (prog.slot_of[h.id], prog.slot_of[nodes[0].args[0].id])
+        assert s2 not in (prog.slot_of[y.id], prog.slot_of[h.id])
+        assert s1 == s2
+    finally:
+        prog.release()
+
+
 def test_mul_mat_small_workgroup_memory(rng, monkeypatch):
     """On a device with WebGPU's base 16 KB of workgroup memory the mat-mat tiles shrink to fit
     (two units per step become one, f32 8 x 8 tiles give way to 4 x 4) and still compute the
