@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from bench_webgpu_ops import Timer, _tensor
+from bench_webgpu_ops import Timer, _tensor, mat_mat_dispatches
 
 from fastllm.backends import webgpu_matmul as wm
 from fastllm.backends.base import Graph
@@ -73,16 +73,13 @@ def main(argv=None) -> None:
                 g.output("y", g.matmul(g.get_rows(x, g.tokens), w))
                 prog = be.compile(g)
                 y = prog.run(np.arange(a.m, dtype=np.int32), 0)["y"]
-                # the mat-mat's dispatches (a split K adds its sum), not the get_rows of x
-                mm = [d for d in prog.dispatches if d[0].label.startswith("kernel_mul_m")]
-                sec = timer.time(mm, a.repeat)
+                sec = timer.time(mat_mat_dispatches(prog), a.repeat)
                 if ref is None:
                     ref = y
                 err = float(np.max(np.abs(y - ref)) / max(1e-30, np.max(np.abs(ref))))
                 cells.append(f"{2 * a.m * n * k / sec / 1e12:7.2f} ({err:7.1e})")
                 prog.release()
             print(f"{shape:>12} {tn:>5} " + " ".join(f"{c:>18}" for c in cells), flush=True)
-            w.release() if hasattr(w, "release") else None
     be.close()
 
 
