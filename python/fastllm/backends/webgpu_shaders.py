@@ -109,8 +109,9 @@ def multi_source(wtypes: tuple[str, ...], *, subgroups: bool,
     branches = []
     for s, t in enumerate(wtypes):
         parts.append(slot_section(t, s, q8))
-        parts.append(msec["slotq" if q8 else "slot"].replace("OUT_SLOT", str(MULTI_OUT + s))
-                     .replace("_SLOT", f"_{s}"))
+        for sec in ("slotq" if q8 else "slot", "store"):
+            parts.append(msec[sec].replace("OUT_SLOT", str(MULTI_OUT + s))
+                         .replace("_SLOT", f"_{s}"))
         first = f"g - args.slots.wg_end{s - 1}" if s else "g"
         branches.append(f"if (g < args.slots.wg_end{s}) {{\n"
                         f"        mv_{s}({first}, args.slots.n_rows{s}, ids);\n    }}")

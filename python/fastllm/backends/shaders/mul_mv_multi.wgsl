@@ -6,9 +6,10 @@
 //
 // webgpu_shaders.multi_source assembles the module: each slot's weight type section of
 // quants.wgsl, with its names suffixed by the slot (dot_unit -> dot_unit_1, w0 -> w0_1) and its
-// arrays bound at 13 + 4 s, so the slots may have different types; the `slot` section below
-// once per slot (SLOT -> s); and an entry point that sends each workgroup to its slot's rows
-// (kargs_mv_slots: slot s takes workgroups [wg_end of s - 1, wg_end of s)).
+// arrays bound at 13 + 4 s, so the slots may have different types; the `slot` and `store`
+// sections below once per slot (SLOT -> s; `slotq` for `slot` in the q8 form); and an entry
+// point that sends each workgroup to its slot's rows (kargs_mv_slots: slot s takes workgroups
+// [wg_end of s - 1, wg_end of s)).
 //
 // Within a slot the work is mul_mv.wgsl's one-token path: groups of TPR threads compute R
 // consecutive rows, taking the row's units in turn; each workgroup reduces x for the norm itself.
@@ -48,7 +49,6 @@ fn xmeta(col: u32) -> vec4<f32> {
 }
 
 //! section slot
-@group(0) @binding(OUT_SLOT) var<storage, read_write> y_SLOT: array<f32>;
 
 fn x_at_SLOT(u: u32, j: u32) -> vec4<f32> {
     let col = unit_col_SLOT(u, j, (args.mm.K + 31u) / 32u);
@@ -77,21 +77,10 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
             acc[r / 4u] += onehot(r % 4u) * dot_unit_SLOT(row * U + u, &xv, xs);
         }
     }
-    for (var v = 0u; v < RV; v++) {
-        let s = group_sum4(acc[v], TPR, ids);
-        if (lane == 0u) {
-            for (var q = 0u; q < min(4u, R); q++) {
-                let r = r0 + 4u * v + q;
-                if (r < nr) {
-                    y_SLOT[r] = s[q];
-                }
-            }
-        }
-    }
+    store_SLOT(acc, r0, nr, lane, ids);
 }
 
 //! section slotq
-@group(0) @binding(OUT_SLOT) var<storage, read_write> y_SLOT: array<f32>;
 
 // as mv_SLOT, over x's bytes
 fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
@@ -107,6 +96,15 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
             acc[r / 4u] += onehot(r % 4u) * dot_q8_SLOT(row * U + u, xv);
         }
     }
+    store_SLOT(acc, r0, nr, lane, ids);
+}
+
+//! section store
+// (after slot or slotq, once per slot) the rows' sums: each group of TPR threads adds up its
+// partial sums and its first thread stores the rows inside the slot
+@group(0) @binding(OUT_SLOT) var<storage, read_write> y_SLOT: array<f32>;
+
+fn store_SLOT(acc: array<vec4<f32>, RV>, r0: u32, nr: u32, lane: u32, ids: Ids) {
     for (var v = 0u; v < RV; v++) {
         let s = group_sum4(acc[v], TPR, ids);
         if (lane == 0u) {
