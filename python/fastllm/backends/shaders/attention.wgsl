@@ -61,9 +61,9 @@ fn kernel_attn_prefill_f32(ids: Ids) {
                 v[i] = q4[(rr / G) * hd4 + (kvh * G + rr % G) * D4 + e4] * args.scale;
             }
         }
+        let vt = transpose(mat4x4<f32>(v[0], v[1], v[2], v[3]));
         for (var c = 0u; c < 4u; c++) {
-            qt[(4u * e4 + c) * RQ4 + iq] = vec4<TILE>(vec4<f32>(v[0][c], v[1][c], v[2][c],
-                                                                v[3][c]));
+            qt[(4u * e4 + c) * RQ4 + iq] = vec4<TILE>(vt[c]);
         }
     }
     for (var r = t; r < BQ; r += WG) {
@@ -88,9 +88,9 @@ fn kernel_attn_prefill_f32(ids: Ids) {
                     v[i] = kc4[(jp % args.ring) * kvd4 + kvh * D4 + e4];
                 }
             }
+            let vt = transpose(mat4x4<f32>(v[0], v[1], v[2], v[3]));
             for (var c = 0u; c < 4u; c++) {
-                kt[(4u * e4 + c) * KQ4 + jq] = vec4<TILE>(vec4<f32>(v[0][c], v[1][c], v[2][c],
-                                                                    v[3][c]));
+                kt[(4u * e4 + c) * KQ4 + jq] = vec4<TILE>(vt[c]);
             }
         }
         workgroupBarrier();

@@ -62,9 +62,9 @@ fn fill(u0: u32, m0: u32, n0: u32, t: u32) {
                 v[i] = x4[mm * (K / 4u) + col / 4u];
             }
         }
+        let vt = transpose(mat4x4<f32>(v[0], v[1], v[2], v[3]));  // vt[c]: component c of the 4
         for (var c = 0u; c < 4u; c++) {
-            at[(4u * j + c) * (BM / 4u) + mq] = vec4<TILE>(vec4<f32>(v[0][c], v[1][c], v[2][c],
-                                                                     v[3][c]));
+            at[(4u * j + c) * (BM / 4u) + mq] = vec4<TILE>(vt[c]);
         }
     }
     for (var q = t; q < UPS * 2u * BN; q += WG) {
@@ -76,9 +76,9 @@ fn fill(u0: u32, m0: u32, n0: u32, t: u32) {
             // rows past the part repeat its last row (their outputs are not stored)
             v[i] = dq4(min(n0 + 4u * nq + i, nr - 1u) * U + u, j % 8u);
         }
+        let vt = transpose(mat4x4<f32>(v[0], v[1], v[2], v[3]));  // vt[c]: component c of the 4
         for (var c = 0u; c < 4u; c++) {
-            bt[(4u * j + c) * (BN / 4u) + nq] = vec4<TILE>(vec4<f32>(v[0][c], v[1][c], v[2][c],
-                                                                     v[3][c]));
+            bt[(4u * j + c) * (BN / 4u) + nq] = vec4<TILE>(vt[c]);
         }
     }
 }
