@@ -275,10 +275,11 @@ def test_mul_mat_small_workgroup_memory(rng, monkeypatch):
                     m, rng.integers(0, 40, m).astype(np.int32))
                 check(got, want, mm_tol(gpu, GGMLType.Q8_0, m), rng, f"M={m}")
             tb = 2 if gpu.f16 else 4
-            for _file, entry, _, consts, _, _ in gpu._pipelines:
-                if entry.startswith("kernel_mul_mm_q"):
-                    c = dict(consts)
-                    assert c["UPS"] * 32 * (c["BM"] + c["BN"]) * tb <= 16384, (entry, c)
+            tiles = [dict(consts) for _file, entry, _, consts, _, _ in gpu._pipelines
+                     if entry.startswith("kernel_mul_mm_q")]
+            assert tiles
+            for c in tiles:
+                assert c["UPS"] * 32 * (c["BM"] + c["BN"]) * tb <= 16384, c
         finally:
             gpu.close()
 
