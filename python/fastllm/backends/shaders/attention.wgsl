@@ -35,7 +35,7 @@ var<workgroup> qt: array<vec4<TILE>, D * RQ4>;  // Q: [d][row quad], scaled
 var<workgroup> kt: array<vec4<TILE>, D * KQ4>;  // K: [d][key quad]; then V: [key][d quad]
 var<workgroup> pt: array<vec4<f32>, BK * RQ4>;  // scores, then weights: [key][row quad]
 var<workgroup> rm: array<f32, BQ>;  // per row: running maximum,
-var<workgroup> rl: array<f32, BQ>;  // running sum of weights (1 / sum at the end),
+var<workgroup> rl: array<f32, BQ>;  // running sum of weights,
 var<workgroup> ra: array<f32, BQ>;  // and this tile's rescale of O
 
 // the query position of row rr of the batch (rows past the batch take its last token's)
@@ -164,7 +164,7 @@ fn kernel_attn_prefill_f32(ids: Ids) {
             }
         }
     }
-    workgroupBarrier();
+    // (rl was last written before the last tile's second barrier)
     for (var c = 0u; c < 4u; c++) {
         let rr = r0 + 4u * sq + c;
         if (rr / G < n) {
