@@ -111,6 +111,14 @@ MM_SPLITS = 4
 # 22.9 -> 24.7, 512 x 2048 13.7 -> 18.5; 2048 x 2048 22.9 -> 22.7, so not there). The partial
 # sums live in a slot of the program's activation planner, free again after the sum.
 MM4_SPLIT = 1
+# k steps per pass of mul_mm.wgsl's k loop (H100, 512 tokens, q4_K, TFLOP/s for KU 1 / 8 / 16:
+# 14336 x 4096 32.1 / 34.8 / 22.4, 4096 x 4096 29.8 / 32.8 / 21.1, 1024 x 4096 (4 x 4)
+# 21.1 / 22.3 / 21.2; 32 compiles as 1)
+MM_KU = 8
+# quantized weights' tiles store the x tile after the weight tile (its loads in flight during
+# the dequantization; same sweep, KU 8: 14336 x 4096 q4_K 34.8 -> 35.0, q6_K 31.1 -> 32.7, q8_0
+# 36.1 -> 37.3, 2048 x 2048 q6_K 19.9 -> 21.8); float weights before (f16 38.1 -> 36.2)
+MM_X_LAST = 1
 MM_F16_TILE = 1  # quantized weights' tiles (and sums) in f16 where the device has shader-f16
 MM_F16_FLOAT = 1  # F16/BF16 weights' tiles in f16 too (x rounded to f16 as for quantized ones)
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
@@ -389,7 +397,9 @@ class MatmulOps:
                 if splits > 1:  # partial sums into planes of the node's scratch, then summed
                     b[2] = planes = self.slots[self.scratch_of[node.out.id]]
                 consts = {"BM": bm, "BN": bn, "TQ": tq, "RQ": rq, "UPS": ups, "SPLITK": splits,
-                          "WG": bm * bn // (16 * tq * rq), "GUARD_K": guard}
+                          "WG": bm * bn // (16 * tq * rq), "GUARD_K": guard,
+                          "KU": MM_KU,
+                          "X_LAST": bool(MM_X_LAST and t not in _FLOATS)}
                 self._dispatch("mul_mm.wgsl", f"kernel_mul_mm_{h.tname}_f32", b,
                                (-(-part.n_rows // bn), -(-m // bm), splits), wtype=h.tname,
                                consts=consts, f16_tile=f16_tile)

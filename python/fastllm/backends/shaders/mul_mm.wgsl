@@ -27,6 +27,8 @@ const TQ: u32 = 1u;  // token quads per thread
 const RQ: u32 = 1u;  // row quads per thread
 const UPS: u32 = 1u;  // units of K per tile step (one barrier pair per step)
 const SPLITK: u32 = 1u;
+const KU: u32 = 8u;  // k steps per pass of the k loop, a divisor of 32 (see the loop)
+const X_LAST: bool = false;  // (see fill)
 alias TILE = f32;
 
 struct MatArgs {
@@ -42,43 +44,74 @@ struct MatArgs {
 var<workgroup> at: array<vec4<TILE>, UPS * 8u * BM>;  // [k][m / 4], 32 UPS k
 var<workgroup> bt: array<vec4<TILE>, UPS * 8u * BN>;  // [k][n / 4]
 
+// quads (4 tokens or rows x 4 k) of a tile step, and how many each thread fills
+const XQ: u32 = UPS * 2u * BM;
+const WQ: u32 = UPS * 2u * BN;
+const XR: u32 = (XQ + WG - 1u) / WG;
+const WR: u32 = (WQ + WG - 1u) / WG;
+
+// The fill's loops count to constants (XR, WR), not from t in steps of WG: a count the
+// compiler can see lets it unroll them and issue a thread's global loads together (counted
+// from t, each pass waited for its own loads). With X_LAST the x tile is stored after the
+// weight tile's dequantization, so its loads are in flight meanwhile (H100, 512 tokens, 8 x 8
+// tiles: q4_K, q6_K and q8_0 +1-8%, f16 weights -2-6%: webgpu_matmul.MM_X_LAST).
 fn fill(u0: u32, m0: u32, n0: u32, t: u32) {
     let M = args.mm.M;
     let K = args.mm.K;
     let U = (K + 31u) / 32u;
     let nr = args.part.n_rows;
-    for (var q = t; q < UPS * 2u * BM; q += WG) {
-        let mq = q % (BM / 4u);
+    var v = array<vec4<f32>, 4u * XR>();  // (zeroed explicitly: naga does not re-zero a
+    // `var` without an initializer on every pass of a loop)
+    for (var r = 0u; r < XR; r++) {
+        let q = t + r * WG;
         let j = q / (BM / 4u);  // k quad of the step
         // a unit past K repeats the last with x = 0 (its weights are read, not used)
         let u = min(u0 + j / 8u, U - 1u);
         let col = unit_col(u, j % 8u, U);
-        // (zeroed explicitly: naga does not re-zero a `var` declared in a loop body on every
-        // pass)
-        var v = array<vec4<f32>, 4>();
         for (var i = 0u; i < 4u; i++) {
-            let mm = m0 + 4u * mq + i;
-            if (mm < M && (!GUARD_K || col < K) && u0 + j / 8u < U) {
-                v[i] = x4[mm * (K / 4u) + col / 4u];
+            let mm = m0 + 4u * (q % (BM / 4u)) + i;
+            if ((XQ % WG == 0u || q < XQ) && mm < M && (!GUARD_K || col < K)
+                && u0 + j / 8u < U) {
+                v[4u * r + i] = x4[mm * (K / 4u) + col / 4u];
             }
         }
-        let vt = transpose(mat4x4<f32>(v[0], v[1], v[2], v[3]));  // vt[c]: component c of the 4
-        for (var c = 0u; c < 4u; c++) {
-            at[(4u * j + c) * (BM / 4u) + mq] = vec4<TILE>(vt[c]);
+    }
+    if (!X_LAST) {
+        store_x(&v, t);
+    }
+    for (var r = 0u; r < WR; r++) {
+        let q = t + r * WG;
+        if (WQ % WG == 0u || q < WQ) {
+            let nq = q % (BN / 4u);
+            let j = q / (BN / 4u);
+            let u = min(u0 + j / 8u, U - 1u);
+            var w = array<vec4<f32>, 4>();
+            for (var i = 0u; i < 4u; i++) {
+                // rows past the part repeat its last row (their outputs are not stored)
+                w[i] = dq4(min(n0 + 4u * nq + i, nr - 1u) * U + u, j % 8u);
+            }
+            let wt = transpose(mat4x4<f32>(w[0], w[1], w[2], w[3]));  // wt[c]: component c
+            for (var c = 0u; c < 4u; c++) {
+                bt[(4u * j + c) * (BN / 4u) + nq] = vec4<TILE>(wt[c]);
+            }
         }
     }
-    for (var q = t; q < UPS * 2u * BN; q += WG) {
-        let nq = q % (BN / 4u);
-        let j = q / (BN / 4u);
-        let u = min(u0 + j / 8u, U - 1u);
-        var v: array<vec4<f32>, 4>;
-        for (var i = 0u; i < 4u; i++) {
-            // rows past the part repeat its last row (their outputs are not stored)
-            v[i] = dq4(min(n0 + 4u * nq + i, nr - 1u) * U + u, j % 8u);
-        }
-        let vt = transpose(mat4x4<f32>(v[0], v[1], v[2], v[3]));  // vt[c]: component c of the 4
-        for (var c = 0u; c < 4u; c++) {
-            bt[(4u * j + c) * (BN / 4u) + nq] = vec4<TILE>(vt[c]);
+    if (X_LAST) {
+        store_x(&v, t);
+    }
+}
+
+// x quads of the fill's v (four tokens' vec4s each) transposed into k-major tile rows
+fn store_x(v: ptr<function, array<vec4<f32>, 4u * XR>>, t: u32) {
+    for (var r = 0u; r < XR; r++) {
+        let q = t + r * WG;
+        if (XQ % WG == 0u || q < XQ) {
+            let j = q / (BM / 4u);
+            let vt = transpose(mat4x4<f32>((*v)[4u * r], (*v)[4u * r + 1u],
+                                           (*v)[4u * r + 2u], (*v)[4u * r + 3u]));
+            for (var c = 0u; c < 4u; c++) {
+                at[(4u * j + c) * (BM / 4u) + q % (BM / 4u)] = vec4<TILE>(vt[c]);
+            }
         }
     }
 }
@@ -105,7 +138,13 @@ fn kernel_mul_mm_TYPE_f32(ids: Ids) {
         workgroupBarrier();
         for (var us = 0u; us < UPS; us++) {
             var p = array<vec4<TILE>, 4u * TQ * RQ>();  // (zeroed explicitly, as in fill)
-            for (var k = 32u * us; k < 32u * us + 32u; k++) {
+            // KU k steps per pass: the driver does not unroll a loop of 32 this size, and one
+            // k per pass waited on each pass's tile loads; a constant inner count of KU
+            // unrolls, its loads issue together at constant offsets (H100, 512 tokens, KU 8
+            // vs 1: 8 x 8 tiles +3-12%, 4 x 4 +1-6%; 16 and 32 lost: webgpu_matmul.MM_KU)
+            for (var k0 = 0u; k0 < 32u; k0 += KU) {
+              for (var kk = 0u; kk < KU; kk++) {
+                let k = 32u * us + k0 + kk;
                 var a: array<vec4<TILE>, TQ>;
                 var b: array<vec4<TILE>, RQ>;
                 for (var i = 0u; i < TQ; i++) {
@@ -122,6 +161,7 @@ fn kernel_mul_mm_TYPE_f32(ids: Ids) {
                         }
                     }
                 }
+              }
             }
             for (var e = 0u; e < 4u * TQ * RQ; e++) {
                 acc[e] += vec4<f32>(p[e]);
