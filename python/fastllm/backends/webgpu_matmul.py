@@ -407,4 +407,4 @@ class MatmulOps:
                     self._dispatch("mul_mm.wgsl", "kernel_mul_mm_sum_f32",
                                    {0: b[0], 2: self.buf(node.out), 7: planes},
                                    self._grid1(m * h.n, 256), wtype=h.tname,
-                                   consts={**consts, "WG": 256}, f16_tile=f16_tile)
+                                   consts={"SPLITK": splits, "WG": 256})  # all the sum reads
