@@ -10,8 +10,8 @@ nvdisasm. Run any benchmark with the cache pointed at a fresh folder, then read 
     __GL_SHADER_DISK_CACHE_SKIP_CLEANUP=1 python3 benchmarks/sweep_webgpu_mm.py ...
     python3 benchmarks/nv_sass.py /tmp/nvcache --out /tmp/sass
 
-It prints one line per pipeline (instructions, registers, and counts of the instructions that
-matter to the kernels here) and writes each pipeline's disassembly to OUT. The cache does not
+It prints one line per pipeline (instructions, registers: the highest register named plus one,
+and counts of the instructions that matter to the kernels here) and writes each pipeline's disassembly to OUT. The cache does not
 name the pipelines: compile one kernel per fresh folder, or tell them apart by their counts.
 Needs `zstandard` and nvdisasm (`pip install zstandard nvidia-cuda-nvdisasm`; the disassembly
 itself runs on any x86_64 or aarch64 Linux machine). Only the layout seen with driver 580 on
@@ -51,8 +51,7 @@ def find_nvdisasm(given: str | None) -> str:
 
 
 def frames(cache: Path):
-    """(file, offset, decompressed) of every zstd frame in the cache's .bin files that holds
-    a compiled pipeline."""
+    """Every zstd frame in the cache's .bin files that holds a compiled pipeline, decompressed."""
     try:
         import zstandard
     except ImportError:
@@ -65,7 +64,7 @@ def frames(cache: Path):
             except zstandard.ZstdError:
                 continue  # the magic inside other data
             if out.startswith(HEADER):
-                yield f, m.start(), out
+                yield out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     print(f"{'pipeline':<10}{'instr':>7}{'regs':>6}" + "".join(f"{k:>13}" for k in COUNTED))
     n = 0
-    for _f, _off, frame in frames(a.cache):
+    for frame in frames(a.cache):
         size, off = struct.unpack_from("<II", frame, 0x4C)
         raw = a.out / f"p{n:03d}.bin"
         raw.write_bytes(frame[off + 8: off + 8 + size])
