@@ -33,6 +33,8 @@ except ImportError:  # another wgpu build: the public API
 
 ARGMAX_WG = 1024  # one workgroup scans a whole vocabulary row: as many threads as allowed
 EW_WG = 64  # workgroup size of elementwise.wgsl, rope.wgsl and kv.wgsl
+
+
 def _nbytes(v: Value) -> int:
     return math.prod(v.shape) * 4
 
