@@ -95,7 +95,7 @@ struct kargs_unary {
 struct kargs_argmax {
     uint32_t n_rows;
     uint32_t n_cols;
-    uint32_t _pad0;
+    uint32_t pos0;      // greedy decoding: the run's first position (the token history's origin)
     uint32_t _pad1;
 };
 

@@ -703,6 +703,35 @@ def test_run_greedy(gpu, rng):
     prog.release()
 
 
+def test_run_greedy_wide_rows_and_ties(gpu, rng):
+    """Greedy decoding's argmax over a row scanned in chunks by many workgroups: each step's
+    token is the first of two equal maxima (the second in a later chunk), and runs longer than
+    one command buffer's steps carry token and position across."""
+    from fastllm.backends import webgpu_program as wp
+
+    vocab, cols = 64, 20_011
+    table = rng.standard_normal((vocab, cols)).astype(np.float32)
+    for r in range(vocab):
+        a = int(rng.integers(0, vocab))
+        table[r, [a, int(rng.integers(a + 1, cols))]] = 9.0
+    g = Graph(1)  # logits: the table row of the token (a graph without attention or cache)
+    g.output("logits", g.get_rows(gpu.load_weight(f32_info("t", table)), g.tokens))
+    prog = gpu.compile(g)
+    n = 3 * wp.GREEDY_PASS + 5
+    first = int(rng.integers(0, vocab))
+    want, tok = [], first
+    for _ in range(n):
+        tok = int(np.argmax(table[tok]))
+        want.append(tok)
+    assert prog.run_greedy(n, first, 0) == want
+    more, tok = [], want[-1]  # a second run: its own positions and history origin
+    for _ in range(5):
+        tok = int(np.argmax(table[tok]))
+        more.append(tok)
+    assert prog.run_greedy(5, want[-1], n) == more
+    prog.release()
+
+
 def test_checked_flag_compiles_both_ways(monkeypatch):
     """The backend compiles without naga's run-time checks unless asked (argument or
     FASTLLM_WEBGPU_CHECKED), and both ways give the same mat-vec on fresh inputs."""

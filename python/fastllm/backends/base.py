@@ -4,7 +4,7 @@ A model never computes. It records one forward pass over `n_tokens` tokens into 
 builder methods below; a backend compiles that graph once into a `Program` and runs it many times.
 The start position of the tokens is *not* part of the graph: it is a run-time scalar (`pos`), so
 the decode graph (n_tokens = 1) is recorded once and replayed for every token, and a GPU backend
-only rewrites a small uniform per step (DESIGN.md, principle 5).
+only rewrites a few bytes per step (DESIGN.md, principle 5).
 
 Every op's meaning is defined by `backends/reference.py` (NumPy, float32); the WebGPU and Metal
 kernels are tested against it. Op names here match kernel names `kernel_<op>[_<variant>]_<type>`.

@@ -3,8 +3,10 @@
 `compile` does all the work once: activation buffers (a value's buffer is reused by later values
 once its last reader has run), kernel arguments (all in one uniform buffer, each at its own
 aligned offset), pipelines, bind groups and the dispatch list. `run` writes the token ids and
-the 16-byte step uniform (kargs_step), encodes the fixed list into one command buffer, submits it
-and reads back only the graph's outputs (DESIGN.md, principle 5).
+the 16-byte step buffer (kargs_step), encodes the fixed list into one command buffer, submits it
+and reads back only the graph's outputs (DESIGN.md, principle 5). Kernels read the step as
+read-only storage, not as a uniform: greedy decoding advances it on the device between steps of
+one compute pass, and a uniform rewritten in the pass cost the 1B model ~1.5% per token.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ except ImportError:  # another wgpu build: the public API
     _ffi = _lib = None
 
 ARGMAX_WG = 1024  # one workgroup scans a whole vocabulary row: as many threads as allowed
+GREEDY_PASS = 8  # greedy decoding: at most this many steps per compute pass and command buffer
+GREEDY_PARTS = 64  # greedy decoding's argmax: at most this many chunks of the row, one
+ARGMAX_PART_WG = 256  # workgroup of this many threads each
 EW_WG = 64  # workgroup size of elementwise.wgsl, rope.wgsl and kv.wgsl
 
 
@@ -58,7 +63,8 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, Program):
         self._args = bytearray()
         with backend.errors("compiling a graph"):
             self.tokens = self._buf(self.n * 4, "STORAGE|COPY_DST|COPY_SRC", "tokens")
-            self.step = self._buf(16, "UNIFORM|COPY_DST", "step")
+            # STORAGE: greedy decoding's last dispatch advances it (kernel_argmax_greedy)
+            self.step = self._buf(16, "UNIFORM|STORAGE|COPY_DST", "step")
             self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M) if backend.fuse
                           else list(graph.nodes))
             self._plan()
@@ -368,68 +374,82 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, Program):
                 out[name] = np.frombuffer(data, dt).reshape(v.shape).copy()
         return out
 
-    def _record(self, enc, raw: list[tuple], dispatches: list[tuple]) -> None:
-        """One compute pass of the dispatch list. Per-token cost is all here (a step is
-        re-encoded every token: command buffers are single-use), so the loop calls wgpu-native's
-        C functions directly; validation happens when the pass ends, as through wgpu-py."""
+    def _record(self, enc, raw: list[tuple], dispatches: list[tuple], repeat: int = 1) -> None:
+        """One compute pass of the dispatch list, `repeat` times. Per-token cost is all here (a
+        step is re-encoded every token: command buffers are single-use), so the loop calls
+        wgpu-native's C functions directly; validation happens when the pass ends, as through
+        wgpu-py."""
         cp = enc.begin_compute_pass()
         if _lib is not None:
             c, null = cp._internal, _ffi.NULL
             set_p = _lib.wgpuComputePassEncoderSetPipeline
             set_bg = _lib.wgpuComputePassEncoderSetBindGroup
             go = _lib.wgpuComputePassEncoderDispatchWorkgroups
-            for p, bg, x, y, z in raw:
-                if p is not None:
-                    set_p(c, p)
-                set_bg(c, 0, bg, 0, null)
-                go(c, x, y, z)
+            for _ in range(repeat):
+                for p, bg, x, y, z in raw:
+                    if p is not None:
+                        set_p(c, p)
+                    set_bg(c, 0, bg, 0, null)
+                    go(c, x, y, z)
         else:
             last = None
-            for p, bg, (x, y, z) in dispatches:
-                if p is not last:
-                    cp.set_pipeline(p)
-                    last = p
-                cp.set_bind_group(0, bg)
-                cp.dispatch_workgroups(x, y, z)
+            for _ in range(repeat):
+                for p, bg, (x, y, z) in dispatches:
+                    if p is not last:
+                        cp.set_pipeline(p)
+                        last = p
+                    cp.set_bind_group(0, bg)
+                    cp.dispatch_workgroups(x, y, z)
         cp.end()
 
     # -- greedy decoding on the device ---------------------------------------------------------
     def _greedy_setup(self, n_steps: int) -> dict[str, Any]:
-        """The argmax dispatch that writes a step's token straight into the token buffer (the
-        next step's input), and buffers for positions and the tokens produced."""
+        """The argmax dispatch that ends a greedy step (kernel_argmax_greedy: the token into the
+        token buffer, the next step's input, and into the history; the step buffer one position
+        on), and the history buffers."""
         g = self._greedy
         if g is None:
             v = self.g.outputs.get("logits")
             if self.n != 1 or v is None or v.shape[0] != 1:
                 raise ValueError("run_greedy needs a one-token program whose output 'logits' is "
                                  "one row")
+            g = self._greedy = {"cap": 0, "logits": v}
+            lim = self.be.limits
+            wg = _pow2_floor(min(GREEDY_PARTS, lim.get("max-compute-invocations-per-workgroup",
+                                                       256),
+                                 lim.get("max-compute-workgroup-size-x", 256)))
+            chunk = max(ARGMAX_PART_WG, -(-v.cols // wg))  # at most wg parts
+            g["parts_grid"] = (-(-v.cols // chunk), 1, 1)
             with self.be.errors("preparing greedy decoding"):
-                args = self._buf(16, "UNIFORM|COPY_DST", "argmax args")
-                self.be.queue.write_buffer(args, 0, kargs.pack("kargs_argmax", n_rows=1,
-                                                               n_cols=v.cols))
-                lim = self.be.limits
-                wg = _pow2_floor(min(ARGMAX_WG, lim.get("max-compute-invocations-per-workgroup",
-                                                        256),
-                                     lim.get("max-compute-workgroup-size-x", 256)))
-                p = self.be.pipeline("argmax.wgsl", "kernel_argmax_f32", consts={"WG": wg})
-                bg = self.be.device.create_bind_group(
-                    layout=p.get_bind_group_layout(0),
-                    entries=[{"binding": 0, "resource": {"buffer": args}},
-                             {"binding": 1, "resource": {"buffer": self.buf(v)}},
-                             {"binding": 2, "resource": {"buffer": self.tokens}}])
-            tail = [(p, bg, (1, 1, 1))]
-            g = self._greedy = {"tail": tail, "dispatches": self.dispatches + tail,
-                                "raw": self._raw_list(self.dispatches + tail), "cap": 0}
+                g["args"] = self._buf(16, "UNIFORM|COPY_DST", "argmax args")
+                g["parts"] = self._buf(8 * wg, "STORAGE", "argmax parts")
+                g["part"] = self.be.pipeline("argmax.wgsl", "kernel_argmax_part",
+                                             consts={"WG": ARGMAX_PART_WG, "CHUNK": chunk})
+                g["pipeline"] = self.be.pipeline("argmax.wgsl", "kernel_argmax_greedy",
+                                                 consts={"WG": wg, "CHUNK": chunk})
         if g["cap"] < n_steps:
             cap = max(64, 1 << (n_steps - 1).bit_length())
-            for old in (g.get("pos"), g.get("out")):  # outgrown
+            for old in (g.get("hist"), g.get("out")):  # outgrown
                 if old is not None:
                     self.be.free(old)
                     self._own.remove(old)
             with self.be.errors("preparing greedy decoding"):
-                g["pos"] = self._buf(16 * cap, "COPY_SRC|COPY_DST", "greedy positions")
-                g["out"] = self._buf(4 * cap, "MAP_READ|COPY_DST", "greedy tokens",
+                g["hist"] = self._buf(4 * cap, "STORAGE|COPY_SRC", "greedy tokens")
+                g["out"] = self._buf(4 * cap, "MAP_READ|COPY_DST", "greedy tokens read",
                                      binding=False)
+                tail = []
+                for p, bufs, grid in ((g["part"], {0: g["args"], 1: self.buf(g["logits"]),
+                                                   5: g["parts"]}, g["parts_grid"]),
+                                      (g["pipeline"], {0: g["args"], 2: self.tokens,
+                                                       3: self.step, 4: g["hist"],
+                                                       5: g["parts"]}, (1, 1, 1))):
+                    bg = self.be.device.create_bind_group(
+                        layout=p.get_bind_group_layout(0),
+                        entries=[{"binding": i, "resource": {"buffer": b}}
+                                 for i, b in bufs.items()])
+                    tail.append((p, bg, grid))
+            g["dispatches"] = self.dispatches + tail
+            g["raw"] = self._raw_list(g["dispatches"])
             g["cap"] = cap
         return g
 
@@ -437,8 +457,10 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, Program):
         """Greedy decoding of n_steps tokens on the device: first_token goes in at position
         pos, each step's argmax (first maximum on ties, as numpy) is the next step's input at the
         next position. Returns the n_steps tokens produced; the last one is not yet in the KV
-        cache. Nothing is read back until the end, so the host encodes step i + 1 while the GPU
-        runs step i, and the GPU never waits for the host."""
+        cache. The GPU carries a step's token and position to the next one itself, so steps
+        follow each other inside one compute pass; a command buffer holds GREEDY_PASS steps
+        (fewer at first, so the GPU starts after one step's encoding) and nothing is read back
+        until the end: the host encodes the next command buffer while the GPU runs the last."""
         if n_steps < 1:
             return []
         spec = self.be.spec
@@ -450,19 +472,23 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, Program):
             self.release()
             self._build()
         g = self._greedy_setup(n_steps)
-        p = np.arange(pos, pos + n_steps, dtype=np.uint32)
-        steps = np.stack([p, np.ones_like(p), p + 1, np.zeros_like(p)], axis=1)
         with be.errors("greedy decoding"):
             q, dev = be.queue, be.device
             q.write_buffer(self.tokens, 0, np.array([first_token], np.int32))
-            q.write_buffer(g["pos"], 0, steps)
-            raw, dispatches, posb, out = g["raw"], g["dispatches"], g["pos"], g["out"]
-            for i in range(n_steps):
+            q.write_buffer(self.step, 0, np.array([pos, 1, pos + 1, 0], np.uint32))
+            q.write_buffer(g["args"], 0, kargs.pack("kargs_argmax", n_rows=1,
+                                                    n_cols=g["logits"].cols, pos0=pos))
+            raw, dispatches, out = g["raw"], g["dispatches"], g["out"]
+            done, k = 0, 1
+            while done < n_steps:
+                k = min(k, n_steps - done)
                 enc = dev.create_command_encoder()
-                enc.copy_buffer_to_buffer(posb, 16 * i, self.step, 0, 16)
-                self._record(enc, raw, dispatches)
-                enc.copy_buffer_to_buffer(self.tokens, 0, out, 4 * i, 4)
+                self._record(enc, raw, dispatches, k)
+                if done + k == n_steps:
+                    enc.copy_buffer_to_buffer(g["hist"], 0, out, 0, 4 * n_steps)
                 q.submit([enc.finish()])
+                done += k
+                k = min(2 * k, GREEDY_PASS)
             out.map_sync("READ", 0, 4 * n_steps)
             ids = np.frombuffer(out.read_mapped(0, 4 * n_steps, copy=True), np.int32)
             out.unmap()

@@ -25,7 +25,7 @@ const KQ4: u32 = BK / 4u;
 const DG: u32 = (D4 + KQ4 - 1u) / KQ4;  // d-quads of O per thread
 
 @group(0) @binding(0) var<uniform> args: kargs_attention;
-@group(0) @binding(1) var<uniform> step: kargs_step;
+@group(0) @binding(1) var<storage, read> step: kargs_step;
 @group(0) @binding(2) var<storage, read> q4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> kc4: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> vc4: array<vec4<f32>>;

@@ -25,7 +25,7 @@ const PR: u32 = (P + WG - 1u) / WG;  // pairs per thread
 const G4: u32 = (G + 3u) / 4u;
 
 @group(0) @binding(0) var<uniform> args: kargs_attention;
-@group(0) @binding(1) var<uniform> step: kargs_step;
+@group(0) @binding(1) var<storage, read> step: kargs_step;
 @group(0) @binding(2) var<storage, read> q4: array<vec4<f32>>;
 // kc4 (binding 3) and vc4 (4), the layer's KV cache: declared by the variant sections below
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;

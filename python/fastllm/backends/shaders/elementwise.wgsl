@@ -9,7 +9,7 @@ const WG: u32 = 64u;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 @group(0) @binding(0) var<uniform> uargs: kargs_unary;
-@group(0) @binding(4) var<uniform> step: kargs_step;
+@group(0) @binding(4) var<storage, read> step: kargs_step;
 
 fn gidx(ids: Ids) -> u32 {
     return (ids.wg.y * ids.nwg.x + ids.wg.x) * WG + ids.lid;

@@ -79,7 +79,7 @@ struct kargs_unary {
 struct kargs_argmax {
     n_rows: u32,
     n_cols: u32,
-    _pad0: u32,
+    pos0: u32,
     _pad1: u32,
 }
 

@@ -4,7 +4,7 @@
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> args: kargs_kv_store;
-@group(0) @binding(1) var<uniform> step: kargs_step;
+@group(0) @binding(1) var<storage, read> step: kargs_step;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 @group(0) @binding(4) var<storage, read_write> kc: array<f32>;

@@ -8,7 +8,7 @@
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> args: kargs_rope;
-@group(0) @binding(1) var<uniform> step: kargs_step;
+@group(0) @binding(1) var<storage, read> step: kargs_step;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;

@@ -14,7 +14,7 @@ struct RopeKvArgs {
 }
 
 @group(0) @binding(0) var<uniform> args: RopeKvArgs;
-@group(0) @binding(1) var<uniform> step: kargs_step;
+@group(0) @binding(1) var<storage, read> step: kargs_step;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 @group(0) @binding(3) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
