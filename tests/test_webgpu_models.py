@@ -123,3 +123,30 @@ def test_tiny_models(webgpu_ok, tmp_path, arch, qtype, monkeypatch):
     finally:
         gpu.close()
         ref.close()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_prenormed_int_matvecs(webgpu_ok, tmp_path, arch, monkeypatch):
+    """A mat-vec + residual that writes the next norm's quantized x itself (resq, the reader
+    scaling by 1 / rms) gives the decode logits of the separate quantize_x dispatch up to float
+    rounding: the bytes are the same, only where the norm's factor is applied moves. (Without
+    the reader's factor the logits here move by ~8, a sixth of their largest.) qwen3's head_dim
+    of 32 makes the output projection a producer too, llama's 16 does not."""
+    from fastllm.backends import webgpu_matmul
+
+    monkeypatch.setenv("FASTLLM_WEBGPU_INT_DOT", "1")
+    path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype="Q8_0", seed=2)
+    ids = [1] + list(np.random.default_rng(1).integers(3, 200, 9))
+    out = {}
+    for on in (0, 1):
+        monkeypatch.setattr(webgpu_matmul, "PRENORM", on)
+        with Model.load(path, backend="webgpu") as m:
+            labels = [p.label for p, _, _ in m._program(1, False).dispatches]
+            assert any("_resq_" in s for s in labels) == bool(on)
+            m.prefill(ids[:1])
+            out[on] = np.stack([m.decode(t) for t in ids[1:]])
+            if on:
+                n_resq = sum("_resq_" in s for s in labels)
+                assert n_resq == (2 * SHAPES[arch][1] - 1 if arch == "qwen3"
+                                  else SHAPES[arch][1] - 1)
+    assert np.abs(out[1] - out[0]).max() < 1e-5 * np.abs(out[0]).max()

@@ -61,6 +61,31 @@ QX_WG = 256  # quantize_x.wgsl: threads per workgroup (8 per block of 32 values)
 GLU_TPR = 16  # kernel_mul_mv_glu_q8: threads per row (32 rows of gate and up per workgroup)
 
 
+PRENORM = 1  # a mat-vec + residual writes the next norm's quantized x (mul_mvq.wgsl's resq)
+
+
+def mvq_shape_blocks(n_rows: int, units: int, tname: str, max_wg: int = 1024,
+                     wg_bytes: int = 16384) -> tuple[int, int, int]:
+    """(R, TPR, WG) of mul_mvq.wgsl's resq, whose workgroups hold whole blocks of 32 rows: on
+    matrices of >= 4096 rows mvq_shape grown to 32 rows (wider workgroups, then fewer threads
+    per row), below that 2 rows per 64 threads in 1024 (fewer workgroups than the H100 has SMs
+    either way; a sweep on it, 2026-11-23: 1B Q4_K_M 1,116 -> 1,182 tok/s, the 8B 330 vs 327);
+    within the device's workgroup size and memory (16 bytes a thread for the reductions)."""
+    if n_rows >= 4096:
+        r, tpr, wg = mvq_shape(n_rows, units, tname)
+    else:
+        r, tpr, wg = 2, min(64, _pow2_floor(units)), 1024
+    cap = min(max_wg, _pow2_floor(max(32, (wg_bytes - 4 * 1024) // 16)))
+    wg = min(wg, cap)
+    tpr = min(tpr, wg)
+    while r * (wg // tpr) % 32:
+        if wg * 2 <= cap:
+            wg *= 2
+        else:
+            tpr //= 2
+    return r, tpr, wg
+
+
 def mvq_shape(n_rows: int, units: int, tname: str) -> tuple[int, int, int]:
     """(R, TPR, WG) of an integer mat-vec (mul_mvq.wgsl, mul_mv_multi's q8 form) of type tname
     over n_rows rows of `units` units."""
@@ -206,6 +231,37 @@ class MatmulOps:
                 glu.add(id(src))
         return values, glu
 
+    def _prenormed(self) -> dict[int, Node]:
+        """Integer mat-vecs of a normed row whose producer writes their x (PRENORM): a mat-vec
+        + residual (mul_mv_fused with res, over prequantized x, so it does not read the scratch
+        it writes) right before the mul_mv_multi that norms its output. Returns {id of the
+        producer node: the mul_mv_multi node}."""
+        if not PRENORM:
+            return {}
+        out = {}
+        for i in range(len(self.nodes) - 1):
+            src, n = self.nodes[i], self.nodes[i + 1]
+            if src.op != "mul_mv_fused" or n.op != "mul_mv_multi":
+                continue
+            sx, w, _up, res, nw = src.args  # with up, sx is prequantized as silu(sx) * up
+            x, _nw, *ws = n.args
+            if (x is not src.out or res is None or nw is not None
+                    or sx.id not in self.prequantized or len(w.handle.parts) != 1
+                    or w.handle.n % 32 or not self._int_dot([w], sx)
+                    or not self._int_dot(ws, x)
+                    or not (id(n) in self.glu_multi or self._bindings_fit(ws, 2 + len(ws)))):
+                continue
+            out[id(src)] = n
+        return out
+
+    def _xq_scratch(self, k: int):
+        """The scratch buffer of quantized x (quantize_x.wgsl's layout) for rows of k values.
+        Programs run their dispatches in order, so one serves every mat-vec of a step."""
+        need = k + k // 2  # bytes, then a vec4 of floats per 32 values
+        if self._xq is None or self._xq.size < need:
+            self._xq = self._buf(max(need, 256), "STORAGE", "quantized x")
+        return self._xq
+
     def _bindings_fit(self, ws, others: int) -> bool:
         """Whether one dispatch can bind all of these weights (each of one part) besides
         `others` storage buffers, within the device's storage bindings per shader stage."""
@@ -216,12 +272,9 @@ class MatmulOps:
     def _quantize_x(self, x: Value, up: Value | None = None, nw: Weight | None = None,
                     eps: float = 0.0):
         """x (as silu(x) * up with `up`, rms_norm(x) * nw with `nw`) quantized to bytes by
-        quantize_x.wgsl into a scratch buffer, which is returned. Programs run their dispatches
-        in order, so one scratch buffer serves every mat-vec of a step."""
+        quantize_x.wgsl into the scratch buffer (_xq_scratch), which is returned."""
         k = x.cols
-        need = k + k // 2  # bytes, then a vec4 of floats per 32 values
-        if self._xq is None or self._xq.size < need:
-            self._xq = self._buf(max(need, 256), "STORAGE", "quantized x")
+        self._xq_scratch(k)
         variant = "norm" if nw is not None else "glu" if up is not None else "plain"
         b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": 0, "K": k, "w_row_words": 0}),
                           _norm_args(k, eps)),
@@ -289,8 +342,9 @@ class MatmulOps:
             return
         units = ws[0].handle.units
         q8 = self._int_dot(ws, x)
+        prenorm = id(node) in self.prenormed  # its producer wrote x
         if q8:
-            xbuf = self._quantize_x(x, nw=nw, eps=eps)
+            xbuf = self._xq_scratch(k) if prenorm else self._quantize_x(x, nw=nw, eps=eps)
             r, tpr, wg = mvq_shape(sum(w.handle.n for w in ws), units, ws[0].handle.tname)
         else:
             xbuf = self.buf(x)
@@ -314,7 +368,7 @@ class MatmulOps:
             b[shaders.MULTI_OUT + s] = self.buf(out)
             b.update({shaders.MULTI_W + 4 * s + i: buf
                       for i, buf in enumerate(w.handle.parts[0].buffers)})
-        guards = ({} if q8 else
+        guards = ({"PRENORM": prenorm} if q8 else
                   {f"GUARD_K_{s}": _guard_k(GGMLType(w.type), k) for s, w in enumerate(ws)})
         self._dispatch("mul_mv_multi.wgsl",
                        "kernel_mul_mv_multi_q8" if q8 else "kernel_mul_mv_multi_f32", b,
@@ -326,15 +380,17 @@ class MatmulOps:
         """Gate and up of one normed token row, joined into the down projection's quantized x
         (mul_mv_multi.wgsl's kernel_mul_mv_glu_q8), written in the gate output's buffer."""
         k, n = x.cols, ws[0].handle.n
+        prenorm = id(node) in self.prenormed  # its producer wrote x
         b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": n, "K": k, "w_row_words": 0}),
                           _norm_args(k, eps), ("kargs_mv_slots", {})),
-             1: self._quantize_x(x, nw=nw, eps=eps), 10: self.buf(node.out)}
+             1: self._xq_scratch(k) if prenorm else self._quantize_x(x, nw=nw, eps=eps),
+             10: self.buf(node.out)}
         for s, w in enumerate(ws):
             b.update({shaders.MULTI_W + 4 * s + i: buf
                       for i, buf in enumerate(w.handle.parts[0].buffers)})
         self._dispatch("mul_mv_multi.wgsl", "kernel_mul_mv_glu_q8", b,
                        self._mv_grid(-(-n // 32)), wtype=tuple(w.handle.tname for w in ws),
-                       consts={"TPR": GLU_TPR, "WG": 32 * GLU_TPR})
+                       consts={"TPR": GLU_TPR, "WG": 32 * GLU_TPR, "PRENORM": prenorm})
 
     def _mul_mat(self, node: Node, x: Value, w: Weight, up: Value | None = None,
                  res: Value | None = None, nw: Weight | None = None, eps: float = 0.0) -> None:
@@ -361,12 +417,23 @@ class MatmulOps:
                 b.update({3 + i: buf for i, buf in enumerate(part.buffers)})
                 if res is not None:
                     b[8] = self.buf(res)
+                v = "res" if res is not None else "plain"
                 r, tpr, wg = mvq_shape(part.n_rows, h.units, h.tname)
-                self._dispatch("mul_mvq.wgsl", ("kernel_mul_mvq_res_" if res is not None
-                                                else "kernel_mul_mvq_") + f"{h.tname}_f32", b,
+                reader = self.prenorm.get(id(node))
+                if reader is not None:  # writes its reader's x too
+                    v = "resq"
+                    b[9], b[10] = self.buf(reader.args[1]), self._xq_scratch(h.n)
+                    lim = self.be.limits
+                    r, tpr, wg = mvq_shape_blocks(
+                        part.n_rows, h.units, h.tname,
+                        min(lim.get("max-compute-invocations-per-workgroup", 256),
+                            lim.get("max-compute-workgroup-size-x", 256)),
+                        lim.get("max-compute-workgroup-storage-size", 16384))
+                self._dispatch("mul_mvq.wgsl", ("kernel_mul_mvq_" if v == "plain" else
+                                                f"kernel_mul_mvq_{v}_") + f"{h.tname}_f32", b,
                                self._mv_grid(-(-part.n_rows // (r * (wg // tpr)))),
                                wtype=h.tname, consts={"TPR": tpr, "R": r, "WG": wg},
-                               variant="res" if res is not None else "plain")
+                               variant=v)
             return
         for part in h.parts:
             structs = [("kargs_mul_mat", {"M": m, "N": h.n, "K": k, "w_row_words": words}),

@@ -69,6 +69,8 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, Program):
                           else list(graph.nodes))
             self._plan()
             self.prequantized, self.glu_multi = self._prequantized()
+            self.prenorm = self._prenormed()  # producer id -> the reader it writes x for
+            self.prenormed = {id(n) for n in self.prenorm.values()}
             for node in self.nodes:
                 getattr(self, "_op_" + node.op)(node)
             self._finish()

@@ -36,8 +36,26 @@ struct MatArgs {
 
 //! section q8
 @group(0) @binding(1) var<storage, read> xq: array<vec4<u32>>;
+// x's bytes were made from y * nw, not yet normed (mul_mvq.wgsl's resq): the results are
+// scaled by 1 / rms(y), from the sums of squares its producer left with each block
+const PRENORM: bool = false;
 
 fn prepare_x(ids: Ids) {}
+
+// 1 / sqrt(mean(y^2) + eps) as kernel_rms_norm_f32 (1 without PRENORM), for every thread of a
+// group of n: each adds up the sums of squares of every n-th block, then the group
+fn prenorm_scale(lane: u32, n: u32, ids: Ids) -> f32 {
+    if (!PRENORM) {
+        return 1.0;
+    }
+    let nb = args.mm.K / 32u;
+    var ss = 0.0;
+    for (var b = lane; b < nb; b += n) {
+        ss += bitcast<f32>(xq[args.mm.K / 16u + b].w);
+    }
+    let tot = group_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), n, ids).x;
+    return 1.0 / sqrt(tot / f32(args.mm.K) + args.norm.eps);
+}
 
 // as mul_mvq.wgsl: x's bytes at columns col .. col + 15, and its block's (d, sums)
 fn xq16(col: u32) -> vec4<u32> {
@@ -77,7 +95,7 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
             acc[r / 4u] += onehot(r % 4u) * dot_unit_SLOT(row * U + u, &xv, xs);
         }
     }
-    store_SLOT(acc, r0, nr, lane, ids);
+    store_SLOT(acc, r0, nr, lane, ids, 1.0);
 }
 
 //! section slotq
@@ -96,7 +114,7 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
             acc[r / 4u] += onehot(r % 4u) * dot_q8_SLOT(row * U + u, xv);
         }
     }
-    store_SLOT(acc, r0, nr, lane, ids);
+    store_SLOT(acc, r0, nr, lane, ids, prenorm_scale(lane, TPR, ids));
 }
 
 //! section store
@@ -104,9 +122,9 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
 // partial sums and its first thread stores the rows inside the slot
 @group(0) @binding(OUT_SLOT) var<storage, read_write> y_SLOT: array<f32>;
 
-fn store_SLOT(acc: array<vec4<f32>, RV>, r0: u32, nr: u32, lane: u32, ids: Ids) {
+fn store_SLOT(acc: array<vec4<f32>, RV>, r0: u32, nr: u32, lane: u32, ids: Ids, scale: f32) {
     for (var v = 0u; v < RV; v++) {
-        let s = group_sum4(acc[v], TPR, ids);
+        let s = group_sum4(acc[v], TPR, ids) * scale;
         if (lane == 0u) {
             for (var q = 0u; q < min(4u, R); q++) {
                 let r = r0 + 4u * v + q;
@@ -141,7 +159,7 @@ fn kernel_mul_mv_glu_q8(ids: Ids) {
         acc.x += dot_q8_0(r * U + u, load_q8_0(u));
         acc.y += dot_q8_1(r * U + u, load_q8_1(u));
     }
-    let s = group_sum4(acc, TPR, ids);
+    let s = group_sum4(acc, TPR, ids) * prenorm_scale(lane, TPR, ids);
     if (lane == 0u) {
         // as kernel_swiglu_f32: g / (1 + exp(-g)) * up
         gv[t / TPR] = select(0.0, s.x / (1.0 + exp(-s.x)) * s.y, row < nr);

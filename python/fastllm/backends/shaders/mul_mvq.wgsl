@@ -9,7 +9,8 @@
 // dot product with it). Layout and grid as mul_mv.wgsl's one-token path: groups of TPR threads
 // compute R consecutive rows, taking the row's units in turn.
 //
-// Variants: plain y = W x; res y = W x + res (the residual add after an output projection).
+// Variants: plain y = W x; res y = W x + res (the residual add after an output projection);
+// resq as res, and also the next rms_norm's consumer's x, quantized (see the section).
 
 const WG: u32 = 64u;
 const TPR: u32 = 32u;
@@ -58,11 +59,14 @@ fn kernel_mul_mvq_TYPE_f32(ids: Ids) {
                 let r = r0 + 4u * v + q;
                 if (r < nr) {
                     let o = args.part.row0 + r;
-                    y[o] = out_value(o, s[q]);
+                    let v = out_value(o, s[q]);
+                    y[o] = v;
+                    keep_row(r, v);
                 }
             }
         }
     }
+    after_rows(ids);
 }
 
 //! section plain
@@ -70,9 +74,61 @@ fn out_value(o: u32, s: f32) -> f32 {
     return s;
 }
 
+fn keep_row(r: u32, v: f32) {}
+
+fn after_rows(ids: Ids) {}
+
 //! section res
 @group(0) @binding(8) var<storage, read> res: array<f32>;
 
 fn out_value(o: u32, s: f32) -> f32 {
     return res[o] + s;
+}
+
+fn keep_row(r: u32, v: f32) {}
+
+fn after_rows(ids: Ids) {}
+
+//! section resq
+// y = W x + res, and y * nw (nw: the weight of the rms_norm that comes next) quantized into xo
+// for the integer mat-vec that reads rms_norm(y) * nw: each block of 32 rows as quantize_x.wgsl
+// lays it out, with the block's sum of y^2 as the fourth scale. Norming scales a row by one
+// positive factor, which leaves the bytes as they are and scales every dot product with them:
+// the reader adds up the sums of squares and applies 1 / rms to its results (PRENORM in
+// mul_mv_multi.wgsl), so no quantize_x dispatch runs between the two. A workgroup's RWG rows
+// are whole blocks (the backend's shape); the part is the whole weight (row0 = 0).
+@group(0) @binding(8) var<storage, read> res: array<f32>;
+@group(0) @binding(9) var<storage, read> nw: array<f32>;
+@group(0) @binding(10) var<storage, read_write> xo: array<vec4<u32>>;
+const RWG: u32 = R * (WG / TPR);
+var<workgroup> kept: array<f32, RWG>;
+
+fn out_value(o: u32, s: f32) -> f32 {
+    return res[o] + s;
+}
+
+fn keep_row(r: u32, v: f32) {
+    kept[r % RWG] = v;
+}
+
+fn after_rows(ids: Ids) {
+    workgroupBarrier();
+    let t = thread_index(ids);
+    let nr = args.part.n_rows;
+    let b = (ids.wg.z * ids.nwg.x + ids.wg.x) * (RWG / 32u) + t;
+    if (t < RWG / 32u && 32u * b < nr) {
+        var v: array<vec4<f32>, 8>;
+        var ss = 0.0;
+        for (var j = 0u; j < 8u; j++) {
+            let i = 32u * t + 4u * j;
+            let y4 = vec4<f32>(kept[i], kept[i + 1u], kept[i + 2u], kept[i + 3u]);
+            ss += dot(y4, y4);
+            let c = 32u * b + 4u * j;
+            v[j] = y4 * vec4<f32>(nw[c], nw[c + 1u], nw[c + 2u], nw[c + 3u]);
+        }
+        let q = quant_block(&v);
+        xo[2u * b] = q.lo;
+        xo[2u * b + 1u] = q.hi;
+        xo[nr / 16u + b] = vec4<u32>(q.scales.xyz, bitcast<u32>(ss));
+    }
 }
