@@ -168,7 +168,19 @@ PYBIND11_MODULE(_metal, m) {
                 py::gil_scoped_release release;  // the GPU works; other Python threads may run
                 d.run(r);
             },
-            py::arg("recording"));
+            py::arg("recording"))
+        .def(
+            "run_steps",
+            [](Device &d, const std::vector<std::shared_ptr<Recording>> &parts, uint32_t repeat) {
+                std::vector<const Recording *> raw;  // parts (the caller's) outlive the run
+                for (const auto &p : parts) {
+                    raw.push_back(p.get());
+                }
+                py::gil_scoped_release release;
+                d.run_steps(raw, repeat);
+            },
+            py::arg("parts"), py::arg("repeat"),
+            "The recordings in turn, repeat times, in one command buffer; waits for it.");
 
     m.def("kargs_layout", &kargs_layout,
           "{struct: (sizeof, {field: offsetof})} of metal/kargs.h as compiled into _metal");

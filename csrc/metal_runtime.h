@@ -110,6 +110,9 @@ class Device {
     std::shared_ptr<Recording> record(std::vector<Command> commands);
     // Encodes every command of the recording into one command buffer, commits it and waits.
     void run(const Recording &recording);
+    // The recordings in turn, `repeat` times, in one command buffer (greedy decoding: a step
+    // and its argmax, which feeds the next step on the device), then commits it and waits.
+    void run_steps(const std::vector<const Recording *> &parts, uint32_t repeat);
 
   private:
     struct Impl;

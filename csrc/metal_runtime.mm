@@ -236,29 +236,38 @@ std::shared_ptr<Recording> Device::record(std::vector<Command> commands) {
     return std::make_shared<Recording>(std::move(commands));
 }
 
-void Device::run(const Recording &recording) {
+void Device::run(const Recording &recording) { run_steps({&recording}, 1); }
+
+// The caller keeps the recordings alive until this returns (it waits for the GPU).
+void Device::run_steps(const std::vector<const Recording *> &parts, uint32_t repeat) {
     std::string failure;
     @autoreleasepool {
-        // the Recording holds every resource: no need for the command buffer to retain them
+        // the Recordings hold every resource: no need for the command buffer to retain them
         id<MTLCommandBuffer> cb = [impl_->queue commandBufferWithUnretainedReferences];
         id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];
         Pipeline *current = nullptr;
-        for (const Command &c : recording.commands()) {
-            if (c.pipeline.get() != current) {
-                current = c.pipeline.get();
-                [enc setComputePipelineState:current->impl().state];
+        for (uint32_t k = 0; k < repeat; ++k) {
+            for (const Recording *part : parts) {
+                for (const Command &c : part->commands()) {
+                    if (c.pipeline.get() != current) {
+                        current = c.pipeline.get();
+                        [enc setComputePipelineState:current->impl().state];
+                    }
+                    if (!c.kargs.empty()) {
+                        [enc setBytes:c.kargs.data() length:c.kargs.size() atIndex:0];
+                    }
+                    for (size_t i = 0; i < c.buffers.size(); ++i) {
+                        [enc setBuffer:c.buffers[i].buffer->impl().buffer
+                                offset:c.buffers[i].offset
+                               atIndex:i + 1];
+                    }
+                    // a serial compute encoder: each dispatch sees the writes of the ones
+                    // before it
+                    [enc dispatchThreadgroups:MTLSizeMake(c.grid[0], c.grid[1], c.grid[2])
+                        threadsPerThreadgroup:MTLSizeMake(c.threads[0], c.threads[1],
+                                                          c.threads[2])];
+                }
             }
-            if (!c.kargs.empty()) {
-                [enc setBytes:c.kargs.data() length:c.kargs.size() atIndex:0];
-            }
-            for (size_t i = 0; i < c.buffers.size(); ++i) {
-                [enc setBuffer:c.buffers[i].buffer->impl().buffer
-                        offset:c.buffers[i].offset
-                       atIndex:i + 1];
-            }
-            // a serial compute encoder: each dispatch sees the writes of the ones before it
-            [enc dispatchThreadgroups:MTLSizeMake(c.grid[0], c.grid[1], c.grid[2])
-                threadsPerThreadgroup:MTLSizeMake(c.threads[0], c.threads[1], c.threads[2])];
         }
         [enc endEncoding];
         [cb commit];

@@ -80,6 +80,12 @@ class Device:
             libraries()[pipe.name].dispatch(pipe.name, [kargs, *views], threadgroups=grid,
                                             threads_per_threadgroup=threads)
 
+    def run_steps(self, parts: list, repeat: int) -> None:
+        assert all(isinstance(p, Recording) for p in parts) and repeat >= 1
+        for _ in range(repeat):
+            for rec in parts:
+                self.run(rec)
+
 
 def kargs_layout() -> dict:
     raise NotImplementedError

@@ -89,3 +89,8 @@ class EmuRuntime:
                     raise AssertionError(f"{d.kernel} wrote past the end of an output block")
             self.counts[d.kernel] += 1
             EmuRuntime.total[d.kernel] += 1
+
+    def run_steps(self, recs, repeat: int) -> None:
+        for _ in range(repeat):
+            for rec in recs:
+                self.run(rec)

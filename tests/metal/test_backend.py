@@ -42,6 +42,47 @@ def test_stories260k_greedy(stories260k, data_dir, rt_kind):
 
 
 @pytest.mark.parametrize("rt_kind", RUNTIMES)
+def test_stories260k_greedy_on_device(stories260k, data_dir, rt_kind):
+    """Greedy generation through Program.run_greedy (kernel_argmax_greedy feeding each step's
+    token to the next inside one command buffer, in chunks of 4, 8, 16, ...) gives llama.cpp's
+    first 40 ids."""
+    from fastllm.model import Model
+
+    want = json.loads((data_dir / "reference" / "stories260K.json").read_text())[
+        "llamacpp_0.3.36_greedy_ids"][:40]
+    rt = make_runtime(rt_kind)
+    with Model.load(stories260k, backend=MetalBackend(runtime=rt)) as m:
+        got = list(m.generate_tokens([m.tokenizer.bos_id], temperature=0, max_tokens=40))
+    assert got == want
+    if rt_kind == "emu":
+        assert rt.counts["kernel_argmax_greedy"] >= 35  # the device loop ran, not the host's
+
+
+@pytest.mark.parametrize("rt_kind", RUNTIMES)
+def test_run_greedy_wide_rows_and_ties(rt_kind):
+    """The device loop's argmax: over 20,011 columns, the first of two equal maxima wins; a
+    second run starts its history at its own position."""
+    rng = np.random.default_rng()
+    vocab, cols = 64, 20_011
+    table = rng.standard_normal((vocab, cols)).astype(np.float32)
+    for r in range(vocab):
+        a = int(rng.integers(0, vocab))
+        table[r, [a, int(rng.integers(a + 1, cols))]] = 9.0
+    be = MetalBackend(runtime=make_runtime(rt_kind), self_check=False)
+    g = Graph(1)  # logits: the table row of the token
+    g.output("logits", g.get_rows(be.load_weight(TensorInfo(
+        "t", GGMLType.F32, table.shape, table.view(np.uint8).reshape(-1), "<test>")), g.tokens))
+    prog = be.compile(g)
+    first = int(rng.integers(0, vocab))
+    want, tok = [], first
+    for _ in range(12):
+        tok = int(np.argmax(table[tok]))
+        want.append(tok)
+    assert prog.run_greedy(9, first, 0) == want[:9]
+    assert prog.run_greedy(3, want[8], 9) == want[9:]
+
+
+@pytest.mark.parametrize("rt_kind", RUNTIMES)
 def test_self_check(rt_kind):
     be = MetalBackend(runtime=make_runtime(rt_kind))  # runs the check
     assert be.describe().startswith("metal (")
@@ -160,7 +201,7 @@ def test_native_runtime_glue(stories260k, monkeypatch, tmp_path):
     """_NativeRuntime over a fake extension (tests/metal/fake_metal.py, same API as
     csrc/bindings.cpp, dispatches in the emulator): the model's weights are wrapped in place from
     the mapped file, pipelines are made once per kernel, and the greedy tokens match llama.cpp's
-    first ones."""
+    first ones, step by step and on the device (Device.run_steps)."""
     if not emulator_available():
         pytest.skip("needs the MSL emulator")
     import fake_metal
@@ -187,6 +228,8 @@ def test_native_runtime_glue(stories260k, monkeypatch, tmp_path):
         for _ in range(5):
             got.append(int(np.argmax(logits)))
             logits = m.decode(got[-1])
+        m.prefill([m.tokenizer.bos_id])
+        assert m.decode_greedy(403, 4) == [407, 261, 378, 432]  # Device.run_steps
     assert got == [403, 407, 261, 378, 432]
     assert be.rt.dev.pipelines_created == len(be.rt._pipes)
 

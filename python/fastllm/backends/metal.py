@@ -34,6 +34,7 @@ from .metal_lowering import (  # noqa: F401 (MM_MIN_ROWS: tests use it from here
     MetalLowering,
     Plan,
     Ref,
+    _threads,
     _up,
 )
 
@@ -111,6 +112,13 @@ class _NativeRuntime:
         except RuntimeError as e:
             raise BackendError(f"metal: {e}") from None
 
+    def run_steps(self, recs: list, repeat: int) -> None:
+        """The recordings in turn, `repeat` times, in one command buffer."""
+        try:
+            self.dev.run_steps(list(recs), int(repeat))
+        except RuntimeError as e:
+            raise BackendError(f"metal: {e}") from None
+
 
 # ------------------------------------------------------------------------------------------
 # backend
@@ -131,6 +139,7 @@ class _MetalProgram(Program):
                                   backend.rt.redzone).lower()
         self._rec = None
         self._gen = -1
+        self._hist, self._hist_cap = None, 0  # greedy decoding's token history
 
     def _bind(self, ref: Ref, arena) -> tuple[Any, int, int]:
         b = self.b
@@ -142,6 +151,16 @@ class _MetalProgram(Program):
             return b.state[ref.key], ref.offset, ref.nbytes
         return (b.k if ref.kind == "k" else b.v)[ref.key], ref.offset, ref.nbytes
 
+    def _recorded(self):
+        """The arena, with the step recorded over it (again when it or the cache moved)."""
+        b = self.b
+        arena = b._arena(self.plan.arena_bytes)
+        if self._gen != b._gen:
+            self._rec = b.rt.record([(d, [self._bind(r, arena) for r in d.buffers])
+                                     for d in self.plan.dispatches])
+            self._gen = b._gen
+        return arena
+
     def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:
         b = self.b
         tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
@@ -150,11 +169,7 @@ class _MetalProgram(Program):
         if b.spec is not None and pos + self.n > b.spec.n_ctx:
             raise ContextOverflowError(f"positions {pos}..{pos + self.n - 1} do not fit the "
                                        f"context of {b.spec.n_ctx}")
-        arena = b._arena(self.plan.arena_bytes)
-        if self._gen != b._gen:
-            self._rec = b.rt.record([(d, [self._bind(r, arena) for r in d.buffers])
-                                     for d in self.plan.dispatches])
-            self._gen = b._gen
+        self._recorded()
         host = b._host
         host[:16] = np.frombuffer(kargs.pack("kargs_step", pos=pos, n_tokens=self.n,
                                              n_kv=pos + self.n), np.uint8)
@@ -166,6 +181,43 @@ class _MetalProgram(Program):
             dt = np.int32 if dtype == "i32" else np.float32
             out[name] = host[ref.offset:ref.offset + ref.nbytes].view(dt).reshape(shape).copy()
         return out
+
+    def run_greedy(self, n_steps: int, first_token: int, pos: int) -> list[int]:
+        """Greedy decoding on the device (as the WebGPU backend's): first_token goes in at
+        position pos; each step ends with kernel_argmax_greedy, which writes the step's token
+        as the next step's input and into a history buffer and moves the step on, so all
+        n_steps run in one command buffer and only the history is read back. Returns the
+        tokens produced; the last one is not yet in the KV cache."""
+        if n_steps < 1:
+            return []
+        b = self.b
+        lg = self.plan.outputs.get("logits")
+        if self.n != 1 or lg is None or lg[1][0] != 1:
+            raise ValueError("run_greedy needs a one-token program whose output 'logits' is one "
+                             "row")
+        if pos < 0 or (b.spec is not None and pos + n_steps > b.spec.n_ctx):
+            raise ContextOverflowError(f"positions {pos}..{pos + n_steps - 1} do not fit the "
+                                       f"context of {b.spec.n_ctx if b.spec else 0}")
+        arena = self._recorded()
+        if self._hist is None or self._hist_cap < n_steps:
+            self._hist_cap = max(64, 1 << (n_steps - 1).bit_length())
+            self._hist = b.rt.buffer(4 * self._hist_cap)
+        ref, cols = lg[0], lg[1][-1]
+        tail = Dispatch("kernel_argmax_greedy",
+                        kargs.pack("kargs_argmax", n_rows=1, n_cols=cols, pos0=pos),
+                        (ref, self.plan.tokens, self.plan.step), (1, 1, 1),
+                        (_threads(cols), 1, 1))
+        bound = [self._bind(r, arena) for r in tail.buffers] + [
+            (self._hist, 0, 4 * self._hist_cap)]
+        rec = b.rt.record([(tail, bound)])
+        host = b._host
+        host[:16] = np.frombuffer(kargs.pack("kargs_step", pos=pos, n_tokens=1, n_kv=pos + 1),
+                                  np.uint8)
+        t = self.plan.tokens
+        host[t.offset:t.offset + 4] = np.array([first_token], np.int32).view(np.uint8)
+        b.rt.run_steps([self._rec, rec], n_steps)
+        hist = b.rt.host(self._hist)[:4 * n_steps].view(np.int32)
+        return [int(v) for v in hist]
 
 
 class MetalBackend(Backend):
