@@ -120,6 +120,16 @@ def test_tensor_shape_disagreeing_with_metadata(good, tmp_path):
         Model.load(p, backend="reference")
 
 
+def test_norm_weight_of_the_wrong_length(good, tmp_path):
+    """A norm weight whose length is not the row's: a clear error at load naming the tensor (the
+    fuzzer found this one as a numpy broadcast ValueError at the first token)."""
+    p = tmp_path / "norm.gguf"
+    _rewrite(good, p, lambda name, d: np.concatenate([d, d]) if name == "blk.1.attn_norm.weight"
+             else d)
+    with pytest.raises(GGUFError, match=r"norm.gguf: inconsistent model.*blk.1.attn_norm.weight"):
+        Model.load(p, backend="reference")
+
+
 def test_prompt_longer_than_context(good):
     m = Model.load(good, backend="reference", n_ctx=8)
     with pytest.raises(ContextOverflowError, match="do not fit the context of 8"):

@@ -707,7 +707,7 @@ def test_run_greedy_wide_rows_and_ties(gpu, rng):
     """Greedy decoding's argmax over a row scanned in chunks by many workgroups: each step's
     token is the first of two equal maxima (the second in a later chunk), and runs longer than
     one command buffer's steps carry token and position across."""
-    from fastllm.backends import webgpu_program as wp
+    from fastllm.backends import webgpu_greedy as wp
 
     vocab, cols = 64, 20_011
     table = rng.standard_normal((vocab, cols)).astype(np.float32)

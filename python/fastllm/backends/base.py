@@ -12,6 +12,7 @@ kernels are tested against it. Op names here match kernel names `kernel_<op>[_<v
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,16 @@ def _require(ok: bool, what: str, detail: Any = None) -> None:
     if not ok:
         extra = f" {detail()}" if detail is not None else ""
         raise GGUFError(f"inconsistent model: {what} does not hold{extra}")
+
+
+def _same_or_row(a, b) -> None:
+    """An element-wise op's operands: b a Value of a's shape, or a Weight of a row's length."""
+    if isinstance(b, Weight):
+        _require(math.prod(b.shape) == a.cols, "len(b) == a.cols",
+                 lambda: (b.name, b.shape, a.shape))
+    else:
+        _require(tuple(b.shape) == tuple(a.shape), "a.shape == b.shape",
+                 lambda: (a.shape, b.shape))
 
 
 @dataclass(eq=False)
@@ -123,6 +134,8 @@ class Graph:
         (default: the whole row; head_dim for per-head q/k norms). w has `group` values."""
         g = group or x.cols
         _require(x.cols % g == 0, "x.cols % g == 0")
+        _require(w is None or math.prod(w.shape) == g, "len(w) == group",
+                 lambda: (w.name, w.shape, g))
         return self._add("rms_norm", (x, w), x.shape, eps=float(eps), group=int(g))
 
     def matmul(self, x: Value, w: Weight) -> Value:
@@ -132,10 +145,12 @@ class Graph:
 
     def add(self, a: Value, b: Value | Weight) -> Value:
         """a + b; a Weight b of a row's length is added to every row (biases)."""
+        _same_or_row(a, b)
         return self._add("add", (a, b), a.shape)
 
     def mul(self, a: Value, b: Value | Weight) -> Value:
         """a * b elementwise; a Weight b of a row's length is broadcast over rows."""
+        _same_or_row(a, b)
         return self._add("mul", (a, b), a.shape)
 
     def scale(self, x: Value, s: float) -> Value:
@@ -150,6 +165,9 @@ class Graph:
         _require(
             x.cols == n_head * head_dim and n_rot <= head_dim and n_rot % 2 == 0,
             "x.cols == n_head * head_dim and n_rot <= head_dim and n_rot % 2 == 0")
+        _require(freq_factors is None or math.prod(freq_factors.shape) == n_rot // 2,
+                 "len(freq_factors) == n_rot / 2",
+                 lambda: (freq_factors.name, freq_factors.shape, n_rot))
         return self._add("rope", (x, freq_factors), x.shape, n_head=n_head, head_dim=head_dim,
                          n_rot=n_rot, base=float(base), freq_scale=float(freq_scale),
                          neox=bool(neox))
