@@ -28,6 +28,10 @@ MV_FIXED: tuple[int, int, int, int] | None = None  # (R, TPR, UNR, WG) for all: 
 # one token row over >= 16384 rows (the float types' gate + up in one mul_mv_multi): 2 rows per
 # group, not 8 (H100, 8B F16 decode: 144.0 -> 146.1 tok/s; 64 threads per row lost 3.5%)
 MV1_R_BIG = 2
+# ... and over rows of >= 256 units (8192 values: the F16 down projection), 2 rows per group of
+# 64 threads (8B F16 decode 144.9 / 145.8 -> 148.0 / 148.0; 64 threads with 8 rows lost 3%)
+MV1_R_LONG = 2
+MV1_TPR_LONG = 64
 
 
 _KQUANTS = ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K")
@@ -49,6 +53,8 @@ def mv_shape(n_rows: int, units: int, m: int, tname: str = "",
         if n_rows >= 16384 and not norm:
             r = MV1_R_BIG
         tpr = MV_TPR_MAX
+        if units >= 256 and not norm:
+            r, tpr = MV1_R_LONG, MV1_TPR_LONG
         wg = max(64, min(MV_TPR_MAX, _pow2_floor(units)))
         unr = 1
     else:
