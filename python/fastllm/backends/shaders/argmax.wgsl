@@ -14,13 +14,13 @@ const WG: u32 = 256u;
 var<workgroup> bv: array<f32, WG>;
 var<workgroup> bi: array<u32, WG>;
 
-// The row's argmax, in bi[0] for every thread once it returns.
-fn argmax_row(t: u32, row: u32) {
-    let n = args.n_cols;
+// The first maximum of x[base + c] over columns c in [c0, c1), in bi[0] (as a column) for
+// every thread once it returns: each thread scans every WG-th column, then the tree.
+fn argmax_range(t: u32, base: u32, c0: u32, c1: u32) {
     var v = MASKED;
     var vi = 0xFFFFFFFFu;
-    for (var c = t; c < n; c += WG) {
-        let e = x[row * n + c];
+    for (var c = c0 + t; c < c1; c += WG) {
+        let e = x[base + c];
         if (e > v || vi == 0xFFFFFFFFu) {
             v = e;
             vi = c;
@@ -31,7 +31,7 @@ fn argmax_row(t: u32, row: u32) {
 
 @compute @workgroup_size(WG)
 fn kernel_argmax_f32(ids: Ids) {
-    argmax_row(ids.lid, ids.wg.x);
+    argmax_range(ids.lid, ids.wg.x * args.n_cols, 0u, args.n_cols);
     if (ids.lid == 0u) {
         out[ids.wg.x] = i32(bi[0]);
     }
@@ -65,20 +65,9 @@ fn argmax_tree(t: u32, v: f32, vi: u32) {
 
 @compute @workgroup_size(WG)
 fn kernel_argmax_part(ids: Ids) {
-    let t = ids.lid;
-    let n = args.n_cols;
-    let c1 = min(n, (ids.wg.x + 1u) * CHUNK);
-    var v = MASKED;
-    var vi = 0xFFFFFFFFu;
-    for (var c = ids.wg.x * CHUNK + t; c < c1; c += WG) {
-        let e = x[c];
-        if (e > v || vi == 0xFFFFFFFFu) {
-            v = e;
-            vi = c;
-        }
-    }
-    argmax_tree(t, v, vi);
-    if (t == 0u) {
+    let c0 = ids.wg.x * CHUNK;
+    argmax_range(ids.lid, 0u, c0, min(args.n_cols, c0 + CHUNK));
+    if (ids.lid == 0u) {
         parts[ids.wg.x] = vec2<u32>(bitcast<u32>(bv[0]), bi[0]);
     }
 }

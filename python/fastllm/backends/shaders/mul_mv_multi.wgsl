@@ -31,6 +31,11 @@ struct MatArgs {
 
 @group(0) @binding(0) var<uniform> args: MatArgs;
 
+// 1 / sqrt(mean(x^2) + eps) as kernel_rms_norm_f32, from the row's sum of squares
+fn inv_rms(sumsq: f32) -> f32 {
+    return 1.0 / sqrt(sumsq / f32(args.mm.K) + args.norm.eps);
+}
+
 //! section norm
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read> nw4: array<vec4<f32>>;
@@ -51,11 +56,9 @@ fn load_xn(i: u32, live: bool) -> vec4<f32> {
     return v * nw4[i];
 }
 
-// 1 / sqrt(mean(x^2) + eps) as kernel_rms_norm_f32, from the group's squares (every thread of
-// the group calls it)
+// inv_rms from the group's squares (every thread of the group calls it)
 fn late_scale(ids: Ids) -> f32 {
-    let tot = group_sum4(vec4<f32>(ssq, 0.0, 0.0, 0.0), TPR, ids).x;
-    return 1.0 / sqrt(tot / f32(args.mm.K) + args.norm.eps);
+    return inv_rms(group_sum4(vec4<f32>(ssq, 0.0, 0.0, 0.0), TPR, ids).x);
 }
 
 //! section q8
@@ -66,19 +69,18 @@ const PRENORM: bool = false;
 
 fn prepare_x(ids: Ids) {}
 
-// 1 / sqrt(mean(y^2) + eps) as kernel_rms_norm_f32 (1 without PRENORM), for every thread of a
-// group of n: each adds up the sums of squares of every n-th block, then the group
-fn prenorm_scale(lane: u32, n: u32, ids: Ids) -> f32 {
+// inv_rms of y (1 without PRENORM), for every thread of a group of TPR: each adds up the
+// sums of squares of every TPR-th block, then the group
+fn prenorm_scale(lane: u32, ids: Ids) -> f32 {
     if (!PRENORM) {
         return 1.0;
     }
     let nb = args.mm.K / 32u;
     var ss = 0.0;
-    for (var b = lane; b < nb; b += n) {
+    for (var b = lane; b < nb; b += TPR) {
         ss += bitcast<f32>(xq[args.mm.K / 16u + b].w);
     }
-    let tot = group_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), n, ids).x;
-    return 1.0 / sqrt(tot / f32(args.mm.K) + args.norm.eps);
+    return inv_rms(group_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), TPR, ids).x);
 }
 
 // as mul_mvq.wgsl: x's bytes at columns col .. col + 15, and its block's (d, sums)
@@ -138,7 +140,7 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
             acc[r / 4u] += onehot(r % 4u) * dot_q8_SLOT(row * U + u, xv);
         }
     }
-    store_SLOT(acc, r0, nr, lane, ids, prenorm_scale(lane, TPR, ids));
+    store_SLOT(acc, r0, nr, lane, ids, prenorm_scale(lane, ids));
 }
 
 //! section store
@@ -183,7 +185,7 @@ fn kernel_mul_mv_glu_q8(ids: Ids) {
         acc.x += dot_q8_0(r * U + u, load_q8_0(u));
         acc.y += dot_q8_1(r * U + u, load_q8_1(u));
     }
-    let s = group_sum4(acc, TPR, ids) * prenorm_scale(lane, TPR, ids);
+    let s = group_sum4(acc, TPR, ids) * prenorm_scale(lane, ids);
     if (lane == 0u) {
         // as kernel_swiglu_f32: g / (1 + exp(-g)) * up
         gv[t / TPR] = select(0.0, s.x / (1.0 + exp(-s.x)) * s.y, row < nr);
