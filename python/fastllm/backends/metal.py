@@ -161,6 +161,14 @@ class _MetalProgram(Program):
             self._gen = b._gen
         return arena
 
+    def _write_inputs(self, tokens: np.ndarray, pos: int) -> None:
+        """The step (kargs_step at the arena's start) and the token ids, in shared memory."""
+        host = self.b._host
+        host[:16] = np.frombuffer(kargs.pack("kargs_step", pos=pos, n_tokens=self.n,
+                                             n_kv=pos + self.n), np.uint8)
+        t = self.plan.tokens
+        host[t.offset:t.offset + t.nbytes] = tokens.view(np.uint8)
+
     def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:
         b = self.b
         tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
@@ -170,13 +178,9 @@ class _MetalProgram(Program):
             raise ContextOverflowError(f"positions {pos}..{pos + self.n - 1} do not fit the "
                                        f"context of {b.spec.n_ctx}")
         self._recorded()
-        host = b._host
-        host[:16] = np.frombuffer(kargs.pack("kargs_step", pos=pos, n_tokens=self.n,
-                                             n_kv=pos + self.n), np.uint8)
-        t = self.plan.tokens
-        host[t.offset:t.offset + t.nbytes] = tokens.view(np.uint8)
+        self._write_inputs(tokens, pos)
         b.rt.run(self._rec)
-        out = {}
+        host, out = b._host, {}
         for name, (ref, shape, dtype) in self.plan.outputs.items():
             dt = np.int32 if dtype == "i32" else np.float32
             out[name] = host[ref.offset:ref.offset + ref.nbytes].view(dt).reshape(shape).copy()
@@ -210,11 +214,7 @@ class _MetalProgram(Program):
         bound = [self._bind(r, arena) for r in tail.buffers] + [
             (self._hist, 0, 4 * self._hist_cap)]
         rec = b.rt.record([(tail, bound)])
-        host = b._host
-        host[:16] = np.frombuffer(kargs.pack("kargs_step", pos=pos, n_tokens=1, n_kv=pos + 1),
-                                  np.uint8)
-        t = self.plan.tokens
-        host[t.offset:t.offset + 4] = np.array([first_token], np.int32).view(np.uint8)
+        self._write_inputs(np.array([first_token], np.int32), pos)
         b.rt.run_steps([self._rec, rec], n_steps)
         hist = b.rt.host(self._hist)[:4 * n_steps].view(np.int32)
         return [int(v) for v in hist]

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from .. import kargs
-from ..errors import ContextOverflowError
 from .webgpu_matmul import _pow2_floor
 
 GREEDY_PASS = 8  # at most this many steps per compute pass and command buffer
@@ -21,7 +20,7 @@ ARGMAX_PART_WG = 256  # workgroup of this many threads each
 
 class GreedyOps:
     """run_greedy for WebGPUProgram (uses its be, g, n, tokens, step, dispatches, _buf, buf,
-    _raw_list, _record, release and _build)."""
+    _raw_list, _record and _ready)."""
 
     def _greedy_setup(self, n_steps: int) -> dict[str, Any]:
         """The two argmax dispatches that end a greedy step (kernel_argmax_part, then
@@ -83,14 +82,8 @@ class GreedyOps:
         until the end: the host encodes the next command buffer while the GPU runs the last."""
         if n_steps < 1:
             return []
-        spec = self.be.spec
-        if pos < 0 or (spec is not None and pos + n_steps > spec.n_ctx):
-            raise ContextOverflowError(f"positions {pos}..{pos + n_steps - 1} do not fit the "
-                                       f"context of {spec.n_ctx if spec else 0}")
+        self._ready(pos, n_steps)
         be = self.be
-        if self._kv_version != be.kv_version:
-            self.release()
-            self._build()
         g = self._greedy_setup(n_steps)
         with be.errors("greedy decoding"):
             q, dev = be.queue, be.device

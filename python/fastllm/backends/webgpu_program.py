@@ -343,18 +343,23 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
                         1: self.buf(x), 2: self.buf(node.out)}, (rows,))
 
     # -- running -------------------------------------------------------------------------------
+    def _ready(self, pos: int, n: int) -> None:
+        """Checks that positions pos..pos + n - 1 fit the context, and binds the KV cache anew
+        where init_kv replaced it (run and run_greedy)."""
+        spec = self.be.spec
+        if pos < 0 or (spec is not None and pos + n > spec.n_ctx):
+            raise ContextOverflowError(f"positions {pos}..{pos + n - 1} do not fit the "
+                                       f"context of {spec.n_ctx if spec else 0}")
+        if self._kv_version != self.be.kv_version:
+            self.release()
+            self._build()
+
     def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:
         tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
         if tokens.shape[0] != self.n:
             raise ValueError(f"this program runs {self.n} tokens, got {tokens.shape[0]}")
-        spec = self.be.spec
-        if pos < 0 or (spec is not None and pos + self.n > spec.n_ctx):
-            raise ContextOverflowError(f"positions {pos}..{pos + self.n - 1} do not fit the "
-                                       f"context of {spec.n_ctx if spec else 0}")
+        self._ready(pos, self.n)
         be = self.be
-        if self._kv_version != be.kv_version:  # init_kv replaced the cache: bind it anew
-            self.release()
-            self._build()
         with be.errors("running a graph"):
             q = be.queue
             q.write_buffer(self.tokens, 0, tokens)
