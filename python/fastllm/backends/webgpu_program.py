@@ -60,8 +60,8 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
         self._args = bytearray()
         with backend.errors("compiling a graph"):
             self.tokens = self._buf(self.n * 4, "STORAGE|COPY_DST|COPY_SRC", "tokens")
-            # STORAGE: greedy decoding's last dispatch advances it (kernel_argmax_greedy)
-            self.step = self._buf(16, "UNIFORM|STORAGE|COPY_DST", "step")
+            # kernels read it as storage; greedy decoding's last dispatch also writes it
+            self.step = self._buf(16, "STORAGE|COPY_DST", "step")
             self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M) if backend.fuse
                           else list(graph.nodes))
             self._plan()
