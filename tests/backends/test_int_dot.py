@@ -164,11 +164,17 @@ def test_int_dot_multi(gpu, rng):
 
 
 @pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q8_0], ids=lambda t: t.name)
-def test_int_dot_attention_output(gpu, t, rng):
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "split"])
+def test_int_dot_attention_output(gpu, t, direct, rng, monkeypatch):
     """Decode attention whose one reader is the output projection (+ residual) writes its heads
-    already quantized (kernel_attn_reduce_q8, no quantize_x dispatch); where the attention
-    output is read by anything else it stays floats. Steps after a prefill, each against the
-    model of the rounding applied to the reference backend's attention output."""
+    already quantized (kernel_attn_decode_direct_q8 at short contexts, else
+    kernel_attn_reduce_q8; no quantize_x dispatch); where the attention output is read by
+    anything else it stays floats. Steps after a prefill, each against the model of the
+    rounding applied to the reference backend's attention output."""
+    from fastllm.backends import webgpu_attention
+
+    monkeypatch.setattr(webgpu_attention, "ATTN_DIRECT_MAX", 192 if direct else 0)
+    writer = "kernel_attn_decode_direct" if direct else "kernel_attn_reduce"
     nh, nkv, d, vocab = 8, 2, 64, 16
     n = nh * d
     spec = KVSpec(n_ctx=32, kv_dim=(nkv * d,), sizes=(32,))
@@ -200,14 +206,14 @@ def test_int_dot_attention_output(gpu, t, rng):
         prog.release()
         if m > 1:
             continue
-        assert "kernel_attn_reduce_q8" in labels and "kernel_quantize_x_f32" not in labels, labels
+        assert f"{writer}_q8" in labels and "kernel_quantize_x_f32" not in labels, labels
         got = y[0] - tables["r"][toks[0]].astype(np.float32)
         check_model(got, want_a[0], wi, f"{t.name} pos {pos}", rng.seed_value)
     # the attention output also a graph output: floats, and the mat-vec quantizes it itself
     prog = gpu.compile(_graph(1, lambda g: build(g, w[gpu], True)))
     labels = _labels(prog)
     prog.release()
-    assert "kernel_attn_reduce_f32" in labels and "kernel_quantize_x_f32" in labels, labels
+    assert f"{writer}_f32" in labels and "kernel_quantize_x_f32" in labels, labels
 
 
 @pytest.mark.parametrize("types", [(GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K),

@@ -442,9 +442,12 @@ def test_attention_softcap(gpu, n, rng):
 
 
 # -- a whole block --------------------------------------------------------------------------
-@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q8_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q8_0, GGMLType.F16],
+                         ids=lambda t: t.name)
 def test_block_decode_after_prefill(gpu, t, rng):
-    """One pre-norm decoder block (the ops a llama layer records) prefilled, then decoded."""
+    """One pre-norm decoder block (the ops a llama layer records) prefilled, then decoded
+    (the decode step's own kernels: gate/up joined into silu(gate) * up, integer x written by
+    its producers for the quantized types; one-dispatch attention)."""
     d, nh, nkv, hd, ff, vocab = 256, 4, 2, 64, 512, 48
     spec = KVSpec(n_ctx=128, kv_dim=(nkv * hd,), sizes=(128,))
 
@@ -475,9 +478,13 @@ def test_block_decode_after_prefill(gpu, t, rng):
         g.output("id", g.argmax(last))
 
     pos = 0
+    # the decode steps read the cache rows the prefill wrote (through f16 tiles with
+    # shader-f16), so they carry its rounding too; float weights without f16 tiles: a block
+    # chains six mat-vecs, a norm and a softmax in f32 (1e-4; a wrong scale of 1e-3 shows)
+    tol = (max(mm_tol(gpu, t, 11), 1e-4) if t in FLOATS else MATMUL_TOL[t]) * 2
     for n in (11, 1, 1):
         got, want = pair.run(build, n, rng.integers(0, vocab, n).astype(np.int32), pos)
-        check({"x": got["x"]}, {"x": want["x"]}, MATMUL_TOL[t] * 2, rng, f"n={n} pos={pos}")
+        check({"x": got["x"]}, {"x": want["x"]}, tol, rng, f"n={n} pos={pos}")
         pos += n
 
 
@@ -669,9 +676,15 @@ def test_fused_attn_decode_rope(gpu, neox, window, rng):
         check(got, want, ROPE_TOL, rng, f"pos={pos}")
 
 
-def test_run_greedy(gpu, rng):
+@pytest.mark.parametrize("direct_max", [256, 12, 0])
+def test_run_greedy(gpu, rng, direct_max, monkeypatch):
     """Program.run_greedy (argmax on the device, fed to the next step) yields the tokens that
-    run() + numpy argmax yield, and leaves the same KV cache behind."""
+    run() + numpy argmax yield, and leaves the same KV cache behind; with decode attention in
+    one dispatch throughout (256), switching to the split kernels at position 12, mid command
+    buffer (12), and split throughout (0)."""
+    from fastllm.backends import webgpu_attention
+
+    monkeypatch.setattr(webgpu_attention, "ATTN_DIRECT_MAX", direct_max)
     vocab, d = 64, 64
     spec = KVSpec(n_ctx=40, kv_dim=(d,), sizes=(40,))
     infos = {"emb": f32_info("emb", rng.standard_normal((vocab, d))),

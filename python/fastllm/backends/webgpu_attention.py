@@ -3,7 +3,9 @@
 
 One token (decode): attn_decode.wgsl splits each KV head's visible positions over up to
 ATTN_SPLITS workgroups and a second dispatch reduces the splits (into the output projection's
-quantized x where the program planned one). Several tokens (prefill): attention.wgsl, register
+quantized x where the program planned one); while at most ATTN_DIRECT_MAX positions are
+visible, one workgroup per KV head does it all in one dispatch instead (the program keeps both
+dispatch lists and picks one per step: WebGPUProgram._list_for). Several tokens (prefill): attention.wgsl, register
 tiled mat-mats over BQ query rows x BK keys per step with online softmax.
 """
 
@@ -17,6 +19,17 @@ from .base import Node
 # 16 splits 3.12 / 3.45 / 4.55 ms, 32 splits 3.15 / 3.34 / 3.97, 64 splits 3.23 / 3.33 / 3.81
 # (benchmarks/NOTES.md, section 7).
 ATTN_SPLITS = 32
+# Visible positions up to which decode attention is one dispatch (kernel_attn_decode_direct_*,
+# one workgroup per KV head) instead of the split kernel and its reduce: a dispatch boundary in
+# the stream costs more than a workgroup walking this many keys alone. H100, GPU step at
+# positions 64 / 128 / 192 / 256, split vs one dispatch: 1B Q8_0 916 / 923 / 926 / 929 vs
+# 853 / 877 / 904 / 946 us, 8B Q4_K_M 3,040 / 3,038 / 3,057 / 3,060 vs 2,884 / 2,965 / 3,054 /
+# 3,215 (benchmarks/NOTES.md, section 11).
+ATTN_DIRECT_MAX = 192
+ATTN_DIRECT_WG = (512, 256, 128, 64)  # its workgroup: the first the device's limits allow
+# keys per pass of its V loop (attn_decode.wgsl's VU): 2 / 4 / 8 gave the 8B Q4_K_M step at
+# position 128 3,003 / 2,965 / 3,127 us
+ATTN_DIRECT_VU = 4
 # Prefill attention tiles (attention.wgsl): BQ query rows x BK keys per step, the first that
 # fits the device's workgroup memory; PREFILL_ATTN_F16 stores the Q, K and V tiles in f16 where
 # the device has shader-f16 (the products stay f32).
@@ -33,6 +46,19 @@ def prefill_attn_shape(d: int, f16: bool, smem: int, max_wg: int) -> tuple[int, 
             return bq, bk, tile
     raise UnsupportedError(f"webgpu: head_dim {d} needs more workgroup memory than the device "
                            f"has ({smem} bytes)")
+
+
+def direct_attn_wg(g: int, d: int, smem: int, max_wg: int) -> int | None:
+    """Workgroup size of the one-dispatch decode attention for G query heads per KV head at
+    head_dim d, or None where the device's workgroup memory or size allows none."""
+    d4 = d // 4
+    for wg in ATTN_DIRECT_WG:
+        ks = max(1, wg // d4)
+        # qd, od, dsum (vec4s); pd, dl (floats); hd (vec2s); the reduction's red4 (vec4s)
+        size = 16 * (2 * g * d4 + ks * g * d4 + wg) + 4 * (g * wg + ks * g) + 8 * g
+        if wg >= d4 and wg <= max_wg and size <= smem:
+            return wg
+    return None
 
 
 class AttentionOps:
@@ -60,6 +86,25 @@ class AttentionOps:
                           9: self._rope_table(rope["n_rot"], rope["base"], rope["freq_scale"],
                                               ff)})
             visible = min(at["window"], ring) if at["window"] else ring
+            q8 = node.out.id in self.prequantized  # written as the output projection's x
+            variant = "rope" if rope else None
+            neox = {"NEOX": bool(rope["neox"])} if rope else {}
+            lim = self.be.limits
+            wg = direct_attn_wg(g, d, lim["max-compute-workgroup-storage-size"],
+                                lim["max-compute-invocations-per-workgroup"])
+            when = None  # in both dispatch lists
+            if wg is not None and ATTN_DIRECT_MAX > 0:
+                when = "long" if visible > ATTN_DIRECT_MAX else None
+                direct = {i: r for i, r in b.items() if i != 5}
+                direct[10 if q8 else 5] = self.buf(node.out)
+                self._dispatch("attn_decode.wgsl", "kernel_attn_decode_direct_"
+                               + ("q8" if q8 else "f32"), direct, (1, nkv),
+                               consts={"G": g, "D": d, "WG": wg, "VU": ATTN_DIRECT_VU,
+                                       **neox}, variant=variant,
+                               when="short" if when else None)
+                if when is None:  # never more than ATTN_DIRECT_MAX positions visible
+                    return
+                self.attn_direct_max = ATTN_DIRECT_MAX
             # splits share the visible positions evenly at run time (attn_decode.wgsl), so a
             # short context too runs on n_kv_head * nsplit workgroups
             nsplit = max(1, min(ATTN_SPLITS, visible // 8))
@@ -67,18 +112,17 @@ class AttentionOps:
             part = self._buf(nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
             dec = {i: r for i, r in b.items() if i != 5}  # partials, not the output
             self._dispatch("attn_decode.wgsl", "kernel_attn_decode_f32", {**dec, 6: part},
-                           (nsplit, nkv),
-                           consts={**consts, "NEOX": bool(rope["neox"])} if rope else consts,
-                           variant="rope" if rope else None)
+                           (nsplit, nkv), consts={**consts, **neox}, variant=variant, when=when)
             rargs = self._arg(("kargs_attn_reduce", {"n_rows": 1, "n_head": nh, "head_dim": d,
                                                          "n_splits": nsplit}))
-            if node.out.id in self.prequantized:  # written as the output projection's x
+            if q8:
                 self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_q8",
                                {0: rargs, 10: self.buf(node.out), 6: part}, (nh,),
-                               consts=consts)
+                               consts=consts, when=when)
             else:
                 self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",
-                               {0: rargs, 5: self.buf(node.out), 6: part}, (nh,), consts=consts)
+                               {0: rargs, 5: self.buf(node.out), 6: part}, (nh,), consts=consts,
+                               when=when)
             return
         bq, bk, tile = prefill_attn_shape(d, self.be.f16,
                                           self.be.limits["max-compute-workgroup-storage-size"],

@@ -67,8 +67,9 @@ class GreedyOps:
                         entries=[{"binding": i, "resource": {"buffer": b}}
                                  for i, b in bufs.items()])
                     tail.append((p, bg, grid))
-            g["dispatches"] = self.dispatches + tail
-            g["raw"] = self._raw_list(g["dispatches"])
+            g["lists"] = {}
+            for kind, (d, _) in self._lists.items():
+                g["lists"][kind] = (d + tail, self._raw_list(d + tail))
             g["cap"] = cap
         return g
 
@@ -91,12 +92,20 @@ class GreedyOps:
             q.write_buffer(self.step, 0, np.array([pos, 1, pos + 1, 0], np.uint32))
             q.write_buffer(g["args"], 0, kargs.pack("kargs_argmax", n_rows=1,
                                                     n_cols=g["logits"].cols, pos0=pos))
-            raw, dispatches, out = g["raw"], g["dispatches"], g["out"]
+            out = g["out"]
             done, k = 0, 1
             while done < n_steps:
                 k = min(k, n_steps - done)
                 enc = dev.create_command_encoder()
-                self._record(enc, raw, dispatches, k)
+                i = 0
+                while i < k:  # runs of steps of one kind (the dispatch list changes once)
+                    kind = self._kind(pos + done + i)
+                    j = i + 1
+                    while j < k and self._kind(pos + done + j) == kind:
+                        j += 1
+                    dispatches, raw = g["lists"][kind]
+                    self._record(enc, raw, dispatches, j - i)
+                    i = j
                 if done + k == n_steps:
                     enc.copy_buffer_to_buffer(g["hist"], 0, out, 0, 4 * n_steps)
                 q.submit([enc.finish()])

@@ -56,7 +56,11 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
         self._kv_version = backend.kv_version  # bind groups hold the KV cache's buffers
         self._greedy: dict[str, Any] | None = None
         self._xq = None  # quantize_x's scratch buffer (webgpu_matmul), made on first use
-        self._specs: list[tuple] = []  # (pipeline, entries, grid) until bind groups exist
+        # (pipeline, entries, grid, when) until bind groups exist; `when` is None for a
+        # dispatch of every step, else the list it belongs to ("short": steps at which at most
+        # attn_direct_max positions are visible, "long": the others; webgpu_attention.py)
+        self._specs: list[tuple] = []
+        self.attn_direct_max: int | None = None
         self._args = bytearray()
         with backend.errors("compiling a graph"):
             self.tokens = self._buf(self.n * 4, "STORAGE|COPY_DST|COPY_SRC", "tokens")
@@ -151,14 +155,15 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
 
     def _dispatch(self, file: str, entry: str, bindings: dict[int, Any], grid: tuple[int, ...],
                   wtype: str | None = None, consts: dict | None = None,
-                  f16_tile: bool = False, variant: str | None = None) -> None:
+                  f16_tile: bool = False, variant: str | None = None,
+                  when: str | None = None) -> None:
         p = self.be.pipeline(file, entry, wtype, consts, f16_tile, variant)
         gx, gy, gz = (list(grid) + [1, 1])[:3]
         cap = self.be.limits.get("max-compute-workgroups-per-dimension", 65535)
         if max(gx, gy, gz) > cap:
             raise UnsupportedError(f"webgpu: {entry} needs a grid of {grid}, over the device's "
                                    f"{cap} per dimension")
-        self._specs.append((p, bindings, (gx, gy, gz)))
+        self._specs.append((p, bindings, (gx, gy, gz), when))
 
     def _grid1(self, threads: int, wg: int = EW_WG) -> tuple[int, int]:
         """A 2-D grid of at least `threads` threads (kernels rebuild the linear index)."""
@@ -172,8 +177,8 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
         if self._args:
             self.be.queue.write_buffer(ubuf, 0, bytes(self._args)
                                        + bytes(-len(self._args) % 4))
-        self.dispatches = []
-        for p, bindings, grid in self._specs:
+        made = []
+        for p, bindings, grid, when in self._specs:
             entries = []
             for b, res in sorted(bindings.items()):
                 if isinstance(res, tuple) and res[0] == "args":
@@ -185,9 +190,21 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
                 else:
                     entries.append({"binding": b, "resource": {"buffer": res}})
             bg = dev.create_bind_group(layout=p.get_bind_group_layout(0), entries=entries)
-            self.dispatches.append((p, bg, grid))
+            made.append(((p, bg, grid), when))
         self._specs = []
-        self._raw = self._raw_list(self.dispatches)
+        # one list per kind of step (the dispatches of every step, and those of its kind)
+        kinds = ("short", "long") if self.attn_direct_max is not None else ("short",)
+        self._lists = {}
+        for kind in kinds:
+            d = [x for x, when in made if when in (None, kind)]
+            self._lists[kind] = (d, self._raw_list(d))
+        self.dispatches, self._raw = self._lists["short"]
+
+    def _kind(self, pos: int) -> str:
+        """The dispatch list of a one-token step at position pos (see _specs)."""
+        if self.attn_direct_max is None or pos + 1 <= self.attn_direct_max:
+            return "short"
+        return "long"
 
     @staticmethod
     def _raw_list(dispatches) -> list[tuple]:
@@ -365,7 +382,8 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
             q.write_buffer(self.tokens, 0, tokens)
             q.write_buffer(self.step, 0, np.array([pos, self.n, pos + self.n, 0], np.uint32))
             enc = be.device.create_command_encoder()
-            self._record(enc, self._raw, self.dispatches)
+            dispatches, raw = self._lists[self._kind(pos + self.n - 1)]
+            self._record(enc, raw, dispatches)
             for src, stage, v in self.outputs.values():
                 enc.copy_buffer_to_buffer(src, 0, stage, 0, _nbytes(v))
             q.submit([enc.finish()])
@@ -418,4 +436,5 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
         self._own = []
         self.dispatches = []
         self._raw = []
+        self._lists = {}
         self._greedy = None

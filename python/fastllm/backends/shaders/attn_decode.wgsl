@@ -165,6 +165,169 @@ fn kernel_attn_decode_f32(ids: Ids) {
     }
 }
 
+// kernel_attn_decode_direct_f32 / _q8, grid (1, n_kv_head): a short context in one dispatch.
+// One workgroup per KV head walks all visible positions itself, WG keys per block as above,
+// and writes its heads' output normalized: no partials and no reduce dispatch. A decode step at
+// a short context is bound by its dependent dispatches (each boundary ~4-6 us in the stream on
+// an H100, more than the attention's own work: benchmarks/NOTES.md, section 11); the host picks
+// this entry while the visible positions are few (webgpu_attention.ATTN_DIRECT_MAX).
+// The weighted sum of V: thread t takes value quad t % D4 of all G heads for keys t / D4,
+// t / D4 + KS, ... of the block, so V is read once for the group and a warp reads whole rows;
+// VU keys per pass with their loads issued together; the KS key subsets are added at the end.
+const KS: u32 = max(1u, WG / D4);  // key subsets of the direct kernel
+const VU: u32 = 4u;  // keys per pass of its V loop
+
+var<workgroup> dsum: array<vec4<f32>, KS * P>;  // per key subset: the G heads' sums
+var<workgroup> dl: array<f32, KS * G>;
+var<workgroup> od: array<vec4<f32>, P>;  // the output, normalized
+
+fn attend_direct(ids: Ids) {
+    let t = ids.lid;
+    let kvh = ids.wg.y;
+    let kvd4 = args.n_kv_head * D4;
+    let p = step.pos + step.n_tokens - 1u;
+    let lo = first_visible(p, args.window);
+    prologue(ids, kvh, p, lo, p + 1u);
+    workgroupBarrier();
+    let d4 = t % D4;
+    let ks = t / D4;
+    var m: array<f32, G>;
+    var acc: array<vec4<f32>, G>;
+    var l: array<f32, G>;
+    for (var g = 0u; g < G; g++) {
+        m[g] = MASKED;
+        acc[g] = vec4<f32>(0.0);
+        l[g] = 0.0;
+    }
+    for (var j0 = lo; j0 <= p; j0 += WG) {
+        let jp = j0 + t;
+        var sc: array<f32, G>;
+        for (var g = 0u; g < G; g++) {
+            sc[g] = MASKED;
+        }
+        if (jp <= p) {
+            for (var g = 0u; g < G; g++) {
+                sc[g] = 0.0;
+            }
+            let kb = (jp % args.ring) * kvd4 + kvh * D4;
+            for (var e = 0u; e < D4; e++) {
+                let kv = kc4[kb + e];
+                for (var g = 0u; g < G; g++) {
+                    sc[g] += dot(qd[g * D4 + e], kv);
+                }
+            }
+            for (var g = 0u; g < G; g++) {
+                sc[g] = capped(sc[g], args.softcap);
+            }
+        }
+        // the block's maximum per head (uniform over the workgroup), the weights into pd and
+        // the old sums' scale into hd
+        for (var g4 = 0u; g4 < G4; g4++) {
+            var v = vec4<f32>(MASKED);
+            for (var c = 0u; c < 4u; c++) {
+                if (4u * g4 + c < G) {
+                    v[c] = sc[4u * g4 + c];
+                }
+            }
+            let mb = wg_max4(v, ids);
+            for (var c = 0u; c < 4u; c++) {
+                let g = 4u * g4 + c;
+                if (g < G) {
+                    let mn = max(m[g], mb[c]);
+                    pd[g * WG + t] = select(0.0, exp(sc[g] - mn), sc[g] > MASKED);
+                    if (t == 0u) {
+                        hd[g] = vec2<f32>(exp(m[g] - mn), mn);
+                    }
+                    m[g] = mn;
+                }
+            }
+        }
+        workgroupBarrier();
+        let nv = min(WG, p + 1u - j0);
+        if (ks < KS) {
+            for (var g = 0u; g < G; g++) {
+                let al = hd[g].x;
+                acc[g] *= al;
+                l[g] *= al;
+            }
+            let vb = kvh * D4 + d4;
+            for (var j = ks; j < nv; j += KS * VU) {
+                var vv = array<vec4<f32>, VU>();
+                for (var u = 0u; u < VU; u++) {
+                    let jj = j + u * KS;
+                    if (jj < nv) {
+                        vv[u] = vc4[((j0 + jj) % args.ring) * kvd4 + vb];
+                    }
+                }
+                for (var u = 0u; u < VU; u++) {
+                    let jj = j + u * KS;
+                    if (jj < nv) {
+                        for (var g = 0u; g < G; g++) {
+                            let pv = pd[g * WG + jj];
+                            acc[g] += pv * vv[u];
+                            l[g] += pv;
+                        }
+                    }
+                }
+            }
+        }
+        workgroupBarrier();  // pd and hd are rewritten by the next block
+    }
+    if (ks < KS) {
+        for (var g = 0u; g < G; g++) {
+            dsum[(ks * G + g) * D4 + d4] = acc[g];
+            if (d4 == 0u) {
+                dl[ks * G + g] = l[g];
+            }
+        }
+    }
+    workgroupBarrier();
+    if (t < P) {
+        let g = t / D4;
+        var a = vec4<f32>(0.0);
+        var ll = 0.0;
+        for (var k = 0u; k < KS; k++) {
+            a += dsum[(k * G + g) * D4 + t % D4];
+            ll += dl[k * G + g];
+        }
+        od[t] = a / ll;  // ll >= 1: the block holding the maximum gave it weight 1
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(WG)
+fn kernel_attn_decode_direct_f32(ids: Ids) {
+    attend_direct(ids);
+    let t = ids.lid;
+    if (t < P) {
+        let o = od[t];
+        let b = ids.wg.y * G * D + 4u * t;  // heads kvh G .. kvh G + G - 1, contiguous
+        out[b] = o.x;
+        out[b + 1u] = o.y;
+        out[b + 2u] = o.z;
+        out[b + 3u] = o.w;
+    }
+}
+
+// As kernel_attn_decode_direct_f32, writing the heads' output as the integer mat-vec's x
+// (kernel_attn_reduce_q8's layout)
+@compute @workgroup_size(WG)
+fn kernel_attn_decode_direct_q8(ids: Ids) {
+    attend_direct(ids);
+    let b = ids.lid;  // this thread's block of the G heads
+    if (b < G * D / 32u) {
+        var v: array<vec4<f32>, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            v[j] = od[8u * b + j];
+        }
+        let q = quant_block(&v);
+        let blk = ids.wg.y * G * D / 32u + b;
+        xq[2u * blk] = q.lo;
+        xq[2u * blk + 1u] = q.hi;
+        xq[args.n_head * D / 16u + blk] = q.scales;
+    }
+}
+
 @group(0) @binding(0) var<uniform> rargs: kargs_attn_reduce;
 
 // weights of the NSPLIT records of query head h in its softmax, exp(max_s - max) / sum, into rw
