@@ -523,6 +523,44 @@ def test_fused_mul_mv(gpu, t, m, rng):
     check(got, want, MATMUL_TOL[t] * 2, rng, f"m={m}")
 
 
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize("splits", [1, 4])
+def test_fused_mat_mat_residual(gpu, t, splits, rng, monkeypatch):
+    """A prefill mat-mat followed by add(x, .) adds the residual as its results leave (the res
+    variant: in the mat-mat's store, or with K split in the planes' sum), so no add runs;
+    the residual on either side of the add."""
+    from fastllm.backends import webgpu_matmul
+
+    monkeypatch.setattr(webgpu_matmul, "MM_SPLITS", splits)
+    monkeypatch.setattr(webgpu_matmul, "MM4_SPLIT", int(splits > 1))
+    d, vocab, m = 256, 40, 37
+
+    def mat(name):  # products the size of the residual, so a wrong residual shows
+        a = rng.standard_normal((d, d)).astype(np.float32) / np.sqrt(d)
+        return info(name, t, (d, d), quantize(a, t))
+
+    infos = {"x": f32_info("x", rng.standard_normal((vocab, d))), "wo": mat("wo"),
+             "w2": mat("w2")}
+    pair = Pair(gpu, infos)
+
+    def build(g, w):
+        x = g.get_rows(w["x"], g.tokens)
+        h = g.add(x, g.matmul(x, w["wo"]))
+        g.output("y", g.add(g.matmul(h, w["w2"]), h))
+
+    ops = _fused_ops(gpu, lambda g: build(g, pair.w[gpu]), m)
+    assert ops.count("mul_mv_fused") == 2 and "add" not in ops, ops
+    g = Graph(m)
+    build(g, pair.w[gpu])
+    prog = gpu.compile(g)
+    labels = [p.label for p, _, _ in prog.dispatches]
+    prog.release()
+    assert ("kernel_mul_mm_sum_f32" in labels) == (splits > 1), labels
+    assert any(s.startswith("kernel_mul_mm_res_") for s in labels) == (splits == 1), labels
+    got, want = pair.run(build, m, rng.integers(0, vocab, m).astype(np.int32))
+    check(got, want, mm_tol(gpu, t, m) * 2, rng, f"splits={splits}")
+
+
 @pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.F32],
                          ids=lambda t: t.name)
 def test_fused_rms_norm_mul_mv(gpu, t, rng):

@@ -25,14 +25,14 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
     cost, DESIGN.md principle 5). Only runs of consecutive nodes whose inner values nothing
     else reads, so the list stays in order and _plan sees the fused reads:
       swiglu(g, u) -> mul_mat            => mul_mv_fused (silu(g) * u computed on load)
-      mul_mat / mul_mv_fused -> add(x, .) => mul_mv_fused (+ x on store)
+      mul_mat / mul_mv_fused -> add(x, .) => mul_mv_fused (+ x on store; mat-mats too)
       rope(q), rope(k), kv_store(k', v)  => rope_kv_store
       rope_kv_store -> attention, one row => attn_decode_rope (rotations and the store inside
                                             decode attention)
       rms_norm(x, nw) -> mul_mat, ...     => mul_mv_fused (norm: each workgroup reduces x;
                                             one token row, every reader a mul_mat), or for
                                             2-3 readers (q, k, v; gate, up) one mul_mv_multi
-    Mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= mv_max_m)."""
+    Other mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= mv_max_m)."""
     outputs = list(outputs)
     readers = reader_counts(nodes, outputs)
 
@@ -90,9 +90,11 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
             out[-1] = Node("mul_mv_fused", (g, node.args[1], u, None, None), {"glu": True},
                            node.out)
             continue
+        # (a mat-mat of more rows adds the residual as its results leave too)
         if (node.op == "add" and prev is not None and prev.op in ("mul_mat", "mul_mv_fused")
-                and inner(prev.out) and prev.args[0].shape[0] <= mv_max_m
-                and (prev.op == "mul_mat" or prev.args[4] is None)):
+                and inner(prev.out)
+                and (prev.op == "mul_mat" or (prev.args[4] is None
+                                               and prev.args[0].shape[0] <= mv_max_m))):
             a, b = node.args
             res = a if b is prev.out else b if a is prev.out else None
             if (isinstance(res, Value) and res is not prev.out and res.shape == node.out.shape

@@ -322,9 +322,9 @@ class MatmulOps:
     def _scratch_bytes(self, node: Node) -> int:
         """Bytes of scratch a node needs while it runs (the planner gives it a slot): a split
         prefill mat-mat's planes of partial sums."""
-        if node.op != "mul_mat" or node.args[0].shape[0] <= MV_MAX_M:
+        if node.op not in ("mul_mat", "mul_mv_fused") or node.args[0].shape[0] <= MV_MAX_M:
             return 0
-        x, w = node.args
+        x, w = node.args[:2]
         splits = self._mm_shape_of(x, w, w.handle.parts[0])[5]
         return splits * x.shape[0] * w.handle.n * 4 if splits > 1 else 0
 
@@ -476,21 +476,27 @@ class MatmulOps:
                                consts={"TPR": tpr, "R": r, "C": m, "UNR": unr, "WG": wg,
                                        "GUARD_K": guard}, variant=variant)
             else:
-                if variant:
+                if variant not in (None, "res"):
                     raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule
                 f16_tile = self._mm_tile_f16(t)
                 bm, bn, tq, rq, ups, splits = self._mm_shape_of(x, w, part)
                 if splits > 1:  # partial sums into planes of the node's scratch, then summed
                     b[2] = planes = self.slots[self.scratch_of[node.out.id]]
+                    b.pop(8, None)  # the residual: added by the sum
                 consts = {"BM": bm, "BN": bn, "TQ": tq, "RQ": rq, "UPS": ups, "SPLITK": splits,
                           "WG": bm * bn // (16 * tq * rq), "GUARD_K": guard,
                           "KU": MM_KU,
                           "X_LAST": bool(MM_X_LAST and t not in _FLOATS)}
-                self._dispatch("mul_mm.wgsl", f"kernel_mul_mm_{h.tname}_f32", b,
+                mm_variant = "res" if variant and splits == 1 else None
+                self._dispatch("mul_mm.wgsl", ("kernel_mul_mm_res_" if mm_variant else
+                                               "kernel_mul_mm_") + f"{h.tname}_f32", b,
                                (-(-part.n_rows // bn), -(-m // bm), splits), wtype=h.tname,
-                               consts=consts, f16_tile=f16_tile)
+                               consts=consts, f16_tile=f16_tile, variant=mm_variant)
                 if splits > 1:
-                    self._dispatch("mul_mm.wgsl", "kernel_mul_mm_sum_f32",
-                                   {0: b[0], 2: self.buf(node.out), 7: planes},
+                    sb = {0: b[0], 2: self.buf(node.out), 7: planes}
+                    if variant:
+                        sb[8] = self.buf(res)
+                    self._dispatch("mul_mm.wgsl", "kernel_mul_mm_sum_f32", sb,
                                    self._grid1(m * h.n, 256), wtype=h.tname,
-                                   consts={"SPLITK": splits, "WG": 256})  # all the sum reads
+                                   consts={"SPLITK": splits, "WG": 256},  # all the sum reads
+                                   variant=variant)

@@ -9,6 +9,10 @@
 // With SPLITK > 1 (grids too small to fill the GPU) workgroup z sums its share of the units
 // into plane z of a scratch buffer bound as y, and kernel_mul_mm_sum adds the planes.
 //
+// Variants (sections at the end): `plain` stores y; `res` stores y + res, a residual stream
+// added as the results leave (the mat-mat's own store, or the planes' sum when K is split), in
+// place of a separate add dispatch that read y and res and wrote a third array.
+//
 // TILE is f16 when the device has shader-f16 (half the workgroup memory) and then the
 // multiply-adds are f16 too: packed vec4<f16> arithmetic is half the instructions of f32
 // multiply-adds and needs no conversions after the tile loads (H100, 512 tokens, 14336 x 4096
@@ -187,7 +191,7 @@ fn store4(m: u32, n: u32, plane: u32, v: vec4<f32>) {
     let nr = args.part.n_rows;
     for (var c = 0u; c < 4u; c++) {
         if (n + c < nr) {
-            y[base + c] = v[c];
+            y[base + c] = finish(base + c, v[c]);  // (a split's planes: plain variant)
         }
     }
 }
@@ -202,6 +206,18 @@ fn kernel_mul_mm_sum_f32(ids: Ids) {
         for (var z = 1u; z < SPLITK; z++) {
             s += planes[z * mn + i];
         }
-        y[i] = s;
+        y[i] = finish(i, s);
     }
+}
+
+//! section plain
+fn finish(i: u32, v: f32) -> f32 {
+    return v;
+}
+
+//! section res
+@group(0) @binding(8) var<storage, read> res: array<f32>;
+
+fn finish(i: u32, v: f32) -> f32 {
+    return v + res[i];
 }
