@@ -561,6 +561,44 @@ def test_fused_mat_mat_residual(gpu, t, splits, rng, monkeypatch):
     check(got, want, mm_tol(gpu, t, m) * 2, rng, f"splits={splits}")
 
 
+@pytest.mark.parametrize("act", ["swiglu", "geglu"])
+@pytest.mark.parametrize("splits", [1, 4])
+def test_fused_mat_mat_glu(gpu, act, splits, rng, monkeypatch):
+    """A prefill mat-mat (up) followed by swiglu / geglu(gate, up) stores act(gate) * up as its
+    results leave (in its store, or with K split in the planes' sum): no activation dispatch,
+    and the down projection reads the product."""
+    from fastllm.backends import webgpu_matmul
+
+    monkeypatch.setattr(webgpu_matmul, "MM_SPLITS", splits)
+    monkeypatch.setattr(webgpu_matmul, "MM4_SPLIT", int(splits > 1))
+    d, ff, vocab, m = 128, 256, 40, 29
+    t = GGMLType.Q8_0
+
+    def mat(name, rows, cols):
+        a = rng.standard_normal((rows, cols)).astype(np.float32) / np.sqrt(cols)
+        return info(name, t, (rows, cols), quantize(a * 2, t))
+
+    infos = {"x": f32_info("x", rng.standard_normal((vocab, d))), "gate": mat("gate", ff, d),
+             "up": mat("up", ff, d), "down": mat("down", d, ff)}
+    pair = Pair(gpu, infos)
+
+    def build(g, w):
+        x = g.get_rows(w["x"], g.tokens)
+        gate, up = g.matmul(x, w["gate"]), g.matmul(x, w["up"])
+        g.output("y", g.matmul(getattr(g, act)(gate, up), w["down"]))
+
+    ops = _fused_ops(gpu, lambda g: build(g, pair.w[gpu]), m)
+    assert "mul_mm_glu" in ops and act not in ops, ops
+    g = Graph(m)
+    build(g, pair.w[gpu])
+    prog = gpu.compile(g)
+    labels = [p.label for p, _, _ in prog.dispatches]
+    prog.release()
+    assert any(s.startswith(f"kernel_mul_mm_{act}_") for s in labels) == (splits == 1), labels
+    got, want = pair.run(build, m, rng.integers(0, vocab, m).astype(np.int32))
+    check(got, want, mm_tol(gpu, t, m) * 2, rng, f"splits={splits}")
+
+
 @pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.F32],
                          ids=lambda t: t.name)
 def test_fused_rms_norm_mul_mv(gpu, t, rng):

@@ -25,6 +25,7 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
     cost, DESIGN.md principle 5). Only runs of consecutive nodes whose inner values nothing
     else reads, so the list stays in order and _plan sees the fused reads:
       swiglu(g, u) -> mul_mat            => mul_mv_fused (silu(g) * u computed on load)
+      mul_mat (u) -> swiglu / geglu(g, u) => mul_mm_glu (act(g) * u on store; mat-mats only)
       mul_mat / mul_mv_fused -> add(x, .) => mul_mv_fused (+ x on store; mat-mats too)
       rope(q), rope(k), kv_store(k', v)  => rope_kv_store
       rope_kv_store -> attention, one row => attn_decode_rope (rotations and the store inside
@@ -83,6 +84,12 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
                             {"glu": False, "eps": nrm.attrs["eps"]}, node.out))
             continue
         prev = out[-1] if out else None
+        if (node.op in ("swiglu", "geglu") and prev is not None and prev.op == "mul_mat"
+                and node.args[1] is prev.out and node.args[0] is not prev.out
+                and inner(prev.out) and prev.args[0].shape[0] > mv_max_m):
+            out[-1] = Node("mul_mm_glu", (*prev.args, node.args[0]), {"act": node.op},
+                           node.out)
+            continue
         if (node.op == "mul_mat" and prev is not None and prev.op == "swiglu"
                 and node.args[0] is prev.out and inner(prev.out)
                 and node.args[0].shape[0] <= mv_max_m and node.args[0].cols % 4 == 0):

@@ -322,7 +322,8 @@ class MatmulOps:
     def _scratch_bytes(self, node: Node) -> int:
         """Bytes of scratch a node needs while it runs (the planner gives it a slot): a split
         prefill mat-mat's planes of partial sums."""
-        if node.op not in ("mul_mat", "mul_mv_fused") or node.args[0].shape[0] <= MV_MAX_M:
+        if (node.op not in ("mul_mat", "mul_mv_fused", "mul_mm_glu")
+                or node.args[0].shape[0] <= MV_MAX_M):
             return 0
         x, w = node.args[:2]
         splits = self._mm_shape_of(x, w, w.handle.parts[0])[5]
@@ -341,6 +342,11 @@ class MatmulOps:
     def _op_mul_mv_fused(self, node: Node) -> None:
         x, w, up, res, nw = node.args
         self._mul_mat(node, x, w, up, res, nw, node.attrs.get("eps", 0.0))
+
+    def _op_mul_mm_glu(self, node: Node) -> None:
+        """act(gate) * (x W^T), the activation applied as the mat-mat's results leave."""
+        x, w, gate = node.args
+        self._mul_mat(node, x, w, glu=(gate, node.attrs["act"]))
 
     def _op_mul_mv_multi(self, node: Node) -> None:
         """Several mat-vecs of one normed token row in one dispatch (webgpu_fuse.py): args
@@ -412,10 +418,12 @@ class MatmulOps:
                                "PRENORM": prenorm})
 
     def _mul_mat(self, node: Node, x: Value, w: Weight, up: Value | None = None,
-                 res: Value | None = None, nw: Weight | None = None, eps: float = 0.0) -> None:
+                 res: Value | None = None, nw: Weight | None = None, eps: float = 0.0,
+                 glu: tuple[Value, str] | None = None) -> None:
         """y = W x (mat-vec for up to MV_MAX_M token rows, tiled mat-mat beyond); with `up`,
         x is a gate and the kernel reads silu(x) * up; with `res`, it adds res to y; with `nw`,
-        it reads rms_norm(x) * nw."""
+        it reads rms_norm(x) * nw; with `glu` (gate, "swiglu" or "geglu"; mat-mats only), it
+        stores act(gate) * y."""
         h = w.handle
         m, k = x.shape[0], x.cols
         if k % 4:
@@ -478,6 +486,10 @@ class MatmulOps:
             else:
                 if variant not in (None, "res"):
                     raise UnsupportedError(f"webgpu: fused mul_mat of {m} rows")  # _fuse's rule
+                ep = res  # the epilogue's second array (binding 8): res, or the glu's gate
+                if glu is not None:
+                    variant, ep = glu[1], glu[0]
+                    b[8] = self.buf(ep)
                 f16_tile = self._mm_tile_f16(t)
                 bm, bn, tq, rq, ups, splits = self._mm_shape_of(x, w, part)
                 if splits > 1:  # partial sums into planes of the node's scratch, then summed
@@ -487,15 +499,15 @@ class MatmulOps:
                           "WG": bm * bn // (16 * tq * rq), "GUARD_K": guard,
                           "KU": MM_KU,
                           "X_LAST": bool(MM_X_LAST and t not in _FLOATS)}
-                mm_variant = "res" if variant and splits == 1 else None
-                self._dispatch("mul_mm.wgsl", ("kernel_mul_mm_res_" if mm_variant else
+                mm_variant = variant if variant and splits == 1 else None
+                self._dispatch("mul_mm.wgsl", (f"kernel_mul_mm_{mm_variant}_" if mm_variant else
                                                "kernel_mul_mm_") + f"{h.tname}_f32", b,
                                (-(-part.n_rows // bn), -(-m // bm), splits), wtype=h.tname,
                                consts=consts, f16_tile=f16_tile, variant=mm_variant)
                 if splits > 1:
                     sb = {0: b[0], 2: self.buf(node.out), 7: planes}
                     if variant:
-                        sb[8] = self.buf(res)
+                        sb[8] = self.buf(ep)
                     self._dispatch("mul_mm.wgsl", "kernel_mul_mm_sum_f32", sb,
                                    self._grid1(m * h.n, 256), wtype=h.tname,
                                    consts={"SPLITK": splits, "WG": 256},  # all the sum reads

@@ -9,9 +9,10 @@
 // With SPLITK > 1 (grids too small to fill the GPU) workgroup z sums its share of the units
 // into plane z of a scratch buffer bound as y, and kernel_mul_mm_sum adds the planes.
 //
-// Variants (sections at the end): `plain` stores y; `res` stores y + res, a residual stream
-// added as the results leave (the mat-mat's own store, or the planes' sum when K is split), in
-// place of a separate add dispatch that read y and res and wrote a third array.
+// Variants (sections at the end), applied as the results leave (the mat-mat's own store, or
+// the planes' sum when K is split), each in place of a separate dispatch that read y and
+// another array and wrote a third: `plain` stores y; `res` stores y + res (a residual
+// stream); `swiglu` and `geglu` store act(gate) * y, y being up (the FFN's gate/up pair).
 //
 // TILE is f16 when the device has shader-f16 (half the workgroup memory) and then the
 // multiply-adds are f16 too: packed vec4<f16> arithmetic is half the instructions of f32
@@ -220,4 +221,22 @@ fn finish(i: u32, v: f32) -> f32 {
 
 fn finish(i: u32, v: f32) -> f32 {
     return v + res[i];
+}
+
+
+//! section swiglu
+@group(0) @binding(8) var<storage, read> gate: array<f32>;
+
+fn finish(i: u32, v: f32) -> f32 {
+    let g = gate[i];
+    return g / (1.0 + exp(-g)) * v;  // as kernel_swiglu_f32
+}
+
+//! section geglu
+@group(0) @binding(8) var<storage, read> gate: array<f32>;
+
+fn finish(i: u32, v: f32) -> f32 {
+    let g = gate[i];  // as kernel_geglu_f32
+    let u = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+    return 0.5 * g * (1.0 + tanh(u)) * v;
 }
