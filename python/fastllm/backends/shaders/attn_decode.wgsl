@@ -282,15 +282,15 @@ fn attend_direct(ids: Ids) {
         }
     }
     workgroupBarrier();
-    if (t < P) {
-        let g = t / D4;
+    for (var q = t; q < P; q += WG) {  // (more pairs than threads: G D / 4 > WG)
+        let g = q / D4;
         var a = vec4<f32>(0.0);
         var ll = 0.0;
         for (var k = 0u; k < KS; k++) {
-            a += dsum[(k * G + g) * D4 + t % D4];
+            a += dsum[(k * G + g) * D4 + q % D4];
             ll += dl[k * G + g];
         }
-        od[t] = a / ll;  // ll >= 1: the block holding the maximum gave it weight 1
+        od[q] = a / ll;  // ll >= 1: the block holding the maximum gave it weight 1
     }
     workgroupBarrier();
 }
@@ -298,10 +298,9 @@ fn attend_direct(ids: Ids) {
 @compute @workgroup_size(WG)
 fn kernel_attn_decode_direct_f32(ids: Ids) {
     attend_direct(ids);
-    let t = ids.lid;
-    if (t < P) {
-        let o = od[t];
-        let b = ids.wg.y * G * D + 4u * t;  // heads kvh G .. kvh G + G - 1, contiguous
+    for (var q = ids.lid; q < P; q += WG) {
+        let o = od[q];
+        let b = ids.wg.y * G * D + 4u * q;  // heads kvh G .. kvh G + G - 1, contiguous
         out[b] = o.x;
         out[b + 1u] = o.y;
         out[b + 2u] = o.z;
@@ -314,8 +313,7 @@ fn kernel_attn_decode_direct_f32(ids: Ids) {
 @compute @workgroup_size(WG)
 fn kernel_attn_decode_direct_q8(ids: Ids) {
     attend_direct(ids);
-    let b = ids.lid;  // this thread's block of the G heads
-    if (b < G * D / 32u) {
+    for (var b = ids.lid; b < G * D / 32u; b += WG) {  // this thread's blocks of the G heads
         var v: array<vec4<f32>, 8>;
         for (var j = 0u; j < 8u; j++) {
             v[j] = od[8u * b + j];
