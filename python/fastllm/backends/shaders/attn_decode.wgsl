@@ -38,6 +38,54 @@ var<workgroup> hd: array<vec2<f32>, G>;  // per head: (scale of the old sums, ru
 var<workgroup> sums: array<vec4<f32>, WG * PR>;
 var<workgroup> lsum: array<f32, WG * PR>;
 
+// One block of keys for both decode kernels: thread t's key jp scored against the G query
+// heads (MASKED at or past `end`), the block's maximum per head (the same in every thread), its
+// softmax weights into pd, each head's old-sum scale and new running maximum into hd, and the
+// running maxima m moved on. Every thread of the workgroup calls it (barriers inside).
+fn weigh_block(ids: Ids, kvh: u32, jp: u32, end: u32, m: ptr<function, array<f32, G>>) {
+    let t = ids.lid;
+    // (set explicitly: naga does not re-zero a `var` declared in a loop body on every pass)
+    var sc: array<f32, G>;
+    for (var g = 0u; g < G; g++) {
+        sc[g] = MASKED;
+    }
+    if (jp < end) {
+        for (var g = 0u; g < G; g++) {
+            sc[g] = 0.0;
+        }
+        let kb = (jp % args.ring) * args.n_kv_head * D4 + kvh * D4;
+        for (var e = 0u; e < D4; e++) {
+            let kv = kc4[kb + e];
+            for (var g = 0u; g < G; g++) {
+                sc[g] += dot(qd[g * D4 + e], kv);
+            }
+        }
+        for (var g = 0u; g < G; g++) {
+            sc[g] = capped(sc[g], args.softcap);
+        }
+    }
+    for (var g4 = 0u; g4 < G4; g4++) {
+        var v = vec4<f32>(MASKED);
+        for (var c = 0u; c < 4u; c++) {
+            if (4u * g4 + c < G) {
+                v[c] = sc[4u * g4 + c];
+            }
+        }
+        let mb = wg_max4(v, ids);
+        for (var c = 0u; c < 4u; c++) {
+            let g = 4u * g4 + c;
+            if (g < G) {
+                let mn = max((*m)[g], mb[c]);
+                pd[g * WG + t] = select(0.0, exp(sc[g] - mn), sc[g] > MASKED);
+                if (t == 0u) {
+                    hd[g] = vec2<f32>(exp((*m)[g] - mn), mn);
+                }
+                (*m)[g] = mn;
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn kernel_attn_decode_f32(ids: Ids) {
     let t = ids.lid;
@@ -67,48 +115,7 @@ fn kernel_attn_decode_f32(ids: Ids) {
     var acc: array<vec4<f32>, PR>;
     var l: array<f32, PR>;
     for (var j0 = s0; j0 < s1; j0 += WG) {
-        let jp = j0 + t;
-        // (set explicitly: naga does not re-zero a `var` declared in a loop body on every pass)
-        var sc: array<f32, G>;
-        if (jp < s1) {
-            for (var g = 0u; g < G; g++) {
-                sc[g] = 0.0;
-            }
-            let kb = (jp % args.ring) * kvd4 + kvh * D4;
-            for (var e = 0u; e < D4; e++) {
-                let kv = kc4[kb + e];
-                for (var g = 0u; g < G; g++) {
-                    sc[g] += dot(qd[g * D4 + e], kv);
-                }
-            }
-            for (var g = 0u; g < G; g++) {
-                sc[g] = capped(sc[g], args.softcap);
-            }
-        } else {
-            for (var g = 0u; g < G; g++) {
-                sc[g] = MASKED;
-            }
-        }
-        for (var g4 = 0u; g4 < G4; g4++) {
-            var v = vec4<f32>(MASKED);
-            for (var c = 0u; c < 4u; c++) {
-                if (4u * g4 + c < G) {
-                    v[c] = sc[4u * g4 + c];
-                }
-            }
-            let mb = wg_max4(v, ids);
-            for (var c = 0u; c < 4u; c++) {
-                let g = 4u * g4 + c;
-                if (g < G) {
-                    let mn = max(m[g], mb[c]);
-                    pd[g * WG + t] = select(0.0, exp(sc[g] - mn), sc[g] > MASKED);
-                    if (t == 0u) {
-                        hd[g] = vec2<f32>(exp(m[g] - mn), mn);
-                    }
-                    m[g] = mn;
-                }
-            }
-        }
+        weigh_block(ids, kvh, j0 + t, s1, &m);
         workgroupBarrier();
         let nv = min(WG, s1 - j0);
         for (var r = 0u; r < PR; r++) {
@@ -200,48 +207,7 @@ fn attend_direct(ids: Ids) {
         l[g] = 0.0;
     }
     for (var j0 = lo; j0 <= p; j0 += WG) {
-        let jp = j0 + t;
-        var sc: array<f32, G>;
-        for (var g = 0u; g < G; g++) {
-            sc[g] = MASKED;
-        }
-        if (jp <= p) {
-            for (var g = 0u; g < G; g++) {
-                sc[g] = 0.0;
-            }
-            let kb = (jp % args.ring) * kvd4 + kvh * D4;
-            for (var e = 0u; e < D4; e++) {
-                let kv = kc4[kb + e];
-                for (var g = 0u; g < G; g++) {
-                    sc[g] += dot(qd[g * D4 + e], kv);
-                }
-            }
-            for (var g = 0u; g < G; g++) {
-                sc[g] = capped(sc[g], args.softcap);
-            }
-        }
-        // the block's maximum per head (uniform over the workgroup), the weights into pd and
-        // the old sums' scale into hd
-        for (var g4 = 0u; g4 < G4; g4++) {
-            var v = vec4<f32>(MASKED);
-            for (var c = 0u; c < 4u; c++) {
-                if (4u * g4 + c < G) {
-                    v[c] = sc[4u * g4 + c];
-                }
-            }
-            let mb = wg_max4(v, ids);
-            for (var c = 0u; c < 4u; c++) {
-                let g = 4u * g4 + c;
-                if (g < G) {
-                    let mn = max(m[g], mb[c]);
-                    pd[g * WG + t] = select(0.0, exp(sc[g] - mn), sc[g] > MASKED);
-                    if (t == 0u) {
-                        hd[g] = vec2<f32>(exp(m[g] - mn), mn);
-                    }
-                    m[g] = mn;
-                }
-            }
-        }
+        weigh_block(ids, kvh, j0 + t, p + 1u, &m);
         workgroupBarrier();
         let nv = min(WG, p + 1u - j0);
         if (ks < KS) {
@@ -318,11 +284,7 @@ fn kernel_attn_decode_direct_q8(ids: Ids) {
         for (var j = 0u; j < 8u; j++) {
             v[j] = od[8u * b + j];
         }
-        let q = quant_block(&v);
-        let blk = ids.wg.y * G * D / 32u + b;
-        xq[2u * blk] = q.lo;
-        xq[2u * blk + 1u] = q.hi;
-        xq[args.n_head * D / 16u + blk] = q.scales;
+        store_xq(ids.wg.y * G * D / 32u + b, args.n_head, &v);
     }
 }
 
@@ -381,6 +343,14 @@ fn kernel_attn_reduce_f32(ids: Ids) {
 @group(0) @binding(10) var<storage, read_write> xq: array<vec4<u32>>;
 var<workgroup> ob: array<f32, D>;
 
+// block blk (32 values) of the integer mat-vec's x over a row of n_head * D values
+fn store_xq(blk: u32, n_head: u32, v: ptr<function, array<vec4<f32>, 8>>) {
+    let q = quant_block(v);
+    xq[2u * blk] = q.lo;
+    xq[2u * blk + 1u] = q.hi;
+    xq[n_head * D / 16u + blk] = q.scales;
+}
+
 @compute @workgroup_size(WG)
 fn kernel_attn_reduce_q8(ids: Ids) {
     let h = ids.wg.x;
@@ -396,11 +366,7 @@ fn kernel_attn_reduce_q8(ids: Ids) {
             let e = 32u * b + 4u * j;
             v[j] = vec4<f32>(ob[e], ob[e + 1u], ob[e + 2u], ob[e + 3u]);
         }
-        let q = quant_block(&v);
-        let blk = h * (D / 32u) + b;  // block of the whole row of n_head * D values
-        xq[2u * blk] = q.lo;
-        xq[2u * blk + 1u] = q.hi;
-        xq[rargs.n_head * D / 16u + blk] = q.scales;
+        store_xq(h * (D / 32u) + b, rargs.n_head, &v);  // block of the whole row
     }
 }
 
