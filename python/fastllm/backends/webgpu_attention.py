@@ -5,8 +5,9 @@ One token (decode): attn_decode.wgsl splits each KV head's visible positions ove
 ATTN_SPLITS workgroups and a second dispatch reduces the splits (into the output projection's
 quantized x where the program planned one); while at most ATTN_DIRECT_MAX positions are
 visible, one workgroup per KV head does it all in one dispatch instead (the program keeps both
-dispatch lists and picks one per step: WebGPUProgram._list_for). Several tokens (prefill): attention.wgsl, register
-tiled mat-mats over BQ query rows x BK keys per step with online softmax.
+dispatch lists and picks one per step: WebGPUProgram._kind). Several tokens (prefill):
+attention.wgsl, register tiled mat-mats over BQ query rows x BK keys per step with online
+softmax.
 """
 
 from __future__ import annotations
@@ -92,13 +93,14 @@ class AttentionOps:
             lim = self.be.limits
             wg = direct_attn_wg(g, d, lim["max-compute-workgroup-storage-size"],
                                 lim["max-compute-invocations-per-workgroup"])
-            when = None  # in both dispatch lists
-            if wg is not None and ATTN_DIRECT_MAX > 0:
-                when = "long" if visible > ATTN_DIRECT_MAX else None
-                direct = {i: r for i, r in b.items() if i != 5}
-                direct[10 if q8 else 5] = self.buf(node.out)
+            dec = {i: r for i, r in b.items() if i != 5}  # the output bound apart
+            direct = wg is not None and ATTN_DIRECT_MAX > 0
+            # steps that may see more positions take the split kernels (the "long" list)
+            when = "long" if direct and visible > ATTN_DIRECT_MAX else None
+            if direct:
                 self._dispatch("attn_decode.wgsl", "kernel_attn_decode_direct_"
-                               + ("q8" if q8 else "f32"), direct, (1, nkv),
+                               + ("q8" if q8 else "f32"),
+                               {**dec, (10 if q8 else 5): self.buf(node.out)}, (1, nkv),
                                consts={"G": g, "D": d, "WG": wg, "VU": ATTN_DIRECT_VU,
                                        **neox}, variant=variant,
                                when="short" if when else None)
@@ -110,7 +112,6 @@ class AttentionOps:
             nsplit = max(1, min(ATTN_SPLITS, visible // 8))
             consts = {"G": g, "D": d, "NSPLIT": nsplit}
             part = self._buf(nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
-            dec = {i: r for i, r in b.items() if i != 5}  # partials, not the output
             self._dispatch("attn_decode.wgsl", "kernel_attn_decode_f32", {**dec, 6: part},
                            (nsplit, nkv), consts={**consts, **neox}, variant=variant, when=when)
             rargs = self._arg(("kargs_attn_reduce", {"n_rows": 1, "n_head": nh, "head_dim": d,
