@@ -19,7 +19,7 @@ ARGMAX_PART_WG = 256  # workgroup of this many threads each
 
 
 class GreedyOps:
-    """run_greedy for WebGPUProgram (uses its be, g, n, tokens, step, dispatches, _buf, buf,
+    """run_greedy for WebGPUProgram (uses its be, g, n, tokens, step, _lists, _kind, _buf, buf,
     _raw_list, _record and _ready)."""
 
     def _greedy_setup(self, n_steps: int) -> dict[str, Any]:
