@@ -27,6 +27,17 @@ fn capped(s: f32, softcap: f32) -> f32 {
     return s;
 }
 
+// The FFN's gated activations, as ggml's: silu(g) * u, and gelu(g) * u with GELU in its tanh
+// form (the clamp keeps tanh's exp() finite: tanh(15) == 1 in f32)
+fn swiglu(g: f32, u: f32) -> f32 {
+    return g / (1.0 + exp(-g)) * u;
+}
+
+fn geglu(g: f32, u: f32) -> f32 {
+    let t = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+    return 0.5 * g * (1.0 + tanh(t)) * u;
+}
+
 // (1, 0, 0, 0) ... (0, 0, 0, 1) for r = 0 .. 3: mat-vecs spread a row's sum over a vec4 with it
 // instead of a dynamic component index
 fn onehot(r: u32) -> vec4<f32> {

@@ -43,8 +43,7 @@ fn kernel_scale_f32(ids: Ids) {
 fn kernel_swiglu_f32(ids: Ids) {
     let i = gidx(ids);
     if (i < uargs.n) {
-        let g = a[i];
-        y[i] = g / (1.0 + exp(-g)) * b[i];
+        y[i] = swiglu(a[i], b[i]);
     }
 }
 
@@ -52,10 +51,7 @@ fn kernel_swiglu_f32(ids: Ids) {
 fn kernel_geglu_f32(ids: Ids) {
     let i = gidx(ids);
     if (i < uargs.n) {
-        let g = a[i];
-        // GELU, tanh form (as ggml); the clamp keeps tanh's exp() finite (tanh(15) == 1 in f32)
-        let u = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
-        y[i] = 0.5 * g * (1.0 + tanh(u)) * b[i];
+        y[i] = geglu(a[i], b[i]);
     }
 }
 

@@ -228,15 +228,12 @@ fn finish(i: u32, v: f32) -> f32 {
 @group(0) @binding(8) var<storage, read> gate: array<f32>;
 
 fn finish(i: u32, v: f32) -> f32 {
-    let g = gate[i];
-    return g / (1.0 + exp(-g)) * v;  // as kernel_swiglu_f32
+    return swiglu(gate[i], v);
 }
 
 //! section geglu
 @group(0) @binding(8) var<storage, read> gate: array<f32>;
 
 fn finish(i: u32, v: f32) -> f32 {
-    let g = gate[i];  // as kernel_geglu_f32
-    let u = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
-    return 0.5 * g * (1.0 + tanh(u)) * v;
+    return geglu(gate[i], v);
 }

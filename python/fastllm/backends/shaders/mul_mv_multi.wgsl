@@ -187,8 +187,7 @@ fn kernel_mul_mv_glu_q8(ids: Ids) {
     }
     let s = group_sum4(acc, TPR, ids) * prenorm_scale(lane, ids);
     if (lane == 0u) {
-        // as kernel_swiglu_f32: g / (1 + exp(-g)) * up
-        gv[t / TPR] = select(0.0, s.x / (1.0 + exp(-s.x)) * s.y, row < nr);
+        gv[t / TPR] = select(0.0, swiglu(s.x, s.y), row < nr);
     }
     workgroupBarrier();
     if (t == 0u) {
