@@ -89,10 +89,16 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_rms_norm,
                  F(n_rows) F(n_cols) F(group) F(has_weight) F(eps) F(_pad0) F(_pad1) F(_pad2))
     KARGS_STRUCT(kargs_mul_mat, F(M) F(N) F(K) F(w_row_words))
+    KARGS_STRUCT(kargs_mul_mv_fused, F(M) F(K) F(x_mode) F(has_res) F(eps) F(n_rows0) F(n_rows1)
+                                         F(n_rows2) F(tg_end0) F(tg_end1) F(tg_end2) F(_pad0))
+    KARGS_STRUCT(kargs_mul_mm, F(M) F(N) F(K) F(epilogue))
     KARGS_STRUCT(kargs_binary, F(n) F(b_period) F(s) F(_pad0))
     KARGS_STRUCT(kargs_rope, F(n_rows) F(n_head) F(head_dim) F(n_rot) F(base) F(freq_scale) F(neox)
                                  F(has_freq_factors))
     KARGS_STRUCT(kargs_kv_store, F(n_rows) F(kv_dim) F(ring) F(_pad0))
+    KARGS_STRUCT(kargs_rope_kv_store,
+                 F(n_rows) F(n_head) F(k_n_head) F(head_dim) F(n_rot) F(base) F(freq_scale) F(neox)
+                     F(has_freq_factors) F(kv_dim) F(ring) F(_pad0))
     KARGS_STRUCT(kargs_attention,
                  F(n_rows) F(n_head) F(n_kv_head) F(head_dim) F(scale) F(softcap) F(window) F(ring))
     KARGS_STRUCT(kargs_unary, F(n) F(_pad0) F(_pad1) F(_pad2))

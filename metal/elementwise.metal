@@ -3,6 +3,7 @@
 #include <metal_stdlib>
 using namespace metal;
 #include "kargs.h"
+#include "act.h"
 
 // One thread per value; the grid is ceil(n / threads) threadgroups.
 kernel void kernel_add_f32(constant kargs_binary &args [[buffer(0)]],
@@ -29,25 +30,22 @@ kernel void kernel_scale_f32(constant kargs_binary &args [[buffer(0)]],
     }
 }
 
-// silu(g) * u. exp(-g) overflows to inf for g < -88 and g / inf = -0: the right limit.
+// silu(g) * u (act.h)
 kernel void kernel_swiglu_f32(constant kargs_unary &args [[buffer(0)]],
                               device const float *gate [[buffer(1)]],
                               device const float *up [[buffer(2)]], device float *dst [[buffer(3)]],
                               uint i [[thread_position_in_grid]]) {
     if (i < args.n) {
-        const float g = gate[i];
-        dst[i] = g / (1.0f + exp(-g)) * up[i];
+        dst[i] = swiglu1(gate[i], up[i]);
     }
 }
 
-// gelu(g) * u with ggml's tanh approximation of GELU.
+// gelu(g) * u (act.h)
 kernel void kernel_geglu_f32(constant kargs_unary &args [[buffer(0)]],
                              device const float *gate [[buffer(1)]],
                              device const float *up [[buffer(2)]], device float *dst [[buffer(3)]],
                              uint i [[thread_position_in_grid]]) {
     if (i < args.n) {
-        const float g = gate[i];
-        const float c = 0.7978845608028654f;  // sqrt(2 / pi)
-        dst[i] = 0.5f * g * (1.0f + precise::tanh(c * (g + 0.044715f * g * g * g))) * up[i];
+        dst[i] = geglu1(gate[i], up[i]);
     }
 }

@@ -48,6 +48,35 @@ struct kargs_mul_mat {
     uint32_t w_row_words;  // 32-bit words per W row in the repacked layout
 };
 
+// The fused decode mat-vec (metal/mul_mv.metal's kernel_mul_mv_fused_*; the fusions of
+// backends/fuse.py): y_s = x' W_s^T for up to three weights W_s of one type over one x', where x'
+// is x (x_mode 0), rms_norm(x) * nw of a single token row (1) or silu(x) * up (2); with has_res
+// (one weight only) y_0 += res. Slot s takes threadgroups [tg_end of slot s - 1, tg_end of slot
+// s) and computes all n_rows of its weight.
+struct kargs_mul_mv_fused {
+    uint32_t M;        // rows of x (tokens)
+    uint32_t K;        // row length of x and W
+    uint32_t x_mode;
+    uint32_t has_res;
+    float eps;         // x_mode 1
+    uint32_t n_rows0;
+    uint32_t n_rows1;
+    uint32_t n_rows2;
+    uint32_t tg_end0;
+    uint32_t tg_end1;
+    uint32_t tg_end2;
+    uint32_t _pad0;
+};
+
+// Prefill mat-mat (metal/mul_mm.metal): Y = X W^T, then as results leave Y += E (epilogue 1) or
+// Y = act(E) * Y with E the gate (2: silu, 3: gelu); E is M x N like Y.
+struct kargs_mul_mm {
+    uint32_t M;
+    uint32_t N;
+    uint32_t K;
+    uint32_t epilogue;
+};
+
 // Element-wise a (op) b over n values; b repeats every b_period values (a bias row) or is full.
 struct kargs_binary {
     uint32_t n;
@@ -71,6 +100,24 @@ struct kargs_kv_store {
     uint32_t n_rows;
     uint32_t kv_dim;
     uint32_t ring;     // rows in this layer's cache; position p is stored in row p % ring
+    uint32_t _pad0;
+};
+
+// rope of q (n_head heads) and k (k_n_head heads) at positions step.pos + row, the rotated k
+// and v stored into the cache rows of those positions (metal/rope.metal's
+// kernel_rope_kv_store_*, the fused rope, rope, kv_store of backends/fuse.py).
+struct kargs_rope_kv_store {
+    uint32_t n_rows;
+    uint32_t n_head;
+    uint32_t k_n_head;
+    uint32_t head_dim;
+    uint32_t n_rot;
+    float base;
+    float freq_scale;
+    uint32_t neox;
+    uint32_t has_freq_factors;
+    uint32_t kv_dim;
+    uint32_t ring;
     uint32_t _pad0;
 };
 

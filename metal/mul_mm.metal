@@ -5,6 +5,7 @@
 using namespace metal;
 #include "kargs.h"
 #include "quants.h"
+#include "act.h"
 
 // A threadgroup (4 SIMD groups, 128 threads) computes a 32 x 32 tile of Y: MM_BM tokens by MM_BN
 // weight rows. Per step of MM_BK along K, threads 0..63 dequantize the W tile (one 16-value chunk
@@ -12,15 +13,17 @@ using namespace metal;
 // accumulates a 16 x 16 quarter of the tile as 2 x 2 8x8 matrices. float tiles keep the f32
 // accuracy of the reference (half tiles would round activations and bf16 weights). Edges are
 // zero-filled on load and masked on store, so any M, N work; the grid is
-// (ceil(N / MM_BN), ceil(M / MM_BM)).
+// (ceil(N / MM_BN), ceil(M / MM_BM)). As results leave, the epilogue of kargs_mul_mm adds the
+// residual ep or gates them by act(ep) (backends/fuse.py: the add and the FFN activation that
+// would each be a dispatch of their own); ep is bound to x when there is none.
 #define MM_BM 32
 #define MM_BN 32
 #define MM_BK 32
 
 template <typename Q>
-kernel void kernel_mul_mm(constant kargs_mul_mat &args [[buffer(0)]],
+kernel void kernel_mul_mm(constant kargs_mul_mm &args [[buffer(0)]],
                           device const char *w [[buffer(1)]], device const float *x [[buffer(2)]],
-                          device float *y [[buffer(3)]],
+                          device float *y [[buffer(3)]], device const float *ep [[buffer(4)]],
                           uint2 tgpig [[threadgroup_position_in_grid]],
                           ushort tiitg [[thread_index_in_threadgroup]],
                           ushort sgitg [[simdgroup_index_in_threadgroup]]) {
@@ -102,7 +105,14 @@ kernel void kernel_mul_mm(constant kargs_mul_mat &args [[buffer(0)]],
         const uint m = m0 + e / MM_BN;
         const uint n = n0 + e % MM_BN;
         if (m < M && n < N) {
-            y[ulong(m) * N + n] = so[e];
+            const ulong i = ulong(m) * N + n;
+            const float v = so[e];
+            switch (args.epilogue) {
+                case 1: y[i] = v + ep[i]; break;
+                case 2: y[i] = swiglu1(ep[i], v); break;
+                case 3: y[i] = geglu1(ep[i], v); break;
+                default: y[i] = v;
+            }
         }
     }
 }

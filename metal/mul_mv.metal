@@ -3,14 +3,55 @@
 using namespace metal;
 #include "kargs.h"
 #include "quants.h"
+#include "act.h"
 
 // Threadgroup = MV_NSG SIMD groups; each SIMD group computes MV_NR consecutive rows of W for one
-// token, so a chunk of x that a lane loads is used MV_NR times. Lanes take the 16-value chunks of
-// a row in turn (neighbouring lanes read neighbouring bytes), and simd_sum joins the partial dot
-// products. The grid is (ceil(N / (MV_NSG * MV_NR)), M): the lowering in backends/metal.py uses
-// the same constants.
+// token, and simd_sum joins the lanes' partial dot products. The grid is
+// (ceil(N / (MV_NSG * MV_NR)), M): backends/metal_lowering.py uses the same constants.
 #define MV_NSG 2
 #define MV_NR 4
+
+// acc[r] = dot(x', W[row0 + r]) summed over the SIMD group, x' the token row xr as it is loaded:
+// xr (x_mode 0), xr * inv * ar (1: ar the norm weight, inv the row's 1 / rms) or
+// silu(xr) * ar (2: ar the up row). Lanes take the 16-value chunks of a row in turn (neighbouring
+// lanes read neighbouring bytes), so a chunk of x serves MV_NR rows of W.
+template <typename Q>
+inline void mv_rows(device const char *w, uint N, uint row0, device const float *xr,
+                    device const float *ar, uint x_mode, float inv, uint K, ushort tiisg,
+                    thread float *acc) {
+    const uint rb = Q::row_bytes(K);
+    device const char *wr[MV_NR];
+    for (short r = 0; r < MV_NR; ++r) {
+        // rows past N repeat the last row (their sums are dropped): no read past the buffer
+        wr[r] = w + ulong(min(row0 + r, N - 1)) * rb;
+        acc[r] = 0.0f;
+    }
+    for (uint k = uint(tiisg) * 16; k < K; k += 32 * 16) {
+        float4 xv[4];
+        load16_f32(xr, k, K, xv);
+        if (x_mode != 0) {
+            float4 av[4];
+            load16_f32(ar, k, K, av);
+            for (short i = 0; i < 4; ++i) {
+                if (x_mode == 1) {
+                    xv[i] *= inv * av[i];
+                } else {
+                    for (short c = 0; c < 4; ++c) {
+                        xv[i][c] = swiglu1(xv[i][c], av[i][c]);
+                    }
+                }
+            }
+        }
+        for (short r = 0; r < MV_NR; ++r) {
+            float4 wv[4];
+            Q::load16(wr[r], k, K, wv);
+            acc[r] += dot(wv[0], xv[0]) + dot(wv[1], xv[1]) + dot(wv[2], xv[2]) + dot(wv[3], xv[3]);
+        }
+    }
+    for (short r = 0; r < MV_NR; ++r) {
+        acc[r] = simd_sum(acc[r]);
+    }
+}
 
 template <typename Q>
 kernel void kernel_mul_mv(constant kargs_mul_mat &args [[buffer(0)]],
@@ -19,37 +60,70 @@ kernel void kernel_mul_mv(constant kargs_mul_mat &args [[buffer(0)]],
                           uint2 tgpig [[threadgroup_position_in_grid]],
                           ushort sgitg [[simdgroup_index_in_threadgroup]],
                           ushort tiisg [[thread_index_in_simdgroup]]) {
-    const uint K = args.K;
     const uint N = args.N;
     const uint m = tgpig.y;
     const uint row0 = (tgpig.x * MV_NSG + sgitg) * MV_NR;
-    const uint rb = Q::row_bytes(K);
-    device const float *xr = x + ulong(m) * K;
-
-    device const char *wr[MV_NR];
-    for (short r = 0; r < MV_NR; ++r) {
-        // rows past N repeat the last row (their sums are dropped): no read past the buffer
-        wr[r] = w + ulong(min(row0 + r, N - 1)) * rb;
-    }
-
+    device const float *xr = x + ulong(m) * args.K;
     float acc[MV_NR];
+    mv_rows<Q>(w, N, row0, xr, xr, 0, 1.0f, args.K, tiisg, acc);
     for (short r = 0; r < MV_NR; ++r) {
-        acc[r] = 0.0f;
-    }
-    for (uint k = uint(tiisg) * 16; k < K; k += 32 * 16) {
-        float4 xv[4];
-        load16_f32(xr, k, K, xv);
-        for (short r = 0; r < MV_NR; ++r) {
-            float4 wv[4];
-            Q::load16(wr[r], k, K, wv);
-            acc[r] += dot(wv[0], xv[0]) + dot(wv[1], xv[1]) + dot(wv[2], xv[2]) + dot(wv[3], xv[3]);
+        if (tiisg == 0 && row0 + r < N) {
+            y[ulong(m) * N + row0 + r] = acc[r];
         }
     }
+}
 
+// The fused mat-vec of backends/fuse.py (kargs_mul_mv_fused): x' made as x is loaded (the
+// rms_norm before q/k/v or gate/up: each SIMD group reduces the one token row's squares itself,
+// 4K bytes it reads anyway; or the SwiGLU before the down projection), up to three weights of
+// this type in one grid (q, k, v or gate, up: the threadgroups of slot s follow slot s - 1's),
+// and the residual added on store. aux is nw (x_mode 1) or up (2); unused buffers are bound to x.
+template <typename Q>
+kernel void kernel_mul_mv_fused(constant kargs_mul_mv_fused &args [[buffer(0)]],
+                                device const float *x [[buffer(1)]],
+                                device const float *aux [[buffer(2)]],
+                                device const float *res [[buffer(3)]],
+                                device const char *w0 [[buffer(4)]],
+                                device const char *w1 [[buffer(5)]],
+                                device const char *w2 [[buffer(6)]], device float *y0 [[buffer(7)]],
+                                device float *y1 [[buffer(8)]], device float *y2 [[buffer(9)]],
+                                uint2 tgpig [[threadgroup_position_in_grid]],
+                                ushort sgitg [[simdgroup_index_in_threadgroup]],
+                                ushort tiisg [[thread_index_in_simdgroup]]) {
+    const uint K = args.K;
+    const uint m = tgpig.y;
+    uint tg = tgpig.x;
+    device const char *w = w0;
+    device float *y = y0;
+    uint N = args.n_rows0;
+    if (tg >= args.tg_end1) {
+        tg -= args.tg_end1;
+        w = w2;
+        y = y2;
+        N = args.n_rows2;
+    } else if (tg >= args.tg_end0) {
+        tg -= args.tg_end0;
+        w = w1;
+        y = y1;
+        N = args.n_rows1;
+    }
+    const uint row0 = (tg * MV_NSG + sgitg) * MV_NR;
+    device const float *xr = x + ulong(m) * K;
+    float inv = 1.0f;
+    if (args.x_mode == 1) {
+        float ss = 0.0f;
+        for (uint k = tiisg; k < K; k += 32) {
+            ss += xr[k] * xr[k];
+        }
+        inv = 1.0f / sqrt(simd_sum(ss) / float(K) + args.eps);
+    }
+    device const float *ar = aux + (args.x_mode == 2 ? ulong(m) * K : 0);
+    float acc[MV_NR];
+    mv_rows<Q>(w, N, row0, xr, ar, args.x_mode, inv, K, tiisg, acc);
     for (short r = 0; r < MV_NR; ++r) {
-        const float s = simd_sum(acc[r]);
+        const ulong i = ulong(m) * N + row0 + r;
         if (tiisg == 0 && row0 + r < N) {
-            y[ulong(m) * N + row0 + r] = s;
+            y[i] = args.has_res ? acc[r] + res[i] : acc[r];
         }
     }
 }
@@ -69,3 +143,32 @@ template [[host_name("kernel_mul_mv_q3_K_f32")]] kernel mul_mv_t kernel_mul_mv<t
 template [[host_name("kernel_mul_mv_q4_K_f32")]] kernel mul_mv_t kernel_mul_mv<type_q4_K>;
 template [[host_name("kernel_mul_mv_q5_K_f32")]] kernel mul_mv_t kernel_mul_mv<type_q5_K>;
 template [[host_name("kernel_mul_mv_q6_K_f32")]] kernel mul_mv_t kernel_mul_mv<type_q6_K>;
+
+typedef decltype(kernel_mul_mv_fused<type_f32>) mul_mv_fused_t;
+
+template [[host_name("kernel_mul_mv_fused_f32_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_f32>;
+template [[host_name("kernel_mul_mv_fused_f16_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_f16>;
+template [[host_name("kernel_mul_mv_fused_bf16_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_bf16>;
+template [[host_name("kernel_mul_mv_fused_q4_0_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_q4_0>;
+template [[host_name("kernel_mul_mv_fused_q4_1_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_q4_1>;
+template [[host_name("kernel_mul_mv_fused_q5_0_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_q5_0>;
+template [[host_name("kernel_mul_mv_fused_q5_1_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_q5_1>;
+template [[host_name("kernel_mul_mv_fused_q8_0_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_q8_0>;
+template [[host_name("kernel_mul_mv_fused_q2_K_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_q2_K>;
+template [[host_name("kernel_mul_mv_fused_q3_K_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_q3_K>;
+template [[host_name("kernel_mul_mv_fused_q4_K_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_q4_K>;
+template [[host_name("kernel_mul_mv_fused_q5_K_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_q5_K>;
+template [[host_name("kernel_mul_mv_fused_q6_K_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_q6_K>;

@@ -1,13 +1,38 @@
 // Rotary position embedding of each head of x (n_rows x n_head*head_dim) at positions
-// step.pos + row.
+// step.pos + row, and its fusion with the KV-cache store (backends/fuse.py's rope_kv_store).
 #include <metal_stdlib>
 using namespace metal;
 #include "kargs.h"
 
-// One thread per pair of a head: thread i < n_rot/2 rotates pair i (values (2i, 2i+1), or
-// (i, i + n_rot/2) in NeoX mode) by theta = p * freq_scale * base^(-2i/n_rot) / ff[i]; threads
-// past n_rot/2 copy the two unrotated values 2i, 2i+1. The grid is
-// (ceil(head_dim/2 / threads), n_head, n_rows). ff is bound to x when has_freq_factors is 0.
+// Pair i of one head, xh -> oh: i < n_rot/2 rotates pair i (values (2i, 2i+1), or
+// (i, i + n_rot/2) in NeoX mode) by theta = p * freq_scale * base^(-2i/n_rot) / ff[i]; past
+// n_rot/2 the two unrotated values 2i, 2i+1 are copied. T is the element type of oh.
+template <typename T>
+inline void rope_pair(device const float *xh, device T *oh, uint i, float p, uint n_rot,
+                      float base, float freq_scale, uint neox, uint has_ff,
+                      device const float *ff) {
+    const uint half_rot = n_rot / 2;
+    if (i >= half_rot) {
+        oh[2 * i] = T(xh[2 * i]);
+        oh[2 * i + 1] = T(xh[2 * i + 1]);
+        return;
+    }
+    float theta = p * freq_scale * pow(base, -2.0f * float(i) / float(n_rot));
+    if (has_ff) {
+        theta /= ff[i];
+    }
+    const float c = cos(theta);
+    const float s = sin(theta);
+    const uint a = neox ? i : 2 * i;
+    const uint b = neox ? i + half_rot : 2 * i + 1;
+    const float x0 = xh[a];
+    const float x1 = xh[b];
+    oh[a] = T(x0 * c - x1 * s);
+    oh[b] = T(x0 * s + x1 * c);
+}
+
+// One thread per pair of a head; the grid is (ceil(head_dim/2 / threads), n_head, n_rows). ff is
+// bound to x when has_freq_factors is 0.
 kernel void kernel_rope_f32(constant kargs_rope &args [[buffer(0)]],
                             constant kargs_step &step [[buffer(1)]],
                             device const float *x [[buffer(2)]],
@@ -22,25 +47,52 @@ kernel void kernel_rope_f32(constant kargs_rope &args [[buffer(0)]],
     }
     const uint row = tgpig.z;
     const ulong base = (ulong(row) * args.n_head + tgpig.y) * hd;
-    device const float *xh = x + base;
-    device float *oh = dst + base;
-    const uint half_rot = args.n_rot / 2;
-    if (i >= half_rot) {
-        oh[2 * i] = xh[2 * i];
-        oh[2 * i + 1] = xh[2 * i + 1];
+    rope_pair<float>(x + base, dst + base, i, float(step.pos + row), args.n_rot, args.base,
+                     args.freq_scale, args.neox, args.has_freq_factors, ff);
+}
+
+// rope of q and k and the store of the rotated k and of v into the cache, one dispatch for three
+// (kargs_rope_kv_store). The grid is (ceil(head_dim/2 / threads), n_head + k_n_head, n_rows):
+// heads past n_head are k's, whose threads also copy their two values of v. The rotated k is
+// rounded to the cache type as kernel_kv_store would round it.
+template <typename T>
+kernel void kernel_rope_kv_store(constant kargs_rope_kv_store &args [[buffer(0)]],
+                                 constant kargs_step &step [[buffer(1)]],
+                                 device const float *q [[buffer(2)]],
+                                 device const float *k [[buffer(3)]],
+                                 device const float *v [[buffer(4)]],
+                                 device const float *ff [[buffer(5)]],
+                                 device float *qo [[buffer(6)]], device T *kc [[buffer(7)]],
+                                 device T *vc [[buffer(8)]],
+                                 uint3 tgpig [[threadgroup_position_in_grid]],
+                                 ushort tiitg [[thread_index_in_threadgroup]],
+                                 ushort ntg [[threads_per_threadgroup]]) {
+    const uint i = tgpig.x * ntg + tiitg;
+    const uint hd = args.head_dim;
+    if (i >= hd / 2) {
         return;
     }
+    const uint row = tgpig.z;
+    const uint h = tgpig.y;
     const float p = float(step.pos + row);
-    float theta = p * args.freq_scale * pow(args.base, -2.0f * float(i) / float(args.n_rot));
-    if (args.has_freq_factors) {
-        theta /= ff[i];
+    if (h < args.n_head) {
+        const ulong base = (ulong(row) * args.n_head + h) * hd;
+        rope_pair<float>(q + base, qo + base, i, p, args.n_rot, args.base, args.freq_scale,
+                         args.neox, args.has_freq_factors, ff);
+        return;
     }
-    const float c = cos(theta);
-    const float s = sin(theta);
-    const uint a = args.neox ? i : 2 * i;
-    const uint b = args.neox ? i + half_rot : 2 * i + 1;
-    const float x0 = xh[a];
-    const float x1 = xh[b];
-    oh[a] = x0 * c - x1 * s;
-    oh[b] = x0 * s + x1 * c;
+    const ulong src = ulong(row) * args.kv_dim + (h - args.n_head) * hd;
+    const ulong dst = ulong((step.pos + row) % args.ring) * args.kv_dim + (h - args.n_head) * hd;
+    rope_pair<T>(k + src, kc + dst, i, p, args.n_rot, args.base, args.freq_scale, args.neox,
+                 args.has_freq_factors, ff);
+    vc[dst + 2 * i] = T(v[src + 2 * i]);
+    vc[dst + 2 * i + 1] = T(v[src + 2 * i + 1]);
 }
+
+// the parameter types depend on T: one function type per instantiation
+typedef decltype(kernel_rope_kv_store<half>) rope_kv_store_f16_t;
+typedef decltype(kernel_rope_kv_store<float>) rope_kv_store_f32_t;
+template [[host_name("kernel_rope_kv_store_f16")]] kernel rope_kv_store_f16_t
+    kernel_rope_kv_store<half>;
+template [[host_name("kernel_rope_kv_store_f32")]] kernel rope_kv_store_f32_t
+    kernel_rope_kv_store<float>;

@@ -490,7 +490,7 @@ def test_block_decode_after_prefill(gpu, t, rng):
         pos += n
 
 
-# -- fused kernels (webgpu_fuse.fuse) ---------------------------------------------------------
+# -- fused kernels (fuse.fuse) ---------------------------------------------------------
 def _fused_ops(be, build, n: int) -> list[str]:
     g = Graph(n)
     build(g)

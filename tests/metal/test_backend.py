@@ -144,17 +144,27 @@ def test_context_overflow_and_unsupported_attention():
 
 
 def test_arena_reuses_memory(stories260k):
-    """The decode graph of a 5-layer model needs about one layer's activations, not all."""
+    """The decode graph of a 5-layer model needs about one layer's activations, not all; with
+    the fused ops of backends/fuse.py a layer is 7 dispatches instead of 17 (q/k/v with their
+    norm, rope with the cache store, attention and its reduce, o with the residual, gate/up
+    with their norm, down with the SwiGLU and the residual)."""
     from fastllm.model import Model
 
     be = MetalBackend(runtime=make_runtime("emu"), self_check=False)
     with Model.load(stories260k, backend=be) as m:
         g = m.net.build(1, False)
         plan = MetalLowering(g, be.spec).lower()
+        unfused = MetalLowering(g, be.spec, fuse=False).lower()
     total = sum(int(np.prod(n.out.shape)) * 4 for n in g.nodes if n.out is not None)
     assert plan.arena_bytes < total / 2
-    kernels = {d.kernel for d in plan.dispatches}
+    kernels = {d.kernel for d in unfused.dispatches}
     assert {"kernel_mul_mv_f32_f32", "kernel_attn_decode_f16", "kernel_rope_f32"} <= kernels
+    kernels = {d.kernel for d in plan.dispatches}
+    assert kernels == {"kernel_get_rows_f32", "kernel_mul_mv_fused_f32_f32",
+                       "kernel_rope_kv_store_f16", "kernel_attn_decode_f16",
+                       "kernel_attn_reduce_f32"}
+    layers = m.net.cfg.n_layer
+    assert (len(unfused.dispatches), len(plan.dispatches)) == (17 * layers + 3, 7 * layers + 2)
 
 
 def test_recurrent_state_round_trip():

@@ -39,9 +39,10 @@ def rel_err(got, want):
     return float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-30))
 
 
-def run_both(build, infos, runs, runtime, kv=None, kv_type="f16"):
+def run_both(build, infos, runs, runtime, kv=None, kv_type="f16", kernels=None):
     """build(g, weights) records a graph on Graph(n) for each (tokens, pos) of runs; returns the
-    metal and reference outputs of every run."""
+    metal and reference outputs of every run. `kernels`, a dict, receives the Metal program's
+    kernel names for each token count."""
     mb = MetalBackend(runtime=runtime, self_check=False, kv_type=kv_type)
     rb = ReferenceBackend()
     outs = []
@@ -57,6 +58,8 @@ def run_both(build, infos, runs, runtime, kv=None, kv_type="f16"):
                 g = Graph(n)
                 build(g, w)
                 progs[n] = be.compile(g)
+                if kernels is not None and be is mb:
+                    kernels[n] = [d.kernel for d in progs[n].plan.dispatches]
             res.append(progs[n].run(np.asarray(toks, np.int32), pos))
         outs.append(res)
     return outs
@@ -190,6 +193,99 @@ def test_argmax_ties_and_wide_rows():
     (got,), (want,) = run_both(build, infos, [([0, 1, 2, 3], 0)], make_runtime("emu", "random"))
     np.testing.assert_array_equal(got["am"], want["am"])
     np.testing.assert_array_equal(got["am"][:3], [7, 2999, 0])
+
+
+# -- fused ops (backends/fuse.py) ---------------------------------------------------------------
+def _ffn(wg, wu, wd):
+    """build() of a feed-forward block: rms_norm, gate and up, SwiGLU, down, residual add."""
+    def build(g, w):
+        x = g.get_rows(w["x"], g.tokens)
+        n = g.rms_norm(x, w["nw"], 1e-5)
+        gate = g.matmul(n, w[wg])
+        up = g.matmul(n, w[wu])
+        g.output("gate", gate)
+        g.output("y", g.add(x, g.matmul(g.swiglu(gate, up), w[wd])))
+    return build
+
+
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
+def test_fused_mul_mv_types(t):
+    """Each weight type through the fused mat-vec: one token row runs the norm inside a
+    two-weight dispatch (gate, up) and the SwiGLU and the residual inside the down projection's;
+    three rows keep the norm apart; nine take the mat-mat with the SwiGLU and the residual as its
+    epilogues. Against the reference backend on the unfused graph."""
+    k = 256 if TYPE_NAMES[t].endswith("K") else 96
+    f = k + 32 * (TYPE_NAMES[t] in ("f32", "f16", "bf16"))  # float rows: ragged 16-value chunks
+    # the norm makes the rest scale-free: x's scale sets the residual's share of y, here about
+    # that of the down projection (random blocks give outputs of ~1e3-1e5)
+    infos = [f32("x", 1e3 * rng.standard_normal((12, k))),
+             f32("nw", 1 + 0.1 * rng.standard_normal(k)),
+             info("wg", t, (f, k)), info("wu", t, (f, k)), info("wd", t, (k, f))]
+    kernels = {}
+    runs = [(rng.permutation(12)[:n], 0) for n in (1, 3, 9)]
+    got, want = run_both(_ffn("wg", "wu", "wd"), infos, runs, make_runtime("emu", "random"),
+                         kernels=kernels)
+    for a, b in zip(got, want):
+        for name in b:
+            assert rel_err(a[name], b[name]) < 2e-5, name
+    name = TYPE_NAMES[t]
+    assert kernels[1] == ["kernel_get_rows_f32", f"kernel_mul_mv_fused_{name}_f32",
+                          f"kernel_mul_mv_fused_{name}_f32"]
+    assert kernels[3] == ["kernel_get_rows_f32", "kernel_rms_norm_f32",
+                          f"kernel_mul_mv_{name}_f32", f"kernel_mul_mv_{name}_f32",
+                          f"kernel_mul_mv_fused_{name}_f32"]
+    assert kernels[9] == ["kernel_get_rows_f32", "kernel_rms_norm_f32"] + \
+        [f"kernel_mul_mm_{name}_f32"] * 3
+
+
+def test_fused_mul_mv_mixed_types():
+    """gate and up of different types (as a Q4_K_M file mixes them): one norm mat-vec each."""
+    k = 256
+    infos = [f32("x", 1e3 * rng.standard_normal((4, k))),
+             f32("nw", 1 + 0.1 * rng.standard_normal(k)),
+             info("wg", GGMLType.Q4_K, (k, k)), info("wu", GGMLType.Q6_K, (k, k)),
+             info("wd", GGMLType.Q8_0, (k, k))]
+    kernels = {}
+    (got,), (want,) = run_both(_ffn("wg", "wu", "wd"), infos, [([2], 5)],
+                               make_runtime("emu", "reverse"), kernels=kernels)
+    for name in want:
+        assert rel_err(got[name], want[name]) < 2e-5, name
+    assert kernels[1][1:] == ["kernel_mul_mv_fused_q4_K_f32", "kernel_mul_mv_fused_q6_K_f32",
+                              "kernel_mul_mv_fused_q8_0_f32"]
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "f32"])
+def test_fused_rope_kv_store(kv_type):
+    """rope of q and k and the cache store in one dispatch (NeoX and normal pairs, a partial
+    rotation, frequency factors), read back by decode and prefill attention over a ring."""
+    nh, nkv, hd, ring = 4, 2, 32, 24
+    total = 30
+    infos = [f32("q", rng.standard_normal((total, nh * hd))),
+             f32("k", rng.standard_normal((total, nkv * hd))),
+             f32("v", rng.standard_normal((total, nkv * hd))), f32("ff", 1 + rng.random(8))]
+    kernels = {}
+    for neox, n_rot, ff in ((False, hd, None), (True, 16, "ff")):
+        def build(g, w, neox=neox, n_rot=n_rot, ff=ff):
+            q, k, v = (g.get_rows(w[n], g.tokens) for n in "qkv")
+            rope = {"head_dim": hd, "n_rot": n_rot, "base": 1e4, "neox": neox,
+                    "freq_factors": w[ff] if ff else None}
+            q = g.rope(q, n_head=nh, **rope)
+            g.kv_store(0, g.rope(k, n_head=nkv, **rope), v)
+            g.output("o", g.attention(q, 0, n_head=nh, n_kv_head=nkv, head_dim=hd,
+                                      scale=hd ** -0.5, window=12))
+
+        runs, pos = [], 0
+        for n in (10, 1, 11, 1, 1, 6):
+            runs.append((np.arange(pos, pos + n), pos))
+            pos += n
+        got, want = run_both(build, infos, runs, make_runtime("emu", "random"),
+                             kv=KVSpec(64, (nkv * hd,), (ring,)), kv_type=kv_type,
+                             kernels=kernels)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert rel_err(a["o"], b["o"]) < (2e-3 if kv_type == "f16" else 1e-4), i
+        for ks in kernels.values():
+            assert f"kernel_rope_kv_store_{kv_type}" in ks
+            assert "kernel_rope_f32" not in ks and f"kernel_kv_store_{kv_type}" not in ks
 
 
 # -- KV cache and attention -------------------------------------------------------------------

@@ -136,7 +136,7 @@ class _MetalProgram(Program):
     def __init__(self, backend: MetalBackend, graph: Graph):
         self.b, self.n = backend, graph.n_tokens
         self.plan = MetalLowering(graph, backend.spec, backend.kv_type,
-                                  backend.rt.redzone).lower()
+                                  backend.rt.redzone, backend.fuse).lower()
         self._rec = None
         self._gen = -1
         self._hist, self._hist_cap = None, 0  # greedy decoding's token history
@@ -223,15 +223,17 @@ class _MetalProgram(Program):
 class MetalBackend(Backend):
     """Metal compute on Apple Silicon. `kv_type` is the cache element type ("f16" as llama.cpp,
     or "f32"); `runtime` replaces the native extension (the tests pass a CPU emulator);
-    `self_check` compares a tiny graph with the reference backend before first use."""
+    `self_check` compares a tiny graph with the reference backend before first use; `fuse`
+    runs the fused ops of backends/fuse.py (off: one dispatch per graph op)."""
 
     name = "metal"
 
     def __init__(self, kv_type: str = "f16", runtime=None, metallib: str | None = None,
-                 self_check: bool = True):
+                 self_check: bool = True, fuse: bool = True):
         if kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, got {kv_type!r}")
         self.kv_type = kv_type
+        self.fuse = fuse
         self.rt = runtime if runtime is not None else _NativeRuntime(metallib)
         self.spec: KVSpec | None = None
         self.k: list[Any] = []

@@ -14,6 +14,7 @@ from .. import kargs
 from ..errors import BackendError, UnsupportedError
 from ..quants import GGMLType, row_bytes
 from .base import Graph, KVSpec, Value, Weight
+from .fuse import fuse as fuse_nodes
 
 # kernel-name suffix of each weight type: kernel_mul_mv_<t>_f32, kernel_get_rows_<t>, ...
 TYPE_NAMES: dict[GGMLType, str] = {
@@ -28,6 +29,7 @@ KV_TYPES = {"f16": 2, "f32": 4}  # cache element type -> bytes
 MV_NSG, MV_NR = 2, 4  # mul_mv: SIMD groups per threadgroup, rows per SIMD group
 MM_TILE = 32  # mul_mm: 32 x 32 output tile per threadgroup of 128 threads
 MM_MIN_ROWS = 8  # tokens from which mat-mat beats re-reading W per token in mat-vec
+MM_EPILOGUES = {None: 0, "res": 1, "swiglu": 2, "geglu": 3}  # kargs_mul_mm.epilogue
 ATTN_MAX_D = 256  # attention: largest head_dim
 AP_Q = 8  # attention prefill: query rows per threadgroup
 ATTN_SPLIT = 256  # decode attention: cache positions per split at full context
@@ -118,8 +120,12 @@ class MetalLowering:
     """Graph -> Plan. `kv` is the backend's KV spec and `kv_type` its cache element type."""
 
     def __init__(self, graph: Graph, kv: KVSpec | None, kv_type: str = "f16",
-                 redzone: int = 0):
+                 redzone: int = 0, fuse: bool = True):
         self.g, self.kv, self.kv_type, self.redzone = graph, kv, kv_type, redzone
+        # the fused ops of backends/fuse.py (a mat-mul takes the mat-vec kernel below
+        # MM_MIN_ROWS tokens; decode attention keeps its own rope_kv_store before it)
+        self.nodes = (fuse_nodes(graph.nodes, graph.outputs.values(), MM_MIN_ROWS - 1,
+                                 attn_rope=False) if fuse else list(graph.nodes))
         self.out: list[Dispatch] = []
 
     # -- values ----------------------------------------------------------------------------
@@ -134,32 +140,33 @@ class MetalLowering:
         self.refs: dict[int, Ref] = {g.tokens.id: Ref("arena", HEADER, 4 * n)}
         alias: dict[int, int] = {}  # view value id -> the value id that owns the memory
         last: dict[int, int] = {}
-        for i, node in enumerate(g.nodes):
+        for i, node in enumerate(self.nodes):
             for a in node.args:
                 if isinstance(a, Value):
                     last[alias.get(a.id, a.id)] = i
             if node.op == "last_row":
                 alias[node.out.id] = alias.get(node.args[0].id, node.args[0].id)
         for v in g.outputs.values():
-            last[alias.get(v.id, v.id)] = len(g.nodes)
+            last[alias.get(v.id, v.id)] = len(self.nodes)
         self.arena = arena
-        for i, node in enumerate(g.nodes):
+        for i, node in enumerate(self.nodes):
+            outs = [] if node.out is None else [node.out, *node.attrs.get("also_out", ())]
             if node.op == "last_row":
                 x = self.refs[node.args[0].id]
                 row = node.out.cols * 4
                 self.refs[node.out.id] = Ref("arena", x.offset + x.nbytes - row, row)
             else:
-                if node.out is not None:
-                    nb = self._nbytes(node.out)
-                    self.refs[node.out.id] = Ref("arena", arena.alloc(nb), nb)
+                for v in outs:
+                    nb = self._nbytes(v)
+                    self.refs[v.id] = Ref("arena", arena.alloc(nb), nb)
                 lower_op = getattr(self, "_" + node.op, None)
                 if lower_op is None:
                     raise UnsupportedError(f"metal: op {node.op!r} has no Metal kernel yet "
                                            f"(use backend='webgpu' or 'reference')")
                 lower_op(node)
             done = {alias.get(a.id, a.id) for a in node.args if isinstance(a, Value)}
-            if node.out is not None and node.op != "last_row":
-                done.add(node.out.id)  # an output nothing reads is dead at once
+            if node.op != "last_row":
+                done.update(v.id for v in outs)  # an output nothing reads is dead at once
             for vid in done:
                 if last.get(vid, -1) <= i and vid != g.tokens.id and vid in self.refs:
                     r = self.refs[vid]
@@ -207,15 +214,75 @@ class MetalLowering:
         m, k = x.shape
         nw = w.shape[0]
         t = _type_name(w)
-        bufs = [self._ref(w), self._ref(x), self._ref(node.out)]
-        # w_row_words describes WebGPU's repacked rows; Metal reads GGUF rows as they are
-        f = {"M": m, "N": nw, "K": k, "w_row_words": row_bytes(w.type, k) // 4}
         if m >= MM_MIN_ROWS:
-            self._emit(f"kernel_mul_mm_{t}_f32", bufs, (-(-nw // MM_TILE), -(-m // MM_TILE)),
-                       128, (2,), "kargs_mul_mat", **f)
-        else:
-            self._emit(f"kernel_mul_mv_{t}_f32", bufs, (-(-nw // (MV_NSG * MV_NR)), m),
-                       32 * MV_NSG, (2,), "kargs_mul_mat", **f)
+            self._mul_mm(x, w, node.out)
+            return
+        # w_row_words describes WebGPU's repacked rows; Metal reads GGUF rows as they are
+        self._emit(f"kernel_mul_mv_{t}_f32", [self._ref(w), self._ref(x), self._ref(node.out)],
+                   (-(-nw // (MV_NSG * MV_NR)), m), 32 * MV_NSG, (2,), "kargs_mul_mat",
+                   M=m, N=nw, K=k, w_row_words=row_bytes(w.type, k) // 4)
+
+    def _mul_mm(self, x: Value, w: Weight, out: Value, epilogue: str | None = None,
+                ep: Value | None = None) -> None:
+        """The mat-mat; `epilogue` ("res", "swiglu", "geglu") applies ep as results leave."""
+        m, k = x.shape
+        nw = w.shape[0]
+        xr = self._ref(x)
+        self._emit(f"kernel_mul_mm_{_type_name(w)}_f32",
+                   [self._ref(w), xr, self._ref(out), self._ref(ep) if ep is not None else xr],
+                   (-(-nw // MM_TILE), -(-m // MM_TILE)), 128, (2,), "kargs_mul_mm",
+                   M=m, N=nw, K=k, epilogue=MM_EPILOGUES[epilogue])
+
+    def _mul_mv(self, x: Value, ws: list[Weight], outs: list[Value], x_mode: int = 0,
+                aux: Any = None, res: Value | None = None, eps: float = 0.0) -> None:
+        """kernel_mul_mv_fused over up to three weights of one type (kargs_mul_mv_fused); aux is
+        the norm weight (x_mode 1) or the up rows (2)."""
+        m, k = x.shape
+        per = MV_NSG * MV_NR
+        ends, total = [], 0
+        for w in ws:
+            total += -(-w.shape[0] // per)
+            ends.append(total)
+        pad = 3 - len(ws)
+        xr = self._ref(x)
+        a = xr if aux is None else self._vec(aux, x) if isinstance(aux, Weight) else self._ref(aux)
+        bufs = [xr, a, self._ref(res) if res is not None else xr,
+                *(self._ref(w) for w in ws), *[self._ref(ws[0])] * pad,
+                *(self._ref(o) for o in outs), *[self._ref(outs[0])] * pad]
+        rows = [w.shape[0] for w in ws] + [0] * pad
+        self._emit(f"kernel_mul_mv_fused_{_type_name(ws[0])}_f32", bufs, (total, m),
+                   32 * MV_NSG, tuple(6 + s for s in range(len(outs))), "kargs_mul_mv_fused",
+                   M=m, K=k, x_mode=x_mode, has_res=int(res is not None), eps=eps,
+                   **{f"n_rows{s}": rows[s] for s in range(3)},
+                   **{f"tg_end{s}": (ends + [total] * pad)[s] for s in range(3)})
+
+    def _mul_mv_fused(self, node) -> None:
+        """mul_mat with the norm before it (nw), the SwiGLU before it (up: x is the gate) or
+        the residual after it (res) folded in (backends/fuse.py)."""
+        x, w, up, res, nw = node.args
+        if x.shape[0] >= MM_MIN_ROWS:
+            if up is not None or nw is not None:
+                raise UnsupportedError("metal: a norm or SwiGLU folded into a mat-mat")
+            self._mul_mm(x, w, node.out, "res" if res is not None else None, res)
+            return
+        x_mode, aux = (1, nw) if nw is not None else (2, up) if up is not None else (0, None)
+        self._mul_mv(x, [w], [node.out], x_mode, aux, res, node.attrs.get("eps", 0.0))
+
+    def _mul_mv_multi(self, node) -> None:
+        """q, k, v (or gate, up) of one normed token row: one dispatch where the weights share
+        a type, else one norm mat-vec each."""
+        x, nw, *ws = node.args
+        outs = [node.out, *node.attrs["also_out"]]
+        eps = node.attrs["eps"]
+        if len({w.handle.type for w in ws}) == 1:
+            self._mul_mv(x, ws, outs, 1, nw, eps=eps)
+            return
+        for w, out in zip(ws, outs):
+            self._mul_mv(x, [w], [out], 1, nw, eps=eps)
+
+    def _mul_mm_glu(self, node) -> None:
+        x, w, gate = node.args
+        self._mul_mm(x, w, node.out, node.attrs["act"], gate)
 
     def _binary(self, node, kernel: str) -> None:
         a, b = node.args
@@ -280,6 +347,24 @@ class MetalLowering:
                    [self._step(), self._ref(k), self._ref(v), kc, vc],
                    (-(-dim // tp), rows), tp, (),
                    "kargs_kv_store", n_rows=rows, kv_dim=dim, ring=ring)
+
+    def _rope_kv_store(self, node) -> None:
+        q, k, v, ff = node.args
+        at = node.attrs
+        kc, vc, ring, dim = self._cache(at["layer"])
+        hd = at["head_dim"]
+        if k.cols != dim or v.cols != dim or at["k_n_head"] * hd != dim:
+            raise UnsupportedError(f"metal: kv_store of {k.cols} values into a cache of {dim}")
+        tp = _threads(hd // 2, 64)
+        rows = q.shape[0]
+        self._emit(f"kernel_rope_kv_store_{self.kv_type}",
+                   [self._step(), self._ref(q), self._ref(k), self._ref(v),
+                    self._ref(ff if ff is not None else q), self._ref(node.out), kc, vc],
+                   (-(-(hd // 2) // tp), at["n_head"] + at["k_n_head"], rows), tp, (5,),
+                   "kargs_rope_kv_store", n_rows=rows, n_head=at["n_head"],
+                   k_n_head=at["k_n_head"], head_dim=hd, n_rot=at["n_rot"], base=at["base"],
+                   freq_scale=at["freq_scale"], neox=int(at["neox"]),
+                   has_freq_factors=int(ff is not None), kv_dim=dim, ring=ring)
 
     def _attention(self, node) -> None:
         (q,) = node.args

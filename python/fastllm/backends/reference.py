@@ -252,7 +252,8 @@ class _RefProgram(Program):
                               at["head_dim"], at["scale"], at["window"], at["softcap"])
             elif op == "swiglu":
                 gt = val(args[0])
-                r = gt / (1.0 + np.exp(-gt)) * val(args[1])
+                with np.errstate(over="ignore"):  # exp(-g) = inf below g = -88: silu -> -0
+                    r = gt / (1.0 + np.exp(-gt)) * val(args[1])
             elif op == "geglu":
                 r = gelu_tanh(val(args[0])) * val(args[1])
             elif op == "last_row":

@@ -1,5 +1,5 @@
 """Mat-mul lowering of the WebGPU backend, as a mixin of WebGPUProgram: mul_mat and its fused
-forms (mul_mv_fused, mul_mv_multi from webgpu_fuse.py) become mat-vec dispatches (mul_mv.wgsl,
+forms (mul_mv_fused, mul_mv_multi from fuse.py) become mat-vec dispatches (mul_mv.wgsl,
 mul_mv_multi.wgsl) for up to MV_MAX_M token rows and tiled mat-mat dispatches (mul_mm.wgsl)
 beyond. The shape constants live here: benchmarks sweep them (MV_FIXED, MM8_MIN_WG, ...).
 """
@@ -11,7 +11,7 @@ from ..quants import GGMLType
 from . import webgpu_repack as repack
 from . import webgpu_shaders as shaders
 from .base import Node, Value, Weight
-from .webgpu_fuse import reader_counts
+from .fuse import reader_counts
 
 # Mat-vec shape (mul_mv.wgsl): rows per thread group R, threads per row TPR, workgroup size.
 # Measured on an H100 (Vulkan, 2026-11-22, weights rotated through more copies than the L2
@@ -349,7 +349,7 @@ class MatmulOps:
         self._mul_mat(node, x, w, glu=(gate, node.attrs["act"]))
 
     def _op_mul_mv_multi(self, node: Node) -> None:
-        """Several mat-vecs of one normed token row in one dispatch (webgpu_fuse.py): args
+        """Several mat-vecs of one normed token row in one dispatch (fuse.py): args
         (x, nw, W_0, W_1, ...), outputs node.out and attrs["also_out"]. Where the device's
         bindings or a split weight rule it out, one norm mat-vec per weight instead."""
         x, nw, *ws = node.args

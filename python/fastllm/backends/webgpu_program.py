@@ -19,8 +19,8 @@ import numpy as np
 from .. import kargs
 from ..errors import ContextOverflowError, UnsupportedError
 from .base import Graph, Node, Program, Value, Weight
+from .fuse import fuse
 from .webgpu_attention import AttentionOps
-from .webgpu_fuse import fuse
 from .webgpu_greedy import GreedyOps
 from .webgpu_matmul import MV_MAX_M, MatmulOps
 from .webgpu_rwkv import RwkvOps  # RWKV: the recurrent-model ops' lowering

@@ -383,7 +383,7 @@ fn prologue(ids: Ids, kvh: u32, p: u32, s0: u32, s1: u32) {
 
 //! section rope
 // The rotary embedding of q and k and the KV-cache store of the new position folded into decode
-// attention, in place of a rope_kv_store dispatch before it (webgpu_fuse.py): every workgroup
+// attention, in place of a rope_kv_store dispatch before it (fuse.py): every workgroup
 // rotates its KV head's G query heads as it loads them; the one whose share of positions holds
 // the new position p rotates k, stores k and v at p's cache row, and reads them back from there
 // like every other key (no other workgroup reads row p). Same arithmetic as rope_kv.wgsl, for

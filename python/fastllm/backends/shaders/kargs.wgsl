@@ -33,6 +33,28 @@ struct kargs_mul_mat {
     w_row_words: u32,
 }
 
+struct kargs_mul_mv_fused {
+    M: u32,
+    K: u32,
+    x_mode: u32,
+    has_res: u32,
+    eps: f32,
+    n_rows0: u32,
+    n_rows1: u32,
+    n_rows2: u32,
+    tg_end0: u32,
+    tg_end1: u32,
+    tg_end2: u32,
+    _pad0: u32,
+}
+
+struct kargs_mul_mm {
+    M: u32,
+    N: u32,
+    K: u32,
+    epilogue: u32,
+}
+
 struct kargs_binary {
     n: u32,
     b_period: u32,
@@ -53,6 +75,21 @@ struct kargs_rope {
 
 struct kargs_kv_store {
     n_rows: u32,
+    kv_dim: u32,
+    ring: u32,
+    _pad0: u32,
+}
+
+struct kargs_rope_kv_store {
+    n_rows: u32,
+    n_head: u32,
+    k_n_head: u32,
+    head_dim: u32,
+    n_rot: u32,
+    base: f32,
+    freq_scale: f32,
+    neox: u32,
+    has_freq_factors: u32,
     kv_dim: u32,
     ring: u32,
     _pad0: u32,

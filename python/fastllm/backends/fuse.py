@@ -1,7 +1,8 @@
-"""The WebGPU fusion pass: neighbouring graph nodes merged into one dispatch, since a decode step
-on a GPU is bound by per-dispatch cost (benchmarks/NOTES.md). A pure function of the node list:
-the fused ops (`mul_mv_fused`, `mul_mv_multi`, `rope_kv_store`, `attn_decode_rope`) are lowered in
-webgpu_program.py and webgpu_matmul.py."""
+"""The fusion pass of the GPU backends: neighbouring graph nodes merged into one dispatch, since a
+decode step on a GPU is bound by per-dispatch cost (benchmarks/NOTES.md). A pure function of the
+node list, shared by WebGPU and Metal so that both run the same fused ops (`mul_mv_fused`,
+`mul_mv_multi`, `mul_mm_glu`, `rope_kv_store`, and on WebGPU `attn_decode_rope`), lowered in
+webgpu_program.py / webgpu_matmul.py and metal_lowering.py."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def reader_counts(nodes: list[Node], outputs: Iterable[Value]) -> dict[int, int]
     return readers
 
 
-def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Node]:
+def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
+         attn_rope: bool = True) -> list[Node]:
     """Neighbouring ops merged into one dispatch (a decode step is bound by per-dispatch
     cost, DESIGN.md principle 5). Only runs of consecutive nodes whose inner values nothing
     else reads, so the list stays in order and _plan sees the fused reads:
@@ -33,7 +35,8 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
       rms_norm(x, nw) -> mul_mat, ...     => mul_mv_fused (norm: each workgroup reduces x;
                                             one token row, every reader a mul_mat), or for
                                             2-3 readers (q, k, v; gate, up) one mul_mv_multi
-    Other mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= mv_max_m)."""
+    Other mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= mv_max_m);
+    attn_decode_rope only where the backend has it (attn_rope)."""
     outputs = list(outputs)
     readers = reader_counts(nodes, outputs)
 
@@ -123,7 +126,7 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int) -> list[Nod
                                  {**rq.attrs, "k_n_head": rk.attrs["n_head"],
                                   "layer": node.attrs["layer"]}, rq.out)]
                 continue
-        if (node.op == "attention" and out and out[-1].op == "rope_kv_store"
+        if (attn_rope and node.op == "attention" and out and out[-1].op == "rope_kv_store"
                 and node.args[0] is out[-1].out and inner(out[-1].out)
                 and node.out.shape[0] == 1 and out[-1].attrs["layer"] == node.attrs["layer"]):
             rk = out[-1]
