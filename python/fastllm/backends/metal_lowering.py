@@ -243,7 +243,8 @@ class MetalLowering:
         for w in ws:
             total += -(-w.shape[0] // per)
             ends.append(total)
-        pad = 3 - len(ws)
+        pad = 3 - len(ws)  # unused slots: no threadgroups, bound to slot 0's buffers
+        ends += [total] * pad
         xr = self._ref(x)
         a = xr if aux is None else self._vec(aux, x) if isinstance(aux, Weight) else self._ref(aux)
         bufs = [xr, a, self._ref(res) if res is not None else xr,
@@ -254,7 +255,7 @@ class MetalLowering:
                    32 * MV_NSG, tuple(6 + s for s in range(len(outs))), "kargs_mul_mv_fused",
                    M=m, K=k, x_mode=x_mode, has_res=int(res is not None), eps=eps,
                    **{f"n_rows{s}": rows[s] for s in range(3)},
-                   **{f"tg_end{s}": (ends + [total] * pad)[s] for s in range(3)})
+                   **{f"tg_end{s}": ends[s] for s in range(3)})
 
     def _mul_mv_fused(self, node) -> None:
         """mul_mat with the norm before it (nw), the SwiGLU before it (up: x is the gate) or
