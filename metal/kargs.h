@@ -146,6 +146,20 @@ struct kargs_argmax {
     uint32_t _pad1;
 };
 
+// Sampling on the device (shaders/sample.wgsl), the chain of fastllm.sampling.make_sampler after
+// a repetition penalty of 1: top_k (1..64), top_p, min_p, temperature, then a draw with the
+// uniform number of the step (index: position - pos0). n_cols: the logits row's length.
+struct kargs_sample {
+    uint32_t n_cols;
+    uint32_t top_k;
+    uint32_t pos0;
+    uint32_t _pad0;
+    float temperature;
+    float top_p;
+    float min_p;
+    uint32_t _pad1;
+};
+
 // Split-KV decode attention: kernel_attn_reduce_f32 joins the n_splits partial results that
 // kernel_attn_decode_* wrote for each (row, head).
 struct kargs_attn_reduce {

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fastllm import Model
+from fastllm.sampling import make_sampler
 from tinymodels import SHAPES, write_tiny_model
 
 
@@ -130,6 +131,26 @@ def test_gemma3_ring_cache_equals_full_cache(tmp_path):
     ring.reset()
     steps = [ring.prefill(ids[:5])] + [ring.decode(t) for t in ids[5:]]
     np.testing.assert_allclose(np.stack(steps), want[4:], rtol=1e-4, atol=1e-4)
+
+
+def test_sampled_chunks_equal_token_by_token(tiny):
+    """Sampling without a penalty goes through decode_sampled in growing chunks, each drawing
+    its numbers from the sampler's generator at once; with a seed the ids equal a plain loop of
+    decode() and the same sampler, token by token."""
+    m = Model.load(tiny, backend="reference", n_ctx=40)
+    prompt = [1, 270, 271]
+    chain = {"temperature": 1.2, "top_k": 30, "top_p": 0.97, "min_p": 0.01}
+    for seed in (1, 2, 3):
+        sample = make_sampler(seed=seed, **chain)
+        want, logits = [], m.prefill(prompt)
+        while len(want) < 25:
+            t = sample(logits, prompt + want)
+            if t in m.tokenizer.eog_ids:
+                break
+            want.append(t)
+            logits = m.decode(t)
+        got = list(m.generate_tokens(prompt, max_tokens=25, seed=seed, **chain))
+        assert got == want[:25]
 
 
 def test_greedy_chunks_equal_token_by_token(tiny):

@@ -6,6 +6,7 @@ import numpy as np
 
 from fastllm.sampling import (
     apply_repeat_penalty,
+    draw,
     make_sampler,
     min_p_mask,
     softmax,
@@ -45,3 +46,27 @@ def test_greedy_and_seed():
     s = make_sampler(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1)
     draws = np.bincount([s(x, []) for _ in range(4000)], minlength=50) / 4000
     assert np.abs(draws - softmax(x)).max() < 0.05
+
+
+def test_draw_is_numpy_choice_of_the_chain():
+    """draw(x, ..., u) with u from Generator.random() picks what Generator.choice over the
+    chain's probabilities picks with the same generator state, so the device's sampling (which
+    draws with the host generator's numbers) can be checked against it; make_sampler draws so."""
+    rng = np.random.default_rng()
+    chain = {"temperature": 0.7, "top_k": 20, "top_p": 0.9, "min_p": 0.05}
+    for _ in range(200):
+        x = (3 * rng.standard_normal(300)).astype(np.float32)
+        seed = int(rng.integers(1 << 31))
+        p = softmax(min_p_mask(top_p_mask(top_k_mask(x, 20), 0.9), 0.05) / 0.7)
+        want = int(np.random.default_rng(seed).choice(300, p=p))
+        assert draw(x, u=np.random.default_rng(seed).random(), **chain) == want
+        assert make_sampler(seed=seed, **chain)(x, []) == want
+
+
+def test_sampler_chain_for_the_device():
+    """make_sampler exposes its chain (and generator) when no penalty needs the history."""
+    s = make_sampler(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=2)
+    assert s.chain == {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+    assert s.rng.random() == np.random.default_rng(2).random()
+    assert make_sampler(repeat_penalty=1.1).chain is None
+    assert make_sampler(temperature=0).chain is None

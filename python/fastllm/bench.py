@@ -2,7 +2,9 @@
 
 pp<N>: N random prompt tokens evaluated from an empty cache (logits of the last one, as
 llama-bench). tg<N>: N tokens decoded one at a time after a single BOS, as llama-bench's tg test
-(which starts from an empty context), greedily, as generate() does at temperature 0. Each test runs once to warm up, then -r times.
+(which starts from an empty context), greedily, as generate() does at temperature 0; with
+--sampled also with generate()'s default sampling chain. Each test runs once to warm up, then
+-r times.
 """
 
 from __future__ import annotations
@@ -36,6 +38,22 @@ def _time_tg(m, n: int, rng) -> float:
     return n / wall
 
 
+def _time_tg_sampled(m, n: int, rng) -> float:
+    """n steps through Model.decode_sampled with make_sampler's default chain (temperature
+    0.8, top_k 40, top_p 0.95, min_p 0.05): the path generate() takes by default (on GPU
+    backends the chain and the draw run on the device)."""
+    from .sampling import make_sampler
+
+    m.reset()
+    bos = m.tokenizer.bos_id if m.tokenizer.bos_id is not None else 0
+    first = int(np.argmax(m.prefill([bos])))
+    chain = make_sampler().chain
+    u = rng.random(n)
+    t0 = time.perf_counter()
+    m.decode_sampled(first, n, chain, u)
+    return n / (time.perf_counter() - t0)
+
+
 # process CPU time / wall time of each timed tg run: how much of a token's time the host spends
 # (encoding, submitting, Python); on a GPU backend it should stay well under 100%
 _CPU_SHARE: list[float] = []
@@ -57,6 +75,9 @@ def run_bench(a) -> int:
         tests.append((f"pp{a.n_prompt}", lambda: _time_pp(m, a.n_prompt, rng)))
     if a.n_gen > 0:
         tests.append((f"tg{a.n_gen}", lambda: _time_tg(m, a.n_gen, rng)))
+        if getattr(a, "sampled", False):
+            tests.append((f"tg{a.n_gen} sampled",
+                          lambda: _time_tg_sampled(m, a.n_gen, rng)))
     for label, fn in tests:
         fn()  # warm-up: compiles programs, fills caches
         vals = [fn() for _ in range(max(1, a.repetitions))]

@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--n-prompt", type=int, default=512)
     p.add_argument("-n", "--n-gen", type=int, default=128)
     p.add_argument("-r", "--repetitions", type=int, default=3)
+    p.add_argument("--sampled", action="store_true",
+                   help="also time decoding with generate()'s default sampling chain")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("pull", help="fetch a known model into the cache")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from .sampling import make_sampler
@@ -26,7 +26,16 @@ def generate_token_ids(model: Model, prompt: Sequence[int], max_tokens: int = 25
     eog = model.tokenizer.eog_ids
     logits = model.prefill(history)
     if getattr(sample, "greedy", False):
-        yield from _greedy(model, sample(logits, history), len(history), max_tokens, eog)
+        yield from _chunked(model, sample(logits, history), len(history), max_tokens, eog,
+                            model.decode_greedy)
+        return
+    chain = getattr(sample, "chain", None)
+    if chain is not None:  # no penalty: the chain runs where the model runs
+        def decode(tok: int, k: int) -> list[int]:
+            return model.decode_sampled(tok, k, chain, sample.rng.random(k))
+
+        yield from _chunked(model, sample(logits, history), len(history), max_tokens, eog,
+                            decode)
         return
     n = 0
     while max_tokens is None or n < max_tokens:
@@ -41,11 +50,13 @@ def generate_token_ids(model: Model, prompt: Sequence[int], max_tokens: int = 25
         logits = model.decode(tok)
 
 
-def _greedy(model: Model, tok: int, n_hist: int, max_tokens: int | None, eog) -> Iterator[int]:
-    """Greedy decoding in chunks through Model.decode_greedy, so a GPU backend runs a chunk
-    without reading a token back per step; the same ids as the sampled loop at temperature 0.
-    `tok` comes from the prompt's logits; chunks start small (an early end of generation wastes
-    little) and grow."""
+def _chunked(model: Model, tok: int, n_hist: int, max_tokens: int | None, eog,
+             decode: Callable[[int, int], list[int]]) -> Iterator[int]:
+    """Decoding in chunks through decode(token, k) (Model.decode_greedy or decode_sampled), so a
+    GPU backend runs a chunk without reading a token back per step; the same ids as the loop of
+    one Model.decode per token. `tok` comes from the prompt's logits; chunks start small (an
+    early end of generation wastes little) and grow. A sampled chunk draws k numbers from the
+    generator, as k tokens of that loop would."""
     n, chunk, pending = 0, 4, [tok]
     while True:
         for t in pending:
@@ -60,7 +71,7 @@ def _greedy(model: Model, tok: int, n_hist: int, max_tokens: int | None, eog) ->
         if max_tokens is not None:
             k = min(k, max_tokens - n)
         # pending[-1] is not in the cache yet: it goes in first
-        pending = model.decode_greedy(pending[-1], k)
+        pending = decode(pending[-1], k)
         chunk = min(chunk * 2, 64)
 
 

@@ -240,6 +240,20 @@ class Model:
         self._cached += [int(token)] + toks[:-1]
         return toks
 
+    def decode_sampled(self, token: int, n: int, chain: dict[str, float],
+                       uniforms: Sequence[float]) -> list[int]:
+        """As decode_greedy, each token drawn by fastllm.sampling's chain (`chain`: temperature,
+        top_k, top_p, min_p, as make_sampler's `chain`) with uniforms[i] for step i. On GPU
+        backends the loop stays on the device."""
+        pos = len(self._cached)
+        n = min(n, self.n_ctx - pos)
+        if n <= 0:
+            raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
+        toks = self._program(1, False).run_sampled(n, int(token), pos, chain,
+                                                   np.asarray(uniforms)[:n])
+        self._cached += [int(token)] + toks[:-1]
+        return toks
+
     # -- generation ----------------------------------------------------------------------------
     def prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):

@@ -59,6 +59,23 @@ def min_p_mask(logits: np.ndarray, min_p: float) -> np.ndarray:
     return np.where(probs >= min_p * probs.max(), logits, -np.inf)
 
 
+# The largest top_k that GPU backends sample with on the device (shaders/sample.wgsl's KMAX);
+# llama.cpp's default is 40.
+DEVICE_TOP_K = 64
+
+
+def draw(logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float,
+         u: float) -> int:
+    """The chain after the repetition penalty: top_k, top_p, min_p, temperature, then the
+    token whose share of the cumulative probability over the vocabulary first passes u (a
+    uniform number in [0, 1): numpy's Generator.choice with u from Generator.random())."""
+    x = top_k_mask(np.asarray(logits, dtype=np.float32).reshape(-1), top_k)
+    x = top_p_mask(x, top_p)
+    x = min_p_mask(x, min_p)
+    cdf = np.cumsum(softmax(x / temperature))
+    return int(np.searchsorted(cdf / cdf[-1], u, side="right"))
+
+
 def make_sampler(temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
                  seed: int | None = None) -> Sampler:
@@ -75,11 +92,14 @@ def make_sampler(temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                                  repeat_penalty)
         if temperature <= 0.0:
             return int(np.argmax(x))
-        x = top_k_mask(x, top_k)
-        x = top_p_mask(x, top_p)
-        x = min_p_mask(x, min_p)
-        probs = softmax(x / temperature)
-        return int(rng.choice(probs.shape[0], p=probs))
+        return draw(x, temperature, top_k, top_p, min_p, rng.random())
 
     sample.greedy = temperature <= 0.0 and repeat_penalty == 1.0  # type: ignore[attr-defined]
+    # without a penalty (which reads the history) the chain runs on a GPU backend's device,
+    # drawing with the same generator's numbers: `chain` and `rng` for Model.decode_sampled
+    chain = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
+    if temperature <= 0.0 or repeat_penalty != 1.0:
+        chain = None
+    sample.chain = chain  # type: ignore[attr-defined]
+    sample.rng = rng  # type: ignore[attr-defined]
     return sample

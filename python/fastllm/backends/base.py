@@ -348,6 +348,20 @@ class Program(ABC):
             out.append(tok)
         return out
 
+    def run_sampled(self, n_steps: int, first_token: int, pos: int, chain: dict[str, float],
+                    uniforms: np.ndarray) -> list[int]:
+        """As run_greedy, each step's token drawn by fastllm.sampling.draw with `chain` (its
+        temperature, top_k, top_p, min_p) and uniforms[i] for step i. GPU backends override
+        this to keep the loop on the device."""
+        from ..sampling import draw
+
+        out, tok = [], int(first_token)
+        for i in range(n_steps):
+            logits = self.run(np.array([tok], np.int32), pos + i)["logits"][-1]
+            tok = draw(logits, u=float(uniforms[i]), **chain)
+            out.append(tok)
+        return out
+
 
 class Backend(ABC):
     """What every backend implements. Weights are loaded once; graphs compile once."""

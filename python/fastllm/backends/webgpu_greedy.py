@@ -1,8 +1,11 @@
-"""Greedy decoding on the device, as a mixin of WebGPUProgram: each step of the one-token
-program ends with the vocabulary's argmax (kernel_argmax_part over chunks of the row, then
-kernel_argmax_greedy), which writes the token as the next step's input and into a history
-buffer and moves the step buffer one position on, so steps follow each other inside one compute
-pass and the host reads the tokens back once (benchmarks/NOTES.md, section 10)."""
+"""Decoding loops on the device, as a mixin of WebGPUProgram: each step of the one-token program
+ends with the choice of the next token, which the last dispatch writes as the next step's input
+and into a history buffer before moving the step buffer one position on, so steps follow each
+other inside one compute pass and the host reads the tokens back once (benchmarks/NOTES.md,
+section 10). Greedy decoding chooses by the vocabulary's argmax (kernel_argmax_part over chunks
+of the row, then kernel_argmax_greedy); sampled decoding by fastllm.sampling's chain
+(kernel_sample_part, kernel_sample_final in sample.wgsl) with a uniform number per step that the
+host's generator made."""
 
 from __future__ import annotations
 
@@ -11,67 +14,100 @@ from typing import Any
 import numpy as np
 
 from .. import kargs
+from ..sampling import DEVICE_TOP_K
 from .webgpu_matmul import _pow2_floor
 
 GREEDY_PASS = 8  # at most this many steps per compute pass and command buffer
 GREEDY_PARTS = 64  # the argmax: at most this many chunks of the row, one
 ARGMAX_PART_WG = 256  # workgroup of this many threads each
+SAMPLE_WG = 256  # sample.wgsl's workgroups
+SAMPLE_PARTS = 64  # sample.wgsl's NPART: at most this many chunks of the row
+SAMPLE_CHUNK = 2048  # and at least this many columns each
 
 
 class GreedyOps:
-    """run_greedy for WebGPUProgram (uses its be, g, n, tokens, step, _lists, _kind, _buf, buf,
-    _raw_list, _record and _ready)."""
+    """run_greedy and run_sampled for WebGPUProgram (uses its be, g, n, tokens, step, _lists,
+    _kind, _buf, buf, _raw_list, _record and _ready)."""
 
-    def _greedy_setup(self, n_steps: int) -> dict[str, Any]:
-        """The two argmax dispatches that end a greedy step (kernel_argmax_part, then
-        kernel_argmax_greedy: the token into the token buffer, the next step's input, and into
-        the history; the step buffer one position on), and the history buffers."""
+    def _loop_setup(self, n_steps: int, mode: str) -> dict[str, Any]:
+        """The loop's state: the history buffers (grown to hold n_steps tokens), and for `mode`
+        ("greedy" or "sample") the dispatches that end a step and the step lists with them."""
         g = self._greedy
         if g is None:
             v = self.g.outputs.get("logits")
             if self.n != 1 or v is None or v.shape[0] != 1:
-                raise ValueError("run_greedy needs a one-token program whose output 'logits' is "
-                                 "one row")
-            g = self._greedy = {"cap": 0, "logits": v}
+                raise ValueError("run_greedy and run_sampled need a one-token program whose "
+                                 "output 'logits' is one row")
+            g = self._greedy = {"cap": 0, "logits": v, "lists": {}}
+        if g["cap"] < n_steps:
+            cap = max(64, 1 << (n_steps - 1).bit_length())
+            for name in ("hist", "out", "uniforms"):  # outgrown
+                if name in g:
+                    self.be.free(g[name])
+                    self._own.remove(g[name])
+            with self.be.errors("preparing decoding on the device"):
+                g["hist"] = self._buf(4 * cap, "STORAGE|COPY_SRC", "decoded tokens")
+                g["out"] = self._buf(4 * cap, "MAP_READ|COPY_DST", "decoded tokens read",
+                                     binding=False)
+                g["uniforms"] = self._buf(4 * cap, "STORAGE|COPY_DST", "sampling uniforms")
+            g["lists"] = {}  # their bind groups name the old buffers
+            g["cap"] = cap
+        if mode not in g["lists"]:
+            with self.be.errors("preparing decoding on the device"):
+                tail = self._bound(self._argmax_tail(g) if mode == "greedy"
+                                   else self._sample_tail(g))
+            g["lists"][mode] = {kind: (d + tail, self._raw_list(d + tail))
+                                for kind, (d, _) in self._lists.items()}
+        return g
+
+    def _bound(self, tail: list[tuple]) -> list[tuple]:
+        """(pipeline, {binding: buffer}, grid) -> (pipeline, bind group, grid)."""
+        out = []
+        for p, bufs, grid in tail:
+            bg = self.be.device.create_bind_group(
+                layout=p.get_bind_group_layout(0),
+                entries=[{"binding": i, "resource": {"buffer": b}} for i, b in bufs.items()])
+            out.append((p, bg, grid))
+        return out
+
+    def _argmax_tail(self, g: dict[str, Any]) -> list[tuple]:
+        """kernel_argmax_part over chunks of the row, then kernel_argmax_greedy (one workgroup
+        of at least as many threads as chunks) picks among them and ends the step."""
+        if "args" not in g:
             lim = self.be.limits
             wg = _pow2_floor(min(GREEDY_PARTS, lim.get("max-compute-invocations-per-workgroup",
                                                        256),
                                  lim.get("max-compute-workgroup-size-x", 256)))
-            chunk = max(ARGMAX_PART_WG, -(-v.cols // wg))  # at most wg parts
-            g["parts_grid"] = (-(-v.cols // chunk), 1, 1)
-            with self.be.errors("preparing greedy decoding"):
-                g["args"] = self._buf(16, "UNIFORM|COPY_DST", "argmax args")
-                g["parts"] = self._buf(8 * wg, "STORAGE", "argmax parts")
-                g["part"] = self.be.pipeline("argmax.wgsl", "kernel_argmax_part",
-                                             consts={"WG": ARGMAX_PART_WG, "CHUNK": chunk})
-                g["pipeline"] = self.be.pipeline("argmax.wgsl", "kernel_argmax_greedy",
-                                                 consts={"WG": wg, "CHUNK": chunk})
-        if g["cap"] < n_steps:
-            cap = max(64, 1 << (n_steps - 1).bit_length())
-            for old in (g.get("hist"), g.get("out")):  # outgrown
-                if old is not None:
-                    self.be.free(old)
-                    self._own.remove(old)
-            with self.be.errors("preparing greedy decoding"):
-                g["hist"] = self._buf(4 * cap, "STORAGE|COPY_SRC", "greedy tokens")
-                g["out"] = self._buf(4 * cap, "MAP_READ|COPY_DST", "greedy tokens read",
-                                     binding=False)
-                tail = []
-                for p, bufs, grid in ((g["part"], {0: g["args"], 1: self.buf(g["logits"]),
-                                                   5: g["parts"]}, g["parts_grid"]),
-                                      (g["pipeline"], {0: g["args"], 2: self.tokens,
-                                                       3: self.step, 4: g["hist"],
-                                                       5: g["parts"]}, (1, 1, 1))):
-                    bg = self.be.device.create_bind_group(
-                        layout=p.get_bind_group_layout(0),
-                        entries=[{"binding": i, "resource": {"buffer": b}}
-                                 for i, b in bufs.items()])
-                    tail.append((p, bg, grid))
-            g["lists"] = {}
-            for kind, (d, _) in self._lists.items():
-                g["lists"][kind] = (d + tail, self._raw_list(d + tail))
-            g["cap"] = cap
-        return g
+            chunk = max(ARGMAX_PART_WG, -(-g["logits"].cols // wg))  # at most wg parts
+            g["parts_grid"] = (-(-g["logits"].cols // chunk), 1, 1)
+            g["args"] = self._buf(16, "UNIFORM|COPY_DST", "argmax args")
+            g["parts"] = self._buf(8 * wg, "STORAGE", "argmax parts")
+            g["part"] = self.be.pipeline("argmax.wgsl", "kernel_argmax_part",
+                                         consts={"WG": ARGMAX_PART_WG, "CHUNK": chunk})
+            g["pipeline"] = self.be.pipeline("argmax.wgsl", "kernel_argmax_greedy",
+                                             consts={"WG": wg, "CHUNK": chunk})
+        return [(g["part"], {0: g["args"], 1: self.buf(g["logits"]), 5: g["parts"]},
+                 g["parts_grid"]),
+                (g["pipeline"], {0: g["args"], 2: self.tokens, 3: self.step, 4: g["hist"],
+                                 5: g["parts"]}, (1, 1, 1))]
+
+    def _sample_tail(self, g: dict[str, Any]) -> list[tuple]:
+        """kernel_sample_part over chunks of the row (each keeps its top_k), then
+        kernel_sample_final: the chain over those, the draw, the step's end."""
+        if "sargs" not in g:
+            cols = g["logits"].cols
+            chunk = max(SAMPLE_CHUNK, -(-cols // SAMPLE_PARTS))
+            parts = -(-cols // chunk)
+            consts = {"WG": SAMPLE_WG, "CHUNK": chunk, "NPART": parts, "KMAX": DEVICE_TOP_K}
+            g["sgrid"] = (parts, 1, 1)
+            g["sargs"] = self._buf(32, "UNIFORM|COPY_DST", "sampling args")
+            g["cands"] = self._buf(8 * parts * DEVICE_TOP_K, "STORAGE", "sampling candidates")
+            g["spart"] = self.be.pipeline("sample.wgsl", "kernel_sample_part", consts=consts)
+            g["sfinal"] = self.be.pipeline("sample.wgsl", "kernel_sample_final", consts=consts)
+        return [(g["spart"], {0: g["sargs"], 1: self.buf(g["logits"]), 5: g["cands"]},
+                 g["sgrid"]),
+                (g["sfinal"], {0: g["sargs"], 2: self.tokens, 3: self.step, 4: g["hist"],
+                               5: g["cands"], 6: g["uniforms"]}, (1, 1, 1))]
 
     def run_greedy(self, n_steps: int, first_token: int, pos: int) -> list[int]:
         """Greedy decoding of n_steps tokens on the device: first_token goes in at position
@@ -84,34 +120,60 @@ class GreedyOps:
         if n_steps < 1:
             return []
         self._ready(pos, n_steps)
-        be = self.be
-        g = self._greedy_setup(n_steps)
-        with be.errors("greedy decoding"):
-            q, dev = be.queue, be.device
-            q.write_buffer(self.tokens, 0, np.array([first_token], np.int32))
-            q.write_buffer(self.step, 0, np.array([pos, 1, pos + 1, 0], np.uint32))
-            q.write_buffer(g["args"], 0, kargs.pack("kargs_argmax", n_rows=1,
-                                                    n_cols=g["logits"].cols, pos0=pos))
-            out = g["out"]
-            done, k = 0, 1
-            while done < n_steps:
-                k = min(k, n_steps - done)
-                enc = dev.create_command_encoder()
-                i = 0
-                while i < k:  # runs of steps of one kind (the dispatch list changes once)
-                    kind = self._kind(pos + done + i)
-                    j = i + 1
-                    while j < k and self._kind(pos + done + j) == kind:
-                        j += 1
-                    dispatches, raw = g["lists"][kind]
-                    self._record(enc, raw, dispatches, j - i)
-                    i = j
-                if done + k == n_steps:
-                    enc.copy_buffer_to_buffer(g["hist"], 0, out, 0, 4 * n_steps)
-                q.submit([enc.finish()])
-                done += k
-                k = min(2 * k, GREEDY_PASS)
-            out.map_sync("READ", 0, 4 * n_steps)
-            ids = np.frombuffer(out.read_mapped(0, 4 * n_steps, copy=True), np.int32)
-            out.unmap()
+        g = self._loop_setup(n_steps, "greedy")
+        with self.be.errors("greedy decoding"):
+            self.be.queue.write_buffer(g["args"], 0, kargs.pack(
+                "kargs_argmax", n_rows=1, n_cols=g["logits"].cols, pos0=pos))
+            return self._loop(g, "greedy", n_steps, first_token, pos)
+
+    def run_sampled(self, n_steps: int, first_token: int, pos: int, chain: dict[str, float],
+                    uniforms: np.ndarray) -> list[int]:
+        """As run_greedy, each step's token drawn by fastllm.sampling's chain (`chain`: its
+        temperature, top_k, top_p, min_p; no repetition penalty) with uniforms[i] for step i,
+        on the device (sample.wgsl). top_k beyond DEVICE_TOP_K samples on the host."""
+        if n_steps < 1:
+            return []
+        uniforms = np.asarray(uniforms, np.float32).reshape(-1)
+        if len(uniforms) < n_steps:
+            raise ValueError(f"run_sampled: {n_steps} steps need as many uniform numbers, got "
+                             f"{len(uniforms)}")
+        if not 1 <= chain["top_k"] <= DEVICE_TOP_K:
+            return super().run_sampled(n_steps, first_token, pos, chain, uniforms)
+        self._ready(pos, n_steps)
+        g = self._loop_setup(n_steps, "sample")
+        with self.be.errors("sampled decoding"):
+            q = self.be.queue
+            q.write_buffer(g["sargs"], 0, kargs.pack(
+                "kargs_sample", n_cols=g["logits"].cols, top_k=chain["top_k"], pos0=pos,
+                temperature=chain["temperature"], top_p=chain["top_p"], min_p=chain["min_p"]))
+            q.write_buffer(g["uniforms"], 0, uniforms[:n_steps])
+            return self._loop(g, "sample", n_steps, first_token, pos)
+
+    def _loop(self, g: dict[str, Any], mode: str, n_steps: int, first_token: int,
+              pos: int) -> list[int]:
+        q, dev = self.be.queue, self.be.device
+        q.write_buffer(self.tokens, 0, np.array([first_token], np.int32))
+        q.write_buffer(self.step, 0, np.array([pos, 1, pos + 1, 0], np.uint32))
+        lists, out = g["lists"][mode], g["out"]
+        done, k = 0, 1
+        while done < n_steps:
+            k = min(k, n_steps - done)
+            enc = dev.create_command_encoder()
+            i = 0
+            while i < k:  # runs of steps of one kind (the dispatch list changes once)
+                kind = self._kind(pos + done + i)
+                j = i + 1
+                while j < k and self._kind(pos + done + j) == kind:
+                    j += 1
+                dispatches, raw = lists[kind]
+                self._record(enc, raw, dispatches, j - i)
+                i = j
+            if done + k == n_steps:
+                enc.copy_buffer_to_buffer(g["hist"], 0, out, 0, 4 * n_steps)
+            q.submit([enc.finish()])
+            done += k
+            k = min(2 * k, GREEDY_PASS)
+        out.map_sync("READ", 0, 4 * n_steps)
+        ids = np.frombuffer(out.read_mapped(0, 4 * n_steps, copy=True), np.int32)
+        out.unmap()
         return [int(t) for t in ids]

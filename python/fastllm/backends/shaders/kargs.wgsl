@@ -120,6 +120,17 @@ struct kargs_argmax {
     _pad1: u32,
 }
 
+struct kargs_sample {
+    n_cols: u32,
+    top_k: u32,
+    pos0: u32,
+    _pad0: u32,
+    temperature: f32,
+    top_p: f32,
+    min_p: f32,
+    _pad1: u32,
+}
+
 struct kargs_attn_reduce {
     n_rows: u32,
     n_head: u32,
