@@ -103,7 +103,7 @@ py::dict kargs_layout() {
                  F(n_rows) F(n_head) F(n_kv_head) F(head_dim) F(scale) F(softcap) F(window) F(ring))
     KARGS_STRUCT(kargs_unary, F(n) F(_pad0) F(_pad1) F(_pad2))
     KARGS_STRUCT(kargs_argmax, F(n_rows) F(n_cols) F(pos0) F(_pad1))
-    KARGS_STRUCT(kargs_sample, F(n_cols) F(top_k) F(pos0) F(_pad0) F(temperature) F(top_p) F(min_p)
+    KARGS_STRUCT(kargs_sample, F(n_cols) F(top_k) F(pos0) F(chunk) F(temperature) F(top_p) F(min_p)
                                    F(_pad1))
     KARGS_STRUCT(kargs_attn_reduce, F(n_rows) F(n_head) F(head_dim) F(n_splits))
     KARGS_STRUCT(kargs_part, F(row0) F(n_rows) F(_pad0) F(_pad1))

@@ -148,12 +148,13 @@ struct kargs_argmax {
 
 // Sampling on the device (shaders/sample.wgsl), the chain of fastllm.sampling.make_sampler after
 // a repetition penalty of 1: top_k (1..64), top_p, min_p, temperature, then a draw with the
-// uniform number of the step (index: position - pos0). n_cols: the logits row's length.
+// uniform number of the step (index: position - pos0). n_cols: the logits row's length, cut
+// into chunks of `chunk` columns, one workgroup each.
 struct kargs_sample {
     uint32_t n_cols;
     uint32_t top_k;
     uint32_t pos0;
-    uint32_t _pad0;
+    uint32_t chunk;
     float temperature;
     float top_p;
     float min_p;

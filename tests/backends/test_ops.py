@@ -823,67 +823,23 @@ def test_run_greedy_wide_rows_and_ties(gpu, rng):
     prog.release()
 
 
-SAMPLE_CHAINS = [  # make_sampler's default; no top_p / min_p; tight cuts; top_k 1
-    {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05},
-    {"temperature": 1.7, "top_k": 64, "top_p": 1.0, "min_p": 0.0},
-    {"temperature": 0.5, "top_k": 7, "top_p": 0.6, "min_p": 0.3},
-    {"temperature": 1.0, "top_k": 1, "top_p": 0.9, "min_p": 0.0},
-]
-
-
-def _near_edge(row: np.ndarray, chain: dict, u: float, eps: float = 2e-5) -> bool:
-    """Whether f32 rounding could change draw(row, u) with `chain`: u within eps of the
-    cumulative probability at a token, or a top_p / min_p cut within eps of its limit."""
-    from fastllm.sampling import min_p_mask, softmax, top_k_mask, top_p_mask
-
-    x = top_k_mask(row.astype(np.float32), chain["top_k"])
-    probs = np.sort(softmax(x))[::-1]
-    cuts = np.abs(np.cumsum(probs) - chain["top_p"]).min() < eps
-    x = top_p_mask(x, chain["top_p"])
-    kept = softmax(x)
-    cuts |= np.abs(kept[kept > 0] / kept.max() - chain["min_p"]).min() < eps
-    cdf = np.cumsum(softmax(min_p_mask(x, chain["min_p"]) / chain["temperature"]))
-    return bool(cuts or np.abs(cdf / cdf[-1] - u).min() < eps)
-
-
 @pytest.mark.parametrize("chunk", [2048, 48])
 def test_run_sampled(gpu, rng, chunk, monkeypatch):
     """Program.run_sampled (the chain and the draw on the device, each token fed to the next
     step) picks what fastllm.sampling.draw picks on the same row with the same uniform number,
-    for several chains, over a row of 20,011 columns cut into 10 chunks (2048) or the most the
-    kernel takes (64, with chunk 48), with ties of the largest values inside and across chunks
-    and runs longer than one command buffer. Where they differ, f32 against the host's f64 must
-    explain it (_near_edge)."""
+    for several chains (sampling_cases), over a row of 20,011 columns cut into 10 chunks (2048)
+    or the most the kernel takes (64, with chunk 48), with equal largest values inside and
+    across chunks and runs longer than one command buffer. Where they differ, f32 against the
+    host's f64 must explain it."""
     from fastllm.backends import webgpu_greedy as wp
-    from fastllm.sampling import draw
+    from sampling_cases import check_sampled, table_with_ties
 
     monkeypatch.setattr(wp, "SAMPLE_CHUNK", chunk)
-    vocab, cols = 64, 20_011
-    table = (2 * rng.standard_normal((vocab, cols))).astype(np.float32)
-    for r in range(0, vocab, 2):  # equal largest values, some in different chunks
-        top = float(table[r].max())
-        table[r, rng.integers(0, cols, 3)] = top + 0.5
-    g = Graph(1)  # logits: the table row of the token (ids past the table read its last row)
+    table = table_with_ties(rng, 64, 20_011)
+    g = Graph(1)  # logits: the table row of the token
     g.output("logits", g.get_rows(gpu.load_weight(f32_info("t", table)), g.tokens))
     prog = gpu.compile(g)
-    n = 3 * wp.GREEDY_PASS + 5
-    differ = 0
-    for chain in SAMPLE_CHAINS:
-        first = int(rng.integers(0, vocab))
-        u = rng.random(n)
-        got = prog.run_sampled(n, first, 0, chain, u)
-        assert len(got) == n
-        tok = first
-        for i in range(n):
-            row = table[min(tok, vocab - 1)]
-            if got[i] != draw(row, u=u[i], **chain):
-                assert _near_edge(row, chain, u[i]), (chain, i, got[i], draw(row, u=u[i],
-                                                                             **chain))
-                differ += 1
-            tok = got[i]
-        if chain["top_k"] == 1:  # a largest value (equal ones all stay, as on the host)
-            assert table[first, got[0]] == table[first].max()
-    assert differ <= 2
+    assert check_sampled(prog.run_sampled, table, 3 * wp.GREEDY_PASS + 5, rng) <= 2
     prog.release()
 
 

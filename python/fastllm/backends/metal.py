@@ -25,10 +25,15 @@ from .. import kargs
 from ..errors import BackendError, ContextOverflowError, UnsupportedError
 from ..gguf import TensorInfo
 from ..quants import GGMLType
+from ..sampling import DEVICE_TOP_K
 from .base import Backend, Graph, KVSpec, Program, Weight
 from .metal_lowering import (  # noqa: F401 (MM_MIN_ROWS: tests use it from here)
     KV_TYPES,
     MM_MIN_ROWS,
+    SAMPLE_CHUNK,
+    SAMPLE_NK,
+    SAMPLE_PARTS,
+    SAMPLE_TG,
     TYPE_NAMES,
     Dispatch,
     MetalLowering,
@@ -139,7 +144,9 @@ class _MetalProgram(Program):
                                   backend.rt.redzone, backend.fuse).lower()
         self._rec = None
         self._gen = -1
-        self._hist, self._hist_cap = None, 0  # greedy decoding's token history
+        # decoding on the device: the token history, the sampling numbers and candidates
+        self._hist, self._hist_cap = None, 0
+        self._uniforms = self._cands = None
 
     def _bind(self, ref: Ref, arena) -> tuple[Any, int, int]:
         b = self.b
@@ -194,26 +201,75 @@ class _MetalProgram(Program):
         tokens produced; the last one is not yet in the KV cache."""
         if n_steps < 1:
             return []
-        b = self.b
-        lg = self.plan.outputs.get("logits")
-        if self.n != 1 or lg is None or lg[1][0] != 1:
-            raise ValueError("run_greedy needs a one-token program whose output 'logits' is one "
-                             "row")
-        if pos < 0 or (b.spec is not None and pos + n_steps > b.spec.n_ctx):
-            raise ContextOverflowError(f"positions {pos}..{pos + n_steps - 1} do not fit the "
-                                       f"context of {b.spec.n_ctx if b.spec else 0}")
-        arena = self._recorded()
-        if self._hist is None or self._hist_cap < n_steps:
-            self._hist_cap = max(64, 1 << (n_steps - 1).bit_length())
-            self._hist = b.rt.buffer(4 * self._hist_cap)
-        ref, cols = lg[0], lg[1][-1]
+        ref, cols = self._loop_check(n_steps, pos)
         tail = Dispatch("kernel_argmax_greedy",
                         kargs.pack("kargs_argmax", n_rows=1, n_cols=cols, pos0=pos),
                         (ref, self.plan.tokens, self.plan.step), (1, 1, 1),
                         (_threads(cols), 1, 1))
-        bound = [self._bind(r, arena) for r in tail.buffers] + [
-            (self._hist, 0, 4 * self._hist_cap)]
-        rec = b.rt.record([(tail, bound)])
+        return self._loop(n_steps, first_token, pos, [(tail, [None] * 3 + ["hist"])])
+
+    def run_sampled(self, n_steps: int, first_token: int, pos: int, chain: dict[str, float],
+                    uniforms: np.ndarray) -> list[int]:
+        """As run_greedy, each step ending with metal/sample.metal (fastllm.sampling's chain and
+        a draw with uniforms[i] for step i) instead of the argmax. top_k outside 1..64 or a
+        vocabulary past 64 chunks of 4,096 samples on the host."""
+        if n_steps < 1:
+            return []
+        uniforms = np.asarray(uniforms, np.float32).reshape(-1)
+        if len(uniforms) < n_steps:
+            raise ValueError(f"run_sampled: {n_steps} steps need as many uniform numbers, got "
+                             f"{len(uniforms)}")
+        ref, cols = self._loop_check(n_steps, pos)
+        chunk = max(SAMPLE_CHUNK, -(-cols // SAMPLE_PARTS))
+        if not 1 <= chain["top_k"] <= DEVICE_TOP_K or chunk > SAMPLE_NK:
+            return super().run_sampled(n_steps, first_token, pos, chain, uniforms)
+        parts = -(-cols // chunk)
+        b = self.b
+        if self._cands is None:
+            self._cands = b.rt.buffer(8 * SAMPLE_PARTS * DEVICE_TOP_K)
+        b.rt.host(self._uniforms)[:4 * n_steps] = uniforms[:n_steps].view(np.uint8)
+        ka = kargs.pack("kargs_sample", n_cols=cols, top_k=chain["top_k"], pos0=pos,
+                        chunk=chunk, temperature=chain["temperature"], top_p=chain["top_p"],
+                        min_p=chain["min_p"])
+        cands = (self._cands, 0, 8 * parts * DEVICE_TOP_K)
+        part = Dispatch("kernel_sample_part", ka, (ref,), (parts, 1, 1), (SAMPLE_TG, 1, 1),
+                        (1,))
+        final = Dispatch("kernel_sample_final", ka, (self.plan.tokens, self.plan.step),
+                         (1, 1, 1), (SAMPLE_TG, 1, 1))
+        return self._loop(n_steps, first_token, pos,
+                          [(part, [None, cands]),
+                           (final, [cands, "uniforms", None, None, "hist"])])
+
+    def _loop_check(self, n_steps: int, pos: int) -> tuple[Ref, int]:
+        """The logits' place and width; the history and uniform buffers grown to n_steps."""
+        b = self.b
+        lg = self.plan.outputs.get("logits")
+        if self.n != 1 or lg is None or lg[1][0] != 1:
+            raise ValueError("run_greedy and run_sampled need a one-token program whose output "
+                             "'logits' is one row")
+        if pos < 0 or (b.spec is not None and pos + n_steps > b.spec.n_ctx):
+            raise ContextOverflowError(f"positions {pos}..{pos + n_steps - 1} do not fit the "
+                                       f"context of {b.spec.n_ctx if b.spec else 0}")
+        if self._hist is None or self._hist_cap < n_steps:
+            self._hist_cap = max(64, 1 << (n_steps - 1).bit_length())
+            self._hist = b.rt.buffer(4 * self._hist_cap)
+            self._uniforms = b.rt.buffer(4 * self._hist_cap)
+        return lg[0], lg[1][-1]
+
+    def _loop(self, n_steps: int, first_token: int, pos: int, tail: list) -> list[int]:
+        """The step and its `tail` (dispatches, each with its bindings in order: None for the
+        dispatch's next arena Ref, "hist" / "uniforms" for those buffers, or a binding) n_steps
+        times in one command buffer; the history read back."""
+        b = self.b
+        arena = self._recorded()
+        own = {"hist": (self._hist, 0, 4 * self._hist_cap),
+               "uniforms": (self._uniforms, 0, 4 * self._hist_cap)}
+        items = []
+        for d, spec in tail:
+            refs = iter(d.buffers)
+            items.append((d, [self._bind(next(refs), arena) if s is None
+                              else own[s] if isinstance(s, str) else s for s in spec]))
+        rec = b.rt.record(items)
         self._write_inputs(np.array([first_token], np.int32), pos)
         b.rt.run_steps([self._rec, rec], n_steps)
         hist = b.rt.host(self._hist)[:4 * n_steps].view(np.int32)

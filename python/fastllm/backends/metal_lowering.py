@@ -36,6 +36,9 @@ ATTN_SPLIT = 256  # decode attention: cache positions per split at full context
 ATTN_MAX_SPLITS = 32
 WKV_TG, WKV_MAX = 64, 64  # rwkv.metal: wkv threads per threadgroup, largest head size
 MB_NSG = 2  # rwkv.metal: mul_mat_blocks SIMD groups per threadgroup
+# sample.metal: threads per threadgroup (SAMPLE_TG), at most SAMPLE_PARTS chunks of the row of
+# at least SAMPLE_CHUNK columns and at most SAMPLE_NK (its threadgroup arrays)
+SAMPLE_TG, SAMPLE_PARTS, SAMPLE_CHUNK, SAMPLE_NK = 256, 64, 2048, 4096
 ALIGN = 256  # arena offsets: ample for any vector load and for setBuffer offsets
 HEADER = 256  # arena bytes 0..15: kargs_step; token ids start at HEADER
 

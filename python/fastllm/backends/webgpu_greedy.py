@@ -100,6 +100,7 @@ class GreedyOps:
             parts = -(-cols // chunk)
             consts = {"WG": SAMPLE_WG, "CHUNK": chunk, "NPART": parts, "KMAX": DEVICE_TOP_K}
             g["sgrid"] = (parts, 1, 1)
+            g["schunk"] = chunk
             g["sargs"] = self._buf(32, "UNIFORM|COPY_DST", "sampling args")
             g["cands"] = self._buf(8 * parts * DEVICE_TOP_K, "STORAGE", "sampling candidates")
             g["spart"] = self.be.pipeline("sample.wgsl", "kernel_sample_part", consts=consts)
@@ -145,6 +146,7 @@ class GreedyOps:
             q = self.be.queue
             q.write_buffer(g["sargs"], 0, kargs.pack(
                 "kargs_sample", n_cols=g["logits"].cols, top_k=chain["top_k"], pos0=pos,
+                chunk=g["schunk"],
                 temperature=chain["temperature"], top_p=chain["top_p"], min_p=chain["min_p"]))
             q.write_buffer(g["uniforms"], 0, uniforms[:n_steps])
             return self._loop(g, "sample", n_steps, first_token, pos)

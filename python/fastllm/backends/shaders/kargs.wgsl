@@ -124,7 +124,7 @@ struct kargs_sample {
     n_cols: u32,
     top_k: u32,
     pos0: u32,
-    _pad0: u32,
+    chunk: u32,
     temperature: f32,
     top_p: f32,
     min_p: f32,

@@ -1,0 +1,60 @@
+"""Sampled decoding on a device against fastllm.sampling.draw: the chains and the check shared
+by the WebGPU and Metal tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastllm.sampling import draw, min_p_mask, softmax, top_k_mask, top_p_mask
+
+SAMPLE_CHAINS = [  # make_sampler's default; no top_p / min_p; tight cuts; top_k 1
+    {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05},
+    {"temperature": 1.7, "top_k": 64, "top_p": 1.0, "min_p": 0.0},
+    {"temperature": 0.5, "top_k": 7, "top_p": 0.6, "min_p": 0.3},
+    {"temperature": 1.0, "top_k": 1, "top_p": 0.9, "min_p": 0.0},
+]
+
+
+def table_with_ties(rng, rows: int, cols: int) -> np.ndarray:
+    """Logit rows; every other row has three equal largest values (in different chunks)."""
+    table = (2 * rng.standard_normal((rows, cols))).astype(np.float32)
+    for r in range(0, rows, 2):
+        table[r, rng.integers(0, cols, 3)] = float(table[r].max()) + 0.5
+    return table
+
+
+def near_edge(row: np.ndarray, chain: dict, u: float, eps: float = 2e-5) -> bool:
+    """Whether f32 rounding could change draw(row, u) with `chain`: u within eps of the
+    cumulative probability at a token, or a top_p / min_p cut within eps of its limit."""
+    x = top_k_mask(row.astype(np.float32), chain["top_k"])
+    probs = np.sort(softmax(x))[::-1]
+    cuts = np.abs(np.cumsum(probs) - chain["top_p"]).min() < eps
+    x = top_p_mask(x, chain["top_p"])
+    kept = softmax(x)
+    cuts |= np.abs(kept[kept > 0] / kept.max() - chain["min_p"]).min() < eps
+    cdf = np.cumsum(softmax(min_p_mask(x, chain["min_p"]) / chain["temperature"]))
+    return bool(cuts or np.abs(cdf / cdf[-1] - u).min() < eps)
+
+
+def check_sampled(run_sampled, table: np.ndarray, n: int, rng) -> int:
+    """run_sampled(n, first, pos, chain, u) over a program whose logits are the table row of
+    the token (ids past the table read its last row), for each chain: each token is draw()'s on
+    its row and number, or differs where near_edge allows. Returns how many differed."""
+    rows = table.shape[0]
+    differ = 0
+    for chain in SAMPLE_CHAINS:
+        first = int(rng.integers(0, rows))
+        u = rng.random(n)
+        got = run_sampled(n, first, 0, chain, u)
+        assert len(got) == n
+        tok = first
+        for i in range(n):
+            row = table[min(tok, rows - 1)]
+            want = draw(row, u=u[i], **chain)
+            if got[i] != want:
+                assert near_edge(row, chain, u[i]), (chain, i, got[i], want)
+                differ += 1
+            tok = got[i]
+        if chain["top_k"] == 1:  # a largest value (equal ones all stay, as on the host)
+            assert table[first, got[0]] == table[first].max()
+    return differ
