@@ -28,6 +28,7 @@ const NONE: u32 = 0xFFFFFFFFu;  // an empty candidate's column
 @group(0) @binding(6) var<storage, read> uniforms: array<f32>;  // index: position - pos0
 
 var<workgroup> sk: array<u32, NK>;
+var<workgroup> cnt: array<atomic<u32>, 3>;
 var<workgroup> nkept: atomic<u32>;
 var<workgroup> ck: array<u32, KMAX>;  // kept candidates, in no order
 var<workgroup> ci: array<u32, KMAX>;
@@ -46,12 +47,14 @@ fn value(k: u32) -> f32 {
     return bitcast<f32>(select(~k, k & 0x7FFFFFFFu, (k & 0x80000000u) != 0u));
 }
 
-// The k-th largest of sk[0..n) (0 when n < k), for every thread. Each round's count is
-// joined by wg_sum (lanes, then one value per subgroup through memory): counting with one
-// atomic per thread on a single address serialized 256 adds a round (H100: the sampling tail
-// 41 us a token with them).
-fn kth_key(t: u32, n: u32, k: u32, ids: Ids) -> u32 {
-    workgroupBarrier();  // the caller's stores of sk
+// The k-th largest of sk[0..n) (0 when n < k), for every thread (a barrier). Round r counts
+// the keys at or above prefix | bit r into cnt[r % 3] and zeroes cnt[(r + 2) % 3], last used
+// in round r - 1, which every thread has read before this round's barrier: one barrier a round.
+fn kth_key(t: u32, n: u32, k: u32) -> u32 {
+    if (t < 3u) {
+        atomicStore(&cnt[t], 0u);
+    }
+    workgroupBarrier();
     var prefix = 0u;
     for (var r = 0u; r < 32u; r++) {
         let cand = prefix | (0x80000000u >> r);
@@ -59,8 +62,13 @@ fn kth_key(t: u32, n: u32, k: u32, ids: Ids) -> u32 {
         for (var i = t; i < n; i += WG) {
             c += select(0u, 1u, sk[i] >= cand);
         }
-        if (u32(wg_sum(f32(c), ids)) >= k) {  // counts <= 4096: exact in f32
+        atomicAdd(&cnt[r % 3u], c);
+        workgroupBarrier();
+        if (atomicLoad(&cnt[r % 3u]) >= k) {
             prefix = cand;
+        }
+        if (t == 0u) {
+            atomicStore(&cnt[(r + 2u) % 3u], 0u);
         }
     }
     return prefix;
@@ -77,7 +85,7 @@ fn kernel_sample_part(ids: Ids) {
     if (t == 0u) {
         atomicStore(&nkept, 0u);
     }
-    let th = kth_key(t, n, args.top_k, ids);
+    let th = kth_key(t, n, args.top_k);  // (its first barrier orders the stores above)
     let base = ids.wg.x * KMAX;
     for (var i = t; i < n; i += WG) {
         if (sk[i] >= th) {
@@ -103,7 +111,7 @@ fn kernel_sample_final(ids: Ids) {
     if (t == 0u) {
         atomicStore(&nkept, 0u);
     }
-    let th = kth_key(t, n, args.top_k, ids);
+    let th = kth_key(t, n, args.top_k);
     for (var i = t; i < n; i += WG) {
         let c = cands[i];
         if (c.x >= th && c.y != NONE) {
