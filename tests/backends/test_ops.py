@@ -798,7 +798,7 @@ def test_run_greedy_wide_rows_and_ties(gpu, rng):
     """Greedy decoding's argmax over a row scanned in chunks by many workgroups: each step's
     token is the first of two equal maxima (the second in a later chunk), and runs longer than
     one command buffer's steps carry token and position across."""
-    from fastllm.backends import webgpu_greedy as wp
+    from fastllm.backends import webgpu_loops as wp
 
     vocab, cols = 64, 20_011
     table = rng.standard_normal((vocab, cols)).astype(np.float32)
@@ -831,7 +831,7 @@ def test_run_sampled(gpu, rng, chunk, monkeypatch):
     or the most the kernel takes (64, with chunk 48), with equal largest values inside and
     across chunks and runs longer than one command buffer. Where they differ, f32 against the
     host's f64 must explain it."""
-    from fastllm.backends import webgpu_greedy as wp
+    from fastllm.backends import webgpu_loops as wp
     from sampling_cases import check_sampled, table_with_ties
 
     monkeypatch.setattr(wp, "SAMPLE_CHUNK", chunk)

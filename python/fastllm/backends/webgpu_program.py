@@ -21,7 +21,7 @@ from ..errors import ContextOverflowError, UnsupportedError
 from .base import Graph, Node, Program, Value, Weight
 from .fuse import fuse
 from .webgpu_attention import AttentionOps
-from .webgpu_greedy import GreedyOps
+from .webgpu_loops import DeviceLoops
 from .webgpu_matmul import MV_MAX_M, MatmulOps
 from .webgpu_rwkv import RwkvOps  # RWKV: the recurrent-model ops' lowering
 
@@ -41,7 +41,7 @@ def _nbytes(v: Value) -> int:
     return math.prod(v.shape) * 4
 
 
-class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
+class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
     """A graph compiled for one WebGPU device; run() replays it."""
 
     def __init__(self, backend: WebGPUBackend, graph: Graph):
@@ -54,7 +54,7 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
     def _build(self) -> None:
         backend, graph = self.be, self.g
         self._kv_version = backend.kv_version  # bind groups hold the KV cache's buffers
-        self._greedy: dict[str, Any] | None = None
+        self._loops: dict[str, Any] | None = None
         self._xq = None  # quantize_x's scratch buffer (webgpu_matmul), made on first use
         # (pipeline, entries, grid, when) until bind groups exist; `when` is None for a
         # dispatch of every step, else the list it belongs to ("short": steps at which at most
@@ -437,4 +437,4 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, GreedyOps, Program):
         self.dispatches = []
         self._raw = []
         self._lists = {}
-        self._greedy = None
+        self._loops = None

@@ -1,5 +1,5 @@
 // Sampling on the device, so that a sampled decoding loop stays on the GPU as greedy decoding
-// does (webgpu_greedy.py): fastllm.sampling's chain after a repetition penalty of 1, top_k,
+// does (webgpu_loops.py): fastllm.sampling's chain after a repetition penalty of 1, top_k,
 // top_p, min_p, temperature, then a draw with the step's uniform number u (the host's
 // generator makes them, so a seed gives the host sampler's tokens). kernel_sample_part: each
 // workgroup keeps the top_k largest logits of its CHUNK columns; kernel_sample_final (one

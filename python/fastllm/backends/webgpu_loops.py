@@ -25,20 +25,20 @@ SAMPLE_PARTS = 64  # sample.wgsl's NPART: at most this many chunks of the row
 SAMPLE_CHUNK = 2048  # and at least this many columns each
 
 
-class GreedyOps:
+class DeviceLoops:
     """run_greedy and run_sampled for WebGPUProgram (uses its be, g, n, tokens, step, _lists,
     _kind, _buf, buf, _raw_list, _record and _ready)."""
 
     def _loop_setup(self, n_steps: int, mode: str) -> dict[str, Any]:
         """The loop's state: the history buffers (grown to hold n_steps tokens), and for `mode`
         ("greedy" or "sample") the dispatches that end a step and the step lists with them."""
-        g = self._greedy
+        g = self._loops
         if g is None:
             v = self.g.outputs.get("logits")
             if self.n != 1 or v is None or v.shape[0] != 1:
                 raise ValueError("run_greedy and run_sampled need a one-token program whose "
                                  "output 'logits' is one row")
-            g = self._greedy = {"cap": 0, "logits": v, "lists": {}}
+            g = self._loops = {"cap": 0, "logits": v, "lists": {}}
         if g["cap"] < n_steps:
             cap = max(64, 1 << (n_steps - 1).bit_length())
             for name in ("hist", "out", "uniforms"):  # outgrown
