@@ -146,10 +146,11 @@ struct kargs_argmax {
     uint32_t _pad1;
 };
 
-// Sampling on the device (shaders/sample.wgsl), the chain of fastllm.sampling.make_sampler after
-// a repetition penalty of 1: top_k (1..64), top_p, min_p, temperature, then a draw with the
-// uniform number of the step (index: position - pos0). n_cols: the logits row's length, cut
-// into chunks of `chunk` columns, one workgroup each.
+// Sampling on the device (shaders/sample.wgsl, metal/sample.metal), the chain of
+// fastllm.sampling.make_sampler: the repetition penalty over the last last_n ids (0: none),
+// top_k (1..64), top_p, min_p, temperature, then a draw with the uniform number of the step
+// (index: position - pos0). n_cols: the logits row's length, cut into chunks of `chunk`
+// columns, one workgroup each.
 struct kargs_sample {
     uint32_t n_cols;
     uint32_t top_k;
@@ -158,7 +159,11 @@ struct kargs_sample {
     float temperature;
     float top_p;
     float min_p;
+    float penalty;
+    uint32_t last_n;
+    uint32_t _pad0;
     uint32_t _pad1;
+    uint32_t _pad2;
 };
 
 // Split-KV decode attention: kernel_attn_reduce_f32 joins the n_splits partial results that

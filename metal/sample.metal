@@ -1,7 +1,8 @@
 // Sampling on the device, the WebGPU backend's shaders/sample.wgsl in MSL (its head says how):
-// kernel_sample_part keeps the top_k largest logits of each chunk of the row, kernel_sample_final
-// keeps the top_k of those, applies fastllm.sampling's chain (top_p, min_p, temperature), draws
-// with the step's uniform number and ends the step as kernel_argmax_greedy does. The k-th largest
+// kernel_sample_part applies the repetition penalty to each chunk of the row and keeps its top_k
+// largest logits, kernel_sample_final keeps the top_k of those, applies fastllm.sampling's chain
+// (top_p, min_p, temperature), draws with the step's uniform number and ends the step as
+// kernel_argmax_greedy does (the token also goes into the penalty's ids). The k-th largest
 // value is found a bit at a time on order-preserving keys; the counts of a round are joined by
 // simd_sum and per-SIMD-group partials (two sets, so one barrier a round).
 #include <metal_stdlib>
@@ -12,6 +13,7 @@ using namespace metal;
 #define SAMPLE_NSG (SAMPLE_TG / 32)
 #define SAMPLE_KMAX 64  // the largest top_k (fastllm.sampling.DEVICE_TOP_K)
 #define SAMPLE_NK 4096  // values a threadgroup holds: chunk <= 4096, parts * KMAX <= 4096
+#define SAMPLE_LMAX 64  // the longest penalty window (fastllm.sampling.DEVICE_LAST_N)
 constant uint NONE = 0xFFFFFFFFu;  // an empty candidate's column
 
 // a > b as floats <=> order_key(a) > order_key(b) (finite values and -inf; key 0 is no value)
@@ -53,10 +55,13 @@ inline uint kth_key(threadgroup const uint *sk, uint n, uint k, threadgroup uint
     return prefix;
 }
 
-// Grid: ceil(n_cols / chunk) threadgroups; cands: SAMPLE_KMAX (key, column) slots each.
+// Grid: ceil(n_cols / chunk) threadgroups; cands: SAMPLE_KMAX (key, column) slots each. Step i
+// (position pos0 + i) penalizes the ids recent[i .. i + last_n).
 kernel void kernel_sample_part(constant kargs_sample &args [[buffer(0)]],
                                device const float *x [[buffer(1)]],
                                device uint2 *cands [[buffer(2)]],
+                               device const kargs_step *step [[buffer(3)]],
+                               device const uint *recent [[buffer(4)]],
                                uint tgpig [[threadgroup_position_in_grid]],
                                ushort tiitg [[thread_index_in_threadgroup]],
                                ushort sgitg [[simdgroup_index_in_threadgroup]],
@@ -64,10 +69,23 @@ kernel void kernel_sample_part(constant kargs_sample &args [[buffer(0)]],
     threadgroup uint sk[SAMPLE_NK];
     threadgroup uint partial[2 * SAMPLE_NSG];
     threadgroup atomic_uint nkept;
+    threadgroup uint window[SAMPLE_LMAX];
     const uint c0 = tgpig * args.chunk;
     const uint n = min(args.chunk, args.n_cols - min(c0, args.n_cols));
+    const uint i0 = step->pos - args.pos0;
+    for (uint j = tiitg; j < args.last_n; j += SAMPLE_TG) {
+        window[j] = recent[i0 + j];
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
     for (uint i = tiitg; i < n; i += SAMPLE_TG) {
-        sk[i] = order_key(x[c0 + i]);
+        float v = x[c0 + i];
+        for (uint j = 0; j < args.last_n; ++j) {  // as sampling.apply_repeat_penalty
+            if (window[j] == c0 + i) {
+                v = v > 0.0f ? v / args.penalty : v * args.penalty;
+                break;
+            }
+        }
+        sk[i] = order_key(v);
     }
     if (tiitg == 0) {
         atomic_store_explicit(&nkept, 0u, memory_order_relaxed);
@@ -96,6 +114,7 @@ kernel void kernel_sample_final(constant kargs_sample &args [[buffer(0)]],
                                 device int *dst [[buffer(3)]],
                                 device kargs_step *step [[buffer(4)]],
                                 device int *history [[buffer(5)]],
+                                device uint *recent [[buffer(6)]],
                                 ushort tiitg [[thread_index_in_threadgroup]],
                                 ushort sgitg [[simdgroup_index_in_threadgroup]],
                                 ushort tiisg [[thread_index_in_simdgroup]]) {
@@ -198,6 +217,9 @@ kernel void kernel_sample_final(constant kargs_sample &args [[buffer(0)]],
         const int tok = int(ci[by_col[pick]]);
         dst[0] = tok;
         history[step->pos - args.pos0] = tok;
+        if (args.last_n > 0) {
+            recent[step->pos - args.pos0 + args.last_n] = uint(tok);
+        }
         step->pos += 1;
         step->n_kv += 1;
     }

@@ -133,13 +133,14 @@ def test_gemma3_ring_cache_equals_full_cache(tmp_path):
     np.testing.assert_allclose(np.stack(steps), want[4:], rtol=1e-4, atol=1e-4)
 
 
-def test_sampled_chunks_equal_token_by_token(tiny):
-    """Sampling without a penalty goes through decode_sampled in growing chunks, each drawing
-    its numbers from the sampler's generator at once; with a seed the ids equal a plain loop of
-    decode() and the same sampler, token by token."""
+@pytest.mark.parametrize("penalty", [{}, {"repeat_penalty": 3.0, "repeat_last_n": 6}])
+def test_sampled_chunks_equal_token_by_token(tiny, penalty):
+    """Sampling goes through decode_sampled in growing chunks, each drawing its numbers from the
+    sampler's generator at once and carrying the penalty's window across chunks; with a seed
+    the ids equal a plain loop of decode() and the same sampler, token by token."""
     m = Model.load(tiny, backend="reference", n_ctx=40)
     prompt = [1, 270, 271]
-    chain = {"temperature": 1.2, "top_k": 30, "top_p": 0.97, "min_p": 0.01}
+    chain = {"temperature": 1.2, "top_k": 30, "top_p": 0.97, "min_p": 0.01, **penalty}
     for seed in (1, 2, 3):
         sample = make_sampler(seed=seed, **chain)
         want, logits = [], m.prefill(prompt)

@@ -66,7 +66,22 @@ def test_draw_is_numpy_choice_of_the_chain():
 def test_sampler_chain_for_the_device():
     """make_sampler exposes its chain (and generator) when no penalty needs the history."""
     s = make_sampler(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=2)
-    assert s.chain == {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+    assert s.chain == {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
+                       "penalty": 1.0, "last_n": 0}
     assert s.rng.random() == np.random.default_rng(2).random()
-    assert make_sampler(repeat_penalty=1.1).chain is None
+    assert make_sampler(repeat_penalty=1.1, repeat_last_n=32).chain["last_n"] == 32
+    assert make_sampler(repeat_penalty=1.1, repeat_last_n=100).chain is None  # host only
     assert make_sampler(temperature=0).chain is None
+
+
+def test_draw_with_the_penalty_is_the_sampler():
+    """draw's penalty over the last last_n ids of `recent` is make_sampler's over history."""
+    rng = np.random.default_rng()
+    chain = {"temperature": 1.1, "top_k": 30, "top_p": 0.97, "min_p": 0.0}
+    for _ in range(100):
+        x = (2 * rng.standard_normal(200)).astype(np.float32)
+        hist = [int(t) for t in rng.integers(0, 200, 90)]
+        seed = int(rng.integers(1 << 31))
+        s = make_sampler(seed=seed, repeat_penalty=1.3, repeat_last_n=24, **chain)
+        u = np.random.default_rng(seed).random()
+        assert s(x, hist) == draw(x, u=u, penalty=1.3, last_n=24, recent=hist, **chain)

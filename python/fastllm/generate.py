@@ -14,28 +14,28 @@ if TYPE_CHECKING:
 def generate_token_ids(model: Model, prompt: Sequence[int], max_tokens: int = 256,
                        temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                        min_p: float = 0.05, repeat_penalty: float = 1.0,
-                       seed: int | None = None) -> Iterator[int]:
+                       repeat_last_n: int = 64, seed: int | None = None) -> Iterator[int]:
     """Sample up to max_tokens ids after prompt. Ends at an end-of-generation token (not yielded)
     or when the context is full. The prompt is evaluated (reusing the cached prefix it shares
     with the previous call) before the first id is produced."""
     if max_tokens is not None and max_tokens < 0:
         raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
     sample = make_sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                          repeat_penalty=repeat_penalty, seed=seed)
+                          repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
     history = [int(t) for t in prompt]
     eog = model.tokenizer.eog_ids
     logits = model.prefill(history)
     if getattr(sample, "greedy", False):
-        yield from _chunked(model, sample(logits, history), len(history), max_tokens, eog,
-                            model.decode_greedy)
+        yield from _chunked(model, sample(logits, history), history, max_tokens, eog,
+                            lambda tok, k, hist: model.decode_greedy(tok, k))
         return
     chain = getattr(sample, "chain", None)
-    if chain is not None:  # no penalty: the chain runs where the model runs
-        def decode(tok: int, k: int) -> list[int]:
-            return model.decode_sampled(tok, k, chain, sample.rng.random(k))
+    if chain is not None:  # the chain runs where the model runs
+        def decode(tok: int, k: int, hist: list[int]) -> list[int]:
+            recent = hist[-chain["last_n"]:] if chain["last_n"] else []
+            return model.decode_sampled(tok, k, chain, sample.rng.random(k), recent)
 
-        yield from _chunked(model, sample(logits, history), len(history), max_tokens, eog,
-                            decode)
+        yield from _chunked(model, sample(logits, history), history, max_tokens, eog, decode)
         return
     n = 0
     while max_tokens is None or n < max_tokens:
@@ -50,13 +50,13 @@ def generate_token_ids(model: Model, prompt: Sequence[int], max_tokens: int = 25
         logits = model.decode(tok)
 
 
-def _chunked(model: Model, tok: int, n_hist: int, max_tokens: int | None, eog,
-             decode: Callable[[int, int], list[int]]) -> Iterator[int]:
-    """Decoding in chunks through decode(token, k) (Model.decode_greedy or decode_sampled), so a
-    GPU backend runs a chunk without reading a token back per step; the same ids as the loop of
-    one Model.decode per token. `tok` comes from the prompt's logits; chunks start small (an
-    early end of generation wastes little) and grow. A sampled chunk draws k numbers from the
-    generator, as k tokens of that loop would."""
+def _chunked(model: Model, tok: int, history: list[int], max_tokens: int | None, eog,
+             decode: Callable[[int, int, list[int]], list[int]]) -> Iterator[int]:
+    """Decoding in chunks through decode(token, k, history) (Model.decode_greedy or
+    decode_sampled; history ends with token), so a GPU backend runs a chunk without reading a
+    token back per step; the same ids as the loop of one Model.decode per token. `tok` comes
+    from the prompt's logits; chunks start small (an early end of generation wastes little) and
+    grow. A sampled chunk draws k numbers from the generator, as k tokens of that loop would."""
     n, chunk, pending = 0, 4, [tok]
     while True:
         for t in pending:
@@ -64,14 +64,14 @@ def _chunked(model: Model, tok: int, n_hist: int, max_tokens: int | None, eog,
                 return
             yield t
             n += 1
-            n_hist += 1
-            if (max_tokens is not None and n >= max_tokens) or n_hist >= model.n_ctx:
+            history.append(t)
+            if (max_tokens is not None and n >= max_tokens) or len(history) >= model.n_ctx:
                 return
-        k = min(chunk, model.n_ctx - n_hist)
+        k = min(chunk, model.n_ctx - len(history))
         if max_tokens is not None:
             k = min(k, max_tokens - n)
         # pending[-1] is not in the cache yet: it goes in first
-        pending = decode(pending[-1], k)
+        pending = decode(pending[-1], k, history)
         chunk = min(chunk * 2, 64)
 
 

@@ -241,16 +241,17 @@ class Model:
         return toks
 
     def decode_sampled(self, token: int, n: int, chain: dict[str, float],
-                       uniforms: Sequence[float]) -> list[int]:
-        """As decode_greedy, each token drawn by fastllm.sampling's chain (`chain`: temperature,
-        top_k, top_p, min_p, as make_sampler's `chain`) with uniforms[i] for step i. On GPU
-        backends the loop stays on the device."""
+                       uniforms: Sequence[float], recent: Sequence[int] = ()) -> list[int]:
+        """As decode_greedy, each token drawn by fastllm.sampling's chain (`chain`: make_sampler's
+        `chain`) with uniforms[i] for step i; `recent`, the ids before the steps' own ending
+        with `token`, feeds the repetition penalty's window. On GPU backends the loop stays on
+        the device."""
         pos = len(self._cached)
         n = min(n, self.n_ctx - pos)
         if n <= 0:
             raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
         toks = self._program(1, False).run_sampled(n, int(token), pos, chain,
-                                                   np.asarray(uniforms)[:n])
+                                                   np.asarray(uniforms)[:n], recent)
         self._cached += [int(token)] + toks[:-1]
         return toks
 

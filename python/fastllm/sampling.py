@@ -59,17 +59,28 @@ def min_p_mask(logits: np.ndarray, min_p: float) -> np.ndarray:
     return np.where(probs >= min_p * probs.max(), logits, -np.inf)
 
 
-# The largest top_k that GPU backends sample with on the device (shaders/sample.wgsl's KMAX);
-# llama.cpp's default is 40.
+# The largest top_k (shaders/sample.wgsl's KMAX; llama.cpp's default is 40) and repetition
+# penalty window that GPU backends sample with on the device.
 DEVICE_TOP_K = 64
+DEVICE_LAST_N = 64
+
+
+def penalty_window(recent: Sequence[int], first_token: int, last_n: int) -> np.ndarray:
+    """A device loop's first window of penalized ids: the last last_n of `recent` (which ends
+    with first_token; just first_token when empty), padded in front with an id no token has."""
+    ids = [int(t) for t in recent][-last_n:] or [int(first_token)]
+    return np.array([0xFFFFFFFF] * (last_n - len(ids)) + ids, np.uint32)
 
 
 def draw(logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float,
-         u: float) -> int:
-    """The chain after the repetition penalty: top_k, top_p, min_p, temperature, then the
-    token whose share of the cumulative probability over the vocabulary first passes u (a
-    uniform number in [0, 1): numpy's Generator.choice with u from Generator.random())."""
-    x = top_k_mask(np.asarray(logits, dtype=np.float32).reshape(-1), top_k)
+         u: float, penalty: float = 1.0, last_n: int = 0, recent: Sequence[int] = ()) -> int:
+    """The chain: the repetition penalty over the last `last_n` ids of `recent`, top_k, top_p,
+    min_p, temperature, then the token whose share of the cumulative probability over the
+    vocabulary first passes u (a uniform number in [0, 1): numpy's Generator.choice with u from
+    Generator.random())."""
+    x = np.asarray(logits, dtype=np.float32).reshape(-1)
+    x = apply_repeat_penalty(x, list(recent)[-last_n:] if last_n else (), penalty)
+    x = top_k_mask(x, top_k)
     x = top_p_mask(x, top_p)
     x = min_p_mask(x, min_p)
     cdf = np.cumsum(softmax(x / temperature))
@@ -92,13 +103,16 @@ def make_sampler(temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                                  repeat_penalty)
         if temperature <= 0.0:
             return int(np.argmax(x))
-        return draw(x, temperature, top_k, top_p, min_p, rng.random())
+        return draw(x, temperature, top_k, top_p, min_p, rng.random())  # (penalized above)
 
     sample.greedy = temperature <= 0.0 and repeat_penalty == 1.0  # type: ignore[attr-defined]
     # without a penalty (which reads the history) the chain runs on a GPU backend's device,
     # drawing with the same generator's numbers: `chain` and `rng` for Model.decode_sampled
-    chain = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
-    if temperature <= 0.0 or repeat_penalty != 1.0:
+    # the chain as a GPU backend runs it on the device (Program.run_sampled), with the same
+    # generator's numbers; the penalty's window is the last_n ids of the history
+    chain = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+             "penalty": repeat_penalty, "last_n": repeat_last_n if repeat_penalty != 1.0 else 0}
+    if temperature <= 0.0 or not 0 <= chain["last_n"] <= DEVICE_LAST_N:
         chain = None
     sample.chain = chain  # type: ignore[attr-defined]
     sample.rng = rng  # type: ignore[attr-defined]

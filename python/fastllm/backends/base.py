@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -349,17 +350,21 @@ class Program(ABC):
         return out
 
     def run_sampled(self, n_steps: int, first_token: int, pos: int, chain: dict[str, float],
-                    uniforms: np.ndarray) -> list[int]:
-        """As run_greedy, each step's token drawn by fastllm.sampling.draw with `chain` (its
-        temperature, top_k, top_p, min_p) and uniforms[i] for step i. GPU backends override
-        this to keep the loop on the device."""
+                    uniforms: np.ndarray, recent: Sequence[int] = ()) -> list[int]:
+        """As run_greedy, each step's token drawn by fastllm.sampling.draw with `chain`
+        (make_sampler's: temperature, top_k, top_p, min_p, penalty, last_n) and uniforms[i] for
+        step i; the penalty's window is the last last_n ids of `recent` (ending with
+        first_token) and the tokens produced. GPU backends override this to keep the loop on
+        the device."""
         from ..sampling import draw
 
+        hist = [int(t) for t in recent] or [int(first_token)]
         out, tok = [], int(first_token)
         for i in range(n_steps):
             logits = self.run(np.array([tok], np.int32), pos + i)["logits"][-1]
-            tok = draw(logits, u=float(uniforms[i]), **chain)
+            tok = draw(logits, u=float(uniforms[i]), recent=hist, **chain)
             out.append(tok)
+            hist.append(tok)
         return out
 
 

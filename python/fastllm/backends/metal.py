@@ -16,6 +16,7 @@ from __future__ import annotations
 import mmap
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from .. import kargs
 from ..errors import BackendError, ContextOverflowError, UnsupportedError
 from ..gguf import TensorInfo
 from ..quants import GGMLType
-from ..sampling import DEVICE_TOP_K
+from ..sampling import DEVICE_LAST_N, DEVICE_TOP_K, penalty_window
 from .base import Backend, Graph, KVSpec, Program, Weight
 from .metal_lowering import (  # noqa: F401 (MM_MIN_ROWS: tests use it from here)
     KV_TYPES,
@@ -146,7 +147,7 @@ class _MetalProgram(Program):
         self._gen = -1
         # decoding on the device: the token history, the sampling numbers and candidates
         self._hist, self._hist_cap = None, 0
-        self._uniforms = self._cands = None
+        self._uniforms = self._recent = self._cands = None
 
     def _bind(self, ref: Ref, arena) -> tuple[Any, int, int]:
         b = self.b
@@ -209,10 +210,12 @@ class _MetalProgram(Program):
         return self._loop(n_steps, first_token, pos, [(tail, [None] * 3 + ["hist"])])
 
     def run_sampled(self, n_steps: int, first_token: int, pos: int, chain: dict[str, float],
-                    uniforms: np.ndarray) -> list[int]:
+                    uniforms: np.ndarray, recent: Sequence[int] = ()) -> list[int]:
         """As run_greedy, each step ending with metal/sample.metal (fastllm.sampling's chain and
-        a draw with uniforms[i] for step i) instead of the argmax. top_k outside 1..64 or a
-        vocabulary past 64 chunks of 4,096 samples on the host."""
+        a draw with uniforms[i] for step i; the penalty's window the last last_n ids of
+        `recent`, ending with first_token, and the tokens produced) instead of the argmax.
+        top_k outside 1..64, a window past 64 or a vocabulary past 64 chunks of 4,096 samples
+        on the host."""
         if n_steps < 1:
             return []
         uniforms = np.asarray(uniforms, np.float32).reshape(-1)
@@ -221,24 +224,29 @@ class _MetalProgram(Program):
                              f"{len(uniforms)}")
         ref, cols = self._loop_check(n_steps, pos)
         chunk = max(SAMPLE_CHUNK, -(-cols // SAMPLE_PARTS))
-        if not 1 <= chain["top_k"] <= DEVICE_TOP_K or chunk > SAMPLE_NK:
-            return super().run_sampled(n_steps, first_token, pos, chain, uniforms)
+        last_n = int(chain.get("last_n", 0))
+        if (not 1 <= chain["top_k"] <= DEVICE_TOP_K or chunk > SAMPLE_NK
+                or not 0 <= last_n <= DEVICE_LAST_N):
+            return super().run_sampled(n_steps, first_token, pos, chain, uniforms, recent)
         parts = -(-cols // chunk)
         b = self.b
         if self._cands is None:
             self._cands = b.rt.buffer(8 * SAMPLE_PARTS * DEVICE_TOP_K)
         b.rt.host(self._uniforms)[:4 * n_steps] = uniforms[:n_steps].view(np.uint8)
+        if last_n:
+            b.rt.host(self._recent)[:4 * last_n] = penalty_window(
+                recent, first_token, last_n).view(np.uint8)
         ka = kargs.pack("kargs_sample", n_cols=cols, top_k=chain["top_k"], pos0=pos,
                         chunk=chunk, temperature=chain["temperature"], top_p=chain["top_p"],
-                        min_p=chain["min_p"])
+                        min_p=chain["min_p"], penalty=chain.get("penalty", 1.0), last_n=last_n)
         cands = (self._cands, 0, 8 * parts * DEVICE_TOP_K)
-        part = Dispatch("kernel_sample_part", ka, (ref,), (parts, 1, 1), (SAMPLE_TG, 1, 1),
-                        (1,))
+        part = Dispatch("kernel_sample_part", ka, (ref, self.plan.step), (parts, 1, 1),
+                        (SAMPLE_TG, 1, 1), (1,))
         final = Dispatch("kernel_sample_final", ka, (self.plan.tokens, self.plan.step),
                          (1, 1, 1), (SAMPLE_TG, 1, 1))
         return self._loop(n_steps, first_token, pos,
-                          [(part, [None, cands]),
-                           (final, [cands, "uniforms", None, None, "hist"])])
+                          [(part, [None, cands, None, "recent"]),
+                           (final, [cands, "uniforms", None, None, "hist", "recent"])])
 
     def _loop_check(self, n_steps: int, pos: int) -> tuple[Ref, int]:
         """The logits' place and width; the history and uniform buffers grown to n_steps."""
@@ -254,6 +262,7 @@ class _MetalProgram(Program):
             self._hist_cap = max(64, 1 << (n_steps - 1).bit_length())
             self._hist = b.rt.buffer(4 * self._hist_cap)
             self._uniforms = b.rt.buffer(4 * self._hist_cap)
+            self._recent = b.rt.buffer(4 * (DEVICE_LAST_N + self._hist_cap))
         return lg[0], lg[1][-1]
 
     def _loop(self, n_steps: int, first_token: int, pos: int, tail: list) -> list[int]:
@@ -263,7 +272,8 @@ class _MetalProgram(Program):
         b = self.b
         arena = self._recorded()
         own = {"hist": (self._hist, 0, 4 * self._hist_cap),
-               "uniforms": (self._uniforms, 0, 4 * self._hist_cap)}
+               "uniforms": (self._uniforms, 0, 4 * self._hist_cap),
+               "recent": (self._recent, 0, 4 * (DEVICE_LAST_N + self._hist_cap))}
         items = []
         for d, spec in tail:
             refs = iter(d.buffers)

@@ -9,12 +9,13 @@ host's generator made."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .. import kargs
-from ..sampling import DEVICE_TOP_K
+from ..sampling import DEVICE_LAST_N, DEVICE_TOP_K, penalty_window
 from .webgpu_matmul import _pow2_floor
 
 GREEDY_PASS = 8  # at most this many steps per compute pass and command buffer
@@ -41,7 +42,7 @@ class DeviceLoops:
             g = self._loops = {"cap": 0, "logits": v, "lists": {}}
         if g["cap"] < n_steps:
             cap = max(64, 1 << (n_steps - 1).bit_length())
-            for name in ("hist", "out", "uniforms"):  # outgrown
+            for name in ("hist", "out", "uniforms", "recent"):  # outgrown
                 if name in g:
                     self.be.free(g[name])
                     self._own.remove(g[name])
@@ -50,6 +51,8 @@ class DeviceLoops:
                 g["out"] = self._buf(4 * cap, "MAP_READ|COPY_DST", "decoded tokens read",
                                      binding=False)
                 g["uniforms"] = self._buf(4 * cap, "STORAGE|COPY_DST", "sampling uniforms")
+                g["recent"] = self._buf(4 * (DEVICE_LAST_N + cap), "STORAGE|COPY_DST",
+                                        "sampling penalty ids")
             g["lists"] = {}  # their bind groups name the old buffers
             g["cap"] = cap
         if mode not in g["lists"]:
@@ -101,14 +104,14 @@ class DeviceLoops:
             consts = {"WG": SAMPLE_WG, "CHUNK": chunk, "NPART": parts, "KMAX": DEVICE_TOP_K}
             g["sgrid"] = (parts, 1, 1)
             g["schunk"] = chunk
-            g["sargs"] = self._buf(32, "UNIFORM|COPY_DST", "sampling args")
+            g["sargs"] = self._buf(48, "UNIFORM|COPY_DST", "sampling args")
             g["cands"] = self._buf(8 * parts * DEVICE_TOP_K, "STORAGE", "sampling candidates")
             g["spart"] = self.be.pipeline("sample.wgsl", "kernel_sample_part", consts=consts)
             g["sfinal"] = self.be.pipeline("sample.wgsl", "kernel_sample_final", consts=consts)
-        return [(g["spart"], {0: g["sargs"], 1: self.buf(g["logits"]), 5: g["cands"]},
-                 g["sgrid"]),
+        return [(g["spart"], {0: g["sargs"], 1: self.buf(g["logits"]), 3: self.step,
+                              5: g["cands"], 7: g["recent"]}, g["sgrid"]),
                 (g["sfinal"], {0: g["sargs"], 2: self.tokens, 3: self.step, 4: g["hist"],
-                               5: g["cands"], 6: g["uniforms"]}, (1, 1, 1))]
+                               5: g["cands"], 6: g["uniforms"], 7: g["recent"]}, (1, 1, 1))]
 
     def run_greedy(self, n_steps: int, first_token: int, pos: int) -> list[int]:
         """Greedy decoding of n_steps tokens on the device: first_token goes in at position
@@ -128,27 +131,31 @@ class DeviceLoops:
             return self._loop(g, "greedy", n_steps, first_token, pos)
 
     def run_sampled(self, n_steps: int, first_token: int, pos: int, chain: dict[str, float],
-                    uniforms: np.ndarray) -> list[int]:
-        """As run_greedy, each step's token drawn by fastllm.sampling's chain (`chain`: its
-        temperature, top_k, top_p, min_p; no repetition penalty) with uniforms[i] for step i,
-        on the device (sample.wgsl). top_k beyond DEVICE_TOP_K samples on the host."""
+                    uniforms: np.ndarray, recent: Sequence[int] = ()) -> list[int]:
+        """As run_greedy, each step's token drawn by fastllm.sampling's chain (make_sampler's
+        `chain`) with uniforms[i] for step i, on the device (sample.wgsl); the penalty's window
+        is the last last_n ids of `recent` (ending with first_token) and the tokens produced.
+        top_k beyond DEVICE_TOP_K or a longer window samples on the host."""
         if n_steps < 1:
             return []
         uniforms = np.asarray(uniforms, np.float32).reshape(-1)
         if len(uniforms) < n_steps:
             raise ValueError(f"run_sampled: {n_steps} steps need as many uniform numbers, got "
                              f"{len(uniforms)}")
-        if not 1 <= chain["top_k"] <= DEVICE_TOP_K:
-            return super().run_sampled(n_steps, first_token, pos, chain, uniforms)
+        last_n = int(chain.get("last_n", 0))
+        if not 1 <= chain["top_k"] <= DEVICE_TOP_K or not 0 <= last_n <= DEVICE_LAST_N:
+            return super().run_sampled(n_steps, first_token, pos, chain, uniforms, recent)
         self._ready(pos, n_steps)
         g = self._loop_setup(n_steps, "sample")
         with self.be.errors("sampled decoding"):
             q = self.be.queue
             q.write_buffer(g["sargs"], 0, kargs.pack(
                 "kargs_sample", n_cols=g["logits"].cols, top_k=chain["top_k"], pos0=pos,
-                chunk=g["schunk"],
-                temperature=chain["temperature"], top_p=chain["top_p"], min_p=chain["min_p"]))
+                chunk=g["schunk"], temperature=chain["temperature"], top_p=chain["top_p"],
+                min_p=chain["min_p"], penalty=chain.get("penalty", 1.0), last_n=last_n))
             q.write_buffer(g["uniforms"], 0, uniforms[:n_steps])
+            if last_n:
+                q.write_buffer(g["recent"], 0, penalty_window(recent, first_token, last_n))
             return self._loop(g, "sample", n_steps, first_token, pos)
 
     def _loop(self, g: dict[str, Any], mode: str, n_steps: int, first_token: int,

@@ -128,7 +128,11 @@ struct kargs_sample {
     temperature: f32,
     top_p: f32,
     min_p: f32,
+    penalty: f32,
+    last_n: u32,
+    _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 struct kargs_attn_reduce {

@@ -1,11 +1,11 @@
 // Sampling on the device, so that a sampled decoding loop stays on the GPU as greedy decoding
-// does (webgpu_loops.py): fastllm.sampling's chain after a repetition penalty of 1, top_k,
-// top_p, min_p, temperature, then a draw with the step's uniform number u (the host's
-// generator makes them, so a seed gives the host sampler's tokens). kernel_sample_part: each
-// workgroup keeps the top_k largest logits of its CHUNK columns; kernel_sample_final (one
-// workgroup) keeps the top_k of those, applies the chain and writes the token as the next
-// step's input and into the history, and moves the step one position on (as
-// kernel_argmax_greedy).
+// does (webgpu_loops.py): fastllm.sampling's chain, the repetition penalty over the last
+// last_n ids, top_k, top_p, min_p, temperature, then a draw with the step's uniform number u
+// (the host's generator makes them, so a seed gives the host sampler's tokens).
+// kernel_sample_part: each workgroup penalizes its CHUNK columns and keeps their top_k largest;
+// kernel_sample_final (one workgroup) keeps the top_k of those, applies the chain and writes
+// the token as the next step's input, into the history and into the penalty's ids, and moves
+// the step one position on (as kernel_argmax_greedy).
 //
 // The k-th largest of n values is found a bit at a time on order-preserving u32 keys (32
 // rounds, each counting the keys at or above a candidate prefix): no sort of the n values,
@@ -18,6 +18,7 @@ const NPART: u32 = 64u;  // most kernel_sample_part workgroups (the final one re
 const KMAX: u32 = 64u;  // the largest top_k (fastllm.sampling.DEVICE_TOP_K)
 const NK: u32 = max(CHUNK, NPART * KMAX);
 const NONE: u32 = 0xFFFFFFFFu;  // an empty candidate's column
+const LMAX: u32 = 64u;  // the longest penalty window (fastllm.sampling.DEVICE_LAST_N)
 
 @group(0) @binding(0) var<uniform> args: kargs_sample;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -26,6 +27,9 @@ const NONE: u32 = 0xFFFFFFFFu;  // an empty candidate's column
 @group(0) @binding(4) var<storage, read_write> history: array<i32>;
 @group(0) @binding(5) var<storage, read_write> cands: array<vec2<u32>>;  // (key, column)
 @group(0) @binding(6) var<storage, read> uniforms: array<f32>;  // index: position - pos0
+// the penalty's ids: step i (position pos0 + i) reads recent[i .. i + last_n), the last of them
+// its input, and its token goes to recent[i + last_n]
+@group(0) @binding(7) var<storage, read_write> recent: array<u32>;
 
 var<workgroup> sk: array<u32, NK>;
 var<workgroup> cnt: array<atomic<u32>, 3>;
@@ -36,6 +40,7 @@ var<workgroup> by_value: array<u32, KMAX>;  // their slots, largest first (ties:
 var<workgroup> by_col: array<u32, KMAX>;  // the survivors' slots by column
 var<workgroup> tw: array<f32, KMAX>;  // the survivors' weights by column
 var<workgroup> survivors: u32;
+var<workgroup> window: array<u32, LMAX>;
 
 // a > b as floats <=> key(a) > key(b) as u32 (finite values and -inf; key 0 is no value)
 fn key(v: f32) -> u32 {
@@ -79,8 +84,20 @@ fn kernel_sample_part(ids: Ids) {
     let t = ids.lid;
     let c0 = ids.wg.x * CHUNK;
     let n = min(CHUNK, args.n_cols - min(c0, args.n_cols));
+    let i0 = step.pos - args.pos0;
+    for (var j = t; j < args.last_n; j += WG) {
+        window[j] = recent[i0 + j];
+    }
+    workgroupBarrier();
     for (var i = t; i < n; i += WG) {
-        sk[i] = key(x[c0 + i]);
+        var v = x[c0 + i];
+        for (var j = 0u; j < args.last_n; j++) {  // as sampling.apply_repeat_penalty
+            if (window[j] == c0 + i) {
+                v = select(v * args.penalty, v / args.penalty, v > 0.0);
+                break;
+            }
+        }
+        sk[i] = key(v);
     }
     if (t == 0u) {
         atomicStore(&nkept, 0u);
@@ -193,6 +210,9 @@ fn kernel_sample_final(ids: Ids) {
         let tok = i32(ci[by_col[pick]]);
         out[0] = tok;
         history[step.pos - args.pos0] = tok;
+        if (args.last_n > 0u) {
+            recent[step.pos - args.pos0 + args.last_n] = u32(tok);
+        }
         step.pos += 1u;
         step.n_kv += 1u;
     }
