@@ -243,9 +243,9 @@ class Model:
     def decode_sampled(self, token: int, n: int, chain: dict[str, float],
                        uniforms: Sequence[float], recent: Sequence[int] = ()) -> list[int]:
         """As decode_greedy, each token drawn by fastllm.sampling's chain (`chain`: make_sampler's
-        `chain`) with uniforms[i] for step i; `recent`, the ids before the steps' own ending
-        with `token`, feeds the repetition penalty's window. On GPU backends the loop stays on
-        the device."""
+        `chain`) with uniforms[i] for step i. `recent` is the history so far, ending with
+        `token`: the repetition penalty's first window is its last last_n ids. On GPU backends
+        the loop stays on the device."""
         pos = len(self._cached)
         n = min(n, self.n_ctx - pos)
         if n <= 0:
