@@ -3,8 +3,8 @@
 // largest logits, kernel_sample_final keeps the top_k of those, applies fastllm.sampling's chain
 // (top_p, min_p, temperature), draws with the step's uniform number and ends the step as
 // kernel_argmax_greedy does (the token also goes into the penalty's ids). The k-th largest
-// value is found a bit at a time on order-preserving keys; the counts of a round are joined by
-// simd_sum and per-SIMD-group partials (two sets, so one barrier a round).
+// value is found two bits at a time on order-preserving keys; the counts of a round are joined
+// by simd_sum and per-SIMD-group partials (two sets, so one barrier a round).
 #include <metal_stdlib>
 using namespace metal;
 #include "kargs.h"
@@ -27,30 +27,42 @@ inline float key_value(uint k) {
 }
 
 // The k-th largest of sk[0..n) (0 when n < k), for every thread; starts with a barrier, so the
-// caller's stores of sk need none of their own.
+// caller's stores of sk need none of their own. Two bits a round (as sample.wgsl): the keys at
+// or above prefix | d << s for d = 1, 2, 3 counted together, the largest d whose count reaches
+// k kept; partial holds 2 sets x SAMPLE_NSG x 3 counts.
 inline uint kth_key(threadgroup const uint *sk, uint n, uint k, threadgroup uint *partial,
                     ushort tiitg, ushort sgitg, ushort tiisg) {
     threadgroup_barrier(mem_flags::mem_threadgroup);
     uint prefix = 0;
-    for (uint r = 0; r < 32; ++r) {
-        const uint cand = prefix | (0x80000000u >> r);
-        uint c = 0;
+    for (uint r = 0; r < 16; ++r) {
+        const uint s = 30 - 2 * r;
+        const uint c1 = prefix | (1u << s);
+        const uint c2 = prefix | (2u << s);
+        const uint c3 = prefix | (3u << s);
+        uint n1 = 0, n2 = 0, n3 = 0;
         for (uint i = tiitg; i < n; i += SAMPLE_TG) {
-            c += sk[i] >= cand ? 1u : 0u;
+            const uint key = sk[i];
+            n1 += key >= c1 ? 1u : 0u;
+            n2 += key >= c2 ? 1u : 0u;
+            n3 += key >= c3 ? 1u : 0u;
         }
-        c = simd_sum(c);
-        threadgroup uint *p = partial + (r & 1) * SAMPLE_NSG;
+        n1 = simd_sum(n1);
+        n2 = simd_sum(n2);
+        n3 = simd_sum(n3);
+        threadgroup uint *p = partial + (r & 1) * 3 * SAMPLE_NSG;
         if (tiisg == 0) {
-            p[sgitg] = c;
+            p[3 * sgitg] = n1;
+            p[3 * sgitg + 1] = n2;
+            p[3 * sgitg + 2] = n3;
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);
-        uint total = 0;
-        for (short s = 0; s < SAMPLE_NSG; ++s) {
-            total += p[s];
+        uint t1 = 0, t2 = 0, t3 = 0;
+        for (short g = 0; g < SAMPLE_NSG; ++g) {
+            t1 += p[3 * g];
+            t2 += p[3 * g + 1];
+            t3 += p[3 * g + 2];
         }
-        if (total >= k) {
-            prefix = cand;
-        }
+        prefix = t3 >= k ? c3 : t2 >= k ? c2 : t1 >= k ? c1 : prefix;
     }
     return prefix;
 }
@@ -67,7 +79,7 @@ kernel void kernel_sample_part(constant kargs_sample &args [[buffer(0)]],
                                ushort sgitg [[simdgroup_index_in_threadgroup]],
                                ushort tiisg [[thread_index_in_simdgroup]]) {
     threadgroup uint sk[SAMPLE_NK];
-    threadgroup uint partial[2 * SAMPLE_NSG];
+    threadgroup uint partial[2 * 3 * SAMPLE_NSG];
     threadgroup atomic_uint nkept;
     threadgroup uint window[SAMPLE_LMAX];
     const uint c0 = tgpig * args.chunk;
@@ -119,13 +131,14 @@ kernel void kernel_sample_final(constant kargs_sample &args [[buffer(0)]],
                                 ushort sgitg [[simdgroup_index_in_threadgroup]],
                                 ushort tiisg [[thread_index_in_simdgroup]]) {
     threadgroup uint sk[SAMPLE_NK];
-    threadgroup uint partial[2 * SAMPLE_NSG];
+    threadgroup uint partial[2 * 3 * SAMPLE_NSG];
     threadgroup atomic_uint nkept;
     threadgroup uint ck[SAMPLE_KMAX];  // kept candidates, in no order
     threadgroup uint ci[SAMPLE_KMAX];
     threadgroup uint by_value[SAMPLE_KMAX];  // their slots, largest first (ties: column)
     threadgroup uint by_col[SAMPLE_KMAX];  // the survivors' slots by column
     threadgroup float tw[SAMPLE_KMAX];  // the survivors' weights by column
+    threadgroup float ev[SAMPLE_KMAX];  // exp(v - largest v) of the kept, largest first
     threadgroup uint survivors;
     const uint t = tiitg;
     const uint n = (args.n_cols + args.chunk - 1) / args.chunk * SAMPLE_KMAX;
@@ -158,6 +171,10 @@ kernel void kernel_sample_final(constant kargs_sample &args [[buffer(0)]],
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
     const float v0 = key_value(ck[by_value[0]]);
+    if (t < m) {  // the exponentials in parallel: one thread walking them waited on each
+        ev[t] = exp(key_value(ck[by_value[t]]) - v0);
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
     if (t == 0) {
         // top_p: the fewest largest whose probabilities reach top_p; min_p: of those, the ones
         // with probability >= min_p times the largest, i.e. exp(v - v0) >= min_p (a prefix)
@@ -165,11 +182,11 @@ kernel void kernel_sample_final(constant kargs_sample &args [[buffer(0)]],
         if (args.top_p < 1.0f) {
             float total = 0.0f;
             for (uint j = 0; j < m; ++j) {
-                total += exp(key_value(ck[by_value[j]]) - v0);
+                total += ev[j];
             }
             float acc = 0.0f;
             for (uint j = 0; j < m; ++j) {
-                acc += exp(key_value(ck[by_value[j]]) - v0);
+                acc += ev[j];
                 if (acc / total >= args.top_p) {
                     keep = j + 1;
                     break;
@@ -178,7 +195,7 @@ kernel void kernel_sample_final(constant kargs_sample &args [[buffer(0)]],
         }
         if (args.min_p > 0.0f) {
             uint j = 1;
-            while (j < keep && exp(key_value(ck[by_value[j]]) - v0) >= args.min_p) {
+            while (j < keep && ev[j] >= args.min_p) {
                 ++j;
             }
             keep = j;

@@ -14,29 +14,35 @@ from fastllm.sampling import (
     top_p_mask,
 )
 
-SAMPLE_CHAINS = [  # make_sampler's default; no top_p / min_p; tight cuts; top_k 1; penalties
+SAMPLE_CHAINS = [  # make_sampler's default; no cuts; tight cuts; min_p alone; top_k 1;
     {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05},
     {"temperature": 1.7, "top_k": 64, "top_p": 1.0, "min_p": 0.0},
     {"temperature": 0.5, "top_k": 7, "top_p": 0.6, "min_p": 0.3},
+    {"temperature": 1.5, "top_k": 32, "top_p": 1.0, "min_p": 0.3},
     {"temperature": 1.0, "top_k": 1, "top_p": 0.9, "min_p": 0.0},
+    # penalties
     {"temperature": 0.6, "top_k": 12, "top_p": 0.95, "min_p": 0.0, "penalty": 2.5, "last_n": 5},
     {"temperature": 0.4, "top_k": 64, "top_p": 0.99, "min_p": 0.01, "penalty": 0.7,
      "last_n": 64},
-    # the last row's largest (10) penalized by 1.3 stays above its second (7.3); by 1.43 not
+    # starts on the edge row: its largest (10) penalized by 1.3 stays above its second (7.3),
+    # by 1.43 it does not
     {"temperature": 1.0, "top_k": 1, "top_p": 1.0, "min_p": 0.0, "penalty": 1.3, "last_n": 64},
 ]
 
 
+EDGE = -2  # the edge row of table_with_ties
+
+
 def table_with_ties(rng, rows: int, cols: int) -> np.ndarray:
     """Logit rows; every other row has three equal largest values (in different chunks). The
-    last row (which every step reads once a token is past the table) is small but for a
-    largest value of 10 and a second of 7.3, so a penalty's size decides between them."""
+    edge row is small but for a largest value of 10 and a second of 7.3, so a penalty's size
+    decides between them."""
     table = (2 * rng.standard_normal((rows, cols))).astype(np.float32)
     for r in range(0, rows - 1, 2):
         table[r, rng.integers(0, cols, 3)] = float(table[r].max()) + 0.5
-    table[-1] = 0.5 * rng.standard_normal(cols)
+    table[EDGE] = 0.5 * rng.standard_normal(cols)
     a, b = rng.choice(cols, 2, replace=False)
-    table[-1, a], table[-1, b] = 10.0, 7.3
+    table[EDGE, a], table[EDGE, b] = 10.0, 7.3
     return table
 
 
@@ -62,10 +68,11 @@ def check_sampled(run_sampled, table: np.ndarray, n: int, rng) -> int:
     rows = table.shape[0]
     differ = 0
     for chain in SAMPLE_CHAINS:
-        first = int(rng.integers(0, rows))
+        edge = chain["top_k"] == 1 and chain.get("last_n", 0) > 0
+        first = rows + EDGE if edge else int(rng.integers(0, rows))
         u = rng.random(n)
-        # the window's ids before the steps: the last row's largest column, then the input
-        hist = [int(np.argmax(table[-1])), first]
+        # the window's ids before the steps: the edge row's largest column, then the input
+        hist = [int(np.argmax(table[EDGE])), first]
         got = run_sampled(n, first, 0, chain, u, list(hist))
         assert len(got) == n
         tok = first
