@@ -27,7 +27,10 @@ SAMPLE_CHAINS = [  # make_sampler's default; no cuts; tight cuts; min_p alone; t
     # starts on the edge row: its largest (10) penalized by 1.3 stays above its second (7.3),
     # by 1.43 it does not
     {"temperature": 1.0, "top_k": 1, "top_p": 1.0, "min_p": 0.0, "penalty": 1.3, "last_n": 64},
+    # past what the device takes (top_k > DEVICE_TOP_K): the host loop, the same draws
+    {"temperature": 0.9, "top_k": 100, "top_p": 0.9, "min_p": 0.0, "penalty": 1.2, "last_n": 8},
 ]
+ON_DEVICE = sum(c["top_k"] <= 64 for c in SAMPLE_CHAINS)  # chains the device loops run
 
 
 EDGE = -2  # the edge row of table_with_ties

@@ -65,6 +65,18 @@ DEVICE_TOP_K = 64
 DEVICE_LAST_N = 64
 
 
+def device_args(chain: dict, n_steps: int, uniforms) -> tuple[np.ndarray, int, bool]:
+    """What a device loop (Program.run_sampled) needs of its arguments: the step's uniform
+    numbers as float32, the penalty window's length, and whether the device can run `chain`
+    (top_k 1..DEVICE_TOP_K, a window of at most DEVICE_LAST_N ids) rather than the host."""
+    u = np.asarray(uniforms, np.float32).reshape(-1)
+    if len(u) < n_steps:
+        raise ValueError(f"run_sampled: {n_steps} steps need as many uniform numbers, got "
+                         f"{len(u)}")
+    last_n = int(chain.get("last_n", 0))
+    return u, last_n, 1 <= chain["top_k"] <= DEVICE_TOP_K and 0 <= last_n <= DEVICE_LAST_N
+
+
 def penalty_window(recent: Sequence[int], first_token: int, last_n: int) -> np.ndarray:
     """A device loop's first window of penalized ids: the last last_n of `recent` (which ends
     with first_token; just first_token when empty), padded in front with an id no token has."""

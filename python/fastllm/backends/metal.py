@@ -26,7 +26,7 @@ from .. import kargs
 from ..errors import BackendError, ContextOverflowError, UnsupportedError
 from ..gguf import TensorInfo
 from ..quants import GGMLType
-from ..sampling import DEVICE_LAST_N, DEVICE_TOP_K, penalty_window
+from ..sampling import DEVICE_LAST_N, DEVICE_TOP_K, device_args, penalty_window
 from .base import Backend, Graph, KVSpec, Program, Weight
 from .metal_lowering import (  # noqa: F401 (MM_MIN_ROWS: tests use it from here)
     KV_TYPES,
@@ -218,15 +218,10 @@ class _MetalProgram(Program):
         on the host."""
         if n_steps < 1:
             return []
-        uniforms = np.asarray(uniforms, np.float32).reshape(-1)
-        if len(uniforms) < n_steps:
-            raise ValueError(f"run_sampled: {n_steps} steps need as many uniform numbers, got "
-                             f"{len(uniforms)}")
+        uniforms, last_n, ok = device_args(chain, n_steps, uniforms)
         ref, cols = self._loop_check(n_steps, pos)
         chunk = max(SAMPLE_CHUNK, -(-cols // SAMPLE_PARTS))
-        last_n = int(chain.get("last_n", 0))
-        if (not 1 <= chain["top_k"] <= DEVICE_TOP_K or chunk > SAMPLE_NK
-                or not 0 <= last_n <= DEVICE_LAST_N):
+        if not ok or chunk > SAMPLE_NK:
             return super().run_sampled(n_steps, first_token, pos, chain, uniforms, recent)
         parts = -(-cols // chunk)
         b = self.b

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import kargs
-from ..sampling import DEVICE_LAST_N, DEVICE_TOP_K, penalty_window
+from ..sampling import DEVICE_LAST_N, DEVICE_TOP_K, device_args, penalty_window
 from .webgpu_matmul import _pow2_floor
 
 GREEDY_PASS = 8  # at most this many steps per compute pass and command buffer
@@ -138,12 +138,8 @@ class DeviceLoops:
         top_k beyond DEVICE_TOP_K or a longer window samples on the host."""
         if n_steps < 1:
             return []
-        uniforms = np.asarray(uniforms, np.float32).reshape(-1)
-        if len(uniforms) < n_steps:
-            raise ValueError(f"run_sampled: {n_steps} steps need as many uniform numbers, got "
-                             f"{len(uniforms)}")
-        last_n = int(chain.get("last_n", 0))
-        if not 1 <= chain["top_k"] <= DEVICE_TOP_K or not 0 <= last_n <= DEVICE_LAST_N:
+        uniforms, last_n, ok = device_args(chain, n_steps, uniforms)
+        if not ok:
             return super().run_sampled(n_steps, first_token, pos, chain, uniforms, recent)
         self._ready(pos, n_steps)
         g = self._loop_setup(n_steps, "sample")
