@@ -9,6 +9,7 @@ shader-f16) and with both forced off.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from pathlib import Path
@@ -78,10 +79,11 @@ def gpu(request):
 
 
 class SeededRng:
-    """A numpy Generator that remembers its seed (printed when a check fails)."""
+    """A numpy Generator that remembers its seed (printed when a check fails; set
+    FASTLLM_TEST_SEED to it to run the failing case again on the same data)."""
 
     def __init__(self):
-        self.seed_value = secrets.randbits(63)
+        self.seed_value = int(os.environ.get("FASTLLM_TEST_SEED") or secrets.randbits(63))
         self._gen = np.random.default_rng(self.seed_value)
 
     def __getattr__(self, name):
@@ -480,10 +482,12 @@ def test_block_decode_after_prefill(gpu, t, rng):
         g.output("id", g.argmax(last))
 
     pos = 0
-    # the decode steps read the cache rows the prefill wrote (through f16 tiles with
-    # shader-f16), so they carry its rounding too; float weights without f16 tiles: a block
-    # chains six mat-vecs, a norm and a softmax in f32 (1e-4; a wrong scale of 1e-3 shows)
-    tol = (max(mm_tol(gpu, t, 11), 1e-4) if t in FLOATS else MATMUL_TOL[t]) * 2
+    # the prefill's mat-mats use f16 tiles with shader-f16 for every weight type (quantized
+    # ones dequantize into them), and the decode steps read the cache rows it wrote, so they
+    # carry its rounding too: 2.4-2.7e-3 on average over 30 runs per type, up to 4.1e-3; float
+    # weights without f16 tiles: a block chains six mat-vecs, a norm and a softmax in f32
+    # (1e-4; a wrong scale of 1e-3 shows)
+    tol = max(mm_tol(gpu, t, 11), 1e-4 if t in FLOATS else 0.0) * 2
     for n in (11, 1, 1):
         got, want = pair.run(build, n, rng.integers(0, vocab, n).astype(np.int32), pos)
         check({"x": got["x"]}, {"x": want["x"]}, tol, rng, f"n={n} pos={pos}")
