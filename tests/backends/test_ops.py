@@ -29,8 +29,8 @@ FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 MATMUL_TOL = {t: 1e-5 if t in FLOATS else 2e-3 for t in SUPPORTED_TYPES}
 # prefill tiles with shader-f16 (F16 and BF16 weights too; F32 stays f32): x rounded to f16 and
 # each unit's 32 products summed in f16 before the f32 sums: ~1e-3 of the largest output over
-# thousands of values, up to 2.1e-3 over rows of only two or three units (observed); a lost or
-# doubled unit, or a wrong element, is off by a large fraction of it
+# thousands of values (rows of only two or three units: up to 3.0e-3, test_mul_mat_odd_units);
+# a lost or doubled unit, or a wrong element, is off by a large fraction of it
 MM_F16_TOL = 4e-3
 
 
@@ -218,7 +218,10 @@ def test_mul_mat_odd_units(gpu, t, rng, monkeypatch):
             got, want = pair.run(
                 lambda g, w: g.output("y", g.matmul(g.get_rows(w["x"], g.tokens), w["w"])), m,
                 rng.integers(0, 40, m).astype(np.int32))
-            check(got, want, mm_tol(gpu, t, m), rng, f"{t.name} M={m} UPS={ups}")
+            # the largest output of a row of two or three units is a few of its products, so the
+            # f16 sums' error is a larger share of it: up to 3.0e-3 (Q4_0) in 60 runs, 1.2e-3 on
+            # average; a lost or doubled unit is a third or more of it
+            check(got, want, mm_tol(gpu, t, m) * 1.5, rng, f"{t.name} M={m} UPS={ups}")
 
 
 def test_split_mat_mat_scratch_in_planner(gpu, rng, monkeypatch):
