@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from . import kargs
+
 Sampler = Callable[[np.ndarray, Sequence[int]], int]
 
 
@@ -75,6 +77,21 @@ def device_args(chain: dict, n_steps: int, uniforms) -> tuple[np.ndarray, int, b
                          f"{len(u)}")
     last_n = int(chain.get("last_n", 0))
     return u, last_n, 1 <= chain["top_k"] <= DEVICE_TOP_K and 0 <= last_n <= DEVICE_LAST_N
+
+
+def device_chunks(cols: int, min_chunk: int, max_parts: int) -> tuple[int, int]:
+    """How a device sampler splits a row of cols logits among its first kernel's workgroups:
+    (chunk, parts), chunks of at least min_chunk columns and at most max_parts of them."""
+    chunk = max(min_chunk, -(-cols // max_parts))
+    return chunk, -(-cols // chunk)
+
+
+def device_kargs(chain: dict, cols: int, pos: int, chunk: int, last_n: int) -> bytes:
+    """kargs_sample for a device loop that starts at position pos: the chain's numbers and the
+    row's split (device_chunks)."""
+    return kargs.pack("kargs_sample", n_cols=cols, top_k=chain["top_k"], pos0=pos, chunk=chunk,
+                      temperature=chain["temperature"], top_p=chain["top_p"],
+                      min_p=chain["min_p"], penalty=chain.get("penalty", 1.0), last_n=last_n)
 
 
 def penalty_window(recent: Sequence[int], first_token: int, last_n: int) -> np.ndarray:

@@ -26,7 +26,14 @@ from .. import kargs
 from ..errors import BackendError, ContextOverflowError, UnsupportedError
 from ..gguf import TensorInfo
 from ..quants import GGMLType
-from ..sampling import DEVICE_LAST_N, DEVICE_TOP_K, device_args, penalty_window
+from ..sampling import (
+    DEVICE_LAST_N,
+    DEVICE_TOP_K,
+    device_args,
+    device_chunks,
+    device_kargs,
+    penalty_window,
+)
 from .base import Backend, Graph, KVSpec, Program, Weight
 from .metal_lowering import (  # noqa: F401 (MM_MIN_ROWS: tests use it from here)
     KV_TYPES,
@@ -220,10 +227,9 @@ class _MetalProgram(Program):
             return []
         uniforms, last_n, ok = device_args(chain, n_steps, uniforms)
         ref, cols = self._loop_check(n_steps, pos)
-        chunk = max(SAMPLE_CHUNK, -(-cols // SAMPLE_PARTS))
+        chunk, parts = device_chunks(cols, SAMPLE_CHUNK, SAMPLE_PARTS)
         if not ok or chunk > SAMPLE_NK:
             return super().run_sampled(n_steps, first_token, pos, chain, uniforms, recent)
-        parts = -(-cols // chunk)
         b = self.b
         if self._cands is None:
             self._cands = b.rt.buffer(8 * SAMPLE_PARTS * DEVICE_TOP_K)
@@ -231,9 +237,7 @@ class _MetalProgram(Program):
         if last_n:
             b.rt.host(self._recent)[:4 * last_n] = penalty_window(
                 recent, first_token, last_n).view(np.uint8)
-        ka = kargs.pack("kargs_sample", n_cols=cols, top_k=chain["top_k"], pos0=pos,
-                        chunk=chunk, temperature=chain["temperature"], top_p=chain["top_p"],
-                        min_p=chain["min_p"], penalty=chain.get("penalty", 1.0), last_n=last_n)
+        ka = device_kargs(chain, cols, pos, chunk, last_n)
         cands = (self._cands, 0, 8 * parts * DEVICE_TOP_K)
         part = Dispatch("kernel_sample_part", ka, (ref, self.plan.step), (parts, 1, 1),
                         (SAMPLE_TG, 1, 1), (1,))

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from .. import kargs
-from ..sampling import DEVICE_LAST_N, DEVICE_TOP_K, device_args, penalty_window
+from ..sampling import (
+    DEVICE_LAST_N,
+    DEVICE_TOP_K,
+    device_args,
+    device_chunks,
+    device_kargs,
+    penalty_window,
+)
 from .webgpu_matmul import _pow2_floor
 
 GREEDY_PASS = 8  # at most this many steps per compute pass and command buffer
@@ -98,9 +105,7 @@ class DeviceLoops:
         """kernel_sample_part over chunks of the row (each keeps its top_k), then
         kernel_sample_final: the chain over those, the draw, the step's end."""
         if "sargs" not in g:
-            cols = g["logits"].cols
-            chunk = max(SAMPLE_CHUNK, -(-cols // SAMPLE_PARTS))
-            parts = -(-cols // chunk)
+            chunk, parts = device_chunks(g["logits"].cols, SAMPLE_CHUNK, SAMPLE_PARTS)
             consts = {"WG": SAMPLE_WG, "CHUNK": chunk, "NPART": parts, "KMAX": DEVICE_TOP_K}
             g["sgrid"] = (parts, 1, 1)
             g["schunk"] = chunk
@@ -145,10 +150,8 @@ class DeviceLoops:
         g = self._loop_setup(n_steps, "sample")
         with self.be.errors("sampled decoding"):
             q = self.be.queue
-            q.write_buffer(g["sargs"], 0, kargs.pack(
-                "kargs_sample", n_cols=g["logits"].cols, top_k=chain["top_k"], pos0=pos,
-                chunk=g["schunk"], temperature=chain["temperature"], top_p=chain["top_p"],
-                min_p=chain["min_p"], penalty=chain.get("penalty", 1.0), last_n=last_n))
+            q.write_buffer(g["sargs"], 0, device_kargs(chain, g["logits"].cols, pos,
+                                                       g["schunk"], last_n))
             q.write_buffer(g["uniforms"], 0, uniforms[:n_steps])
             if last_n:
                 q.write_buffer(g["recent"], 0, penalty_window(recent, first_token, last_n))
