@@ -35,7 +35,7 @@ SAMPLE_CHUNK = 2048  # and at least this many columns each
 
 class DeviceLoops:
     """run_greedy and run_sampled for WebGPUProgram (uses its be, g, n, tokens, step, _lists,
-    _kind, _buf, buf, _raw_list, _record and _ready)."""
+    _kind, _bind_group, _buf, buf, _raw_list, _record and _ready)."""
 
     def _loop_setup(self, n_steps: int, mode: str) -> dict[str, Any]:
         """The loop's state: the history buffers (grown to hold n_steps tokens), and for `mode`
@@ -64,21 +64,11 @@ class DeviceLoops:
             g["cap"] = cap
         if mode not in g["lists"]:
             with self.be.errors("preparing decoding on the device"):
-                tail = self._bound(self._argmax_tail(g) if mode == "greedy"
-                                   else self._sample_tail(g))
+                tail = [(p, self._bind_group(p, bufs), grid) for p, bufs, grid in
+                        (self._argmax_tail(g) if mode == "greedy" else self._sample_tail(g))]
             g["lists"][mode] = {kind: (d + tail, self._raw_list(d + tail))
                                 for kind, (d, _) in self._lists.items()}
         return g
-
-    def _bound(self, tail: list[tuple]) -> list[tuple]:
-        """(pipeline, {binding: buffer}, grid) -> (pipeline, bind group, grid)."""
-        out = []
-        for p, bufs, grid in tail:
-            bg = self.be.device.create_bind_group(
-                layout=p.get_bind_group_layout(0),
-                entries=[{"binding": i, "resource": {"buffer": b}} for i, b in bufs.items()])
-            out.append((p, bg, grid))
-        return out
 
     def _argmax_tail(self, g: dict[str, Any]) -> list[tuple]:
         """kernel_argmax_part over chunks of the row, then kernel_argmax_greedy (one workgroup

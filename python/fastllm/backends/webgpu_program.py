@@ -172,25 +172,12 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
         return x, -(-n // x)
 
     def _finish(self) -> None:
-        dev = self.be.device
         ubuf = self._buf(max(16, len(self._args)), "UNIFORM|COPY_DST", "kernel args")
         if self._args:
             self.be.queue.write_buffer(ubuf, 0, bytes(self._args)
                                        + bytes(-len(self._args) % 4))
-        made = []
-        for p, bindings, grid, when in self._specs:
-            entries = []
-            for b, res in sorted(bindings.items()):
-                if isinstance(res, tuple) and res[0] == "args":
-                    entries.append({"binding": b, "resource": {"buffer": ubuf, "offset": res[1],
-                                                               "size": res[2]}})
-                elif res is self.step:
-                    entries.append({"binding": b, "resource": {"buffer": res, "offset": 0,
-                                                               "size": 16}})
-                else:
-                    entries.append({"binding": b, "resource": {"buffer": res}})
-            bg = dev.create_bind_group(layout=p.get_bind_group_layout(0), entries=entries)
-            made.append(((p, bg, grid), when))
+        made = [((p, self._bind_group(p, bindings, ubuf), grid), when)
+                for p, bindings, grid, when in self._specs]
         self._specs = []
         # one list per kind of step (the dispatches of every step, and those of its kind)
         kinds = ("short", "long") if self.attn_direct_max is not None else ("short",)
@@ -199,6 +186,18 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
             d = [x for x, when in made if when in (None, kind)]
             self._lists[kind] = (d, self._raw_list(d))
         self.dispatches, self._raw = self._lists["short"]
+
+    def _bind_group(self, p, bindings: dict[int, Any], ubuf=None):
+        """Pipeline p's bind group: {binding: a buffer (bound whole), or ("args", offset, size)
+        of the kernel arguments' buffer ubuf}."""
+        entries = []
+        for b, res in sorted(bindings.items()):
+            if isinstance(res, tuple):
+                res = {"buffer": ubuf, "offset": res[1], "size": res[2]}
+            else:
+                res = {"buffer": res}
+            entries.append({"binding": b, "resource": res})
+        return self.be.device.create_bind_group(layout=p.get_bind_group_layout(0), entries=entries)
 
     def _kind(self, pos: int) -> str:
         """The dispatch list of a one-token step at position pos (see _specs)."""
