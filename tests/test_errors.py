@@ -120,6 +120,17 @@ def test_tensor_shape_disagreeing_with_metadata(good, tmp_path):
         Model.load(p, backend="reference")
 
 
+@pytest.mark.parametrize("name", ["blk.0.ffn_up.weight", "blk.1.attn_v.weight"])
+def test_projection_rows_disagreeing_with_their_partner(good, tmp_path, name):
+    """ffn_up with fewer rows than ffn_gate (their product is element-wise), attn_v with fewer
+    than attn_k (one cache row holds both): a clear error at load, not a numpy broadcast
+    ValueError at the first token (the fuzzer found the first)."""
+    p = tmp_path / "rows.gguf"
+    _rewrite(good, p, lambda n, d: d[: len(d) // 2] if n == name else d)
+    with pytest.raises(GGUFError, match=r"rows.gguf: inconsistent model"):
+        Model.load(p, backend="reference")
+
+
 def test_norm_weight_of_the_wrong_length(good, tmp_path):
     """A norm weight whose length is not the row's: a clear error at load naming the tensor (the
     fuzzer found this one as a numpy broadcast ValueError at the first token)."""

@@ -175,6 +175,8 @@ class Graph:
 
     def kv_store(self, layer: int, k: Value, v: Value) -> None:
         """Write k, v (n, kv_dim) into the layer's cache at positions pos..pos+n-1."""
+        _require(tuple(k.shape) == tuple(v.shape), "k.shape == v.shape",
+                 lambda: (k.shape, v.shape))
         self._add("kv_store", (k, v), None, layer=layer)
 
     def attention(self, q: Value, layer: int, *, n_head: int, n_kv_head: int, head_dim: int,
@@ -182,16 +184,21 @@ class Graph:
         """Causal attention of q (n, n_head*head_dim) at positions pos..pos+n-1 over the layer's
         cache (positions 0..pos+i for row i; only the last `window` of them when window > 0).
         GQA: query head h reads KV head h // (n_head // n_kv_head)."""
+        _require(q.cols == n_head * head_dim and n_kv_head > 0 and n_head % n_kv_head == 0,
+                 "q.cols == n_head * head_dim and n_head % n_kv_head == 0",
+                 lambda: (q.shape, n_head, n_kv_head, head_dim))
         return self._add("attention", (q,), q.shape, layer=layer, n_head=n_head,
                          n_kv_head=n_kv_head, head_dim=head_dim, scale=float(scale),
                          window=int(window), softcap=float(softcap))
 
     def swiglu(self, gate: Value, up: Value) -> Value:
         """silu(gate) * up."""
+        _same_or_row(gate, up)
         return self._add("swiglu", (gate, up), gate.shape)
 
     def geglu(self, gate: Value, up: Value) -> Value:
         """gelu(gate) * up, GELU in its tanh approximation (as ggml's gelu)."""
+        _same_or_row(gate, up)
         return self._add("geglu", (gate, up), gate.shape)
 
     def last_row(self, x: Value) -> Value:
