@@ -41,7 +41,7 @@ def _same_or_row(a, b) -> None:
                  lambda: (b.name, b.shape, a.shape))
     else:
         _require(tuple(b.shape) == tuple(a.shape), "a.shape == b.shape",
-                 lambda: (a.shape, b.shape))
+                 lambda: (a.src, a.shape, b.src, b.shape))
 
 
 @dataclass(eq=False)
@@ -84,6 +84,7 @@ class Value:
     id: int
     shape: tuple[int, ...]
     dtype: str = "f32"
+    src: str = ""  # the weight of the product that made it, for load errors
 
     @property
     def cols(self) -> int:
@@ -142,7 +143,9 @@ class Graph:
     def matmul(self, x: Value, w: Weight) -> Value:
         """x (n, k) @ w.T where w is (m, k) in any supported type -> (n, m)."""
         _require(w.shape[-1] == x.cols, "w.shape[-1] == x.cols", lambda: (w.name, w.shape, x.shape))
-        return self._add("mul_mat", (x, w), (x.shape[0], w.shape[0]))
+        out = self._add("mul_mat", (x, w), (x.shape[0], w.shape[0]))
+        out.src = w.name
+        return out
 
     def add(self, a: Value, b: Value | Weight) -> Value:
         """a + b; a Weight b of a row's length is added to every row (biases)."""
@@ -176,7 +179,7 @@ class Graph:
     def kv_store(self, layer: int, k: Value, v: Value) -> None:
         """Write k, v (n, kv_dim) into the layer's cache at positions pos..pos+n-1."""
         _require(tuple(k.shape) == tuple(v.shape), "k.shape == v.shape",
-                 lambda: (k.shape, v.shape))
+                 lambda: (k.src, k.shape, v.src, v.shape))
         self._add("kv_store", (k, v), None, layer=layer)
 
     def attention(self, q: Value, layer: int, *, n_head: int, n_kv_head: int, head_dim: int,
@@ -186,7 +189,7 @@ class Graph:
         GQA: query head h reads KV head h // (n_head // n_kv_head)."""
         _require(q.cols == n_head * head_dim and n_kv_head > 0 and n_head % n_kv_head == 0,
                  "q.cols == n_head * head_dim and n_head % n_kv_head == 0",
-                 lambda: (q.shape, n_head, n_kv_head, head_dim))
+                 lambda: (q.src, q.shape, n_head, n_kv_head, head_dim))
         return self._add("attention", (q,), q.shape, layer=layer, n_head=n_head,
                          n_kv_head=n_kv_head, head_dim=head_dim, scale=float(scale),
                          window=int(window), softcap=float(softcap))
