@@ -111,6 +111,23 @@ def test_missing_tensor_named(good, tmp_path):
         Model.load(p, backend="reference")
 
 
+def test_block_count_past_the_tensors(good, tmp_path):
+    """A block_count of 2^31 (the fuzzer's: listing its tensors took all memory): a clear error
+    naming the key, before anything is allocated for the layers."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(good))
+    f = r.fields["llama.block_count"]
+    data = bytearray(good.read_bytes())
+    off = int(f.parts[f.data[0]].ctypes.data - r.data.ctypes.data)
+    data[off:off + 4] = (1 << 31).to_bytes(4, "little")
+    p = tmp_path / "layers.gguf"
+    p.write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match=r"layers.gguf: metadata key 'llama.block_count' says "
+                                        r"2147483648 layers"):
+        Model.load(p, backend="reference")
+
+
 def test_tensor_shape_disagreeing_with_metadata(good, tmp_path):
     """attn_k with fewer rows than head_count_kv * head_dim: a clear error at load, naming the
     file (the fuzzer found this one as an AssertionError at the first token)."""

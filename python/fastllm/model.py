@@ -62,6 +62,9 @@ class Model:
         tok = Tokenizer.from_metadata(f.metadata, f.path)
         if cfg.n_vocab == 0:
             cfg.n_vocab = tok.n_vocab
+        if cfg.n_layer > len(f.tensors):  # each layer has tensors of its own
+            raise GGUFError(f"{f.path}: metadata key '{cfg.arch}.block_count' says {cfg.n_layer} "
+                            f"layers, more than the file's {len(f.tensors)} tensors can hold")
         for name in arch_cls.required_tensors(cfg):
             f.tensor(name)  # raises GGUFError naming the missing tensor
         emb = f.tensor("token_embd.weight")
