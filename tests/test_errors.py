@@ -149,6 +149,30 @@ def test_projection_rows_disagreeing_with_their_partner(good, tmp_path, name):
     assert name in str(e.value)
 
 
+def test_failed_load_closes_its_backend(good, tmp_path):
+    """An inconsistency found after the weights went to the backend (recording the graph)
+    closes the backend: nothing stays allocated for a model that never loaded."""
+    from fastllm.backends.reference import ReferenceBackend
+
+    class Counting(ReferenceBackend):
+        loaded = closed = 0
+
+        def load_weight(self, info):
+            self.loaded += 1
+            return super().load_weight(info)
+
+        def close(self):
+            self.closed += 1
+            super().close()
+
+    p = tmp_path / "rows.gguf"
+    _rewrite(good, p, lambda n, d: d[: len(d) // 2] if n == "blk.1.ffn_up.weight" else d)
+    be = Counting()
+    with pytest.raises(GGUFError, match="blk.1.ffn_up.weight"):
+        Model.load(p, backend=be)
+    assert be.loaded > 0 and be.closed == 1
+
+
 def test_norm_weight_of_the_wrong_length(good, tmp_path):
     """A norm weight whose length is not the row's: a clear error at load naming the tensor (the
     fuzzer found this one as a numpy broadcast ValueError at the first token)."""
