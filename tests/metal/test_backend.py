@@ -133,9 +133,9 @@ def test_no_extension_is_a_backend_error():
         create_backend("metal")
 
 
-def _embedding(be):
-    emb = np.random.default_rng(1).standard_normal((8, 32)).astype(np.float32)
-    info = TensorInfo("emb", GGMLType.F32, (8, 32), emb.view(np.uint8).reshape(-1), "")
+def _embedding(be, cols: int = 32):
+    emb = np.random.default_rng(1).standard_normal((8, cols)).astype(np.float32)
+    info = TensorInfo("emb", GGMLType.F32, (8, cols), emb.view(np.uint8).reshape(-1), "")
     return be.load_weight(info)
 
 
@@ -159,7 +159,7 @@ def test_context_overflow_and_unsupported_attention():
     with pytest.raises(ContextOverflowError):
         p.run(np.array([1, 2], np.int32), 3)
     g2 = Graph(1)
-    y = g2.get_rows(emb, g2.tokens)
+    y = g2.get_rows(_embedding(be, 24), g2.tokens)
     g2.output("o", g2.attention(y, 0, n_head=2, n_kv_head=2, head_dim=12, scale=1.0))
     with pytest.raises(UnsupportedError, match="head_dim 12"):
         be.compile(g2)
