@@ -64,7 +64,8 @@ def test_draw_is_numpy_choice_of_the_chain():
 
 
 def test_sampler_chain_for_the_device():
-    """make_sampler exposes its chain (and generator) when no penalty needs the history."""
+    """make_sampler exposes its chain (and generator) for the device loops: not for greedy
+    decoding, nor for a penalty window past DEVICE_LAST_N ids."""
     s = make_sampler(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=2)
     assert s.chain == {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
                        "penalty": 1.0, "last_n": 0}

@@ -25,12 +25,17 @@ def _time_pp(m, n: int, rng) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _tg_start(m) -> int:
+    """An empty cache, a single BOS evaluated (as llama-bench's tg test): the first token."""
+    m.reset()
+    bos = m.tokenizer.bos_id if m.tokenizer.bos_id is not None else 0
+    return int(np.argmax(m.prefill([bos])))
+
+
 def _time_tg(m, n: int, rng) -> float:
     """n greedy steps through Model.decode_greedy: the path generate() takes at temperature 0
     (on GPU backends the loop stays on the device, one read-back at the end)."""
-    m.reset()
-    bos = m.tokenizer.bos_id if m.tokenizer.bos_id is not None else 0
-    first = int(np.argmax(m.prefill([bos])))
+    first = _tg_start(m)
     t0, c0 = time.perf_counter(), time.process_time()
     m.decode_greedy(first, n)
     wall = time.perf_counter() - t0
@@ -44,9 +49,7 @@ def _time_tg_sampled(m, n: int, rng) -> float:
     backends the chain and the draw run on the device)."""
     from .sampling import make_sampler
 
-    m.reset()
-    bos = m.tokenizer.bos_id if m.tokenizer.bos_id is not None else 0
-    first = int(np.argmax(m.prefill([bos])))
+    first = _tg_start(m)
     chain = make_sampler().chain
     u = rng.random(n)
     t0 = time.perf_counter()

@@ -80,8 +80,9 @@ def device_args(chain: dict, n_steps: int, uniforms) -> tuple[np.ndarray, int, b
 
 
 def device_chunks(cols: int, min_chunk: int, max_parts: int) -> tuple[int, int]:
-    """How a device sampler splits a row of cols logits among its first kernel's workgroups:
-    (chunk, parts), chunks of at least min_chunk columns and at most max_parts of them."""
+    """How a device loop's choice of the next token (the argmax or the sampler) splits a row of
+    cols logits among its first kernel's workgroups: (chunk, parts), chunks of at least
+    min_chunk columns and at most max_parts of them."""
     chunk = max(min_chunk, -(-cols // max_parts))
     return chunk, -(-cols // chunk)
 
@@ -135,10 +136,9 @@ def make_sampler(temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
         return draw(x, temperature, top_k, top_p, min_p, rng.random())  # (penalized above)
 
     sample.greedy = temperature <= 0.0 and repeat_penalty == 1.0  # type: ignore[attr-defined]
-    # without a penalty (which reads the history) the chain runs on a GPU backend's device,
-    # drawing with the same generator's numbers: `chain` and `rng` for Model.decode_sampled
-    # the chain as a GPU backend runs it on the device (Program.run_sampled), with the same
-    # generator's numbers; the penalty's window is the last_n ids of the history
+    # `chain` and `rng` for Model.decode_sampled: the chain as a GPU backend runs it on the
+    # device (Program.run_sampled), drawing with the same generator's numbers; the penalty's
+    # window is the last last_n ids of the history (None: the host samples token by token)
     chain = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
              "penalty": repeat_penalty, "last_n": repeat_last_n if repeat_penalty != 1.0 else 0}
     if temperature <= 0.0 or not 0 <= chain["last_n"] <= DEVICE_LAST_N:

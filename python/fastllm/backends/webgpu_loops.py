@@ -78,8 +78,8 @@ class DeviceLoops:
             wg = _pow2_floor(min(GREEDY_PARTS, lim.get("max-compute-invocations-per-workgroup",
                                                        256),
                                  lim.get("max-compute-workgroup-size-x", 256)))
-            chunk = max(ARGMAX_PART_WG, -(-g["logits"].cols // wg))  # at most wg parts
-            g["parts_grid"] = (-(-g["logits"].cols // chunk), 1, 1)
+            chunk, parts = device_chunks(g["logits"].cols, ARGMAX_PART_WG, wg)
+            g["parts_grid"] = (parts, 1, 1)
             g["args"] = self._buf(16, "UNIFORM|COPY_DST", "argmax args")
             g["parts"] = self._buf(8 * wg, "STORAGE", "argmax parts")
             g["part"] = self.be.pipeline("argmax.wgsl", "kernel_argmax_part",

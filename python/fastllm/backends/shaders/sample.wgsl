@@ -9,8 +9,8 @@
 //
 // The k-th largest of n values is found two bits at a time on order-preserving u32 keys (16
 // rounds, each counting the keys at or above three candidate prefixes): no sort of the n
-// values, only the <= KMAX kept ones are ranked. As the host's top_k, every value equal to the k-th is
-// kept (up to KMAX).
+// values, only the <= KMAX kept ones are ranked. As the host's top_k, every value equal to the
+// k-th is kept (up to KMAX).
 
 const WG: u32 = 256u;
 const CHUNK: u32 = 2048u;  // columns per kernel_sample_part workgroup
