@@ -1,16 +1,20 @@
-"""Sampling as pure functions over a logits row, composed by make_sampler().
+"""Sampling as pure functions over a logits row, composed by make_sampler() (one sequence) and
+sample_row() (a row of a batched step, with its own RowSampling).
 
-Order follows llama.cpp's default chain: repetition penalty, top-k, top-p, min-p, temperature,
-then a draw. temperature <= 0 means greedy (argmax of the raw logits).
+Order follows llama.cpp's default chain: logit bias, penalties, top-k, top-p, min-p,
+temperature, then a draw. temperature <= 0 means greedy (argmax after bias and penalties).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import kargs
+from .errors import ArgumentError
 
 Sampler = Callable[[np.ndarray, Sequence[int]], int]
 
@@ -19,10 +23,37 @@ def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: flo
     """CTRL-style penalty on tokens seen recently: positive logits divided, negative multiplied."""
     if penalty == 1.0 or not len(recent):
         return logits
-    out = logits.copy()
-    ids = np.unique(np.asarray(recent, dtype=np.int64))
+    return apply_penalties(logits, recent, penalty)
+
+
+def apply_penalties(logits: np.ndarray, window: Sequence[int], repeat: float,
+                    frequency: float = 0.0, presence: float = 0.0) -> np.ndarray:
+    """llama.cpp's penalties sampler over the ids of `window` (ids outside the row are not
+    tokens and are skipped), with the count c of each id in it: the repetition penalty as CTRL
+    (a logit > 0 divided by `repeat`, one <= 0 multiplied; once, whatever c), then minus
+    c * frequency + (c > 0) * presence (OpenAI's frequency and presence penalties). In float32,
+    operation by operation as llama.cpp's C++."""
+    if not len(window) or (repeat == 1.0 and frequency == 0.0 and presence == 0.0):
+        return logits
+    w = np.asarray(window, dtype=np.int64).reshape(-1)
+    ids, counts = np.unique(w[(w >= 0) & (w < logits.shape[-1])], return_counts=True)
+    out = np.array(logits, dtype=np.float32)
     v = out[ids]
-    out[ids] = np.where(v > 0, v / penalty, v * penalty)
+    rep = np.float32(repeat)
+    v = np.where(v <= 0, v * rep, v / rep)
+    c = counts.astype(np.float32)
+    v = v - (c * np.float32(frequency) + np.float32(presence))  # every id here has c > 0
+    out[ids] = v
+    return out
+
+
+def apply_logit_bias(logits: np.ndarray, bias: Sequence[tuple[int, float]]) -> np.ndarray:
+    """logit[id] += bias for each (id, bias) in order (repeated ids add up), in float32."""
+    if not len(bias):
+        return logits
+    out = np.array(logits, dtype=np.float32)
+    for i, b in bias:
+        out[int(i)] += np.float32(b)
     return out
 
 
@@ -146,3 +177,143 @@ def make_sampler(temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
     sample.chain = chain  # type: ignore[attr-defined]
     sample.rng = rng  # type: ignore[attr-defined]
     return sample
+
+
+# -- one row of a batched decode step ---------------------------------------------------------
+MAX_LOGPROBS = 20  # the most top alternatives a row may ask for (OpenAI's limit)
+# What the device samplers (backends/webgpu/sample_rows.py, backends/metal/sample_rows.py) take
+# per row besides DEVICE_TOP_K and DEVICE_LAST_N: logit_bias entries (sample_rows.wgsl's BMAX)
+DEVICE_BIAS = 64
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    """One sequence's sampling chain in a batched decode step (sample_row). Defaults as
+    make_sampler's. top_k 0 is off; last_n is the penalty window (the last last_n ids of the
+    sequence); presence_penalty and frequency_penalty are OpenAI's (-2..2); logit_bias holds
+    (token id, bias) pairs added to the logits first; logprobs None, or how many top
+    alternatives (0..20) to report with the chosen token's log-probability."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    last_n: int = 64
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @property
+    def penalized(self) -> bool:
+        """Whether the penalties change anything (else the window is not read)."""
+        return self.last_n > 0 and (self.repeat_penalty != 1.0 or self.presence_penalty != 0.0
+                                    or self.frequency_penalty != 0.0)
+
+    def check(self, n_vocab: int) -> RowSampling:
+        """self, or ArgumentError (a ValueError) naming the first field out of its range."""
+        def real(name, lo, hi, lo_open=False):
+            v = getattr(self, name)
+            ok = (isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+                  and math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi)
+            if not ok:
+                rng = f"{'(' if lo_open else '['}{lo}, {hi}]" if hi != math.inf else (
+                    f"{'>' if lo_open else '>='} {lo}")
+                raise ArgumentError(f"sampling argument {name}={v!r} is out of range: it must "
+                                    f"be a finite number {'in ' if hi != math.inf else ''}{rng}")
+
+        def integer(name, lo, hi, what):
+            v = getattr(self, name)
+            if (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                    or not lo <= v <= hi):
+                raise ArgumentError(f"sampling argument {name}={v!r} is out of range: it must "
+                                    f"be an integer {what}")
+
+        real("temperature", 0.0, math.inf)
+        integer("top_k", 0, 1 << 62, ">= 0 (0: off)")
+        real("top_p", 0.0, 1.0)
+        real("min_p", 0.0, 1.0)
+        real("repeat_penalty", 0.0, math.inf, lo_open=True)
+        real("presence_penalty", -2.0, 2.0)
+        real("frequency_penalty", -2.0, 2.0)
+        integer("last_n", 0, 1 << 62, ">= 0 (0: no penalty window)")
+        try:
+            pairs = [(i, b) for i, b in self.logit_bias]
+        except (TypeError, ValueError):
+            raise ArgumentError(f"sampling argument logit_bias={self.logit_bias!r} must be "
+                                f"(token id, bias) pairs") from None
+        for i, b in pairs:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n_vocab:
+                raise ArgumentError(f"sampling argument logit_bias: token id {i!r} is out of "
+                                    f"range: it must be an integer in [0, {n_vocab - 1}]")
+            if (isinstance(b, bool) or not isinstance(b, (int, float, np.floating, np.integer))
+                    or not math.isfinite(b)):
+                raise ArgumentError(f"sampling argument logit_bias: the bias of token {i} "
+                                    f"({b!r}) must be a finite number")
+        if self.logprobs is not None:
+            integer("logprobs", 0, MAX_LOGPROBS, f"in [0, {MAX_LOGPROBS}] or None")
+        return self
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """A row's token; with logprobs asked, its log-probability and the top alternatives
+    ((id, log-probability), largest first) under the model's raw distribution."""
+
+    id: int
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] | None = None
+
+
+def device_ok(p: RowSampling) -> bool:
+    """Whether the device samplers run p's chain: greedy or top_k 1..DEVICE_TOP_K (with top_k
+    off the device cannot cut the vocabulary to its candidates), a penalty window of at most
+    DEVICE_LAST_N ids (or none that matters) and at most DEVICE_BIAS logit_bias entries. Other
+    rows are sampled on the host from their read-back logits."""
+    return ((p.greedy or 1 <= p.top_k <= DEVICE_TOP_K)
+            and (not p.penalized or p.last_n <= DEVICE_LAST_N)
+            and len(p.logit_bias) <= DEVICE_BIAS)
+
+
+def raw_logprobs(logits: np.ndarray) -> np.ndarray:
+    """log-softmax of a raw logits row in float64."""
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    m = np.max(x)
+    return x - m - np.log(np.sum(np.exp(x - m)))
+
+
+def top_logprobs(lp: np.ndarray, n: int) -> tuple[tuple[int, float], ...]:
+    """The n largest of lp as (id, value), largest first; equal values by id."""
+    order = np.argsort(-lp, kind="stable")[:n]
+    return tuple((int(i), float(lp[i])) for i in order)
+
+
+def sample_row(logits: np.ndarray, p: RowSampling, u: float,
+               window: Sequence[int] = ()) -> Sampled:
+    """One row's token by llama.cpp's chain: logit_bias, the penalties over the last p.last_n
+    ids of `window` (apply_penalties), top_k, top_p, min_p, temperature, then the token whose
+    share of the cumulative probability first passes u (as draw); greedy (temperature <= 0):
+    the first largest logit after bias and penalties.
+
+    With p.logprobs set, the chosen token's log-probability and the top p.logprobs alternatives
+    come from the model's RAW distribution, the log-softmax of the logits before bias,
+    penalties, cuts and temperature (vLLM's default logprobs_mode, "raw_logprobs"): what the
+    model thinks of each token, the same whatever the request's sampling settings."""
+    raw = np.asarray(logits, dtype=np.float32).reshape(-1)
+    x = apply_logit_bias(raw, p.logit_bias)
+    if p.penalized:
+        x = apply_penalties(x, list(window)[-p.last_n:], p.repeat_penalty,
+                            p.frequency_penalty, p.presence_penalty)
+    if p.greedy:
+        tok = int(np.argmax(x))
+    else:
+        tok = draw(x, p.temperature, p.top_k, p.top_p, p.min_p, u)
+    if p.logprobs is None:
+        return Sampled(tok)
+    lp = raw_logprobs(raw)
+    return Sampled(tok, float(lp[tok]), top_logprobs(lp, p.logprobs))
