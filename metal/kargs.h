@@ -19,7 +19,7 @@ struct kargs_step {
     uint32_t pos;       // position of the first token of this run
     uint32_t n_tokens;  // tokens in this run
     uint32_t n_kv;      // pos + n_tokens: positions visible to the last token
-    uint32_t _pad0;
+    uint32_t slot;      // the sequence (slot) whose KV rows and recurrent state the run uses
 };
 
 struct kargs_get_rows {
@@ -244,4 +244,32 @@ struct kargs_mul_mat_blocks {
     uint32_t _pad0;
     uint32_t _pad1;
     uint32_t _pad2;
+};
+
+// -- a batched decode step's sampling (shaders/sample_rows.wgsl, metal/sample_rows.metal) ------
+
+// The row split: kernel_sample_rows_part runs on a grid of (n_parts, rows) workgroups, one chunk
+// of one row each; kernel_sample_rows_final on (rows). Row r's logits start at r * n_cols.
+struct kargs_sample_rows {
+    uint32_t n_cols;   // the logits row's length (n_vocab)
+    uint32_t chunk;    // columns per part workgroup
+    uint32_t n_parts;  // ceil(n_cols / chunk)
+    uint32_t lp_base;  // the output word where row 0's log-probabilities start (after the ids)
+};
+
+// One row's chain (fastllm.sampling.RowSampling and sample_row), in a storage array by row.
+struct kargs_sample_row {
+    uint32_t mode;     // 0: sampled on the host (the device writes id -1); 1: greedy; 2: drawn
+    uint32_t top_k;    // 1..64 (mode 2)
+    float temperature;
+    float top_p;
+    float min_p;
+    float u;           // the draw's uniform number in [0, 1)
+    float repeat_penalty;
+    float frequency_penalty;
+    float presence_penalty;
+    uint32_t n_window;  // penalized ids at windows[row * 64 ..] (0: no penalties)
+    uint32_t n_bias;    // logit_bias entries (id, bias) at bias[row * 64 ..]
+    int32_t logprobs;   // -1: none; else the chosen token's log-probability and this many top
+                        // alternatives (0..20) of the raw distribution
 };

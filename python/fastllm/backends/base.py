@@ -66,6 +66,10 @@ class KVSpec:
     kv_dim: tuple[int, ...]  # per layer (n_kv_head * head_dim)
     sizes: tuple[int, ...]  # per layer
     state: tuple[tuple[str, int], ...] = ()
+    # sequences held at once (slots): a layer's cache holds n_seq * sizes[l] rows, slot s at rows
+    # s * size.. (position p in row s * size + p % size); a state buffer n_seq * n values, slot s
+    # at s * n.. (the batched engine; 1 for one sequence)
+    n_seq: int = 1
 
     @property
     def recurrent(self) -> bool:
@@ -101,12 +105,17 @@ class Node:
 
 @dataclass(eq=False)
 class Graph:
-    """One forward pass over `n_tokens` tokens starting at the run-time position `pos`."""
+    """One forward pass over `n_tokens` tokens starting at the run-time position `pos` of one
+    sequence (the run's slot). With `rows=True` each row is instead one token of a sequence of
+    its own, at a (slot, position) of its own given at run time (Program.run_rows): a decode step
+    of several sequences at once. Only rope, kv_store, attention and the state ops depend on
+    where a row is; every other op treats rows alike."""
 
     n_tokens: int
     nodes: list[Node] = field(default_factory=list)
     outputs: dict[str, Value] = field(default_factory=dict)
     _next: int = 0
+    rows: bool = False
 
     def __post_init__(self) -> None:
         self.tokens = self._value((self.n_tokens,), "i32")  # input: token ids, int32 [n]
@@ -342,25 +351,45 @@ class Graph:
 
 
 class Program(ABC):
-    """A compiled graph. `run` evaluates it for `tokens` starting at position `pos`."""
+    """A compiled graph. `run` evaluates it for `tokens` starting at position `pos` of the
+    sequence in slot `slot`; a rows-mode graph runs with `run_rows` instead."""
 
     @abstractmethod
-    def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:
+    def run(self, tokens: np.ndarray, pos: int, slot: int = 0) -> dict[str, np.ndarray]:
         ...
 
-    def run_greedy(self, n_steps: int, first_token: int, pos: int) -> list[int]:
+    def run_rows(self, tokens: np.ndarray, slots: np.ndarray,
+                 positions: np.ndarray) -> dict[str, np.ndarray]:
+        """A rows-mode graph (Graph.rows): row r is token tokens[r] of the sequence in slot
+        slots[r] at position positions[r]."""
+        raise NotImplementedError(f"{type(self).__name__}: rows mode")
+
+    def run_rows_sampled(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                         params: Sequence[Any], uniforms: np.ndarray,
+                         windows: Sequence[Sequence[int]]) -> list[Any]:
+        """run_rows, then row r's next token drawn by fastllm.sampling.sample_row with
+        params[r] (a RowSampling), uniforms[r] and windows[r] (the penalty's ids): a
+        fastllm.sampling.Sampled per row. GPU backends override this to sample on the device
+        and read back only the tokens."""
+        from ..sampling import sample_row
+
+        logits = self.run_rows(tokens, slots, positions)["logits"]
+        return [sample_row(logits[r], params[r], float(uniforms[r]), windows[r])
+                for r in range(len(params))]
+
+    def run_greedy(self, n_steps: int, first_token: int, pos: int, slot: int = 0) -> list[int]:
         """Greedy decoding with a one-token program whose output is "logits": first_token goes
         in at position pos, each step's argmax (first maximum on ties) is the next step's input.
         Returns the n_steps tokens produced; the last one is not yet in the cache. GPU backends
         override this to keep the loop on the device (no read-back per token)."""
         out, tok = [], int(first_token)
         for i in range(n_steps):
-            tok = int(np.argmax(self.run(np.array([tok], np.int32), pos + i)["logits"][-1]))
+            tok = int(np.argmax(self.run(np.array([tok], np.int32), pos + i, slot)["logits"][-1]))
             out.append(tok)
         return out
 
     def run_sampled(self, n_steps: int, first_token: int, pos: int, chain: dict[str, float],
-                    uniforms: np.ndarray, recent: Sequence[int] = ()) -> list[int]:
+                    uniforms: np.ndarray, recent: Sequence[int] = (), slot: int = 0) -> list[int]:
         """As run_greedy, each step's token drawn by fastllm.sampling.draw with `chain`
         (make_sampler's: temperature, top_k, top_p, min_p, penalty, last_n) and uniforms[i] for
         step i; the penalty's window is the last last_n ids of `recent` (ending with
@@ -371,7 +400,7 @@ class Program(ABC):
         hist = [int(t) for t in recent] or [int(first_token)]
         out, tok = [], int(first_token)
         for i in range(n_steps):
-            logits = self.run(np.array([tok], np.int32), pos + i)["logits"][-1]
+            logits = self.run(np.array([tok], np.int32), pos + i, slot)["logits"][-1]
             tok = draw(logits, u=float(uniforms[i]), recent=hist, **chain)
             out.append(tok)
             hist.append(tok)
@@ -395,16 +424,16 @@ class Backend(ABC):
     def compile(self, graph: Graph) -> Program:
         """Turn a recorded graph into a program that can be run many times."""
 
-    def reset_state(self) -> None:
-        """Zero the recurrent state buffers (a new sequence). KV caches need no reset: rows past
-        the current position are never read."""
+    def reset_state(self, slot: int | None = None) -> None:
+        """Zero the recurrent state of slot `slot` (None: every slot): a new sequence. KV caches
+        need no reset: rows past a sequence's current position are never read."""
 
-    def get_state(self) -> dict[str, np.ndarray]:
-        """Copies of the recurrent state buffers (for saving a conversation)."""
+    def get_state(self, slot: int = 0) -> dict[str, np.ndarray]:
+        """Copies of slot `slot`'s recurrent state buffers (for saving a conversation)."""
         return {}
 
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore buffers from get_state()."""
+    def set_state(self, state: dict[str, np.ndarray], slot: int = 0) -> None:
+        """Restore slot `slot`'s buffers from get_state()."""
 
     def close(self) -> None:
         """Release device memory."""

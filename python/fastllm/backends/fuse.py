@@ -22,7 +22,7 @@ def reader_counts(nodes: list[Node], outputs: Iterable[Value]) -> dict[int, int]
 
 
 def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
-         attn_rope: bool = True) -> list[Node]:
+         attn_rope: bool = True, rows: bool = False) -> list[Node]:
     """Neighbouring ops merged into one dispatch (a decode step is bound by per-dispatch
     cost, DESIGN.md principle 5). Only runs of consecutive nodes whose inner values nothing
     else reads, so the list stays in order and _plan sees the fused reads:
@@ -36,7 +36,9 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
                                             one token row, every reader a mul_mat), or for
                                             2-3 readers (q, k, v; gate, up) one mul_mv_multi
     Other mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= mv_max_m);
-    attn_decode_rope only where the backend has it (attn_rope)."""
+    attn_decode_rope only where the backend has it (attn_rope). A rows-mode graph (Graph.rows,
+    each row its own sequence) keeps rope, kv_store and attention apart: the fused kernels
+    assume one sequence's consecutive positions."""
     outputs = list(outputs)
     readers = reader_counts(nodes, outputs)
 
@@ -114,7 +116,7 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
                 out[-1] = Node("mul_mv_fused", (x, w, up, res, None),
                                {"glu": prev.attrs.get("glu", False)}, node.out)
                 continue
-        if (node.op == "kv_store" and len(out) >= 2 and out[-1].op == "rope"
+        if (not rows and node.op == "kv_store" and len(out) >= 2 and out[-1].op == "rope"
                 and out[-2].op == "rope" and node.args[0] is out[-1].out
                 and inner(out[-1].out) and node.args[1] not in (out[-2].out, out[-1].out)):
             rq, rk = out[-2], out[-1]

@@ -203,10 +203,27 @@ class _RefProgram(Program):
     def __init__(self, backend: ReferenceBackend, graph: Graph):
         self.b, self.g = backend, graph
 
-    def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:
+    def run(self, tokens: np.ndarray, pos: int, slot: int = 0) -> dict[str, np.ndarray]:
+        if self.g.rows:
+            raise ValueError("a rows-mode graph runs with run_rows")
+        n = self.g.n_tokens
+        return self._exec(tokens, np.full(n, slot), np.arange(pos, pos + n))
+
+    def run_rows(self, tokens: np.ndarray, slots: np.ndarray,
+                 positions: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.g.rows:
+            raise ValueError("run_rows needs a rows-mode graph (Graph.rows)")
+        return self._exec(tokens, np.asarray(slots).reshape(-1),
+                          np.asarray(positions).reshape(-1))
+
+    def _exec(self, tokens: np.ndarray, slots: np.ndarray,
+              positions: np.ndarray) -> dict[str, np.ndarray]:
+        """Row i is at position positions[i] of the sequence in slot slots[i]: in sequence mode
+        one slot and consecutive positions, in rows mode one row per sequence."""
         g, b = self.g, self.b
         tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
-        assert tokens.shape[0] == g.n_tokens
+        assert tokens.shape[0] == g.n_tokens == len(slots) == len(positions)
+        slots, positions = slots.astype(np.int64), positions.astype(np.int64)
         env: dict[int, np.ndarray] = {g.tokens.id: tokens}
 
         def val(a):
@@ -217,7 +234,6 @@ class _RefProgram(Program):
             return a
 
         n = g.n_tokens
-        positions = np.arange(pos, pos + n)
         for node in g.nodes:
             op, at, args = node.op, node.attrs, node.args
             if op == "get_rows":
@@ -244,12 +260,18 @@ class _RefProgram(Program):
                 r = apply_rope(val(args[0]), positions, at["n_head"], at["head_dim"],
                                at["n_rot"], at["base"], at["freq_scale"], at["neox"], ff)
             elif op == "kv_store":
-                b.kv_write(at["layer"], positions, val(args[0]), val(args[1]))
+                b.kv_write(at["layer"], slots, positions, val(args[0]), val(args[1]))
                 continue
             elif op == "attention":
-                k, v = b.kv_read(at["layer"], pos + n)
-                r = attention(val(args[0]), k, v, pos, at["n_head"], at["n_kv_head"],
-                              at["head_dim"], at["scale"], at["window"], at["softcap"])
+                attn = (at["n_head"], at["n_kv_head"], at["head_dim"], at["scale"], at["window"],
+                        at["softcap"])
+                q = val(args[0])
+                # sequence mode: all rows over one slot; rows mode: each row over its own
+                spans = [(0, n)] if not g.rows else [(i, i + 1) for i in range(n)]
+                r = np.empty_like(q)
+                for i0, i1 in spans:
+                    k, v = b.kv_read(at["layer"], int(slots[i0]), int(positions[i1 - 1]) + 1)
+                    r[i0:i1] = attention(q[i0:i1], k, v, int(positions[i0]), *attn)
             elif op == "swiglu":
                 gt = val(args[0])
                 with np.errstate(over="ignore"):  # exp(-g) = inf below g = -88: silu -> -0
@@ -269,15 +291,17 @@ class _RefProgram(Program):
                 mu, mu_v = (val(t) if t is not None else None for t in args[2:4])
                 r = lerp(val(args[0]), val(args[1]), mu, at["mu_row"], mu_v, at["mu_col"])
             elif op == "token_shift":
-                r = token_shift(val(args[0]), b.state[at["state"]])
+                r = self._per_slot(token_shift, (val(args[0]),), at["state"], slots)
             elif op == "l2_norm":
                 r = l2_norm(val(args[0]), at["eps"], at["group"])
             elif op == "mul_mat_blocks":
                 r = mul_mat_blocks(val(args[0]), val(args[1]))
             elif op == "wkv6":
-                r = wkv6(*(val(t) for t in args), b.state[at["state"]], at["head_size"])
+                r = self._per_slot(wkv6, [val(t) for t in args], at["state"], slots,
+                                   at["head_size"])
             elif op == "wkv7":
-                r = wkv7(*(val(t) for t in args), b.state[at["state"]], at["head_size"])
+                r = self._per_slot(wkv7, [val(t) for t in args], at["state"], slots,
+                                   at["head_size"])
             elif op == "wkv7_bonus":
                 r = wkv7_bonus(*(val(t) for t in args), at["head_size"])
             else:
@@ -285,6 +309,20 @@ class _RefProgram(Program):
             env[node.out.id] = np.ascontiguousarray(r, dtype=np.int32 if node.out.dtype == "i32"
                                                     else np.float32)
         return {k: env[v.id] for k, v in g.outputs.items()}
+
+    def _per_slot(self, fn, args, state: str, slots: np.ndarray, *extra) -> np.ndarray:
+        """A state op: in sequence mode fn over all rows with the slot's state buffer; in rows
+        mode one step per row, each with its own slot's buffer. Row-shaped args (Values) are
+        split by row, the rest (Weights) passed whole."""
+        bufs = self.b.state[state]
+        n = self.g.n_tokens
+        if not self.g.rows:
+            return fn(*args, bufs[int(slots[0])], *extra)
+        out = []
+        for i in range(n):
+            row = [a[i:i + 1] if a.ndim == 2 and a.shape[0] == n else a for a in args]
+            out.append(fn(*row, bufs[int(slots[i])], *extra))
+        return np.concatenate(out)
 
 
 class ReferenceBackend(Backend):
@@ -303,36 +341,39 @@ class ReferenceBackend(Backend):
 
     def init_kv(self, spec: KVSpec) -> None:
         self.spec = spec
-        self.state = {name: np.zeros(n, np.float32) for name, n in spec.state}
+        ns = spec.n_seq
+        self.state = {name: np.zeros((ns, n), np.float32) for name, n in spec.state}
         # NaN, not zero: a read of a row never written shows up in the output
-        self.k = [np.full((s, d), np.nan, np.float32) for s, d in zip(spec.sizes, spec.kv_dim)]
-        self.v = [np.full((s, d), np.nan, np.float32) for s, d in zip(spec.sizes, spec.kv_dim)]
+        self.k = [np.full((ns * s, d), np.nan, np.float32)
+                  for s, d in zip(spec.sizes, spec.kv_dim)]
+        self.v = [np.full((ns * s, d), np.nan, np.float32)
+                  for s, d in zip(spec.sizes, spec.kv_dim)]
 
-    def kv_write(self, layer: int, positions: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+    def kv_write(self, layer: int, slots: np.ndarray, positions: np.ndarray, k: np.ndarray,
+                 v: np.ndarray) -> None:
         size = self.spec.sizes[layer]
-        self.k[layer][positions % size] = k
-        self.v[layer][positions % size] = v
+        rows = slots * size + positions % size
+        self.k[layer][rows] = k
+        self.v[layer][rows] = v
 
-    def kv_read(self, layer: int, t: int) -> tuple[np.ndarray, np.ndarray]:
-        """K and V of positions 0..t-1 in position order. On a ring layer (size < t) an old
-        position reads the row a newer one overwrote: finite values that the attention window
-        masks out, since the ring holds window + batch rows."""
+    def kv_read(self, layer: int, slot: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """K and V of positions 0..t-1 of slot `slot` in position order. On a ring layer
+        (size < t) an old position reads the row a newer one overwrote: finite values that the
+        attention window masks out, since the ring holds window + batch rows."""
         size = self.spec.sizes[layer]
-        if t <= size:
-            return self.k[layer][:t], self.v[layer][:t]
-        idx = np.arange(t) % size
+        idx = slot * size + np.arange(t) % size
         return self.k[layer][idx], self.v[layer][idx]
 
     def compile(self, graph: Graph) -> Program:
         return _RefProgram(self, graph)
 
-    def reset_state(self) -> None:
+    def reset_state(self, slot: int | None = None) -> None:
         for v in self.state.values():
-            v[:] = 0.0
+            v[slice(None) if slot is None else slot] = 0.0
 
-    def get_state(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self.state.items()}
+    def get_state(self, slot: int = 0) -> dict[str, np.ndarray]:
+        return {k: v[slot].copy() for k, v in self.state.items()}
 
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
+    def set_state(self, state: dict[str, np.ndarray], slot: int = 0) -> None:
         for k, v in state.items():
-            self.state[k][:] = v
+            self.state[k][slot] = v

@@ -12,8 +12,8 @@ softmax.
 
 from __future__ import annotations
 
-from ..errors import UnsupportedError
-from .base import Node
+from ...errors import UnsupportedError
+from ..base import Node
 
 # Most workgroups per KV head of decode attention (attn_decode.wgsl's NSPLIT; a cache of N rows
 # gets min(ATTN_SPLITS, N / 8)). H100, 8B Q4_K_M step at positions 64 / 1,000 / 4,000:
@@ -36,6 +36,9 @@ ATTN_DIRECT_VU = 4
 # the device has shader-f16 (the products stay f32).
 PREFILL_ATTN_TILES = ((64, 32), (32, 32), (64, 16), (32, 16), (16, 16), (16, 8), (8, 8), (4, 4))
 PREFILL_ATTN_F16 = 1
+# Rows mode (a decode step of several sequences): keys per block of kernel_attn_rows_f32, one a
+# thread (rows.wgsl)
+ATTN_ROWS_WG = 64
 
 
 def prefill_attn_shape(d: int, f16: bool, smem: int, max_wg: int) -> tuple[int, int, bool]:
@@ -78,6 +81,9 @@ class AttentionOps:
         args = self._arg(("kargs_attention", {
             "n_rows": n, "n_head": nh, "n_kv_head": nkv, "head_dim": d, "scale": at["scale"],
             "softcap": at["softcap"], "window": at["window"], "ring": ring}))
+        if self.g.rows:  # each row over its own slot's cache
+            self._attn_rows(node, args, kc, vc, g, d, nkv, n)
+            return
         b = {0: args, 1: self.step, 2: self.buf(q), 3: kc, 4: vc, 5: self.buf(node.out)}
         if n == 1:
             rope = node.attrs.get("rope")
@@ -131,6 +137,18 @@ class AttentionOps:
         self._dispatch("attention.wgsl", "kernel_attn_prefill_f32", b, (-(-n * g // bq), nkv),
                        consts={"G": g, "D": d, "BQ": bq, "BK": bk, "WG": bq * bk // 16},
                        f16_tile=tile)
+
+    def _attn_rows(self, node: Node, args, kc, vc, g: int, d: int, nkv: int, n: int) -> None:
+        """Rows mode: rows.wgsl's kernel_attn_rows_f32, one workgroup per (KV head, row)."""
+        wg = ATTN_ROWS_WG
+        smem = 4 * (2 * g * d + g * wg + 3 * g)
+        if smem > self.be.limits["max-compute-workgroup-storage-size"]:
+            raise UnsupportedError(f"webgpu: batched attention over {g} query heads per KV head "
+                                   f"of head_dim {d} needs {smem} bytes of workgroup memory")
+        self._dispatch("rows.wgsl", "kernel_attn_rows_f32",
+                       {0: args, 1: self.rows, 9: self.buf(node.args[0]), 10: kc, 11: vc,
+                        12: self.buf(node.out)}, (nkv, n),
+                       consts={"G": g, "D": d, "WG": wg})
 
     def _op_attn_decode_rope(self, node: Node) -> None:
         self._op_attention(node)  # the decode path with the `rope` variant (args q, k, v, ff)

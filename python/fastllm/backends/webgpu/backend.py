@@ -22,13 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, UnsupportedError
-from ..gguf import TensorInfo
-from ..quants import GGMLType, row_bytes, type_size
-from . import webgpu_repack as repack
-from . import webgpu_rwkv as rwkv
-from . import webgpu_shaders as shaders
-from .base import Backend, Graph, KVSpec, Program, Weight
+from ...errors import BackendError, UnsupportedError
+from ...gguf import TensorInfo
+from ...quants import GGMLType, row_bytes, type_size
+from ..base import Backend, Graph, KVSpec, Program, Weight
+from . import repack, rwkv, shaders
 
 OPTIONAL_FEATURES = ("shader-f16", "subgroup")
 # limits raised from WebGPU's defaults to what the adapter offers
@@ -337,6 +335,7 @@ class WebGPUBackend(Backend):
         nan = np.full(1 << 20, np.nan, np.float32)
         for layer, (rows, dim) in enumerate(zip(spec.sizes, spec.kv_dim)):
             pair = []
+            rows *= spec.n_seq  # the slots one after another
             for which in "kv":
                 size = rows * dim * 4
                 buf = self.buffer(size, "STORAGE|COPY_DST",
@@ -358,18 +357,18 @@ class WebGPUBackend(Backend):
         self.spec = None
 
     # RWKV: the recurrent state buffers (webgpu_rwkv.py)
-    def reset_state(self) -> None:
-        rwkv.reset_state(self)
+    def reset_state(self, slot: int | None = None) -> None:
+        rwkv.reset_state(self, slot)
 
-    def get_state(self) -> dict[str, np.ndarray]:
-        return rwkv.get_state(self)
+    def get_state(self, slot: int = 0) -> dict[str, np.ndarray]:
+        return rwkv.get_state(self, slot)
 
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        rwkv.set_state(self, state)
+    def set_state(self, state: dict[str, np.ndarray], slot: int = 0) -> None:
+        rwkv.set_state(self, state, slot)
 
     # -- programs ------------------------------------------------------------------------------
     def compile(self, graph: Graph) -> Program:
-        from .webgpu_program import WebGPUProgram
+        from .program import WebGPUProgram
 
         prog = WebGPUProgram(self, graph)
         self._programs.add(prog)

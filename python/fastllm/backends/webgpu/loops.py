@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import kargs
-from ..sampling import (
+from ... import kargs
+from ...sampling import (
     DEVICE_LAST_N,
     DEVICE_TOP_K,
     device_args,
@@ -23,7 +23,7 @@ from ..sampling import (
     device_kargs,
     penalty_window,
 )
-from .webgpu_matmul import _pow2_floor
+from .matmul import _pow2_floor
 
 GREEDY_PASS = 8  # at most this many steps per compute pass and command buffer
 GREEDY_PARTS = 64  # the argmax: at most this many chunks of the row, one
@@ -108,7 +108,7 @@ class DeviceLoops:
                 (g["sfinal"], {0: g["sargs"], 2: self.tokens, 3: self.step, 4: g["hist"],
                                5: g["cands"], 6: g["uniforms"], 7: g["recent"]}, (1, 1, 1))]
 
-    def run_greedy(self, n_steps: int, first_token: int, pos: int) -> list[int]:
+    def run_greedy(self, n_steps: int, first_token: int, pos: int, slot: int = 0) -> list[int]:
         """Greedy decoding of n_steps tokens on the device: first_token goes in at position
         pos, each step's argmax (first maximum on ties, as numpy) is the next step's input at the
         next position. Returns the n_steps tokens produced; the last one is not yet in the KV
@@ -118,15 +118,15 @@ class DeviceLoops:
         until the end: the host encodes the next command buffer while the GPU runs the last."""
         if n_steps < 1:
             return []
-        self._ready(pos, n_steps)
+        self._ready(pos, n_steps, slot)
         g = self._loop_setup(n_steps, "greedy")
         with self.be.errors("greedy decoding"):
             self.be.queue.write_buffer(g["args"], 0, kargs.pack(
                 "kargs_argmax", n_rows=1, n_cols=g["logits"].cols, pos0=pos))
-            return self._loop(g, "greedy", n_steps, first_token, pos)
+            return self._loop(g, "greedy", n_steps, first_token, pos, slot)
 
     def run_sampled(self, n_steps: int, first_token: int, pos: int, chain: dict[str, float],
-                    uniforms: np.ndarray, recent: Sequence[int] = ()) -> list[int]:
+                    uniforms: np.ndarray, recent: Sequence[int] = (), slot: int = 0) -> list[int]:
         """As run_greedy, each step's token drawn by fastllm.sampling's chain (make_sampler's
         `chain`) with uniforms[i] for step i, on the device (sample.wgsl); the penalty's window
         is the last last_n ids of `recent` (ending with first_token) and the tokens produced.
@@ -135,8 +135,8 @@ class DeviceLoops:
             return []
         uniforms, last_n, ok = device_args(chain, n_steps, uniforms)
         if not ok:
-            return super().run_sampled(n_steps, first_token, pos, chain, uniforms, recent)
-        self._ready(pos, n_steps)
+            return super().run_sampled(n_steps, first_token, pos, chain, uniforms, recent, slot)
+        self._ready(pos, n_steps, slot)
         g = self._loop_setup(n_steps, "sample")
         with self.be.errors("sampled decoding"):
             q = self.be.queue
@@ -145,13 +145,13 @@ class DeviceLoops:
             q.write_buffer(g["uniforms"], 0, uniforms[:n_steps])
             if last_n:
                 q.write_buffer(g["recent"], 0, penalty_window(recent, first_token, last_n))
-            return self._loop(g, "sample", n_steps, first_token, pos)
+            return self._loop(g, "sample", n_steps, first_token, pos, slot)
 
     def _loop(self, g: dict[str, Any], mode: str, n_steps: int, first_token: int,
-              pos: int) -> list[int]:
+              pos: int, slot: int) -> list[int]:
         q, dev = self.be.queue, self.be.device
         q.write_buffer(self.tokens, 0, np.array([first_token], np.int32))
-        q.write_buffer(self.step, 0, np.array([pos, 1, pos + 1, 0], np.uint32))
+        q.write_buffer(self.step, 0, np.array([pos, 1, pos + 1, slot], np.uint32))
         lists, out = g["lists"][mode], g["out"]
         done, k = 0, 1
         while done < n_steps:

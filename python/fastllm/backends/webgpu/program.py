@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import kargs
-from ..errors import ContextOverflowError, UnsupportedError
-from .base import Graph, Node, Program, Value, Weight
-from .fuse import fuse
-from .webgpu_attention import AttentionOps
-from .webgpu_loops import DeviceLoops
-from .webgpu_matmul import MV_MAX_M, MatmulOps
-from .webgpu_rwkv import RwkvOps  # RWKV: the recurrent-model ops' lowering
+from ... import kargs
+from ...errors import ContextOverflowError, UnsupportedError
+from ..base import Graph, Node, Program, Value, Weight
+from ..fuse import fuse
+from .attention import AttentionOps
+from .loops import DeviceLoops
+from .matmul import MV_MAX_M, MatmulOps
+from .rwkv import RwkvOps  # RWKV: the recurrent-model ops' lowering
 
 if TYPE_CHECKING:
-    from .webgpu import WebGPUBackend
+    from .backend import WebGPUBackend
 
 try:  # wgpu-native's raw C entry points: a dispatch costs ~0.5 us through them instead of ~8
     from wgpu.backends.wgpu_native._api import ffi as _ffi
@@ -66,8 +66,11 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
             self.tokens = self._buf(self.n * 4, "STORAGE|COPY_DST|COPY_SRC", "tokens")
             # kernels read it as storage; greedy decoding's last dispatch also writes it
             self.step = self._buf(16, "STORAGE|COPY_DST", "step")
-            self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M) if backend.fuse
-                          else list(graph.nodes))
+            # rows mode: each row's (slot, position), read by the ops that depend on them
+            self.rows = (self._buf(8 * self.n, "STORAGE|COPY_DST", "rows") if graph.rows
+                         else None)
+            self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M, rows=graph.rows)
+                          if backend.fuse else list(graph.nodes))
             self._plan()
             self.prequantized, self.glu_multi = self._prequantized()
             self.prenorm = self._prenormed()  # producer id -> the reader it writes x for
@@ -307,6 +310,12 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
                 "n_rot": at["n_rot"], "base": at["base"], "freq_scale": at["freq_scale"],
                 "neox": int(at["neox"]), "has_freq_factors": int(ff is not None)}
         table = self._rope_table(at["n_rot"], at["base"], at["freq_scale"], ff)
+        if self.g.rows:  # each row at its own position
+            self._dispatch("rows.wgsl", "kernel_rope_rows_f32",
+                           {0: self._arg(("kargs_rope", args)), 1: self.rows, 2: self.buf(x),
+                            3: table, 4: self.buf(node.out)},
+                           self._grid1(rows * at["n_head"] * at["head_dim"] // 2))
+            return
         self._dispatch("rope.wgsl", "kernel_rope_f32",
                        {0: self._arg(("kargs_rope", args)), 1: self.step, 2: self.buf(x),
                         3: table, 4: self.buf(node.out)},
@@ -347,6 +356,12 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
         if k.cols != dim or v.cols != dim:
             raise UnsupportedError(f"webgpu: kv_store of {k.cols} values into a cache of {dim}")
         args = {"n_rows": n, "kv_dim": dim, "ring": ring}
+        if self.g.rows:  # each row into its own slot, at its own position
+            self._dispatch("rows.wgsl", "kernel_kv_store_rows_f32",
+                           {0: self._arg(("kargs_kv_store", args)), 1: self.rows,
+                            5: self.buf(k), 6: self.buf(v), 7: kc, 8: vc},
+                           self._grid1(n * dim))
+            return
         self._dispatch("kv.wgsl", "kernel_kv_store_f32",
                        {0: self._arg(("kargs_kv_store", args)), 1: self.step, 2: self.buf(k),
                         3: self.buf(v), 4: kc, 5: vc}, self._grid1(n * dim))
@@ -359,40 +374,74 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
                         1: self.buf(x), 2: self.buf(node.out)}, (rows,))
 
     # -- running -------------------------------------------------------------------------------
-    def _ready(self, pos: int, n: int) -> None:
-        """Checks that positions pos..pos + n - 1 fit the context, and binds the KV cache anew
-        where init_kv replaced it (run and run_greedy)."""
+    def _ready(self, pos: int, n: int, slot: int = 0) -> None:
+        """Checks that positions pos..pos + n - 1 fit the context and that the slot exists, and
+        binds the KV cache anew where init_kv replaced it (run and run_greedy)."""
         spec = self.be.spec
         if pos < 0 or (spec is not None and pos + n > spec.n_ctx):
             raise ContextOverflowError(f"positions {pos}..{pos + n - 1} do not fit the "
                                        f"context of {spec.n_ctx if spec else 0}")
+        if not 0 <= slot < (spec.n_seq if spec is not None else 1):
+            raise ValueError(f"slot {slot} is not one of the cache's "
+                             f"{spec.n_seq if spec is not None else 1}")
         if self._kv_version != self.be.kv_version:
             self.release()
             self._build()
 
-    def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:
+    def run(self, tokens: np.ndarray, pos: int, slot: int = 0) -> dict[str, np.ndarray]:
+        if self.g.rows:
+            raise ValueError("a rows-mode graph runs with run_rows")
         tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
         if tokens.shape[0] != self.n:
             raise ValueError(f"this program runs {self.n} tokens, got {tokens.shape[0]}")
-        self._ready(pos, self.n)
-        be = self.be
-        with be.errors("running a graph"):
-            q = be.queue
+        self._ready(pos, self.n, slot)
+        with self.be.errors("running a graph"):
+            self.be.queue.write_buffer(self.tokens, 0, tokens)
+            self.be.queue.write_buffer(self.step, 0, np.array([pos, self.n, pos + self.n, slot],
+                                                              np.uint32))
+            return self._submit_read(self._kind(pos + self.n - 1))
+
+    def run_rows(self, tokens: np.ndarray, slots: np.ndarray,
+                 positions: np.ndarray) -> dict[str, np.ndarray]:
+        self._rows_ready(tokens, slots, positions)
+        with self.be.errors("running a graph"):
+            return self._submit_read("short")
+
+    def _rows_ready(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray) -> None:
+        """Checks a rows-mode run's arguments and writes its tokens and rows."""
+        if not self.g.rows:
+            raise ValueError("run_rows needs a rows-mode graph (Graph.rows)")
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        slots = np.asarray(slots, np.int64).reshape(-1)
+        positions = np.asarray(positions, np.int64).reshape(-1)
+        if not tokens.shape[0] == len(slots) == len(positions) == self.n:
+            raise ValueError(f"this program runs {self.n} rows, got {tokens.shape[0]} tokens, "
+                             f"{len(slots)} slots and {len(positions)} positions")
+        for s, p in zip(slots, positions):
+            self._ready(int(p), 1, int(s))
+        with self.be.errors("running a graph"):
+            q = self.be.queue
             q.write_buffer(self.tokens, 0, tokens)
-            q.write_buffer(self.step, 0, np.array([pos, self.n, pos + self.n, 0], np.uint32))
-            enc = be.device.create_command_encoder()
-            dispatches, raw = self._lists[self._kind(pos + self.n - 1)]
-            self._record(enc, raw, dispatches)
-            for src, stage, v in self.outputs.values():
-                enc.copy_buffer_to_buffer(src, 0, stage, 0, _nbytes(v))
-            q.submit([enc.finish()])
-            out = {}
-            for name, (_, stage, v) in self.outputs.items():
-                stage.map_sync("READ")
-                data = stage.read_mapped(0, _nbytes(v), copy=True)
-                stage.unmap()
-                dt = np.int32 if v.dtype == "i32" else np.float32
-                out[name] = np.frombuffer(data, dt).reshape(v.shape).copy()
+            q.write_buffer(self.rows, 0, np.stack([slots, positions], 1).astype(np.uint32))
+            q.write_buffer(self.step, 0, np.array([0, self.n, 0, 0], np.uint32))
+
+    def _submit_read(self, kind: str) -> dict[str, np.ndarray]:
+        """Record the step list of `kind`, copy the outputs out, submit, read them back."""
+        be = self.be
+        q = be.queue
+        enc = be.device.create_command_encoder()
+        dispatches, raw = self._lists[kind]
+        self._record(enc, raw, dispatches)
+        for src, stage, v in self.outputs.values():
+            enc.copy_buffer_to_buffer(src, 0, stage, 0, _nbytes(v))
+        q.submit([enc.finish()])
+        out = {}
+        for name, (_, stage, v) in self.outputs.items():
+            stage.map_sync("READ")
+            data = stage.read_mapped(0, _nbytes(v), copy=True)
+            stage.unmap()
+            dt = np.int32 if v.dtype == "i32" else np.float32
+            out[name] = np.frombuffer(data, dt).reshape(v.shape).copy()
         return out
 
     def _record(self, enc, raw: list[tuple], dispatches: list[tuple], repeat: int = 1) -> None:

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import UnsupportedError
-from ..quants import GGMLType
-from . import webgpu_repack as repack
-from .base import Node, Value
+from ...errors import UnsupportedError
+from ...quants import GGMLType
+from ..base import Node, Value
+from . import repack
 
 if TYPE_CHECKING:
-    from .webgpu import WebGPUBackend
+    from .backend import WebGPUBackend
 
 _FILE = "rwkv.wgsl"
 _WG = 64  # rwkv.wgsl's WG
@@ -29,11 +29,14 @@ _WKV_MAX = 64  # rwkv.wgsl's WKV_MAX: the most state values a thread keeps in re
 # -- state buffers (called from WebGPUBackend) -------------------------------------------------
 
 def init_state(be: WebGPUBackend, spec) -> None:
-    """One zeroed float32 buffer per name of spec.state, in be.state."""
+    """One zeroed float32 buffer per name of spec.state, in be.state: spec.n_seq slots of the
+    name's n values one after another (be.state_sizes holds n, one slot's share)."""
     be.state = {}
     be.state_sizes = dict(spec.state)
+    be.state_slots = spec.n_seq
     for name, n in spec.state:
-        be.state[name] = be.buffer(4 * n, "STORAGE|COPY_SRC|COPY_DST", f"state {name}")
+        be.state[name] = be.buffer(4 * n * spec.n_seq, "STORAGE|COPY_SRC|COPY_DST",
+                                   f"state {name}")
     reset_state(be)
 
 
@@ -43,22 +46,27 @@ def free_state(be: WebGPUBackend) -> None:
     be.state, be.state_sizes = {}, {}
 
 
-def reset_state(be: WebGPUBackend) -> None:
+def reset_state(be: WebGPUBackend, slot: int | None = None) -> None:
     with be.errors("zeroing the recurrent state"):
         for name, buf in getattr(be, "state", {}).items():
-            be.queue.write_buffer(buf, 0, np.zeros(be.state_sizes[name], np.float32))
+            n = be.state_sizes[name]
+            if slot is None:
+                be.queue.write_buffer(buf, 0, np.zeros(n * be.state_slots, np.float32))
+            else:
+                be.queue.write_buffer(buf, 4 * n * slot, np.zeros(n, np.float32))
 
 
-def get_state(be: WebGPUBackend) -> dict[str, np.ndarray]:
+def get_state(be: WebGPUBackend, slot: int = 0) -> dict[str, np.ndarray]:
     out = {}
     with be.errors("reading the recurrent state"):
         for name, buf in getattr(be, "state", {}).items():
             n = be.state_sizes[name]
-            out[name] = np.frombuffer(be.queue.read_buffer(buf, 0, 4 * n), np.float32).copy()
+            data = be.queue.read_buffer(buf, 4 * n * slot, 4 * n)
+            out[name] = np.frombuffer(data, np.float32).copy()
     return out
 
 
-def set_state(be: WebGPUBackend, state: dict[str, np.ndarray]) -> None:
+def set_state(be: WebGPUBackend, state: dict[str, np.ndarray], slot: int = 0) -> None:
     with be.errors("writing the recurrent state"):
         for name, v in state.items():
             if name not in be.state:
@@ -66,7 +74,7 @@ def set_state(be: WebGPUBackend, state: dict[str, np.ndarray]) -> None:
             v = np.ascontiguousarray(v, np.float32).reshape(-1)
             if v.size != be.state_sizes[name]:
                 raise ValueError(f"state {name!r} has {be.state_sizes[name]} values, got {v.size}")
-            be.queue.write_buffer(be.state[name], 0, v)
+            be.queue.write_buffer(be.state[name], 4 * v.size * slot, v)
 
 
 # -- lowering ----------------------------------------------------------------------------------
@@ -146,8 +154,14 @@ class RwkvOps:
         rows, d = math.prod(x.shape[:-1]), x.cols
         self._dispatch(_FILE, "kernel_token_shift_f32",
                        {0: self._arg(("kargs_rwkv", {"n_rows": rows, "n_cols": d})),
-                        1: self.buf(node.out), 2: self._state_of(node, d), 3: self.buf(x)},
-                       self._grid1(d, _WG))
+                        1: self.buf(node.out), 2: self._state_of(node, d), 3: self.buf(x),
+                        **self._slot_bindings()},
+                       self._grid1(d, _WG), consts={"ROWS": self.g.rows})
+
+    def _slot_bindings(self) -> dict[int, Any]:
+        """The state ops' slot: the step (one slot for the run) and the rows' (slot, position)
+        pairs in rows mode (rwkv.wgsl's slot_base)."""
+        return {9: self.step, 10: self.rows if self.g.rows else self.be.dummy}
 
     def _state_of(self, node: Node, n: int) -> Any:
         name = node.attrs["state"]
@@ -164,9 +178,9 @@ class RwkvOps:
             raise UnsupportedError(f"webgpu: {node.op} with head size {s} (a power of two up "
                                    f"to {_WKV_MAX} is supported)")
         b = {0: self._arg(("kargs_rwkv", {"n_rows": rows, "n_cols": cols, "group": s})),
-             1: self.buf(node.out), 2: self._state_of(node, cols * s)}
+             1: self.buf(node.out), 2: self._state_of(node, cols * s), **self._slot_bindings()}
         b.update({3 + i: self.buf(v) for i, v in enumerate(inputs)})
-        self._dispatch(_FILE, entry, b, (-(-cols // _WG),))
+        self._dispatch(_FILE, entry, b, (-(-cols // _WG),), consts={"ROWS": self.g.rows})
 
     def _op_wkv6(self, node: Node) -> None:
         self._wkv(node, "kernel_wkv6_f32", list(node.args))

@@ -85,7 +85,7 @@ fn kernel_attn_prefill_f32(ids: Ids) {
             for (var i = 0u; i < 4u; i++) {
                 let jp = j0 + 4u * jq + i;
                 if (jp <= kmax) {
-                    v[i] = kc4[(jp % args.ring) * kvd4 + kvh * D4 + e4];
+                    v[i] = kc4[(step.slot * args.ring + jp % args.ring) * kvd4 + kvh * D4 + e4];
                 }
             }
             let vt = transpose(mat4x4<f32>(v[0], v[1], v[2], v[3]));
@@ -122,7 +122,7 @@ fn kernel_attn_prefill_f32(ids: Ids) {
             let jj = q / D4;
             var v = vec4<f32>(0.0);
             if (j0 + jj <= kmax) {
-                v = vc4[((j0 + jj) % args.ring) * kvd4 + kvh * D4 + q % D4];
+                v = vc4[(step.slot * args.ring + (j0 + jj) % args.ring) * kvd4 + kvh * D4 + q % D4];
             }
             kt[q] = vec4<TILE>(v);
         }

@@ -53,7 +53,7 @@ fn weigh_block(ids: Ids, kvh: u32, jp: u32, end: u32, m: ptr<function, array<f32
         for (var g = 0u; g < G; g++) {
             sc[g] = 0.0;
         }
-        let kb = (jp % args.ring) * args.n_kv_head * D4 + kvh * D4;
+        let kb = (step.slot * args.ring + jp % args.ring) * args.n_kv_head * D4 + kvh * D4;
         for (var e = 0u; e < D4; e++) {
             let kv = kc4[kb + e];
             for (var g = 0u; g < G; g++) {
@@ -128,7 +128,7 @@ fn kernel_attn_decode_f32(ids: Ids) {
                 let vb = kvh * D4 + pr % D4;
                 for (var jj = ksub; jj < nv; jj += KSPL) {
                     let pv = pd[g * WG + jj];
-                    a += pv * vc4[((j0 + jj) % args.ring) * kvd4 + vb];
+                    a += pv * vc4[(step.slot * args.ring + (j0 + jj) % args.ring) * kvd4 + vb];
                     ll += pv;
                 }
                 acc[r] = a;
@@ -222,7 +222,7 @@ fn attend_direct(ids: Ids) {
                 for (var u = 0u; u < VU; u++) {
                     let jj = j + u * KS;
                     if (jj < nv) {
-                        vv[u] = vc4[((j0 + jj) % args.ring) * kvd4 + vb];
+                        vv[u] = vc4[(step.slot * args.ring + (j0 + jj) % args.ring) * kvd4 + vb];
                     }
                 }
                 for (var u = 0u; u < VU; u++) {
@@ -443,7 +443,7 @@ fn prologue(ids: Ids, kvh: u32, p: u32, s0: u32, s1: u32) {
     }
     if (s0 <= p && p < s1) {
         let kvd4 = args.n_kv_head * D4;
-        let row = (p % args.ring) * kvd4 + kvh * D4;
+        let row = (step.slot * args.ring + p % args.ring) * kvd4 + kvh * D4;
         let kb = kvh * D4;
         for (var i = ids.lid; i < h4; i += WG) {
             if (NEOX) {

@@ -5,7 +5,7 @@ struct kargs_step {
     pos: u32,
     n_tokens: u32,
     n_kv: u32,
-    _pad0: u32,
+    slot: u32,
 }
 
 struct kargs_get_rows {
@@ -200,4 +200,26 @@ struct kargs_mul_mat_blocks {
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
+}
+
+struct kargs_sample_rows {
+    n_cols: u32,
+    chunk: u32,
+    n_parts: u32,
+    lp_base: u32,
+}
+
+struct kargs_sample_row {
+    mode: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p: f32,
+    min_p: f32,
+    u: f32,
+    repeat_penalty: f32,
+    frequency_penalty: f32,
+    presence_penalty: f32,
+    n_window: u32,
+    n_bias: u32,
+    logprobs: i32,
 }

@@ -1,5 +1,5 @@
 // Writes k and v (n_rows x kv_dim) into a layer's cache at positions pos + row; a ring layer
-// (sliding window) keeps position p in row p % ring. One thread per value; 2-D grid.
+// (sliding window) keeps position p in row p % ring; the run's slot owns rows slot * ring... One thread per value; 2-D grid.
 
 const WG: u32 = 64u;
 
@@ -17,7 +17,7 @@ fn kernel_kv_store_f32(ids: Ids) {
         return;
     }
     let row = i / args.kv_dim;
-    let dst = ((step.pos + row) % args.ring) * args.kv_dim + i % args.kv_dim;
+    let dst = (step.slot * args.ring + (step.pos + row) % args.ring) * args.kv_dim + i % args.kv_dim;
     kc[dst] = k[i];
     vc[dst] = v[i];
 }

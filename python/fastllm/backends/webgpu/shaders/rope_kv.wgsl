@@ -70,7 +70,7 @@ fn rotate(a: kargs_rope, gid: u32, is_q: bool) -> Pair {
 // cache index of flat value index e of k or v (rows of kv_dim)
 fn cache_at(e: u32) -> u32 {
     let dim = args.kv.kv_dim;
-    return ((step.pos + e / dim) % args.kv.ring) * dim + e % dim;
+    return (step.slot * args.kv.ring + (step.pos + e / dim) % args.kv.ring) * dim + e % dim;
 }
 
 @compute @workgroup_size(WG)

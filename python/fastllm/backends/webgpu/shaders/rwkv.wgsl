@@ -20,6 +20,19 @@ const WKV_MAX: u32 = 64u;
 @group(0) @binding(6) var<storage, read> i3: array<f32>;
 @group(0) @binding(7) var<storage, read> i4: array<f32>;
 @group(0) @binding(8) var<storage, read> i5: array<f32>;
+// the state ops' slot: one for the whole run (the step's), or in rows mode (backends/base.py,
+// Graph.rows) each row's own; a state buffer holds the slots one after another
+@group(0) @binding(9) var<storage, read> rw_step: kargs_step;
+@group(0) @binding(10) var<storage, read> rw_rows: array<vec2<u32>>;
+const ROWS: bool = false;
+
+// the first state value of row t's slot, for states of per_slot values
+fn slot_base(t: u32, per_slot: u32) -> u32 {
+    if (ROWS) {
+        return rw_rows[t].x * per_slot;
+    }
+    return rw_step.slot * per_slot;
+}
 
 fn gidx(ids: Ids) -> u32 {
     return (ids.wg.y * ids.nwg.x + ids.wg.x) * WG + ids.lid;
@@ -189,13 +202,22 @@ fn kernel_token_shift_f32(ids: Ids) {
     if (c >= d) {
         return;
     }
-    var prev = st[c];
+    if (ROWS) {  // each row one step of its own slot's sequence
+        for (var t = 0u; t < rw_args.n_rows; t++) {
+            let at = slot_base(t, d) + c;
+            y[t * d + c] = st[at];
+            st[at] = i0[t * d + c];
+        }
+        return;
+    }
+    let at = slot_base(0u, d) + c;
+    var prev = st[at];
     for (var t = 0u; t < rw_args.n_rows; t++) {
         let cur = i0[t * d + c];
         y[t * d + c] = prev;
         prev = cur;
     }
-    st[c] = prev;
+    st[at] = prev;
 }
 
 // -- wkv6 / wkv7: the recurrence over all rows in one dispatch. Thread c (a channel: head
@@ -217,17 +239,20 @@ fn kernel_wkv6_f32(ids: Ids) {
     let live = c < C;
     let j = ids.lid % S;
     let hb = ids.lid - j;  // the head's first slot in workgroup memory
-    let sbase = (c - j) * S + j;  // s[h, i, j] = st[sbase + i * S]
+    let sbase = (c - j) * S + j;  // s[h, i, j] = st[sbase + i * S] (of the slot)
     var s: array<f32, WKV_MAX>;
     if (live) {
-        for (var i = 0u; i < S; i++) {
-            s[i] = st[sbase + i * S];
-        }
         sh_a[ids.lid] = i4[c];  // u
     } else {
         sh_a[ids.lid] = 0.0;
     }
     for (var t = 0u; t < rw_args.n_rows; t++) {
+        if (live && (t == 0u || ROWS)) {  // rows mode: each row its own slot's state
+            let sb = slot_base(t, C * S) + sbase;
+            for (var i = 0u; i < S; i++) {
+                s[i] = st[sb + i * S];
+            }
+        }
         workgroupBarrier();
         var vj = 0.0;
         if (live) {
@@ -250,10 +275,11 @@ fn kernel_wkv6_f32(ids: Ids) {
         if (live) {
             y[t * C + c] = o;
         }
-    }
-    if (live) {
-        for (var i = 0u; i < S; i++) {
-            st[sbase + i * S] = s[i];
+        if (live && (t + 1u == rw_args.n_rows || ROWS)) {
+            let sb = slot_base(t, C * S) + sbase;
+            for (var i = 0u; i < S; i++) {
+                st[sb + i * S] = s[i];
+            }
         }
     }
 }
@@ -266,14 +292,15 @@ fn kernel_wkv7_f32(ids: Ids) {
     let c = ids.wg.x * WG + ids.lid;
     let live = c < C;
     let hb = ids.lid - ids.lid % S;
-    let sbase = c * S;  // s[h, i, j] = st[(h * S + i) * S + j] and c = h * S + i
+    let sbase = c * S;  // s[h, i, j] = st[(h * S + i) * S + j] (of the slot), c = h * S + i
     var s: array<f32, WKV_MAX>;
-    if (live) {
-        for (var j = 0u; j < S; j++) {
-            s[j] = st[sbase + j];
-        }
-    }
     for (var t = 0u; t < rw_args.n_rows; t++) {
+        if (live && (t == 0u || ROWS)) {  // rows mode: each row its own slot's state
+            let sb = slot_base(t, C * S) + sbase;
+            for (var j = 0u; j < S; j++) {
+                s[j] = st[sb + j];
+            }
+        }
         workgroupBarrier();
         var vi = 0.0;
         let e = t * C + c;
@@ -305,10 +332,11 @@ fn kernel_wkv7_f32(ids: Ids) {
         if (live) {
             y[e] = o;
         }
-    }
-    if (live) {
-        for (var j = 0u; j < S; j++) {
-            st[sbase + j] = s[j];
+        if (live && (t + 1u == rw_args.n_rows || ROWS)) {
+            let sb = slot_base(t, C * S) + sbase;
+            for (var j = 0u; j < S; j++) {
+                st[sb + j] = s[j];
+            }
         }
     }
 }

@@ -1,0 +1,433 @@
+"""`Engine`: many sequences at once on one model, with continuous batching.
+
+Requests arrive and leave at any time. Each active request owns one of the model's slots
+(`Model.load(..., n_seq=N)`); a step of the engine's thread runs at most one chunk of a new
+prompt (so running streams keep producing tokens while a long prompt is read) and then one
+decode step for every sequence that is generating, which reads the weights once for all of
+them (`Model.decode_rows_sampled`). Each row has its own sampling chain and its own seeded
+generator, so a request's tokens do not depend on what else runs beside it (up to the float
+rounding of a batched product on GPU backends). A new prompt takes the free slot whose cached
+tokens share the longest prefix with it, and evaluates only the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ContextOverflowError, FastLLMError
+from .sampling import RowSampling, sample_row
+
+FINISH_REASONS = ("stop", "length", "context", "cancelled")
+
+
+@dataclass
+class Usage:
+    """Token counts of a request: its prompt, what it generated, and how many prompt tokens
+    were found in the cache (not evaluated again)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class TokenLogprob:
+    """The chosen token's log-probability and the top alternatives (id, log-probability),
+    largest first, under the model's raw distribution (fastllm.sampling.sample_row)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+class Request:
+    """One submitted generation. Iterate it (from any thread) or `async for` over `stream()`
+    for its text pieces as they come; `text()` waits for the whole text. `token_ids`,
+    `finish_reason` ("stop", "length", "context" or "cancelled"), `usage` and `logprobs` (when
+    asked) fill in as it runs. `cancel()` stops it at any time and frees its slot."""
+
+    def __init__(self, engine: Engine, ids: list[int], max_tokens: int | None,
+                 stops: list[str], sampling: RowSampling, seed: int | None):
+        self._engine = engine
+        self.prompt_ids = ids
+        self.max_tokens = max_tokens
+        self.stops = stops
+        self.sampling = sampling
+        self.rng = np.random.default_rng(seed)
+        self.token_ids: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = [] if sampling.logprobs is not None else None
+        self.finish_reason: str | None = None
+        self.usage = Usage(prompt_tokens=len(ids))
+        self.error: BaseException | None = None
+        self._pieces: list[str] = []
+        self._cond = threading.Condition()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._cancel = False
+        # engine-side state
+        self.slot: int | None = None
+        self.n_prefilled = 0  # prompt tokens already in the slot
+        self._decoder = None
+        self._pending = ""  # text held back: it may begin a stop string
+
+    # -- consumer side -------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    def cancel(self) -> None:
+        """Stop generating; the request ends with finish_reason "cancelled" (unless it ended)."""
+        self._cancel = True
+        self._engine._wake()
+
+    def __iter__(self) -> Iterator[str]:
+        i = 0
+        while True:
+            with self._cond:
+                while i >= len(self._pieces) and not self.done:
+                    self._cond.wait()
+                pieces = self._pieces[i:]
+                finished = self.done
+            for p in pieces:
+                yield p
+            i += len(pieces)
+            if finished and i >= len(self._pieces):
+                if self.error is not None:
+                    raise self.error
+                return
+
+    async def stream(self) -> AsyncIterator[str]:
+        """The text pieces for asyncio code (the engine's thread wakes the awaiting loop)."""
+        loop = asyncio.get_running_loop()
+        ev = asyncio.Event()
+        with self._cond:
+            self._waiters.append((loop, ev))
+        try:
+            i = 0
+            while True:
+                with self._cond:
+                    pieces = self._pieces[i:]
+                    finished = self.done
+                    ev.clear()
+                for p in pieces:
+                    yield p
+                i += len(pieces)
+                if finished:
+                    with self._cond:
+                        rest = self._pieces[i:]
+                    for p in rest:
+                        yield p
+                    if self.error is not None:
+                        raise self.error
+                    return
+                if not pieces:
+                    await ev.wait()
+        finally:
+            with self._cond:
+                self._waiters = [w for w in self._waiters if w[1] is not ev]
+
+    def text(self) -> str:
+        """Wait for the end; the whole text."""
+        return "".join(self)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the end (True) or the timeout (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.done, timeout)
+
+    # -- engine side ---------------------------------------------------------------------------
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+            for loop, ev in self._waiters:
+                loop.call_soon_threadsafe(ev.set)
+
+    def _emit(self, piece: str) -> None:
+        if piece:
+            with self._cond:
+                self._pieces.append(piece)
+            self._notify()
+
+    def _finish(self, reason: str | None, error: BaseException | None = None) -> None:
+        with self._cond:
+            if self.done:
+                return
+            if error is None and self._pending:
+                self._pieces.append(self._pending)
+            self._pending = ""
+            self.error = error
+            self.finish_reason = reason if error is None else None
+        self._notify()
+
+
+class Engine:
+    """Runs a model's requests on a thread of its own: `submit()` returns a Request at once.
+    One engine per model; while it runs, call the model only through it. `close()` (or a with
+    block) cancels what is left and stops the thread."""
+
+    def __init__(self, model: Any, max_queue: int | None = None):
+        self.model = model
+        self.max_queue = max_queue
+        self.n_seq = model.n_seq
+        self._queue: deque[Request] = deque()
+        self._active: dict[int, Request] = {}  # slot -> request
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._closed = False
+        self._rr = 0  # which prefilling request gets the next chunk (round robin)
+        self._thread = threading.Thread(target=self._run, name="fastllm-engine", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Engine:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- submitting ----------------------------------------------------------------------------
+    def submit(self, prompt: str | Sequence[int], max_tokens: int | None = 256,
+               stop: str | Sequence[str] | None = None, temperature: float = 0.8,
+               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+               repeat_penalty: float = 1.0, repeat_last_n: int = 64,
+               presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+               logit_bias: dict[int, float] | None = None, seed: int | None = None,
+               logprobs: int | None = None) -> Request:
+        """Queue a generation of up to max_tokens tokens (None: until the end of generation or
+        a full context) after `prompt` (text, or token ids). Arguments as Model.generate, plus
+        presence_penalty and frequency_penalty (OpenAI's, over the penalty window of
+        repeat_last_n ids), logit_bias ({token id: bias}) and logprobs (None, or how many top
+        alternatives to report with each token's log-probability, 0..20). Bad arguments raise
+        here, before anything is queued."""
+        if self._closed:
+            raise FastLLMError("the engine is closed")
+        m = self.model
+        if max_tokens is not None and (isinstance(max_tokens, bool)
+                                       or not isinstance(max_tokens, int) or max_tokens < 0):
+            raise ValueError(f"max_tokens must be an int >= 0 or None, got {max_tokens!r}")
+        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+        if not all(isinstance(s, str) for s in stops):
+            raise ValueError("stop must be a string or a list of strings")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        bias = tuple(sorted((int(k), float(v)) for k, v in (logit_bias or {}).items()))
+        params = RowSampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                             repeat_penalty=repeat_penalty,
+                             presence_penalty=presence_penalty,
+                             frequency_penalty=frequency_penalty, last_n=repeat_last_n,
+                             logit_bias=bias, logprobs=logprobs)
+        params.check(m.n_vocab)
+        ids = m.prompt_ids(prompt)
+        m._check_ids(ids)  # token ids in range; a prompt longer than the context raises
+        if not ids:
+            raise ValueError("empty prompt: give at least one token (e.g. BOS)")
+        if len(ids) >= m.n_ctx and max_tokens != 0:
+            raise ContextOverflowError(f"a prompt of {len(ids)} tokens leaves no room to "
+                                       f"generate in a context of {m.n_ctx} (load with a larger "
+                                       f"n_ctx)")
+        req = Request(self, list(ids), max_tokens, stops, params, seed)
+        with self._lock:
+            if self.max_queue is not None and len(self._queue) >= self.max_queue:
+                raise FastLLMError(f"the engine's queue is full ({self.max_queue} waiting)")
+            self._queue.append(req)
+        self._wake()
+        return req
+
+    def close(self) -> None:
+        """Cancel every request left and stop the engine's thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        self._thread.join()
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a slot."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        """Requests holding a slot."""
+        return len(self._active)
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    # -- the engine's thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._wakeup.clear()
+            if self._closed:
+                break
+            try:
+                worked = self._step()
+            except BaseException as e:  # a backend failure ends the running requests, loudly
+                for req in list(self._active.values()):
+                    req._finish(None, e)
+                self._active.clear()
+                worked = True
+            if not worked:
+                self._wakeup.wait()
+        with self._lock:
+            left = list(self._active.values()) + list(self._queue)
+            self._active.clear()
+            self._queue.clear()
+        for req in left:
+            req._finish("cancelled")
+
+    def _step(self) -> bool:
+        """One round: drop cancelled requests, give free slots to waiting requests, run one
+        prompt chunk, then one decode step of every generating sequence. False when idle."""
+        for slot, req in list(self._active.items()):
+            if req._cancel:
+                self._release(slot, "cancelled")
+        with self._lock:
+            for req in [r for r in self._queue if r._cancel]:
+                self._queue.remove(req)
+                req._finish("cancelled")
+        self._admit()
+        if not self._active:
+            return False
+        prefilling = [r for r in self._active.values() if r.n_prefilled < len(r.prompt_ids)]
+        if prefilling:
+            self._prefill_chunk(prefilling[self._rr % len(prefilling)])
+            self._rr += 1
+        decoding = [r for r in self._active.values()
+                    if r.n_prefilled == len(r.prompt_ids) and not r.done]
+        if decoding:
+            self._decode(decoding)
+        return True
+
+    def _admit(self) -> None:
+        m = self.model
+        with self._lock:
+            while self._queue and len(self._active) < self.n_seq:
+                req = self._queue.popleft()
+                free = [s for s in range(self.n_seq) if s not in self._active]
+                # the free slot whose cache shares the longest prefix; ties: the emptiest
+                slot = max(free, key=lambda s: (m.common_prefix(req.prompt_ids, s),
+                                                -len(m._slot_tokens[s])))
+                cached = m.common_prefix(req.prompt_ids, slot)
+                req.slot = slot
+                req.usage.cached_tokens = cached
+                req.n_prefilled = 0
+                self._active[slot] = req
+        self._start_text_all()
+
+    def _start_text_all(self) -> None:
+        for req in self._active.values():
+            if req._decoder is None:
+                from .tokenizer import StreamDecoder
+
+                req._decoder = StreamDecoder(self.model.tokenizer)
+
+    def _prefill_chunk(self, req: Request) -> None:
+        """The next chunk of req's prompt (model.n_batch tokens past what its slot holds); the
+        last one gives the logits of its first token."""
+        m = self.model
+        ids = req.prompt_ids
+        have = max(req.n_prefilled, m.common_prefix(ids, req.slot))
+        end = min(len(ids), have + m.n_batch)
+        last = end == len(ids)
+        logits = m.prefill(ids[:end], req.slot, logits=last)
+        req.n_prefilled = end
+        if not last:
+            return
+        if req.max_tokens == 0:
+            self._release(req.slot, "length")
+            return
+        p = req.sampling
+        u = float(req.rng.random()) if p.temperature > 0 else 0.0
+        s = sample_row(logits, p, u, self._window(req, ids))
+        self._accept(req, s)
+
+    def _window(self, req: Request, ids: Sequence[int]) -> list[int]:
+        n = req.sampling.last_n
+        return list(ids[-n:]) if n else []
+
+    def _decode(self, reqs: list[Request]) -> None:
+        m = self.model
+        toks, slots, params, us, windows = [], [], [], [], []
+        for r in reqs:
+            toks.append(r.token_ids[-1])
+            slots.append(r.slot)
+            params.append(r.sampling)
+            # one number per step from the request's own generator, as Model.generate draws
+            us.append(float(r.rng.random()) if r.sampling.temperature > 0 else 0.0)
+            hist = r.prompt_ids + r.token_ids
+            windows.append(self._window(r, hist))
+        out = m.decode_rows_sampled(toks, slots, params, us, windows)
+        for r, s in zip(reqs, out):
+            self._accept(r, s)
+
+    def _accept(self, req: Request, s: Any) -> None:
+        """A sampled token of req: the end of generation, or text out (stop strings held
+        back), then the length and context limits."""
+        m = self.model
+        if req._cancel:
+            self._release(req.slot, "cancelled")
+            return
+        tok = int(s.id)
+        if tok in m.tokenizer.eog_ids:
+            self._release(req.slot, "stop")
+            return
+        req.token_ids.append(tok)
+        req.usage.completion_tokens += 1
+        if req.logprobs is not None:
+            req.logprobs.append(TokenLogprob(tok, float(s.logprob), list(s.top or [])))
+        if self._text(req, tok):
+            self._release(req.slot, "stop")
+            return
+        if req.max_tokens is not None and len(req.token_ids) >= req.max_tokens:
+            self._release(req.slot, "length")
+        elif len(req.prompt_ids) + len(req.token_ids) >= m.n_ctx:
+            self._release(req.slot, "context")
+
+    def _text(self, req: Request, tok: int) -> bool:
+        """Feed tok's text; True when a stop string appeared (the text before it is out)."""
+        from .generate import _held_back
+
+        req._pending += req._decoder.feed(tok)
+        if req.stops:
+            hits = [i for i in (req._pending.find(s) for s in req.stops) if i >= 0]
+            if hits:
+                req._emit(req._pending[:min(hits)])
+                req._pending = ""
+                return True
+            keep = _held_back(req._pending, req.stops)
+            out = req._pending[:len(req._pending) - keep]
+            req._pending = req._pending[len(req._pending) - keep:]
+        else:
+            out, req._pending = req._pending, ""
+        req._emit(out)
+        return False
+
+    def _release(self, slot: int, reason: str) -> None:
+        """End the request in `slot`; the slot keeps its cache for a later prompt that shares
+        its prefix."""
+        req = self._active.pop(slot, None)
+        if req is None:
+            return
+        if req._decoder is not None and not (reason == "stop" and req.stops and not req._pending):
+            req._pending += req._decoder.flush()
+            hits = [i for i in (req._pending.find(s) for s in req.stops) if i >= 0]
+            if hits:  # the flushed text completed a stop string
+                req._pending = req._pending[:min(hits)]
+        self._wake()
+        req._finish(reason)
+
+
+def run_all(model: Any, prompts: Sequence[Any], **kwargs) -> list[str]:
+    """The texts of several prompts generated together (Model.generate with a list)."""
+    with Engine(model) as eng:
+        reqs = [eng.submit(p, **kwargs) for p in prompts]
+        return [r.text() for r in reqs]
+
+
+__all__ = ["Engine", "FINISH_REASONS", "Request", "TokenLogprob", "Usage", "run_all"]
