@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -11,7 +12,7 @@ import numpy as np
 
 from .backends import create_backend
 from .backends.base import Backend, KVSpec, Program
-from .errors import ContextOverflowError, GGUFError
+from .errors import BackendError, ContextOverflowError, GGUFError
 from .generate import generate_text, generate_token_ids
 from .gguf import GGUFFile, open_gguf
 from .models import architecture_for
@@ -37,18 +38,22 @@ class Model:
         self.n_ctx = kv_spec.n_ctx
         self.n_batch = n_batch
         self.load_seconds = load_seconds
-        self._programs: dict[tuple[int, bool], Program] = {}
-        self._cached: list[int] = []  # tokens whose K/V are in the cache, in position order
+        self._programs: dict[tuple[int, bool, bool], Program] = {}
+        self.n_seq = kv_spec.n_seq
+        # per slot: the tokens whose K/V (or state) it holds, in position order
+        self._slot_tokens: list[list[int]] = [[] for _ in range(self.n_seq)]
         self._chat = None
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str | Backend | None = None,
              n_ctx: int | None = None,
-             n_batch: int = DEFAULT_N_BATCH) -> Model:
+             n_batch: int = DEFAULT_N_BATCH, n_seq: int = 1) -> Model:
         """Load a GGUF model. `backend`: "reference", "webgpu", "metal" or None (the best one
         available). `n_ctx`: context length; None means min(training context, 4096) (recurrent
-        models: the training context). A known
+        models: the training context), per sequence. `n_seq`: how many sequences the model
+        holds at once (slots, each with its own cache of n_ctx positions or its own recurrent
+        state), for fastllm.Engine and lists of prompts; memory grows n_seq times. A known
         model name (e.g. "smollm2-135m") that is not a file is pulled first."""
         from .pull import KNOWN, pull
 
@@ -76,6 +81,8 @@ class Model:
             n_ctx = cfg.n_ctx_train if arch_cls.recurrent else min(cfg.n_ctx_train, DEFAULT_N_CTX)
         if not isinstance(n_ctx, int) or n_ctx < 1:
             raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
+        if isinstance(n_seq, bool) or not isinstance(n_seq, int) or n_seq < 1:
+            raise ValueError(f"n_seq must be a positive int, got {n_seq!r}")
         n_batch = max(1, min(n_batch, n_ctx))
         be = create_backend(backend)
         try:
@@ -87,8 +94,15 @@ class Model:
                 net.build(1, False)
             except GGUFError as e:
                 raise GGUFError(f"{f.path}: {e}") from None
-            spec = net.kv_spec(n_ctx, n_batch)
-            be.init_kv(spec)
+            spec = dataclasses.replace(net.kv_spec(n_ctx, n_batch), n_seq=n_seq)
+            try:
+                be.init_kv(spec)
+            except BackendError as e:
+                if n_seq == 1:
+                    raise
+                raise BackendError(f"the caches of n_seq={n_seq} sequences of n_ctx={n_ctx} "
+                                   f"positions do not fit the device ({e}); load with a smaller "
+                                   f"n_seq or n_ctx") from None
         except BaseException:
             be.close()  # nothing half-loaded stays on the device
             raise
@@ -129,15 +143,36 @@ class Model:
         return self.tokenizer.decode(ids)
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _program(self, n: int, all_logits: bool) -> Program:
-        key = (n, all_logits)
+    def _program(self, n: int, all_logits: bool, rows: bool = False) -> Program:
+        key = (n, all_logits, rows)
         prog = self._programs.get(key)
         if prog is None:
-            if len(self._programs) > 16:  # odd prompt lengths: keep the decode program
-                self._programs = {k: v for k, v in self._programs.items() if k[0] == 1}
-            prog = self.backend.compile(self.net.build(n, all_logits))
+            if len(self._programs) > 16:  # odd prompt lengths: keep decode and rows programs
+                self._programs = {k: v for k, v in self._programs.items()
+                                  if k[0] == 1 or k[2]}
+            prog = self.backend.compile(self.net.build(n, all_logits, rows=rows))
             self._programs[key] = prog
         return prog
+
+    @property
+    def _cached(self) -> list[int]:
+        """Slot 0's cached tokens (the one-sequence API's memory)."""
+        return self._slot_tokens[0]
+
+    @_cached.setter
+    def _cached(self, tokens: list[int]) -> None:
+        self._slot_tokens[0] = tokens
+
+    def _check_slot(self, slot: int) -> int:
+        if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) \
+                or not 0 <= slot < self.n_seq:
+            raise ValueError(f"slot must be an int in 0..{self.n_seq - 1} (n_seq={self.n_seq}), "
+                             f"got {slot!r}")
+        return int(slot)
+
+    def cached_tokens(self, slot: int = 0) -> list[int]:
+        """The tokens whose K/V (or recurrent state) slot `slot` holds, in position order."""
+        return list(self._slot_tokens[self._check_slot(slot)])
 
     def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
         arr = np.asarray(list(ids), dtype=np.int64)
@@ -152,14 +187,14 @@ class Model:
                                        f"{self.config.n_ctx_train})")
         return arr.astype(np.int32)
 
-    def _eval(self, ids: np.ndarray, pos: int, all_logits: bool) -> np.ndarray:
-        """Run ids at positions pos.. through the network in batches; logits of the last token
-        (1, n_vocab), or of every token (n, n_vocab)."""
+    def _eval(self, ids: np.ndarray, pos: int, all_logits: bool, slot: int = 0) -> np.ndarray:
+        """Run ids at positions pos.. of slot `slot` through the network in batches; logits of
+        the last token (1, n_vocab), or of every token (n, n_vocab)."""
         out = []
         for s in range(0, len(ids), self.n_batch):
             chunk = ids[s:s + self.n_batch]
             last = s + self.n_batch >= len(ids)
-            r = self._program(len(chunk), all_logits).run(chunk, pos + s)
+            r = self._program(len(chunk), all_logits).run(chunk, pos + s, slot)
             if all_logits or last:
                 out.append(r["logits"])
         return np.concatenate(out) if all_logits else out[-1]
@@ -174,89 +209,146 @@ class Model:
         self._cached = list(map(int, arr))
         return r
 
-    def reset(self) -> None:
-        """Forget the cached tokens (and a recurrent state): the next prompt starts afresh."""
-        self._cached = []
-        self.backend.reset_state()
+    def reset(self, slot: int | None = None) -> None:
+        """Forget the cached tokens (and a recurrent state) of slot `slot` (None: every slot):
+        the next prompt there starts afresh."""
+        for s in range(self.n_seq) if slot is None else (self._check_slot(slot),):
+            self._slot_tokens[s] = []
+        self.backend.reset_state(slot)
 
-    def _reusable(self, ids: Sequence[int]) -> int:
-        """How many leading tokens of ids are already in the KV cache at the right positions."""
+    def common_prefix(self, ids: Sequence[int], slot: int = 0) -> int:
+        """How many leading tokens of ids slot `slot` could reuse (prefill would not evaluate)."""
+        cached = self._slot_tokens[self._check_slot(slot)]
         n = 0
-        for a, b in zip(self._cached, ids):
+        for a, b in zip(cached, ids):
             if a != b:
                 break
             n += 1
         spec = self.kv_spec
         if spec.recurrent:
-            # a recurrent state cannot roll back: reuse only an exact extension, else restart
-            if 0 < n == len(self._cached) < len(ids):
-                return n
-            self.backend.reset_state()
-            return 0
+            # a recurrent state cannot roll back: reuse only an exact extension
+            return n if 0 < n == len(cached) < len(ids) else 0
         # a ring (sliding-window) layer may have overwritten the rows a rollback needs
-        if (n < len(self._cached) and spec.sizes and min(spec.sizes) < spec.n_ctx
-                and len(self._cached) - n > min(spec.sizes) - self.config.sliding_window):
+        if (n < len(cached) and spec.sizes and min(spec.sizes) < spec.n_ctx
+                and len(cached) - n > min(spec.sizes) - self.config.sliding_window):
             return 0
         return min(n, len(ids) - 1)  # always evaluate the last token: its logits are needed
 
-    def save_state(self) -> dict:
-        """A snapshot of the model's memory (tokens seen and, for recurrent models, the state) to
-        continue a conversation later with restore_state() without re-reading its prefix."""
-        return {"tokens": list(self._cached), "state": self.backend.get_state()}
+    def _reusable(self, ids: Sequence[int], slot: int = 0) -> int:
+        """common_prefix, and a recurrent slot that cannot continue is reset."""
+        n = self.common_prefix(ids, slot)
+        if n == 0 and self.kv_spec.recurrent:
+            self.backend.reset_state(slot)
+        return n
 
-    def restore_state(self, snap: dict) -> None:
-        """Return to a snapshot taken with save_state(). For transformers the KV rows of the
-        snapshot's tokens must still be in the cache (no other prompt since); recurrent models
-        restore their state buffers."""
-        self.backend.set_state(snap["state"])
-        self._cached = list(snap["tokens"])
+    def save_state(self, slot: int = 0) -> dict:
+        """A snapshot of slot `slot`'s memory (tokens seen and, for recurrent models, the state)
+        to continue a conversation later with restore_state() without re-reading its prefix."""
+        slot = self._check_slot(slot)
+        return {"tokens": list(self._slot_tokens[slot]), "state": self.backend.get_state(slot)}
 
-    def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        """Evaluate a prompt, reusing the cached prefix it shares with the last one; the last
-        token's logits (n_vocab,)."""
+    def restore_state(self, snap: dict, slot: int = 0) -> None:
+        """Return slot `slot` to a snapshot taken with save_state(). For transformers the KV rows
+        of the snapshot's tokens must still be in that slot's cache (no other prompt there
+        since); recurrent models restore their state buffers."""
+        slot = self._check_slot(slot)
+        self.backend.set_state(snap["state"], slot)
+        self._slot_tokens[slot] = list(snap["tokens"])
+
+    def prefill(self, ids: Sequence[int], slot: int = 0, logits: bool = True) -> np.ndarray:
+        """Evaluate a prompt in slot `slot`, reusing the cached prefix it shares with that slot's
+        last one; the last token's logits (n_vocab,). With logits=False the prompt must
+        continue the slot's cached tokens and is evaluated in full (a chunk of a longer prompt:
+        fastllm.Engine); nothing is returned."""
+        slot = self._check_slot(slot)
         arr = self._check_ids(ids)
         if len(arr) == 0:
             raise ValueError("empty prompt: give at least one token (e.g. BOS)")
-        start = self._reusable(arr)
-        self._cached = self._cached[:start]
-        logits = self._eval(arr[start:], start, all_logits=False)[-1]
-        self._cached = list(map(int, arr))
-        return logits
+        start = self._reusable(arr, slot)
+        if not logits and start < len(arr):
+            n_cached = len(self._slot_tokens[slot])
+            if start == len(arr) - 1 and n_cached >= len(arr):
+                start = len(arr)  # the whole chunk is cached already
+        self._slot_tokens[slot] = self._slot_tokens[slot][:start]
+        out = None
+        if start < len(arr):
+            out = self._eval(arr[start:], start, all_logits=False, slot=slot)[-1]
+        self._slot_tokens[slot] = list(map(int, arr))
+        return out
 
-    def decode(self, token: int) -> np.ndarray:
-        """Append one token after the cached ones; its logits (n_vocab,)."""
-        pos = len(self._cached)
-        if pos >= self.n_ctx:
-            raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
-        r = self._program(1, False).run(np.array([token], np.int32), pos)["logits"][-1]
-        self._cached.append(int(token))
-        return r
-
-    def decode_greedy(self, token: int, n: int) -> list[int]:
-        """Append `token` after the cached ones and decode greedily: the n tokens that follow
-        (the last of them is not yet in the cache). On GPU backends the loop stays on the device."""
-        pos = len(self._cached)
+    def _next_pos(self, slot: int, n: int = 1) -> tuple[int, int]:
+        """(position of the next token of slot `slot`, how many of n steps fit its context)."""
+        pos = len(self._slot_tokens[slot])
         n = min(n, self.n_ctx - pos)
         if n <= 0:
             raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
-        toks = self._program(1, False).run_greedy(n, int(token), pos)
-        self._cached += [int(token)] + toks[:-1]
+        return pos, n
+
+    def decode(self, token: int, slot: int = 0) -> np.ndarray:
+        """Append one token after slot `slot`'s cached ones; its logits (n_vocab,)."""
+        slot = self._check_slot(slot)
+        pos, _ = self._next_pos(slot)
+        r = self._program(1, False).run(np.array([token], np.int32), pos, slot)["logits"][-1]
+        self._slot_tokens[slot].append(int(token))
+        return r
+
+    def decode_greedy(self, token: int, n: int, slot: int = 0) -> list[int]:
+        """Append `token` after slot `slot`'s cached ones and decode greedily: the n tokens that
+        follow (the last of them is not yet in the cache). On GPU backends the loop stays on the
+        device."""
+        slot = self._check_slot(slot)
+        pos, n = self._next_pos(slot, n)
+        toks = self._program(1, False).run_greedy(n, int(token), pos, slot)
+        self._slot_tokens[slot] += [int(token)] + toks[:-1]
         return toks
 
     def decode_sampled(self, token: int, n: int, chain: dict[str, float],
-                       uniforms: Sequence[float], recent: Sequence[int] = ()) -> list[int]:
+                       uniforms: Sequence[float], recent: Sequence[int] = (),
+                       slot: int = 0) -> list[int]:
         """As decode_greedy, each token drawn by fastllm.sampling's chain (`chain`: make_sampler's
         `chain`) with uniforms[i] for step i. `recent` is the history so far, ending with
         `token`: the repetition penalty's first window is its last last_n ids. On GPU backends
         the loop stays on the device."""
-        pos = len(self._cached)
-        n = min(n, self.n_ctx - pos)
-        if n <= 0:
-            raise ContextOverflowError(f"the context of {self.n_ctx} tokens is full")
+        slot = self._check_slot(slot)
+        pos, n = self._next_pos(slot, n)
         toks = self._program(1, False).run_sampled(n, int(token), pos, chain,
-                                                   np.asarray(uniforms)[:n], recent)
-        self._cached += [int(token)] + toks[:-1]
+                                                   np.asarray(uniforms)[:n], recent, slot)
+        self._slot_tokens[slot] += [int(token)] + toks[:-1]
         return toks
+
+    def _rows_args(self, tokens: Sequence[int], slots: Sequence[int]):
+        slots = [self._check_slot(s) for s in slots]
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"each slot may appear once in a decode step, got {slots}")
+        toks = self._check_ids(tokens)
+        if len(toks) != len(slots) or not slots:
+            raise ValueError(f"decode_rows: {len(toks)} tokens for {len(slots)} slots")
+        pos = [self._next_pos(s)[0] for s in slots]
+        return (toks, np.asarray(slots, np.int32), np.asarray(pos, np.int32),
+                self._program(len(slots), True, rows=True))
+
+    def decode_rows(self, tokens: Sequence[int], slots: Sequence[int]) -> np.ndarray:
+        """One decode step of several sequences at once: tokens[r] goes after the cached tokens
+        of slot slots[r]. The weights are read once for all rows. Logits (len(slots), n_vocab)."""
+        toks, sl, pos, prog = self._rows_args(tokens, slots)
+        out = prog.run_rows(toks, sl, pos)["logits"]
+        for t, s in zip(toks, sl):
+            self._slot_tokens[s].append(int(t))
+        return out
+
+    def decode_rows_sampled(self, tokens: Sequence[int], slots: Sequence[int],
+                            params: Sequence[Any], uniforms: Sequence[float],
+                            windows: Sequence[Sequence[int]]) -> list[Any]:
+        """decode_rows, then each row's next token drawn by fastllm.sampling.sample_row with
+        params[r] (RowSampling), uniforms[r] and the penalty ids windows[r]: a
+        fastllm.sampling.Sampled per row. GPU backends sample on the device and read back only
+        the tokens (and the log-probabilities rows ask for)."""
+        toks, sl, pos, prog = self._rows_args(tokens, slots)
+        out = prog.run_rows_sampled(toks, sl, pos, list(params),
+                                    np.asarray(uniforms, np.float32), list(windows))
+        for t, s in zip(toks, sl):
+            self._slot_tokens[s].append(int(t))
+        return out
 
     # -- generation ----------------------------------------------------------------------------
     def prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
@@ -275,7 +367,22 @@ class Model:
                  stop: str | Sequence[str] | None = None, stream: bool = False):
         """The continuation of prompt as text (or, with stream=True, an iterator of pieces whose
         concatenation is that text). Stops at end-of-generation tokens, at any `stop` string
-        (not included), at max_tokens, or when the context is full. temperature=0 is greedy."""
+        (not included), at max_tokens, or when the context is full. temperature=0 is greedy.
+
+        A list of prompts (texts, or lists of token ids) gives a list of texts in the same
+        order: generated together by a fastllm.Engine when the model holds several sequences
+        (Model.load(..., n_seq=N)), else one after another; each as it would be alone."""
+        if _is_batch(prompt):
+            if stream:
+                raise ValueError("stream=True takes one prompt, not a list (use fastllm.Engine "
+                                 "to stream several)")
+            kw = dict(stop=stop, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                      top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed)
+            if self.n_seq > 1 and len(prompt) > 1:
+                from .engine import run_all
+
+                return run_all(self, list(prompt), **kw)
+            return [self.generate(p, **kw) for p in prompt]
         it = generate_text(self, self.prompt_ids(prompt), stop=stop, max_tokens=max_tokens,
                            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                            repeat_penalty=repeat_penalty, seed=seed)
@@ -283,7 +390,11 @@ class Model:
 
     def chat(self, messages: Sequence[dict], **sampling):
         """Reply to a conversation (list of {"role", "content"}) rendered with the model's chat
-        template; arguments as for generate()."""
+        template; arguments as for generate(). A list of conversations gives a list of
+        replies (generated together where the model holds several sequences)."""
+        if (isinstance(messages, (list, tuple)) and messages
+                and all(isinstance(c, (list, tuple)) for c in messages)):
+            return self.generate([self.chat_prompt(c) for c in messages], **sampling)
         return self.generate(self.chat_prompt(messages), **sampling)
 
     def chat_prompt(self, messages: Sequence[dict]) -> list[int]:
@@ -298,3 +409,9 @@ class Model:
         if len(ids) > 1 and ids[0] == bos and ids[1] == bos:
             ids = ids[1:]  # the template wrote BOS itself: do not double it (llama.cpp warns)
         return ids
+
+
+def _is_batch(prompt: Any) -> bool:
+    """A list of prompts (texts or token-id lists), not one prompt of token ids."""
+    return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
+            and all(isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt))
