@@ -1,0 +1,292 @@
+"""Several sequences at once: slots, rows-mode decode steps and fastllm.Engine (continuous
+batching), checked against the one-sequence path on the same backend. A request's tokens must
+not depend on what runs beside it: stories260K (F32) and the tiny models give the same greedy
+and seeded-sampled tokens as alone."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastllm import Engine, Model
+from fastllm.errors import ContextOverflowError, FastLLMError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tinymodels import write_tiny_model  # noqa: E402
+
+BACKENDS = ["reference", "webgpu", "metal-emu"]
+
+
+def make_backend(kind: str):
+    """A fresh backend object for kind ("webgpu" skips without an adapter, "metal-emu" runs the
+    Metal backend's kernels under the MSL emulator and skips without clang-16)."""
+    if kind == "webgpu":
+        from fastllm.errors import BackendError
+
+        try:
+            from fastllm.backends.webgpu import WebGPUBackend
+
+            return WebGPUBackend()
+        except (ImportError, BackendError) as e:
+            pytest.skip(f"no WebGPU adapter: {e}")
+    if kind == "metal-emu":
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "metal"))
+        from metal_env import make_runtime
+
+        from fastllm.backends.metal import MetalBackend
+
+        return MetalBackend(runtime=make_runtime("emu"), self_check=False)
+    return kind
+
+
+def load(path, kind: str, **kw) -> Model:
+    return Model.load(path, backend=make_backend(kind), **kw)
+
+
+PROMPTS = ["Once upon a time", "The cat", "Lily and Tom went to", "A big dog", "One day",
+           "Tim had a red ball", "The sun"]
+
+
+def chains(n: int, rng: np.random.Generator) -> list[dict]:
+    """n requests' arguments: greedy and seeded samplers with different chains and lengths."""
+    out = []
+    for i in range(n):
+        kw: dict = {"max_tokens": int(rng.integers(3, 24))}
+        if i % 2 == 0:
+            kw["temperature"] = 0
+        else:
+            kw.update(temperature=float(rng.uniform(0.5, 1.2)), seed=int(rng.integers(1000)),
+                      top_k=int(rng.choice([0, 5, 40])), top_p=float(rng.choice([1.0, 0.9])),
+                      repeat_penalty=float(rng.choice([1.0, 1.3])))
+        out.append(kw)
+    return out
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_rows_step_equals_single_sequence(stories260k, kind):
+    """decode_rows over three slots (any order, a subset) gives each slot's logits of a
+    one-sequence decode at the same position."""
+    m = load(stories260k, kind, n_seq=3, n_ctx=64)
+    one = Model.load(stories260k, backend="reference", n_ctx=64)
+    seqs = [[1, 403, 407, 261], [1, 22, 33], [1, 400, 5, 6, 7, 8]]
+    for s, ids in enumerate(seqs):
+        m.prefill(ids, slot=s)
+    tol = 1e-4 if kind == "reference" else 2e-3
+    for step, order in enumerate(([0, 1, 2], [2, 0], [1, 2, 0])):
+        toks = [50 + 7 * s + step for s in order]
+        got = m.decode_rows(toks, order)
+        for row, s in enumerate(order):
+            one.prefill(seqs[s])
+            want = one.decode(toks[row])
+            seqs[s] = seqs[s] + [toks[row]]
+            assert np.isfinite(got[row]).all()
+            np.testing.assert_allclose(got[row], want, atol=tol * np.abs(want).max())
+        assert m.cached_tokens(order[0]) == seqs[order[0]]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_engine_random_arrivals_equal_alone(stories260k, kind):
+    """More requests than slots, arriving while others run, some cancelled: every request that
+    was not cancelled gives exactly its tokens alone; none is lost."""
+    rng = np.random.default_rng(7)
+    kws = chains(len(PROMPTS), rng)
+    one = load(stories260k, kind, n_ctx=128)
+    alone = [one.generate(p, **kw) for p, kw in zip(PROMPTS, kws)]
+    m = load(stories260k, kind, n_seq=3, n_ctx=128)
+    with Engine(m) as eng:
+        reqs = []
+        for p, kw in zip(PROMPTS, kws):
+            reqs.append(eng.submit(p, **kw))
+            if rng.random() < 0.5:  # let some steps run before the next arrival
+                next(iter(reqs[0]), None)
+        victim = eng.submit("The dog and the cat", max_tokens=200, temperature=0)
+        victim.cancel()
+        texts = [r.text() for r in reqs]
+        victim.wait()
+        assert victim.finish_reason == "cancelled"
+    assert texts == alone
+    for r, kw in zip(reqs, kws):
+        assert r.finish_reason in ("stop", "length")
+        assert r.usage.completion_tokens == len(r.token_ids) <= kw["max_tokens"]
+        if r.finish_reason == "length":
+            assert len(r.token_ids) == kw["max_tokens"]
+
+
+def test_cancel_midway_frees_the_slot(stories260k):
+    m = Model.load(stories260k, backend="reference", n_seq=1, n_ctx=256)
+    with Engine(m) as eng:
+        long = eng.submit("Once upon a time", max_tokens=None, temperature=0)
+        it = iter(long)
+        next(it)
+        long.cancel()
+        "".join(it)  # the iterator ends after the cancel
+        assert long.finish_reason == "cancelled"
+        assert len(long.token_ids) < 200
+        # the one slot is free again: a queued request runs
+        short = eng.submit("The cat", max_tokens=4, temperature=0)
+        assert short.text() == Model.load(stories260k, backend="reference",
+                                          n_ctx=256).generate("The cat", max_tokens=4,
+                                                              temperature=0)
+
+
+@pytest.mark.parametrize("kind", ["reference", "webgpu"])
+def test_prefix_reuse_picks_the_slot_that_holds_it(stories260k, kind):
+    m = load(stories260k, kind, n_seq=2, n_ctx=128)
+    one = load(stories260k, kind, n_ctx=128)
+    base = "Once upon a time there was a little girl"
+    with Engine(m) as eng:
+        first = eng.submit(base, max_tokens=6, temperature=0)
+        other = eng.submit("The sun was hot", max_tokens=6, temperature=0)
+        first.text(), other.text()
+        again = eng.submit(base + " named Lily", max_tokens=6, temperature=0)
+        text = again.text()
+    n_base = len(m.tokenize(base))
+    assert again.usage.cached_tokens >= n_base  # the slot of `first` kept its cache
+    assert again.usage.prompt_tokens == len(m.tokenize(base + " named Lily"))
+    assert text == one.generate(base + " named Lily", max_tokens=6, temperature=0)
+
+
+def test_long_prompt_is_read_in_chunks_between_decode_steps(stories260k):
+    """A prompt of several n_batch chunks is evaluated one chunk per engine step while a running
+    request keeps decoding; both give their tokens alone."""
+    m = Model.load(stories260k, backend="reference", n_seq=2, n_ctx=256, n_batch=16)
+    one = Model.load(stories260k, backend="reference", n_ctx=256, n_batch=16)
+    long_prompt = " ".join(["Once upon a time there was a cat."] * 8)
+    with Engine(m) as eng:
+        running = eng.submit("The dog", max_tokens=40, temperature=0)
+        it = iter(running)
+        next(it)
+        done_before = len(running.token_ids)
+        late = eng.submit(long_prompt, max_tokens=5, temperature=0)
+        late.wait()
+        # the running request made progress while the long prompt was read (8 chunks)
+        assert len(running.token_ids) > done_before + 1
+        running.wait()
+    assert late.text() == one.generate(long_prompt, max_tokens=5, temperature=0)
+    assert one.generate("The dog", max_tokens=40, temperature=0) == m.detokenize(
+        running.token_ids)
+
+
+@pytest.mark.parametrize("kind", ["reference", "webgpu"])
+def test_unused_slots_stay_unread(stories260k, kind):
+    """Slots 1 and 3 of 4 run; the others hold the NaN the caches start with (a kernel that
+    read another slot's rows would turn the outputs into NaN)."""
+    m = load(stories260k, kind, n_seq=4, n_ctx=64)
+    m.prefill([1, 403, 407], slot=1)
+    m.prefill([1, 22], slot=3)
+    got = m.decode_rows([261, 33], [3, 1])
+    assert np.isfinite(got).all()
+
+
+def test_bad_requests_are_rejected_without_disturbing_others(stories260k):
+    m = Model.load(stories260k, backend="reference", n_seq=2, n_ctx=64)
+    want = Model.load(stories260k, backend="reference", n_ctx=64).generate(
+        "The cat", max_tokens=10, temperature=0)
+    with Engine(m) as eng:
+        good = eng.submit("The cat", max_tokens=10, temperature=0)
+        for bad, field in ((dict(temperature=-1), "temperature"), (dict(top_p=2), "top_p"),
+                           (dict(max_tokens=-3), "max_tokens"), (dict(top_k=-1), "top_k"),
+                           (dict(logit_bias={10_000: 1.0}), "logit_bias"),
+                           (dict(logprobs=21), "logprobs"),
+                           (dict(presence_penalty=3), "presence_penalty")):
+            with pytest.raises(ValueError, match=field):
+                eng.submit("The dog", **bad)
+        with pytest.raises(ContextOverflowError):
+            eng.submit(list(range(1, 80)))
+        with pytest.raises(ValueError, match="vocabulary"):
+            eng.submit([1, 999])
+        assert good.text() == want
+    with pytest.raises(FastLLMError, match="closed"):
+        eng.submit("The cat")
+
+
+def test_logit_bias_penalties_and_logprobs(stories260k):
+    """logit_bias forbids the greedy choice; logprobs give the chosen token's log-probability
+    and the top alternatives of the raw distribution (checked against float64 NumPy)."""
+    m = Model.load(stories260k, backend="reference", n_seq=2, n_ctx=64)
+    one = Model.load(stories260k, backend="reference", n_ctx=64)
+    ids = one.tokenize("The cat")
+    logits = one.logits(ids)[-1].astype(np.float64)
+    top = int(np.argmax(logits))
+    with Engine(m) as eng:
+        r = eng.submit(ids, max_tokens=1, temperature=0, logit_bias={top: -100.0}, logprobs=3)
+        r.wait()
+    assert r.token_ids[0] != top
+    lp = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    entry = r.logprobs[0]
+    assert entry.token == r.token_ids[0]
+    assert abs(entry.logprob - lp[entry.token]) < 1e-4
+    assert [t for t, _ in entry.top] == list(np.argsort(-lp, kind="stable")[:3])
+
+
+def test_generate_and_chat_take_lists(stories260k, tmp_path):
+    m = Model.load(stories260k, backend="reference", n_seq=3, n_ctx=128)
+    one = Model.load(stories260k, backend="reference", n_ctx=128)
+    kw = dict(max_tokens=12, temperature=0.9, seed=3)
+    got = m.generate(PROMPTS[:4], **kw)
+    assert got == [one.generate(p, **kw) for p in PROMPTS[:4]]
+    assert one.generate(PROMPTS[:2], **kw) == got[:2]  # n_seq 1: one after another
+    with pytest.raises(ValueError, match="stream"):
+        m.generate(PROMPTS[:2], stream=True)
+
+
+def test_async_stream(stories260k):
+    m = Model.load(stories260k, backend="reference", n_seq=2, n_ctx=64)
+    want = Model.load(stories260k, backend="reference", n_ctx=64).generate(
+        "The cat", max_tokens=8, temperature=0)
+
+    async def run():
+        with Engine(m) as eng:
+            reqs = [eng.submit("The cat", max_tokens=8, temperature=0) for _ in range(2)]
+            outs = []
+            for r in reqs:
+                outs.append("".join([p async for p in r.stream()]))
+            return outs
+
+    assert asyncio.run(run()) == [want, want]
+
+
+@pytest.mark.parametrize("kind", ["reference", "webgpu"])
+def test_ring_layers_in_batches(tmp_path, kind):
+    """Gemma 3's sliding-window layers keep a ring per slot: sequences that run past the window
+    in a batch give the tokens they give alone."""
+    path = write_tiny_model(tmp_path / "g.gguf", "gemma3", sliding_window=8)
+    m = load(path, kind, n_seq=3, n_ctx=64)
+    one = load(path, kind, n_ctx=64)
+    prompts = [[1, 5, 9, 20, 3], [1, 7], [1, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39]]
+    kw = dict(max_tokens=14, temperature=0)
+    alone = [one.generate(p, **kw) for p in prompts]
+    with Engine(m) as eng:
+        got = [r.text() for r in [eng.submit(p, **kw) for p in prompts]]
+    assert got == alone
+
+
+@pytest.fixture(scope="module")
+def rwkv7(data_dir, tmp_path_factory):
+    from conftest import need
+
+    from fastllm.convert_rwkv import convert
+
+    src = need(data_dir / "rwkv", "rwkv.cpp tiny models (shared/rwkv)")
+    out = tmp_path_factory.mktemp("rwkv") / "v7.gguf"
+    convert(src / "tiny-rwkv-7v0-834K-FP32.bin", out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["reference", "webgpu"])
+def test_recurrent_state_per_slot(rwkv7, kind):
+    """RWKV-7 batches too: one state per slot; each sequence's bytes equal its bytes alone."""
+    m = load(rwkv7, kind, n_seq=3)
+    one = load(rwkv7, kind)
+    prompts = [[34, 105, 110], [72, 101], [65, 66, 67, 68]]
+    kw = dict(max_tokens=10, temperature=0)
+    alone = [list(one.generate_tokens(p, **kw)) for p in prompts]
+    with Engine(m) as eng:
+        reqs = [eng.submit(p, **kw) for p in prompts]
+        for r in reqs:
+            r.wait()
+    assert [r.token_ids for r in reqs] == alone
