@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 from fastllm.backends.base import Graph
 from fastllm.backends.webgpu import WebGPUBackend
-from fastllm.backends.webgpu_repack import array_sizes, type_name
+from fastllm.backends.webgpu.repack import array_sizes, type_name
 from fastllm.gguf import TensorInfo
 from fastllm.quants import SUPPORTED_TYPES, GGMLType, random_blocks
 
@@ -250,7 +250,7 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=INT",
                     help="override a webgpu_matmul constant (e.g. MM8_MIN_WG=128), repeatable")
     a = ap.parse_args(argv)
-    from fastllm.backends import webgpu_matmul as wp
+    from fastllm.backends.webgpu import matmul as wp
 
     for kv in a.set:
         name, value = kv.split("=")

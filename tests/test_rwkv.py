@@ -23,7 +23,7 @@ from fastllm.convert_rwkv import convert, main, read_rwkv_cpp
 from fastllm.errors import GGUFError, TokenizerError, UnsupportedError
 from fastllm.gguf import TensorInfo, open_gguf
 from fastllm.quants import GGMLType, quantize
-from fastllm.tokenizer_rwkv import RwkvTokenizerCore, escape_token, unescape_token
+from fastllm.tokenizer.rwkv import RwkvTokenizerCore, escape_token, unescape_token
 
 PROMPT = [0x22, 0x69, 0x6E]  # '"in'
 MODELS = {  # name: (rwkv.cpp file, expected-logits file)

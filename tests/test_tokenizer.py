@@ -243,7 +243,7 @@ def test_fast_paths_agree_with_plain_algorithm(data_dir):
         i = rnd.randrange(len(marked))
         chunk = marked[i:i + rnd.randrange(1, 48)]
         assert spm._spm._merge_short(chunk) == spm._spm._merge_long(chunk)
-    from fastllm.tokenizer_bpe import byte_encode
+    from fastllm.tokenizer.bpe import byte_encode
 
     for name in ("gpt-2", "qwen2"):
         bpe = vocab(data_dir, name)._bpe

@@ -100,7 +100,7 @@ def test_tiny_models(webgpu_ok, tmp_path, arch, qtype, monkeypatch):
     qtype = qtype.removesuffix("-int")
     monkeypatch.setenv("FASTLLM_WEBGPU_INT_DOT", "1" if int_dot else "0")
     if qtype == "F32":  # f32 throughout: prefill attention's f16 tiles (shader-f16) off too
-        from fastllm.backends import webgpu_attention
+        from fastllm.backends.webgpu import attention as webgpu_attention
 
         monkeypatch.setattr(webgpu_attention, "PREFILL_ATTN_F16", 0)
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype=qtype, seed=1,
@@ -132,7 +132,7 @@ def test_prenormed_int_matvecs(webgpu_ok, tmp_path, arch, monkeypatch):
     rounding: the bytes are the same, only where the norm's factor is applied moves. (Without
     the reader's factor the logits here move by ~8, a sixth of their largest.) qwen3's head_dim
     of 32 makes the output projection a producer too, llama's 16 does not."""
-    from fastllm.backends import webgpu_matmul
+    from fastllm.backends.webgpu import matmul as webgpu_matmul
 
     monkeypatch.setenv("FASTLLM_WEBGPU_INT_DOT", "1")
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype="Q8_0", seed=2)

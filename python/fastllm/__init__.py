@@ -5,6 +5,7 @@
 """
 
 from .errors import (
+    ArgumentError,
     BackendError,
     ContextOverflowError,
     FastLLMError,
@@ -29,9 +30,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fastllm' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # dir() and help(fastllm) list the lazy names too (pydoc finds classes through dir())
+    return sorted(set(globals()) | set(__all__))
+
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentError",
     "BackendError",
     "ContextOverflowError",
     "FastLLMError",

@@ -1,101 +1,211 @@
-"""The `fastllm` command: run | chat | info | bench | pull | quantize.
+"""The `fastllm` command: run | chat | info | bench | pull | list | rm | quantize | convert.
 
-Generated text goes to stdout; progress, timings and errors go to stderr, so
-`fastllm run -p "..." > out.txt` captures only the continuation.
+Generated text goes to stdout; the rest goes to stderr, so `fastllm run -p "..." > out.txt`
+captures only the continuation. On stderr a run prints one line when the model is loaded and one
+summary line at the end (-q: neither), and nothing else unless something is wrong. The command
+line speaks in flags (-c, --backend webgpu) where the library speaks in arguments (n_ctx=,
+backend='webgpu'): library messages are translated by _flags().
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
-import time
+import warnings
 
 from .errors import FastLLMError
 from .pull import DEFAULT_MODEL, KNOWN
 
 
+class _Help(argparse.HelpFormatter):
+    """Each option's default in --help, where it has one to show (a None default's meaning is
+    in the option's own help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with each default in --help and a bad argument reported in one line (argparse
+    prints the whole usage first), exit status 2 as argparse's."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _ranged(kind: type, ok, valid: str):
+    """An argparse type: a number of `kind` for which ok(value) holds; the error names the valid
+    range (argparse prefixes the flag)."""
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {valid}, got {s!r}") from None
+        if (kind is float and not math.isfinite(v)) or not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {valid}, got {s}")
+        return v
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# The ranges of generate.check_sampling (llama.cpp's), in the words of the command line
+N_PREDICT = _ranged(int, lambda v: v >= -1, "an integer >= 0, or -1 for no limit (until the "
+                                            "end of generation or a full context)")
+TEMP = _ranged(float, lambda v: v >= 0, "a number >= 0 (0 is greedy)")
+TOP_K = _ranged(int, lambda v: v >= 0, "an integer >= 0 (0 is off)")
+UNIT = _ranged(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+PENALTY = _ranged(float, lambda v: v > 0, "a number > 0 (1 is off)")
+SEED = _ranged(int, lambda v: v >= 0, "an integer >= 0")
+POSITIVE = _ranged(int, lambda v: v >= 1, "an integer >= 1")
+COUNT = _ranged(int, lambda v: v >= 0, "an integer >= 0")
+
+# library argument -> flag, for messages that reach the command line
+_FLAG_FOR = [
+    (re.compile(r"backend='(\w+)' or '(\w+)'"), r"--backend \1 or --backend \2"),
+    (re.compile(r"backend='(\w+)'"), r"--backend \1"),
+    (re.compile(r"\bn_ctx=(\d+)"), r"-c \1"),
+    (re.compile(r"\bn_ctx=?(?=[\s,;:)]|$)"), "-c"),
+    (re.compile(r"\bmax_tokens="), "-n "),
+    (re.compile(r"\btemperature="), "--temp "),
+    (re.compile(r"\btop_k="), "--top-k "),
+    (re.compile(r"\btop_p="), "--top-p "),
+    (re.compile(r"\bmin_p="), "--min-p "),
+    (re.compile(r"\brepeat_penalty="), "--repeat-penalty "),
+]
+
+
+def _flags(msg: str) -> str:
+    """A library message in the command line's words."""
+    for pat, sub in _FLAG_FOR:
+        msg = pat.sub(sub, msg)
+    return msg
+
+
+def _say(a: argparse.Namespace, msg: str) -> None:
+    if not getattr(a, "quiet", False):
+        print(f"fastllm: {msg}", file=sys.stderr)
+
+
 def _add_model_args(p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL) -> None:
     p.add_argument("-m", "--model", default=default_model,
-                   help=f"GGUF path or a pull name ({', '.join(sorted(KNOWN))}); "
-                        f"default {default_model}")
+                   help=f"GGUF path, a known name ({', '.join(sorted(KNOWN))}, pulled on first "
+                        f"use) or a file name in the cache (fastllm list)")
     p.add_argument("--backend", choices=("reference", "webgpu", "metal"), default=None,
-                   help="default: the best available (Metal, WebGPU on a GPU, else reference)")
-    p.add_argument("-c", "--ctx", type=int, default=None, help="context length (n_ctx)")
+                   help="default: the best available (Metal on Apple Silicon, WebGPU on a GPU, "
+                        "else the NumPy reference backend)")
+    p.add_argument("-c", "--ctx", type=POSITIVE, default=None,
+                   help="context length in tokens (default: the model's, at most 4096)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only the generated text: no load line, progress or summary")
 
 
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", "--n-predict", type=int, default=256, help="tokens to generate")
-    p.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy)")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+def _add_sampling_args(p: argparse.ArgumentParser, n_predict: int = 256) -> None:
+    p.add_argument("-n", "--n-predict", type=N_PREDICT, default=n_predict,
+                   help="tokens to generate at most; -1: until the end of generation or a full "
+                        "context")
+    p.add_argument("--temp", type=TEMP, default=0.8, help="temperature; 0 is greedy")
+    p.add_argument("--top-k", type=TOP_K, default=40, help="keep the k most likely; 0 is off")
+    p.add_argument("--top-p", type=UNIT, default=0.95,
+                   help="keep the most likely up to this probability; 1 is off")
+    p.add_argument("--min-p", type=UNIT, default=0.05,
+                   help="drop tokens less likely than this times the most likely; 0 is off")
+    p.add_argument("--repeat-penalty", type=PENALTY, default=1.0,
+                   help="divide the recent tokens' logits by this; 1 is off")
+    p.add_argument("--seed", type=SEED, default=None, help="random seed (default: a fresh one each run)")
 
 
 def _sampling(a: argparse.Namespace) -> dict:
-    return {"max_tokens": a.n_predict, "temperature": a.temp, "top_k": a.top_k, "top_p": a.top_p,
-            "min_p": a.min_p, "repeat_penalty": a.repeat_penalty, "seed": a.seed}
+    return {"max_tokens": None if a.n_predict == -1 else a.n_predict, "temperature": a.temp,
+            "top_k": a.top_k, "top_p": a.top_p, "min_p": a.min_p,
+            "repeat_penalty": a.repeat_penalty, "seed": a.seed}
 
 
-def _load(a: argparse.Namespace):
+def _load(a: argparse.Namespace, **kw):
     from .model import Model
     from .pull import resolve
 
-    path = resolve(a.model)
-    m = Model.load(path, backend=a.backend, n_ctx=a.ctx)
-    print(f"fastllm: loaded {os.path.basename(m.path)} ({m.config.arch}) on "
-          f"{m.backend.describe()} in {m.load_seconds:.2f} s", file=sys.stderr)
+    path = resolve(a.model, quiet=a.quiet)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = Model.load(path, backend=a.backend, n_ctx=a.ctx, **_quiet_kw(Model, a), **kw)
+    why = ""
+    for w in caught:
+        text = _flags(str(w.message)).removeprefix("fastllm: ")
+        if issubclass(w.category, RuntimeWarning) and "reference backend" in text:
+            why = f" ({text})"  # the fallback to the reference backend: said with the load line
+        else:
+            print(f"fastllm: warning: {text}", file=sys.stderr)
+    _say(a, f"loaded {os.path.basename(m.path)} ({m.config.arch}) on {m.backend.describe()} in "
+            f"{m.load_seconds:.2f} s{why}")
     return m
+
+
+def _quiet_kw(model_cls, a: argparse.Namespace) -> dict:
+    import inspect
+
+    return {"quiet": a.quiet} if "quiet" in inspect.signature(model_cls.load).parameters else {}
+
+
+def _why(gen, a: argparse.Namespace) -> str:
+    """Why a generation ended, in words."""
+    r = gen.finish_reason
+    if r == "stop":
+        return f"stop string {gen.stop_string!r}" if gen.stop_string else "end of generation"
+    if r == "length":
+        return f"max tokens (-n {a.n_predict})"
+    if r == "context":
+        return "context full (-c to enlarge)"
+    return "interrupted" if r == "cancelled" else str(r)
+
+
+def _summary(gen, a: argparse.Namespace) -> str:
+    parts = [f"prompt {gen.n_prompt} tokens"]
+    if gen.prompt_seconds is not None:
+        parts[0] += f" in {gen.prompt_seconds:.2f} s"
+    n = gen.n_tokens
+    gen_part = f"generated {n} token{'s' if n != 1 else ''}"
+    if n > 1 and gen.gen_seconds:
+        # the first token came with the prompt: the rate is over the n - 1 after it
+        gen_part += f", {(n - 1) / gen.gen_seconds:.1f} tok/s"
+    return f"{parts[0]}; {gen_part}; stopped: {_why(gen, a)}"
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     m = _load(a)
-    ids = m.prompt_ids(a.prompt)
-    t0 = time.perf_counter()
-    first = None
-    text_iter = m.generate(ids, stream=True, stop=a.stop or None, **_sampling(a))
+    gen = m.generate(m.prompt_ids(a.prompt), stream=True, stop=a.stop or None, **_sampling(a))
+    wrote = bool(a.echo and a.prompt)
     sys.stdout.write(a.prompt if a.echo else "")
-    for piece in text_iter:
-        if first is None:
-            first = time.perf_counter()
-        sys.stdout.write(piece)
+    status = 0
+    try:
+        for piece in gen:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            wrote = True
+    except KeyboardInterrupt:
+        gen.close()
+        status = 130
+    if wrote:
+        sys.stdout.write("\n")
         sys.stdout.flush()
-    sys.stdout.write("\n")
-    t1 = time.perf_counter()
-    gen = len(m._cached) - len(ids)
-    if first is not None and gen > 1:
-        print(f"fastllm: prompt {len(ids)} tokens in {first - t0:.2f} s; generated {gen} tokens, "
-              f"{(gen - 1) / max(t1 - first, 1e-9):.1f} tok/s", file=sys.stderr)
-    return 0
+    _say(a, _summary(gen, a))
+    return status
 
 
 def cmd_chat(a: argparse.Namespace) -> int:
-    m = _load(a)
-    messages: list[dict] = []
-    if a.system:
-        messages.append({"role": "system", "content": a.system})
-    print("fastllm chat: empty line or Ctrl-D to quit, /reset to start over", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            break
-        if not line.strip():
-            break
-        if line.strip() == "/reset":
-            messages = messages[:1] if a.system else []
-            continue
-        messages.append({"role": "user", "content": line})
-        reply = []
-        for piece in m.chat(messages, stream=True, **_sampling(a)):
-            reply.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        messages.append({"role": "assistant", "content": "".join(reply)})
-    return 0
+    from .chat_cli import chat_loop
+
+    return chat_loop(_load(a), a, _sampling(a), _say)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -145,7 +255,29 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_pull(a: argparse.Namespace) -> int:
     from .pull import pull
 
-    print(pull(a.name))
+    print(pull(a.name, quiet=a.quiet))
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from .pull import cache_dir, cached
+
+    rows = cached()
+    if not rows:
+        print(f"no models cached in {cache_dir()} (fastllm pull NAME fetches one: "
+              f"{', '.join(sorted(KNOWN))})", file=sys.stderr)
+        return 0
+    width = max(len(name or "-") for name, _, _ in rows)
+    for name, path, size in rows:
+        print(f"{name or '-':<{width}}  {size / 2**20:9.1f} MiB  {path}")
+    return 0
+
+
+def cmd_rm(a: argparse.Namespace) -> int:
+    from .pull import remove
+
+    for name in a.names:
+        print(f"removed {remove(name)}", file=sys.stderr)
     return 0
 
 
@@ -157,45 +289,89 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fastllm", description="Local LLM inference on GGUF files.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def _version() -> str:
+    """The distribution's name and version, and the backends usable on this machine."""
+    from importlib import metadata
 
-    p = sub.add_parser("run", help="generate a continuation of a prompt, streamed to stdout")
+    from . import __version__
+
+    try:
+        dist = f"fastllm-gpu {metadata.version('fastllm-gpu')}"
+    except metadata.PackageNotFoundError:  # run from a source tree
+        dist = f"fastllm {__version__} (not installed)"
+    from .backends import usable
+
+    lines = [dist, "backends usable here (best first):"]
+    lines += [f"  {name}: {what}" for name, what in usable()]
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    """--version, probing the backends only when asked (the probe loads wgpu)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and the backends usable here, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="fastllm", description="Local LLM inference on GGUF files.")
+    ap.add_argument("--version", action=_VersionAction)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="generate a continuation of a prompt, streamed to stdout",
+                       description="Generate a continuation of a prompt, streamed to stdout.")
     _add_model_args(p)
-    p.add_argument("-p", "--prompt", default="Once upon a time")
+    p.add_argument("-p", "--prompt", default="Once upon a time", help="the prompt")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
     _add_sampling_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("chat", help="chat with the model in the terminal")
+    p = sub.add_parser("chat", help="chat with the model in the terminal",
+                       description="Chat with the model in the terminal. /help lists the "
+                                   "commands; Ctrl-C stops a reply, Ctrl-D or /bye leaves.")
     _add_model_args(p)
     p.add_argument("--system", default=None, help="system message")
-    _add_sampling_args(p)
+    _add_sampling_args(p, n_predict=-1)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("info", help="describe a model file")
-    p.add_argument("model", help="GGUF path or pull name")
+    p.add_argument("model", help="GGUF path, known name or file name in the cache")
     p.add_argument("-v", "--verbose", action="store_true", help="list every tensor")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("bench", help="prefill and decode speed, llama-bench style")
     _add_model_args(p)
-    p.add_argument("-p", "--n-prompt", type=int, default=512)
-    p.add_argument("-n", "--n-gen", type=int, default=128)
-    p.add_argument("-r", "--repetitions", type=int, default=3)
+    p.add_argument("-p", "--n-prompt", type=COUNT, default=512,
+                   help="prompt tokens of the pp test; 0 skips it")
+    p.add_argument("-n", "--n-gen", type=COUNT, default=128,
+                   help="tokens of the tg test; 0 skips it")
+    p.add_argument("-r", "--repetitions", type=POSITIVE, default=3, help="timed runs of each test")
     p.add_argument("--sampled", action="store_true",
                    help="also time decoding with generate()'s default sampling chain")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("pull", help="fetch a known model into the cache")
-    p.add_argument("name", choices=sorted(KNOWN))
+    p.add_argument("name", choices=sorted(KNOWN), help="the model's name")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pull)
 
+    p = sub.add_parser("list", help="the cached models, with sizes and paths")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("rm", help="remove cached models")
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help="a known name or a file name in the cache (fastllm list)")
+    p.set_defaults(func=cmd_rm)
+
     p = sub.add_parser("quantize", help="requantize a GGUF file")
-    p.add_argument("input")
-    p.add_argument("output")
+    p.add_argument("input", help="GGUF file to read")
+    p.add_argument("output", help="GGUF file to write")
     p.add_argument("type", help="F16, Q8_0, Q4_0, Q4_K, Q6_K or Q4_K_M")
     p.set_defaults(func=cmd_quantize)
 
@@ -215,9 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.func(a)
     except FastLLMError as e:
-        print(f"fastllm: error: {e}", file=sys.stderr)
+        print(f"fastllm: error: {_flags(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print(file=sys.stderr)
         return 130
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import GGUFError, UnsupportedError
 from .quants import GGMLType, row_bytes, type_size
-from .tokenizer_rwkv import escape_token
+from .tokenizer.rwkv import escape_token
 
 MAGIC = 0x67676D66
 # rwkv.cpp data type ids (rwkv_file_format.inc, enum rwkv_type) -> ggml types; 4-6 are removed

@@ -19,6 +19,10 @@ class TokenizerError(FastLLMError, ValueError):
     """Tokenizer metadata that is missing or malformed."""
 
 
+class ArgumentError(FastLLMError, ValueError):
+    """An argument outside its range (a sampling setting, max_tokens, n_ctx), named with it."""
+
+
 class ContextOverflowError(FastLLMError, ValueError):
     """More tokens than the context (n_ctx) holds."""
 

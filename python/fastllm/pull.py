@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PullError
+from .errors import GGUFError, PullError
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,71 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def resolve(model: str, quiet: bool = False) -> Path:
-    """A path as given, or a known name pulled into the cache."""
-    if model in KNOWN:
-        return pull(model, quiet=quiet)
-    return Path(model)
+def cached() -> list[tuple[str | None, Path, int]]:
+    """The model files in the cache: (known name or None, path, size in bytes), by file name."""
+    names = {src.filename: name for name, src in KNOWN.items()}
+    d = cache_dir()
+    files = sorted(d.glob("*.gguf")) if d.is_dir() else []
+    return [(names.get(f.name), f, f.stat().st_size) for f in files if f.is_file()]
+
+
+def _cached_file(name: str) -> Path | None:
+    """The cache's file for a known name or a bare file name in the cache, else None."""
+    if name in KNOWN:
+        name = KNOWN[name].filename
+    if not name or os.path.basename(name) != name or name in (".", ".."):
+        return None  # a path, not a name: never look outside the cache
+    for _, path, _ in cached():
+        if path.name == name:
+            return path
+    return None
+
+
+def _names_hint(name: str) -> str:
+    """What the user may have meant: the closest known or cached names, all known names, and
+    the cached files."""
+    import difflib
+
+    files = [path.name for _, path, _ in cached()]
+    close = difflib.get_close_matches(name, list(KNOWN) + files, n=2, cutoff=0.5)
+    close += [k for k in KNOWN if k.startswith(name) and k not in close] if name else []
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint += f" Known models: {', '.join(sorted(KNOWN))}"
+    hint += f"; cached: {', '.join(files)}" if files else f"; none cached in {cache_dir()}"
+    return hint + "."
+
+
+def resolve(model: str | os.PathLike, quiet: bool = False) -> Path:
+    """A GGUF file's path: `model` as given when it exists, else the cached file of a known name
+    (pulled into the cache first when missing) or a file name in the cache. Anything else is a
+    GGUFError that lists the known and cached models."""
+    p = os.fspath(model)
+    if os.path.exists(p):
+        return Path(p)
+    if p in KNOWN:
+        return pull(p, quiet=quiet)
+    hit = _cached_file(p)
+    if hit is not None:
+        return hit
+    raise GGUFError(f"{p}: no such file, and not a known model name.{_names_hint(p)}")
+
+
+def remove(name: str) -> Path:
+    """Delete a cached model given by its known name or its file name in the cache (never a path:
+    nothing outside the cache is touched). Returns the deleted file's path."""
+    hit = _cached_file(name)
+    if hit is None:
+        what = "not a cached model" if os.path.basename(name) == name else (
+            "a path: give a known name or a file name in the cache")
+        raise PullError(f"{name}: {what}.{_names_hint(name)}")
+    hit.unlink()
+    return hit
 
 
 def pull(name: str, quiet: bool = False) -> Path:
     """Fetch model `name` (see KNOWN) into the cache if needed and return its path."""
     if name not in KNOWN:
-        raise PullError(f"unknown model {name!r}; known: {', '.join(sorted(KNOWN))}")
+        raise PullError(f"unknown model {name!r}.{_names_hint(name)}")
     src = KNOWN[name]
     dest = cache_dir() / src.filename
     want = src.sha256

@@ -171,7 +171,7 @@ def test_int_dot_attention_output(gpu, t, direct, rng, monkeypatch):
     kernel_attn_reduce_q8; no quantize_x dispatch); where the attention output is read by
     anything else it stays floats. Steps after a prefill, each against the model of the
     rounding applied to the reference backend's attention output."""
-    from fastllm.backends import webgpu_attention
+    from fastllm.backends.webgpu import attention as webgpu_attention
 
     monkeypatch.setattr(webgpu_attention, "ATTN_DIRECT_MAX", 192 if direct else 0)
     writer = "kernel_attn_decode_direct" if direct else "kernel_attn_reduce"

@@ -35,7 +35,7 @@ MM_F16_TOL = 4e-3
 
 
 def mm_tol(gpu, t: GGMLType, m: int) -> float:
-    from fastllm.backends.webgpu_matmul import MV_MAX_M
+    from fastllm.backends.webgpu.matmul import MV_MAX_M
 
     f16 = gpu.f16 and m > MV_MAX_M and t != GGMLType.F32
     return max(MATMUL_TOL[t], MM_F16_TOL if f16 else 0.0)
@@ -146,7 +146,7 @@ def check(got: dict, want: dict, tol: float, rng, what: str = "") -> None:
 
 # -- the kargs mirrors ------------------------------------------------------------------------
 def test_kargs_wgsl_mirrors_header():
-    from fastllm.backends import webgpu_shaders
+    from fastllm.backends.webgpu import shaders as webgpu_shaders
 
     text = webgpu_shaders.read("kargs.wgsl")
     wgsl = {}
@@ -161,7 +161,7 @@ def test_kargs_wgsl_mirrors_header():
 
 
 def test_shaders_have_contract_names():
-    shaders = Path(__file__).resolve().parents[2] / "python/fastllm/backends/shaders"
+    shaders = Path(__file__).resolve().parents[2] / "python/fastllm/backends/webgpu/shaders"
     text = "".join(p.read_text() for p in shaders.glob("*.wgsl"))
     for entry in ("kernel_mul_mv_TYPE_f32", "kernel_mul_mm_TYPE_f32", "kernel_get_rows_TYPE",
                   "kernel_rms_norm_f32", "kernel_rope_f32", "kernel_attn_decode_f32",
@@ -179,7 +179,7 @@ def _k(t: GGMLType) -> int:
 
 @pytest.mark.parametrize("t", SUPPORTED_TYPES, ids=lambda t: t.name)
 def test_mul_mat(gpu, t, rng, monkeypatch):
-    from fastllm.backends import webgpu_matmul
+    from fastllm.backends.webgpu import matmul as webgpu_matmul
 
     monkeypatch.setattr(webgpu_matmul, "MM8_MIN_WG", 1)  # the 8 x 8 kernel at this small size
     k, n = _k(t), 72  # 72 rows: not a whole mat-vec workgroup, not a whole 64-row tile
@@ -205,7 +205,7 @@ def test_mul_mat(gpu, t, rng, monkeypatch):
 def test_mul_mat_odd_units(gpu, t, rng, monkeypatch):
     """Rows of an odd number of 32-value units (the float one padded) in tile steps of two
     units: the last step reads past K."""
-    from fastllm.backends import webgpu_matmul
+    from fastllm.backends.webgpu import matmul as webgpu_matmul
 
     k = 68 if t == GGMLType.F16 else 96
     for ups in (1, 2):
@@ -228,7 +228,7 @@ def test_split_mat_mat_scratch_in_planner(gpu, rng, monkeypatch):
     """A split mat-mat's partial sums take a slot of the activation planner for the time the
     mat-mat and its sum run: never its input's or output's slot, and free for the next split
     mat-mat after it (two in a row share one), with both results right."""
-    from fastllm.backends import webgpu_matmul
+    from fastllm.backends.webgpu import matmul as webgpu_matmul
 
     monkeypatch.setattr(webgpu_matmul, "MM_SPLIT_K", 1)
     monkeypatch.setattr(webgpu_matmul, "MM8_MIN_WG", 1)
@@ -264,7 +264,7 @@ def test_mul_mat_small_workgroup_memory(rng, monkeypatch):
     """On a device with WebGPU's base 16 KB of workgroup memory the mat-mat tiles shrink to fit
     (two units per step become one, f32 8 x 8 tiles give way to 4 x 4) and still compute the
     same products."""
-    from fastllm.backends import webgpu_matmul
+    from fastllm.backends.webgpu import matmul as webgpu_matmul
 
     monkeypatch.setattr(webgpu_matmul, "MM8_MIN_WG", 1)
     _backend(None).close()  # skips without an adapter
@@ -538,7 +538,7 @@ def test_fused_mat_mat_residual(gpu, t, splits, rng, monkeypatch):
     """A prefill mat-mat followed by add(x, .) adds the residual as its results leave (the res
     variant: in the mat-mat's store, or with K split in the planes' sum), so no add runs;
     the residual on either side of the add."""
-    from fastllm.backends import webgpu_matmul
+    from fastllm.backends.webgpu import matmul as webgpu_matmul
 
     monkeypatch.setattr(webgpu_matmul, "MM_SPLITS", splits)
     monkeypatch.setattr(webgpu_matmul, "MM4_SPLIT", int(splits > 1))
@@ -576,7 +576,7 @@ def test_fused_mat_mat_glu(gpu, act, splits, rng, monkeypatch):
     """A prefill mat-mat (up) followed by swiglu / geglu(gate, up) stores act(gate) * up as its
     results leave (in its store, or with K split in the planes' sum): no activation dispatch,
     and the down projection reads the product."""
-    from fastllm.backends import webgpu_matmul
+    from fastllm.backends.webgpu import matmul as webgpu_matmul
 
     monkeypatch.setattr(webgpu_matmul, "MM_SPLITS", splits)
     monkeypatch.setattr(webgpu_matmul, "MM4_SPLIT", int(splits > 1))
@@ -767,7 +767,7 @@ def test_run_greedy(gpu, rng, direct_max, monkeypatch):
     run() + numpy argmax yield, and leaves the same KV cache behind; with decode attention in
     one dispatch throughout (256), switching to the split kernels at position 12, mid command
     buffer (12), and split throughout (0)."""
-    from fastllm.backends import webgpu_attention
+    from fastllm.backends.webgpu import attention as webgpu_attention
 
     monkeypatch.setattr(webgpu_attention, "ATTN_DIRECT_MAX", direct_max)
     vocab, d = 64, 64
@@ -805,7 +805,7 @@ def test_run_greedy_wide_rows_and_ties(gpu, rng):
     """Greedy decoding's argmax over a row scanned in chunks by many workgroups: each step's
     token is the first of two equal maxima (the second in a later chunk), and runs longer than
     one command buffer's steps carry token and position across."""
-    from fastllm.backends import webgpu_loops as wp
+    from fastllm.backends.webgpu import loops as wp
 
     vocab, cols = 64, 20_011
     table = rng.standard_normal((vocab, cols)).astype(np.float32)
@@ -838,7 +838,7 @@ def test_run_sampled(gpu, rng, chunk, monkeypatch):
     or the most the kernel takes (64, with chunk 48), with equal largest values inside and
     across chunks and runs longer than one command buffer. Where they differ, f32 against the
     host's f64 must explain it."""
-    from fastllm.backends import webgpu_loops as wp
+    from fastllm.backends.webgpu import loops as wp
     from sampling_cases import check_sampled, table_with_ties
 
     monkeypatch.setattr(wp, "SAMPLE_CHUNK", chunk)

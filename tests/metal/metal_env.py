@@ -41,7 +41,7 @@ def make_runtime(kind: str, policy: str = "forward", seed: int = 0):
         return EmuRuntime(policy=policy, seed=seed)
     if not native_available():
         pytest.skip("fastllm._metal is built only on macOS arm64")
-    from fastllm.backends.metal import _NativeRuntime
+    from fastllm.backends.metal.backend import _NativeRuntime
 
     return _NativeRuntime()
 

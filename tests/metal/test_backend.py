@@ -14,7 +14,7 @@ from metal_env import RUNTIMES, emulator_available, make_runtime
 
 from fastllm.backends import create_backend
 from fastllm.backends.base import Graph, KVSpec
-from fastllm.backends.metal import MetalBackend, MetalLowering
+from fastllm.backends.metal.backend import MetalBackend, MetalLowering
 from fastllm.errors import BackendError, ContextOverflowError, UnsupportedError
 from fastllm.gguf import TensorInfo
 from fastllm.quants import GGMLType
@@ -87,7 +87,7 @@ def test_run_sampled(rt_kind, monkeypatch):
     """The device loop's sampling (metal/sample.metal) against fastllm.sampling.draw on the
     same rows and numbers (sampling_cases): a row of 5,011 columns in 10 chunks, equal largest
     values, several chains; on the emulator a difference must come from f32 rounding."""
-    from fastllm.backends import metal
+    from fastllm.backends.metal import backend as metal
     from sampling_cases import ON_DEVICE, check_sampled, table_with_ties
 
     monkeypatch.setattr(metal, "SAMPLE_CHUNK", 512)
@@ -239,7 +239,7 @@ def test_native_runtime_glue(stories260k, monkeypatch, tmp_path):
     import fake_metal
 
     import fastllm
-    from fastllm.backends.metal import _NativeRuntime
+    from fastllm.backends.metal.backend import _NativeRuntime
     from fastllm.model import Model
 
     monkeypatch.setitem(sys.modules, "fastllm._metal", fake_metal.module())

@@ -10,7 +10,7 @@ from metal_env import make_runtime
 
 from fastllm import Model
 from fastllm.backends.base import Graph
-from fastllm.backends.metal import MM_MIN_ROWS, MetalBackend
+from fastllm.backends.metal.backend import MM_MIN_ROWS, MetalBackend
 from fastllm.backends.reference import ReferenceBackend
 from fastllm.gguf import TensorInfo, open_gguf
 from fastllm.quants import GGMLType

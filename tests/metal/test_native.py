@@ -39,7 +39,7 @@ def test_source_kernel_names_match_the_emulated_library():
 
 @pytest.fixture(scope="module")
 def rt():
-    from fastllm.backends.metal import _NativeRuntime
+    from fastllm.backends.metal.backend import _NativeRuntime
 
     return _NativeRuntime()
 

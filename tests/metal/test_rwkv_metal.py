@@ -14,7 +14,7 @@ import pytest
 from metal_env import POLICIES, RUNTIMES, make_runtime
 
 from fastllm.backends.base import Graph, KVSpec
-from fastllm.backends.metal import TYPE_NAMES, MetalBackend
+from fastllm.backends.metal.backend import TYPE_NAMES, MetalBackend
 from fastllm.backends.reference import ReferenceBackend
 from fastllm.errors import BackendError, UnsupportedError
 from fastllm.gguf import TensorInfo

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from itertools import pairwise
 
-from .tokenizer_pre import PreTokenizer, Splitter
+from .pre import PreTokenizer, Splitter
 
 
 def _byte_alphabet() -> list[str]:

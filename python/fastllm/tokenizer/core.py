@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GGUFError, TokenizerError
-from .tokenizer_bpe import BPE, byte_decode
-from .tokenizer_pre import PRE_TOKENIZERS
-from .tokenizer_rwkv import RwkvTokenizerCore
-from .tokenizer_spm import SPACE, SPM
-from .tokenizer_vocab import (
+from ..errors import GGUFError, TokenizerError
+from .bpe import BPE, byte_decode
+from .pre import PRE_TOKENIZERS
+from .rwkv import RwkvTokenizerCore
+from .spm import SPACE, SPM
+from .vocab import (
     BYTE,
     C_SPACES,
     CONTROL,
@@ -191,7 +191,7 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
         """Tokenizer of a GGUF file (a full model or a vocab-only file)."""
-        from .gguf import open_gguf
+        from ..gguf import open_gguf
 
         try:
             gguf = open_gguf(path, check_types=False)

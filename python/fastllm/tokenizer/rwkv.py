@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 __all__ = ["RwkvTokenizerCore", "escape_token", "unescape_token"]
 

@@ -10,7 +10,7 @@ Each pre-tokenizer regex then runs on a "collapsed" copy of the text, one charac
 point: ASCII stays as it is and every other code point becomes the placeholder of its class, so
 stdlib `re` with ASCII semantics matches exactly what llama.cpp's matcher does.
 
-Regenerate with `python -m fastllm.tokenizer_unicode` (needs `pip install unicodedata2==15.1.0`).
+Regenerate with `python -m fastllm.tokenizer.unicode` (needs `pip install unicodedata2==15.1.0`).
 """
 
 from __future__ import annotations

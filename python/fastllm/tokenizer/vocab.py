@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 # Token attributes (llama.cpp's llama_token_attr bits).
 UNDEFINED = 0

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import kargs
-from ..errors import BackendError, ContextOverflowError, UnsupportedError
-from ..gguf import TensorInfo
-from ..quants import GGMLType
-from ..sampling import (
+from ... import kargs
+from ...errors import BackendError, ContextOverflowError, UnsupportedError
+from ...gguf import TensorInfo
+from ...quants import GGMLType
+from ...sampling import (
     DEVICE_LAST_N,
     DEVICE_TOP_K,
     device_args,
@@ -34,8 +34,8 @@ from ..sampling import (
     device_kargs,
     penalty_window,
 )
-from .base import Backend, Graph, KVSpec, Program, Weight
-from .metal_lowering import (  # noqa: F401 (MM_MIN_ROWS: tests use it from here)
+from ..base import Backend, Graph, KVSpec, Program, Weight
+from .lowering import (  # noqa: F401 (MM_MIN_ROWS: tests use it from here)
     KV_TYPES,
     MM_MIN_ROWS,
     SAMPLE_CHUNK,
@@ -60,7 +60,7 @@ class _NativeRuntime:
 
     def __init__(self, metallib: str | None = None):
         try:
-            from .. import _metal
+            from ... import _metal
         except ImportError as e:
             raise BackendError(f"metal: the native extension fastllm._metal is not available "
                                f"({e}); it is built only in the macOS arm64 wheel - use "
@@ -326,7 +326,7 @@ class MetalBackend(Backend):
             raise UnsupportedError(f"{info.file}: tensor {info.name!r} has type {info.type.name}, "
                                    f"which the metal backend does not read")
         if len(info.shape) == 1 and info.type != GGMLType.F32:
-            from ..quants import dequantize
+            from ...quants import dequantize
 
             data = np.ascontiguousarray(dequantize(info.data, info.type, info.shape),
                                         np.float32).view(np.uint8).reshape(-1)
@@ -375,7 +375,7 @@ class MetalBackend(Backend):
     def _self_check(self) -> None:
         """Run embedding -> rms_norm -> Q8_0 mat-vec on this device and on the reference backend.
         A device or compiler that gets it wrong is refused (create_backend then falls back)."""
-        from .reference import ReferenceBackend
+        from ..reference import ReferenceBackend
 
         rng = np.random.default_rng(0)
         d, n_out, vocab = 64, 40, 16

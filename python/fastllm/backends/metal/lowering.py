@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import kargs
-from ..errors import BackendError, UnsupportedError
-from ..quants import GGMLType, row_bytes
-from .base import Graph, KVSpec, Value, Weight
-from .fuse import fuse as fuse_nodes
+from ... import kargs
+from ...errors import BackendError, UnsupportedError
+from ...quants import GGMLType, row_bytes
+from ..base import Graph, KVSpec, Value, Weight
+from ..fuse import fuse as fuse_nodes
 
 # kernel-name suffix of each weight type: kernel_mul_mv_<t>_f32, kernel_get_rows_<t>, ...
 TYPE_NAMES: dict[GGMLType, str] = {

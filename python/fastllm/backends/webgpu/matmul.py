@@ -6,12 +6,11 @@ beyond. The shape constants live here: benchmarks sweep them (MV_FIXED, MM8_MIN_
 
 from __future__ import annotations
 
-from ..errors import UnsupportedError
-from ..quants import GGMLType
-from . import webgpu_repack as repack
-from . import webgpu_shaders as shaders
-from .base import Node, Value, Weight
-from .fuse import reader_counts
+from ...errors import UnsupportedError
+from ...quants import GGMLType
+from ..base import Node, Value, Weight
+from ..fuse import reader_counts
+from . import repack, shaders
 
 # Mat-vec shape (mul_mv.wgsl): rows per thread group R, threads per row TPR, workgroup size.
 # Measured on an H100 (Vulkan, 2026-11-22, weights rotated through more copies than the L2

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UnsupportedError
-from ..quants import GGMLType, type_size
+from ...errors import UnsupportedError
+from ...quants import GGMLType, type_size
 
 # Per type: its kernel-name suffix, units of 32 weights per block, and its arrays in binding
 # order. An array is ("b", start, stop, width): bytes start..stop of each block into a record of
@@ -141,6 +141,6 @@ def to_f32(t: GGMLType, raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return raw.view(np.float16).astype(np.float32).reshape(shape)
     if t == GGMLType.BF16:
         return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    from ..quants import dequantize
+    from ...quants import dequantize
 
     return np.asarray(dequantize(raw, t, shape), np.float32)
