@@ -101,3 +101,67 @@ def run_bench(a) -> int:
     print("fastllm bench: " + ", ".join(extra), file=sys.stderr)
     m.close()
     return 0
+
+
+def parse_parallel(text: str) -> list[int]:
+    """--parallel's list of batch sizes ("1,4,8,16,32")."""
+    try:
+        bs = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        bs = []
+    if not bs or min(bs) < 1:
+        raise ValueError(f"--parallel takes a list of batch sizes >= 1 like 1,4,8, got {text!r}")
+    return bs
+
+
+def run_parallel(a) -> int:
+    """llama-batched-bench's table: for each B, B sequences of a.n_prompt random tokens are
+    read (one slot each), then a.n_gen tokens decoded greedily for all of them at once, one
+    step of B rows at a time (Model.decode_rows_sampled: the weights read once per step, the
+    next tokens chosen on the device where the backend can). PP, TG: tokens per sequence; N_KV:
+    positions held in all; S_PP, S_TG, S: aggregate tokens/s of the prompts, the decoding and
+    both."""
+    from .model import Model
+    from .pull import resolve
+    from .sampling import RowSampling
+
+    bs = parse_parallel(a.parallel)
+    pp, tg = a.n_prompt, a.n_gen
+    m = Model.load(resolve(a.model), backend=a.backend, n_ctx=max(pp + tg + 1, 16),
+                   n_seq=max(bs))
+    rng = np.random.default_rng(0)
+    greedy = RowSampling(temperature=0.0)
+
+    def one(b: int) -> tuple[float, float]:
+        m.reset()
+        slots = list(range(b))
+        t0 = time.perf_counter()
+        toks = []
+        for s in slots:
+            ids = rng.integers(0, m.n_vocab, size=max(pp, 1)).astype(np.int32)
+            toks.append(int(np.argmax(m.prefill(ids, slot=s))))
+        t_pp = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(tg):
+            out = m.decode_rows_sampled(toks, slots, [greedy] * b, [0.0] * b, [[]] * b)
+            toks = [o.id for o in out]
+        return t_pp, time.perf_counter() - t0
+
+    print("|    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |"
+          "      T s |    S t/s |")
+    print("|-------|--------|------|--------|----------|----------|----------|----------|"
+          "----------|----------|")
+    for b in bs:
+        one(b)  # warm-up: compiles the programs of this B
+        runs = [one(b) for _ in range(max(1, a.repetitions))]
+        t_pp = statistics.mean(r[0] for r in runs)
+        t_tg = statistics.mean(r[1] for r in runs)
+        s_pp, s_tg = b * pp / t_pp, b * tg / t_tg if t_tg else 0.0
+        t = t_pp + t_tg
+        print(f"| {pp:5d} | {tg:6d} | {b:4d} | {b * (pp + tg):6d} | {t_pp:8.3f} | "
+              f"{s_pp:8.2f} | {t_tg:8.3f} | {s_tg:8.2f} | {t:8.3f} | "
+              f"{b * (pp + tg) / t:8.2f} |", flush=True)
+    print(f"fastllm bench: {os.path.basename(m.path)}, {m.backend.describe()}, load "
+          f"{m.load_seconds:.2f} s", file=sys.stderr)
+    m.close()
+    return 0

@@ -246,8 +246,26 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _parallel_arg(text: str) -> str:
+    from .bench import parse_parallel
+
+    try:
+        parse_parallel(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--parallel ")) from None
+    return text
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import parse_parallel, run_bench, run_parallel
+
+    if a.parallel is not None:
+        parse_parallel(a.parallel)  # (checked by argparse already: _parallel_arg)
+        if a.n_prompt is None:
+            a.n_prompt = 128
+        return run_parallel(a)
+    if a.n_prompt is None:
+        a.n_prompt = 512
 
     return run_bench(a)
 
@@ -347,10 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="prefill and decode speed, llama-bench style")
     _add_model_args(p)
-    p.add_argument("-p", "--n-prompt", type=COUNT, default=512,
-                   help="prompt tokens of the pp test; 0 skips it")
+    p.add_argument("-p", "--n-prompt", type=COUNT, default=None,
+                   help="prompt tokens of the pp test; 0 skips it (default 512; with "
+                        "--parallel each sequence's prompt, default 128)")
     p.add_argument("-n", "--n-gen", type=COUNT, default=128,
-                   help="tokens of the tg test; 0 skips it")
+                   help="tokens of the tg test; 0 skips it (with --parallel: each "
+                        "sequence's generated tokens)")
+    p.add_argument("--parallel", metavar="B,B,...", default=None, type=_parallel_arg,
+                   help="llama-batched-bench's table for these numbers of sequences decoded "
+                        "at once (e.g. 1,4,8,16,32)")
     p.add_argument("-r", "--repetitions", type=POSITIVE, default=3, help="timed runs of each test")
     p.add_argument("--sampled", action="store_true",
                    help="also time decoding with generate()'s default sampling chain")
