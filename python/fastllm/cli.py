@@ -132,6 +132,7 @@ def _sampling(a: argparse.Namespace) -> dict:
 
 
 def _load(a: argparse.Namespace, **kw):
+    from .backends import FallbackWarning
     from .model import Model
     from .pull import resolve
 
@@ -141,10 +142,10 @@ def _load(a: argparse.Namespace, **kw):
         m = Model.load(path, backend=a.backend, n_ctx=a.ctx, **_quiet_kw(Model, a), **kw)
     why = ""
     for w in caught:
-        text = _flags(str(w.message)).removeprefix("fastllm: ")
-        if issubclass(w.category, RuntimeWarning) and "reference backend" in text:
-            why = f" ({text})"  # the fallback to the reference backend: said with the load line
+        if isinstance(w.message, FallbackWarning):  # said with the load line
+            why = f"; no GPU backend: {_flags('; '.join(w.message.reasons))}"
         else:
+            text = _flags(str(w.message)).removeprefix("fastllm: ")
             print(f"fastllm: warning: {text}", file=sys.stderr)
     _say(a, f"loaded {os.path.basename(m.path)} ({m.config.arch}) on {m.backend.describe()} in "
             f"{m.load_seconds:.2f} s{why}")
@@ -319,8 +320,8 @@ def _version() -> str:
         dist = f"fastllm {__version__} (not installed)"
     from .backends import usable
 
-    lines = [dist, "backends usable here (best first):"]
-    lines += [f"  {name}: {what}" for name, what in usable()]
+    lines = [dist, "backends here:"]
+    lines += [f"  {name:<10} {what}" for name, what in usable()]
     return "\n".join(lines)
 
 

@@ -13,6 +13,16 @@ from .base import Backend
 NAMES = ("reference", "webgpu", "metal")
 
 
+class FallbackWarning(RuntimeWarning):
+    """No GPU backend could be used: the model runs on the NumPy reference backend. `reasons`
+    says why for each GPU backend tried."""
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = reasons
+        super().__init__("fastllm: no GPU backend available, running on the NumPy reference "
+                         "backend (" + "; ".join(reasons) + ")")
+
+
 def _apple_silicon() -> bool:
     return sys.platform == "darwin" and platform.machine() == "arm64"
 
@@ -50,11 +60,35 @@ def create_backend(name: str | Backend | None = None) -> Backend:
 
         if hardware_adapter_available():
             return WebGPUBackend()
-        reasons.append("webgpu: only a CPU adapter (ask for backend='webgpu' to use it)")
+        reasons.append("webgpu found only a CPU adapter; backend='webgpu' uses it")
     except (BackendError, ImportError) as e:
         reasons.append(f"webgpu: {e}")
     from .reference import ReferenceBackend
 
-    warnings.warn("fastllm: no GPU backend available, using the NumPy reference backend ("
-                  + "; ".join(reasons) + ")", RuntimeWarning, stacklevel=3)
+    warnings.warn(FallbackWarning(reasons), stacklevel=3)
     return ReferenceBackend()
+
+
+def usable() -> list[tuple[str, str]]:
+    """(name, what it runs on) of each backend that can run on this machine, best first (the
+    order create_backend(None) picks in, except that it passes over a CPU-only WebGPU adapter).
+    Asks the GPU drivers for their adapters but loads no model."""
+    out = []
+    if _apple_silicon():
+        try:
+            from .metal import MetalBackend
+
+            be = MetalBackend()
+            out.append(("metal", be.describe().removeprefix("metal ").strip("()")))
+            be.close()
+        except (BackendError, ImportError) as e:
+            out.append(("metal", f"unusable: {e}"))
+    try:
+        from .webgpu import adapter_names
+
+        names = adapter_names()
+        out.append(("webgpu", ", ".join(names) if names else "unusable: no adapter"))
+    except (BackendError, ImportError) as e:
+        out.append(("webgpu", f"unusable: {e}"))
+    out.append(("reference", "NumPy on the CPU"))
+    return out

@@ -6,6 +6,6 @@ their ops; repack.py lays weights out for the kernels; shaders.py assembles shad
 wgpu itself is imported on first use, so importing this package needs no GPU.
 """
 
-from .backend import WebGPUBackend, hardware_adapter_available
+from .backend import WebGPUBackend, adapter_names, hardware_adapter_available
 
-__all__ = ["WebGPUBackend", "hardware_adapter_available"]
+__all__ = ["WebGPUBackend", "adapter_names", "hardware_adapter_available"]

@@ -60,7 +60,48 @@ def _wgpu():
     except ImportError as e:
         raise BackendError("the webgpu backend needs the wgpu package (pip install wgpu); or use "
                            "backend='reference'") from e
+    _create_instance_quietly()
     return wgpu
+
+
+@lru_cache(maxsize=1)
+def _create_instance_quietly() -> None:
+    """Create wgpu's (process-wide) instance without the device-select layer's noise.
+
+    Mesa's Vulkan device-select layer asks the Wayland compositor for the default GPU; with no
+    session (XDG_RUNTIME_DIR unset or gone: a container, ssh, CI) libwayland prints "error:
+    XDG_RUNTIME_DIR is invalid or not set in the environment." on stderr at every adapter
+    enumeration, two to six times a run. The layer only orders the devices (wgpu chooses by
+    its power preference) and is left out of an instance whose environment sets NODEVICE_SELECT
+    (the layer's disable_environment), so it is set while the instance is created, when there
+    is no session and the user has not asked the layer for a device (MESA_VK_DEVICE_SELECT,
+    DRI_PRIME)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if (runtime and os.path.isdir(runtime)) or any(
+            k in os.environ for k in ("NODEVICE_SELECT", "MESA_VK_DEVICE_SELECT", "DRI_PRIME")):
+        return
+    try:
+        from wgpu.backends.wgpu_native._api import get_wgpu_instance
+    except ImportError:  # another wgpu-py layout: the instance comes later, with the noise
+        return
+    os.environ["NODEVICE_SELECT"] = "1"
+    try:
+        get_wgpu_instance()
+    except Exception:  # noqa: BLE001 (a failing instance fails again, with its error, on use)
+        pass
+    finally:
+        del os.environ["NODEVICE_SELECT"]
+
+
+def adapter_names() -> list[str]:
+    """Each WebGPU adapter present, as "device (API, GPU or CPU)"."""
+    try:
+        adapters = _wgpu().gpu.enumerate_adapters_sync()
+    except (RuntimeError, OSError) as e:  # wgpu's native library fails to load
+        raise BackendError(f"webgpu: no adapters ({e})") from e
+    return [f"{a.info.get('device', '?')} ({a.info.get('backend_type', '?')}, "
+            f"{'CPU' if a.info.get('adapter_type', 'CPU') == 'CPU' else 'GPU'})"
+            for a in adapters]
 
 
 @lru_cache(maxsize=1)
