@@ -116,6 +116,10 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_rwkv, F(n_rows) F(n_cols) F(group) F(eps))
     KARGS_STRUCT(kargs_mul_mat_blocks,
                  F(M) F(n_blocks) F(m) F(k) F(w_row_words) F(_pad0) F(_pad1) F(_pad2))
+    KARGS_STRUCT(kargs_sample_rows, F(n_cols) F(chunk) F(n_parts) F(lp_base))
+    KARGS_STRUCT(kargs_sample_row, F(mode) F(top_k) F(temperature) F(top_p) F(min_p) F(u)
+                                       F(repeat_penalty) F(frequency_penalty) F(presence_penalty)
+                                           F(n_window) F(n_bias) F(logprobs))
     return out;
 }
 
