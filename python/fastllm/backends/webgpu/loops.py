@@ -175,3 +175,49 @@ class DeviceLoops:
         ids = np.frombuffer(out.read_mapped(0, 4 * n_steps, copy=True), np.int32)
         out.unmap()
         return [int(t) for t in ids]
+
+    # -- rows mode: one step of several sequences, each row sampled by its own chain ---------
+    def run_rows_sampled(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                         params: Sequence[Any], uniforms: np.ndarray,
+                         windows: Sequence[Sequence[int]]) -> list[Any]:
+        """The step's B rows and their sampling (sample_rows.py) in one command buffer: only the
+        B tokens (and the log-probabilities rows ask for) come back. Rows whose chain the device
+        cannot run (sampling.device_ok) are sampled on the host from their read-back logits."""
+        from ...sampling import device_ok, sample_row
+        from .sample_rows import RowSampler
+
+        self._rows_ready(tokens, slots, positions)
+        v = self.g.outputs.get("logits")
+        if v is None or v.shape[0] != self.n:
+            raise ValueError("run_rows_sampled needs a rows-mode program with every row's "
+                             "'logits'")
+        host = [r for r, p in enumerate(params) if not device_ok(p)]
+        be = self.be
+        with be.errors("a batched decode step"):
+            if self._rows_sampler is None:
+                self._rows_sampler = RowSampler(be, v.cols, self.n)
+                self._rows_stage = self._buf(self._rows_sampler.out.size, "MAP_READ|COPY_DST",
+                                             "row sampling read", binding=False)
+            s, stage = self._rows_sampler, self._rows_stage
+            s.prepare(params, uniforms, windows)
+            enc = be.device.create_command_encoder()
+            dispatches, raw = self._lists["short"]
+            self._record(enc, raw, dispatches)
+            s.encode(enc, self.buf(v), self.n)
+            nb = s.read_nbytes()
+            enc.copy_buffer_to_buffer(s.out, 0, stage, 0, nb)
+            src, lstage, _ = self.outputs["logits"]
+            if host:
+                enc.copy_buffer_to_buffer(src, 0, lstage, 0, 4 * self.n * v.cols)
+            be.queue.submit([enc.finish()])
+            stage.map_sync("READ", 0, nb)
+            got = s.unpack(stage.read_mapped(0, nb, copy=True))
+            stage.unmap()
+            if host:
+                lstage.map_sync("READ")
+                logits = np.frombuffer(lstage.read_mapped(0, 4 * self.n * v.cols, copy=True),
+                                       np.float32).reshape(self.n, v.cols)
+                lstage.unmap()
+                for r in host:
+                    got[r] = sample_row(logits[r], params[r], float(uniforms[r]), windows[r])
+        return got

@@ -12,7 +12,7 @@ one compute pass, and a uniform rewritten in the pass cost the 1B model ~1.5% pe
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,12 +21,10 @@ from ...errors import ContextOverflowError, UnsupportedError
 from ..base import Graph, Node, Program, Value, Weight
 from ..fuse import fuse
 from .attention import AttentionOps
+from .device import Device
 from .loops import DeviceLoops
 from .matmul import MV_MAX_M, MatmulOps
 from .rwkv import RwkvOps  # RWKV: the recurrent-model ops' lowering
-
-if TYPE_CHECKING:
-    from .backend import WebGPUBackend
 
 try:  # wgpu-native's raw C entry points: a dispatch costs ~0.5 us through them instead of ~8
     from wgpu.backends.wgpu_native._api import ffi as _ffi
@@ -44,7 +42,7 @@ def _nbytes(v: Value) -> int:
 class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
     """A graph compiled for one WebGPU device; run() replays it."""
 
-    def __init__(self, backend: WebGPUBackend, graph: Graph):
+    def __init__(self, backend: Device, graph: Graph):
         self.be = backend
         self.g = graph
         self.n = graph.n_tokens
@@ -55,6 +53,7 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
         backend, graph = self.be, self.g
         self._kv_version = backend.kv_version  # bind groups hold the KV cache's buffers
         self._loops: dict[str, Any] | None = None
+        self._rows_sampler = self._rows_stage = None  # rows mode's device sampling (loops.py)
         self._xq = None  # quantize_x's scratch buffer (webgpu_matmul), made on first use
         # (pipeline, entries, grid, when) until bind groups exist; `when` is None for a
         # dispatch of every step, else the list it belongs to ("short": steps at which at most
@@ -486,3 +485,6 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
         self._raw = []
         self._lists = {}
         self._loops = None
+        if self._rows_sampler is not None:
+            self._rows_sampler.close()
+            self._rows_sampler = self._rows_stage = None
