@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 from bench_webgpu_ops import Timer, _tensor, mat_mat_dispatches
 
-from fastllm.backends.webgpu import matmul as wm
 from fastllm.backends.base import Graph
 from fastllm.backends.webgpu import WebGPUBackend
+from fastllm.backends.webgpu import matmul as wm
 from fastllm.backends.webgpu.repack import type_name
 from fastllm.gguf import TensorInfo
 from fastllm.quants import SUPPORTED_TYPES, GGMLType

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 import bench_webgpu_ops as bo
 
-from fastllm.backends.webgpu import matmul as wp
 from fastllm.backends.webgpu import WebGPUBackend
+from fastllm.backends.webgpu import matmul as wp
 from fastllm.backends.webgpu.repack import array_sizes, type_name
 from fastllm.gguf import TensorInfo
 from fastllm.quants import SUPPORTED_TYPES, GGMLType

@@ -27,6 +27,10 @@ def __getattr__(name: str):
         from .tokenizer import Tokenizer
 
         return Tokenizer
+    if name == "StreamDecoder":
+        from .tokenizer import StreamDecoder
+
+        return StreamDecoder
     raise AttributeError(f"module 'fastllm' has no attribute {name!r}")
 
 
@@ -45,6 +49,7 @@ __all__ = [
     "GGUFError",
     "Model",
     "PullError",
+    "StreamDecoder",
     "TemplateError",
     "Tokenizer",
     "TokenizerError",

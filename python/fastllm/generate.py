@@ -9,13 +9,32 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ArgumentError
 from .sampling import make_sampler
 
 if TYPE_CHECKING:
-    from .model import Model
+    import numpy as np
+
+    from .tokenizer import Tokenizer
+
+
+class LanguageModel(Protocol):
+    """What the loops use of a model (fastllm.Model has it all). model.py imports this module,
+    so the loops name this shape instead of importing Model back."""
+
+    tokenizer: Tokenizer
+    n_ctx: int
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray: ...
+
+    def decode(self, token: int) -> np.ndarray: ...
+
+    def decode_greedy(self, token: int, n: int) -> list[int]: ...
+
+    def decode_sampled(self, token: int, n: int, chain: dict[str, float],
+                       uniforms: Sequence[float], recent: Sequence[int] = ()) -> list[int]: ...
 
 # Why a generation ended, as Generation.finish_reason: the words OpenAI's API and llama.cpp's
 # server use, plus "context" (the context is full) and "cancelled" (closed before its end).
@@ -119,7 +138,7 @@ class Generation(Iterator):
         return None if t._t1 is None else t._t2 - t._t1
 
 
-def generate_token_ids(model: Model, prompt: Sequence[int], max_tokens: int | None = 256,
+def generate_token_ids(model: LanguageModel, prompt: Sequence[int], max_tokens: int | None = 256,
                        temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                        min_p: float = 0.05, repeat_penalty: float = 1.0,
                        repeat_last_n: int = 64, seed: int | None = None) -> Generation:
@@ -135,7 +154,7 @@ def generate_token_ids(model: Model, prompt: Sequence[int], max_tokens: int | No
     return Generation(_token_loop(model, history, max_tokens, sample), len(history))
 
 
-def _token_loop(model: Model, history: list[int], max_tokens: int | None,
+def _token_loop(model: LanguageModel, history: list[int], max_tokens: int | None,
                 sample) -> Generator[int, None, str]:
     eog = model.tokenizer.eog_ids
     logits = model.prefill(history)
@@ -167,7 +186,7 @@ def _token_loop(model: Model, history: list[int], max_tokens: int | None,
         logits = model.decode(tok)
 
 
-def _chunked(model: Model, tok: int, history: list[int], max_tokens: int | None, eog,
+def _chunked(model: LanguageModel, tok: int, history: list[int], max_tokens: int | None, eog,
              decode: Callable[[int, int, list[int]], list[int]]) -> Generator[int, None, str]:
     """Decoding in chunks through decode(token, k, history) (Model.decode_greedy or
     decode_sampled; history ends with token), so a GPU backend runs a chunk without reading a
@@ -212,8 +231,8 @@ def _first_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
     return min(hits) if hits else None
 
 
-def generate_text(model: Model, prompt: Sequence[int], stop: str | Sequence[str] | None = None,
-                  **sampling) -> Generation:
+def generate_text(model: LanguageModel, prompt: Sequence[int],
+                  stop: str | Sequence[str] | None = None, **sampling) -> Generation:
     """Text pieces of the continuation. Pieces never split a UTF-8 character, and text that might
     begin a stop string is held back until it is known not to. A stop string found ends it with
     finish_reason "stop" and stop_string set."""

@@ -1,14 +1,13 @@
 """Quantizers for the GGML types fastllm reads, following ggml's reference quantizers, and
 `random_blocks` (valid random raw data of any type, for kernel tests). `fastllm.quants` re-exports
-both; the type table and the dequantizers live there."""
+both; the type table is quants_types.py, the dequantizers quants.py."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .errors import GGUFError
-from .quants import (
-    _F32,
+from .quants_types import (
     QK_K,
     SUPPORTED_TYPES,
     GGMLType,
@@ -16,6 +15,8 @@ from .quants import (
     row_bytes,
     type_size,
 )
+
+_F32 = np.float32
 
 # --------------------------------------------------------------------------------------------
 # Quantization

@@ -9,7 +9,7 @@ dispatch over all rows of a run, sequential in the rows inside it, as base.py re
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +17,7 @@ from ...errors import UnsupportedError
 from ...quants import GGMLType
 from ..base import Node, Value
 from . import repack
-
-if TYPE_CHECKING:
-    from .backend import WebGPUBackend
+from .device import Device
 
 _FILE = "rwkv.wgsl"
 _WG = 64  # rwkv.wgsl's WG
@@ -28,7 +26,7 @@ _WKV_MAX = 64  # rwkv.wgsl's WKV_MAX: the most state values a thread keeps in re
 
 # -- state buffers (called from WebGPUBackend) -------------------------------------------------
 
-def init_state(be: WebGPUBackend, spec) -> None:
+def init_state(be: Device, spec) -> None:
     """One zeroed float32 buffer per name of spec.state, in be.state: spec.n_seq slots of the
     name's n values one after another (be.state_sizes holds n, one slot's share)."""
     be.state = {}
@@ -40,13 +38,13 @@ def init_state(be: WebGPUBackend, spec) -> None:
     reset_state(be)
 
 
-def free_state(be: WebGPUBackend) -> None:
+def free_state(be: Device) -> None:
     for b in getattr(be, "state", {}).values():
         be.free(b)
     be.state, be.state_sizes = {}, {}
 
 
-def reset_state(be: WebGPUBackend, slot: int | None = None) -> None:
+def reset_state(be: Device, slot: int | None = None) -> None:
     with be.errors("zeroing the recurrent state"):
         for name, buf in getattr(be, "state", {}).items():
             n = be.state_sizes[name]
@@ -56,7 +54,7 @@ def reset_state(be: WebGPUBackend, slot: int | None = None) -> None:
                 be.queue.write_buffer(buf, 4 * n * slot, np.zeros(n, np.float32))
 
 
-def get_state(be: WebGPUBackend, slot: int = 0) -> dict[str, np.ndarray]:
+def get_state(be: Device, slot: int = 0) -> dict[str, np.ndarray]:
     out = {}
     with be.errors("reading the recurrent state"):
         for name, buf in getattr(be, "state", {}).items():
@@ -66,7 +64,7 @@ def get_state(be: WebGPUBackend, slot: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def set_state(be: WebGPUBackend, state: dict[str, np.ndarray], slot: int = 0) -> None:
+def set_state(be: Device, state: dict[str, np.ndarray], slot: int = 0) -> None:
     with be.errors("writing the recurrent state"):
         for name, v in state.items():
             if name not in be.state:
@@ -82,7 +80,7 @@ def set_state(be: WebGPUBackend, state: dict[str, np.ndarray], slot: int = 0) ->
 class RwkvOps:
     """`_op_*` methods for WebGPUProgram; they use its _arg, _dispatch, _grid1 and buf."""
 
-    be: WebGPUBackend
+    be: Device
 
     def _state(self, name: str) -> Any:
         buf = getattr(self.be, "state", {}).get(name)
