@@ -353,6 +353,11 @@ class Engine:
 
     def _decode(self, reqs: list[Request]) -> None:
         m = self.model
+        if len(reqs) == 1 and not self._queue and len(self._active) == 1:
+            chain = _loop_chain(reqs[0].sampling)
+            if chain is not None:
+                self._decode_alone(reqs[0], chain)
+                return
         toks, slots, params, us, windows = [], [], [], [], []
         for r in reqs:
             toks.append(r.token_ids[-1])
@@ -365,6 +370,27 @@ class Engine:
         out = m.decode_rows_sampled(toks, slots, params, us, windows)
         for r, s in zip(reqs, out):
             self._accept(r, s)
+
+    def _decode_alone(self, req: Request, chain: dict | None) -> None:
+        """One sequence and nothing waiting: a few steps through the one-sequence decoding loop
+        (Model.decode_greedy / decode_sampled: on GPU backends the steps follow each other on
+        the device with one read-back), the path Model.generate takes; the same numbers from
+        the request's generator, one a step."""
+        m = self.model
+        k = ALONE_STEPS
+        if req.max_tokens is not None:
+            k = min(k, req.max_tokens - len(req.token_ids))
+        tok = req.token_ids[-1]
+        if chain == "greedy":
+            out = m.decode_greedy(tok, k, slot=req.slot)
+        else:
+            hist = req.prompt_ids + req.token_ids
+            recent = hist[-chain["last_n"]:] if chain["last_n"] else []
+            out = m.decode_sampled(tok, k, chain, req.rng.random(k), recent, slot=req.slot)
+        for t in out:
+            self._accept(req, _Token(t))
+            if req.done or req.slot not in self._active:
+                break
 
     def _accept(self, req: Request, s: Any) -> None:
         """A sampled token of req: the end of generation, or text out (stop strings held
@@ -421,6 +447,31 @@ class Engine:
                 req._pending = req._pending[:min(hits)]
         self._wake()
         req._finish(reason)
+
+
+# steps of the one-sequence loop per engine step when one request runs alone (a new arrival
+# waits at most this many tokens for its prompt to start)
+ALONE_STEPS = 8
+
+
+@dataclass
+class _Token:
+    id: int
+    logprob: float | None = None
+    top: list | None = None
+
+
+def _loop_chain(p: RowSampling) -> dict | str | None:
+    """The one-sequence loop's form of p (make_sampler's chain, or "greedy"), or None where p
+    needs the rows path (logprobs, logit_bias, presence or frequency penalties)."""
+    if (p.logprobs is not None or p.logit_bias or p.presence_penalty
+            or p.frequency_penalty):
+        return None
+    if p.temperature <= 0:
+        return "greedy" if p.repeat_penalty == 1.0 else None
+    return {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p,
+            "min_p": p.min_p, "penalty": p.repeat_penalty,
+            "last_n": p.last_n if p.repeat_penalty != 1.0 else 0}
 
 
 def run_all(model: Any, prompts: Sequence[Any], **kwargs) -> list[str]:
