@@ -1,5 +1,5 @@
 // Kernel argument structs: the single definition shared by Metal (this header), WGSL (mirrored
-// as `struct` declarations in python/fastllm/backends/shaders/*.wgsl) and Python (packed by field
+// as `struct` declarations in fastllm's backends/webgpu/shaders/*.wgsl) and Python (packed by field
 // name through fastllm.kargs, which parses this file). A test checks all three agree.
 //
 // Rules: 32-bit fields only (uint32_t, int32_t, float) so WGSL can mirror them; each struct is

@@ -7,7 +7,7 @@ using namespace metal;
 
 // Threadgroup = MV_NSG SIMD groups; each SIMD group computes MV_NR consecutive rows of W for one
 // token, and simd_sum joins the lanes' partial dot products. The grid is
-// (ceil(N / (MV_NSG * MV_NR)), M): backends/metal_lowering.py uses the same constants.
+// (ceil(N / (MV_NSG * MV_NR)), M): backends/metal/lowering.py uses the same constants.
 #define MV_NSG 2
 #define MV_NR 4
 

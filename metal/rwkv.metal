@@ -7,7 +7,7 @@ using namespace metal;
 
 // wkv6 / wkv7: a thread keeps one row of its head's S x S state in registers, so S <= WKV_MAX,
 // and a threadgroup of WKV_TG threads holds WKV_TG / S whole heads (S a power of two). The
-// lowering in backends/metal.py uses the same constants.
+// lowering in backends/metal/lowering.py uses the same constants.
 #define WKV_TG 64
 #define WKV_MAX 64
 // mul_mat_blocks: SIMD groups per threadgroup, one output each

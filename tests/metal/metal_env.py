@@ -32,7 +32,7 @@ def native_available() -> bool:
 
 
 def make_runtime(kind: str, policy: str = "forward", seed: int = 0):
-    """A runtime of backends/metal.py: "emu" (CPU emulator) or "native" (fastllm._metal)."""
+    """A runtime of backends/metal/backend.py: "emu" (CPU emulator) or "native" (fastllm._metal)."""
     if kind == "emu":
         if not emulator_available():
             pytest.skip("MSL emulator needs Linux and clang++-16")

@@ -1,4 +1,4 @@
-"""A runtime for backends/metal.py that runs the kernels of metal/*.metal on the CPU with the
+"""A runtime for backends/metal/ that runs the kernels of metal/*.metal on the CPU with the
 project's MSL emulator (tools/mslemu), so that the Linux tests exercise the same lowering and the
 same kernel sources as a Mac.
 
@@ -40,7 +40,7 @@ def libraries() -> dict[str, mslemu.Library]:
 
 
 class EmuRuntime:
-    """The runtime interface of backends/metal.py (buffer, host, weight, record, run)."""
+    """The runtime interface of backends/metal/backend.py (buffer, host, weight, record, run)."""
 
     redzone = 64
     # dispatches by kernel, over every instance (conftest checks that each kernel ran)

@@ -2,7 +2,7 @@
 decode step on a GPU is bound by per-dispatch cost (benchmarks/NOTES.md). A pure function of the
 node list, shared by WebGPU and Metal so that both run the same fused ops (`mul_mv_fused`,
 `mul_mv_multi`, `mul_mm_glu`, `rope_kv_store`, and on WebGPU `attn_decode_rope`), lowered in
-webgpu_program.py / webgpu_matmul.py and metal_lowering.py."""
+webgpu/program.py / webgpu/matmul.py and metal/lowering.py."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 streaming detokenizer.
 
 Three vocabulary kinds are supported: SentencePiece-style (`tokenizer.ggml.model = "llama"`,
-tokenizer_spm), byte-level BPE (`"gpt2"`, tokenizer_bpe with the pre-tokenizers of
-tokenizer_pre) and RWKV's greedy byte matcher (`"rwkv"`, tokenizer_rwkv). What llama.cpp
-decides from the metadata (tokenizer_vocab) is decided the same way here: default special
+spm.py), byte-level BPE (`"gpt2"`, bpe.py with the pre-tokenizers of
+pre.py) and RWKV's greedy byte matcher (`"rwkv"`, rwkv.py). What llama.cpp
+decides from the metadata (vocab.py) is decided the same way here: default special
 tokens, which tokens are control tokens, which end generation, where special tokens are cut out
 of the text, and how each token is rendered back to bytes.
 

@@ -5,7 +5,7 @@ later one splits every piece further; the text between matches is kept as a piec
 The patterns are the ones the models' tokenizer.json files define, in the forms llama.cpp uses.
 
 Matching follows llama.cpp rather than a Unicode regex engine: a pattern with `\\p{..}` classes
-runs on the collapsed text (see tokenizer_unicode), with each class rewritten as its placeholder
+runs on the collapsed text (see unicode.py), with each class rewritten as its placeholder
 plus its ASCII members; any other pattern runs on the text with non-ASCII whitespace turned into
 `\\v`. Both run under stdlib `re` with ASCII semantics, which is what makes `\\s`, `\\S` and `\\d`
 mean the same as in llama.cpp's ECMAScript matcher.

@@ -8,7 +8,7 @@ string as Python's `repr(token)[2:-1]` (conversion/base.py, _set_vocab_rwkv_worl
 llama_unescape_rwkv_token reads `\\t`, `\\n`, `\\r` and `\\xHH` back, and a backslash before any
 other character as that character (`\\\\`, `\\'`).
 
-`RwkvTokenizerCore` is the byte-level engine; the public `Tokenizer` (tokenizer.py) wraps it
+`RwkvTokenizerCore` is the byte-level engine; the public `Tokenizer` (core.py) wraps it
 with special-token handling and decoding.
 """
 

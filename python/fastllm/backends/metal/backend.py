@@ -1,7 +1,7 @@
 """The Metal backend (Apple Silicon): graph nodes become Metal compute dispatches.
 
 Three layers:
-- `MetalLowering` (metal_lowering.py) turns a recorded `Graph` into a fixed list of `Dispatch`es
+- `MetalLowering` (lowering.py) turns a recorded `Graph` into a fixed list of `Dispatch`es
   (kernel name, kargs bytes, buffer references, grid) over one activation arena with static
   offsets. It knows the kernels of metal/*.metal and nothing of the device.
 - A runtime executes dispatch lists: `_NativeRuntime` drives the `fastllm._metal` extension

@@ -1,6 +1,6 @@
 """Metal op lowering: a recorded `Graph` becomes a fixed list of `Dispatch`es (kernel name,
 kargs bytes, buffer references, grid) over one activation arena with static offsets. It knows the
-kernels of metal/*.metal and nothing of the device; backends/metal.py runs the list on the GPU and
+kernels of metal/*.metal and nothing of the device; backend.py runs the list on the GPU and
 tests/metal runs the same list under the MSL emulator."""
 
 from __future__ import annotations

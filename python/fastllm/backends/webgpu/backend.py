@@ -1,9 +1,9 @@
 """The WebGPU backend: WGSL kernels through wgpu-py (Vulkan, D3D12 or Metal underneath).
 
 This module owns the device: adapter and feature choice, limits, buffers, the pipeline cache,
-weight upload (webgpu_repack.py) and the KV cache. Graph lowering and replay live in
-webgpu_program.py (mat-muls: webgpu_matmul.py, attention: webgpu_attention.py), kernel sources
-in shaders/*.wgsl (assembled by webgpu_shaders.py).
+weight upload (repack.py) and the KV cache. Graph lowering and replay live in
+program.py (mat-muls: matmul.py, attention: attention.py), kernel sources
+in shaders/*.wgsl (assembled by shaders.py).
 
 Weights stay quantized on the device; a matrix larger than one storage binding allows is split
 by rows into parts (one dispatch each). Activations and the KV cache are float32.
@@ -210,7 +210,7 @@ class WebGPUBackend(Backend):
         self._programs: weakref.WeakSet = weakref.WeakSet()
         self.spec: KVSpec | None = None
         self.kv: list[tuple[Any, Any]] = []
-        self.state: dict[str, Any] = {}  # RWKV: recurrent state buffers (webgpu_rwkv.py)
+        self.state: dict[str, Any] = {}  # RWKV: recurrent state buffers (rwkv.py)
         self.state_sizes: dict[str, int] = {}
         self.kv_version = 0  # programs compiled against an older cache rebuild their bindings
         self.rope_tables: dict[tuple, Any] = {}
@@ -397,7 +397,7 @@ class WebGPUBackend(Backend):
         rwkv.free_state(self)  # RWKV
         self.spec = None
 
-    # RWKV: the recurrent state buffers (webgpu_rwkv.py)
+    # RWKV: the recurrent state buffers (rwkv.py)
     def reset_state(self, slot: int | None = None) -> None:
         rwkv.reset_state(self, slot)
 

@@ -54,10 +54,10 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
         self._kv_version = backend.kv_version  # bind groups hold the KV cache's buffers
         self._loops: dict[str, Any] | None = None
         self._rows_sampler = self._rows_stage = None  # rows mode's device sampling (loops.py)
-        self._xq = None  # quantize_x's scratch buffer (webgpu_matmul), made on first use
+        self._xq = None  # quantize_x's scratch buffer (matmul.py), made on first use
         # (pipeline, entries, grid, when) until bind groups exist; `when` is None for a
         # dispatch of every step, else the list it belongs to ("short": steps at which at most
-        # attn_direct_max positions are visible, "long": the others; webgpu_attention.py)
+        # attn_direct_max positions are visible, "long": the others; attention.py)
         self._specs: list[tuple] = []
         self.attn_direct_max: int | None = None
         self._args = bytearray()

@@ -177,7 +177,7 @@ fn kernel_attn_decode_f32(ids: Ids) {
 // and writes its heads' output normalized: no partials and no reduce dispatch. A decode step at
 // a short context is bound by its dependent dispatches (each boundary ~4-6 us in the stream on
 // an H100, more than the attention's own work: benchmarks/NOTES.md, section 11); the host picks
-// this entry while the visible positions are few (webgpu_attention.ATTN_DIRECT_MAX).
+// this entry while the visible positions are few (attention.ATTN_DIRECT_MAX).
 // The weighted sum of V: thread t takes value quad t % D4 of all G heads for keys t / D4,
 // t / D4 + KS, ... of the block, so V is read once for the group and a warp reads whole rows;
 // VU keys per pass with their loads issued together; the KS key subsets are added at the end.

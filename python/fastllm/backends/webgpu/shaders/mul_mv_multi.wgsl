@@ -4,7 +4,7 @@
 // by each one's latency (norm, loads, reduction) more than by its bytes: one dispatch for q, k
 // and v costs about what one of them did alone (benchmarks/NOTES.md, section 7).
 //
-// webgpu_shaders.multi_source assembles the module: each slot's weight type section of
+// shaders.multi_source assembles the module: each slot's weight type section of
 // quants.wgsl, with its names suffixed by the slot (dot_unit -> dot_unit_1, w0 -> w0_1) and its
 // arrays bound at 13 + 4 s, so the slots may have different types; the `slot` and `store`
 // sections below once per slot (SLOT -> s; `slotq` for `slot` in the q8 form); and an entry

@@ -1,5 +1,5 @@
 // Weight types as the kernels read them. GGUF blocks are repacked at load into separate u32
-// arrays (webgpu_repack.py: quant bits, scales, high bits), since WGSL loads nothing narrower
+// arrays (repack.py: quant bits, scales, high bits), since WGSL loads nothing narrower
 // than 32 bits; nothing is dequantized ahead of time.
 //
 // Each section gives one type the same interface, over "units": 32 weights of a row that one
@@ -11,7 +11,7 @@
 //   dq4(i, j):      weights 4j..4j+3 of unit i
 //   dot_unit(i, xv, xs): dot product of unit i with x, where xv[j] holds the 4 columns of
 //                    unit_col and xs = x_sums(xv) (computed once per unit for all rows)
-// Weight arrays bind at 3, 4, 5, 6, in the order webgpu_repack.py lists them.
+// Weight arrays bind at 3, 4, 5, 6, in the order repack.py lists them.
 // A type with an integer form (section <type>_int, included by mul_mvq.wgsl and mul_mv_multi's
 // q8 form only: it reads their x accessors xq16 and xmeta) adds
 //   struct XQ, load_q8(u): unit u's x as quantize_x.wgsl's bytes and scales (once for all rows)
@@ -56,7 +56,7 @@ fn byte16(v: vec4<u32>, k: u32) -> u32 {
 }
 
 // Q4_K / Q5_K: (scale, scale, min, min) of sub-blocks 2c and 2c + 1 (c < 4) from a block's
-// 16-byte head as webgpu_repack.k_scale_bytes lays it out: byte c of words 1, 2, 3 holds sc[2c],
+// 16-byte head as repack.k_scale_bytes lays it out: byte c of words 1, 2, 3 holds sc[2c],
 // sc[2c + 1] and mn[2c] in its low 6 bits and two bits each of mn[2c + 1] on top. The 6-bit
 // values become floats through the mantissa (2^23 + n), not an int-to-float conversion.
 fn k_scales2(hdr: vec4<u32>, c: u32) -> vec4<f32> {
@@ -120,7 +120,7 @@ fn lanes(w: u32) -> vec4<u32> {
 const UPB: u32 = 1u;
 const GUARD_K: bool = true;
 
-// columns dealt to units interleaved (webgpu_repack): weights 4j..4j+3 of unit u are columns
+// columns dealt to units interleaved (repack.py): weights 4j..4j+3 of unit u are columns
 // 4 (u + j U).., so threads that take neighbouring units read neighbouring x vec4s
 fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     return 4u * (u + j * U);
@@ -144,7 +144,7 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
 const UPB: u32 = 1u;
 const GUARD_K: bool = true;
 
-// columns dealt to units interleaved (webgpu_repack): weights 4j..4j+3 of unit u are columns
+// columns dealt to units interleaved (repack.py): weights 4j..4j+3 of unit u are columns
 // 4 (u + j U).., so threads that take neighbouring units read neighbouring x vec4s
 fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     return 4u * (u + j * U);
@@ -176,7 +176,7 @@ fn bf2(w: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xFFFF0000u));
 }
 
-// columns dealt to units interleaved (webgpu_repack): weights 4j..4j+3 of unit u are columns
+// columns dealt to units interleaved (repack.py): weights 4j..4j+3 of unit u are columns
 // 4 (u + j U).., so threads that take neighbouring units read neighbouring x vec4s
 fn unit_col(u: u32, j: u32, U: u32) -> u32 {
     return 4u * (u + j * U);

@@ -1,5 +1,5 @@
 // Sampling on the device, so that a sampled decoding loop stays on the GPU as greedy decoding
-// does (webgpu_loops.py): fastllm.sampling's chain, the repetition penalty over the last
+// does (loops.py): fastllm.sampling's chain, the repetition penalty over the last
 // last_n ids, top_k, top_p, min_p, temperature, then a draw with the step's uniform number u
 // (the host's generator makes them, so a seed gives the host sampler's tokens).
 // kernel_sample_part: each workgroup penalizes its CHUNK columns and keeps their top_k largest;

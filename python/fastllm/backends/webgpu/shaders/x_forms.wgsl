@@ -1,6 +1,6 @@
 // How a kernel that takes one token row x reads it: prepare_x(ids) once per workgroup, then
 // load_x(i) for vec4 i of the row. A kernel's variant sections include one of these with a line
-// `//! use x_forms.wgsl NAME` (webgpu_shaders expands it), so the fused forms are written once.
+// `//! use x_forms.wgsl NAME` (shaders.py expands it), so the fused forms are written once.
 // They read x4 (binding 1) and args.mm.K; norm also args.norm (kargs_rms_norm) and WG.
 
 //! section plain
