@@ -27,7 +27,7 @@ inline uint first_visible(uint p, uint window) {
 
 // --------------------------------------------------------------------------------------------
 // kv_store: rows of k and v (n_rows x kv_dim, f32) into the cache at positions pos..pos+n-1.
-// The grid is (ceil(kv_dim / threads), n_rows).
+// The grid is (ceil(kv_dim / threads), n_rows); ntg is a vector like tgpig (MSL spec 5.2.3.6).
 template <typename T>
 kernel void kernel_kv_store(constant kargs_kv_store &args [[buffer(0)]],
                             constant kargs_step &step [[buffer(1)]],
@@ -36,9 +36,9 @@ kernel void kernel_kv_store(constant kargs_kv_store &args [[buffer(0)]],
                             device T *vc [[buffer(5)]],
                             uint2 tgpig [[threadgroup_position_in_grid]],
                             ushort tiitg [[thread_index_in_threadgroup]],
-                            ushort ntg [[threads_per_threadgroup]]) {
+                            ushort2 ntg [[threads_per_threadgroup]]) {
     const uint row = tgpig.y;
-    const uint d = tgpig.x * ntg + tiitg;
+    const uint d = tgpig.x * ntg.x + tiitg;
     if (row >= args.n_rows || d >= args.kv_dim) {
         return;
     }

@@ -32,15 +32,16 @@ inline void rope_pair(device const float *xh, device T *oh, uint i, float p, uin
 }
 
 // One thread per pair of a head; the grid is (ceil(head_dim/2 / threads), n_head, n_rows). ff is
-// bound to x when has_freq_factors is 0.
+// bound to x when has_freq_factors is 0. ntg is a vector as tgpig is: MSL takes the position and
+// size inputs all scalars or all vectors of one length (spec 5.2.3.6).
 kernel void kernel_rope_f32(constant kargs_rope &args [[buffer(0)]],
                             constant kargs_step &step [[buffer(1)]],
                             device const float *x [[buffer(2)]],
                             device const float *ff [[buffer(3)]], device float *dst [[buffer(4)]],
                             uint3 tgpig [[threadgroup_position_in_grid]],
                             ushort tiitg [[thread_index_in_threadgroup]],
-                            ushort ntg [[threads_per_threadgroup]]) {
-    const uint i = tgpig.x * ntg + tiitg;
+                            ushort3 ntg [[threads_per_threadgroup]]) {
+    const uint i = tgpig.x * ntg.x + tiitg;
     const uint hd = args.head_dim;
     if (i >= hd / 2) {
         return;
@@ -66,8 +67,8 @@ kernel void kernel_rope_kv_store(constant kargs_rope_kv_store &args [[buffer(0)]
                                  device T *vc [[buffer(8)]],
                                  uint3 tgpig [[threadgroup_position_in_grid]],
                                  ushort tiitg [[thread_index_in_threadgroup]],
-                                 ushort ntg [[threads_per_threadgroup]]) {
-    const uint i = tgpig.x * ntg + tiitg;
+                                 ushort3 ntg [[threads_per_threadgroup]]) {
+    const uint i = tgpig.x * ntg.x + tiitg;
     const uint hd = args.head_dim;
     if (i >= hd / 2) {
         return;

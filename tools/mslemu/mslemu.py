@@ -251,7 +251,8 @@ def _tg_declarations(clean: str):
 def _tg_lint_rewrite(src: str, s: int, e: int, names) -> str:
     """lint mode: `threadgroup T a[N], b;` -> references to __local objects
     (`auto& a = ::msl::tg_var<T [N]>(); ...`), which C++ for OpenCL accepts
-    in non-kernel functions (kernel templates) too."""
+    in non-kernel functions (kernel templates) too. The declaration's line breaks are kept at its
+    end, so that the lines after it keep their numbers."""
     body = src[s + len("threadgroup") : e]
     parts = _split_top(body)
     first = parts[0]
@@ -262,7 +263,8 @@ def _tg_lint_rewrite(src: str, s: int, e: int, names) -> str:
     decls = [(names[0], dims0)] + [
         (n, p[p.find(n) + len(n) :]) for n, p in zip(names[1:], parts[1:])
     ]
-    return " ".join(f"auto& {n} = ::msl::tg_var<{typ.strip()} {d.strip()}>();" for n, d in decls)
+    text = " ".join(f"auto& {n} = ::msl::tg_var<{typ.strip()} {d.strip()}>();" for n, d in decls)
+    return text + "\n" * src.count("\n", s, e + 1)
 
 
 def _fc_literal(v) -> str:
@@ -302,7 +304,10 @@ def _template_before(clean: str, pos: int) -> bool:
     return re.search(r"\btemplate\s*$", s[: max(i, 0)]) is not None
 
 
-def _parse_params(plist: str, kname: str):
+def _parse_params(plist: str, kname: str, strict: bool = True):
+    """The Params of a kernel's parameter list. strict: a parameter without a binding attribute
+    (buffer, threadgroup, a compute built-in) is an error, as the emulator cannot feed it;
+    otherwise it gets attr None (tools/mslemu/rules.py reports it as an Apple-rules violation)."""
     params = []
     for raw in _split_top(plist):
         attrs = _attrs(raw)
@@ -312,6 +317,9 @@ def _parse_params(plist: str, kname: str):
             raise ValueError(f"cannot parse kernel parameter {raw!r} of {kname}")
         bind = [a for a in attrs if a[0] in BINDING_ATTRS]
         other = [a for a in attrs if a[0] not in BINDING_ATTRS and a[0] != "function_constant"]
+        if not bind and not strict:
+            params.append(Param(decl[: nm.start()].strip(), nm.group(1), None, None))
+            continue
         if not bind:
             what = f"[[{other[0][0]}]]" if other else "no attribute"
             raise ValueError(
@@ -331,8 +339,9 @@ def _parse_params(plist: str, kname: str):
     return params
 
 
-def preprocess(src: str, lint: bool = False, function_constants=None):
-    """(rewritten source, [KernelSig]) of macro-expanded MSL; line structure is kept."""
+def preprocess(src: str, lint: bool = False, function_constants=None, strict: bool = True):
+    """(rewritten source, [KernelSig]) of macro-expanded MSL; line structure is kept. strict=False
+    accepts kernel parameters the emulator cannot feed (see _parse_params)."""
     fcv = dict(function_constants or {})
     clean = _blank_comments(src)
     edits = []  # (start, end, replacement)
@@ -406,7 +415,7 @@ def preprocess(src: str, lint: bool = False, function_constants=None):
         _blank_attrs(clean, m.end(), i - 1, edits)
         if not rest.startswith("{"):
             continue  # a declaration, not the definition
-        params = _parse_params(plist, m.group("name"))
+        params = _parse_params(plist, m.group("name"), strict)
         if _template_before(clean, m.start()):
             templates[m.group("name")] = params
             if lint and clean.startswith(
