@@ -43,6 +43,9 @@ ROWS = [
     (RowSampling(temperature=1.0, top_k=1, presence_penalty=1.9, last_n=16), "edge_a"),
     (RowSampling(temperature=1.0, top_k=1, presence_penalty=2.0, frequency_penalty=0.1,
                  last_n=16), "edge_b"),
+    # the bias comes before the penalty: (10 + 5) / 2 < 8, where 10 / 2 + 5 > 8
+    (RowSampling(temperature=0.0, repeat_penalty=2.0, last_n=16, logit_bias=((0, 5.0),)),
+     "edge_b"),
     # the window's last id only (last_n 1): the two earlier occurrences fall out
     (RowSampling(temperature=0.0, frequency_penalty=0.7, last_n=1), "edge_a"),
     # a bias that flips the argmax (greedy, and drawn with top_k 1), repeated ids adding up
@@ -78,7 +81,7 @@ def make_row(rng, p: RowSampling, kind: str, n: int):
         window = [int(t) for t in rng.choice(top + window[:10], 64)]
     elif kind.startswith("edge"):
         x = (0.5 * rng.standard_normal(n)).astype(np.float32)
-        a, b = int(perm[0]), int(perm[1])
+        a, b = int(perm[0]), int(perm[1])  # (id 0 of a logit_bias is a)
         x[a], x[b] = EDGE_A, EDGE_B
         filler = [int(t) for t in perm[2:][rng.integers(0, n - 2, 23)]]
         # a three times among the last 16 ids, b never; the last id is neither
