@@ -16,7 +16,7 @@ from fastllm import Engine, Model
 from fastllm.errors import ContextOverflowError, FastLLMError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tinymodels import write_tiny_model  # noqa: E402
+from tinymodels import write_tiny_model
 
 BACKENDS = ["reference", "webgpu", "metal-emu"]
 
@@ -188,11 +188,11 @@ def test_bad_requests_are_rejected_without_disturbing_others(stories260k):
         "The cat", max_tokens=10, temperature=0)
     with Engine(m) as eng:
         good = eng.submit("The cat", max_tokens=10, temperature=0)
-        for bad, field in ((dict(temperature=-1), "temperature"), (dict(top_p=2), "top_p"),
-                           (dict(max_tokens=-3), "max_tokens"), (dict(top_k=-1), "top_k"),
-                           (dict(logit_bias={10_000: 1.0}), "logit_bias"),
-                           (dict(logprobs=21), "logprobs"),
-                           (dict(presence_penalty=3), "presence_penalty")):
+        for bad, field in (({"temperature": -1}, "temperature"), ({"top_p": 2}, "top_p"),
+                           ({"max_tokens": -3}, "max_tokens"), ({"top_k": -1}, "top_k"),
+                           ({"logit_bias": {10_000: 1.0}}, "logit_bias"),
+                           ({"logprobs": 21}, "logprobs"),
+                           ({"presence_penalty": 3}, "presence_penalty")):
             with pytest.raises(ValueError, match=field):
                 eng.submit("The dog", **bad)
         with pytest.raises(ContextOverflowError):
@@ -226,7 +226,7 @@ def test_logit_bias_penalties_and_logprobs(stories260k):
 def test_generate_and_chat_take_lists(stories260k, tmp_path):
     m = Model.load(stories260k, backend="reference", n_seq=3, n_ctx=128)
     one = Model.load(stories260k, backend="reference", n_ctx=128)
-    kw = dict(max_tokens=12, temperature=0.9, seed=3)
+    kw = {"max_tokens": 12, "temperature": 0.9, "seed": 3}
     got = m.generate(PROMPTS[:4], **kw)
     assert got == [one.generate(p, **kw) for p in PROMPTS[:4]]
     assert one.generate(PROMPTS[:2], **kw) == got[:2]  # n_seq 1: one after another
@@ -258,7 +258,7 @@ def test_ring_layers_in_batches(tmp_path, kind):
     m = load(path, kind, n_seq=3, n_ctx=64)
     one = load(path, kind, n_ctx=64)
     prompts = [[1, 5, 9, 20, 3], [1, 7], [1, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39]]
-    kw = dict(max_tokens=14, temperature=0)
+    kw = {"max_tokens": 14, "temperature": 0}
     alone = [one.generate(p, **kw) for p in prompts]
     with Engine(m) as eng:
         got = [r.text() for r in [eng.submit(p, **kw) for p in prompts]]
@@ -268,7 +268,6 @@ def test_ring_layers_in_batches(tmp_path, kind):
 @pytest.fixture(scope="module")
 def rwkv7(data_dir, tmp_path_factory):
     from conftest import need
-
     from fastllm.convert_rwkv import convert
 
     src = need(data_dir / "rwkv", "rwkv.cpp tiny models (shared/rwkv)")
@@ -283,7 +282,7 @@ def test_recurrent_state_per_slot(rwkv7, kind):
     m = load(rwkv7, kind, n_seq=3)
     one = load(rwkv7, kind)
     prompts = [[34, 105, 110], [72, 101], [65, 66, 67, 68]]
-    kw = dict(max_tokens=10, temperature=0)
+    kw = {"max_tokens": 10, "temperature": 0}
     alone = [list(one.generate_tokens(p, **kw)) for p in prompts]
     with Engine(m) as eng:
         reqs = [eng.submit(p, **kw) for p in prompts]

@@ -94,8 +94,7 @@ class Request:
                     self._cond.wait()
                 pieces = self._pieces[i:]
                 finished = self.done
-            for p in pieces:
-                yield p
+            yield from pieces
             i += len(pieces)
             if finished and i >= len(self._pieces):
                 if self.error is not None:
@@ -267,7 +266,7 @@ class Engine:
                 break
             try:
                 worked = self._step()
-            except BaseException as e:  # a backend failure ends the running requests, loudly
+            except Exception as e:  # noqa: BLE001 (a failure ends the running requests, loudly)
                 for req in list(self._active.values()):
                     req._finish(None, e)
                 self._active.clear()
@@ -481,4 +480,4 @@ def run_all(model: Any, prompts: Sequence[Any], **kwargs) -> list[str]:
         return [r.text() for r in reqs]
 
 
-__all__ = ["Engine", "FINISH_REASONS", "Request", "TokenLogprob", "Usage", "run_all"]
+__all__ = ["FINISH_REASONS", "Engine", "Request", "TokenLogprob", "Usage", "run_all"]
