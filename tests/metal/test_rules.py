@@ -24,9 +24,10 @@ PRELUDE = "#include <metal_stdlib>\nusing namespace metal;\n"
 
 
 def build_std() -> str:
-    """The -std the metal compiler gets in CMakeLists.txt."""
-    m = re.search(r"-std=(metal\d\.\d)", (ROOT / "CMakeLists.txt").read_text())
-    assert m, "CMakeLists.txt passes no -std=metalX.Y to metal"
+    """The -std the metal compiler gets (cmake/metal_toolchain.cmake, used by CMakeLists.txt)."""
+    text = (ROOT / "cmake" / "metal_toolchain.cmake").read_text()
+    m = re.search(r'set\(FASTLLM_METAL_STD "(metal\d\.\d)"\)', text)
+    assert m and "-std=${FASTLLM_METAL_STD}" in text, "no -std=metalX.Y for metal"
     return m.group(1)
 
 
