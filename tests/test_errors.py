@@ -150,9 +150,11 @@ def test_projection_rows_disagreeing_with_their_partner(good, tmp_path, name):
 
 
 def test_failed_load_closes_its_backend(good, tmp_path):
-    """An inconsistency found after the weights went to the backend (recording the graph)
-    closes the backend: nothing stays allocated for a model that never loaded."""
+    """A failure after the weights went to the backend (here: the cache does not fit) closes the
+    backend: nothing stays allocated for a model that never loaded. Tensors that disagree with
+    each other fail earlier, before a single weight is loaded."""
     from fastllm.backends.reference import ReferenceBackend
+    from fastllm.errors import BackendError
 
     class Counting(ReferenceBackend):
         loaded = closed = 0
@@ -161,16 +163,24 @@ def test_failed_load_closes_its_backend(good, tmp_path):
             self.loaded += 1
             return super().load_weight(info)
 
+        def init_kv(self, spec):
+            raise BackendError("out of memory for the cache")
+
         def close(self):
             self.closed += 1
             super().close()
+
+    be = Counting()
+    with pytest.raises(BackendError, match="out of memory"):
+        Model.load(good, backend=be)
+    assert be.loaded > 0 and be.closed == 1
 
     p = tmp_path / "rows.gguf"
     _rewrite(good, p, lambda n, d: d[: len(d) // 2] if n == "blk.1.ffn_up.weight" else d)
     be = Counting()
     with pytest.raises(GGUFError, match="blk.1.ffn_up.weight"):
         Model.load(p, backend=be)
-    assert be.loaded > 0 and be.closed == 1
+    assert be.loaded == 0
 
 
 def test_norm_weight_of_the_wrong_length(good, tmp_path):

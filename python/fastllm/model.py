@@ -70,8 +70,9 @@ class Model:
         if cfg.n_layer > len(f.tensors):  # each layer has tensors of its own
             raise GGUFError(f"{f.path}: metadata key '{cfg.arch}.block_count' says {cfg.n_layer} "
                             f"layers, more than the file's {len(f.tensors)} tensors can hold")
-        for name in arch_cls.required_tensors(cfg):
-            f.tensor(name)  # raises GGUFError naming the missing tensor
+        # every tensor used or on the architecture's ignored list, none missing (GGUFError), and
+        # the per-tensor scales read: before anything is allocated
+        arch_cls.check_tensors(cfg, f)
         emb = f.tensor("token_embd.weight")
         if emb.shape != (cfg.n_vocab, cfg.n_embd):
             raise GGUFError(f"{f.path}: tensor 'token_embd.weight' has shape {emb.shape}, "

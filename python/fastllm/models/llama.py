@@ -1,15 +1,25 @@
-"""`llama`: Llama 2/3/3.1/3.2, Mistral, TinyLlama, SmolLM. The plain pre-norm decoder that qwen2
-and qwen3 extend: RMSNorm, rotary attention with GQA, SwiGLU feed-forward.
+"""`llama`: Llama 2/3/3.1/3.2, Mistral, TinyLlama, SmolLM. The plain pre-norm decoder that qwen2,
+qwen3 and gemma3 extend: RMSNorm, rotary attention with GQA, SwiGLU feed-forward.
 
-Tensor names are GGUF's (`blk.N.attn_q.weight`, ...), so loading needs no renaming table.
+Tensor names are GGUF's (`blk.N.attn_q.weight`, ...), so loading needs no renaming table. Which
+optional tensors each architecture reads follows llama.cpp (src/models/<arch>.cpp and the
+generic pass of src/llama-model.cpp): biases on the products, per-tensor `.scale` multipliers
+(shape {1}, NVFP4's second-level scale, but a plain factor on any type), `output.bias`,
+`rope_freqs`. A product with both is computed as llama.cpp does: attention's q/k/v and output
+as (x @ W) * scale + bias (llm_graph_context::build_qkv, build_attn), the FFN's as
+(x @ W + bias) * scale (build_ffn).
 """
 
 from __future__ import annotations
 
 import math
 
-from ..backends.base import Graph, Value
-from .base import Architecture
+from ..backends.base import Graph, Value, Weight
+from ..errors import GGUFError
+from .base import INPUT_SCALED, Architecture, Config
+
+ATTN = ("attn_q", "attn_k", "attn_v", "attn_output")
+FFN = ("ffn_gate", "ffn_up", "ffn_down")
 
 
 class Llama(Architecture):
@@ -17,25 +27,61 @@ class Llama(Architecture):
     # llama.cpp's convert permutes Q/K rows for llama so that rotation pairs are adjacent
     # (ggml "normal" rope); qwen2/qwen3/gemma3 keep HF order and use NeoX pairs (i, i + n/2).
     rope_neox = False
+    # the layer products whose `.bias` and `.scale` the architecture's graph applies in llama.cpp
+    BIASED: tuple[str, ...] = ATTN + FFN
+    SCALED: tuple[str, ...] = ATTN + FFN
+    # optional tensors outside the layers
+    GLOBAL_OPTIONAL: tuple[str, ...] = ("output.weight", "rope_freqs.weight")
 
-    def opt(self, name: str):
+    @classmethod
+    def config(cls, md, path: str = "") -> Config:
+        cfg = super().config(md, path)
+        if cfg.n_rot != cfg.head_dim:
+            # llama.cpp refuses these files too ("invalid n_rot"; qwen2/qwen3: an assertion)
+            raise GGUFError(f"{path}: {cls.arch}.rope.dimension_count {cfg.n_rot} differs from "
+                            f"the head size {cfg.head_dim}")
+        return cfg
+
+    @classmethod
+    def optional_tensors(cls, cfg: Config) -> list[str]:
+        names = list(cls.GLOBAL_OPTIONAL)
+        for i in range(cfg.n_layer):
+            names += [f"blk.{i}.{t}.bias" for t in cls.BIASED]
+        return names
+
+    @classmethod
+    def scalar_tensors(cls, cfg: Config) -> list[str]:
+        return [f"blk.{i}.{t}.scale" for i in range(cfg.n_layer) for t in cls.SCALED]
+
+    @classmethod
+    def ignored_tensors(cls, cfg: Config) -> dict[str, str]:
+        why = "NVFP4 activation scale: llama.cpp loads it, no graph of it reads it"
+        return {f"blk.{i}.{t}.input_scale": why for i in range(cfg.n_layer) for t in INPUT_SCALED}
+
+    def opt(self, name: str) -> Weight | None:
         """An optional tensor, or None."""
         return self.w.get(name)
 
+    def product(self, g: Graph, x: Value, name: str, bias_then_scale: bool = False) -> Value:
+        """x @ `name.weight`, with the tensor's `.scale` and `.bias` where the file has them and
+        the architecture applies them (SCALED, BIASED)."""
+        kind = name.rsplit(".", 1)[-1]
+        y = g.matmul(x, self.w[name + ".weight"])
+        s = self.cfg.scalars.get(name + ".scale") if kind in self.SCALED else None
+        b = self.opt(name + ".bias") if kind in self.BIASED else None
+        if s is not None and not bias_then_scale:
+            y = g.scale(y, s)
+        if b is not None:
+            y = g.add(y, b)
+        if s is not None and bias_then_scale:
+            y = g.scale(y, s)
+        return y
+
     def attention_block(self, g: Graph, x: Value, i: int) -> Value:
         c, p = self.cfg, f"blk.{i}."
-        q = g.matmul(x, self.w[p + "attn_q.weight"])
-        k = g.matmul(x, self.w[p + "attn_k.weight"])
-        v = g.matmul(x, self.w[p + "attn_v.weight"])
-        for name, t in (("attn_q", "q"), ("attn_k", "k"), ("attn_v", "v")):
-            b = self.opt(p + name + ".bias")
-            if b is not None:
-                if t == "q":
-                    q = g.add(q, b)
-                elif t == "k":
-                    k = g.add(k, b)
-                else:
-                    v = g.add(v, b)
+        q = self.product(g, x, p + "attn_q")
+        k = self.product(g, x, p + "attn_k")
+        v = self.product(g, x, p + "attn_v")
         qn, kn = self.opt(p + "attn_q_norm.weight"), self.opt(p + "attn_k_norm.weight")
         if qn is not None:
             q = g.rms_norm(q, qn, c.rms_eps, group=c.head_dim)
@@ -45,16 +91,23 @@ class Llama(Architecture):
         g.kv_store(i, k, v)
         a = g.attention(q, i, n_head=c.n_head, n_kv_head=c.n_head_kv, head_dim=c.head_dim,
                         scale=self.attn_scale(), window=self.window(i))
-        return g.matmul(a, self.w[p + "attn_output.weight"])
+        return self.product(g, a, p + "attn_output")
 
     def rope(self, g: Graph, x: Value, n_head: int, layer: int) -> Value:
         c = self.cfg
-        return g.rope(x, n_head=n_head, head_dim=c.head_dim, n_rot=c.n_rot,
-                      base=self.rope_base(layer), freq_scale=c.rope_freq_scale,
-                      neox=self.rope_neox, freq_factors=self.opt("rope_freqs.weight"))
+        ff = self.opt("rope_freqs.weight") if "rope_freqs.weight" in self.GLOBAL_OPTIONAL else None
+        y = g.rope(x, n_head=n_head, head_dim=c.head_dim, n_rot=c.n_rot,
+                   base=self.rope_base(layer), freq_scale=self.rope_scale(layer),
+                   neox=self.rope_neox, freq_factors=ff)
+        if c.rope_attn_factor != 1.0:  # ggml's rope multiplies cos and sin by it
+            y = g.scale(y, c.rope_attn_factor)
+        return y
 
     def rope_base(self, layer: int) -> float:
         return self.cfg.rope_base
+
+    def rope_scale(self, layer: int) -> float:
+        return self.cfg.rope_freq_scale
 
     def attn_scale(self) -> float:
         return 1.0 / math.sqrt(self.cfg.head_dim)
@@ -64,9 +117,9 @@ class Llama(Architecture):
 
     def ffn_block(self, g: Graph, x: Value, i: int) -> Value:
         p = f"blk.{i}."
-        gate = g.matmul(x, self.w[p + "ffn_gate.weight"])
-        up = g.matmul(x, self.w[p + "ffn_up.weight"])
-        return g.matmul(g.swiglu(gate, up), self.w[p + "ffn_down.weight"])
+        gate = self.product(g, x, p + "ffn_gate", bias_then_scale=True)
+        up = self.product(g, x, p + "ffn_up", bias_then_scale=True)
+        return self.product(g, g.swiglu(gate, up), p + "ffn_down", bias_then_scale=True)
 
     def embed(self, g: Graph) -> Value:
         return g.get_rows(self.w["token_embd.weight"], g.tokens)
@@ -74,6 +127,13 @@ class Llama(Architecture):
     def output_weight(self):
         # tied embeddings (SmolLM, Llama 3.2 1B/3B) store no output.weight
         return self.opt("output.weight") or self.w["token_embd.weight"]
+
+    def output(self, g: Graph, x: Value) -> Value:
+        """The LM head: output_norm'd x -> logits."""
+        y = g.matmul(x, self.output_weight())
+        if "output.bias" in self.GLOBAL_OPTIONAL and self.opt("output.bias") is not None:
+            y = g.add(y, self.w["output.bias"])
+        return y
 
     def forward(self, g: Graph, all_logits: bool) -> Value:
         c = self.cfg
@@ -87,4 +147,4 @@ class Llama(Architecture):
         if not all_logits:
             x = g.last_row(x)
         x = g.rms_norm(x, self.w["output_norm.weight"], c.rms_eps)
-        return g.matmul(x, self.output_weight())
+        return self.output(g, x)

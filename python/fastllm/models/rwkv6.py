@@ -38,6 +38,12 @@ class Rwkv6(RwkvBase):
                            time_decay_extra_dim=("time_decay_extra_dim", ...),
                            rescale_every=("rescale_every_n_layers", 0))
 
+    @classmethod
+    def optional_tensors(cls, cfg: RwkvConfig) -> list[str]:
+        # the five mixes: fused, or one by one in older conversions (__init__ wants one form)
+        return [f"blk.{i}.time_mix_lerp_{m}.weight" for i in range(cfg.n_layer)
+                for m in ("fused",) + _MIXES]
+
     def __init__(self, cfg: RwkvConfig, weights):
         super().__init__(cfg, weights)
         # the five mixes come fused (time_mix_lerp_fused) or, in older conversions, one by one

@@ -46,6 +46,16 @@ class Rwkv7(RwkvBase):
             names += [f"blk.{i}.time_mix_v{j}.weight" for j in range(3)]
         return names
 
+    @classmethod
+    def optional_tensors(cls, cfg: RwkvConfig) -> list[str]:
+        # the output gate's LoRA: time_mix applies it when the file has it
+        return [f"blk.{i}.time_mix_g{j}.weight" for i in range(cfg.n_layer) for j in (1, 2)]
+
+    @classmethod
+    def ignored_tensors(cls, cfg: RwkvConfig) -> dict[str, str]:
+        why = "layer 0 has no value residual: llama.cpp loads the placeholder and never reads it"
+        return {f"blk.0.time_mix_v{j}.weight": why for j in range(3)}
+
     def __init__(self, cfg: RwkvConfig, weights):
         super().__init__(cfg, weights)
         for i in range(1, cfg.n_layer):
