@@ -168,8 +168,9 @@ PYBIND11_MODULE(_metal, m) {
                 return d.wrap(info.ptr, n, nocopy, hold(obj));
             },
             py::arg("data"), py::arg("nocopy"),
-            "A buffer of data's bytes: wrapped in place when nocopy and page-aligned (data is "
-            "kept alive by the buffer), else copied.")
+            "A buffer of data's bytes. nocopy: wrapped in place (data is kept alive until Metal "
+            "releases the buffer) or MetalError saying why it cannot be; never a copy. "
+            "Otherwise copied.")
         .def("pipeline", &Device::pipeline, py::arg("kernel"))
         .def(
             "record", [](Device &d, const py::list &items) { return d.record(to_commands(items)); },

@@ -99,14 +99,18 @@ class Device {
 
     // A zero-filled buffer of nbytes.
     std::shared_ptr<Buffer> new_buffer(size_t nbytes);
-    // A buffer holding nbytes at ptr. With nocopy, a page-aligned ptr is wrapped in place: the
-    // buffer spans nbytes rounded up to whole pages, so the caller's mapping must cover them
-    // (a file mapping does), and `keepalive` must own that memory. Otherwise the bytes are copied.
+    // A buffer holding nbytes at ptr. With nocopy, ptr is wrapped in place or not at all (Error
+    // says why: not page-aligned, past maxBufferLength, refused by the device); the buffer spans
+    // nbytes rounded up to whole pages, so the caller's mapping must cover them (a file mapping
+    // does), and `keepalive`, which must own that memory, is held until Metal releases the
+    // buffer. Without nocopy the bytes are copied.
     std::shared_ptr<Buffer> wrap(void *ptr, size_t nbytes, bool nocopy,
                                  std::shared_ptr<void> keepalive);
-    // The pipeline of kernel function `kernel`, created once and cached.
+    // The pipeline of kernel function `kernel`, created once and cached; Error when the
+    // function is missing, fails to specialize or link, or runs SIMD groups other than 32 wide.
     std::shared_ptr<Pipeline> pipeline(const std::string &kernel);
-    // Checks a step (threadgroup sizes, kargs size, offsets) and keeps it for run().
+    // Checks a step (threads against each pipeline's maxTotalThreadsPerThreadgroup, kargs under
+    // setBytes's 4 KB, offsets) and keeps it for run().
     std::shared_ptr<Recording> record(std::vector<Command> commands);
     // Encodes every command of the recording into one command buffer, commits it and waits.
     void run(const Recording &recording);

@@ -48,6 +48,8 @@ __attribute__((objc_root_class))
 @interface NSError : NSObject
 // https://developer.apple.com/documentation/foundation/nserror/localizeddescription
 @property(readonly, copy) NSString *localizedDescription;
+// https://developer.apple.com/documentation/foundation/nserror/code
+@property(readonly) NSInteger code;
 @end
 
 // https://developer.apple.com/documentation/foundation/nsurl
