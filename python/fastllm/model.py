@@ -18,6 +18,7 @@ from .gguf import GGUFFile, open_gguf
 from .models import architecture_for
 from .models.base import Architecture, Config
 from .tokenizer import Tokenizer
+from .tokenizer.ids_only import for_model as tokenizer_for_model
 
 DEFAULT_N_CTX = 4096
 DEFAULT_N_BATCH = 512
@@ -64,7 +65,8 @@ class Model:
         f = open_gguf(p)
         arch_cls = architecture_for(f.architecture, f.path)
         cfg = arch_cls.config(f.metadata, f.path)
-        tok = Tokenizer.from_metadata(f.metadata, f.path)
+        # a tokenizer model fastllm does not build (llama.cpp's "none", "test") runs on ids
+        tok = tokenizer_for_model(f.metadata, f.path)
         if cfg.n_vocab == 0:
             cfg.n_vocab = tok.n_vocab
         if cfg.n_layer > len(f.tensors):  # each layer has tensors of its own
