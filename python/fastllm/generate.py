@@ -72,8 +72,8 @@ def check_sampling(max_tokens: int | None = 256, temperature: float = 0.8, top_k
     for name, v, what in (("top_k", top_k, "(0 is off)"), ("repeat_last_n", repeat_last_n, "")):
         if not (is_int(v) and int(v) >= 0):
             raise ArgumentError(f"{name}={v!r} is out of range: give an int >= 0 {what}".rstrip())
-    if seed is not None and not is_int(seed):
-        raise ArgumentError(f"seed={seed!r}: give an int, or None for a fresh one")
+    if seed is not None and not (is_int(seed) and int(seed) >= 0):
+        raise ArgumentError(f"seed={seed!r}: give an int >= 0, or None for a fresh one")
 
 
 class Generation(Iterator):

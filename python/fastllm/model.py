@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -44,25 +45,26 @@ class Model:
         # per slot: the tokens whose K/V (or state) it holds, in position order
         self._slot_tokens: list[list[int]] = [[] for _ in range(self.n_seq)]
         self._chat = None
+        self._run_rows_of: dict[bool, int] = {}  # _run_rows by all_logits
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str | Backend | None = None,
              n_ctx: int | None = None,
-             n_batch: int = DEFAULT_N_BATCH, n_seq: int = 1) -> Model:
+             n_batch: int = DEFAULT_N_BATCH, n_seq: int = 1, quiet: bool = False) -> Model:
         """Load a GGUF model. `backend`: "reference", "webgpu", "metal" or None (the best one
         available). `n_ctx`: context length; None means min(training context, 4096) (recurrent
         models: the training context), per sequence. `n_seq`: how many sequences the model
         holds at once (slots, each with its own cache of n_ctx positions or its own recurrent
         state), for fastllm.Engine and lists of prompts; memory grows n_seq times. A known
-        model name (e.g. "smollm2-135m") that is not a file is pulled first."""
-        from .pull import KNOWN, pull
+        model name (e.g. "smollm2-135m") that is not a file is pulled first; a file name in the
+        cache (`fastllm list`) is found there. `quiet`: no progress bars (shown on a terminal
+        when a download, or loading the weights, takes more than a second)."""
+        from . import progress
+        from .pull import resolve
 
         t0 = time.perf_counter()
-        p = os.fspath(path)
-        if p in KNOWN and not os.path.exists(p):
-            p = os.fspath(pull(p))
-        f = open_gguf(p)
+        f = open_gguf(os.fspath(resolve(path, quiet=quiet)))
         arch_cls = architecture_for(f.architecture, f.path)
         cfg = arch_cls.config(f.metadata, f.path)
         # a tokenizer model fastllm does not build (llama.cpp's "none", "test") runs on ids
@@ -89,7 +91,8 @@ class Model:
         n_batch = max(1, min(n_batch, n_ctx))
         be = create_backend(backend)
         try:
-            weights = {name: be.load_weight(info) for name, info in f.tensors.items()}
+            weights = {name: be.load_weight(info) for name, info in
+                       progress.tensors(f.tensors, os.path.basename(f.path), quiet)}
             net = arch_cls(cfg, weights)
             try:
                 # recording the decode graph checks every tensor's shape against the config:
@@ -190,13 +193,31 @@ class Model:
                                        f"{self.config.n_ctx_train})")
         return arr.astype(np.int32)
 
+    def _run_rows(self, all_logits: bool) -> int:
+        """The most tokens one run takes: n_batch, or fewer where an activation of n_batch rows
+        would not fit the backend's largest storage binding (`max_binding`). Gemma 3's logits
+        are 1 MiB a token (262,144 values): 512 of them ask for 512 MiB where lavapipe binds
+        128 MiB. A graph of two tokens gives each activation's bytes per token."""
+        limit = getattr(self.backend, "max_binding", None)
+        if not limit:
+            return self.n_batch
+        if all_logits not in self._run_rows_of:
+            g = self.net.build(2, all_logits)
+            per_token = max((4 * math.prod(v.shape[1:]) for n in g.nodes
+                             for v in (n.out, *n.attrs.get("also_out", ()))
+                             if v is not None and v.shape[0] == 2), default=4)
+            self._run_rows_of[all_logits] = max(1, min(self.n_batch, limit // per_token))
+        return self._run_rows_of[all_logits]
+
     def _eval(self, ids: np.ndarray, pos: int, all_logits: bool, slot: int = 0) -> np.ndarray:
-        """Run ids at positions pos.. of slot `slot` through the network in batches; logits of
-        the last token (1, n_vocab), or of every token (n, n_vocab)."""
+        """Run ids at positions pos.. of slot `slot` through the network in batches (of at most
+        n_batch tokens, fewer where the backend's bindings need it); logits of the last token
+        (1, n_vocab), or of every token (n, n_vocab)."""
         out = []
-        for s in range(0, len(ids), self.n_batch):
-            chunk = ids[s:s + self.n_batch]
-            last = s + self.n_batch >= len(ids)
+        step = self._run_rows(all_logits)
+        for s in range(0, len(ids), step):
+            chunk = ids[s:s + step]
+            last = s + step >= len(ids)
             r = self._program(len(chunk), all_logits).run(chunk, pos + s, slot)
             if all_logits or last:
                 out.append(r["logits"])
