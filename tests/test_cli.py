@@ -75,6 +75,21 @@ def test_bad_argument_is_one_line(args, flag, valid, cache):
     assert r.stdout == ""
 
 
+def test_bench_with_nothing_to_measure(cache):
+    r = fastllm("bench", "-m", MISSING, "-p", "0", "-n", "0", cache=cache)
+    assert r.returncode == 2 and len(_lines(r.stderr)) == 1
+    assert "nothing to measure" in r.stderr and "no such file" not in r.stderr
+
+
+def test_bench_table(stories260k, cache):
+    r = fastllm("bench", "-m", str(stories260k), "--backend", "reference", "-p", "16", "-n", "8",
+                "-r", "1", "-q", cache=cache)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    rows = _lines(r.stdout)
+    assert rows[0] == "| model | size | backend | test | t/s |" and len(rows) == 4
+    assert [row.split("|")[4].strip() for row in rows[2:]] == ["pp16", "tg8"]
+
+
 # -- items 2, 3, 5: stdout is the text; stderr one load line and one summary line
 def _run(stories, cache, *args, **kw):
     return fastllm("run", "-m", str(stories), "--backend", "reference", "-p", "", "--temp", "0",

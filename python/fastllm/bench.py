@@ -66,9 +66,10 @@ def run_bench(a) -> int:
     from .model import Model
     from .pull import resolve
 
-    path = resolve(a.model)
+    quiet = getattr(a, "quiet", False)
+    path = resolve(a.model, quiet=quiet)
     n_ctx = a.ctx or max(a.n_prompt, a.n_gen + 1, 16)
-    m = Model.load(path, backend=a.backend, n_ctx=n_ctx)
+    m = Model.load(path, backend=a.backend, n_ctx=n_ctx, quiet=quiet)
     rng = np.random.default_rng(0)
     size = sum(t.data.nbytes for t in m.file.tensors.values())
     name = os.path.basename(m.path)
@@ -98,7 +99,8 @@ def run_bench(a) -> int:
     stats = getattr(m.backend, "stats", None)
     if callable(stats):
         extra += [f"{k} {v}" for k, v in stats().items()]
-    print("fastllm bench: " + ", ".join(extra), file=sys.stderr)
+    if not quiet:  # -q: the table alone
+        print("fastllm bench: " + ", ".join(extra), file=sys.stderr)
     m.close()
     return 0
 

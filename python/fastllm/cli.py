@@ -107,7 +107,7 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str | None = DEFA
     p.add_argument("-c", "--ctx", type=POSITIVE, default=None,
                    help="context length in tokens (default: the model's, at most 4096)")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="print only the generated text: no load line, progress or summary")
+                   help="nothing on stderr but errors: no load line, progress bars or summary")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, n_predict: int = 256) -> None:
@@ -139,7 +139,7 @@ def _load(a: argparse.Namespace, **kw):
     path = resolve(a.model, quiet=a.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        m = Model.load(path, backend=a.backend, n_ctx=a.ctx, **_quiet_kw(Model, a), **kw)
+        m = Model.load(path, backend=a.backend, n_ctx=a.ctx, quiet=a.quiet, **kw)
     why = ""
     for w in caught:
         if isinstance(w.message, FallbackWarning):  # said with the load line
@@ -150,12 +150,6 @@ def _load(a: argparse.Namespace, **kw):
     _say(a, f"loaded {os.path.basename(m.path)} ({m.config.arch}) on {m.backend.describe()} in "
             f"{m.load_seconds:.2f} s{why}")
     return m
-
-
-def _quiet_kw(model_cls, a: argparse.Namespace) -> dict:
-    import inspect
-
-    return {"quiet": a.quiet} if "quiet" in inspect.signature(model_cls.load).parameters else {}
 
 
 def _why(gen, a: argparse.Namespace) -> str:
@@ -255,6 +249,13 @@ def _parallel_arg(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--parallel ")) from None
     return text
+
+
+def _check_bench(a: argparse.Namespace) -> str | None:
+    """What argparse cannot see in one flag: a bench with nothing to measure."""
+    if a.parallel is None and a.n_prompt == 0 and a.n_gen == 0:
+        return "nothing to measure: -p/--n-prompt and -n/--n-gen are both 0"
+    return None
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -378,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--repetitions", type=POSITIVE, default=3, help="timed runs of each test")
     p.add_argument("--sampled", action="store_true",
                    help="also time decoding with generate()'s default sampling chain")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, check=_check_bench, parser=p)
 
     p = sub.add_parser("pull", help="fetch a known model into the cache")
     p.add_argument("name", choices=sorted(KNOWN), help="the model's name")
@@ -412,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return convert_main(argv[1:])
     a = build_parser().parse_args(argv)
+    problem = a.check(a) if getattr(a, "check", None) else None
+    if problem:
+        a.parser.error(problem)
     try:
         return a.func(a)
     except FastLLMError as e:
