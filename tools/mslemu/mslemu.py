@@ -686,6 +686,8 @@ class Library:
         L.msl_kernel_names.argtypes = []
         L.msl_kernel_signature.restype = ctypes.c_char_p
         L.msl_kernel_signature.argtypes = [ctypes.c_char_p]
+        L.msl_stacks_mapped.restype = ctypes.c_uint64
+        L.msl_stacks_mapped.argtypes = []
         L.msl_install_segv_handler()
         self._slack = {}  # data address -> (nbytes, slack bytes after the end that must stay 0xFF)
         self._sigs = {}
@@ -709,6 +711,10 @@ class Library:
         if slack:
             self._slack[p] = (n, slack)
         return out
+
+    def stacks_mapped(self) -> int:
+        """Fiber stacks this library has mapped so far (pooled between dispatches)."""
+        return int(self.lib.msl_stacks_mapped())
 
     def kernels(self) -> list[str]:
         """Names of the library's kernels (host names of template instantiations)."""

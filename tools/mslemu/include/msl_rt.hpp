@@ -483,6 +483,11 @@ inline std::vector<char *> &stack_pool() {
     static std::vector<char *> v;
     return v;
 }
+// stacks mapped so far: msl_stacks_mapped() shows the pool at work without timing anything
+inline std::atomic<uint64_t> &stacks_mapped() {
+    static std::atomic<uint64_t> n{0};
+    return n;
+}
 inline bool take_stacks(std::vector<char *> &out, uint32_t n, size_t size) {
     {
         std::lock_guard<std::mutex> g(stack_pool_mu());
@@ -498,6 +503,7 @@ inline bool take_stacks(std::vector<char *> &out, uint32_t n, size_t size) {
         if (p == MAP_FAILED)
             return false;
         mprotect(p, 4096, PROT_NONE);  // guard page: a fiber stack overflow faults
+        stacks_mapped()++;
         out.push_back(p);
     }
     return true;
@@ -576,6 +582,10 @@ struct Registrar {
 
 // ---------------------------------------------------------------- C API
 extern "C" {
+
+__attribute__((visibility("default"))) uint64_t msl_stacks_mapped(void) {
+    return msl::rt::stacks_mapped().load();
+}
 
 struct msl_stats {
     uint64_t threadgroups, threads, tg_barriers, simd_ops, divergent_simd_ops, barrier_after_return,
