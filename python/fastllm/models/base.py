@@ -152,6 +152,14 @@ class Architecture(ABC):
     def __init__(self, cfg: Config, weights: dict[str, Weight]):
         self.cfg = cfg
         self.w = weights
+        self.scalars_read: set[str] = set()  # cfg.scalars the recorded graphs applied
+
+    def scalar(self, name: str) -> float | None:
+        """A per-tensor multiplier read at load (cfg.scalars), or None; noted as used."""
+        v = self.cfg.scalars.get(name)
+        if v is not None:
+            self.scalars_read.add(name)
+        return v
 
     @classmethod
     def config(cls, md: dict[str, Any], path: str = "") -> Config:
@@ -203,12 +211,13 @@ class Architecture(ABC):
                 cfg.scalars[name] = read_scalar(f, name)
         stubs = {n: Weight(n, t.type, t.shape) for n, t in f.tensors.items()}
         try:
-            g = cls(cfg, stubs).build(1, False)
+            net = cls(cfg, stubs)
+            g = net.build(1, False)
         except GGUFError as e:
             raise GGUFError(f"{f.path}: {e}") from None
         used = {a.name for node in g.nodes for a in node.args if isinstance(a, Weight)}
-        unused = [n for n in f.tensors if n not in used and n not in cfg.scalars
-                  and n not in ignored]
+        used |= net.scalars_read
+        unused = [n for n in f.tensors if n not in used and n not in ignored]
         if unused:
             raise UnsupportedError(cls._unused_message(cfg, f, unused))
 

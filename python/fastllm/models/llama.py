@@ -67,7 +67,7 @@ class Llama(Architecture):
         the architecture applies them (SCALED, BIASED)."""
         kind = name.rsplit(".", 1)[-1]
         y = g.matmul(x, self.w[name + ".weight"])
-        s = self.cfg.scalars.get(name + ".scale") if kind in self.SCALED else None
+        s = self.scalar(name + ".scale") if kind in self.SCALED else None
         b = self.opt(name + ".bias") if kind in self.BIASED else None
         if s is not None and not bias_then_scale:
             y = g.scale(y, s)

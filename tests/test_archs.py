@@ -1,0 +1,207 @@
+"""Every file of ../shared/archs as llama.cpp reads it.
+
+The files are tiny random-weight models written by llama.cpp's own model saver, which sets every
+metadata key to llama.cpp's default and writes every optional tensor llama.cpp's graph for the
+architecture can use (biases, per-tensor `.scale` multipliers, `output.bias`, `rope_freqs`, ...)
+with random values; `llamacpp_logits.json` holds llama.cpp's logits for 40 tokens and its greedy
+continuation (archs/README.md). A key read differently or a tensor left out changes the logits
+by far more than the bounds below (test_each_tensor_kind_matters shows it, kind by kind).
+
+The bounds. llama.cpp (CPU, F32 weights) keeps its KV cache in f16 (its flash attention also
+rounds Q and accumulates in f16) and the JSON holds its logits to 5 decimals; fastllm's
+reference backend computes in float32. Largest difference: one f16 ulp (2^-11) of the largest
+logit plus the printing's 1e-5; WebGPU (shader-f16: prefill attention holds Q, K and V tiles in
+f16) and the Metal kernels (f16 KV cache) round three values where llama.cpp rounds two or
+three, so three ulps. Over all 40 x 128 logits the RMS difference must stay within 1e-5 on
+every backend: the printing alone is 1e-5 / sqrt(12) = 2.9e-6 RMS, llama.cpp's f16 rounding
+about as much again. Measured (every file, every backend): max 1.6e-5 to 5.0e-5, RMS 3.3e-6 to
+5.5e-6, for logits up to 0.74.
+
+What these random models resolve: leaving out attn_v/attn_output/ffn_down biases and scales,
+ffn_up.scale or output.bias moves the logits by 1e-3 to 0.6 (far past any bound); q/k biases and
+scales and rope_freqs by 1.7e-5 to 7e-5 RMS on llama/qwen2/qwen3 (past the RMS bound); a few
+(llama's ffn_gate/ffn_up biases, gemma3's q scale) by less than llama.cpp's own rounding, since
+these weights leave attention nearly uniform and the gate small. That every tensor is used at
+all is checked structurally at load (Architecture.check_tensors) and below.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import need
+from fastllm import Model
+from fastllm.errors import TokenizerError, UnsupportedError
+from fastllm.gguf import open_gguf
+from fastllm.models import ARCHITECTURES
+from fastllm.models.base import read_scalar
+from fastllm.models.llama import ATTN, FFN
+
+# the files of supported architectures that fastllm runs
+DENSE = ["llama-dense", "qwen2-dense", "qwen3-dense", "gemma3-dense"]
+# files of supported architectures with layers fastllm does not have yet: the error names them
+NOT_YET = {"llama-moe": "ffn_gate_exps"}
+F16_ULP = 2.0**-11
+BACKENDS = ["reference", "webgpu", "metal-emu"]
+
+
+@pytest.fixture(scope="module")
+def archs(data_dir) -> Path:
+    return need(data_dir / "archs" / "llamacpp_logits.json", "archs/ (llama.cpp's random models)"
+                ).parent
+
+
+@pytest.fixture(scope="module")
+def ref(archs) -> dict:
+    return json.loads((archs / "llamacpp_logits.json").read_text())["models"]
+
+
+def make_backend(kind: str):
+    """A backend object (or name): "webgpu" skips without an adapter, "metal-emu" (the Metal
+    backend with its kernels run by the MSL emulator) without clang-16 on Linux."""
+    if kind == "webgpu":
+        from fastllm.errors import BackendError
+
+        try:
+            from fastllm.backends.webgpu import WebGPUBackend
+
+            return WebGPUBackend()
+        except (ImportError, BackendError) as e:
+            pytest.skip(f"no WebGPU adapter: {e}")
+    if kind == "metal-emu":
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "metal"))
+        from metal_env import make_runtime
+
+        from fastllm.backends.metal import MetalBackend
+
+        return MetalBackend(runtime=make_runtime("emu"), self_check=False)
+    return kind
+
+
+RMS_BOUND = 1e-5
+
+
+def bound(backend: str, want: np.ndarray) -> float:
+    """The largest |fastllm - llama.cpp| a logit may show (the module docstring says why)."""
+    ulps = 1 if backend == "reference" else 3
+    return ulps * F16_ULP * float(np.abs(want).max()) + 1e-5
+
+
+def greedy_steps_to_compare(margins: list[float], tol: float) -> int:
+    """How many of llama.cpp's greedy steps must agree: up to the first whose top-2 margin is
+    within twice the logit bound (a tie there may fall either way, and every later step follows
+    from it)."""
+    for i, m in enumerate(margins):
+        if m <= 2 * tol:
+            return i
+    return len(margins)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", DENSE)
+def test_logits_and_greedy_match_llamacpp(archs, ref, name, backend):
+    r = ref[name + ".gguf"]
+    want = np.asarray(r["logits"], np.float32)
+    tol = bound(backend, want)
+    m = Model.load(archs / f"{name}.gguf", backend=make_backend(backend))
+    got = m.logits(r["tokens"])
+    err = np.abs(got - want).max(axis=1)
+    assert err.max() <= tol, f"worst position {err.argmax()}: {err.max():.3g} > {tol:.3g}"
+    rms = float(np.sqrt(np.mean(np.square(got - want))))
+    assert rms <= RMS_BOUND, f"RMS difference {rms:.3g}"
+    n = greedy_steps_to_compare(r["greedy_margins"], tol)
+    assert n >= 4, "llama.cpp's margins leave too few steps to compare"
+    greedy = list(m.generate_tokens(r["tokens"], temperature=0, max_tokens=n))
+    assert greedy == r["greedy"][:n]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", DENSE)
+def test_two_chunks_give_the_same_logits(archs, ref, name, backend):
+    """The 40 tokens in runs of 24 and 16 (gemma3: the second run crosses its 32-position window
+    over a ring cache of window + batch rows) give the logits of one run of 40."""
+    ids = ref[name + ".gguf"]["tokens"]
+    whole = Model.load(archs / f"{name}.gguf", backend=make_backend(backend)).logits(ids)
+    m = Model.load(archs / f"{name}.gguf", backend=make_backend(backend), n_batch=24)
+    chunked = m.logits(ids)
+    if name.startswith("gemma3"):
+        assert min(m.kv_spec.sizes) == 32 + 24 < m.n_ctx
+    # the same arithmetic over other row counts: float32 reassociation in numpy's products on
+    # the reference (measured 4.2e-7); the GPU kernels' tiles round the same values alike
+    # (measured 0 to 1.3e-7)
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=2e-6)
+
+
+def scales_of(m: Model, kinds) -> dict[str, float]:
+    return {f"blk.{i}.{k}.scale": read_scalar(m.file, f"blk.{i}.{k}.scale")
+            for i in range(m.config.n_layer) for k in kinds}
+
+
+def rerun(m: Model, ids) -> np.ndarray:
+    m._programs.clear()  # record the graph again with the changed tensors
+    return m.logits(ids)
+
+
+def test_a_tensor_the_graph_forgets_fails_the_load(archs, monkeypatch):
+    """The tensor lists cannot drift from the forward pass: an architecture whose graph stops
+    reading tensors it lists (here llama's FFN biases and scales) fails at load naming them."""
+    from fastllm.models.llama import Llama
+
+    monkeypatch.setattr(Llama, "ffn_block", lambda self, g, x, i: g.matmul(
+        g.swiglu(g.matmul(x, self.w[f"blk.{i}.ffn_gate.weight"]),
+                 g.matmul(x, self.w[f"blk.{i}.ffn_up.weight"])),
+        self.w[f"blk.{i}.ffn_down.weight"]))
+    with pytest.raises(UnsupportedError, match=r"does not use: blk\.N\.ffn_down\.bias, "
+                                               r"blk\.N\.ffn_down\.scale"):
+        Model.load(archs / "llama-dense.gguf", backend="reference")
+
+
+@pytest.mark.parametrize("name", ["qwen2-dense", "gemma3-dense"])
+def test_ffn_scales_llamacpp_leaves_out(archs, ref, name):
+    """qwen2's and gemma3's graphs in llama.cpp pass no FFN scales to build_ffn although its
+    loader reads them: applying them moves the logits far from llama.cpp's, so leaving them out
+    (the architectures' ignored lists) is what llama.cpp does."""
+    r = ref[name + ".gguf"]
+    want = np.asarray(r["logits"], np.float32)
+    m = Model.load(archs / f"{name}.gguf", backend="reference")
+    assert np.abs(m.logits(r["tokens"]) - want).max() <= bound("reference", want)
+    m.net.SCALED = ATTN + FFN
+    m.config.scalars.update(scales_of(m, FFN))
+    assert np.abs(rerun(m, r["tokens"]) - want).max() > 0.01
+
+
+def test_every_file_is_accounted_for(archs):
+    """Each file in archs/ is one this module checks: a supported architecture's file is run (or
+    is in NOT_YET), any other architecture's fails naming the architecture."""
+    for p in sorted(archs.glob("*.gguf")):
+        arch = open_gguf(p).architecture
+        if arch in ARCHITECTURES:
+            assert p.stem in DENSE or p.stem in NOT_YET, f"{p.name}: add it to DENSE or NOT_YET"
+        else:
+            with pytest.raises(UnsupportedError, match=f"unsupported architecture '{arch}'"):
+                Model.load(p, backend="reference")
+
+
+@pytest.mark.parametrize("name", sorted(NOT_YET))
+def test_unused_tensors_fail_naming_them(archs, name):
+    with pytest.raises(UnsupportedError, match=NOT_YET[name]) as e:
+        Model.load(archs / f"{name}.gguf", backend="reference")
+    assert f"{name}.gguf" in str(e.value) and "does not use" in str(e.value)
+
+
+def test_placeholder_vocabulary_runs_on_ids(archs, ref):
+    """tokenizer.ggml.model "test" (llama.cpp's saver): ids work, text is a clear error."""
+    r = ref["llama-dense.gguf"]
+    m = Model.load(archs / "llama-dense.gguf", backend="reference")
+    assert m.n_vocab == r["n_vocab"] == 128
+    for call in (lambda: m.tokenize("hello"), lambda: m.detokenize([1, 2]),
+                 lambda: m.generate("hello", max_tokens=1),
+                 lambda: m.generate(r["tokens"], max_tokens=2, temperature=0)):
+        with pytest.raises(TokenizerError, match="tokenizer.ggml.model 'test'") as e:
+            call()
+        assert "llama-dense.gguf" in str(e.value)
