@@ -103,7 +103,7 @@ def test_run_prints_text_and_two_lines(stories260k, ref, cache):
     assert len(text) > 20 and ref["llamacpp_0.3.36_greedy_text"].lstrip().startswith(text.lstrip())
     load, summary = _lines(r.stderr)  # exactly two lines
     assert load.startswith("fastllm: loaded stories260K.gguf (llama) on reference in ")
-    assert summary.startswith("fastllm: prompt 1 tokens in ")
+    assert summary.startswith("fastllm: prompt 1 token in ")
     assert "generated 12 tokens" in summary and summary.endswith("stopped: max tokens (-n 12)")
     quiet = _run(stories260k, cache, "-n", "12", "-q")
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == r.stdout
@@ -141,7 +141,8 @@ def test_context_full_is_said_and_counted(stories260k, ref, cache):
     from fastllm.tokenizer import Tokenizer
 
     f = open_gguf(stories260k)
-    want = Tokenizer.from_metadata(f.metadata, f.path).decode(ref["llamacpp_0.3.36_greedy_ids"][:23])
+    tok = Tokenizer.from_metadata(f.metadata, f.path)
+    want = tok.decode(ref["llamacpp_0.3.36_greedy_ids"][:23])
     assert r.stdout.rstrip("\n").lstrip() == want.lstrip()
 
 

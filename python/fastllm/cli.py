@@ -122,7 +122,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, n_predict: int = 256) -> None
                    help="drop tokens less likely than this times the most likely; 0 is off")
     p.add_argument("--repeat-penalty", type=PENALTY, default=1.0,
                    help="divide the recent tokens' logits by this; 1 is off")
-    p.add_argument("--seed", type=SEED, default=None, help="random seed (default: a fresh one each run)")
+    p.add_argument("--seed", type=SEED, default=None,
+                   help="random seed (default: a fresh one each run)")
 
 
 def _sampling(a: argparse.Namespace) -> dict:
@@ -165,15 +166,18 @@ def _why(gen, a: argparse.Namespace) -> str:
 
 
 def _summary(gen, a: argparse.Namespace) -> str:
-    parts = [f"prompt {gen.n_prompt} tokens"]
+    def tokens(k: int) -> str:
+        return f"{k} token{'s' if k != 1 else ''}"
+
+    prompt = f"prompt {tokens(gen.n_prompt)}"
     if gen.prompt_seconds is not None:
-        parts[0] += f" in {gen.prompt_seconds:.2f} s"
+        prompt += f" in {gen.prompt_seconds:.2f} s"
     n = gen.n_tokens
-    gen_part = f"generated {n} token{'s' if n != 1 else ''}"
+    out = f"generated {tokens(n)}"
     if n > 1 and gen.gen_seconds:
         # the first token came with the prompt: the rate is over the n - 1 after it
-        gen_part += f", {(n - 1) / gen.gen_seconds:.1f} tok/s"
-    return f"{parts[0]}; {gen_part}; stopped: {_why(gen, a)}"
+        out += f", {(n - 1) / gen.gen_seconds:.1f} tok/s"
+    return f"{prompt}; {out}; stopped: {_why(gen, a)}"
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -234,7 +238,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     except FastLLMError as e:
         print(f"tokenizer:     unusable ({e})")
     tmpl = md.get("tokenizer.chat_template")
-    print(f"chat template: {'yes (' + str(len(tmpl)) + ' chars)' if tmpl else 'none (ChatML fallback)'}")
+    print(f"chat template: {f'yes ({len(tmpl)} chars)' if tmpl else 'none (ChatML fallback)'}")
     if a.verbose:
         for name, t in f.tensors.items():
             print(f"  {name:40s} {t.type.name:6s} {t.shape}")
