@@ -13,6 +13,7 @@ from fastllm import (
     GGUFError,
     Model,
     Tokenizer,
+    TokenizerError,
     UnsupportedError,
 )
 from tinymodels import write_tiny_model
@@ -261,3 +262,93 @@ def test_default_backend_on_a_cpu_only_machine(good, monkeypatch):
     assert m.backend.name == "reference"
     msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(msgs) == 1 and "reference backend" in msgs[0] and "CPU adapter" in msgs[0]
+
+
+def _copy_with(src, dst, keys=(), tensors=()) -> None:
+    """Copy the tiny llama src to dst with metadata keys set ((key, value, GGUFValueType)) and
+    tensors added ((name, array))."""
+    from gguf import GGUFReader
+
+    keys = {k: (v, t) for k, v, t in keys}
+    r = GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(dst), "llama")
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k == "general.architecture" or k in keys:
+            continue
+        w.add_key_value(k, f.contents(), f.types[0], f.types[-1] if len(f.types) > 1 else None)
+    for k, (v, t) in keys.items():
+        w.add_key_value(k, v, t)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.array(t.data))
+    for name, data in tensors:
+        w.add_tensor(name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_tensor_the_architecture_does_not_use(good, tmp_path):
+    """A tensor llama's graph has no place for (here a gate on the attention output, which other
+    architectures have): an UnsupportedError naming it and the architecture, not logits computed
+    without it."""
+    p = tmp_path / "extra.gguf"
+    _copy_with(good, p, tensors=[("blk.1.attn_gate.weight", np.ones((64, 64), np.float32))])
+    with pytest.raises(UnsupportedError, match=r"extra.gguf: 1 tensor\(s\) that fastllm's llama "
+                                               r"does not use: blk.N.attn_gate.weight, e.g. "
+                                               r"'blk.1.attn_gate.weight'"):
+        Model.load(p, backend="reference")
+
+
+def test_scale_tensor_of_more_than_one_value(good, tmp_path):
+    p = tmp_path / "scale.gguf"
+    _copy_with(good, p, tensors=[("blk.0.attn_q.scale", np.ones(2, np.float32))])
+    with pytest.raises(GGUFError, match=r"scale.gguf: tensor 'blk.0.attn_q.scale' has shape "
+                                        r"\(2,\), expected \(1,\)"):
+        Model.load(p, backend="reference")
+
+
+F32, STR, BOOL, U32 = (gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.STRING,
+                       gguf.GGUFValueType.BOOL, gguf.GGUFValueType.UINT32)
+
+
+@pytest.mark.parametrize("keys, match", [
+    ([("llama.rope.scaling.type", "yarn", STR), ("llama.rope.scaling.factor", 4.0, F32)],
+     r"llama.rope.scaling.type 'yarn' \(factor 4.0\) is not supported"),
+    ([("llama.rope.scaling.type", "longrope", STR), ("llama.rope.scaling.factor", 2.0, F32)],
+     r"llama.rope.scaling.type 'longrope'"),
+    ([("llama.attention.causal", False, BOOL)], r"llama.attention.causal is false"),
+    ([("llama.attention.value_length", 8, U32)], r"llama.attention.value_length differs"),
+])
+def test_keys_fastllm_does_not_implement(good, tmp_path, keys, match):
+    """Keys llama.cpp reads and fastllm cannot honour: an UnsupportedError naming the key."""
+    p = tmp_path / "keys.gguf"
+    _copy_with(good, p, keys=keys)
+    with pytest.raises(UnsupportedError, match=match) as e:
+        Model.load(p, backend="reference")
+    assert "keys.gguf" in str(e.value)
+
+
+def test_rope_dimension_count_below_head_size_in_llama(good, tmp_path):
+    """llama.cpp refuses a llama file whose rope.dimension_count is not the head size."""
+    p = tmp_path / "rot.gguf"
+    _copy_with(good, p, keys=[("llama.rope.dimension_count", 8, U32)])
+    with pytest.raises(GGUFError, match=r"rot.gguf: llama.rope.dimension_count 8 differs from the "
+                                        r"head size 16"):
+        Model.load(p, backend="reference")
+
+
+@pytest.mark.parametrize("model", ["none", "no_vocab", "t5"])
+def test_tokenizer_fastllm_does_not_build(good, tmp_path, model):
+    """A tokenizer model without a tokenizer in fastllm (llama.cpp's vocabulary type "none", or
+    one it does not implement): the model runs on ids, text is a TokenizerError naming it."""
+    p = tmp_path / "vocab.gguf"
+    _copy_with(good, p, keys=[("tokenizer.ggml.model", model, STR)])
+    m = Model.load(p, backend="reference")
+    assert m.logits([1, 5, 6]).shape == (3, m.n_vocab)
+    assert len(list(m.generate_tokens([1, 5], max_tokens=3, temperature=0))) == 3
+    with pytest.raises(TokenizerError, match=rf"vocab.gguf: tokenizer.ggml.model '{model}' has "
+                                             rf"no tokenizer in fastllm"):
+        m.tokenize("hi")
+    with pytest.raises(TokenizerError, match=f"'{model}'"):
+        m.generate([1, 5], max_tokens=2, temperature=0)
