@@ -49,14 +49,28 @@ class Device:
         self.recommended_working_set_size = 1 << 34
         self.supports_simdgroup_matrix = True
         self.pipelines_created = 0
+        self.refuse_nocopy = False  # as a device whose newBufferWithBytesNoCopy returns nil
+        self.copied_bytes = 0  # what wrap() copied
 
     def buffer(self, nbytes: int) -> Buffer:
         return _buffer(np.zeros(nbytes, np.uint8), False)
 
     def wrap(self, data, nocopy: bool) -> Buffer:
+        """As csrc/metal_runtime.mm's Device::wrap: nocopy wraps in place (read-only, as a
+        mapped file is) or raises, never copies."""
         arr = np.asarray(data).reshape(-1).view(np.uint8)
-        if nocopy and arr.__array_interface__["data"][0] % mmap.PAGESIZE == 0:
-            return _buffer(arr, True)  # in place, read-only as a mapped file is
+        if nocopy:
+            pages = -(-arr.nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+            if arr.__array_interface__["data"][0] % mmap.PAGESIZE:
+                raise MetalError("cannot wrap memory in place: its start is not on a page")
+            if pages > self.max_buffer_length:
+                raise MetalError(f"cannot wrap {pages} bytes in place: the device's largest "
+                                 f"buffer is {self.max_buffer_length} bytes")
+            if self.refuse_nocopy:
+                raise MetalError(f"cannot wrap {pages} bytes in place: "
+                                 f"newBufferWithBytesNoCopy returned nil")
+            return _buffer(arr, True)
+        self.copied_bytes += arr.nbytes
         return _buffer(arr.copy(), False)
 
     def pipeline(self, kernel: str) -> Pipeline:

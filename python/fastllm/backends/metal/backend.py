@@ -51,6 +51,12 @@ from .lowering import (  # noqa: F401 (MM_MIN_ROWS: tests use it from here)
     _up,
 )
 
+# Bytes a command buffer of decode steps may read (weights and KV rows): about 60 ms at an M1's
+# 68 GB/s, so a chain of steps stays far below macOS's GPU watchdog whatever the model's size
+# (one step of an 8B Q4_K_M model already reads ~4.9 GB: one step per command buffer), while a
+# small model still runs dozens of steps per command buffer.
+STEP_BUFFER_BYTES = 4 << 30
+
 # ------------------------------------------------------------------------------------------
 # runtime over the native extension
 
@@ -77,7 +83,9 @@ class _NativeRuntime:
         self.name = self.dev.name
         self.redzone = 0
         self._pipes: dict[str, Any] = {}
-        self._maps: dict[int, tuple[Any, Any]] = {}  # id(mapping) -> (mapping, buffer)
+        # id(file mapping) -> (mapping, [(start, length, buffer)] windows wrapped in place, or
+        # the reason Metal cannot wrap it)
+        self._maps: dict[int, tuple[Any, list | str]] = {}
 
     def buffer(self, nbytes: int):
         return self.dev.buffer(max(int(nbytes), 16))
@@ -87,22 +95,47 @@ class _NativeRuntime:
         return np.frombuffer(buf, dtype=np.uint8)
 
     def weight(self, data: np.ndarray) -> tuple[Any, int]:
-        """(buffer, offset) holding data: a view of the whole mapped file without a copy when the
-        mapping allows it (one Metal buffer per file), else a copy."""
+        """(buffer, offset) holding data. A tensor of a mapped file is used in place: the file is
+        wrapped whole, or in windows of the device's largest buffer when it is larger, and never
+        copied whole. When Metal refuses to wrap a file (the warning names why) its tensors are
+        copied one by one; memory that is not a file mapping is copied."""
         root = data
         while isinstance(root.base, np.ndarray):
             root = root.base
         start = root.__array_interface__["data"][0]
-        # a whole-file np.memmap starts on a page; anything else is copied tensor by tensor
-        if (isinstance(root.base, mmap.mmap) and start % mmap.PAGESIZE == 0
-                and root.nbytes <= self.dev.max_buffer_length):
-            entry = self._maps.get(id(root))
-            if entry is None:
-                buf = self.dev.wrap(root, True)
-                entry = self._maps[id(root)] = (root, buf)
-            if entry[1].nocopy:
-                return entry[1], data.__array_interface__["data"][0] - start
+        # a whole-file np.memmap starts on a page
+        if isinstance(root.base, mmap.mmap) and start % mmap.PAGESIZE == 0:
+            got = self._in_place(root, data.__array_interface__["data"][0] - start, data.nbytes)
+            if got is not None:
+                return got
         return self.dev.wrap(np.ascontiguousarray(data), False), 0
+
+    def _in_place(self, root: np.ndarray, off: int, n: int) -> tuple[Any, int] | None:
+        """(buffer, offset) of bytes off..off+n of the mapping root, from a window wrapped in
+        place; None when Metal cannot wrap the mapping."""
+        _, windows = self._maps.setdefault(id(root), (root, []))
+        if isinstance(windows, str):
+            return None
+        for start, length, buf in windows:
+            if start <= off and off + n <= start + length:
+                return buf, off - start
+        page = mmap.PAGESIZE
+        limit = self.dev.max_buffer_length // page * page
+        start = 0 if root.nbytes <= limit else off // page * page
+        if off + n - start > limit:
+            raise BackendError(f"metal: a tensor of {n} bytes is larger than the device's largest "
+                               f"buffer ({self.dev.max_buffer_length} bytes)")
+        length = min(limit, root.nbytes - start)
+        try:
+            buf = self.dev.wrap(root[start:start + length], True)
+        except RuntimeError as e:  # MetalError: Metal does not map this file
+            name = getattr(root, "filename", None) or "a weight file"
+            warnings.warn(f"metal: {name} cannot be used in place ({e}); its tensors are "
+                          f"copied one by one", stacklevel=4)
+            self._maps[id(root)] = (root, str(e))
+            return None
+        windows.append((start, length, buf))
+        return buf, off - start
 
     def record(self, items: list[tuple[Dispatch, list[tuple[Any, int, int]]]]):
         cmds = []
@@ -267,7 +300,8 @@ class _MetalProgram(Program):
     def _loop(self, n_steps: int, first_token: int, pos: int, tail: list) -> list[int]:
         """The step and its `tail` (dispatches, each with its bindings in order: None for the
         dispatch's next arena Ref, "hist" / "uniforms" for those buffers, or a binding) n_steps
-        times in one command buffer; the history read back."""
+        times, as many in each command buffer as _steps_per_buffer allows; the history read
+        back. The device moves the step on, so command buffers follow each other seamlessly."""
         b = self.b
         arena = self._recorded()
         own = {"hist": (self._hist, 0, 4 * self._hist_cap),
@@ -280,9 +314,27 @@ class _MetalProgram(Program):
                               else own[s] if isinstance(s, str) else s for s in spec]))
         rec = b.rt.record(items)
         self._write_inputs(np.array([first_token], np.int32), pos)
-        b.rt.run_steps([self._rec, rec], n_steps)
+        per, done = self._steps_per_buffer(pos + n_steps), 0
+        while done < n_steps:
+            k = min(per, n_steps - done)
+            b.rt.run_steps([self._rec, rec], k)
+            done += k
         hist = b.rt.host(self._hist)[:4 * n_steps].view(np.int32)
         return [int(v) for v in hist]
+
+    def _steps_per_buffer(self, pos_end: int) -> int:
+        """Decode steps in one command buffer: as many as read STEP_BUFFER_BYTES at most, a step
+        reading the weights its dispatches bind and the K and V rows attention sees at pos_end
+        (time on the GPU is about bytes over bandwidth for a decode step). At least one."""
+        b = self.b
+        step = sum(r.nbytes for d in self.plan.dispatches for r in d.buffers
+                   if r.kind == "weight")
+        if b.spec is not None:
+            esz = KV_TYPES[b.kv_type]
+            step += sum(2 * dim * esz * min(pos_end, ring)
+                        for ring, dim in zip(b.spec.sizes, b.spec.kv_dim))
+        return max(1, STEP_BUFFER_BYTES // max(step, 1))
+
 
 
 class MetalBackend(Backend):
@@ -333,7 +385,10 @@ class MetalBackend(Backend):
             buf, off = self.rt.weight(data)
             h = _MetalWeight(buf, off, data.nbytes, GGMLType.F32)
         else:
-            buf, off = self.rt.weight(info.data)
+            try:
+                buf, off = self.rt.weight(info.data)
+            except BackendError as e:  # a tensor past the device's largest buffer
+                raise BackendError(f"{info.file}: tensor {info.name!r}: {e}") from None
             h = _MetalWeight(buf, off, int(info.data.nbytes), info.type)
         return Weight(info.name, info.type, info.shape, h)
 
