@@ -74,6 +74,31 @@ inline uint sr_kth_key(threadgroup const uint *sk, uint n, uint k, threadgroup u
     return prefix;
 }
 
+// The largest of sk[0..n), for every thread: k = 1 (greedy rows, top_k 1, one alternative)
+// needs one atomic maximum, not sr_kth_key's 16 rounds; starts with a barrier as sr_kth_key.
+inline uint sr_max_key(threadgroup const uint *sk, uint n, threadgroup atomic_uint *wmax,
+                       ushort tiitg) {
+    if (tiitg == 0) {
+        atomic_store_explicit(wmax, 0u, memory_order_relaxed);
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    uint m = 0;
+    for (uint i = tiitg; i < n; i += SR_TG) {
+        m = max(m, sk[i]);
+    }
+    atomic_fetch_max_explicit(wmax, m, memory_order_relaxed);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    return atomic_load_explicit(wmax, memory_order_relaxed);
+}
+
+// The k-th largest key of sk[0..n) (0 when n < k)
+inline uint sr_top_key(threadgroup const uint *sk, uint n, uint k, threadgroup uint *partial,
+                       threadgroup atomic_uint *wmax, ushort tiitg, ushort sgitg,
+                       ushort tiisg) {
+    return k == 1 ? sr_max_key(sk, n, wmax, tiitg)
+                  : sr_kth_key(sk, n, k, partial, tiitg, sgitg, tiisg);
+}
+
 // The maximum (take_max) or the sum of v over the threadgroup, for every thread
 inline float sr_reduce(float v, bool take_max, threadgroup float *red, ushort sgitg,
                        ushort tiisg) {
@@ -127,6 +152,7 @@ kernel void kernel_sample_rows_part(constant kargs_sample_rows &hdr [[buffer(0)]
     threadgroup uint partial[2 * 3 * SR_NSG];
     threadgroup float red[SR_NSG];
     threadgroup atomic_uint nkept;
+    threadgroup atomic_uint wmax;
     threadgroup uint wid[SR_LMAX];
     threadgroup uint bid[SR_BMAX];
     threadgroup float bval[SR_BMAX];
@@ -196,7 +222,7 @@ kernel void kernel_sample_rows_part(constant kargs_sample_rows &hdr [[buffer(0)]
     if (t == 0) {
         atomic_store_explicit(&nkept, 0u, memory_order_relaxed);
     }
-    const uint th = sr_kth_key(sk, n, k, partial, tiitg, sgitg, tiisg);
+    const uint th = sr_top_key(sk, n, k, partial, &wmax, tiitg, sgitg, tiisg);
     const uint pi = r * hdr.n_parts + part;
     sr_keep_above(sk, n, th, c0, cands + pi * SR_KMAX, SR_KMAX, &nkept, tiitg);
     if (a.logprobs < 0) {
@@ -222,7 +248,8 @@ kernel void kernel_sample_rows_part(constant kargs_sample_rows &hdr [[buffer(0)]
         for (uint i = t; i < n; i += SR_TG) {
             sk[i] = sr_key(xr[i]);
         }
-        const uint th_raw = sr_kth_key(sk, n, uint(a.logprobs), partial, tiitg, sgitg, tiisg);
+        const uint th_raw =
+            sr_top_key(sk, n, uint(a.logprobs), partial, &wmax, tiitg, sgitg, tiisg);
         sr_keep_above(sk, n, th_raw, c0, lpc + pi * SR_LPC, SR_LPC, &nkept, tiitg);
     }
 }
@@ -273,6 +300,7 @@ kernel void kernel_sample_rows_final(constant kargs_sample_rows &hdr [[buffer(0)
     threadgroup uint partial[2 * 3 * SR_NSG];
     threadgroup float red[SR_NSG];
     threadgroup atomic_uint nkept;
+    threadgroup atomic_uint wmax;
     threadgroup uint ck[SR_KMAX];  // kept candidates, in no order
     threadgroup uint ci[SR_KMAX];
     threadgroup uint by_value[SR_KMAX];  // their slots, largest first (ties: column)
@@ -299,7 +327,7 @@ kernel void kernel_sample_rows_final(constant kargs_sample_rows &hdr [[buffer(0)
     if (t == 0) {
         atomic_store_explicit(&nkept, 0u, memory_order_relaxed);
     }
-    const uint th = sr_kth_key(sk, n, k, partial, tiitg, sgitg, tiisg);
+    const uint th = sr_top_key(sk, n, k, partial, &wmax, tiitg, sgitg, tiisg);
     const uint m = sr_rank_above(rc, n, th, ck, ci, by_value, &nkept, tiitg);
     if (a.mode == 1) {
         if (t == 0) {  // greedy: the first largest
@@ -395,7 +423,7 @@ kernel void kernel_sample_rows_final(constant kargs_sample_rows &hdr [[buffer(0)
         for (uint i = t; i < nl; i += SR_TG) {
             sk[i] = rl[i].x;
         }
-        const uint th_raw = sr_kth_key(sk, nl, n_top, partial, tiitg, sgitg, tiisg);
+        const uint th_raw = sr_top_key(sk, nl, n_top, partial, &wmax, tiitg, sgitg, tiisg);
         const uint ml = sr_rank_above(rl, nl, th_raw, ck, ci, by_value, &nkept, tiitg);
         if (t < min(n_top, ml)) {
             const uint j = by_value[t];

@@ -25,7 +25,8 @@ LOGPROB_TOL = 2e-4
 # are made (make_row)
 ROWS = [
     (RowSampling(), "plain"),  # the defaults
-    (RowSampling(temperature=0.0), "ties"),  # greedy: the first of equal largest values
+    # greedy: the first of equal largest values (and the first as the one alternative asked)
+    (RowSampling(temperature=0.0, logprobs=1), "ties"),
     (RowSampling(temperature=1.7, top_k=64, top_p=1.0, min_p=0.0, logprobs=3), "plain"),
     (RowSampling(temperature=0.5, top_k=7, top_p=0.6, min_p=0.3), "plain"),
     (RowSampling(temperature=1.5, top_k=32, top_p=1.0, min_p=0.3, logprobs=0), "ties"),
