@@ -126,6 +126,13 @@ CASES = {
             y[i] = stage(y[i], i);
         }"""), ("-", """
         threadgroup float shared_g[4];  // <-
+        kernel void k(device float *y [[buffer(0)]]) { y[0] = 0.0f; }"""), ("-", """
+        template <typename T>
+        inline T unused_stage(T v, ushort i) {
+            threadgroup T t[32];  // <-
+            t[i] = v;
+            return t[0];
+        }
         kernel void k(device float *y [[buffer(0)]]) { y[0] = 0.0f; }""")],
     "tg-size": [("k", """
         kernel void k(device float4 *y [[buffer(0)]],  // <-

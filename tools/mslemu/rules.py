@@ -183,21 +183,21 @@ def ast_rules(ast: Ast, kernels, reach, owners) -> list[Violation]:
             out.append(Violation(*k.where, k.name, "tg-size", f"{total} bytes of threadgroup "
                                  f"arrays ({desc}) past {MAX_TG_BYTES}", "4.4"))
         for f in reach.get(k.name, ()):
-            if f == fid:
-                continue
-            for name, _, where in ast.tg_sizes.get(f, []):
-                if where:
-                    out.append(Violation(*where, k.name, "tg-scope", f"threadgroup variable "
-                                         f"{name} in {ast.funcs[f].name}(), which is not a "
-                                         f"kernel", "4.4"))
-            for callee, where in ast.funcs[f].refs + ast.funcs[fid].refs:
-                if callee in kernel_ids and where:
+            for callee, where in ast.funcs[f].refs:
+                if callee in kernel_ids and callee != fid and where:
                     out.append(Violation(*where, k.name, "kernel-call", f"calls the kernel "
                                          f"{kernel_ids[callee]}", "5.1"))
-    for name, where in ast.tg_toplevel:
-        if where:
+    kernel_funcs = {k.func for k in kernels}  # plain kernels and kernel templates
+    for fn, name, where in ast.tg_decls:
+        if where is None:
+            continue
+        if fn is None:
             out.append(Violation(*where, "-", "tg-scope", f"threadgroup variable {name} at "
                                  f"program scope", "4, 4.4"))
+        elif ast.funcs[fn].name not in kernel_funcs:
+            out.append(Violation(*where, owners(where), "tg-scope", f"threadgroup variable "
+                                 f"{name} in {ast.funcs[fn].name}(), which is not a kernel",
+                                 "4.4"))
     for fid, where in ast.cycles():
         if where:
             msg = (f"{ast.funcs[fid].name}() calls itself through this call: kernels recurse "

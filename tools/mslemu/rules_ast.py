@@ -64,7 +64,8 @@ class Ast:
         self.funcs: dict[str, Func] = {}
         self.kernel_ids: dict[str, str] = {}  # kernel (host) name -> id of its FunctionDecl
         self.tg_sizes: dict[str, list] = {}  # function id -> [(name, bytes, (file, line))]
-        self.tg_toplevel: list = []  # [(name, (file, line))] threadgroup variables at file scope
+        # every threadgroup variable: (enclosing function id or None, name, (file, line))
+        self.tg_decls: list = []
         self.nodes: list = []  # [(node, (file, line), enclosing function id or None)]
         self.diags: list[Diag] = []
         self.failed = ""
@@ -173,9 +174,8 @@ class Ast:
                 m = re.fullmatch(r"char\[(\d+)\]", node["type"].get("desugaredQualType")
                                  or node["type"]["qualType"])
                 name = self.tg_names[node["name"]]
-                if fn is None:
-                    self.tg_toplevel.append((name, where))
-                elif m:
+                self.tg_decls.append((fn, name, where))
+                if fn is not None and m:  # a template's pattern has no size yet
                     self.tg_sizes.setdefault(fn, []).append((name, int(m.group(1)), where))
             elif kind == "TypedefDecl" and node.get("name", "") in self.host_names:
                 ref = _find(node, "DeclRefExpr")
