@@ -119,7 +119,7 @@ def greedy(be, kv=None):
 def test_greedy_steps_are_split_by_the_bytes_they_read(rt, monkeypatch, kv):
     if not emulator_available():
         pytest.skip("needs the MSL emulator")
-    import fastllm.backends.metal.backend as backend
+    from fastllm.backends.metal import backend
 
     pos, n = 100, 7
     step = STEP + (0 if kv is None else 2 * 64 * 2 * (pos + n))  # K and V rows, f16
