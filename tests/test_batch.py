@@ -289,3 +289,28 @@ def test_recurrent_state_per_slot(rwkv7, kind):
         for r in reqs:
             r.wait()
     assert [r.token_ids for r in reqs] == alone
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+def test_quantized_rows_on_webgpu(tmp_path, arch):
+    """Q8_0 weights: a one-row step runs the one-sequence kernels (integer mat-vecs, the
+    attention output written as their x) and gives its logits; two rows take the float
+    multi-row mat-vec, within the integer dot product's rounding of x (~0.4%)."""
+    path = write_tiny_model(tmp_path / "q.gguf", arch, qtype="Q8_0")
+    m = load(path, "webgpu", n_seq=2, n_ctx=64)
+    one = load(path, "webgpu", n_ctx=64)
+    seqs = [[1, 5, 9, 20], [1, 7, 8]]
+    for s, ids in enumerate(seqs):
+        m.prefill(ids, slot=s)
+    g1 = m.decode_rows([30], [1])
+    g2 = m.decode_rows([31, 32], [0, 1])
+    one.prefill(seqs[1])
+    w1 = one.decode(30)
+    one.prefill(seqs[0])
+    w20 = one.decode(31)
+    one.prefill(seqs[1] + [30])
+    w21 = one.decode(32)
+    scale = np.abs(w1).max()
+    np.testing.assert_allclose(g1[0], w1, atol=1e-5 * scale)
+    for got, want in ((g2[0], w20), (g2[1], w21)):
+        np.testing.assert_allclose(got, want, atol=2e-2 * scale)

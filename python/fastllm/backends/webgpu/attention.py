@@ -36,9 +36,6 @@ ATTN_DIRECT_VU = 4
 # the device has shader-f16 (the products stay f32).
 PREFILL_ATTN_TILES = ((64, 32), (32, 32), (64, 16), (32, 16), (16, 16), (16, 8), (8, 8), (4, 4))
 PREFILL_ATTN_F16 = 1
-# Rows mode (a decode step of several sequences): keys per block of kernel_attn_rows_f32, one a
-# thread (rows.wgsl)
-ATTN_ROWS_WG = 64
 
 
 def prefill_attn_shape(d: int, f16: bool, smem: int, max_wg: int) -> tuple[int, int, bool]:
@@ -118,7 +115,8 @@ class AttentionOps:
             nsplit = max(1, min(ATTN_SPLITS, visible // 8))
             consts = {"G": g, "D": d, "NSPLIT": nsplit}
             part = self._buf(nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
-            self._dispatch("attn_decode.wgsl", "kernel_attn_decode_f32", {**dec, 6: part},
+            self._dispatch("attn_decode.wgsl", "kernel_attn_decode_f32",
+                           {**dec, 6: part, 11: self.be.dummy},
                            (nsplit, nkv), consts={**consts, **neox}, variant=variant, when=when)
             rargs = self._arg(("kargs_attn_reduce", {"n_rows": 1, "n_head": nh, "head_dim": d,
                                                          "n_splits": nsplit}))
@@ -139,16 +137,26 @@ class AttentionOps:
                        f16_tile=tile)
 
     def _attn_rows(self, node: Node, args, kc, vc, g: int, d: int, nkv: int, n: int) -> None:
-        """Rows mode: rows.wgsl's kernel_attn_rows_f32, one workgroup per (KV head, row)."""
-        wg = ATTN_ROWS_WG
-        smem = 4 * (2 * g * d + g * wg + 3 * g)
-        if smem > self.be.limits["max-compute-workgroup-storage-size"]:
-            raise UnsupportedError(f"webgpu: batched attention over {g} query heads per KV head "
-                                   f"of head_dim {d} needs {smem} bytes of workgroup memory")
-        self._dispatch("rows.wgsl", "kernel_attn_rows_f32",
-                       {0: args, 1: self.rows, 9: self.buf(node.args[0]), 10: kc, 11: vc,
-                        12: self.buf(node.out)}, (nkv, n),
-                       consts={"G": g, "D": d, "WG": wg})
+        """Rows mode: the split decode kernel with a rows dimension (attn_decode.wgsl, ROWS),
+        each row over its own slot's keys, then the reduce over (n_head, rows)."""
+        at = node.attrs
+        nh = at["n_head"]
+        ring = self.be.spec.sizes[at["layer"]]
+        visible = min(at["window"], ring) if at["window"] else ring
+        nsplit = max(1, min(ATTN_SPLITS, visible // 8))
+        consts = {"G": g, "D": d, "NSPLIT": nsplit}
+        part = self._buf(n * nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
+        self._dispatch("attn_decode.wgsl", "kernel_attn_decode_f32",
+                       {0: args, 1: self.step, 2: self.buf(node.args[0]), 3: kc, 4: vc, 6: part,
+                        11: self.rows}, (nsplit, nkv, n), consts={**consts, "ROWS": True})
+        rargs = self._arg(("kargs_attn_reduce", {"n_rows": n, "n_head": nh, "head_dim": d,
+                                                     "n_splits": nsplit}))
+        if node.out.id in self.prequantized:  # one row: written as the o projection's x
+            self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_q8",
+                           {0: rargs, 10: self.buf(node.out), 6: part}, (nh,), consts=consts)
+        else:
+            self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",
+                           {0: rargs, 5: self.buf(node.out), 6: part}, (nh, n), consts=consts)
 
     def _op_attn_decode_rope(self, node: Node) -> None:
         self._op_attention(node)  # the decode path with the `rope` variant (args q, k, v, ff)

@@ -13,6 +13,9 @@
 // scores are MASKED (common.wgsl), so no infinities meet.
 // Variants (sections at the end): `plain` reads q as given and a cache that holds position p;
 // `rope` also rotates q and the new k and stores k and v into the cache itself.
+// Rows mode (ROWS, plain only; backends/base.py, Graph.rows): grid (NSPLIT, n_kv_head, rows),
+// each row one query of its own sequence, at the (slot, position) of `rows`; the partials and
+// the reduce (grid (n_head, rows)) take the row's heads after the rows before it.
 
 const WG: u32 = 128u;
 const G: u32 = 1u;       // query heads per KV head
@@ -23,14 +26,19 @@ const P: u32 = G * D4;  // (head, 4 values) pairs
 const KSPL: u32 = max(1u, WG / P);  // key subsets per pair
 const PR: u32 = (P + WG - 1u) / WG;  // pairs per thread
 const G4: u32 = (G + 3u) / 4u;
+const ROWS: bool = false;
 
 @group(0) @binding(0) var<uniform> args: kargs_attention;
 @group(0) @binding(1) var<storage, read> step: kargs_step;
 @group(0) @binding(2) var<storage, read> q4: array<vec4<f32>>;
 // kc4 (binding 3) and vc4 (4), the layer's KV cache: declared by the variant sections below
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
-// partials, (n_head, NSPLIT, D + 2): acc[D], max, sum
+// partials, (rows, n_head, NSPLIT, D + 2): acc[D], max, sum
 @group(0) @binding(6) var<storage, read_write> part: array<f32>;
+// rows mode: each row's (slot, position) (kernel_attn_decode_f32 only)
+@group(0) @binding(11) var<storage, read> rows: array<vec2<u32>>;
+// the first of this row's q values (vec4s), for the plain prologue
+var<private> qrow: u32 = 0u;
 
 var<workgroup> qd: array<vec4<f32>, P>;
 var<workgroup> pd: array<f32, G * WG>;  // softmax weights of the block, per head
@@ -42,7 +50,8 @@ var<workgroup> lsum: array<f32, WG * PR>;
 // heads (MASKED at or past `end`), the block's maximum per head (the same in every thread), its
 // softmax weights into pd, each head's old-sum scale and new running maximum into hd, and the
 // running maxima m moved on. Every thread of the workgroup calls it (barriers inside).
-fn weigh_block(ids: Ids, kvh: u32, jp: u32, end: u32, m: ptr<function, array<f32, G>>) {
+fn weigh_block(ids: Ids, kvh: u32, jp: u32, end: u32, m: ptr<function, array<f32, G>>,
+               slot: u32) {
     let t = ids.lid;
     // (set explicitly: naga does not re-zero a `var` declared in a loop body on every pass)
     var sc: array<f32, G>;
@@ -53,7 +62,7 @@ fn weigh_block(ids: Ids, kvh: u32, jp: u32, end: u32, m: ptr<function, array<f32
         for (var g = 0u; g < G; g++) {
             sc[g] = 0.0;
         }
-        let kb = (step.slot * args.ring + jp % args.ring) * args.n_kv_head * D4 + kvh * D4;
+        let kb = (slot * args.ring + jp % args.ring) * args.n_kv_head * D4 + kvh * D4;
         for (var e = 0u; e < D4; e++) {
             let kv = kc4[kb + e];
             for (var g = 0u; g < G; g++) {
@@ -91,8 +100,15 @@ fn kernel_attn_decode_f32(ids: Ids) {
     let t = ids.lid;
     let split = ids.wg.x;
     let kvh = ids.wg.y;
+    let row = ids.wg.z;
     let kvd4 = args.n_kv_head * D4;
-    let p = step.pos + step.n_tokens - 1u;
+    var p = step.pos + step.n_tokens - 1u;
+    var slot = step.slot;
+    if (ROWS) {
+        p = rows[row].y;
+        slot = rows[row].x;
+        qrow = row * args.n_head * D4;
+    }
     let lo = first_visible(p, args.window);
     // an even share for every workgroup, however few positions are visible: a short context
     // then still spreads over NSPLIT workgroups instead of leaving one to walk all its keys
@@ -115,7 +131,7 @@ fn kernel_attn_decode_f32(ids: Ids) {
     var acc: array<vec4<f32>, PR>;
     var l: array<f32, PR>;
     for (var j0 = s0; j0 < s1; j0 += WG) {
-        weigh_block(ids, kvh, j0 + t, s1, &m);
+        weigh_block(ids, kvh, j0 + t, s1, &m, slot);
         workgroupBarrier();
         let nv = min(WG, s1 - j0);
         for (var r = 0u; r < PR; r++) {
@@ -128,7 +144,7 @@ fn kernel_attn_decode_f32(ids: Ids) {
                 let vb = kvh * D4 + pr % D4;
                 for (var jj = ksub; jj < nv; jj += KSPL) {
                     let pv = pd[g * WG + jj];
-                    a += pv * vc4[(step.slot * args.ring + (j0 + jj) % args.ring) * kvd4 + vb];
+                    a += pv * vc4[(slot * args.ring + (j0 + jj) % args.ring) * kvd4 + vb];
                     ll += pv;
                 }
                 acc[r] = a;
@@ -158,7 +174,7 @@ fn kernel_attn_decode_f32(ids: Ids) {
                 ll = lsum[pr];
             }
             let g = pr / D4;
-            let base = ((kvh * G + g) * NSPLIT + split) * (D + 2u);
+            let base = (((row * args.n_kv_head + kvh) * G + g) * NSPLIT + split) * (D + 2u);
             let d = 4u * (pr % D4);
             part[base + d] = a.x;
             part[base + d + 1u] = a.y;
@@ -207,7 +223,7 @@ fn attend_direct(ids: Ids) {
         l[g] = 0.0;
     }
     for (var j0 = lo; j0 <= p; j0 += WG) {
-        weigh_block(ids, kvh, j0 + t, p + 1u, &m);
+        weigh_block(ids, kvh, j0 + t, p + 1u, &m, step.slot);
         workgroupBarrier();
         let nv = min(WG, p + 1u - j0);
         if (ks < KS) {
@@ -327,10 +343,11 @@ fn reduce_value(h: u32, d: u32) -> f32 {
     return o;
 }
 
-// partials of query head h: NSPLIT records of (acc[head_dim], max, sum)
+// partials of query head h (of row wg.y: the rows' heads one after another): NSPLIT records of
+// (acc[head_dim], max, sum)
 @compute @workgroup_size(WG)
 fn kernel_attn_reduce_f32(ids: Ids) {
-    let h = ids.wg.x;
+    let h = ids.wg.y * rargs.n_head + ids.wg.x;
     reduce_weights(h, ids);
     for (var d = ids.lid; d < rargs.head_dim; d += WG) {
         out[h * rargs.head_dim + d] = reduce_value(h, d);
@@ -377,7 +394,7 @@ fn kernel_attn_reduce_q8(ids: Ids) {
 // this KV head's G query heads, scaled, into qd
 fn prologue(ids: Ids, kvh: u32, p: u32, s0: u32, s1: u32) {
     for (var e = ids.lid; e < P; e += WG) {
-        qd[e] = q4[kvh * P + e] * args.scale;
+        qd[e] = q4[qrow + kvh * P + e] * args.scale;
     }
 }
 
