@@ -314,3 +314,29 @@ def test_quantized_rows_on_webgpu(tmp_path, arch):
     np.testing.assert_allclose(g1[0], w1, atol=1e-5 * scale)
     for got, want in ((g2[0], w20), (g2[1], w21)):
         np.testing.assert_allclose(got, want, atol=2e-2 * scale)
+
+
+@pytest.mark.parametrize("kind", ["reference", "webgpu"])
+def test_chained_steps_equal_single_steps(stories260k, kind):
+    """decode_rows_chain (the steps back to back, tokens fed forward on the device) gives the
+    tokens of one decode_rows_sampled after another, greedy and seeded rows mixed."""
+    from fastllm.sampling import RowSampling
+
+    params = [RowSampling(temperature=0), RowSampling(temperature=0.9, top_k=20),
+              RowSampling(temperature=1.1, top_k=64, top_p=0.9, min_p=0.02)]
+    u = np.random.default_rng(3).random((6, 3)).astype(np.float32)
+    got, want = [], []
+    for chained, out in ((True, got), (False, want)):
+        m = load(stories260k, kind, n_seq=3, n_ctx=64)
+        for s, ids in enumerate(([1, 403, 407], [1, 22], [1, 400, 5, 6])):
+            m.prefill(ids, slot=s)
+        toks = [261, 33, 7]
+        if chained:
+            out.extend(m.decode_rows_chain(toks, [0, 1, 2], params, u).tolist())
+        else:
+            for i in range(len(u)):
+                toks = [r.id for r in m.decode_rows_sampled(toks, [0, 1, 2], params, u[i],
+                                                            [()] * 3)]
+                out.append(toks)
+        assert len(m.cached_tokens(1)) == 2 + len(u)
+    assert got == want

@@ -118,11 +118,13 @@ def parse_parallel(text: str) -> list[int]:
 
 def run_parallel(a) -> int:
     """llama-batched-bench's table: for each B, B sequences of a.n_prompt random tokens are
-    read (one slot each), then a.n_gen tokens decoded greedily for all of them at once, one
-    step of B rows at a time (Model.decode_rows_sampled: the weights read once per step, the
-    next tokens chosen on the device where the backend can). PP, TG: tokens per sequence; N_KV:
+    read (one slot each), then a.n_gen tokens decoded greedily for all of them at once, in steps
+    of B rows (Model.decode_rows_chain, as fastllm.Engine runs them: the weights read once per
+    step, the next tokens chosen on the device and fed to the next step there, one read-back
+    per ALONE_STEPS steps). PP, TG: tokens per sequence; N_KV:
     positions held in all; S_PP, S_TG, S: aggregate tokens/s of the prompts, the decoding and
     both."""
+    from .engine import ALONE_STEPS
     from .model import Model
     from .pull import resolve
     from .sampling import RowSampling
@@ -144,9 +146,11 @@ def run_parallel(a) -> int:
             toks.append(int(np.argmax(m.prefill(ids, slot=s))))
         t_pp = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for _ in range(tg):
-            out = m.decode_rows_sampled(toks, slots, [greedy] * b, [0.0] * b, [[]] * b)
-            toks = [o.id for o in out]
+        done = 0
+        while done < tg:  # as fastllm.Engine decodes: up to ALONE_STEPS steps per read-back
+            k = min(ALONE_STEPS, tg - done)
+            toks = m.decode_rows_chain(toks, slots, [greedy] * b, np.zeros((k, b)))[-1]
+            done += k
         return t_pp, time.perf_counter() - t0
 
     print("|    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |"

@@ -101,8 +101,10 @@ class Request:
                     raise self.error
                 return
 
-    async def stream(self) -> AsyncIterator[str]:
-        """The text pieces for asyncio code (the engine's thread wakes the awaiting loop)."""
+    async def stream(self, joined: bool = False) -> AsyncIterator[str]:
+        """The text pieces for asyncio code (the engine's thread wakes the awaiting loop).
+        joined=True: the pieces that arrived since the last wake as one string (a server
+        writes one event per wake, however far the engine got meanwhile)."""
         loop = asyncio.get_running_loop()
         ev = asyncio.Event()
         with self._cond:
@@ -114,13 +116,13 @@ class Request:
                     pieces = self._pieces[i:]
                     finished = self.done
                     ev.clear()
-                for p in pieces:
-                    yield p
                 i += len(pieces)
+                for p in ["".join(pieces)] if joined and len(pieces) > 1 else pieces:
+                    yield p
                 if finished:
                     with self._cond:
                         rest = self._pieces[i:]
-                    for p in rest:
+                    for p in ["".join(rest)] if joined and len(rest) > 1 else rest:
                         yield p
                     if self.error is not None:
                         raise self.error
@@ -357,6 +359,10 @@ class Engine:
             if chain is not None:
                 self._decode_alone(reqs[0], chain)
                 return
+        if (len(reqs) > 1 and not self._queue and len(reqs) == len(self._active)
+                and all(_chainable(r.sampling) for r in reqs)):
+            self._decode_chain(reqs)
+            return
         toks, slots, params, us, windows = [], [], [], [], []
         for r in reqs:
             toks.append(r.token_ids[-1])
@@ -369,6 +375,26 @@ class Engine:
         out = m.decode_rows_sampled(toks, slots, params, us, windows)
         for r, s in zip(reqs, out):
             self._accept(r, s)
+
+    def _decode_chain(self, reqs: list[Request]) -> None:
+        """Several steps of every generating sequence back to back (Model.decode_rows_chain:
+        on GPU backends one command buffer and one read-back), for chains whose window does not
+        change with the tokens; one number a step from each request's generator, as always."""
+        m = self.model
+        left = [r.max_tokens - len(r.token_ids) if r.max_tokens is not None else ALONE_STEPS
+                for r in reqs]
+        room = [m.n_ctx - len(m._slot_tokens[r.slot]) for r in reqs]
+        k = max(1, min(ALONE_STEPS, max(left), min(room)))
+        us = np.zeros((k, len(reqs)), np.float32)
+        for i, r in enumerate(reqs):
+            if r.sampling.temperature > 0:
+                us[:, i] = r.rng.random(k)
+        out = m.decode_rows_chain([r.token_ids[-1] for r in reqs], [r.slot for r in reqs],
+                                  [r.sampling for r in reqs], us)
+        for step in out:
+            for r, t in zip(reqs, step):
+                if not r.done and r.slot in self._active and self._active[r.slot] is r:
+                    self._accept(r, _Token(int(t)))
 
     def _decode_alone(self, req: Request, chain: dict | None) -> None:
         """One sequence and nothing waiting: a few steps through the one-sequence decoding loop
@@ -458,6 +484,14 @@ class _Token:
     id: int
     logprob: float | None = None
     top: list | None = None
+
+
+def _chainable(p: RowSampling) -> bool:
+    """Whether several steps of p can run without the host between them (no penalty window,
+    which changes with each token, and no log-probabilities to read back)."""
+    from .sampling import device_ok
+
+    return device_ok(p) and not p.penalized and p.logprobs is None
 
 
 def _loop_chain(p: RowSampling) -> dict | str | None:

@@ -360,6 +360,23 @@ class Model:
             self._slot_tokens[s].append(int(t))
         return out
 
+    def decode_rows_chain(self, tokens: Sequence[int], slots: Sequence[int],
+                          params: Sequence[Any], uniforms: np.ndarray) -> np.ndarray:
+        """len(uniforms) decode steps of several sequences, each step's tokens the next one's
+        input (uniforms: (steps, rows), row r's number for each step): int32 (steps, rows).
+        For chains without a penalty window or logprobs; on GPU backends the steps run back to
+        back on the device with one read-back. The last step's tokens are not in the cache."""
+        u = np.asarray(uniforms, np.float32)
+        toks, sl, pos, prog = self._rows_args(tokens, slots)
+        for s, p in zip(sl, pos):
+            if p + len(u) > self.n_ctx:
+                raise ContextOverflowError(f"{len(u)} steps from position {p} do not fit the "
+                                           f"context of {self.n_ctx} (slot {s})")
+        out = prog.run_rows_chain(toks, sl, pos, list(params), u)
+        for r, s in enumerate(sl):
+            self._slot_tokens[s] += [int(toks[r])] + [int(t) for t in out[:-1, r]]
+        return out
+
     def decode_rows_sampled(self, tokens: Sequence[int], slots: Sequence[int],
                             params: Sequence[Any], uniforms: Sequence[float],
                             windows: Sequence[Sequence[int]]) -> list[Any]:

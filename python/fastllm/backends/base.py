@@ -377,6 +377,22 @@ class Program(ABC):
         return [sample_row(logits[r], params[r], float(uniforms[r]), windows[r])
                 for r in range(len(params))]
 
+    def run_rows_chain(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                       params: Sequence[Any], uniforms: np.ndarray) -> np.ndarray:
+        """len(uniforms) steps of run_rows_sampled, each step's tokens the next one's input at
+        the next positions: int32 (steps, rows). For chains without a penalty window or
+        logprobs (the window would change with each step's tokens). GPU backends override this
+        to run the steps back to back on the device with one read-back."""
+        toks = np.asarray(tokens, np.int32).copy()
+        pos = np.asarray(positions).copy()
+        out = []
+        for u in np.asarray(uniforms, np.float32):
+            got = self.run_rows_sampled(toks, slots, pos, params, u, [()] * len(params))
+            toks = np.array([g.id for g in got], np.int32)
+            out.append(toks)
+            pos = pos + 1
+        return np.stack(out)
+
     def run_greedy(self, n_steps: int, first_token: int, pos: int, slot: int = 0) -> list[int]:
         """Greedy decoding with a one-token program whose output is "logits": first_token goes
         in at position pos, each step's argmax (first maximum on ties) is the next step's input.

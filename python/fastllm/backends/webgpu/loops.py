@@ -221,3 +221,76 @@ class DeviceLoops:
                 for r in host:
                     got[r] = sample_row(logits[r], params[r], float(uniforms[r]), windows[r])
         return got
+
+    def run_rows_chain(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                       params: Sequence[Any], uniforms: np.ndarray) -> np.ndarray:
+        """The steps back to back in one command buffer: between two steps the sampler's ids
+        are copied into the next step's token input, and the next positions and the rows'
+        uniform numbers into their buffers, so nothing is read back until the end (a submit and
+        read-back round trip per token costs ~0.3 ms on an H100, ../shared/bench/README.md)."""
+        from ..sample_rows import pack
+        from ...sampling import device_ok
+        from .sample_rows import ROW_BYTES, RowSampler
+
+        u = np.asarray(uniforms, np.float32)
+        k, b = u.shape
+        if (b != self.n or any(not device_ok(p) or p.penalized or p.logprobs is not None
+                               for p in params)):
+            return super().run_rows_chain(tokens, slots, positions, params, uniforms)
+        self._rows_ready(tokens, slots, positions)
+        pos = np.asarray(positions, np.int64).reshape(-1)
+        sl = np.asarray(slots, np.int64).reshape(-1)
+        for s_, p_ in zip(sl, pos):
+            self._ready(int(p_), k, int(s_))
+        v = self.g.outputs["logits"]
+        be = self.be
+        with be.errors("batched decode steps"):
+            if self._rows_sampler is None:
+                self._rows_sampler = RowSampler(be, v.cols, self.n)
+                self._rows_stage = self._buf(self._rows_sampler.out.size, "MAP_READ|COPY_DST",
+                                             "row sampling read", binding=False)
+            s = self._rows_sampler
+            chain = self._rows_chain_bufs(k)
+            s.prepare(params, u[0], [()] * b)
+            args = np.concatenate([pack(params, u[i], [()] * b, self.n)[0] for i in range(k)])
+            rows = np.stack([np.stack([sl, pos + i], 1) for i in range(k)]).astype(np.uint32)
+            q = be.queue
+            q.write_buffer(chain["args"], 0, args.tobytes())
+            q.write_buffer(chain["rows"], 0, rows.tobytes())
+            enc = be.device.create_command_encoder()
+            dispatches, raw = self._lists["short"]
+            for i in range(k):
+                if i:
+                    enc.copy_buffer_to_buffer(chain["rows"], 8 * b * i, self.rows, 0, 8 * b)
+                    enc.copy_buffer_to_buffer(s.out, 0, self.tokens, 0, 4 * b)
+                    enc.copy_buffer_to_buffer(chain["args"], ROW_BYTES * b * i, s.rows, 0,
+                                              ROW_BYTES * b)
+                self._record(enc, raw, dispatches)
+                s.encode(enc, self.buf(v), b)
+                enc.copy_buffer_to_buffer(s.out, 0, chain["hist"], 4 * b * i, 4 * b)
+            enc.copy_buffer_to_buffer(chain["hist"], 0, chain["stage"], 0, 4 * b * k)
+            q.submit([enc.finish()])
+            chain["stage"].map_sync("READ", 0, 4 * b * k)
+            ids = np.frombuffer(chain["stage"].read_mapped(0, 4 * b * k, copy=True), np.int32)
+            chain["stage"].unmap()
+        return ids.reshape(k, b).copy()
+
+    def _rows_chain_bufs(self, k: int) -> dict[str, Any]:
+        """run_rows_chain's buffers for k steps (grown to a power of two)."""
+        from .sample_rows import ROW_BYTES
+
+        c = self._rows_chain
+        if c is None or c["cap"] < k:
+            if c is not None:
+                for name in ("args", "rows", "hist", "stage"):
+                    self.be.free(c[name])
+                    self._own.remove(c[name])
+            cap, b = 1 << (k - 1).bit_length(), self.n
+            c = self._rows_chain = {
+                "cap": cap,
+                "args": self._buf(ROW_BYTES * b * cap, "STORAGE|COPY_SRC|COPY_DST", "chain args"),
+                "rows": self._buf(8 * b * cap, "STORAGE|COPY_SRC|COPY_DST", "chain rows"),
+                "hist": self._buf(4 * b * cap, "STORAGE|COPY_SRC|COPY_DST", "chain tokens"),
+                "stage": self._buf(4 * b * cap, "MAP_READ|COPY_DST", "chain tokens read",
+                                   binding=False)}
+        return c

@@ -54,6 +54,7 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
         self._kv_version = backend.kv_version  # bind groups hold the KV cache's buffers
         self._loops: dict[str, Any] | None = None
         self._rows_sampler = self._rows_stage = None  # rows mode's device sampling (loops.py)
+        self._rows_chain = None  # run_rows_chain's buffers (loops.py)
         self._xq = None  # quantize_x's scratch buffer (matmul.py), made on first use
         # (pipeline, entries, grid, when) until bind groups exist; `when` is None for a
         # dispatch of every step, else the list it belongs to ("short": steps at which at most
@@ -488,3 +489,4 @@ class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
         if self._rows_sampler is not None:
             self._rows_sampler.close()
             self._rows_sampler = self._rows_stage = None
+        self._rows_chain = None
