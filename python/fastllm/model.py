@@ -417,8 +417,9 @@ class Model:
             if stream:
                 raise ValueError("stream=True takes one prompt, not a list (use fastllm.Engine "
                                  "to stream several)")
-            kw = dict(stop=stop, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                      top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed)
+            kw = {"stop": stop, "max_tokens": max_tokens, "temperature": temperature,
+                  "top_k": top_k, "top_p": top_p, "min_p": min_p,
+                  "repeat_penalty": repeat_penalty, "seed": seed}
             if self.n_seq > 1 and len(prompt) > 1:
                 from .engine import run_all
 

@@ -228,8 +228,8 @@ class DeviceLoops:
         are copied into the next step's token input, and the next positions and the rows'
         uniform numbers into their buffers, so nothing is read back until the end (a submit and
         read-back round trip per token costs ~0.3 ms on an H100, ../shared/bench/README.md)."""
-        from ..sample_rows import pack
         from ...sampling import device_ok
+        from ..sample_rows import pack
         from .sample_rows import ROW_BYTES, RowSampler
 
         u = np.asarray(uniforms, np.float32)
