@@ -97,8 +97,8 @@ fn kth_key(t: u32, n: u32, k: u32, ids: Ids) -> u32 {
 }
 
 // The largest of sk[0..n), for every thread: k = 1 (greedy rows, top_k 1, one alternative)
-// needs one atomic maximum, not kth_key's 16 rounds (H100, 32 greedy rows of 128,256 logits:
-// 139 us for both dispatches with the rounds).
+// needs one atomic maximum, not kth_key's 16 rounds (H100, both dispatches for 32 greedy rows
+// of 128,256 logits: 139 us with the rounds, 37 us with this).
 fn max_key(t: u32, n: u32) -> u32 {
     if (t == 0u) {
         atomicStore(&wmax, 0u);
