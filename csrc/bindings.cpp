@@ -84,7 +84,7 @@ std::shared_ptr<void> hold(py::object obj) {
 // header: tests/metal/test_kargs_layout.py checks this table names every struct and field.
 py::dict kargs_layout() {
     py::dict out;
-    KARGS_STRUCT(kargs_step, F(pos) F(n_tokens) F(n_kv) F(_pad0))
+    KARGS_STRUCT(kargs_step, F(pos) F(n_tokens) F(n_kv) F(slot))
     KARGS_STRUCT(kargs_get_rows, F(n_rows) F(n_cols) F(n_vocab) F(_pad0))
     KARGS_STRUCT(kargs_rms_norm,
                  F(n_rows) F(n_cols) F(group) F(has_weight) F(eps) F(_pad0) F(_pad1) F(_pad2))
