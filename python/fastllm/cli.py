@@ -1,4 +1,4 @@
-"""The `fastllm` command: run | chat | info | bench | pull | list | rm | quantize | convert.
+"""The `fastllm` command: run | chat | info | bench | serve | pull | list | rm | quantize | convert.
 
 Generated text goes to stdout; the rest goes to stderr, so `fastllm run -p "..." > out.txt`
 captures only the continuation. On stderr a run prints one line when the model is loaded and one
@@ -276,6 +276,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return run_bench(a)
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .serve import require
+
+    require()  # without the serve extra: one line naming the install command
+    from .serve.main import run
+
+    return run(a, _load, _say)
+
+
 def cmd_pull(a: argparse.Namespace) -> int:
     from .pull import pull
 
@@ -384,6 +393,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampled", action="store_true",
                    help="also time decoding with generate()'s default sampling chain")
     p.set_defaults(func=cmd_bench, check=_check_bench, parser=p)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with a chat page",
+                       description="Serve the model over OpenAI's API (/v1/chat/completions, "
+                                   "/v1/completions, /v1/models), /health, /metrics and a chat "
+                                   "page at /. -c is each slot's context.")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_ranged(int, lambda v: 0 <= v <= 65535, "in 0..65535"),
+                   default=8080, help="port to listen on (0: any free port)")
+    p.add_argument("-np", "--parallel", type=POSITIVE, default=4,
+                   help="slots: requests generated at once (each holds -c tokens of cache)")
+    p.add_argument("--api-key", default=None,
+                   help="clients must send 'Authorization: Bearer KEY' (default: "
+                        "$FASTLLM_API_KEY, else no key)")
+    p.add_argument("--alias", default=None,
+                   help="the model's id in the API (default: the file's name without .gguf)")
+    p.add_argument("--max-queue", type=COUNT, default=None,
+                   help="requests allowed to wait for a slot; more get 429 (default: no limit)")
+    p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                   help="a web origin allowed to call the API from a browser (repeatable)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("pull", help="fetch a known model into the cache")
     p.add_argument("name", choices=sorted(KNOWN), help="the model's name")
