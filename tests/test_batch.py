@@ -340,3 +340,15 @@ def test_chained_steps_equal_single_steps(stories260k, kind):
                 out.append(toks)
         assert len(m.cached_tokens(1)) == 2 + len(u)
     assert got == want
+
+
+def test_slots_past_the_device_name_n_seq_and_n_ctx(stories260k):
+    """Caches past the device's largest binding: a BackendError naming both arguments, and
+    nothing left allocated (the backend is closed)."""
+    from fastllm.errors import BackendError
+
+    be = make_backend("webgpu")
+    with pytest.raises(BackendError, match=r"n_seq=10000 .*n_ctx=256"):
+        Model.load(stories260k, backend=be, n_seq=10000, n_ctx=256)
+    with pytest.raises(ValueError, match="n_seq"):
+        Model.load(stories260k, backend="reference", n_seq=0)
