@@ -163,7 +163,8 @@ def _check_file(path: str, std: str):
     for d in ast.diags:
         # what is left is C++ clang rejects, or MSL that include/msl_lint.hpp lacks a
         # declaration for: either way it was not checked
-        rule, section = next(((r, s) for t, r, s in DIAG_RULES if t in d.msg), ("compile", "1.5"))
+        rule, section = next(((r, s) for text in (d.msg, d.notes) for t, r, s in DIAG_RULES
+                              if t in text), ("compile", "1.5"))
         out.append(Violation(d.file, d.line, owners((d.file, d.line)), rule, d.msg, section))
     out += ast_rules(ast, kernels, reach, owners)
     return out, kernels

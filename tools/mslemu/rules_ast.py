@@ -30,7 +30,7 @@ EXT_COMMON = ("-__opencl_c_pipes,-__opencl_c_program_scope_global_variables,"
               "-__opencl_c_device_enqueue")
 GENERIC_OFF = ["-Xclang", "-cl-ext=-__opencl_c_generic_address_space," + EXT_COMMON]
 GENERIC_ON = ["-Xclang", "-cl-ext=" + EXT_COMMON]
-DIAG_RE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning): "
+DIAG_RE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|note): "
                      r"(?P<msg>.*)$")
 TG_REF_RE = re.compile(r"auto& (\w+) = ::msl::tg_var<")
 
@@ -51,6 +51,7 @@ class Diag:
     file: str
     line: int
     msg: str
+    notes: str = ""  # clang's notes on it ("candidate function not viable: address space ...")
 
 
 class Ast:
@@ -103,15 +104,18 @@ class Ast:
                 f.write(tu_text + "\n".join(hosts) + "\n")
             on = subprocess.run([*cc, *GENERIC_ON, "-Xclang", "-ast-dump=json", self.tu],
                                 capture_output=True, text=True, check=False)
-        seen = set()
-        for err in (off.stderr,):
-            for line in err.splitlines():
-                m = DIAG_RE.match(line)
-                if m and m["sev"] == "error" and src.is_user(m["file"]):
-                    key = (m["file"], int(m["line"]), m["msg"])
-                    if key not in seen:
-                        seen.add(key)
-                        self.diags.append(Diag(*key))
+        seen, last = set(), None
+        for line in off.stderr.splitlines():
+            m = DIAG_RE.match(line)
+            if m and m["sev"] == "note" and last is not None:
+                last.notes += m["msg"] + "\n"
+            elif m and m["sev"] == "error":
+                last = None
+                key = (m["file"], int(m["line"]), m["msg"])
+                if src.is_user(m["file"]) and key not in seen:
+                    seen.add(key)
+                    last = Diag(*key)
+                    self.diags.append(last)
         try:
             tree = json.loads(on.stdout)
         except json.JSONDecodeError:
