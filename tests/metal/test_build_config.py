@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -18,7 +19,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "cmake" / "metal_toolchain.cmake"
 WORKFLOW = ROOT / ".github" / "workflows" / "wheels.yml"
-needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+# cmake from the PATH, else from tools/check_ci_config.sh's venv (.ci/run runs that first)
+CI_VENV = os.environ.get("FASTLLM_CI_VENV") or os.path.join(tempfile.gettempdir(),
+                                                            "fastllm-ci-venv")
+CMAKE = shutil.which("cmake") or shutil.which("cmake", path=os.path.join(CI_VENV, "bin"))
+needs_cmake = pytest.mark.skipif(CMAKE is None, reason="needs cmake (tools/check_ci_config.sh "
+                                 "installs one)")
 
 # xcrun as Xcode has it: `-f metal` finds the compiler; with FAKE_METAL=missing the compiler is
 # Xcode 26's stub, which fails until the Metal Toolchain component is downloaded
@@ -60,7 +66,7 @@ def configure(tmp_path, env, *defs):
     script.write_text(f'include("{MODULE}")\n'
                       f'fastllm_metal_toolchain(flags "{tmp_path / "probe"}")\n'
                       'message(STATUS "FLAGS=${flags}")\n')
-    return subprocess.run(["cmake", f"-DXCRUN={tmp_path / 'bin' / 'xcrun'}", *defs, "-P",
+    return subprocess.run([CMAKE, f"-DXCRUN={tmp_path / 'bin' / 'xcrun'}", *defs, "-P",
                            str(script)], capture_output=True, text=True, env=env, check=False)
 
 
