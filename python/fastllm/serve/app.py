@@ -183,6 +183,9 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)  # none: a browser's request for it is not an error
+
     async def chat_completions(request: Request) -> Response:
         return await _generate(request, "chat")
 
@@ -437,6 +440,7 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
 
     routes = [
         Route("/", index, methods=["GET"]),
+        Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),

@@ -66,7 +66,7 @@ def run(a: argparse.Namespace, load: Callable, say: Callable) -> int:
                             access_log=not a.quiet, timeout_graceful_shutdown=3,
                             lifespan="on")
     server = uvicorn.Server(config)
-    say(a, f"listening on {url} (loading the model: /health answers 503 until it is ready)")
+    say(a, f"listening on {url} (loading the model: /health answers 503 until it has loaded)")
     try:
         server.run(sockets=[sock])
     finally:
