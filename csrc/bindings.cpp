@@ -119,7 +119,7 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_sample_rows, F(n_cols) F(chunk) F(n_parts) F(lp_base))
     KARGS_STRUCT(kargs_sample_row, F(mode) F(top_k) F(temperature) F(top_p) F(min_p) F(u)
                                        F(repeat_penalty) F(frequency_penalty) F(presence_penalty)
-                                           F(n_window) F(n_bias) F(logprobs))
+                                           F(n_window) F(n_bias) F(logprobs) F(mask))
     return out;
 }
 

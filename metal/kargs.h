@@ -272,4 +272,7 @@ struct kargs_sample_row {
     uint32_t n_bias;    // logit_bias entries (id, bias) at bias[row * 64 ..]
     int32_t logprobs;   // -1: none; else the chosen token's log-probability and this many top
                         // alternatives (0..20) of the raw distribution
+    uint32_t mask;      // 1: only the tokens whose bit is set in the row's allowed-token bitmask
+                        // (masks[row * ceil(n_cols / 32) ..], bit t % 32 of word t / 32) can be
+                        // chosen (a grammar's constraint); 0: every token
 };

@@ -7,6 +7,11 @@
 // keeps the row's top_k, runs its chain (or takes the first largest for a greedy row), writes
 // the token and the log-probabilities. Every row's arguments in kargs_sample_row, by row.
 //
+// A row whose kargs_sample_row.mask is 1 (a grammar's constraint) has an allowed-token bitmask
+// of ceil(n_cols / 32) words at masks[r * that ..] (bit c % 32 of word c / 32: column c may be
+// chosen); the part kernel gives the other columns key 0 (never a candidate) after the bias and
+// the penalties (sample_rows.wgsl says why not -inf).
+//
 // Output (out, 32-bit words): row r's token at out[r] (-1 for a row the host samples); with
 // log-probabilities asked, out[lp_base + r * SR_LPW ..]: the chosen token's (float bits), the
 // count n of alternatives, n (id, float bits) pairs, largest first.
@@ -115,13 +120,14 @@ inline float sr_reduce(float v, bool take_max, threadgroup float *red, ushort sg
     return r;
 }
 
-// Keys at or above th of sk[0..n) (columns c0 + i) into dst[0 .. cap) (the rest empty).
-// nkept is 0 before the call.
+// Keys at or above th of sk[0..n) (columns c0 + i) into dst[0 .. cap) (the rest empty); key 0
+// (a column a mask leaves out) never. nkept is 0 before the call.
 inline void sr_keep_above(threadgroup const uint *sk, uint n, uint th, uint c0,
                           device uint2 *dst, uint cap, threadgroup atomic_uint *nkept,
                           ushort tiitg) {
+    const uint th1 = max(th, 1u);
     for (uint i = tiitg; i < n; i += SR_TG) {
-        if (sk[i] >= th) {
+        if (sk[i] >= th1) {
             const uint s = atomic_fetch_add_explicit(nkept, 1u, memory_order_relaxed);
             if (s < cap) {
                 dst[s] = uint2(sk[i], c0 + i);
@@ -144,6 +150,7 @@ kernel void kernel_sample_rows_part(constant kargs_sample_rows &hdr [[buffer(0)]
                                     device uint2 *cands [[buffer(5)]],
                                     device uint2 *lpc [[buffer(6)]],
                                     device float2 *stats [[buffer(7)]],
+                                    device const uint *masks [[buffer(8)]],
                                     uint2 tgpig [[threadgroup_position_in_grid]],
                                     ushort tiitg [[thread_index_in_threadgroup]],
                                     ushort sgitg [[simdgroup_index_in_threadgroup]],
@@ -216,8 +223,19 @@ kernel void kernel_sample_rows_part(constant kargs_sample_rows &hdr [[buffer(0)]
         }
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    for (uint i = t; i < n; i += SR_TG) {
-        sk[i] = sr_key(as_type<float>(sk[i]));
+    if (a.mask != 0) {
+        // the constraint: a column the row's bitmask leaves out gets key 0, which no threshold
+        // counts and sr_keep_above never keeps
+        device const uint *mr = masks + ulong(r) * ((hdr.n_cols + 31) / 32);
+        for (uint i = t; i < n; i += SR_TG) {
+            const uint c = c0 + i;
+            const bool allowed = (mr[c / 32] & (1u << (c % 32))) != 0;
+            sk[i] = allowed ? sr_key(as_type<float>(sk[i])) : 0u;
+        }
+    } else {
+        for (uint i = t; i < n; i += SR_TG) {
+            sk[i] = sr_key(as_type<float>(sk[i]));
+        }
     }
     if (t == 0) {
         atomic_store_explicit(&nkept, 0u, memory_order_relaxed);

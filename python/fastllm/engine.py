@@ -24,7 +24,9 @@ import numpy as np
 from .errors import ContextOverflowError, FastLLMError
 from .sampling import RowSampling, sample_row
 
-FINISH_REASONS = ("stop", "length", "context", "cancelled")
+# "incomplete": a constrained request (json_schema, regex, grammar) ran out of max_tokens or of
+# context before its output was complete under the constraint
+FINISH_REASONS = ("stop", "length", "context", "cancelled", "incomplete")
 
 
 @dataclass
@@ -50,8 +52,9 @@ class TokenLogprob:
 class Request:
     """One submitted generation. Iterate it (from any thread) or `async for` over `stream()`
     for its text pieces as they come; `text()` waits for the whole text. `token_ids`,
-    `finish_reason` ("stop", "length", "context" or "cancelled"), `usage` and `logprobs` (when
-    asked) fill in as it runs. `cancel()` stops it at any time and frees its slot."""
+    `finish_reason` ("stop", "length", "context", "cancelled", or "incomplete": a constraint's
+    output cut short by max_tokens or the context), `usage` and `logprobs` (when asked) fill in
+    as it runs. `cancel()` stops it at any time and frees its slot."""
 
     def __init__(self, engine: Engine, ids: list[int], max_tokens: int | None,
                  stops: list[str], sampling: RowSampling, seed: int | None):
@@ -75,6 +78,7 @@ class Request:
         self.n_prefilled = 0  # prompt tokens already in the slot
         self._decoder = None
         self._pending = ""  # text held back: it may begin a stop string
+        self.constraint = None  # a fastllm.constrain.Matcher, for json_schema / regex / grammar
 
     # -- consumer side -------------------------------------------------------------------------
     @property
@@ -198,13 +202,16 @@ class Engine:
                repeat_penalty: float = 1.0, repeat_last_n: int = 64,
                presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                logit_bias: dict[int, float] | None = None, seed: int | None = None,
-               logprobs: int | None = None) -> Request:
+               logprobs: int | None = None, json_schema: Any = None, regex: str | None = None,
+               grammar: str | None = None, constraint: Any = None) -> Request:
         """Queue a generation of up to max_tokens tokens (None: until the end of generation or
         a full context) after `prompt` (text, or token ids). Arguments as Model.generate, plus
         presence_penalty and frequency_penalty (OpenAI's, over the penalty window of
         repeat_last_n ids), logit_bias ({token id: bias}) and logprobs (None, or how many top
-        alternatives to report with each token's log-probability, 0..20). Bad arguments raise
-        here, before anything is queued."""
+        alternatives to report with each token's log-probability, 0..20). json_schema, regex or
+        grammar (fastllm.constrain.compile_constraint; or `constraint`, one compiled already)
+        constrain the output: each step samples only among the tokens that keep it valid.
+        Bad arguments raise here, before anything is queued."""
         if self._closed:
             raise FastLLMError("the engine is closed")
         m = self.model
@@ -223,6 +230,10 @@ class Engine:
                              frequency_penalty=frequency_penalty, last_n=repeat_last_n,
                              logit_bias=bias, logprobs=logprobs)
         params.check(m.n_vocab)
+        if constraint is None:
+            from .constrain import compile_constraint
+
+            constraint = compile_constraint(m.tokenizer, m.n_vocab, json_schema, regex, grammar)
         ids = m.prompt_ids(prompt)
         m._check_ids(ids)  # token ids in range; a prompt longer than the context raises
         if not ids:
@@ -232,6 +243,8 @@ class Engine:
                                        f"generate in a context of {m.n_ctx} (load with a larger "
                                        f"n_ctx)")
         req = Request(self, list(ids), max_tokens, stops, params, seed)
+        if constraint is not None:
+            req.constraint = constraint.matcher()
         with self._lock:
             if self.max_queue is not None and len(self._queue) >= self.max_queue:
                 raise FastLLMError(f"the engine's queue is full ({self.max_queue} waiting)")
@@ -343,6 +356,9 @@ class Engine:
         if req.max_tokens == 0:
             self._release(req.slot, "length")
             return
+        if req.constraint is not None:
+            self._constrained_step(req, logits)
+            return
         p = req.sampling
         u = float(req.rng.random()) if p.temperature > 0 else 0.0
         s = sample_row(logits, p, u, self._window(req, ids))
@@ -354,13 +370,23 @@ class Engine:
 
     def _decode(self, reqs: list[Request]) -> None:
         m = self.model
-        if len(reqs) == 1 and not self._queue and len(self._active) == 1:
+        if any(r.constraint is not None for r in reqs):
+            # forced tokens go in as one chunk (the request's step is done by it); the others
+            # need each step's last token for their next mask: no chains for them
+            for r in [r for r in reqs if r.constraint is not None and r.constraint.forced()]:
+                self._constrained_step(r, None)
+            reqs = [r for r in reqs if r.constraint is None or (
+                not r.done and self._active.get(r.slot) is r and not r.constraint.forced())]
+            if not reqs:
+                return
+        if len(reqs) == 1 and not self._queue and len(self._active) == 1 \
+                and reqs[0].constraint is None:
             chain = _loop_chain(reqs[0].sampling)
             if chain is not None:
                 self._decode_alone(reqs[0], chain)
                 return
         if (len(reqs) > 1 and not self._queue and len(reqs) == len(self._active)
-                and all(_chainable(r.sampling) for r in reqs)):
+                and all(_chainable(r.sampling) and r.constraint is None for r in reqs)):
             self._decode_chain(reqs)
             return
         toks, slots, params, us, windows = [], [], [], [], []
@@ -372,9 +398,41 @@ class Engine:
             us.append(float(r.rng.random()) if r.sampling.temperature > 0 else 0.0)
             hist = r.prompt_ids + r.token_ids
             windows.append(self._window(r, hist))
-        out = m.decode_rows_sampled(toks, slots, params, us, windows)
+        kw = {}
+        constrained = [r for r in reqs if r.constraint is not None]
+        if constrained:
+            from .constrain import fill_masks
+
+            words = fill_masks([r.constraint for r in constrained],
+                               np.zeros((len(constrained), constrained[0].constraint.words),
+                                        np.uint32))
+            rows = iter(words)
+            kw["masks"] = [next(rows) if r.constraint is not None else None for r in reqs]
+        out = m.decode_rows_sampled(toks, slots, params, us, windows, **kw)
         for r, s in zip(reqs, out):
             self._accept(r, s)
+
+    def _constrained_step(self, req: Request, logits: np.ndarray | None) -> None:
+        """A constrained request's next token on the host: the tokens its constraint forces
+        are taken as they are and evaluated as one chunk (with the last sampled token, which is
+        not in the cache yet), then a token is sampled from the logits that follow with the
+        constraint's mask. logits: those of the tokens so far (after a prompt), or None."""
+        c = req.constraint
+        while True:
+            forced = c.forced()
+            for t in forced:
+                self._accept(req, _Token(t))
+                if req.done or self._active.get(req.slot) is not req:
+                    return
+            if forced or logits is None:
+                logits = self.model.prefill(req.prompt_ids + req.token_ids, req.slot)
+            if not c.forced():
+                break
+        p = req.sampling
+        u = float(req.rng.random()) if p.temperature > 0 else 0.0
+        s = sample_row(logits, p, u, self._window(req, req.prompt_ids + req.token_ids),
+                       c.mask())
+        self._accept(req, s)
 
     def _decode_chain(self, reqs: list[Request]) -> None:
         """Several steps of every generating sequence back to back (Model.decode_rows_chain:
@@ -425,20 +483,29 @@ class Engine:
             self._release(req.slot, "cancelled")
             return
         tok = int(s.id)
+        c = req.constraint
         if tok in m.tokenizer.eog_ids:
             self._release(req.slot, "stop")
+            return
+        if c is not None and not c.consume(tok):  # the mask allows only what it accepts
+            self._active.pop(req.slot, None)
+            req._finish(None, FastLLMError(f"the constraint ({c.constraint.kind}) refused token "
+                                           f"{tok}: {c.error}"))
             return
         req.token_ids.append(tok)
         req.usage.completion_tokens += 1
         if req.logprobs is not None:
-            req.logprobs.append(TokenLogprob(tok, float(s.logprob), list(s.top or [])))
-        if self._text(req, tok):
+            # a token a constraint forced was never sampled: certain, with no alternatives
+            lp = 0.0 if s.logprob is None else float(s.logprob)
+            req.logprobs.append(TokenLogprob(tok, lp, list(s.top or [])))
+        if self._text(req, tok) or (c is not None and c.done):
             self._release(req.slot, "stop")
             return
+        incomplete = c is not None and not c.accepting
         if req.max_tokens is not None and len(req.token_ids) >= req.max_tokens:
-            self._release(req.slot, "length")
+            self._release(req.slot, "incomplete" if incomplete else "length")
         elif len(req.prompt_ids) + len(req.token_ids) >= m.n_ctx:
-            self._release(req.slot, "context")
+            self._release(req.slot, "incomplete" if incomplete else "context")
 
     def _text(self, req: Request, tok: int) -> bool:
         """Feed tok's text; True when a stop string appeared (the text before it is out)."""

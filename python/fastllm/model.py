@@ -379,14 +379,17 @@ class Model:
 
     def decode_rows_sampled(self, tokens: Sequence[int], slots: Sequence[int],
                             params: Sequence[Any], uniforms: Sequence[float],
-                            windows: Sequence[Sequence[int]]) -> list[Any]:
+                            windows: Sequence[Sequence[int]],
+                            masks: Sequence[np.ndarray | None] | None = None) -> list[Any]:
         """decode_rows, then each row's next token drawn by fastllm.sampling.sample_row with
-        params[r] (RowSampling), uniforms[r] and the penalty ids windows[r]: a
-        fastllm.sampling.Sampled per row. GPU backends sample on the device and read back only
-        the tokens (and the log-probabilities rows ask for)."""
+        params[r] (RowSampling), uniforms[r], the penalty ids windows[r] and masks[r] (None, or
+        an allowed-token bitmask of ceil(n_vocab / 32) words: a grammar's constraint): a
+        fastllm.sampling.Sampled per row. GPU backends sample (and mask) on the device and read
+        back only the tokens (and the log-probabilities rows ask for)."""
         toks, sl, pos, prog = self._rows_args(tokens, slots)
+        kw = {"masks": list(masks)} if masks is not None else {}
         out = prog.run_rows_sampled(toks, sl, pos, list(params),
-                                    np.asarray(uniforms, np.float32), list(windows))
+                                    np.asarray(uniforms, np.float32), list(windows), **kw)
         for t, s in zip(toks, sl):
             self._slot_tokens[s].append(int(t))
         return out
@@ -405,47 +408,90 @@ class Model:
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256,
                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05, repeat_penalty: float = 1.0, seed: int | None = None,
-                 stop: str | Sequence[str] | None = None, stream: bool = False):
+                 stop: str | Sequence[str] | None = None, stream: bool = False,
+                 json_schema: Any = None, regex: str | None = None, grammar: str | None = None):
         """The continuation of prompt as text (or, with stream=True, an iterator of pieces whose
         concatenation is that text). Stops at end-of-generation tokens, at any `stop` string
         (not included), at max_tokens, or when the context is full. temperature=0 is greedy.
 
+        json_schema (a dict or its JSON text), regex or grammar (Lark, or llama.cpp's GBNF)
+        constrain the output (fastllm.constrain): a bad one is an ArgumentError before anything
+        runs; an output that max_tokens or the context cut short ends with finish_reason
+        "incomplete".
+
         A list of prompts (texts, or lists of token ids) gives a list of texts in the same
         order: generated together by a fastllm.Engine when the model holds several sequences
         (Model.load(..., n_seq=N)), else one after another; each as it would be alone."""
+        cons = {"json_schema": json_schema, "regex": regex, "grammar": grammar}
         if _is_batch(prompt):
             if stream:
                 raise ValueError("stream=True takes one prompt, not a list (use fastllm.Engine "
                                  "to stream several)")
             kw = {"stop": stop, "max_tokens": max_tokens, "temperature": temperature,
                   "top_k": top_k, "top_p": top_p, "min_p": min_p,
-                  "repeat_penalty": repeat_penalty, "seed": seed}
+                  "repeat_penalty": repeat_penalty, "seed": seed,
+                  **{k: v for k, v in cons.items() if v is not None}}
             if self.n_seq > 1 and len(prompt) > 1:
                 from .engine import run_all
 
                 return run_all(self, list(prompt), **kw)
             return [self.generate(p, **kw) for p in prompt]
+        if any(v is not None for v in cons.values()):
+            from . import structured
+            from .constrain import compile_constraint
+
+            c = compile_constraint(self.tokenizer, self.n_vocab, **cons)
+            return structured.generate(self, prompt, c, stream, stop=stop,
+                                       max_tokens=max_tokens, temperature=temperature,
+                                       top_k=top_k, top_p=top_p, min_p=min_p,
+                                       repeat_penalty=repeat_penalty, seed=seed)
         it = generate_text(self, self.prompt_ids(prompt), stop=stop, max_tokens=max_tokens,
                            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                            repeat_penalty=repeat_penalty, seed=seed)
         return it if stream else "".join(it)
 
-    def chat(self, messages: Sequence[dict], **sampling):
+    def chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None,
+             tool_choice: Any = None, **sampling):
         """Reply to a conversation (list of {"role", "content"}) rendered with the model's chat
-        template; arguments as for generate(). A list of conversations gives a list of
-        replies (generated together where the model holds several sequences)."""
+        template; arguments as for generate() (json_schema, regex, grammar included). A list of
+        conversations gives a list of replies (generated together where the model holds
+        several sequences).
+
+        tools (OpenAI's [{"type": "function", "function": {"name", "description",
+        "parameters"}}]) are rendered by the template, and the reply is OpenAI's assistant
+        message {"role": "assistant", "content": ..., "tool_calls": [...]} (stream=True: an
+        iterator of OpenAI's deltas); tool_choice "auto" (default), "none", "required" or
+        {"type": "function", "function": {"name": ...}} (the last two enforced by a grammar).
+        Tool results go back in as {"role": "tool", "tool_call_id", "content"} messages
+        (fastllm.tools)."""
+        if tools is not None:
+            from . import structured
+            from .constrain import compile_constraint
+
+            stream = sampling.pop("stream", False)
+            cons = {k: sampling.pop(k, None) for k in ("json_schema", "regex", "grammar")}
+            c = compile_constraint(self.tokenizer, self.n_vocab, **cons)
+            return structured.chat(self, messages, tools, tool_choice, stream, c, **sampling)
+        if tool_choice is not None:
+            raise ValueError("tool_choice needs tools")
         if (isinstance(messages, (list, tuple)) and messages
                 and all(isinstance(c, (list, tuple)) for c in messages)):
             return self.generate([self.chat_prompt(c) for c in messages], **sampling)
         return self.generate(self.chat_prompt(messages), **sampling)
 
-    def chat_prompt(self, messages: Sequence[dict]) -> list[int]:
-        """Token ids of messages rendered with the chat template, ready for the assistant."""
+    def chat_template(self):
+        """The model's fastllm.chat.ChatTemplate (its file's, or ChatML)."""
         from .chat import ChatTemplate
 
         if self._chat is None:
             self._chat = ChatTemplate.from_metadata(self.metadata, self.tokenizer)
-        text = self._chat.render(list(messages), add_generation_prompt=True)
+        return self._chat
+
+    def chat_prompt(self, messages: Sequence[dict], **template_args: Any) -> list[int]:
+        """Token ids of messages rendered with the chat template, ready for the assistant;
+        template_args (tools=..., enable_thinking=...) go to the template."""
+        text = self.chat_template().render(list(messages), add_generation_prompt=True,
+                                           **template_args)
         ids = self.tokenize(text, add_bos=True, special=True)
         bos = self.tokenizer.bos_id
         if len(ids) > 1 and ids[0] == bos and ids[1] == bos:

@@ -57,6 +57,24 @@ def apply_logit_bias(logits: np.ndarray, bias: Sequence[tuple[int, float]]) -> n
     return out
 
 
+def allowed_tokens(mask: np.ndarray, n: int) -> np.ndarray:
+    """The bool (n,) of an allowed-token bitmask: bit t % 32 of 32-bit word t // 32 set where
+    token t may be chosen (llguidance's layout; missing words allow nothing)."""
+    words = np.ascontiguousarray(mask).reshape(-1).view(np.uint32)
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little").astype(bool)
+    out = np.zeros(n, bool)
+    out[:min(n, len(bits))] = bits[:n]
+    return out
+
+
+def apply_token_mask(logits: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """logits with every token the bitmask does not allow at -inf (allowed_tokens)."""
+    if mask is None:
+        return logits
+    return np.where(allowed_tokens(mask, logits.shape[-1]), logits,
+                    np.float32(-np.inf)).astype(np.float32)
+
+
 def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
     """Keep the k largest logits (others -inf). k <= 0 keeps all."""
     if k <= 0 or k >= logits.shape[-1]:
@@ -294,11 +312,13 @@ def top_logprobs(lp: np.ndarray, n: int) -> tuple[tuple[int, float], ...]:
 
 
 def sample_row(logits: np.ndarray, p: RowSampling, u: float,
-               window: Sequence[int] = ()) -> Sampled:
+               window: Sequence[int] = (), mask: np.ndarray | None = None) -> Sampled:
     """One row's token by llama.cpp's chain: logit_bias, the penalties over the last p.last_n
     ids of `window` (apply_penalties), top_k, top_p, min_p, temperature, then the token whose
     share of the cumulative probability first passes u (as draw); greedy (temperature <= 0):
-    the first largest logit after bias and penalties.
+    the first largest logit after bias and penalties. `mask`: an allowed-token bitmask (a
+    grammar's, allowed_tokens): the other tokens are set to -inf after the bias and penalties,
+    so only allowed tokens can be chosen.
 
     With p.logprobs set, the chosen token's log-probability and the top p.logprobs alternatives
     come from the model's RAW distribution, the log-softmax of the logits before bias,
@@ -309,6 +329,7 @@ def sample_row(logits: np.ndarray, p: RowSampling, u: float,
     if p.penalized:
         x = apply_penalties(x, list(window)[-p.last_n:], p.repeat_penalty,
                             p.frequency_penalty, p.presence_penalty)
+    x = apply_token_mask(x, mask)
     if p.greedy:
         tok = int(np.argmax(x))
     else:

@@ -366,15 +366,18 @@ class Program(ABC):
 
     def run_rows_sampled(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
                          params: Sequence[Any], uniforms: np.ndarray,
-                         windows: Sequence[Sequence[int]]) -> list[Any]:
+                         windows: Sequence[Sequence[int]],
+                         masks: Sequence[np.ndarray | None] | None = None) -> list[Any]:
         """run_rows, then row r's next token drawn by fastllm.sampling.sample_row with
-        params[r] (a RowSampling), uniforms[r] and windows[r] (the penalty's ids): a
-        fastllm.sampling.Sampled per row. GPU backends override this to sample on the device
-        and read back only the tokens."""
+        params[r] (a RowSampling), uniforms[r], windows[r] (the penalty's ids) and masks[r]
+        (None, or the row's allowed-token bitmask): a fastllm.sampling.Sampled per row. GPU
+        backends override this to sample on the device and read back only the tokens."""
         from ..sampling import sample_row
+        from .sample_rows import check_masks
 
         logits = self.run_rows(tokens, slots, positions)["logits"]
-        return [sample_row(logits[r], params[r], float(uniforms[r]), windows[r])
+        masks = check_masks(masks, len(params), logits.shape[-1]) or [None] * len(params)
+        return [sample_row(logits[r], params[r], float(uniforms[r]), windows[r], masks[r])
                 for r in range(len(params))]
 
     def run_rows_chain(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,

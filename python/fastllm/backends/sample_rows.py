@@ -7,6 +7,11 @@ Output layout (32-bit words): row r's token at word r (int32; -1 for a row the d
 the host), then from word lp_base (= max_rows) LPW words a row for rows that ask for
 log-probabilities: the chosen token's (float32), the count n of alternatives, n pairs (id,
 float32), largest first.
+
+Allowed-token bitmasks (a grammar's constraint, fastllm.constrain): a row whose
+kargs_sample_row.mask is 1 has mask_words(n_vocab) words at masks[row * mask_words ..], bit
+t % 32 of word t // 32 set where token t may be chosen (llguidance's layout); the device sets
+the other logits to -inf after the bias and penalties, before top_k and the draw.
 """
 
 from __future__ import annotations
@@ -49,18 +54,48 @@ def header(n_vocab: int, max_rows: int) -> bytes:
                       lp_base=max_rows)
 
 
+def mask_words(n_vocab: int) -> int:
+    """Words of one row's allowed-token bitmask."""
+    return -(-n_vocab // 32)
+
+
+def check_masks(masks: Sequence[np.ndarray | None] | None, n_rows: int,
+                n_vocab: int) -> list[np.ndarray | None] | None:
+    """masks as uint32 rows of mask_words(n_vocab) words (None: a row without one), or None
+    when no row has one; ValueError for a mask of another size."""
+    if masks is None:
+        return None
+    if len(masks) != n_rows:
+        raise ValueError(f"{n_rows} rows need as many masks (None for a row without one), got "
+                         f"{len(masks)}")
+    mw = mask_words(n_vocab)
+    out: list[np.ndarray | None] = []
+    for r, m in enumerate(masks):
+        if m is None:
+            out.append(None)
+            continue
+        a = np.ascontiguousarray(m).reshape(-1)
+        if a.dtype.itemsize != 4 or a.dtype.kind not in "iu" or len(a) != mw:
+            raise ValueError(f"row {r}'s token mask must be {mw} 32-bit words (ceil({n_vocab} "
+                             f"/ 32)), got {len(a)} of {a.dtype}")
+        out.append(a.view(np.uint32))
+    return out if any(m is not None for m in out) else None
+
+
 def out_words(max_rows: int) -> int:
     """Words of the output buffer."""
     return max_rows * (1 + LPW)
 
 
 def pack(params: Sequence[RowSampling], uniforms: Sequence[float],
-         windows: Sequence[Sequence[int]], max_rows: int
+         windows: Sequence[Sequence[int]], max_rows: int,
+         masks: Sequence[np.ndarray | None] | None = None
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(kargs_sample_row per row, window ids (B, LMAX) uint32, bias (B, BMAX, 2) uint32 as (id,
     float32 bits)) for the rows' chains (already checked: RowSampling.check). A row that
     device_ok refuses gets mode 0 (the host samples it); a greedy row mode 1, any other 2.
-    windows[r]: the sequence's ids, of which the last last_n are penalized."""
+    windows[r]: the sequence's ids, of which the last last_n are penalized. masks (checked by
+    check_masks): a row with one gets mask 1 (its words are the caller's to upload)."""
     b = len(params)
     if not 0 < b <= max_rows or len(uniforms) != b or len(windows) != b:
         raise ValueError(f"sampling {b} rows (at most {max_rows}) needs as many uniform "
@@ -94,6 +129,7 @@ def pack(params: Sequence[RowSampling], uniforms: Sequence[float],
             bias[r, :nb, 1] = np.array([v for _, v in p.logit_bias], np.float32).view(np.uint32)
             rec["n_bias"] = nb
         rec["logprobs"] = -1 if p.logprobs is None else p.logprobs
+        rec["mask"] = int(masks is not None and masks[r] is not None)
     return rows, win, bias
 
 

@@ -6,7 +6,7 @@ runtime records (MetalBackend.rt.record), and the logits are (buffer, byte offse
 runtime's buffers.
 
     s = RowSampler(backend, n_vocab, max_rows)
-    s.prepare(params, uniforms, windows)          # writes the rows' small buffers (shared memory)
+    s.prepare(params, uniforms, windows, masks)   # writes the rows' buffers (shared memory)
     items = [...]; s.encode(items, (logits_buffer, offset), n_rows)
     backend.rt.run(backend.rt.record(items))
     s.unpack()                                    # list of Sampled (None: a host row)
@@ -26,7 +26,7 @@ from .lowering import Dispatch
 
 TG = 256  # sample_rows.metal's SR_TG
 NK = 4096  # its SR_NK: the most columns of a part, and of parts x KMAX candidates
-ROW_BYTES = 48  # kargs_sample_row
+ROW_BYTES = 52  # kargs_sample_row
 
 
 class RowSampler:
@@ -50,22 +50,32 @@ class RowSampler:
         self.cands = rt.buffer(8 * layout.KMAX * parts * rows)
         self.lpc = rt.buffer(8 * layout.LPC * parts * rows)
         self.stats = rt.buffer(8 * parts * rows)
+        # allowed-token bitmasks (a grammar's constraint), written for the rows that have one
+        self.mask_words = layout.mask_words(self.n_vocab)
+        self.masks = rt.buffer(4 * self.mask_words * rows)
         self.out = rt.buffer(4 * layout.out_words(rows))  # shared memory: read in place
         self._params: list[RowSampling] = []
         self._logits = None
 
     def prepare(self, params: Sequence[RowSampling], uniforms: Sequence[float],
-                windows: Sequence[Sequence[int]]) -> None:
+                windows: Sequence[Sequence[int]],
+                masks: Sequence[np.ndarray | None] | None = None) -> None:
         """Write the rows' chains, uniform numbers and penalty windows (windows[r]: row r's
         sequence so far, or its last last_n ids) for the next encode(); params are checked
-        RowSamplings (RowSampling.check)."""
-        rows, win, bias = layout.pack(params, uniforms, windows, self.max_rows)
+        RowSamplings (RowSampling.check). masks: None, or per row None or its allowed-token
+        bitmask (ceil(n_vocab / 32) 32-bit words: sampling.allowed_tokens)."""
+        masks = layout.check_masks(masks, len(params), self.n_vocab)
+        rows, win, bias = layout.pack(params, uniforms, windows, self.max_rows, masks)
         host = self.rt.host
         host(self.rows)[:rows.nbytes] = rows.view(np.uint8)
         if any(rows["n_window"]):
             host(self.windows)[:win.nbytes] = win.view(np.uint8).reshape(-1)
         if any(rows["n_bias"]):
             host(self.bias)[:bias.nbytes] = bias.view(np.uint8).reshape(-1)
+        mb = 4 * self.mask_words
+        for r, m in enumerate(masks or ()):
+            if m is not None:  # only the constrained rows' words are written
+                host(self.masks)[r * mb:(r + 1) * mb] = m.view(np.uint8)
         self._params = list(params)
 
     def encode(self, encoder: list, logits, n_rows: int) -> None:
@@ -88,7 +98,8 @@ class RowSampler:
                         (4, 5, 6))
         final = Dispatch("kernel_sample_rows_final", self.hdr, (), (b, 1, 1), (TG, 1, 1), (5,))
         encoder.append((part, [x, rows, (self.windows, 0, 4 * layout.LMAX * b),
-                               (self.bias, 0, 8 * layout.BMAX * b), cands, lpc, stats]))
+                               (self.bias, 0, 8 * layout.BMAX * b), cands, lpc, stats,
+                               (self.masks, 0, 4 * self.mask_words * b)]))
         encoder.append((final, [x, rows, cands, lpc, stats, out]))
 
     def read_nbytes(self) -> int:
@@ -103,20 +114,21 @@ class RowSampler:
         return layout.unpack(np.frombuffer(data, np.uint32), self._params, self.max_rows)
 
     def sample(self, logits: np.ndarray, params: Sequence[RowSampling],
-               uniforms: Sequence[float], windows: Sequence[Sequence[int]]) -> list[Sampled]:
+               uniforms: Sequence[float], windows: Sequence[Sequence[int]],
+               masks: Sequence[np.ndarray | None] | None = None) -> list[Sampled]:
         """Copy logits (B, n_vocab) to the device, sample, read back; rows the device leaves
         to the host are sampled by sample_row on their logits (the path a caller takes)."""
         x = np.ascontiguousarray(logits, np.float32).reshape(len(params), self.n_vocab)
         if self._logits is None or self.rt.host(self._logits).nbytes < x.nbytes:
             self._logits = self.rt.buffer(4 * self.max_rows * self.n_vocab)
         self.rt.host(self._logits)[:x.nbytes] = x.view(np.uint8).reshape(-1)
-        self.prepare(params, uniforms, windows)
+        self.prepare(params, uniforms, windows, masks)
         items: list = []
         self.encode(items, self._logits, len(params))
         self.rt.run(self.rt.record(items))
         got = self.unpack()
         return [s if s is not None else sample_row(x[r], params[r], float(uniforms[r]),
-                                                   windows[r])
+                                                   windows[r], masks[r] if masks else None)
                 for r, s in enumerate(got)]
 
     def poison(self) -> None:
@@ -126,4 +138,5 @@ class RowSampler:
 
     def close(self) -> None:
         self.rows = self.windows = self.bias = self.cands = self.lpc = self.stats = None
+        self.masks = None
         self.out = self._logits = None

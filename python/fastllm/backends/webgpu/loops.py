@@ -179,10 +179,13 @@ class DeviceLoops:
     # -- rows mode: one step of several sequences, each row sampled by its own chain ---------
     def run_rows_sampled(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
                          params: Sequence[Any], uniforms: np.ndarray,
-                         windows: Sequence[Sequence[int]]) -> list[Any]:
+                         windows: Sequence[Sequence[int]],
+                         masks: Sequence[np.ndarray | None] | None = None) -> list[Any]:
         """The step's B rows and their sampling (sample_rows.py) in one command buffer: only the
         B tokens (and the log-probabilities rows ask for) come back. Rows whose chain the device
-        cannot run (sampling.device_ok) are sampled on the host from their read-back logits."""
+        cannot run (sampling.device_ok) are sampled on the host from their read-back logits.
+        masks[r]: row r's allowed-token bitmask (a grammar's), uploaded and applied on the
+        device (or by sample_row for a host row)."""
         from ...sampling import device_ok, sample_row
         from .sample_rows import RowSampler
 
@@ -199,7 +202,7 @@ class DeviceLoops:
                 self._rows_stage = self._buf(self._rows_sampler.out.size, "MAP_READ|COPY_DST",
                                              "row sampling read", binding=False)
             s, stage = self._rows_sampler, self._rows_stage
-            s.prepare(params, uniforms, windows)
+            s.prepare(params, uniforms, windows, masks)
             enc = be.device.create_command_encoder()
             dispatches, raw = self._lists["short"]
             self._record(enc, raw, dispatches)
@@ -219,7 +222,8 @@ class DeviceLoops:
                                        np.float32).reshape(self.n, v.cols)
                 lstage.unmap()
                 for r in host:
-                    got[r] = sample_row(logits[r], params[r], float(uniforms[r]), windows[r])
+                    got[r] = sample_row(logits[r], params[r], float(uniforms[r]), windows[r],
+                                        masks[r] if masks is not None else None)
         return got
 
     def run_rows_chain(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,

@@ -6,7 +6,7 @@ fastllm.sampling.device_ok refuses (top_k off or past 64, a penalty window past 
 than 64 logit_bias entries) get id -1 here and are sampled on the host from their logits.
 
     s = RowSampler(backend, n_vocab, max_rows)
-    s.prepare(params, uniforms, windows)        # writes the rows' small buffers (queue writes)
+    s.prepare(params, uniforms, windows, masks) # writes the rows' buffers (queue writes)
     s.encode(encoder, logits_buffer, n_rows)    # two dispatches for all rows
     encoder.copy_buffer_to_buffer(s.out, 0, staging, 0, s.read_nbytes())
     ... submit, map staging ...
@@ -25,7 +25,7 @@ from ...sampling import RowSampling, Sampled, sample_row
 from .. import sample_rows as layout
 
 WG = 256  # sample_rows.wgsl's workgroups
-ROW_BYTES = 48  # kargs_sample_row
+ROW_BYTES = 52  # kargs_sample_row
 # workgroup memory besides the candidates' keys: window and bias ids, the ranked candidates,
 # the reductions' red4 (WG vec4s)
 _WG_FIXED = 4 * (3 * layout.LMAX + 6 * layout.KMAX + 8) + 16 * WG
@@ -65,6 +65,10 @@ class RowSampler:
             self.lpc = self._buf(8 * layout.LPC * parts * rows, "STORAGE|COPY_DST",
                                  "row sampling raw candidates")
             self.stats = self._buf(8 * parts * rows, "STORAGE|COPY_DST", "row sampling sums")
+            # allowed-token bitmasks (a grammar's constraint), written for the rows that have one
+            self.mask_words = layout.mask_words(self.n_vocab)
+            self.masks = self._buf(4 * self.mask_words * rows, "STORAGE|COPY_DST",
+                                   "row sampling token masks")
             # the ids and log-probabilities: copied to a mapped buffer by the caller
             self.out = self._buf(4 * layout.out_words(rows), "STORAGE|COPY_SRC|COPY_DST",
                                  "row sampling output")
@@ -79,11 +83,14 @@ class RowSampler:
         return b
 
     def prepare(self, params: Sequence[RowSampling], uniforms: Sequence[float],
-                windows: Sequence[Sequence[int]]) -> None:
+                windows: Sequence[Sequence[int]],
+                masks: Sequence[np.ndarray | None] | None = None) -> None:
         """Write the rows' chains, uniform numbers and penalty windows (windows[r]: row r's
         sequence so far, or its last last_n ids) for the next encode(); params are checked
-        RowSamplings (RowSampling.check)."""
-        rows, win, bias = layout.pack(params, uniforms, windows, self.max_rows)
+        RowSamplings (RowSampling.check). masks: None, or per row None or its allowed-token
+        bitmask (ceil(n_vocab / 32) 32-bit words: sampling.allowed_tokens)."""
+        masks = layout.check_masks(masks, len(params), self.n_vocab)
+        rows, win, bias = layout.pack(params, uniforms, windows, self.max_rows, masks)
         with self.be.errors("preparing row sampling"):
             q = self.be.queue
             q.write_buffer(self.rows, 0, rows.tobytes())
@@ -91,6 +98,9 @@ class RowSampler:
                 q.write_buffer(self.windows, 0, win)
             if any(rows["n_bias"]):
                 q.write_buffer(self.bias, 0, bias)
+            for r, m in enumerate(masks or ()):
+                if m is not None:  # only the constrained rows' words travel
+                    q.write_buffer(self.masks, 4 * self.mask_words * r, m)
         self._params = list(params)
 
     def _bind_groups(self, logits, offset: int) -> tuple[Any, Any]:
@@ -107,7 +117,7 @@ class RowSampler:
                         (0, {"buffer": self.hdr}), (1, x), (2, {"buffer": self.rows}),
                         (3, {"buffer": self.windows}), (4, {"buffer": self.bias}),
                         (5, {"buffer": self.cands}), (6, {"buffer": self.lpc}),
-                        (7, {"buffer": self.stats}))])
+                        (7, {"buffer": self.stats}), (9, {"buffer": self.masks}))])
                 final = dev.create_bind_group(layout=self.final.get_bind_group_layout(0), entries=[
                     {"binding": b, "resource": r} for b, r in (
                         (0, {"buffer": self.hdr}), (1, x), (2, {"buffer": self.rows}),
@@ -146,7 +156,8 @@ class RowSampler:
         return layout.unpack(np.frombuffer(data, np.uint32), self._params, self.max_rows)
 
     def sample(self, logits: np.ndarray, params: Sequence[RowSampling],
-               uniforms: Sequence[float], windows: Sequence[Sequence[int]]) -> list[Sampled]:
+               uniforms: Sequence[float], windows: Sequence[Sequence[int]],
+               masks: Sequence[np.ndarray | None] | None = None) -> list[Sampled]:
         """Upload logits (B, n_vocab), sample on the device, read back; rows the device leaves
         to the host are sampled by sample_row on their logits (the path a caller takes)."""
         x = np.ascontiguousarray(logits, np.float32).reshape(len(params), self.n_vocab)
@@ -159,7 +170,7 @@ class RowSampler:
                 self._staging = self._buf(self.out.size, "MAP_READ|COPY_DST",
                                           "row sampling read", binding=False)
             be.queue.write_buffer(self._logits, 0, x)
-            self.prepare(params, uniforms, windows)
+            self.prepare(params, uniforms, windows, masks)
             enc = be.device.create_command_encoder()
             self.encode(enc, self._logits, len(params))
             n = self.read_nbytes()
@@ -170,7 +181,7 @@ class RowSampler:
             self._staging.unmap()
         got = self.unpack(data)
         return [s if s is not None else sample_row(x[r], params[r], float(uniforms[r]),
-                                                   windows[r])
+                                                   windows[r], masks[r] if masks else None)
                 for r, s in enumerate(got)]
 
     def poison(self) -> None:

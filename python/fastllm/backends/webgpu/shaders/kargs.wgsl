@@ -222,4 +222,5 @@ struct kargs_sample_row {
     n_window: u32,
     n_bias: u32,
     logprobs: i32,
+    mask: u32,
 }

@@ -14,6 +14,12 @@
 // The k-th largest of n values is found as in sample.wgsl: two bits a round on order-preserving
 // u32 keys, 16 rounds; every value equal to the k-th is kept (up to KMAX), as the host's top_k.
 //
+// A row with an allowed-token bitmask (kargs_sample_row.mask = 1: a grammar's constraint) has
+// ceil(n_cols / 32) words at masks[r * that ..], bit c % 32 of word c / 32 set where column c may
+// be chosen; the part kernel gives the other columns key 0 (no value: never a candidate) after
+// the bias and the penalties, before its top_k, so constrained and free rows share one batch
+// (sampling.sample_row sets them to -inf, which gives them no share of the draw either).
+//
 // Output (out, u32 words): row r's token at out[r] (as i32; -1 for a row the host samples);
 // with log-probabilities asked, out[lp_base + r * LPW ..] holds the chosen token's (f32 bits),
 // the count n of alternatives, then n (id, f32 bits) pairs, largest first.
@@ -41,6 +47,7 @@ const NONE: u32 = 0xFFFFFFFFu;  // an empty candidate's column; a host row's tok
 // a part's raw maximum m and sum of exp(x - m), at r * n_parts + part
 @group(0) @binding(7) var<storage, read_write> stats: array<vec2<f32>>;
 @group(0) @binding(8) var<storage, read_write> out: array<u32>;
+@group(0) @binding(9) var<storage, read> masks: array<u32>;  // allowed-token bits, by row
 
 var<workgroup> sk: array<u32, NK>;
 var<workgroup> nkept: atomic<u32>;
@@ -133,10 +140,11 @@ fn row_info(t: u32, r: u32) -> vec4<u32> {
 }
 
 // Keys at or above th of sk[0..n) (columns c0 + i) into dst[base ..] (cap slots; the rest
-// empty). nkept is 0 before the call.
+// empty); key 0 (a column a mask leaves out) never. nkept is 0 before the call.
 fn keep_above(t: u32, n: u32, th: u32, c0: u32, base: u32, cap: u32, raw: bool) {
+    let th1 = max(th, 1u);
     for (var i = t; i < n; i += WG) {
-        if (sk[i] >= th) {
+        if (sk[i] >= th1) {
             let s = atomicAdd(&nkept, 1u);
             if (s < cap) {
                 if (raw) {
@@ -219,8 +227,20 @@ fn kernel_sample_rows_part(ids: Ids) {
         }
     }
     workgroupBarrier();
-    for (var i = t; i < n; i += WG) {
-        sk[i] = key(bitcast<f32>(sk[i]));
+    if (a.mask != 0u) {
+        // the constraint: a column the row's bitmask leaves out gets key 0, which no threshold
+        // counts and keep_above never keeps (as -inf it could crowd allowed columns out of a
+        // chunk's KMAX slots where fewer than top_k are allowed)
+        let mb = r * ((hdr.n_cols + 31u) / 32u);
+        for (var i = t; i < n; i += WG) {
+            let c = c0 + i;
+            let allowed = (masks[mb + c / 32u] & (1u << (c % 32u))) != 0u;
+            sk[i] = select(0u, key(bitcast<f32>(sk[i])), allowed);
+        }
+    } else {
+        for (var i = t; i < n; i += WG) {
+            sk[i] = key(bitcast<f32>(sk[i]));
+        }
     }
     if (t == 0u) {
         atomicStore(&nkept, 0u);

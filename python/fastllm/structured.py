@@ -1,0 +1,129 @@
+"""Model.generate and Model.chat with a constraint (json_schema, regex, grammar) or with tools:
+both run one request through a fastllm.Engine, whose decode steps apply the constraint's token
+mask where the sampling runs (fastllm.constrain), and whose token ids the tool-call parser reads
+(fastllm.tools)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .errors import ArgumentError
+from .generate import Generation
+
+
+class RequestGeneration(Generation):
+    """A Generation over an engine request's text pieces: finish_reason as the request's
+    ("incomplete" too: a constraint's output cut short by max_tokens or the context)."""
+
+    def __init__(self, body, req):
+        super().__init__(body, len(req.prompt_ids))
+        self.request = req
+
+    @property
+    def n_tokens(self) -> int:
+        return self.request.usage.completion_tokens
+
+
+def _run(model: Any, prompt: Any, constraint: Any, kw: dict):
+    """(engine, request): one request submitted to a new engine over model."""
+    from .engine import Engine
+
+    eng = Engine(model)
+    try:
+        return eng, eng.submit(prompt, constraint=constraint, **kw)
+    except BaseException:
+        eng.close()
+        raise
+
+
+def _sampling(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop) -> dict:
+    return {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k,
+            "top_p": top_p, "min_p": min_p, "repeat_penalty": repeat_penalty, "seed": seed,
+            "stop": stop}
+
+
+def generate(model: Any, prompt: Any, constraint: Any, stream: bool, **kw):
+    """Model.generate with a compiled constraint: the text, or a Generation of its pieces."""
+    eng, req = _run(model, prompt, constraint, kw)
+
+    def body():
+        try:
+            yield from req
+            return req.finish_reason
+        finally:
+            req.cancel()
+            eng.close()
+
+    gen = RequestGeneration(body(), req)
+    return gen if stream else "".join(gen)
+
+
+def chat(model: Any, messages: Sequence[dict], tools: Any, tool_choice: Any, stream: bool,
+         constraint: Any, **kw):
+    """Model.chat with tools: OpenAI's assistant message ({"role": "assistant", "content",
+    "tool_calls"}), or with stream=True an iterator of OpenAI's deltas ({"content": text} or
+    {"tool_calls": [{"index", "id", "type", "function": {"name", "arguments"}}]})."""
+    from .constrain import compile_constraint
+    from .tools import ToolParser, check_tools, prepare_messages, tool_format, tool_grammar
+
+    tools, forced = check_tools(tools, tool_choice)
+    if constraint is not None and forced is not None:
+        raise ArgumentError("tool_choice that forces a call and a json_schema, regex or "
+                            "grammar cannot go together: give one of them")
+    use = tool_choice != "none"
+    fmt = tool_format(model.chat_template().source)
+    extra: dict[str, Any] = {"tools": tools} if use and fmt != "generic" else {}
+    if forced is not None:
+        extra["enable_thinking"] = False  # the call comes at once (Qwen 3, SmolLM3 think first)
+        constraint = compile_constraint(model.tokenizer, model.n_vocab,
+                                        grammar=tool_grammar(fmt, tools, forced or None,
+                                                             model.tokenizer))
+    ids = model.chat_prompt(prepare_messages(messages, tools if use else None, fmt), **extra)
+    eng, req = _run(model, ids, constraint, kw)
+    parser = ToolParser(model.tokenizer, fmt, tools if use else [])
+
+    def deltas() -> Iterator[dict]:
+        n = 0
+        try:
+            for _ in req:  # wakes as tokens arrive; the parser reads the ids
+                got = req.token_ids[n:]
+                n += len(got)
+                yield from _as_deltas(parser.feed(got) if use else _plain(parser, got))
+            yield from _as_deltas(parser.feed(req.token_ids[n:]) if use else
+                                  _plain(parser, req.token_ids[n:]))
+            yield from _as_deltas(parser.finish() if use else _plain(parser, None))
+        finally:
+            req.cancel()
+            eng.close()
+
+    it = deltas()
+    if stream:
+        return it
+    for _ in it:
+        pass
+    return parser.message()
+
+
+def _plain(parser: Any, ids) -> list[tuple]:
+    """tool_choice "none": every token is content."""
+    if ids is None:
+        text = parser._utf8.decode(b"", final=True)
+    else:
+        text = "".join(parser._utf8.decode(parser.tok.token_to_piece(int(t))) for t in ids)
+    if text:
+        parser.content += text
+        return [("content", text)]
+    return []
+
+
+def _as_deltas(events: list[tuple]) -> Iterator[dict]:
+    for e in events:
+        if e[0] == "content":
+            yield {"content": e[1]}
+        else:
+            _, index, call = e
+            yield {"tool_calls": [{"index": index, **call}]}
+
+
+__all__ = ["RequestGeneration", "chat", "generate"]
