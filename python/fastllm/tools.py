@@ -80,9 +80,10 @@ def check_tools(tools: Any, tool_choice: Any = None) -> tuple[list[dict], str | 
         if not isinstance(params, dict):
             raise ArgumentError(f"tools[{i}].function.parameters must be a JSON schema object")
         names.add(name)
-        fn = {"name": name, "parameters": params}
-        if isinstance(f.get("description"), str):
-            fn["description"] = f["description"]
+        # templates read every tool's description (Hermes 3's fails without one)
+        desc = f.get("description")
+        fn = {"name": name, "description": desc if isinstance(desc, str) else "",
+              "parameters": params}
         out.append({"type": "function", "function": fn})
     forced: str | None = None
     if tool_choice in (None, "auto", "none"):
@@ -130,6 +131,8 @@ def prepare_messages(messages: Sequence[dict], tools: list[dict] | None, fmt: st
     templates iterate or tojson them), and, for a template that does not render tools
     ("generic"), the tools in a system message and calls and results as text."""
     out = []
+    names = {c.get("id"): (c.get("function") or {}).get("name") for m in messages
+             for c in (m.get("tool_calls") or []) if isinstance(c, dict)}
     for m in messages:
         m = dict(m)
         if m.get("tool_calls"):
@@ -148,7 +151,7 @@ def prepare_messages(messages: Sequence[dict], tools: list[dict] | None, fmt: st
         if m.get("content") is None:
             m["content"] = ""
         if fmt == "generic" and m.get("role") == "tool":
-            who = m.get("name") or m.get("tool_call_id") or "the function"
+            who = m.get("name") or names.get(m.get("tool_call_id")) or "the function"
             m = {"role": "user", "content": f"Result of {who}: {m.get('content', '')}"}
         out.append(m)
     if fmt == "generic" and tools:
@@ -162,6 +165,24 @@ def prepare_messages(messages: Sequence[dict], tools: list[dict] | None, fmt: st
 
 
 # -- the grammar of a forced call --------------------------------------------------------------
+def strict_schema(schema: Any) -> Any:
+    """schema with every object that does not say otherwise closed to other properties
+    (OpenAI's strict mode), so that a forced call holds only the function's arguments."""
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) if k in ("items", "anyOf", "oneOf", "allOf", "prefixItems")
+           else v for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {k: strict_schema(v) for k, v in schema[key].items()}
+    if (schema.get("type") == "object" or "properties" in schema) \
+            and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
 def _call_schema(tools: list[dict], name: str | None, args_key: str = "arguments") -> dict:
     """The JSON schema of one call object {"name": NAME, args_key: ARGS} of any tool (or the
     named one)."""
@@ -171,7 +192,7 @@ def _call_schema(tools: list[dict], name: str | None, args_key: str = "arguments
         if name and f["name"] != name:
             continue
         alts.append({"type": "object", "properties": {"name": {"const": f["name"]},
-                                                      args_key: f["parameters"]},
+                                                      args_key: strict_schema(f["parameters"])},
                      "required": ["name", args_key], "additionalProperties": False})
     return {**(alts[0] if len(alts) == 1 else {"anyOf": alts}), "x-guidance": _XG}
 
@@ -199,7 +220,7 @@ def _xml_value(schema: dict) -> str:
     if t == "string":
         return "/[^<]+/"
     if t in ("integer", "number", "boolean", "object", "array") or "anyOf" in schema:
-        return "%json " + json.dumps({**schema, "x-guidance": _XG})
+        return "%json " + json.dumps({**strict_schema(schema), "x-guidance": _XG})
     return "/[^<]+/"
 
 
@@ -476,4 +497,4 @@ def _held(text: str, markers: Sequence[str]) -> int:
 
 
 __all__ = ["FORMATS", "ToolParser", "call_id", "check_tools", "parse_calls", "prepare_messages",
-           "tool_format", "tool_grammar"]
+           "strict_schema", "tool_format", "tool_grammar"]

@@ -39,3 +39,37 @@ def test_masked_rows_short_vocab(rt_kind):
                    len(MASKED_ROWS))
     seed = secrets.randbits(63)
     assert check_masked(poisoned(s), np.random.default_rng(seed), 300, 1, seed=seed) <= 1
+
+
+def test_stories_writes_json_on_the_emulator(stories260k):
+    """stories260K constrained by a schema on the emulated Metal backend, greedy and sampled:
+    valid JSON, and the greedy text the reference backend gives."""
+    import json
+
+    import jsonschema
+
+    from fastllm import Model
+
+    schema = {"type": "object", "properties": {
+        "color": {"enum": ["red", "green", "blue"]},
+        "n": {"type": "integer", "minimum": 0, "maximum": 9},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "minItems": 1,
+                 "maxItems": 2}}, "required": ["color", "n", "tags"],
+        "additionalProperties": False}
+    emu = Model.load(stories260k, n_ctx=128, quiet=True,
+                     backend=MetalBackend(runtime=make_runtime("emu", "random", seed=3),
+                                          self_check=False))
+    ref = Model.load(stories260k, n_ctx=128, quiet=True, backend="reference")
+    try:
+        greedy = emu.generate("Once upon a time", max_tokens=60, temperature=0,
+                              json_schema=schema)
+        jsonschema.validate(json.loads(greedy), schema)
+        assert greedy == ref.generate("Once upon a time", max_tokens=60, temperature=0,
+                                      json_schema=schema)
+        g = emu.generate("Once upon a time", max_tokens=60, temperature=0.8, seed=2,
+                         json_schema=schema, stream=True)
+        jsonschema.validate(json.loads("".join(g)), schema)
+        assert g.finish_reason == "stop"
+    finally:
+        emu.close()
+        ref.close()
