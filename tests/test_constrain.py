@@ -67,7 +67,7 @@ def models(stories260k):
         m.close()
 
 
-def test_mask_is_llguidance_s(rng_np=None):
+def test_mask_is_llguidance_s():
     """apply_token_mask against llguidance.numpy.apply_token_bitmask_inplace (its reference)."""
     from llguidance.numpy import apply_token_bitmask_inplace
 
@@ -189,8 +189,8 @@ def test_constrained_beside_free_rows(stories260k, backend):
     schema = SCHEMAS["enums_arrays"]
     m = Model.load(stories260k, backend=backend, n_seq=3, quiet=True)
     try:
-        free = [dict(max_tokens=24, temperature=0), dict(max_tokens=24, temperature=0.8,
-                                                         seed=4, top_k=20)]
+        free = [{"max_tokens": 24, "temperature": 0},
+                {"max_tokens": 24, "temperature": 0.8, "seed": 4, "top_k": 20}]
         with Engine(m) as eng:
             alone = [eng.submit("Once upon a time", **kw).text() for kw in free]
         with Engine(m) as eng:

@@ -86,7 +86,7 @@ def test_calls_the_template_writes_parse_back(data_dir, name):
     while common < min(len(head), len(full)) and head[common] == full[common]:
         common += 1
     reply = full[common:].rstrip()
-    reply = reply[:-len(EOS[fmt])] if reply.endswith(EOS[fmt]) else reply
+    reply = reply.removesuffix(EOS[fmt])
     assert "get_weather" in reply, reply
     tok = Tokenizer.load(data_dir / "vocab" / f"ggml-vocab-{VOCAB[fmt]}.gguf")
     ids = tok.encode(reply, add_bos=False, special=True)
@@ -103,7 +103,7 @@ def test_calls_the_template_writes_parse_back(data_dir, name):
     assert all(c["type"] == "function" and c["id"] for c in got)
     assert "get_weather" not in p.content and "<tool_call>" not in p.content
     # the same text parsed whole
-    content, whole = parse_calls(tok.decode(ids) if fmt != "llama3" else reply, fmt, TOOLS)
+    _, whole = parse_calls(tok.decode(ids) if fmt != "llama3" else reply, fmt, TOOLS)
     assert [json.loads(c["function"]["arguments"]) for c in whole] == \
         [c["function"]["arguments"] for c in calls]
 
