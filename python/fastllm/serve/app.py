@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -27,10 +27,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .. import __version__
 from ..errors import ContextOverflowError, FastLLMError, TemplateError, TokenizerError
 from . import protocol as P
 from .metrics import Metrics
+from .replies import Choice, EventStream, Reply, cancel_on_disconnect, engine_error
 
 log = logging.getLogger("fastllm.serve")
 
@@ -91,20 +91,6 @@ class _State:
             piece = self.engine.model.tokenizer.token_to_piece(tid)
             got = self.tokens[tid] = (piece.decode("utf-8", "replace"), list(piece))
         return got
-
-
-class _Choice:
-    """One request's reply as it is built: its text and how much of its logprobs is out."""
-
-    __slots__ = ("counted", "index", "n_logprobs", "offset", "req", "text")
-
-    def __init__(self, index: int, req: Any, text: str = ""):
-        self.index = index
-        self.req = req
-        self.text = text
-        self.n_logprobs = 0
-        self.offset = len(text)  # completions' text_offset of the next token
-        self.counted = 0  # generated tokens already in the metrics
 
 
 def create_app(engine: Any, *, model_name: str | None = None, api_key: str | None = None,
@@ -209,24 +195,21 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
         for x in ids:
             _check_context(m.n_ctx, len(x), p, explicit, kind)
         reqs = _submit(eng, ids, p)
-        rid = P.new_id("chatcmpl" if kind == "chat" else "cmpl")
         echoes = [""] * len(ids)
         if p.echo:
             echoes = [x if isinstance(x, str) else m.detokenize(x) for x in p.prompts]
-        choices = [_Choice(i, r, echoes[i // p.n]) for i, r in enumerate(reqs)]
+        choices = [Choice(i, r, echoes[i // p.n]) for i, r in enumerate(reqs)]
+        reply = Reply(kind, choices, p, st.name, st.token, st.metrics.generated)
         if p.stream:
-            events = (_chat_events if kind == "chat" else _text_events)(choices, p, rid)
-            return _EventStream(events, choices, lambda: _done(kind, choices, p))
-        async with _cancel_on_disconnect(request, reqs):
+            return EventStream(reply.events(), reqs, lambda: _done(kind, choices, p))
+        async with cancel_on_disconnect(request.receive, reqs):
             try:
-                async for c, text in _pieces(choices):
-                    if text:
-                        c.text += text
+                await reply.collect()
             except Exception as e:  # noqa: BLE001 (the engine's failure, as a 500 reply)
-                raise _engine_error(e) from None
+                raise engine_error(e) from None
             finally:
                 _done(kind, choices, p)
-        return JSONResponse((_chat_reply if kind == "chat" else _text_reply)(choices, p, rid))
+        return JSONResponse(reply.body())
 
     def _submit(eng: Any, ids: list[list[int]], p: P.Params) -> list[Any]:
         count = len(ids) * p.n
@@ -253,7 +236,7 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
             raise
         return reqs
 
-    def _done(kind: str, choices: list[_Choice], p: P.Params) -> None:
+    def _done(kind: str, choices: list[Choice], p: P.Params) -> None:
         """Counters and cancellation at the end of a reply (or when its client left)."""
         for c in choices:
             if not c.req.done:
@@ -266,167 +249,6 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
                                 u.cached_tokens if first else 0)
             st.metrics.generated(len(c.req.token_ids) - c.counted)
             c.counted = len(c.req.token_ids)
-
-    async def _pieces(choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, str | None]]:
-        """(choice, new text) as each request advances, (choice, None) when one ends; the
-        engine's error, if a request failed."""
-        def count(c: _Choice) -> None:
-            n = len(c.req.token_ids)
-            st.metrics.generated(n - c.counted)
-            c.counted = n
-
-        if len(choices) == 1:
-            c = choices[0]
-            async for text in c.req.stream(joined=True):
-                count(c)
-                yield c, text
-            count(c)
-            yield c, None
-            return
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(c: _Choice) -> None:
-            try:
-                async for text in c.req.stream(joined=True):
-                    queue.put_nowait((c, text))
-                queue.put_nowait((c, None))
-            except BaseException as e:  # noqa: BLE001 (handed to the consumer)
-                queue.put_nowait((c, e))
-
-        tasks = [asyncio.ensure_future(pump(c)) for c in choices]
-        try:
-            left = len(choices)
-            while left:
-                c, text = await queue.get()
-                if isinstance(text, BaseException):
-                    raise text
-                count(c)
-                left -= text is None
-                yield c, text
-        finally:
-            for t in tasks:
-                t.cancel()
-
-    def _chat_logprobs(c: _Choice, upto: int | None = None) -> dict | None:
-        lps = c.req.logprobs
-        if lps is None:
-            return None
-        new = lps[c.n_logprobs:upto]
-        c.n_logprobs += len(new)
-        content = []
-        for lp in new:
-            text, raw = st.token(lp.token)
-            top = []
-            for tid, v in lp.top:
-                t, b = st.token(tid)
-                top.append({"token": t, "logprob": _finite(v), "bytes": b})
-            content.append({"token": text, "logprob": _finite(lp.logprob), "bytes": raw,
-                            "top_logprobs": top})
-        return {"content": content, "refusal": None}
-
-    def _text_logprobs(c: _Choice) -> dict | None:
-        lps = c.req.logprobs
-        if lps is None:
-            return None
-        new = lps[c.n_logprobs:]
-        c.n_logprobs += len(new)
-        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
-                                "text_offset": []}
-        for lp in new:
-            text, _ = st.token(lp.token)
-            out["tokens"].append(text)
-            out["token_logprobs"].append(_finite(lp.logprob))
-            out["top_logprobs"].append({st.token(t)[0]: _finite(v) for t, v in lp.top})
-            out["text_offset"].append(c.offset)
-            c.offset += len(text)
-        return out
-
-    async def _chat_events(choices: list[_Choice], p: P.Params, rid: str):
-        head = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": st.name, "system_fingerprint": f"fastllm-{__version__}"}
-        extra = {"usage": None} if p.include_usage else {}
-
-        def chunk(c: _Choice, delta: dict, finish: str | None = None, logprobs=None) -> bytes:
-            return P.sse({**head, "choices": [{"index": c.index, "delta": delta,
-                                               "logprobs": logprobs, "finish_reason": finish}],
-                          **extra})
-
-        for c in choices:
-            yield chunk(c, {"role": "assistant", "content": ""})
-        try:
-            async for c, text in _pieces(choices):
-                if text is None:
-                    lps = _chat_logprobs(c)
-                    yield chunk(c, {}, P.FINISH[c.req.finish_reason],
-                                lps if lps and lps["content"] else None)
-                else:
-                    c.text += text
-                    yield chunk(c, {"content": text}, None, _chat_logprobs(c))
-        except Exception as e:  # noqa: BLE001 (the engine's failure, told in the stream)
-            yield P.sse(_engine_error(e).body())
-            yield P.DONE
-            return
-        if p.include_usage:
-            yield P.sse({**head, "choices": [], "usage": _usage(choices, p)})
-        yield P.DONE
-
-    async def _text_events(choices: list[_Choice], p: P.Params, rid: str):
-        head = {"id": rid, "object": "text_completion", "created": int(time.time()),
-                "model": st.name, "system_fingerprint": f"fastllm-{__version__}"}
-        extra = {"usage": None} if p.include_usage else {}
-
-        def chunk(c: _Choice, text: str, finish: str | None = None, logprobs=None) -> bytes:
-            return P.sse({**head, "choices": [{"text": text, "index": c.index,
-                                               "logprobs": logprobs, "finish_reason": finish}],
-                          **extra})
-
-        for c in choices:
-            if c.text:  # echo
-                yield chunk(c, c.text)
-        try:
-            async for c, text in _pieces(choices):
-                if text is None:
-                    lps = _text_logprobs(c)
-                    yield chunk(c, "", P.FINISH[c.req.finish_reason],
-                                lps if lps and lps["tokens"] else None)
-                else:
-                    c.text += text
-                    yield chunk(c, text, None, _text_logprobs(c))
-        except Exception as e:  # noqa: BLE001 (the engine's failure, told in the stream)
-            yield P.sse(_engine_error(e).body())
-            yield P.DONE
-            return
-        if p.include_usage:
-            yield P.sse({**head, "choices": [], "usage": _usage(choices, p)})
-        yield P.DONE
-
-    def _usage(choices: list[_Choice], p: P.Params) -> dict:
-        firsts = [c.req.usage for i, c in enumerate(choices) if i % p.n == 0]
-        return P.usage(sum(u.prompt_tokens for u in firsts),
-                       sum(c.req.usage.completion_tokens for c in choices),
-                       sum(u.cached_tokens for u in firsts))
-
-    def _chat_reply(choices: list[_Choice], p: P.Params, rid: str) -> dict:
-        out = []
-        for c in choices:
-            c.n_logprobs = 0
-            out.append({"index": c.index, "message": {"role": "assistant", "content": c.text,
-                                                      "refusal": None},
-                        "logprobs": _chat_logprobs(c),
-                        "finish_reason": P.FINISH[c.req.finish_reason]})
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()),
-                "model": st.name, "system_fingerprint": f"fastllm-{__version__}",
-                "choices": out, "usage": _usage(choices, p)}
-
-    def _text_reply(choices: list[_Choice], p: P.Params, rid: str) -> dict:
-        out = []
-        for c in choices:
-            c.n_logprobs, c.offset = 0, 0
-            out.append({"text": c.text, "index": c.index, "logprobs": _text_logprobs(c),
-                        "finish_reason": P.FINISH[c.req.finish_reason]})
-        return {"id": rid, "object": "text_completion", "created": int(time.time()),
-                "model": st.name, "system_fingerprint": f"fastllm-{__version__}",
-                "choices": out, "usage": _usage(choices, p)}
 
     def _unknown_model(name: Any) -> P.APIError:
         return P.APIError(404, f"The model '{name}' does not exist: this server has "
@@ -477,9 +299,9 @@ def _check_context(n_ctx: int, n_prompt: int, p: P.Params, explicit: bool, kind:
         if not explicit:
             p.max_tokens = n_ctx - n_prompt
             return
-        raise P.bad("max_tokens", f"This model's maximum context length is {n_ctx} tokens; you "
-                          f"requested {n_prompt + p.max_tokens} tokens ({n_prompt} in the "
-                          f"{where}, {p.max_tokens} for the completion)",
+        raise P.bad("max_tokens", f"This model's maximum context length is {n_ctx} tokens; "
+                                  f"you requested {n_prompt + p.max_tokens} tokens ({n_prompt} "
+                                  f"in the {where}, {p.max_tokens} for the completion)",
                     "context_length_exceeded")
 
 
@@ -506,69 +328,6 @@ def _argument_error(e: ValueError) -> P.APIError:
     m = _ARG.search(str(e))
     name = (m.group(1) or m.group(2)) if m else None
     return P.bad(_ARG_NAMES.get(name, name), str(e), "invalid_value")
-
-
-def _finite(v: float) -> float:
-    return max(float(v), -9999.0)  # JSON has no -Infinity
-
-
-def _engine_error(e: BaseException) -> P.APIError:
-    return P.APIError(500, f"generation failed: {type(e).__name__}: {e}", "server_error",
-                      code="engine_error")
-
-
-@contextlib.asynccontextmanager
-async def _cancel_on_disconnect(request: Request, reqs: list[Any]):
-    """Cancel reqs if the client disconnects before the block ends."""
-    async def watch() -> None:
-        while True:
-            msg = await request.receive()
-            if msg["type"] == "http.disconnect":
-                for r in reqs:
-                    r.cancel()
-                return
-
-    task = asyncio.ensure_future(watch())
-    try:
-        yield
-    finally:
-        task.cancel()
-
-
-class _EventStream:
-    """A text/event-stream response that cancels its requests when the client disconnects
-    (uvicorn's send() does not fail after a disconnect: a task watches receive())."""
-
-    def __init__(self, events: AsyncIterator[bytes], choices: list[_Choice],
-                 done: Callable[[], None]):
-        self.events = events
-        self.reqs = [c.req for c in choices]
-        self.done = done
-
-    async def __call__(self, scope, receive, send) -> None:
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            for r in self.reqs:
-                r.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
-                                    (b"cache-control", b"no-cache"),
-                                    (b"x-accel-buffering", b"no")]})
-            async for event in self.events:
-                if watcher.done():
-                    break
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:  # the connection broke under a write
-            pass
-        finally:
-            watcher.cancel()
-            await self.events.aclose()
-            self.done()
 
 
 async def _api_error(request: Request, exc: P.APIError) -> Response:
