@@ -1,29 +1,23 @@
 // KV cache writes and causal GQA attention over the cache.
 //
-// The cache of a layer is `ring` rows of kv_dim = n_kv_head * head_dim values of type T (half or
-// float: the kernel name's suffix); position p lives in row p % ring (ring == n_ctx unless the
-// layer has a sliding window). Query row i of a run is at position p = step.pos + i and attends
-// to positions lo..p, lo = max(0, p - window + 1) with a window, else 0; query head h reads KV
-// head h / (n_head / n_kv_head).
+// The cache of a layer holds the slots (sequences) one after another, `ring` rows each of
+// kv_dim = n_kv_head * head_dim values of type T (half or float: the kernel name's suffix); the
+// run's sequence is slot step.slot, whose position p lives in row step.slot * ring + p % ring
+// (ring == n_ctx unless the layer has a sliding window). Query row i of a run is at position
+// p = step.pos + i and attends to positions lo..p, lo = max(0, p - window + 1) with a window,
+// else 0; query head h reads KV head h / (n_head / n_kv_head).
 #include <metal_simdgroup_matrix>
 #include <metal_stdlib>
 using namespace metal;
 #include "kargs.h"
+#include "attn.h"
 
-#define ATTN_MAX_D 256  // head_dim limit: thread arrays and threadgroup tiles are sized for it
 #define AP_Q 8          // prefill: query rows per SIMD group
 #define AP_KV 16        // prefill: cache positions per step
 
 // Loops over the output matrices run to the compile-time bound with a uniform guard, so that
 // mo[] is only ever indexed by constants: arrays of simdgroup matrices must stay in registers.
 #define FOR_UNROLL _Pragma("clang loop unroll(full)") for
-
-// "no score yet": finite so that exp(m_old - m_new) stays 0 or 1 without inf arithmetic
-#define NO_SCORE (-FLT_MAX)
-
-inline uint first_visible(uint p, uint window) {
-    return (window && p + 1 > window) ? p + 1 - window : 0;
-}
 
 // --------------------------------------------------------------------------------------------
 // kv_store: rows of k and v (n_rows x kv_dim, f32) into the cache at positions pos..pos+n-1.
@@ -42,7 +36,8 @@ kernel void kernel_kv_store(constant kargs_kv_store &args [[buffer(0)]],
     if (row >= args.n_rows || d >= args.kv_dim) {
         return;
     }
-    const ulong dst = ulong((step.pos + row) % args.ring) * args.kv_dim + d;
+    const ulong dst =
+        (ulong(step.slot) * args.ring + (step.pos + row) % args.ring) * args.kv_dim + d;
     const ulong src = ulong(row) * args.kv_dim + d;
     kc[dst] = T(k[src]);
     vc[dst] = T(v[src]);
@@ -58,8 +53,8 @@ template [[host_name("kernel_kv_store_f32")]] kernel kv_store_f32_t kernel_kv_st
 // Decode attention, split over the cache length. Grid (n_splits, n_head, n_rows), one SIMD group
 // per threadgroup: split s of a query row takes an equal share of its visible positions and
 // writes its partial softmax state [m, l, o[head_dim]] (running max, sum of exp, unnormalised
-// output) to part; kernel_attn_reduce_f32 joins the splits. Each lane scores one position of a
-// block of 32, then the lanes split head_dim to accumulate the values.
+// output) to part; kernel_attn_reduce_f32 joins the splits (attn.h's attn_split, which
+// metal/rows.metal's batched decode shares).
 template <typename T, typename T4>
 kernel void kernel_attn_decode(constant kargs_attention &args [[buffer(0)]],
                                constant kargs_step &step [[buffer(1)]],
@@ -77,78 +72,10 @@ kernel void kernel_attn_decode(constant kargs_attention &args [[buffer(0)]],
     const uint row = tgpig.z;
     const uint ns = tgpg.x;
     const uint D = args.head_dim;
-    const uint D4 = D / 4;
-    const uint kv_dim = args.n_kv_head * D;
-    const uint kv_off = h / (args.n_head / args.n_kv_head) * D;
-    const uint p = step.pos + row;
-    const uint lo = first_visible(p, args.window);
-    const uint per = (p + 1 - lo + ns - 1) / ns;
-    const uint start = lo + split * per;
-    const uint end = min(start + per, p + 1);  // start >= end: an empty split
-
-    device const float4 *q4 = (device const float4 *)(q + (ulong(row) * args.n_head + h) * D);
-    for (uint c = tiisg; c < D4; c += 32) {
-        sq[c] = q4[c] * args.scale;
-    }
-    simdgroup_barrier(mem_flags::mem_threadgroup);
-
-    float m = NO_SCORE;
-    float l = 0.0f;
-    float o[ATTN_MAX_D / 32];
-    for (short c = 0; c < ATTN_MAX_D / 32; ++c) {
-        o[c] = 0.0f;
-    }
-    for (uint j0 = start; j0 < end; j0 += 32) {
-        const uint j = j0 + tiisg;
-        const bool valid = j < end;
-        float s = NO_SCORE;
-        if (valid) {
-            device const T4 *k4 = (device const T4 *)(kc + ulong(j % args.ring) * kv_dim + kv_off);
-            float acc = 0.0f;
-            for (uint c = 0; c < D4; ++c) {
-                acc += dot(sq[c], float4(k4[c]));
-            }
-            if (args.softcap > 0.0f) {
-                acc = args.softcap * precise::tanh(acc / args.softcap);
-            }
-            s = acc;
-        }
-        const float m_new = max(m, simd_max(s));
-        const float alpha = exp(m - m_new);
-        const float pj = valid ? exp(s - m_new) : 0.0f;
-        l = l * alpha + simd_sum(pj);
-        m = m_new;
-        sp[tiisg] = pj;
-        simdgroup_barrier(mem_flags::mem_threadgroup);
-
-        for (short c = 0; c < ATTN_MAX_D / 32; ++c) {
-            o[c] *= alpha;
-        }
-        const uint nj = min(32u, end - j0);
-        for (uint jj = 0; jj < nj; ++jj) {
-            device const T *vr = vc + ulong((j0 + jj) % args.ring) * kv_dim + kv_off;
-            const float w = sp[jj];
-            for (short c = 0; c < ATTN_MAX_D / 32; ++c) {
-                const uint d = tiisg + 32 * c;
-                if (d < D) {
-                    o[c] += w * float(vr[d]);
-                }
-            }
-        }
-        simdgroup_barrier(mem_flags::mem_threadgroup);  // sp is rewritten next block
-    }
-
-    device float *out = part + ((ulong(row) * args.n_head + h) * ns + split) * (D + 2);
-    if (tiisg == 0) {
-        out[0] = m;
-        out[1] = l;
-    }
-    for (short c = 0; c < ATTN_MAX_D / 32; ++c) {
-        const uint d = tiisg + 32 * c;
-        if (d < D) {
-            out[2 + d] = o[c];
-        }
-    }
+    const ulong slot0 = ulong(step.slot) * args.ring * args.n_kv_head * D;  // the slot's first row
+    attn_split<T, T4>(args, q + (ulong(row) * args.n_head + h) * D, kc + slot0, vc + slot0,
+                      part + ((ulong(row) * args.n_head + h) * ns + split) * (D + 2),
+                      step.pos + row, split, ns, h, tiisg, sq, sp);
 }
 
 typedef decltype(kernel_attn_decode<half, half4>) attn_decode_f16_t;
@@ -218,6 +145,7 @@ kernel void kernel_attn_prefill(constant kargs_attention &args [[buffer(0)]],
     const uint kv_off = h / (args.n_head / args.n_kv_head) * D;
     const uint p_last = step.pos + r0 + nr - 1;
     const uint lo = first_visible(step.pos + r0, args.window);
+    const ulong row0 = ulong(step.slot) * args.ring;  // the slot's first cache row
 
     for (uint e = tiisg; e < AP_Q * D; e += 32) {
         const uint r = e / D;
@@ -246,7 +174,8 @@ kernel void kernel_attn_prefill(constant kargs_attention &args [[buffer(0)]],
     for (uint j0 = lo; j0 <= p_last; j0 += AP_KV) {
         for (uint e = tiisg; e < AP_KV * D; e += 32) {
             const uint j = j0 + e / D;
-            skv[e] = j <= p_last ? float(kc[ulong(j % args.ring) * kv_dim + kv_off + e % D]) : 0.0f;
+            skv[e] = j <= p_last ? float(kc[(row0 + j % args.ring) * kv_dim + kv_off + e % D])
+                                  : 0.0f;
         }
         simdgroup_barrier(mem_flags::mem_threadgroup);
 
@@ -306,7 +235,8 @@ kernel void kernel_attn_prefill(constant kargs_attention &args [[buffer(0)]],
         }
         for (uint e = tiisg; e < AP_KV * D; e += 32) {
             const uint j = j0 + e / D;
-            skv[e] = j <= p_last ? float(vc[ulong(j % args.ring) * kv_dim + kv_off + e % D]) : 0.0f;
+            skv[e] = j <= p_last ? float(vc[(row0 + j % args.ring) * kv_dim + kv_off + e % D])
+                                  : 0.0f;
         }
         simdgroup_barrier(mem_flags::mem_threadgroup);
 

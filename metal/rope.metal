@@ -1,35 +1,10 @@
 // Rotary position embedding of each head of x (n_rows x n_head*head_dim) at positions
-// step.pos + row, and its fusion with the KV-cache store (backends/fuse.py's rope_kv_store).
+// step.pos + row, and its fusion with the KV-cache store (backends/fuse.py's rope_kv_store) into
+// the run's slot (rows step.slot * ring.. of the cache).
 #include <metal_stdlib>
 using namespace metal;
 #include "kargs.h"
-
-// Pair i of one head, xh -> oh: i < n_rot/2 rotates pair i (values (2i, 2i+1), or
-// (i, i + n_rot/2) in NeoX mode) by theta = p * freq_scale * base^(-2i/n_rot) / ff[i]; past
-// n_rot/2 the two unrotated values 2i, 2i+1 are copied. T is the element type of oh.
-template <typename T>
-inline void rope_pair(device const float *xh, device T *oh, uint i, float p, uint n_rot,
-                      float base, float freq_scale, uint neox, uint has_ff,
-                      device const float *ff) {
-    const uint half_rot = n_rot / 2;
-    if (i >= half_rot) {
-        oh[2 * i] = T(xh[2 * i]);
-        oh[2 * i + 1] = T(xh[2 * i + 1]);
-        return;
-    }
-    float theta = p * freq_scale * pow(base, -2.0f * float(i) / float(n_rot));
-    if (has_ff) {
-        theta /= ff[i];
-    }
-    const float c = cos(theta);
-    const float s = sin(theta);
-    const uint a = neox ? i : 2 * i;
-    const uint b = neox ? i + half_rot : 2 * i + 1;
-    const float x0 = xh[a];
-    const float x1 = xh[b];
-    oh[a] = T(x0 * c - x1 * s);
-    oh[b] = T(x0 * s + x1 * c);
-}
+#include "rope.h"
 
 // One thread per pair of a head; the grid is (ceil(head_dim/2 / threads), n_head, n_rows). ff is
 // bound to x when has_freq_factors is 0. ntg is a vector as tgpig is: MSL takes the position and
@@ -83,7 +58,8 @@ kernel void kernel_rope_kv_store(constant kargs_rope_kv_store &args [[buffer(0)]
         return;
     }
     const ulong src = ulong(row) * args.kv_dim + (h - args.n_head) * hd;
-    const ulong dst = ulong((step.pos + row) % args.ring) * args.kv_dim + (h - args.n_head) * hd;
+    const ulong dst = (ulong(step.slot) * args.ring + (step.pos + row) % args.ring) * args.kv_dim +
+                      (h - args.n_head) * hd;
     rope_pair<T>(k + src, kc + dst, i, p, args.n_rot, args.base, args.freq_scale, args.neox,
                  args.has_freq_factors, ff);
     vc[dst + 2 * i] = T(v[src + 2 * i]);

@@ -179,35 +179,58 @@ kernel void kernel_lerp_f32(constant kargs_lerp &args [[buffer(0)]],
 
 // -- token_shift: one thread per column walks the rows in order (the state is that column's last
 // value, read before and written after, by the same thread) ----------------------------------
+// The state buffers hold the slots (sequences) one after another. A run of one sequence
+// (ROWS false) uses slot step.slot; in rows mode (backends/base.py's Graph.rows: a decode step of
+// several sequences, kernel_*_rows_f32) row t is one token of the sequence in slot rows[t].x.
+// Both variants bind both buffers (rows mode: the step is unused; a run of one sequence binds the
+// step in place of rows, unread).
 
-kernel void kernel_token_shift_f32(constant kargs_rwkv &args [[buffer(0)]],
-                                   device const float *x [[buffer(1)]],
-                                   device float *state [[buffer(2)]],
-                                   device float *dst [[buffer(3)]],
-                                   uint c [[thread_position_in_grid]]) {
+template <bool ROWS>
+kernel void kernel_token_shift(constant kargs_rwkv &args [[buffer(0)]],
+                               device const float *x [[buffer(1)]],
+                               device float *state [[buffer(2)]], device float *dst [[buffer(3)]],
+                               constant kargs_step &step [[buffer(4)]],
+                               device const uint2 *rows [[buffer(5)]],
+                               uint c [[thread_position_in_grid]]) {
     const uint d = args.n_cols;
     if (c >= d) {
         return;
     }
-    float prev = state[c];
+    if (ROWS) {  // one step of its own slot's sequence per row
+        for (uint t = 0; t < args.n_rows; ++t) {
+            device float *st = state + ulong(rows[t].x) * d + c;
+            dst[ulong(t) * d + c] = *st;
+            *st = x[ulong(t) * d + c];
+        }
+        return;
+    }
+    device float *st = state + ulong(step.slot) * d + c;
+    float prev = *st;
     for (uint t = 0; t < args.n_rows; ++t) {
         const float cur = x[ulong(t) * d + c];
         dst[ulong(t) * d + c] = prev;
         prev = cur;
     }
-    state[c] = prev;
+    *st = prev;
 }
+
+typedef decltype(kernel_token_shift<false>) token_shift_t;
+template [[host_name("kernel_token_shift_f32")]] kernel token_shift_t kernel_token_shift<false>;
+template [[host_name("kernel_token_shift_rows_f32")]] kernel token_shift_t kernel_token_shift<true>;
 
 // -- wkv6 / wkv7: the recurrence over all rows in one dispatch. Thread c (a channel: head c / S,
 // index c % S) keeps one row of its head's state in registers; each row's inputs for the
-// threadgroup's heads pass through threadgroup memory. Grid: ceil(n_cols / WKV_TG). ----------
+// threadgroup's heads pass through threadgroup memory. Grid: ceil(n_cols / WKV_TG). The slot's
+// state, or each row's own in rows mode, as token_shift. -------------------------------------
 
 // thread (h, j) keeps s[h, :, j] (i indexes keys, j values)
-kernel void kernel_wkv6_f32(
+template <bool ROWS>
+kernel void kernel_wkv6(
     constant kargs_rwkv &args [[buffer(0)]], device const float *r [[buffer(1)]],
     device const float *k [[buffer(2)]], device const float *v [[buffer(3)]],
     device const float *w [[buffer(4)]], device const float *u [[buffer(5)]],
     device float *state [[buffer(6)]], device float *dst [[buffer(7)]],
+    constant kargs_step &step [[buffer(8)]], device const uint2 *rows [[buffer(9)]],
     uint tgpig [[threadgroup_position_in_grid]], ushort tiitg [[thread_index_in_threadgroup]]) {
     threadgroup float sh_r[WKV_TG], sh_k[WKV_TG], sh_w[WKV_TG], sh_u[WKV_TG];
     const uint S = args.group;
@@ -216,16 +239,19 @@ kernel void kernel_wkv6_f32(
     const bool live = c < C;
     const uint j = tiitg % S;
     const uint hb = tiitg - j;                        // the head's first slot in threadgroup memory
-    device float *sp = state + ulong(c - j) * S + j;  // s[h, i, j] = sp[i * S]
+    const ulong own = ulong(c - j) * S + j;  // s[h, i, j] = sp[i * S], sp = the slot's state + own
     float s[WKV_MAX];
-    if (live) {
-        for (uint i = 0; i < S; ++i) {
-            s[i] = sp[i * S];
-        }
-    }
     sh_u[tiitg] = live ? u[c] : 0.0f;
     for (uint t = 0; t < args.n_rows; ++t) {
         const ulong e = ulong(t) * C + c;
+        // a run of one sequence keeps the state in registers from its first row to its last;
+        // in rows mode each row loads and stores its own slot's
+        device float *sp = state + ulong(ROWS ? rows[t].x : step.slot) * C * S + own;
+        if (live && (ROWS || t == 0)) {
+            for (uint i = 0; i < S; ++i) {
+                s[i] = sp[i * S];
+            }
+        }
         threadgroup_barrier(mem_flags::mem_threadgroup);
         sh_r[tiitg] = live ? r[e] : 0.0f;
         sh_k[tiitg] = live ? k[e] : 0.0f;
@@ -241,21 +267,27 @@ kernel void kernel_wkv6_f32(
         if (live) {
             dst[e] = o;
         }
-    }
-    if (live) {
-        for (uint i = 0; i < S; ++i) {
-            sp[i * S] = s[i];
+        if (live && (ROWS || t + 1 == args.n_rows)) {
+            for (uint i = 0; i < S; ++i) {
+                sp[i * S] = s[i];
+            }
         }
     }
 }
 
+typedef decltype(kernel_wkv6<false>) wkv6_t;
+template [[host_name("kernel_wkv6_f32")]] kernel wkv6_t kernel_wkv6<false>;
+template [[host_name("kernel_wkv6_rows_f32")]] kernel wkv6_t kernel_wkv6<true>;
+
 // thread (h, i) keeps s[h, i, :] (i indexes values, j keys)
-kernel void kernel_wkv7_f32(
+template <bool ROWS>
+kernel void kernel_wkv7(
     constant kargs_rwkv &args [[buffer(0)]], device const float *r [[buffer(1)]],
     device const float *w [[buffer(2)]], device const float *k [[buffer(3)]],
     device const float *v [[buffer(4)]], device const float *a [[buffer(5)]],
     device const float *b [[buffer(6)]], device float *state [[buffer(7)]],
-    device float *dst [[buffer(8)]], uint tgpig [[threadgroup_position_in_grid]],
+    device float *dst [[buffer(8)]], constant kargs_step &step [[buffer(9)]],
+    device const uint2 *rows [[buffer(10)]], uint tgpig [[threadgroup_position_in_grid]],
     ushort tiitg [[thread_index_in_threadgroup]]) {
     threadgroup float sh_r[WKV_TG], sh_w[WKV_TG], sh_k[WKV_TG], sh_a[WKV_TG], sh_b[WKV_TG];
     const uint S = args.group;
@@ -263,15 +295,17 @@ kernel void kernel_wkv7_f32(
     const uint c = tgpig * WKV_TG + tiitg;
     const bool live = c < C;
     const uint hb = tiitg - tiitg % S;
-    device float *sp = state + ulong(c) * S;  // s[h, i, j] = state[(h * S + i) * S + j]
+    // s[h, i, j] = state[(h * S + i) * S + j] of the slot's state
     float s[WKV_MAX];
-    if (live) {
-        for (uint j = 0; j < S; ++j) {
-            s[j] = sp[j];
-        }
-    }
     for (uint t = 0; t < args.n_rows; ++t) {
         const ulong e = ulong(t) * C + c;
+        // as wkv6: one load and store per run, or per row in rows mode
+        device float *sp = state + (ulong(ROWS ? rows[t].x : step.slot) * C + c) * S;
+        if (live && (ROWS || t == 0)) {
+            for (uint j = 0; j < S; ++j) {
+                s[j] = sp[j];
+            }
+        }
         threadgroup_barrier(mem_flags::mem_threadgroup);
         sh_r[tiitg] = live ? r[e] : 0.0f;
         sh_w[tiitg] = live ? w[e] : 0.0f;
@@ -292,13 +326,17 @@ kernel void kernel_wkv7_f32(
         if (live) {
             dst[e] = o;
         }
-    }
-    if (live) {
-        for (uint j = 0; j < S; ++j) {
-            sp[j] = s[j];
+        if (live && (ROWS || t + 1 == args.n_rows)) {
+            for (uint j = 0; j < S; ++j) {
+                sp[j] = s[j];
+            }
         }
     }
 }
+
+typedef decltype(kernel_wkv7<false>) wkv7_t;
+template [[host_name("kernel_wkv7_f32")]] kernel wkv7_t kernel_wkv7<false>;
+template [[host_name("kernel_wkv7_rows_f32")]] kernel wkv7_t kernel_wkv7<true>;
 
 // -- mul_mat_blocks: dst[t, row] = dot(x[t, b*k : (b+1)*k], W[row, :]) with b = row / m, W
 // (n_blocks * m rows of k values) in any weight type. One SIMD group per output; lanes take the

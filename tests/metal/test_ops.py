@@ -357,9 +357,11 @@ def test_every_kernel_ran(request):
     if not every <= ran or "mslemu_runtime" not in sys.modules:
         pytest.skip("only meaningful when every test of test_ops.py runs on the emulator")
     rt = sys.modules["mslemu_runtime"]
-    # rwkv.metal's kernels are run by test_rwkv_metal.py, which checks them the same way, and
-    # probe.metal's by test_native.py (the capability probe, through the fake extension)
-    others = {rt.libraries()["kernel_wkv7_f32"], rt.libraries()["kernel_probe_simd"]}
+    # rwkv.metal's kernels are run by test_rwkv_metal.py and rows.metal's by
+    # test_rows_metal.py, which check them the same way; probe.metal's by test_native.py (the
+    # capability probe, through the fake extension)
+    others = {rt.libraries()["kernel_wkv7_f32"], rt.libraries()["kernel_attn_rows_f32"],
+              rt.libraries()["kernel_probe_simd"]}
     missing = sorted(k for k, lib in rt.libraries().items()
                      if lib not in others and k not in rt.EmuRuntime.total)
     assert not missing, f"kernels no test ran: {missing}"

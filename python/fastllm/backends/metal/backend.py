@@ -209,32 +209,72 @@ class _MetalProgram(Program):
             self._gen = b._gen
         return arena
 
-    def _write_inputs(self, tokens: np.ndarray, pos: int) -> None:
+    def _write_inputs(self, tokens: np.ndarray, pos: int, slot: int = 0) -> None:
         """The step (kargs_step at the arena's start) and the token ids, in shared memory."""
         host = self.b._host
         host[:16] = np.frombuffer(kargs.pack("kargs_step", pos=pos, n_tokens=self.n,
-                                             n_kv=pos + self.n), np.uint8)
+                                             n_kv=pos + self.n, slot=slot), np.uint8)
         t = self.plan.tokens
         host[t.offset:t.offset + t.nbytes] = tokens.view(np.uint8)
 
-    def run(self, tokens: np.ndarray, pos: int) -> dict[str, np.ndarray]:
+    def _check_slot(self, slot: int) -> int:
+        n_seq = self.b.spec.n_seq if self.b.spec is not None else 1
+        if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) \
+                or not 0 <= slot < n_seq:
+            raise ValueError(f"slot {slot!r} is not one of the cache's {n_seq} (0..{n_seq - 1})")
+        return int(slot)
+
+    def run(self, tokens: np.ndarray, pos: int, slot: int = 0) -> dict[str, np.ndarray]:
         b = self.b
+        if self.plan.rows is not None:
+            raise ValueError("a rows-mode graph runs with run_rows")
         tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
         if tokens.shape[0] != self.n:
             raise ValueError(f"program for {self.n} tokens run with {tokens.shape[0]}")
         if b.spec is not None and pos + self.n > b.spec.n_ctx:
             raise ContextOverflowError(f"positions {pos}..{pos + self.n - 1} do not fit the "
                                        f"context of {b.spec.n_ctx}")
+        slot = self._check_slot(slot)
         self._recorded()
-        self._write_inputs(tokens, pos)
+        self._write_inputs(tokens, pos, slot)
         b.rt.run(self._rec)
-        host, out = b._host, {}
+        return self._read_outputs()
+
+    def run_rows(self, tokens: np.ndarray, slots: np.ndarray,
+                 positions: np.ndarray) -> dict[str, np.ndarray]:
+        """A rows-mode graph: row r is token tokens[r] of the sequence in slot slots[r] at
+        position positions[r] (the rows' pairs go into the arena beside the token ids)."""
+        b = self.b
+        rows = self.plan.rows
+        if rows is None:
+            raise ValueError("run_rows needs a rows-mode graph (Graph.rows)")
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        slots = np.asarray(slots, np.int64).reshape(-1)
+        positions = np.asarray(positions, np.int64).reshape(-1)
+        if not tokens.shape[0] == len(slots) == len(positions) == self.n:
+            raise ValueError(f"this program runs {self.n} rows, got {tokens.shape[0]} tokens, "
+                             f"{len(slots)} slots and {len(positions)} positions")
+        for s in slots:
+            self._check_slot(int(s))
+        n_ctx = b.spec.n_ctx if b.spec is not None else 0
+        bad = [int(p) for p in positions if not 0 <= p < n_ctx]
+        if bad:
+            raise ContextOverflowError(f"positions {bad} do not fit the context of {n_ctx}")
+        self._recorded()
+        self._write_inputs(tokens, 0)
+        pairs = np.stack([slots, positions], 1).astype(np.uint32)
+        b._host[rows.offset:rows.offset + rows.nbytes] = pairs.reshape(-1).view(np.uint8)
+        b.rt.run(self._rec)
+        return self._read_outputs()
+
+    def _read_outputs(self) -> dict[str, np.ndarray]:
+        host, out = self.b._host, {}
         for name, (ref, shape, dtype) in self.plan.outputs.items():
             dt = np.int32 if dtype == "i32" else np.float32
             out[name] = host[ref.offset:ref.offset + ref.nbytes].view(dt).reshape(shape).copy()
         return out
 
-    def run_greedy(self, n_steps: int, first_token: int, pos: int) -> list[int]:
+    def run_greedy(self, n_steps: int, first_token: int, pos: int, slot: int = 0) -> list[int]:
         """Greedy decoding on the device (as the WebGPU backend's): first_token goes in at
         position pos; each step ends with kernel_argmax_greedy, which writes the step's token
         as the next step's input and into a history buffer and moves the step on, so all
@@ -242,15 +282,15 @@ class _MetalProgram(Program):
         tokens produced; the last one is not yet in the KV cache."""
         if n_steps < 1:
             return []
-        ref, cols = self._loop_check(n_steps, pos)
+        ref, cols = self._loop_check(n_steps, pos, slot)
         tail = Dispatch("kernel_argmax_greedy",
                         kargs.pack("kargs_argmax", n_rows=1, n_cols=cols, pos0=pos),
                         (ref, self.plan.tokens, self.plan.step), (1, 1, 1),
                         (_threads(cols), 1, 1))
-        return self._loop(n_steps, first_token, pos, [(tail, [None] * 3 + ["hist"])])
+        return self._loop(n_steps, first_token, pos, slot, [(tail, [None] * 3 + ["hist"])])
 
     def run_sampled(self, n_steps: int, first_token: int, pos: int, chain: dict[str, float],
-                    uniforms: np.ndarray, recent: Sequence[int] = ()) -> list[int]:
+                    uniforms: np.ndarray, recent: Sequence[int] = (), slot: int = 0) -> list[int]:
         """As run_greedy, each step ending with metal/sample.metal (fastllm.sampling's chain and
         a draw with uniforms[i] for step i; the penalty's window the last last_n ids of
         `recent`, ending with first_token, and the tokens produced) instead of the argmax.
@@ -259,10 +299,10 @@ class _MetalProgram(Program):
         if n_steps < 1:
             return []
         uniforms, last_n, ok = device_args(chain, n_steps, uniforms)
-        ref, cols = self._loop_check(n_steps, pos)
+        ref, cols = self._loop_check(n_steps, pos, slot)
         chunk, parts = device_chunks(cols, SAMPLE_CHUNK, SAMPLE_PARTS)
         if not ok or chunk > SAMPLE_NK:
-            return super().run_sampled(n_steps, first_token, pos, chain, uniforms, recent)
+            return super().run_sampled(n_steps, first_token, pos, chain, uniforms, recent, slot)
         b = self.b
         if self._cands is None:
             self._cands = b.rt.buffer(8 * SAMPLE_PARTS * DEVICE_TOP_K)
@@ -276,15 +316,16 @@ class _MetalProgram(Program):
                         (SAMPLE_TG, 1, 1), (1,))
         final = Dispatch("kernel_sample_final", ka, (self.plan.tokens, self.plan.step),
                          (1, 1, 1), (SAMPLE_TG, 1, 1))
-        return self._loop(n_steps, first_token, pos,
+        return self._loop(n_steps, first_token, pos, slot,
                           [(part, [None, cands, None, "recent"]),
                            (final, [cands, "uniforms", None, None, "hist", "recent"])])
 
-    def _loop_check(self, n_steps: int, pos: int) -> tuple[Ref, int]:
+    def _loop_check(self, n_steps: int, pos: int, slot: int) -> tuple[Ref, int]:
         """The logits' place and width; the history and uniform buffers grown to n_steps."""
         b = self.b
         lg = self.plan.outputs.get("logits")
-        if self.n != 1 or lg is None or lg[1][0] != 1:
+        self._check_slot(slot)
+        if self.n != 1 or lg is None or lg[1][0] != 1 or self.plan.rows is not None:
             raise ValueError("run_greedy and run_sampled need a one-token program whose output "
                              "'logits' is one row")
         if pos < 0 or (b.spec is not None and pos + n_steps > b.spec.n_ctx):
@@ -297,7 +338,8 @@ class _MetalProgram(Program):
             self._recent = b.rt.buffer(4 * (DEVICE_LAST_N + self._hist_cap))
         return lg[0], lg[1][-1]
 
-    def _loop(self, n_steps: int, first_token: int, pos: int, tail: list) -> list[int]:
+    def _loop(self, n_steps: int, first_token: int, pos: int, slot: int,
+              tail: list) -> list[int]:
         """The step and its `tail` (dispatches, each with its bindings in order: None for the
         dispatch's next arena Ref, "hist" / "uniforms" for those buffers, or a binding) n_steps
         times, as many in each command buffer as _steps_per_buffer allows; the history read
@@ -313,7 +355,7 @@ class _MetalProgram(Program):
             items.append((d, [self._bind(next(refs), arena) if s is None
                               else own[s] if isinstance(s, str) else s for s in spec]))
         rec = b.rt.record(items)
-        self._write_inputs(np.array([first_token], np.int32), pos)
+        self._write_inputs(np.array([first_token], np.int32), pos, slot)
         per, done = self._steps_per_buffer(pos + n_steps), 0
         while done < n_steps:
             k = min(per, n_steps - done)
@@ -334,7 +376,6 @@ class _MetalProgram(Program):
             step += sum(2 * dim * esz * min(pos_end, ring)
                         for ring, dim in zip(b.spec.sizes, b.spec.kv_dim))
         return max(1, STEP_BUFFER_BYTES // max(step, 1))
-
 
 
 class MetalBackend(Backend):
@@ -393,33 +434,61 @@ class MetalBackend(Backend):
         return Weight(info.name, info.type, info.shape, h)
 
     def init_kv(self, spec: KVSpec) -> None:
+        """The caches and recurrent states of spec.n_seq slots (sequences), one after another
+        in each layer's buffer (backends/base.py's KVSpec)."""
         self.spec = spec
         esz = KV_TYPES[self.kv_type]
         self.k, self.v = [], []
-        for s, d in zip(spec.sizes, spec.kv_dim):
-            for lst in (self.k, self.v):
-                buf = self.rt.buffer(s * d * esz)
+        ns = spec.n_seq
+        for layer, (s, d) in enumerate(zip(spec.sizes, spec.kv_dim)):
+            for lst, which in ((self.k, "K"), (self.v, "V")):
+                buf = self._alloc(ns * s * d * esz, f"the {which} cache of layer {layer} "
+                                  f"({ns} x {s} rows of {d})")
                 self.rt.host(buf)[:] = 0xFF  # NaN: a read of a row never written shows
                 lst.append(buf)
-        self.state = {name: self.rt.buffer(4 * n) for name, n in spec.state}
+        self.state = {name: self._alloc(4 * n * ns, f"recurrent state {name!r}")
+                      for name, n in spec.state}
+        self.reset_state()
         self._gen += 1
+
+    def _alloc(self, nbytes: int, what: str):
+        try:
+            return self.rt.buffer(nbytes)
+        except (RuntimeError, MemoryError, BackendError) as e:
+            raise BackendError(f"metal: {what} needs {nbytes} bytes, which the device does not "
+                               f"give ({e})") from None
 
     def compile(self, graph: Graph) -> Program:
         return _MetalProgram(self, graph)
 
-    def _state_view(self, name: str) -> np.ndarray:
-        return self.rt.host(self.state[name]).view(np.float32)[:dict(self.spec.state)[name]]
+    def _state_view(self, name: str, slot: int | None) -> np.ndarray:
+        """Slot `slot`'s values of state buffer `name` (None: every slot's), in shared memory."""
+        n = dict(self.spec.state)[name]
+        ns = self.spec.n_seq
+        if slot is None:
+            return self.rt.host(self.state[name]).view(np.float32)[:n * ns]
+        if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) \
+                or not 0 <= slot < ns:
+            raise ValueError(f"slot {slot!r} is not one of the state's {ns} (0..{ns - 1})")
+        return self.rt.host(self.state[name]).view(np.float32)[n * slot:n * (slot + 1)]
 
-    def reset_state(self) -> None:
+    def reset_state(self, slot: int | None = None) -> None:
         for name in self.state:
-            self._state_view(name)[:] = 0.0
+            self._state_view(name, slot)[:] = 0.0
 
-    def get_state(self) -> dict[str, np.ndarray]:
-        return {name: self._state_view(name).copy() for name in self.state}
+    def get_state(self, slot: int = 0) -> dict[str, np.ndarray]:
+        return {name: self._state_view(name, slot).copy() for name in self.state}
 
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
+    def set_state(self, state: dict[str, np.ndarray], slot: int = 0) -> None:
         for name, v in state.items():
-            self._state_view(name)[:] = v
+            if name not in self.state:
+                raise ValueError(f"no recurrent state {name!r} (the model has "
+                                 f"{sorted(self.state)})")
+            view = self._state_view(name, slot)
+            v = np.asarray(v, np.float32).reshape(-1)
+            if v.size != view.size:
+                raise ValueError(f"state {name!r} has {view.size} values, got {v.size}")
+            view[:] = v
 
     def close(self) -> None:
         self.k, self.v, self.state, self._buf = [], [], {}, None

@@ -40,7 +40,9 @@ MB_NSG = 2  # rwkv.metal: mul_mat_blocks SIMD groups per threadgroup
 # at least SAMPLE_CHUNK columns and at most SAMPLE_NK (its threadgroup arrays)
 SAMPLE_TG, SAMPLE_PARTS, SAMPLE_CHUNK, SAMPLE_NK = 256, 64, 2048, 4096
 ALIGN = 256  # arena offsets: ample for any vector load and for setBuffer offsets
-HEADER = 256  # arena bytes 0..15: kargs_step; token ids start at HEADER
+# arena bytes 0..15: kargs_step; token ids start at HEADER, then in rows mode (Graph.rows) each
+# row's (slot, position) pair (a uint2)
+HEADER = 256
 
 
 def _up(n: int, a: int) -> int:
@@ -79,13 +81,15 @@ class Dispatch:
 
 @dataclass
 class Plan:
-    """A lowered graph: dispatches, arena size, and where each output lives."""
+    """A lowered graph: dispatches, arena size, and where each output lives; `rows` is where
+    a rows-mode graph's (slot, position) pairs go (None in sequence mode)."""
 
     dispatches: list[Dispatch]
     arena_bytes: int
     tokens: Ref
     step: Ref
     outputs: dict[str, tuple[Ref, tuple[int, ...], str]] = field(default_factory=dict)
+    rows: Ref | None = None
 
 
 class _Arena:
@@ -126,10 +130,13 @@ class MetalLowering:
                  redzone: int = 0, fuse: bool = True):
         self.g, self.kv, self.kv_type, self.redzone = graph, kv, kv_type, redzone
         # the fused ops of backends/fuse.py (a mat-mul takes the mat-vec kernel below
-        # MM_MIN_ROWS tokens; decode attention keeps its own rope_kv_store before it)
+        # MM_MIN_ROWS tokens; decode attention keeps its own rope_kv_store before it; rows mode
+        # keeps rope, kv_store and attention apart)
         self.nodes = (fuse_nodes(graph.nodes, graph.outputs.values(), MM_MIN_ROWS - 1,
-                                 attn_rope=False) if fuse else list(graph.nodes))
+                                 attn_rope=False, rows=graph.rows) if fuse
+                      else list(graph.nodes))
         self.out: list[Dispatch] = []
+        self.rows: Ref | None = None  # rows mode: the rows' (slot, position) pairs (lower())
 
     # -- values ----------------------------------------------------------------------------
     @staticmethod
@@ -139,7 +146,12 @@ class MetalLowering:
     def lower(self) -> Plan:
         g = self.g
         n = g.n_tokens
-        arena = _Arena(HEADER + _up(4 * n + self.redzone, ALIGN), self.redzone)
+        top = HEADER + _up(4 * n + self.redzone, ALIGN)
+        self.rows = None
+        if g.rows:  # each row's (slot, position), written per run like the token ids
+            self.rows = Ref("arena", top, 8 * n)
+            top += _up(8 * n + self.redzone, ALIGN)
+        arena = _Arena(top, self.redzone)
         self.refs: dict[int, Ref] = {g.tokens.id: Ref("arena", HEADER, 4 * n)}
         alias: dict[int, int] = {}  # view value id -> the value id that owns the memory
         last: dict[int, int] = {}
@@ -175,7 +187,8 @@ class MetalLowering:
                     r = self.refs[vid]
                     arena.release(r.offset, r.nbytes)
         outs = {k: (self.refs[v.id], v.shape, v.dtype) for k, v in g.outputs.items()}
-        return Plan(self.out, arena.top, self.refs[g.tokens.id], Ref("arena", 0, 16), outs)
+        return Plan(self.out, arena.top, self.refs[g.tokens.id], Ref("arena", 0, 16), outs,
+                    self.rows)
 
     def _emit(self, kernel: str, buffers: list[Ref], grid: tuple[int, ...], threads: int,
               writes: tuple[int, ...], struct: str, **fields) -> None:
@@ -327,9 +340,10 @@ class MetalLowering:
         at = node.attrs
         hd = at["head_dim"]
         tp = _threads(hd // 2, 64)
-        self._emit("kernel_rope_f32",
-                   [self._step(), self._ref(x), self._ref(ff if ff is not None else x),
-                    self._ref(node.out)],
+        # rows mode: each row at its own position (rows.metal)
+        self._emit("kernel_rope_rows_f32" if self.rows else "kernel_rope_f32",
+                   [self.rows or self._step(), self._ref(x),
+                    self._ref(ff if ff is not None else x), self._ref(node.out)],
                    (-(-(hd // 2) // tp), at["n_head"], x.shape[0]), tp, (3,),
                    "kargs_rope", n_rows=x.shape[0], n_head=at["n_head"], head_dim=hd,
                    n_rot=at["n_rot"], base=at["base"], freq_scale=at["freq_scale"],
@@ -339,7 +353,8 @@ class MetalLowering:
         if self.kv is None:
             raise BackendError("metal: the KV cache is not initialised (call init_kv first)")
         ring, dim = self.kv.sizes[layer], self.kv.kv_dim[layer]
-        nb = ring * dim * KV_TYPES[self.kv_type]
+        # every slot's rows: the kernels add the slot's base (step.slot, or the row's slot)
+        nb = self.kv.n_seq * ring * dim * KV_TYPES[self.kv_type]
         return Ref("k", 0, nb, layer), Ref("v", 0, nb, layer), ring, dim
 
     def _kv_store(self, node) -> None:
@@ -347,8 +362,10 @@ class MetalLowering:
         kc, vc, ring, dim = self._cache(node.attrs["layer"])
         rows = k.shape[0]
         tp = _threads(dim)
-        self._emit(f"kernel_kv_store_{self.kv_type}",
-                   [self._step(), self._ref(k), self._ref(v), kc, vc],
+        # rows mode: each row into its own slot, at its own position (rows.metal)
+        self._emit(f"kernel_kv_store_rows_{self.kv_type}" if self.rows
+                   else f"kernel_kv_store_{self.kv_type}",
+                   [self.rows or self._step(), self._ref(k), self._ref(v), kc, vc],
                    (-(-dim // tp), rows), tp, (),
                    "kargs_kv_store", n_rows=rows, kv_dim=dim, ring=ring)
 
@@ -381,18 +398,20 @@ class MetalLowering:
         rows = q.shape[0]
         f = {"n_rows": rows, "n_head": nh, "n_kv_head": at["n_kv_head"], "head_dim": d,
              "scale": at["scale"], "softcap": at["softcap"], "window": at["window"], "ring": ring}
-        if rows >= AP_Q:
+        if rows >= AP_Q and not self.rows:
             self._emit(f"kernel_attn_prefill_{self.kv_type}",
                        [self._step(), self._ref(q), kc, vc, self._ref(node.out)],
                        (-(-rows // AP_Q), nh), 32, (4,), "kargs_attention", **f)
             return
-        # split the visible positions so that a long context still fills the GPU
+        # split the visible positions so that a long context still fills the GPU; in rows
+        # mode (rows.metal) each row over its own slot's cache, at its own position
         visible = min(self.kv.n_ctx, at["window"] or self.kv.n_ctx)
         ns = max(1, min(ATTN_MAX_SPLITS, -(-visible // ATTN_SPLIT)))
         nb = rows * nh * ns * (d + 2) * 4
         part = Ref("arena", self.arena.alloc(nb), nb)
-        self._emit(f"kernel_attn_decode_{self.kv_type}",
-                   [self._step(), self._ref(q), kc, vc, part],
+        kind = "rows" if self.rows else "decode"
+        self._emit(f"kernel_attn_{kind}_{self.kv_type}",
+                   [self.rows or self._step(), self._ref(q), kc, vc, part],
                    (ns, nh, rows), 32, (4,), "kargs_attention", **f)
         self._emit("kernel_attn_reduce_f32", [part, self._ref(node.out)], (nh, rows), 32, (1,),
                    "kargs_attn_reduce", n_rows=rows, n_head=nh, head_dim=d, n_splits=ns)
@@ -406,8 +425,9 @@ class MetalLowering:
 
     # -- recurrent-model ops (RWKV; metal/rwkv.metal) ----------------------------------------
     def _state(self, node, n: int) -> Ref:
-        """The state buffer `node.attrs["state"]`, which must hold n floats. It is read and
-        written by the kernel, so never among a dispatch's `writes` (those are poisoned)."""
+        """The state buffer `node.attrs["state"]`, n floats per slot (all slots bound; the
+        kernels add the slot's base). It is read and written by the kernel, so never among a
+        dispatch's `writes` (those are poisoned)."""
         name = node.attrs["state"]
         have = dict(self.kv.state).get(name) if self.kv is not None else None
         if have is None:
@@ -416,7 +436,15 @@ class MetalLowering:
         if have != n:
             raise UnsupportedError(f"metal: {node.op} needs {n} state values in {name!r}, which "
                                    f"holds {have}")
-        return Ref("state", 0, 4 * n, name)
+        return Ref("state", 0, 4 * n * self.kv.n_seq, name)
+
+    def _state_kernel(self, name: str) -> tuple[str, list[Ref]]:
+        """A state op's kernel (kernel_X_f32, or kernel_X_rows_f32 in rows mode) and its last
+        two buffers: the step (whose slot a run of one sequence uses) and the rows' (slot,
+        position) pairs, the step again in sequence mode (bound, not read)."""
+        if self.rows:
+            return f"kernel_{name}_rows_f32", [self._step(), self.rows]
+        return f"kernel_{name}_f32", [self._step(), self._step()]
 
     def _vec(self, w, like: Value) -> Ref:
         """A weight read element-wise: f32 (1-D weights are made f32 at load)."""
@@ -482,11 +510,11 @@ class MetalLowering:
         (x,) = node.args
         rows, d = x.shape
         tp = _threads(d)
-        self._emit("kernel_token_shift_f32", [self._ref(x), self._state(node, d),
-                                              self._ref(node.out)],
+        kernel, where = self._state_kernel("token_shift")
+        self._emit(kernel, [self._ref(x), self._state(node, d), self._ref(node.out), *where],
                    (-(-d // tp),), tp, (2,), "kargs_rwkv", n_rows=rows, n_cols=d)
 
-    def _wkv(self, node, kernel: str) -> None:
+    def _wkv(self, node, name: str) -> None:
         s = node.attrs["head_size"]
         rows, cols = self._groups(node, s)
         if s > WKV_MAX or WKV_TG % s:
@@ -494,15 +522,16 @@ class MetalLowering:
                                    f"{WKV_MAX} is supported)")
         ins = [self._vec(a, node.args[0]) if isinstance(a, Weight) else self._ref(a)
                for a in node.args]
+        kernel, where = self._state_kernel(name)
         bufs = ins + [self._state(node, cols * s), self._ref(node.out)]
-        self._emit(kernel, bufs, (-(-cols // WKV_TG),), WKV_TG, (len(bufs) - 1,), "kargs_rwkv",
-                   n_rows=rows, n_cols=cols, group=s)
+        self._emit(kernel, bufs + where, (-(-cols // WKV_TG),), WKV_TG, (len(bufs) - 1,),
+                   "kargs_rwkv", n_rows=rows, n_cols=cols, group=s)
 
     def _wkv6(self, node) -> None:
-        self._wkv(node, "kernel_wkv6_f32")
+        self._wkv(node, "wkv6")
 
     def _wkv7(self, node) -> None:
-        self._wkv(node, "kernel_wkv7_f32")
+        self._wkv(node, "wkv7")
 
     def _mul_mat_blocks(self, node) -> None:
         x, w = node.args
