@@ -163,6 +163,8 @@ class Params:
     seed: int | None = None
     logprobs: int | None = None  # None: none; else how many alternatives
     echo: bool = False
+    tools: list | None = None  # chat: OpenAI's tools, checked (fastllm.tools.check_tools)
+    tool_choice: Any = None
     sampling: dict = field(default_factory=dict)  # Engine.submit's other arguments
 
 
@@ -219,19 +221,49 @@ def chat_params(body: dict, n_vocab: int) -> Params:
     elif body.get("top_logprobs") is not None:
         _integer(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
         raise bad("top_logprobs", "'top_logprobs' needs 'logprobs': true", "invalid_value")
-    tools = body.get("tools") or body.get("functions")
-    if tools:
-        raise bad("tools" if body.get("tools") else "functions",
-                  "tool calling is not supported by this server", "unsupported_parameter")
-    for k in ("tool_choice", "function_call"):
-        if body.get(k) not in (None, "none", "auto"):
-            raise bad(k, f"'{k}' is not supported by this server", "unsupported_parameter")
-    rf = body.get("response_format")
-    if rf is not None and rf != {"type": "text"}:
-        raise bad("response_format", "only {\"type\": \"text\"} is supported as "
-                                     "'response_format'", "unsupported_parameter")
+    from .. import tools as T
+    from ..errors import ArgumentError
+
+    if body.get("functions") or body.get("function_call") not in (None, "none", "auto"):
+        raise bad("functions", "the deprecated 'functions' and 'function_call' are not "
+                               "supported: use 'tools' and 'tool_choice'",
+                  "unsupported_parameter")
+    if body.get("tools"):
+        try:
+            p.tools, _ = T.check_tools(body["tools"], body.get("tool_choice"))
+        except ArgumentError as e:
+            name = "tool_choice" if "tool_choice" in str(e) else "tools"
+            raise bad(name, str(e), "invalid_value") from None
+        p.tool_choice = body.get("tool_choice")
+    elif body.get("tool_choice") not in (None, "none", "auto"):
+        raise bad("tool_choice", "'tool_choice' needs 'tools'", "invalid_value")
+    schema = response_format(body.get("response_format"))
+    if schema is not None:
+        p.sampling["json_schema"] = schema
     p.prompts = [messages(body.get("messages"))]
     return p
+
+
+def response_format(rf: Any) -> dict | None:
+    """OpenAI's response_format as the JSON schema the output must follow (None: free text):
+    {"type": "json_object"} any JSON object; {"type": "json_schema", "json_schema": {"name",
+    "schema", "strict"}} its schema (strict: objects closed to other properties)."""
+    from ..tools import strict_schema
+
+    if rf is None or rf == {"type": "text"}:
+        return None
+    kind = rf.get("type") if isinstance(rf, dict) else None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        if not isinstance(js, dict) or not isinstance(js.get("schema", {}), dict):
+            raise bad("response_format", "'response_format.json_schema' must be an object "
+                      "with 'name' and 'schema'", "invalid_type")
+        schema = js.get("schema", {})
+        return strict_schema(schema) if js.get("strict") else schema
+    raise bad("response_format", "'response_format.type' must be 'text', 'json_object' or "
+                                 f"'json_schema', got {json.dumps(kind)}", "invalid_value")
 
 
 def messages(v: Any) -> list[dict]:
@@ -267,6 +299,11 @@ def messages(v: Any) -> list[dict]:
         msg = {"role": "system" if role == "developer" else role, "content": content}
         if isinstance(m.get("name"), str):
             msg["name"] = m["name"]
+        # tool calls and their results go back to the template (fastllm.tools)
+        if role == "assistant" and isinstance(m.get("tool_calls"), list):
+            msg["tool_calls"] = m["tool_calls"]
+        if role == "tool" and isinstance(m.get("tool_call_id"), str):
+            msg["tool_call_id"] = m["tool_call_id"]
         out.append(msg)
     return out
 
@@ -322,7 +359,9 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-FINISH = {"stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
+# "incomplete": a constrained output (response_format, a forced tool call) cut short
+FINISH = {"stop": "stop", "length": "length", "context": "length", "cancelled": "stop",
+          "incomplete": "length"}
 
 
 def usage(prompt: int, completion: int, cached: int) -> dict:
