@@ -286,7 +286,9 @@ def test_completion_forms(client):
     ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "not a name"}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"response_format": {"type": "yaml"}}, "response_format"),
 ])
 def test_bad_parameters_are_400(client, kw, param):
     args = {"model": "stories260K", "messages": CHAT, "max_tokens": 4, **kw}
