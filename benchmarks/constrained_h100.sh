@@ -5,12 +5,19 @@
 # free ones; all constrained), and the mask's per-token cost (llguidance on the host; upload and
 # apply on the device: a batched step with and without masks). Target: constrained decoding at
 # least 60% of free decoding. Carry .gpu and .peer (../shared/bench/README.md), run from the
-# root; fastllm is pinned to cores 0-3 as in batched_h100.sh.
+# root; fastllm is pinned to cores 0-3 as in batched_h100.sh. The GPU machine reaches no
+# registry: before the run, put llguidance's wheel beside the others in .gpu/whl (env.sh
+# installs them all):
+#   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     -d .gpu/whl 'llguidance>=1.0'
+
 set -u
 export PYTHONUNBUFFERED=1
 source .gpu/env.sh
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-python3 -m pip install -q 'llguidance>=1.0' 2>&1 | tail -1
+python3 -c "import llguidance; print('llguidance', llguidance.__version__)" \
+  || { echo "llguidance is not in .gpu/whl (see the head of this script)"; exit 1; }
 V=.peer/ggml-vocab-llama-bpe.gguf
 python3 .peer/make_random_gguf.py --shape llama-3.2-1b --type q4_k_m --vocab $V --out /tmp/1b.gguf > /dev/null
 for b in ${BATCH:-8 32}; do
