@@ -38,7 +38,9 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
     Other mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= mv_max_m);
     attn_decode_rope only where the backend has it (attn_rope). A rows-mode graph (Graph.rows,
     each row its own sequence) keeps rope, kv_store and attention apart: the fused kernels
-    assume one sequence's consecutive positions."""
+    assume one sequence's consecutive positions; nor does it fold an activation into a mat-mat's
+    epilogue (a batched step's products are integer mat-vecs over several rows where the
+    weights allow, which have no such epilogue)."""
     outputs = list(outputs)
     readers = reader_counts(nodes, outputs)
 
@@ -89,7 +91,8 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
                             {"glu": False, "eps": nrm.attrs["eps"]}, node.out))
             continue
         prev = out[-1] if out else None
-        if (node.op in ("swiglu", "geglu") and prev is not None and prev.op == "mul_mat"
+        if (not rows and node.op in ("swiglu", "geglu") and prev is not None
+                and prev.op == "mul_mat"
                 and node.args[1] is prev.out and node.args[0] is not prev.out
                 and inner(prev.out) and prev.args[0].shape[0] > mv_max_m):
             out[-1] = Node("mul_mm_glu", (*prev.args, node.args[0]), {"act": node.op},

@@ -18,6 +18,7 @@ from . import repack, shaders
 # whose arithmetic is the limit, are fastest with few rows per group (2; Q6_K 4) and 64 threads
 # per row up to rows of 4096 values, 128 beyond; the other types keep 8 rows per group on big
 # matrices (>= 4096 rows or rows of >= 8192 values) and 2 on small ones.
+MVQ_ROWS_C = 8  # rows mode: token rows per integer mat-vec workgroup (its weights read once)
 MV_MAX_M = 8  # token rows up to which mul_mat uses the mat-vec kernel (one pass over the weights)
 MV_TPR_MAX = 128  # most threads sharing one weight row
 MV_UNR = 1  # units per thread per pass
@@ -211,6 +212,13 @@ def _norm_args(k: int, eps: float) -> tuple[str, dict]:
 class MatmulOps:
     """The mat-mul ops of WebGPUProgram (uses its _arg, _dispatch, _buf, buf and be)."""
 
+    def _int_dot_rows(self, w: Weight, x: Value) -> bool:
+        """Whether a rows-mode product of several token rows takes the integer mat-vec
+        (mul_mvq.wgsl over MVQ_ROWS_C token rows a workgroup): a batched decode step reads the
+        weights once for every row."""
+        return (self.be.int_dot and self.g.rows and x.shape[0] > 1 and x.cols % 32 == 0
+                and w.handle.tname in Q8_TYPES)
+
     def _int_dot(self, ws: list[Weight], x: Value) -> bool:
         """Whether one-token mat-vecs of these weights take the integer path."""
         return (self.be.int_dot and x.shape[0] == 1 and x.cols % 32 == 0
@@ -274,7 +282,7 @@ class MatmulOps:
     def _xq_scratch(self, k: int):
         """The scratch buffer of quantized x (quantize_x.wgsl's layout) for rows of k values.
         Programs run their dispatches in order, so one serves every mat-vec of a step."""
-        need = k + k // 2  # bytes, then a vec4 of floats per 32 values
+        need = (k + k // 2) * max(1, self.n if self.g.rows else 1)  # bytes, a vec4 per 32
         if self._xq is None or self._xq.size < need:
             self._xq = self._buf(max(need, 256), "STORAGE", "quantized x")
         return self._xq
@@ -300,9 +308,9 @@ class MatmulOps:
             b[9] = self.buf(nw)
         if up is not None:
             b[7] = self.buf(up)
-        self._dispatch("quantize_x.wgsl", "kernel_quantize_x_f32", b,
-                       self._mv_grid(-(-(k // 4) // QX_WG)), consts={"WG": QX_WG},
-                       variant=variant)
+        gx, _, gz = self._mv_grid(-(-(k // 4) // QX_WG))
+        self._dispatch("quantize_x.wgsl", "kernel_quantize_x_f32", b, (gx, x.shape[0], gz),
+                       consts={"WG": QX_WG}, variant=variant)
         return self._xq
 
     def _mm_tile_f16(self, t: GGMLType) -> bool:
@@ -433,11 +441,13 @@ class MatmulOps:
         guard = _guard_k(t, k)
         variant = ("glu_" if up is not None else "") + ("res" if res is not None else "")
         variant = "norm" if nw is not None else variant.rstrip("_") or None
-        if m <= MV_MAX_M and self._int_dot([w], x):
+        rows_q8 = self._int_dot_rows(w, x)
+        if (m <= MV_MAX_M and self._int_dot([w], x)) or rows_q8:
             xq = self.buf(x) if x.id in self.prequantized else self._quantize_x(x, up, nw, eps)
+            c = min(m, MVQ_ROWS_C) if rows_q8 else 1
             for part in h.parts:
-                b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": h.n, "K": k,
-                                                     "w_row_words": words}),
+                b = {0: self._arg(("kargs_mul_mat", {"M": m if rows_q8 else 1, "N": h.n,
+                                                     "K": k, "w_row_words": words}),
                                   ("kargs_part", {"row0": part.row0, "n_rows": part.n_rows})),
                      1: xq, 2: self.buf(node.out)}
                 b.update({3 + i: buf for i, buf in enumerate(part.buffers)})
@@ -445,7 +455,7 @@ class MatmulOps:
                     b[8] = self.buf(res)
                 v = "res" if res is not None else "plain"
                 r, tpr, wg = mvq_shape(part.n_rows, h.units, h.tname)
-                reader = self.prenorm.get(id(node))
+                reader = self.prenorm.get(id(node)) if not rows_q8 else None
                 if reader is not None:  # writes its reader's x too
                     v = "resq"
                     b[9], b[10] = self.buf(reader.args[1]), self._xq_scratch(h.n)
@@ -455,10 +465,11 @@ class MatmulOps:
                         min(lim.get("max-compute-invocations-per-workgroup", 256),
                             lim.get("max-compute-workgroup-size-x", 256)),
                         lim.get("max-compute-workgroup-storage-size", 16384))
+                gx, _, gz = self._mv_grid(-(-part.n_rows // (r * (wg // tpr))))
                 self._dispatch("mul_mvq.wgsl", ("kernel_mul_mvq_" if v == "plain" else
                                                 f"kernel_mul_mvq_{v}_") + f"{h.tname}_f32", b,
-                               self._mv_grid(-(-part.n_rows // (r * (wg // tpr)))),
-                               wtype=h.tname, consts={"TPR": tpr, "R": r, "WG": wg},
+                               (gx, -(-m // c) if rows_q8 else 1, gz),
+                               wtype=h.tname, consts={"TPR": tpr, "R": r, "WG": wg, "C": c},
                                variant=v)
             return
         for part in h.parts:

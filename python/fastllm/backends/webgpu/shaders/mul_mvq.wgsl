@@ -9,6 +9,10 @@
 // dot product with it). Layout and grid as mul_mv.wgsl's one-token path: groups of TPR threads
 // compute R consecutive rows, taking the row's units in turn.
 //
+// Several token rows (rows mode: C rows a workgroup, grid y = the group of C rows, M rows in
+// all): each workgroup reads its weight rows once for its C token rows, x's rows one after
+// another in xq (quantize_x.wgsl), y's rows of N values.
+//
 // Variants: plain y = W x; res y = W x + res (the residual add after an output projection);
 // resq as res, and also the next rms_norm's consumer's x, quantized (see the section).
 
@@ -16,6 +20,7 @@ const WG: u32 = 64u;
 const TPR: u32 = 32u;
 const R: u32 = 4u;  // a multiple of 4 or less than 4: sums travel as vec4s, 4 rows each
 const RV: u32 = (R + 3u) / 4u;
+const C: u32 = 1u;  // token rows a workgroup
 
 struct MatArgs {
     mm: kargs_mul_mat,
@@ -26,14 +31,17 @@ struct MatArgs {
 @group(0) @binding(1) var<storage, read> xq: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
+// the token row's first vec4 in xq (several rows: quantize_x.wgsl's layout, row after row)
+var<private> xbase: u32 = 0u;
+
 // x's bytes at columns col .. col + 15 (col a multiple of 16); quantize_x.wgsl's layout
 fn xq16(col: u32) -> vec4<u32> {
-    return xq[col >> 4u];
+    return xq[xbase + (col >> 4u)];
 }
 
 // (d, first-half sum, second-half sum, 0) of the block of 32 columns that holds column col
 fn xmeta(col: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(xq[args.mm.K / 16u + (col >> 5u)]);
+    return bitcast<vec4<f32>>(xq[xbase + args.mm.K / 16u + (col >> 5u)]);
 }
 
 @compute @workgroup_size(WG)
@@ -43,25 +51,33 @@ fn kernel_mul_mvq_TYPE_f32(ids: Ids) {
     let nr = args.part.n_rows;
     let lane = t % TPR;
     let r0 = ((ids.wg.z * ids.nwg.x + ids.wg.x) * (WG / TPR) + t / TPR) * R;
-    var acc: array<vec4<f32>, RV>;
+    let c0 = ids.wg.y * C;  // this workgroup's first token row
+    let xs = args.mm.K / 16u + args.mm.K / 32u;  // vec4s of a token row in xq
+    var acc: array<vec4<f32>, RV * C>;
     for (var u = lane; u < U; u += TPR) {
-        let xv = load_q8(u);
-        for (var r = 0u; r < R; r++) {
-            // rows past the part repeat its last row (dropped below): no read out of bounds
-            let row = min(r0 + r, nr - 1u);
-            acc[r / 4u] += onehot(r % 4u) * dot_q8(row * U + u, xv);
+        for (var c = 0u; c < C; c++) {
+            // token rows past M repeat the last one (dropped below)
+            xbase = min(c0 + c, args.mm.M - 1u) * xs;
+            let xv = load_q8(u);
+            for (var r = 0u; r < R; r++) {
+                // rows past the part repeat its last row (dropped below): no read out of bounds
+                let row = min(r0 + r, nr - 1u);
+                acc[c * RV + r / 4u] += onehot(r % 4u) * dot_q8(row * U + u, xv);
+            }
         }
     }
-    for (var v = 0u; v < RV; v++) {
-        let s = group_sum4(acc[v], TPR, ids);
-        if (lane == 0u) {
-            for (var q = 0u; q < min(4u, R); q++) {
-                let r = r0 + 4u * v + q;
-                if (r < nr) {
-                    let o = args.part.row0 + r;
-                    let v = out_value(o, s[q]);
-                    y[o] = v;
-                    keep_row(r, v);
+    for (var c = 0u; c < C; c++) {
+        for (var v = 0u; v < RV; v++) {
+            let s = group_sum4(acc[c * RV + v], TPR, ids);
+            if (lane == 0u && c0 + c < args.mm.M) {
+                for (var q = 0u; q < min(4u, R); q++) {
+                    let r = r0 + 4u * v + q;
+                    if (r < nr) {
+                        let o = (c0 + c) * args.mm.N + args.part.row0 + r;
+                        let v = out_value(o, s[q]);
+                        y[o] = v;
+                        keep_row(r, v);
+                    }
                 }
             }
         }

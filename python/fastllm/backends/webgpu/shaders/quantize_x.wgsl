@@ -9,6 +9,8 @@
 //   vec4<u32> h < K / 16:            the bytes of columns 16h .. 16h + 15, in column order
 //   vec4<u32> K / 16 + b, b < K / 32: (d, sum of columns 32b .. +15, sum of 32b + 16 .. +31, 0)
 //                                     of block b, as f32 bits
+// Several rows (rows mode's integer mat-vecs, grid y = the row): row r's layout starts at word
+// r * (K / 4 + K / 8).
 // x arrives as the consumer would have read it (sections below): as is, rms-normed (each
 // workgroup reduces the row itself), or as silu(gate) * up.
 
@@ -28,6 +30,8 @@ struct MatArgs {
 // where a block is made by a kernel that holds it whole).
 @compute @workgroup_size(WG)
 fn kernel_quantize_x_f32(ids: Ids) {
+    xoff = ids.wg.y * (args.mm.K / 4u);
+    let base = ids.wg.y * (args.mm.K / 4u + args.mm.K / 8u);
     prepare_x(ids);
     let nb = args.mm.K / 32u;
     let t = thread_index(ids);
@@ -45,9 +49,9 @@ fn kernel_quantize_x_f32(ids: Ids) {
     let s = group_sum4(select(vec4<f32>(0.0, hs, 0.0, 0.0), vec4<f32>(hs, 0.0, 0.0, 0.0),
                               j < 4u), 8u, ids);
     if (live) {
-        xq[8u * b + j] = pack4xI8(vec4<i32>(round(v * inv)));
+        xq[base + 8u * b + j] = pack4xI8(vec4<i32>(round(v * inv)));
         if (j == 0u) {
-            let o = args.mm.K / 4u + 4u * b;
+            let o = base + args.mm.K / 4u + 4u * b;
             xq[o] = bitcast<u32>(d);
             xq[o + 1u] = bitcast<u32>(s.x);
             xq[o + 2u] = bitcast<u32>(s.y);
