@@ -377,3 +377,53 @@ def test_integer_matvecs_over_many_rows(tmp_path, b):
         one.prefill(seqs[s])
         want = one.decode(toks[s])
         np.testing.assert_allclose(got[row], want, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("op", ["wkv6", "wkv7"])
+def test_reference_state_ops_in_rows_mode(op):
+    """The reference's rows mode: row r is one step of slot slots[r]'s state, as a one-row
+    sequence-mode run of that slot; weights are not split by row even when their first
+    dimension equals the row count (two rows, two heads)."""
+    from test_rwkv import _inputs, _weight
+
+    from fastllm.backends.base import Graph, KVSpec
+    from fastllm.backends.reference import ReferenceBackend
+
+    rng = np.random.default_rng(5)
+    h, hs, b = 2, 4, 2
+    c = h * hs
+    xs = [rng.standard_normal((b, c)).astype(np.float32) for _ in range(6)]
+    xs[1 if op == "wkv7" else 3] = rng.uniform(0.5, 0.99, (b, c)).astype(np.float32)  # decay
+    u = rng.standard_normal((h, hs)).astype(np.float32)
+    s0 = rng.standard_normal((3, c * hs)).astype(np.float32)
+
+    def graph(n: int, be, rows: bool):
+        g = Graph(n, rows=rows)
+        if op == "wkv6":
+            r, k, v, w = _inputs(be, g, *xs[:4])
+            g.output("y", g.wkv6(r, k, v, w, _weight(be, "u", u), "s", hs))
+        else:
+            g.output("y", g.wkv7(*_inputs(be, g, *xs), "s", hs))
+        return be.compile(g)
+
+    def backend():
+        be = ReferenceBackend()
+        be.init_kv(KVSpec(8, (), (), (("s", c * hs),), n_seq=3))
+        for s in range(3):
+            be.set_state({"s": s0[s]}, s)
+        return be
+
+    rows_be, seq_be = backend(), backend()
+    slots = [2, 0]
+    got = graph(b, rows_be, True).run_rows(np.arange(b, dtype=np.int32), slots, [5, 9])["y"]
+    for i, s in enumerate(slots):  # row i alone: a one-row run of slot s fed row i's inputs
+        g1 = Graph(1)
+        if op == "wkv6":
+            r, k, v, w = _inputs(seq_be, g1, *(x[i:i + 1] for x in xs[:4]))
+            g1.output("y", g1.wkv6(r, k, v, w, _weight(seq_be, "u", u), "s", hs))
+        else:
+            g1.output("y", g1.wkv7(*_inputs(seq_be, g1, *(x[i:i + 1] for x in xs)), "s", hs))
+        want = seq_be.compile(g1).run(np.zeros(1, np.int32), 0, slot=s)["y"]
+        np.testing.assert_allclose(got[i:i + 1], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(rows_be.get_state(s)["s"], seq_be.get_state(s)["s"])
+    np.testing.assert_array_equal(rows_be.get_state(1)["s"], s0[1])  # untouched

@@ -405,7 +405,7 @@ def test_wkv_ops_follow_their_formulas_across_runs(op):
             be.state["s"][:] = s0
         got.append(_run(be, g, hi - lo)["y"])
     np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(be.state["s"], s_want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(be.get_state()["s"], s_want, rtol=1e-4, atol=1e-4)
 
 
 def test_elementwise_ops_follow_their_formulas():
@@ -452,7 +452,7 @@ def test_elementwise_ops_follow_their_formulas():
     }
     for k_ in outs:
         np.testing.assert_allclose(got[k_], want[k_], rtol=1e-5, atol=1e-5, err_msg=k_)
-    np.testing.assert_array_equal(be.state["shift"], x[-1])
+    np.testing.assert_array_equal(be.get_state()["shift"], x[-1])
 
 
 # -- the converter -------------------------------------------------------------------------

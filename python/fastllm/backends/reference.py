@@ -291,17 +291,15 @@ class _RefProgram(Program):
                 mu, mu_v = (val(t) if t is not None else None for t in args[2:4])
                 r = lerp(val(args[0]), val(args[1]), mu, at["mu_row"], mu_v, at["mu_col"])
             elif op == "token_shift":
-                r = self._per_slot(token_shift, (val(args[0]),), at["state"], slots)
+                r = self._per_slot(token_shift, args[:1], val, at["state"], slots)
             elif op == "l2_norm":
                 r = l2_norm(val(args[0]), at["eps"], at["group"])
             elif op == "mul_mat_blocks":
                 r = mul_mat_blocks(val(args[0]), val(args[1]))
             elif op == "wkv6":
-                r = self._per_slot(wkv6, [val(t) for t in args], at["state"], slots,
-                                   at["head_size"])
+                r = self._per_slot(wkv6, args, val, at["state"], slots, at["head_size"])
             elif op == "wkv7":
-                r = self._per_slot(wkv7, [val(t) for t in args], at["state"], slots,
-                                   at["head_size"])
+                r = self._per_slot(wkv7, args, val, at["state"], slots, at["head_size"])
             elif op == "wkv7_bonus":
                 r = wkv7_bonus(*(val(t) for t in args), at["head_size"])
             else:
@@ -310,17 +308,17 @@ class _RefProgram(Program):
                                                     else np.float32)
         return {k: env[v.id] for k, v in g.outputs.items()}
 
-    def _per_slot(self, fn, args, state: str, slots: np.ndarray, *extra) -> np.ndarray:
+    def _per_slot(self, fn, args, val, state: str, slots: np.ndarray, *extra) -> np.ndarray:
         """A state op: in sequence mode fn over all rows with the slot's state buffer; in rows
-        mode one step per row, each with its own slot's buffer. Row-shaped args (Values) are
-        split by row, the rest (Weights) passed whole."""
+        mode one step per row, each with its own slot's buffer. The activations (Values) are
+        split by row; weights are passed whole, whatever their shape."""
         bufs = self.b.state[state]
-        n = self.g.n_tokens
+        vals = [val(a) for a in args]
         if not self.g.rows:
-            return fn(*args, bufs[int(slots[0])], *extra)
+            return fn(*vals, bufs[int(slots[0])], *extra)
         out = []
-        for i in range(n):
-            row = [a[i:i + 1] if a.ndim == 2 and a.shape[0] == n else a for a in args]
+        for i in range(self.g.n_tokens):
+            row = [v[i:i + 1] if isinstance(a, Value) else v for a, v in zip(args, vals)]
             out.append(fn(*row, bufs[int(slots[i])], *extra))
         return np.concatenate(out)
 
