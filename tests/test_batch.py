@@ -318,7 +318,7 @@ def test_quantized_rows_on_webgpu(tmp_path, arch):
     np.testing.assert_allclose(g2[1], w21, atol=2e-2 * scale)
 
 
-@pytest.mark.parametrize("kind", ["reference", "webgpu"])
+@pytest.mark.parametrize("kind", BACKENDS)
 def test_chained_steps_equal_single_steps(stories260k, kind):
     """decode_rows_chain (the steps back to back, tokens fed forward on the device) gives the
     tokens of one decode_rows_sampled after another, greedy and seeded rows mixed."""

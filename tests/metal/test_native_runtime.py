@@ -139,3 +139,49 @@ def test_greedy_steps_are_split_by_the_bytes_they_read(rt, monkeypatch, kv):
     rng.bit_generator.state = state
     want_tokens = greedy(ReferenceBackend(), kv).run_greedy(n, 5, pos)
     assert all(t == want_tokens for t in got.values()), (got, want_tokens)
+
+
+def rows_program(be, b: int):
+    """A rows-mode program of b rows: logits = emb[token] @ out.T (positions change nothing, so
+    a chain's tokens follow from the feeding alone), over a cache of a slot per row."""
+    emb = rng.standard_normal((VOCAB, DIM)).astype(np.float32)
+    out = rng.standard_normal((VOCAB, DIM)).astype(np.float32)
+    w = {n: be.load_weight(TensorInfo(n, GGMLType.F32, a.shape, a.view(np.uint8).reshape(-1),
+                                      "<test>")) for n, a in (("emb", emb), ("out", out))}
+    be.init_kv(KVSpec(n_ctx=32, kv_dim=(8,), sizes=(32,), n_seq=b))
+    g = Graph(b, rows=True)
+    g.output("logits", g.matmul(g.get_rows(w["emb"], g.tokens), w["out"]))
+    return be.compile(g)
+
+
+def test_batched_steps_sampled_through_the_extension(rt, monkeypatch):
+    """run_rows_sampled (the step and the sampling in one command buffer) and run_rows_chain
+    (three command buffers of 2, 2 and 1 steps by the bytes they read) through _NativeRuntime:
+    the tokens of the reference backend's host sampling (greedy rows, a bias, top_k 1)."""
+    if not emulator_available():
+        pytest.skip("needs the MSL emulator")
+    from fastllm.backends.metal import backend
+    from fastllm.sampling import RowSampling
+
+    params = [RowSampling(temperature=0.0), RowSampling(temperature=0.0, logit_bias=((3, 9.0),)),
+              RowSampling(temperature=0.7, top_k=1, logprobs=2)]
+    toks, slots, pos = np.array([5, 9, 60], np.int32), [2, 0, 1], [4, 0, 7]
+    u = rng.random((5, 3)).astype(np.float32)
+    state = rng.bit_generator.state
+    ref = rows_program(ReferenceBackend(), 3)
+    want = ref.run_rows_sampled(toks, slots, pos, params, u[0], [()] * 3)
+    want_chain = ref.run_rows_chain(toks, slots, pos, params[:2] + [RowSampling(top_k=1)], u)
+    rng.bit_generator.state = state
+    prog = rows_program(backend.MetalBackend(runtime=rt, self_check=False), 3)
+    repeats = []
+    run_steps = rt.dev.run_steps
+    monkeypatch.setattr(rt.dev, "run_steps",
+                        lambda parts, k: (repeats.append((len(parts), k)), run_steps(parts, k))[1])
+    got = prog.run_rows_sampled(toks, slots, pos, params, u[0], [()] * 3)
+    assert [g.id for g in got] == [w.id for w in want] and repeats == [(2, 1)]
+    assert [i for i, _ in got[2].top] == [i for i, _ in want[2].top]
+    monkeypatch.setattr(backend, "STEP_BUFFER_BYTES", 2 * STEP + STEP // 2)
+    repeats.clear()
+    chain = prog.run_rows_chain(toks, slots, pos, params[:2] + [RowSampling(top_k=1)], u)
+    assert repeats == [(2, 2), (2, 2), (2, 1)]
+    np.testing.assert_array_equal(chain, want_chain)

@@ -50,6 +50,7 @@ from .lowering import (  # noqa: F401 (MM_MIN_ROWS: tests use it from here)
     _threads,
     _up,
 )
+from .rows_loops import RowsLoops
 
 # Bytes a command buffer of decode steps may read (weights and KV rows): about 60 ms at an M1's
 # 68 GB/s, so a chain of steps stays far below macOS's GPU watchdog whatever the model's size
@@ -178,7 +179,7 @@ class _MetalWeight:
         self.buffer, self.offset, self.nbytes, self.type = buffer, offset, nbytes, type
 
 
-class _MetalProgram(Program):
+class _MetalProgram(RowsLoops, Program):
     def __init__(self, backend: MetalBackend, graph: Graph):
         self.b, self.n = backend, graph.n_tokens
         self.plan = MetalLowering(graph, backend.spec, backend.kv_type,
@@ -244,6 +245,14 @@ class _MetalProgram(Program):
                  positions: np.ndarray) -> dict[str, np.ndarray]:
         """A rows-mode graph: row r is token tokens[r] of the sequence in slot slots[r] at
         position positions[r] (the rows' pairs go into the arena beside the token ids)."""
+        self._rows_inputs(tokens, slots, positions)
+        self.b.rt.run(self._rec)
+        return self._read_outputs()
+
+    def _rows_inputs(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                     n_steps: int = 1) -> None:
+        """Check a rows-mode run's arguments (n_steps steps from positions: each row's last
+        position inside the context) and write them into the arena, recorded."""
         b = self.b
         rows = self.plan.rows
         if rows is None:
@@ -257,15 +266,14 @@ class _MetalProgram(Program):
         for s in slots:
             self._check_slot(int(s))
         n_ctx = b.spec.n_ctx if b.spec is not None else 0
-        bad = [int(p) for p in positions if not 0 <= p < n_ctx]
+        bad = [int(p) for p in positions if not 0 <= p <= n_ctx - n_steps]
         if bad:
-            raise ContextOverflowError(f"positions {bad} do not fit the context of {n_ctx}")
+            what = "do" if n_steps == 1 else f"and the {n_steps - 1} after them do"
+            raise ContextOverflowError(f"positions {bad} {what} not fit the context of {n_ctx}")
         self._recorded()
         self._write_inputs(tokens, 0)
         pairs = np.stack([slots, positions], 1).astype(np.uint32)
         b._host[rows.offset:rows.offset + rows.nbytes] = pairs.reshape(-1).view(np.uint8)
-        b.rt.run(self._rec)
-        return self._read_outputs()
 
     def _read_outputs(self) -> dict[str, np.ndarray]:
         host, out = self.b._host, {}
@@ -364,16 +372,17 @@ class _MetalProgram(Program):
         hist = b.rt.host(self._hist)[:4 * n_steps].view(np.int32)
         return [int(v) for v in hist]
 
-    def _steps_per_buffer(self, pos_end: int) -> int:
+    def _steps_per_buffer(self, *pos_end: int) -> int:
         """Decode steps in one command buffer: as many as read STEP_BUFFER_BYTES at most, a step
         reading the weights its dispatches bind and the K and V rows attention sees at pos_end
-        (time on the GPU is about bytes over bandwidth for a decode step). At least one."""
+        (one per row of a rows-mode step; time on the GPU is about bytes over bandwidth for a
+        decode step). At least one."""
         b = self.b
         step = sum(r.nbytes for d in self.plan.dispatches for r in d.buffers
                    if r.kind == "weight")
         if b.spec is not None:
             esz = KV_TYPES[b.kv_type]
-            step += sum(2 * dim * esz * min(pos_end, ring)
+            step += sum(2 * dim * esz * min(int(end), ring) for end in pos_end
                         for ring, dim in zip(b.spec.sizes, b.spec.kv_dim))
         return max(1, STEP_BUFFER_BYTES // max(step, 1))
 
