@@ -222,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", default="{}",
                     help="JSON object merged into each request body (llama-server: "
                          "'{\"ignore_eos\": true}')")
-    ap.add_argument("--warmup", type=int, default=1, help="requests sent first, not counted")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="requests sent together first, not counted (pipelines and batch "
+                         "shapes built)")
     ap.add_argument("--label", default="", help="a name for the table rows")
     ap.add_argument("--json", default=None, help="also write the summaries to this file")
     ap.add_argument("--texts", action="store_true",

@@ -41,22 +41,24 @@ class _State:
     """What the handlers share: the engine (None while it loads), the model's name, counters."""
 
     def __init__(self, engine: Any, model_name: str | None, api_key: str | None,
-                 max_queue: int | None, on_load_error: Callable | None):
-        self.loader: Callable | None = None
-        self.engine = None
-        self.owns_engine = False
-        if callable(engine) and not hasattr(engine, "submit"):
-            self.loader = engine
-        else:
-            self._ready(engine)
+                 max_queue: int | None, on_load_error: Callable | None,
+                 on_ready: Callable | None):
         self.alias = model_name
         self.api_key = api_key
         self.max_queue = max_queue
         self.on_load_error = on_load_error
+        self.on_ready = on_ready
         self.load_error: BaseException | None = None
         self.created = int(time.time())
         self.metrics = Metrics()
         self.tokens: dict[int, tuple[str, list[int]]] = {}  # token id -> (text, bytes)
+        self.engine = None
+        self.owns_engine = False
+        self.loader: Callable | None = None
+        if callable(engine) and not hasattr(engine, "submit"):
+            self.loader = engine
+        else:
+            self._ready(engine)
 
     def _ready(self, engine: Any) -> None:
         m = engine.model
@@ -64,6 +66,8 @@ class _State:
         with contextlib.suppress(FastLLMError):
             m.chat_prompt([{"role": "user", "content": ""}])
         self.engine = engine
+        if self.on_ready is not None:
+            self.on_ready(engine)
 
     @property
     def name(self) -> str:
@@ -76,9 +80,9 @@ class _State:
     def load(self) -> None:
         try:
             engine = self.loader()
-            self._ready(engine)
             self.owns_engine = True
             self.created = int(time.time())
+            self._ready(engine)
         except BaseException as e:  # noqa: BLE001 (reported by /health and on_load_error)
             self.load_error = e
             if self.on_load_error is not None:
@@ -95,7 +99,8 @@ class _State:
 
 def create_app(engine: Any, *, model_name: str | None = None, api_key: str | None = None,
                cors_origins: Sequence[str] = (), max_queue: int | None = None,
-               on_load_error: Callable[[BaseException], None] | None = None) -> Starlette:
+               on_load_error: Callable[[BaseException], None] | None = None,
+               on_ready: Callable[[Any], None] | None = None) -> Starlette:
     """An ASGI app serving `engine` (a fastllm.Engine, or a function that returns one: it is
     called on a thread at startup, and /health answers 503 until it returns).
 
@@ -103,10 +108,11 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
     api_key: required as `Authorization: Bearer KEY` on /v1/* and /metrics when set;
     cors_origins: origins allowed to call from a browser (none: same origin only);
     max_queue: requests allowed to wait for a slot before 429 (default: the engine's);
-    on_load_error: called with the exception if the loading function fails."""
+    on_load_error: called with the exception if the loading function fails;
+    on_ready: called with the engine once the app serves it (after a load: on its thread)."""
     st = _State(engine, model_name, api_key,
                 max_queue if max_queue is not None else getattr(engine, "max_queue", None),
-                on_load_error)
+                on_load_error, on_ready)
     page = resources.files(__package__).joinpath("static/chat.html").read_text("utf-8")
 
     @contextlib.asynccontextmanager
@@ -187,7 +193,7 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
         if body.get("model") not in (None, "", st.name):
             raise _unknown_model(body.get("model"))
         try:
-            ids = await asyncio.to_thread(_prompt_ids, m, p.prompts, kind)
+            ids = await asyncio.to_thread(_prompt_ids, m, p.prompts, kind, p)
         except (TemplateError, TokenizerError) as e:
             raise P.bad("messages" if kind == "chat" else "prompt", str(e)) from None
         explicit = body.get("max_tokens") is not None or body.get(
@@ -199,7 +205,14 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
         if p.echo:
             echoes = [x if isinstance(x, str) else m.detokenize(x) for x in p.prompts]
         choices = [Choice(i, r, echoes[i // p.n]) for i, r in enumerate(reqs)]
-        reply = Reply(kind, choices, p, st.name, st.token, st.metrics.generated)
+        if p.tools:  # the calls parsed out of each choice (tool_calls.py)
+            from .tool_calls import ToolReply
+
+            reply = ToolReply(kind, choices, p, st.name, st.token, st.metrics.generated,
+                              tokenizer=m.tokenizer, template=m.chat_template().source,
+                              tool_choice=p.tool_choice)
+        else:
+            reply = Reply(kind, choices, p, st.name, st.token, st.metrics.generated)
         if p.stream:
             return EventStream(reply.events(), reqs, lambda: _done(kind, choices, p))
         async with cancel_on_disconnect(request.receive, reqs):
@@ -282,7 +295,11 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
 
 # -- helpers that need no state ---------------------------------------------------------------
 
-def _prompt_ids(m: Any, prompts: list[Any], kind: str) -> list[list[int]]:
+def _prompt_ids(m: Any, prompts: list[Any], kind: str, p: Any = None) -> list[list[int]]:
+    if kind == "chat" and p is not None and p.tools:
+        from .tool_calls import chat_prompt
+
+        return [chat_prompt(m, msgs, p) for msgs in prompts]
     if kind == "chat":
         return [m.chat_prompt(msgs) for msgs in prompts]
     return [m.prompt_ids(x) for x in prompts]

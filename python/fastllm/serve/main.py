@@ -49,11 +49,12 @@ def run(a: argparse.Namespace, load: Callable, say: Callable) -> int:
     server: uvicorn.Server | None = None
 
     def loader() -> Engine:
-        engine = Engine(load(a, n_seq=a.parallel))
+        return Engine(load(a, n_seq=a.parallel))
+
+    def on_ready(engine: Engine) -> None:
         say(a, f"ready: chat page {url}/, API {url}/v1 ({a.parallel} slot"
                f"{'s' if a.parallel != 1 else ''} of {engine.model.n_ctx} tokens"
                f"{', API key required' if key else ''})")
-        return engine
 
     def on_load_error(e: BaseException) -> None:
         failed.append(e)
@@ -61,7 +62,8 @@ def run(a: argparse.Namespace, load: Callable, say: Callable) -> int:
             server.should_exit = True
 
     app = create_app(loader, model_name=a.alias, api_key=key, cors_origins=a.cors_origin or (),
-                     max_queue=a.max_queue, on_load_error=on_load_error)
+                     max_queue=a.max_queue, on_load_error=on_load_error,
+                     on_ready=on_ready)
     config = uvicorn.Config(app, log_level="warning" if a.quiet else "info",
                             access_log=not a.quiet, timeout_graceful_shutdown=3,
                             lifespan="on")
