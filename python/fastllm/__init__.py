@@ -23,6 +23,10 @@ def __getattr__(name: str):
         from .model import Model
 
         return Model
+    if name in ("Engine", "Request"):
+        from . import engine
+
+        return getattr(engine, name)
     if name == "Tokenizer":
         from .tokenizer import Tokenizer
 
@@ -45,10 +49,12 @@ __all__ = [
     "ArgumentError",
     "BackendError",
     "ContextOverflowError",
+    "Engine",
     "FastLLMError",
     "GGUFError",
     "Model",
     "PullError",
+    "Request",
     "StreamDecoder",
     "TemplateError",
     "Tokenizer",
