@@ -287,6 +287,8 @@ def test_completion_forms(client):
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
     ({"tools": [{"type": "function", "function": {"name": "not a name"}}]}, "tools"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "nosuchtype"}}}}, "response_format"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"response_format": {"type": "yaml"}}, "response_format"),
 ])

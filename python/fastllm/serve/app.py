@@ -296,13 +296,25 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
 # -- helpers that need no state ---------------------------------------------------------------
 
 def _prompt_ids(m: Any, prompts: list[Any], kind: str, p: Any = None) -> list[list[int]]:
+    """The prompts' token ids, on a worker thread (templates, tokenizers); a response_format
+    schema is compiled here too, once for every choice, not on the event loop."""
     if kind == "chat" and p is not None and p.tools:
         from .tool_calls import chat_prompt
 
-        return [chat_prompt(m, msgs, p) for msgs in prompts]
-    if kind == "chat":
-        return [m.chat_prompt(msgs) for msgs in prompts]
-    return [m.prompt_ids(x) for x in prompts]
+        ids = [chat_prompt(m, msgs, p) for msgs in prompts]
+    elif kind == "chat":
+        ids = [m.chat_prompt(msgs) for msgs in prompts]
+    else:
+        ids = [m.prompt_ids(x) for x in prompts]
+    if p is not None and p.sampling.get("json_schema") is not None:
+        from ..constrain import compile_constraint
+
+        try:
+            p.sampling["constraint"] = compile_constraint(
+                m.tokenizer, m.n_vocab, json_schema=p.sampling.pop("json_schema"))
+        except ValueError as e:  # ArgumentError: llguidance's reason
+            raise P.bad("response_format", str(e), "invalid_value") from None
+    return ids
 
 
 def _check_context(n_ctx: int, n_prompt: int, p: P.Params, explicit: bool, kind: str) -> None:
