@@ -14,6 +14,7 @@ import pytest
 
 from fastllm import Model
 from fastllm.chat_cli import chat_loop
+from fastllm.cli import _flags
 
 
 def _args(**kw) -> argparse.Namespace:
@@ -128,7 +129,7 @@ def test_conversation_past_the_context(stories260k, capsys):
     with Model.load(stories260k, backend="reference", n_ctx=48) as m:
         spy = Spy(m)
         chat_loop(spy, _args(), {**SAMPLING, "max_tokens": 4}, _say,
-                  read=_reader(["word " * 60, "Hi"]), out=io.StringIO())
+                  read=_reader(["word " * 60, "Hi"]), out=io.StringIO(), flags=_flags)
     err = capsys.readouterr().err
     assert "no longer fits the context" in err and "-c" in err and "n_ctx" not in err
     assert spy.asked[-1] == [{"role": "user", "content": "Hi"}]

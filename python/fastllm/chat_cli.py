@@ -11,7 +11,6 @@ import signal
 import sys
 from collections.abc import Callable
 
-from .cli import _flags
 from .errors import ContextOverflowError, FastLLMError
 
 HELP = """\
@@ -74,8 +73,11 @@ def _reply(model, messages: list[dict], sampling: dict, out) -> tuple[str, objec
 
 
 def chat_loop(model, a, sampling: dict, say: Callable[[object, str], None],
-              read: Callable[[str], str] = input, out=sys.stdout) -> int:
-    """The conversation: read a line, answer it, until the user leaves."""
+              read: Callable[[str], str] = input, out=sys.stdout,
+              flags: Callable[[str], str] = str) -> int:
+    """The conversation: read a line, answer it, until the user leaves. `flags` puts a library
+    message in the command line's words (cli.py passes its own; this module does not import
+    the one above it)."""
     try:
         import readline  # noqa: F401 (line editing and history for input())
     except ImportError:
@@ -115,12 +117,12 @@ def chat_loop(model, a, sampling: dict, say: Callable[[object, str], None],
             reply, gen, stopped = _reply(model, messages, sampling, out)
         except ContextOverflowError as e:
             messages.pop()
-            print(f"fastllm: the conversation no longer fits the context ({_flags(str(e))}); "
+            print(f"fastllm: the conversation no longer fits the context ({flags(str(e))}); "
                   f"/reset starts over", file=sys.stderr)
             continue
         except FastLLMError as e:
             messages.pop()
-            print(f"fastllm: error: {_flags(str(e))}", file=sys.stderr)
+            print(f"fastllm: error: {flags(str(e))}", file=sys.stderr)
             continue
         out.write("\n")
         out.flush()

@@ -204,7 +204,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_chat(a: argparse.Namespace) -> int:
     from .chat_cli import chat_loop
 
-    return chat_loop(_load(a), a, _sampling(a), _say)
+    return chat_loop(_load(a), a, _sampling(a), _say, flags=_flags)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
