@@ -384,10 +384,9 @@ def test_reference_state_ops_in_rows_mode(op):
     """The reference's rows mode: row r is one step of slot slots[r]'s state, as a one-row
     sequence-mode run of that slot; weights are not split by row even when their first
     dimension equals the row count (two rows, two heads)."""
-    from test_rwkv import _inputs, _weight
-
     from fastllm.backends.base import Graph, KVSpec
     from fastllm.backends.reference import ReferenceBackend
+    from test_rwkv import _inputs, _weight
 
     rng = np.random.default_rng(5)
     h, hs, b = 2, 4, 2
