@@ -187,7 +187,6 @@ class DeviceLoops:
         masks[r]: row r's allowed-token bitmask (a grammar's), uploaded and applied on the
         device (or by sample_row for a host row)."""
         from ...sampling import device_ok, sample_row
-        from .sample_rows import RowSampler
 
         self._rows_ready(tokens, slots, positions)
         v = self.g.outputs.get("logits")
@@ -197,11 +196,7 @@ class DeviceLoops:
         host = [r for r, p in enumerate(params) if not device_ok(p)]
         be = self.be
         with be.errors("a batched decode step"):
-            if self._rows_sampler is None:
-                self._rows_sampler = RowSampler(be, v.cols, self.n)
-                self._rows_stage = self._buf(self._rows_sampler.out.size, "MAP_READ|COPY_DST",
-                                             "row sampling read", binding=False)
-            s, stage = self._rows_sampler, self._rows_stage
+            s, stage = self._row_sampler(v.cols)
             s.prepare(params, uniforms, windows, masks)
             enc = be.device.create_command_encoder()
             dispatches, raw = self._lists["short"]
@@ -234,7 +229,7 @@ class DeviceLoops:
         read-back round trip per token costs ~0.3 ms on an H100, ../shared/bench/README.md)."""
         from ...sampling import device_ok
         from ..sample_rows import pack
-        from .sample_rows import ROW_BYTES, RowSampler
+        from .sample_rows import ROW_BYTES
 
         u = np.asarray(uniforms, np.float32)
         k, b = u.shape
@@ -249,11 +244,7 @@ class DeviceLoops:
         v = self.g.outputs["logits"]
         be = self.be
         with be.errors("batched decode steps"):
-            if self._rows_sampler is None:
-                self._rows_sampler = RowSampler(be, v.cols, self.n)
-                self._rows_stage = self._buf(self._rows_sampler.out.size, "MAP_READ|COPY_DST",
-                                             "row sampling read", binding=False)
-            s = self._rows_sampler
+            s = self._row_sampler(v.cols)[0]
             chain = self._rows_chain_bufs(k)
             s.prepare(params, u[0], [()] * b)
             args = np.concatenate([pack(params, u[i], [()] * b, self.n)[0] for i in range(k)])
@@ -298,3 +289,14 @@ class DeviceLoops:
                 "stage": self._buf(4 * b * cap, "MAP_READ|COPY_DST", "chain tokens read",
                                    binding=False)}
         return c
+
+    def _row_sampler(self, n_vocab: int) -> tuple[Any, Any]:
+        """The rows-mode program's RowSampler and the mapped buffer its output is read through,
+        made on first use (run_rows_sampled, run_rows_chain)."""
+        from .sample_rows import RowSampler
+
+        if self._rows_sampler is None:
+            self._rows_sampler = RowSampler(self.be, n_vocab, self.n)
+            self._rows_stage = self._buf(self._rows_sampler.out.size, "MAP_READ|COPY_DST",
+                                         "row sampling read", binding=False)
+        return self._rows_sampler, self._rows_stage
