@@ -230,7 +230,7 @@ class Graph:
     # sequence); each is one kernel over all n rows of a run, sequential in the rows inside it,
     # so a prefill of n tokens leaves the same state as n single-token decodes.
 
-    UNARY_FNS = ("tanh", "sigmoid", "silu", "relu_sqr", "exp_neg_exp", "decay7")
+    UNARY_FNS = ("tanh", "sigmoid", "silu", "relu_sqr", "exp_neg_exp", "decay7", "softplus")
 
     def layer_norm(self, x: Value, w: Weight | None, b: Weight | None, eps: float,
                    group: int | None = None) -> Value:
@@ -251,7 +251,8 @@ class Graph:
         """fn(x) elementwise. fn is one of UNARY_FNS: tanh; sigmoid 1/(1+exp(-x)); silu
         x*sigmoid(x); relu_sqr max(x, 0)^2; exp_neg_exp exp(-exp(x)) (RWKV-6 decay); decay7
         exp(-0.606531 * sigmoid(x)) (RWKV-7 decay; the constant is exp(-1/2) as rwkv.cpp and
-        llama.cpp write it)."""
+        llama.cpp write it); softplus log(1 + exp(x)), x itself above 20 (ggml's op_softplus;
+        Gated DeltaNet's decay)."""
         _require(fn in self.UNARY_FNS, "fn in self.UNARY_FNS", lambda: fn)
         return self._add("unary", (x,), x.shape, fn=fn)
 
@@ -348,6 +349,55 @@ class Graph:
             "int(np.prod(r_k.shape)) == r.cols",
             lambda: (r_k.name, r_k.shape))
         return self._add("wkv7_bonus", (r, k, v, r_k), r.shape, head_size=int(head_size))
+
+
+    # -- Gated DeltaNet ops (models/qwen35.py) ------------------------------------------------
+
+    def slice_cols(self, x: Value, start: int, width: int, period: int | None = None) -> Value:
+        """Columns start..start+width-1 of every period-wide group of a row's columns (period:
+        the whole row by default), groups side by side: out[t, g*width + i] =
+        x[t, g*period + start + i]. Splits a fused projection (q, k, v after the convolution)
+        and interleaved per-head halves (Qwen3.5's query and gate)."""
+        p = period or x.cols
+        _require(0 <= start and width > 0 and start + width <= p and x.cols % p == 0,
+                 "0 <= start and start + width <= period and x.cols % period == 0",
+                 lambda: (x.shape, start, width, p))
+        return self._add("slice_cols", (x,), (x.shape[0], x.cols // p * width), start=int(start),
+                         width=int(width), period=int(p))
+
+    def ssm_conv(self, x: Value, w: Weight, state: str) -> Value:
+        """State op, the causal depthwise convolution of Mamba-style layers (ggml_ssm_conv with
+        llama.cpp's conv state). x is (n, C), w (C, K) float. The buffer `state` holds the K-1
+        rows before x, channel by channel: prev[k, c] at c*(K-1) + k, k = 0 the oldest. With
+        xin = prev stacked over x ((K-1+n, C)):
+            out[t, c] = sum_k xin[t + k, c] * w[c, k]          (k = 0..K-1, in order)
+        and afterwards the buffer holds the last K-1 rows of xin."""
+        _require(len(w.shape) == 2 and w.shape[0] == x.cols and w.shape[1] >= 2,
+                 "w.shape == (x.cols, K) with K >= 2", lambda: (w.name, w.shape, x.shape))
+        return self._add("ssm_conv", (x, w), x.shape, state=state)
+
+    def gated_delta(self, q: Value, k: Value, v: Value, g: Value, beta: Value, state: str,
+                    head_dim: int) -> Value:
+        """State op, the gated delta rule (ggml_gated_delta_net with a scalar gate per head).
+        With S = head_dim: q and k are (n, Hk*S), v is (n, Hv*S), g (the log decay) and beta
+        are (n, Hv); value head h reads query/key head h % Hk (llama.cpp's head tiling). The
+        buffer `state` holds Hv matrices of S x S, s[h, j, i] at (h*S + j)*S + i, j indexing
+        values and i keys (llama.cpp's layout). For each row t in order and each head h:
+            s[h]       = s[h] * exp(g[t, h])
+            d_j        = (v_t[j] - sum_i s[h, j, i] * k_t[i]) * beta[t, h]
+            s[h, j, i] = s[h, j, i] + k_t[i] * d_j
+            out[t, h*S + j] = sum_i s[h, j, i] * q_t[i] / sqrt(S)   (with the updated state)
+        Returns out (n, Hv*S)."""
+        s = head_dim
+        _require(q.shape == k.shape and q.cols % s == 0 and v.cols % s == 0
+                 and v.shape[0] == q.shape[0], "q.shape == k.shape, whole heads of head_dim",
+                 lambda: (q.shape, k.shape, v.shape, s))
+        hk, hv = q.cols // s, v.cols // s
+        _require(hv % hk == 0, "value heads a multiple of key heads", lambda: (hk, hv))
+        _require(g.shape == beta.shape == (q.shape[0], hv), "g.shape == beta.shape == (n, Hv)",
+                 lambda: (g.shape, beta.shape, hv))
+        return self._add("gated_delta", (q, k, v, g, beta), v.shape, state=state,
+                         head_dim=int(s))
 
 
 class Program(ABC):

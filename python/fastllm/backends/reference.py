@@ -116,6 +116,8 @@ def unary(x: np.ndarray, fn: str) -> np.ndarray:
             return np.exp(-np.exp(x))
         if fn == "decay7":
             return np.exp(np.float32(-0.606531) * _sigmoid(x))
+        if fn == "softplus":
+            return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0))))
     raise NotImplementedError(f"reference backend: unary {fn!r}")
 
 
@@ -197,6 +199,46 @@ def wkv7_bonus(r: np.ndarray, k: np.ndarray, v: np.ndarray, r_k: np.ndarray,
     n, c = r.shape
     dots = (r * k * r_k.reshape(-1)).reshape(n, c // head_size, head_size).sum(-1, keepdims=True)
     return (v.reshape(n, -1, head_size) * dots).reshape(n, c)
+
+
+# -- Gated DeltaNet ops (Qwen3.5); their meaning is in the Graph docstrings of base.py ---------
+
+def slice_cols(x: np.ndarray, start: int, width: int, period: int) -> np.ndarray:
+    n = x.shape[0]
+    return x.reshape(n, -1, period)[:, :, start:start + width].reshape(n, -1)
+
+
+def ssm_conv(x: np.ndarray, w: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    c, k = w.shape
+    xin = np.concatenate([buf.reshape(c, k - 1).T, x])  # (K-1+n, C), the oldest row first
+    out = np.zeros_like(x)
+    for j in range(k):  # in ggml's order, in float32
+        out += xin[j:j + n] * w[:, j]
+    buf[:] = xin[n:].T.reshape(-1)
+    return out
+
+
+def gated_delta(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, beta: np.ndarray,
+                buf: np.ndarray, head_dim: int) -> np.ndarray:
+    n, s = q.shape[0], head_dim
+    hk, hv = q.shape[1] // s, v.shape[1] // s
+    heads = np.arange(hv) % hk  # value head h reads key head h % Hk
+    qh = q.reshape(n, hk, s)[:, heads, :, None]  # (n, Hv, S, 1)
+    kh = k.reshape(n, hk, s)[:, heads, None, :]  # (n, Hv, 1, S)
+    vh = v.reshape(n, hv, s, 1)
+    decay = np.exp(g.astype(np.float64)).astype(np.float32).reshape(n, hv, 1, 1)
+    b = beta.reshape(n, hv, 1, 1)
+    st = buf.reshape(hv, s, s).copy()  # s[h, j (value), i (key)]
+    out = np.empty((n, hv, s, 1), np.float32)
+    scale = np.float32(1.0 / math.sqrt(s))
+    for t in range(n):
+        st = st * decay[t]
+        d = (vh[t] - st @ kh[t].transpose(0, 2, 1)) * b[t]  # (Hv, S, 1)
+        st = st + d * kh[t]
+        out[t] = (st @ qh[t]) * scale
+    buf[:] = st.reshape(-1)
+    return out.reshape(n, hv * s)
 
 
 class _RefProgram(Program):
@@ -300,6 +342,12 @@ class _RefProgram(Program):
                 r = self._per_slot(wkv6, args, val, at["state"], slots, at["head_size"])
             elif op == "wkv7":
                 r = self._per_slot(wkv7, args, val, at["state"], slots, at["head_size"])
+            elif op == "slice_cols":
+                r = slice_cols(val(args[0]), at["start"], at["width"], at["period"])
+            elif op == "ssm_conv":
+                r = self._per_slot(ssm_conv, args, val, at["state"], slots)
+            elif op == "gated_delta":
+                r = self._per_slot(gated_delta, args, val, at["state"], slots, at["head_dim"])
             elif op == "wkv7_bonus":
                 r = wkv7_bonus(*(val(t) for t in args), at["head_size"])
             else:
