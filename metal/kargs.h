@@ -233,6 +233,31 @@ struct kargs_rwkv {
     float eps;
 };
 
+// slice_cols: out[t, g*width + i] = x[t, g*period + start + i]; out_cols = (n_cols / period) *
+// width
+struct kargs_slice_cols {
+    uint32_t n_rows;
+    uint32_t n_cols;
+    uint32_t start;
+    uint32_t width;
+    uint32_t period;
+    uint32_t out_cols;
+    uint32_t _pad0;
+    uint32_t _pad1;
+};
+
+// gated_delta: q and k of n_k_heads, v of n_v_heads heads of head_dim; scale = 1/sqrt(head_dim)
+struct kargs_gated_delta {
+    uint32_t n_rows;
+    uint32_t n_k_heads;
+    uint32_t n_v_heads;
+    uint32_t head_dim;
+    float scale;
+    uint32_t _pad0;
+    uint32_t _pad1;
+    uint32_t _pad2;
+};
+
 // Block-diagonal product: y[:, b*m : (b+1)*m] = x[:, b*k : (b+1)*k] @ W[b]^T with W (n_blocks,
 // m, k) stored as n_blocks * m rows of k values.
 struct kargs_mul_mat_blocks {

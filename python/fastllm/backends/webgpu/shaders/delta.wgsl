@@ -1,0 +1,150 @@
+// Gated DeltaNet ops (Qwen3.5; backends/base.py's slice_cols, ssm_conv, gated_delta, with their
+// NumPy meaning in backends/reference.py). Bindings as rwkv.wgsl: the arguments at 0, the output
+// at 1, a state buffer (read and written) at 2, inputs at 3.., the step at 9 and in rows mode the
+// rows' (slot, position) pairs at 10.
+
+const WG: u32 = 64u;
+// ssm_conv: a thread keeps the K-1 previous inputs of its channel in registers (K <= CONV_MAX)
+const CONV_MAX: u32 = 8u;
+// gated_delta: the head size (a pipeline constant, so the loops over a state row unroll). A
+// thread keeps one value row of its head's S x S state (S key values) in registers; a head's
+// rows are split over ceil(S / WG) workgroups, so no workgroup holds a whole 64 KiB state.
+const GD_S: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> sc_args: kargs_slice_cols;
+@group(0) @binding(0) var<uniform> cv_args: kargs_rwkv;
+@group(0) @binding(0) var<uniform> gd_args: kargs_gated_delta;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> st: array<f32>;
+@group(0) @binding(3) var<storage, read> i0: array<f32>;
+@group(0) @binding(4) var<storage, read> i1: array<f32>;
+@group(0) @binding(5) var<storage, read> i2: array<f32>;
+@group(0) @binding(6) var<storage, read> i3: array<f32>;
+@group(0) @binding(7) var<storage, read> i4: array<f32>;
+@group(0) @binding(9) var<storage, read> d_step: kargs_step;
+@group(0) @binding(10) var<storage, read> d_rows: array<vec2<u32>>;
+const ROWS: bool = false;
+
+// the first state value of row t's slot, for states of per_slot values
+fn slot_base(t: u32, per_slot: u32) -> u32 {
+    if (ROWS) {
+        return d_rows[t].x * per_slot;
+    }
+    return d_step.slot * per_slot;
+}
+
+fn gidx(ids: Ids) -> u32 {
+    return (ids.wg.y * ids.nwg.x + ids.wg.x) * WG + ids.lid;
+}
+
+// -- slice_cols: one thread per output value; input x ----------------------------------------
+
+@compute @workgroup_size(WG)
+fn kernel_slice_cols_f32(ids: Ids) {
+    let i = gidx(ids);
+    let oc = sc_args.out_cols;
+    if (i >= sc_args.n_rows * oc) {
+        return;
+    }
+    let t = i / oc;
+    let c = i % oc;
+    let g = c / sc_args.width;
+    y[i] = i0[t * sc_args.n_cols + g * sc_args.period + sc_args.start + c % sc_args.width];
+}
+
+// -- ssm_conv: one thread per channel walks the rows in order; inputs x, w (C x K). The state
+// holds channel c's K-1 previous inputs at c * (K-1).., the oldest first. ----------------------
+
+@compute @workgroup_size(WG)
+fn kernel_ssm_conv_f32(ids: Ids) {
+    let c = gidx(ids);
+    let C = cv_args.n_cols;
+    let K = cv_args.group;
+    if (c >= C) {
+        return;
+    }
+    let per = C * (K - 1u);
+    var win: array<f32, CONV_MAX>;  // the K-1 inputs before row t, the oldest first
+    for (var t = 0u; t < cv_args.n_rows; t++) {
+        let at = slot_base(t, per) + c * (K - 1u);
+        if (t == 0u || ROWS) {  // rows mode: each row its own slot's state
+            for (var k = 0u; k + 1u < K; k++) {
+                win[k] = st[at + k];
+            }
+        }
+        let xt = i0[t * C + c];
+        var s = 0.0;
+        for (var k = 0u; k + 1u < K; k++) {
+            s += win[k] * i1[c * K + k];
+        }
+        s += xt * i1[c * K + K - 1u];
+        y[t * C + c] = s;
+        for (var k = 0u; k + 2u < K; k++) {
+            win[k] = win[k + 1u];
+        }
+        win[K - 2u] = xt;
+        if (t + 1u == cv_args.n_rows || ROWS) {
+            for (var k = 0u; k + 1u < K; k++) {
+                st[at + k] = win[k];
+            }
+        }
+    }
+}
+
+// -- gated_delta: inputs q, k, v, g, beta. Grid (ceil(S / WG), n_v_heads): thread j of head h
+// keeps s[h, j, :] (value row j over the S keys); each row's q and k of the head pass through
+// workgroup memory. The recurrence over all rows of a run is one dispatch. ------------------
+
+var<workgroup> sh_q: array<f32, GD_S>;
+var<workgroup> sh_k: array<f32, GD_S>;
+
+@compute @workgroup_size(WG)
+fn kernel_gated_delta_f32(ids: Ids) {
+    let hv = gd_args.n_v_heads;
+    let h = ids.wg.y;
+    let j = ids.wg.x * WG + ids.lid;
+    let live = j < GD_S;
+    let kc = gd_args.n_k_heads * GD_S;  // row length of q and k
+    let vc = hv * GD_S;  // row length of v and the output
+    let qk0 = (h % gd_args.n_k_heads) * GD_S;  // value head h reads key head h % Hk
+    var s: array<f32, GD_S>;
+    for (var t = 0u; t < gd_args.n_rows; t++) {
+        let sb = slot_base(t, vc * GD_S) + (h * GD_S + min(j, GD_S - 1u)) * GD_S;
+        if (live && (t == 0u || ROWS)) {
+            for (var i = 0u; i < GD_S; i++) {
+                s[i] = st[sb + i];
+            }
+        }
+        workgroupBarrier();  // the previous row's q and k are read
+        for (var i = ids.lid; i < GD_S; i += WG) {
+            sh_q[i] = i0[t * kc + qk0 + i];
+            sh_k[i] = i1[t * kc + qk0 + i];
+        }
+        workgroupBarrier();
+        let decay = exp(i3[t * hv + h]);
+        let beta = i4[t * hv + h];
+        var sk = 0.0;
+        for (var i = 0u; i < GD_S; i++) {
+            s[i] *= decay;
+            sk += s[i] * sh_k[i];
+        }
+        var vj = 0.0;
+        if (live) {
+            vj = i2[t * vc + h * GD_S + j];
+        }
+        let d = (vj - sk) * beta;
+        var o = 0.0;
+        for (var i = 0u; i < GD_S; i++) {
+            s[i] += sh_k[i] * d;
+            o += s[i] * sh_q[i];
+        }
+        if (live) {
+            y[t * vc + h * GD_S + j] = o * gd_args.scale;
+        }
+        if (live && (t + 1u == gd_args.n_rows || ROWS)) {
+            for (var i = 0u; i < GD_S; i++) {
+                st[sb + i] = s[i];
+            }
+        }
+    }
+}
