@@ -43,7 +43,7 @@ class DeltaOps:
                        self._grid1(c, _WG), consts={"ROWS": self.g.rows})
 
     def _op_gated_delta(self, node: Node) -> None:
-        q, k, v, g, beta = node.args
+        q, v = node.args[0], node.args[2]
         s = node.attrs["head_dim"]
         if s > _GD_MAX:
             raise UnsupportedError(f"webgpu: gated_delta with heads of {s} (up to {_GD_MAX})")
