@@ -1,0 +1,142 @@
+// Gated DeltaNet ops (Qwen3.5; backends/base.py's slice_cols, ssm_conv, gated_delta, with their
+// NumPy meaning in backends/reference.py). The state buffers hold the slots (sequences) one after
+// another; a run of one sequence uses slot step.slot, and in rows mode (kernel_*_rows_f32) row t
+// is one token of the sequence in slot rows[t].x, as rwkv.metal's state ops.
+#include <metal_stdlib>
+using namespace metal;
+#include "kargs.h"
+
+// ssm_conv: a thread keeps the K-1 previous inputs of its channel in registers (K <= CONV_MAX+1)
+#define CONV_MAX 8
+// gated_delta: a thread keeps one value row of its head's S x S state (S key values) in
+// registers, S <= GD_MAX; a head's rows are split over ceil(S / GD_TG) threadgroups. The lowering
+// in backends/metal/delta.py uses the same constants.
+#define GD_TG 64
+#define GD_MAX 128
+
+// -- slice_cols: one thread per output value -------------------------------------------------
+
+kernel void kernel_slice_cols_f32(constant kargs_slice_cols &args [[buffer(0)]],
+                                  device const float *x [[buffer(1)]],
+                                  device float *dst [[buffer(2)]],
+                                  uint i [[thread_position_in_grid]]) {
+    const uint oc = args.out_cols;
+    if (i >= args.n_rows * oc) {
+        return;
+    }
+    const uint t = i / oc;
+    const uint c = i % oc;
+    const uint g = c / args.width;
+    dst[i] = x[ulong(t) * args.n_cols + g * args.period + args.start + c % args.width];
+}
+
+// -- ssm_conv: one thread per channel walks the rows in order; w is C x K. The state holds
+// channel c's K-1 previous inputs at c * (K-1).., the oldest first. --------------------------
+
+template <bool ROWS>
+kernel void kernel_ssm_conv(constant kargs_rwkv &args [[buffer(0)]],
+                            device const float *x [[buffer(1)]], device const float *w [[buffer(2)]],
+                            device float *state [[buffer(3)]], device float *dst [[buffer(4)]],
+                            constant kargs_step &step [[buffer(5)]],
+                            device const uint2 *rows [[buffer(6)]],
+                            uint c [[thread_position_in_grid]]) {
+    const uint C = args.n_cols;
+    const uint K = args.group;
+    if (c >= C) {
+        return;
+    }
+    device const float *wc = w + ulong(c) * K;
+    float win[CONV_MAX];  // the K-1 inputs before row t, the oldest first
+    for (uint t = 0; t < args.n_rows; ++t) {
+        device float *sp = state + (ulong(ROWS ? rows[t].x : step.slot) * C + c) * (K - 1);
+        if (ROWS || t == 0) {
+            for (uint k = 0; k + 1 < K; ++k) {
+                win[k] = sp[k];
+            }
+        }
+        const float xt = x[ulong(t) * C + c];
+        float s = 0.0f;
+        for (uint k = 0; k + 1 < K; ++k) {
+            s += win[k] * wc[k];
+        }
+        s += xt * wc[K - 1];
+        dst[ulong(t) * C + c] = s;
+        for (uint k = 0; k + 2 < K; ++k) {
+            win[k] = win[k + 1];
+        }
+        win[K - 2] = xt;
+        if (ROWS || t + 1 == args.n_rows) {
+            for (uint k = 0; k + 1 < K; ++k) {
+                sp[k] = win[k];
+            }
+        }
+    }
+}
+
+typedef decltype(kernel_ssm_conv<false>) ssm_conv_t;
+template [[host_name("kernel_ssm_conv_f32")]] kernel ssm_conv_t kernel_ssm_conv<false>;
+template [[host_name("kernel_ssm_conv_rows_f32")]] kernel ssm_conv_t kernel_ssm_conv<true>;
+
+// -- gated_delta: grid (ceil(S / GD_TG), n_v_heads); thread j of head h keeps s[h, j, :] (value
+// row j over the S keys); each row's q and k of the head pass through threadgroup memory. The
+// recurrence over all rows of a run is one dispatch. -----------------------------------------
+
+template <bool ROWS>
+kernel void kernel_gated_delta(
+    constant kargs_gated_delta &args [[buffer(0)]], device const float *q [[buffer(1)]],
+    device const float *k [[buffer(2)]], device const float *v [[buffer(3)]],
+    device const float *g [[buffer(4)]], device const float *beta [[buffer(5)]],
+    device float *state [[buffer(6)]], device float *dst [[buffer(7)]],
+    constant kargs_step &step [[buffer(8)]], device const uint2 *rows [[buffer(9)]],
+    uint2 tgpig [[threadgroup_position_in_grid]], ushort tiitg [[thread_index_in_threadgroup]]) {
+    threadgroup float sh_q[GD_MAX], sh_k[GD_MAX];
+    const uint S = args.head_dim;
+    const uint hv = args.n_v_heads;
+    const uint h = tgpig.y;
+    const uint j = tgpig.x * GD_TG + tiitg;
+    const bool live = j < S;
+    const uint kc = args.n_k_heads * S;  // row length of q and k
+    const uint vc = hv * S;              // row length of v and the output
+    const uint qk0 = (h % args.n_k_heads) * S;  // value head h reads key head h % Hk
+    float s[GD_MAX];
+    for (uint t = 0; t < args.n_rows; ++t) {
+        device float *sp = state + ulong(ROWS ? rows[t].x : step.slot) * vc * S +
+                           (ulong(h) * S + min(j, S - 1)) * S;
+        if (live && (ROWS || t == 0)) {
+            for (uint i = 0; i < S; ++i) {
+                s[i] = sp[i];
+            }
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous row's q and k are read
+        for (uint i = tiitg; i < S; i += GD_TG) {
+            sh_q[i] = q[ulong(t) * kc + qk0 + i];
+            sh_k[i] = k[ulong(t) * kc + qk0 + i];
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        const float decay = exp(g[ulong(t) * hv + h]);
+        const float b = beta[ulong(t) * hv + h];
+        float sk = 0.0f;
+        for (uint i = 0; i < S; ++i) {
+            s[i] *= decay;
+            sk += s[i] * sh_k[i];
+        }
+        const float d = ((live ? v[ulong(t) * vc + h * S + j] : 0.0f) - sk) * b;
+        float o = 0.0f;
+        for (uint i = 0; i < S; ++i) {
+            s[i] += sh_k[i] * d;
+            o += s[i] * sh_q[i];
+        }
+        if (live) {
+            dst[ulong(t) * vc + h * S + j] = o * args.scale;
+        }
+        if (live && (ROWS || t + 1 == args.n_rows)) {
+            for (uint i = 0; i < S; ++i) {
+                sp[i] = s[i];
+            }
+        }
+    }
+}
+
+typedef decltype(kernel_gated_delta<false>) gated_delta_t;
+template [[host_name("kernel_gated_delta_f32")]] kernel gated_delta_t kernel_gated_delta<false>;
+template [[host_name("kernel_gated_delta_rows_f32")]] kernel gated_delta_t kernel_gated_delta<true>;
