@@ -1,0 +1,65 @@
+"""The Gated DeltaNet ops of backends/base.py (slice_cols, ssm_conv, gated_delta, unary softplus)
+as one graph over random tables, shared by tests/backends/test_delta_ops.py (WebGPU) and
+tests/metal/test_delta_metal.py (the MSL emulator); rows_checks.run_rwkv_case runs it in slots
+and rows mode against the reference backend.
+
+Shapes: gated_delta with heads of 128 (Qwen3.5's: a state row of 128 keys per thread, the head
+split over two workgroups of 64 value rows) with 1 key head read by 2 value heads, and with
+heads of 32 (a partial workgroup) with 2 key heads read by 6 value heads (the tiling h % Hk);
+ssm_conv with 4 taps over 40 channels (a partial workgroup) and with 2 taps. q and k are
+l2-normalized and the log decays negative, as the model makes them, so the state stays bounded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastllm.backends.base import KVSpec
+from rows_checks import f32_info
+
+N = 12  # rows of each table
+HEADS = {128: (1, 2), 32: (2, 6)}  # head size: (key heads, value heads)
+CONV = {4: 40, 2: 16}  # taps: channels
+
+
+def _unit(rng, n, heads, s):
+    x = rng.standard_normal((n, heads, s))
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).reshape(n, heads * s)
+
+
+def delta_case(rng):
+    """(infos, spec, states, build) as rows_checks.rwkv_case: four slots, random states in slots
+    0, 1 and 3, NaN in slot 2 (unused)."""
+    infos = [f32_info("x", 8 * rng.standard_normal((N, 48)))]
+    state = []
+    for taps, c in CONV.items():
+        infos += [f32_info(f"cx{taps}", rng.standard_normal((N, c))),
+                  f32_info(f"cw{taps}", rng.standard_normal((c, taps)))]
+        state.append((f"conv{taps}", c * (taps - 1)))
+    for s, (hk, hv) in HEADS.items():
+        infos += [f32_info(f"q{s}", _unit(rng, N, hk, s)), f32_info(f"k{s}", _unit(rng, N, hk, s)),
+                  f32_info(f"v{s}", rng.standard_normal((N, hv * s))),
+                  f32_info(f"g{s}", -rng.uniform(0.01, 2.0, (N, hv))),
+                  f32_info(f"b{s}", rng.uniform(0.0, 1.0, (N, hv)))]
+        state.append((f"ssm{s}", hv * s * s))
+    state = tuple(state)
+    spec = KVSpec(64, (), (), state, n_seq=4)
+    states = {sl: {name: 0.5 * rng.standard_normal(size).astype(np.float32)
+                   for name, size in state} for sl in (0, 1, 3)}
+    states[2] = {name: np.full(size, np.nan, np.float32) for name, size in state}
+
+    def build(g, w):
+        def rows(name):
+            return g.get_rows(w[name], g.tokens)
+
+        x = rows("x")
+        g.output("softplus", g.unary(x, "softplus"))  # both sides of its threshold at 20
+        g.output("slice_whole", g.slice_cols(x, 5, 30))
+        g.output("slice_heads", g.slice_cols(x, 4, 4, 12))  # the second half of 8-wide heads
+        for taps in CONV:
+            g.output(f"conv{taps}", g.ssm_conv(rows(f"cx{taps}"), w[f"cw{taps}"], f"conv{taps}"))
+        for s in HEADS:
+            q, k, v, gd, b = (rows(f"{t}{s}") for t in "qkvgb")
+            g.output(f"delta{s}", g.gated_delta(q, k, v, gd, b, f"ssm{s}", s))
+
+    return infos, spec, states, build
