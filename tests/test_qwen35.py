@@ -1,0 +1,160 @@
+"""Qwen3.5 (`qwen35`, Gated DeltaNet hybrid) against llama.cpp on ../shared/archs/qwen35-dense.gguf:
+a layer of Gated DeltaNet (conv state + delta state) and a layer of gated full attention, written
+by llama.cpp's model saver with every optional tensor (q/k/v biases, per-tensor `.scale`s), and
+llama.cpp's logits for 40 tokens and its 12 greedy steps (archs/README.md).
+
+The bounds are test_archs.py's (its docstring says why): llama.cpp keeps the attention layer's
+KV cache in f16 and prints its logits to 5 decimals; its delta rule and convolution are float32
+as fastllm's. Measured: max 7.9e-6 (reference), 7.1e-6 (WebGPU, Metal emulator), RMS 2.9e-6.
+
+Then what a recurrent state changes for the rest of fastllm: the same tokens in several chunks
+(the states carried from one run to the next), one token at a time, several sequences in one
+rows-mode step, save_state / restore_state, and state checkpoints for prefix reuse.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import need
+from fastllm import Model
+from fastllm.errors import UnsupportedError
+from test_archs import RMS_BOUND, bound, copy_with_keys, greedy_steps_to_compare, make_backend
+
+NAME = "qwen35-dense"
+BACKENDS = ["reference", "webgpu", "metal-emu"]
+
+
+@pytest.fixture(scope="module")
+def archs(data_dir) -> Path:
+    return need(data_dir / "archs" / "llamacpp_logits.json", "archs/ (llama.cpp's random models)"
+                ).parent
+
+
+@pytest.fixture(scope="module")
+def ref(archs) -> dict:
+    return json.loads((archs / "llamacpp_logits.json").read_text())["models"][NAME + ".gguf"]
+
+
+def load(archs, backend="reference", **kw) -> Model:
+    return Model.load(archs / f"{NAME}.gguf", backend=make_backend(backend), **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logits_chunks_and_greedy_match_llamacpp(archs, ref, backend):
+    """The 40 tokens at once, then in runs of 7 (the states carried over six runs), then
+    llama.cpp's greedy steps decoded one token at a time (each step's argmax fed back through
+    Model.decode) and on the device's own greedy loop (generate)."""
+    want = np.asarray(ref["logits"], np.float32)
+    tol = bound(backend, want)
+    m = load(archs, backend)
+    got = m.logits(ref["tokens"])
+    err = np.abs(got - want).max(axis=1)
+    assert err.max() <= tol, f"worst position {err.argmax()}: {err.max():.3g} > {tol:.3g}"
+    assert float(np.sqrt(np.mean(np.square(got - want)))) <= RMS_BOUND
+    chunked = load(archs, backend, n_batch=7).logits(ref["tokens"])
+    # the same arithmetic over other row counts (test_archs.py's two-chunk bound)
+    np.testing.assert_allclose(chunked, got, rtol=0, atol=2e-6)
+
+    n = greedy_steps_to_compare(ref["greedy_margins"], tol)
+    assert n >= 4, "llama.cpp's margins leave too few steps to compare"
+    logits = m.prefill(ref["tokens"])
+    steps = []
+    for _ in range(n):
+        steps.append(int(np.argmax(logits)))
+        logits = m.decode(steps[-1])
+    assert steps == ref["greedy"][:n]
+    assert list(m.generate_tokens(ref["tokens"], temperature=0, max_tokens=n)) == ref["greedy"][:n]
+
+
+@pytest.mark.parametrize("backend", ["reference", "webgpu", "metal-emu"])
+def test_rows_step_equals_each_sequence_alone(archs, ref, backend):
+    """Two sequences of different lengths in slots 1 and 0, then decode steps of both at once
+    (Graph.rows: each row its own KV rows and recurrent states) give each one's logits alone."""
+    ids = ref["tokens"]
+    prompts = {1: ids[:9], 0: ids[5:20]}
+    m = load(archs, backend, n_seq=2)
+    alone = {}
+    for slot, p in prompts.items():
+        m.prefill(p, slot)
+        one = load(archs, "reference")
+        one.prefill(p)
+        alone[slot] = one
+    toks = [ids[30], ids[31]]
+    for step in range(3):
+        got = m.decode_rows(toks, [1, 0])
+        for r, slot in enumerate((1, 0)):
+            want = alone[slot].decode(toks[r])
+            np.testing.assert_allclose(got[r], want, rtol=0, atol=3e-6,
+                                       err_msg=f"step {step}, slot {slot}")
+        toks = [int(np.argmax(got[0])), int(np.argmax(got[1]))]
+
+
+def test_save_and_restore_state_cover_both_states(archs, ref):
+    m = load(archs)
+    ids = ref["tokens"]
+    m.prefill(ids[:20])
+    m.decode(ids[20])
+    snap = m.save_state()
+    assert {"blk.0.conv", "blk.0.ssm"} <= set(snap["state"])
+    assert snap["state"]["blk.0.ssm"].size == 2 * 128 * 128
+    assert snap["state"]["blk.0.conv"].size == 3 * 768
+    first = [m.decode(t) for t in ids[21:25]]
+    m.restore_state(snap)
+    again = [m.decode(t) for t in ids[21:25]]
+    np.testing.assert_array_equal(np.stack(again), np.stack(first))
+    fresh = load(archs).logits(ids[:25])[-1]
+    np.testing.assert_allclose(again[-1], fresh, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "webgpu"])
+def test_state_checkpoints_resume_a_prompt_that_leaves_the_cache(archs, ref, backend):
+    """With state_checkpoints=2 and runs of 8 tokens, a 30-token prompt leaves checkpoints after
+    24 and 30 tokens. A prompt that leaves those tokens after 27 resumes from the one at 24
+    (reading 3 + its new tokens, not all of them), after 22 it finds none that fits (the one at 16
+    was dropped: only the last 2 are kept) and starts afresh; its logits equal a fresh model's
+    either way. Without checkpoints the state cannot roll back at all."""
+    ids = ref["tokens"]
+    m = load(archs, backend, n_batch=8, state_checkpoints=2)
+    m.prefill(ids[:30])
+    assert [len(t) for t, _ in m._checkpoints[0]] == [24, 30]
+    for t in ids[30:34]:  # a reply after the prompt: the slot's tokens move past 30
+        m.decode(t)
+    fresh = load(archs)
+    for cut, reused in ((27, 24), (22, 0), (30, 24)):
+        prompt = ids[:cut] + ids[35:40]
+        if cut == 30:  # the first prompt again, then a different continuation
+            m.prefill(ids[:30])
+            prompt = ids[:30] + ids[36:38]
+            reused = 30
+        assert m.common_prefix(prompt) == reused, cut
+        got = m.prefill(prompt)
+        np.testing.assert_allclose(got, fresh.logits(prompt)[-1], rtol=0, atol=2e-6,
+                                   err_msg=f"cut {cut}")
+    plain = load(archs, backend, n_batch=8)
+    plain.prefill(ids[:30])
+    plain.decode(ids[30])
+    assert plain.common_prefix(ids[:27] + ids[35:40]) == 0
+    assert plain.common_prefix(ids[:31] + ids[35:40]) == 31  # an exact extension continues
+
+
+def test_state_checkpoints_argument(archs):
+    with pytest.raises(ValueError, match="state_checkpoints must be an int >= 0"):
+        load(archs, state_checkpoints=-1)
+    m = Model.load(archs / "qwen3-dense.gguf", backend="reference", state_checkpoints=4)
+    assert m.state_checkpoints == 0  # a KV cache rolls back by itself
+
+
+def test_rope_sections_that_leave_pairs_unrotated_fail(archs, tmp_path):
+    """IMROPE rotates a pair by the text position only where sections 0..2 cover its sector;
+    a file whose sections leave pairs on the fourth component is refused, naming the key."""
+    import gguf
+
+    p = copy_with_keys(archs / f"{NAME}.gguf", tmp_path / "s.gguf",
+                       {"qwen35.rope.dimension_sections": ([8, 8, 4, 4], gguf.GGUFValueType.ARRAY)})
+    with pytest.raises(UnsupportedError, match="dimension_sections"):
+        Model.load(p, backend="reference")
