@@ -117,7 +117,7 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_slice_cols, F(n_rows) F(n_cols) F(start) F(width) F(period) F(out_cols)
                                        F(_pad0) F(_pad1))
     KARGS_STRUCT(kargs_gated_delta, F(n_rows) F(n_k_heads) F(n_v_heads) F(head_dim) F(scale)
-                                        F(_pad0) F(_pad1) F(_pad2))
+                                        F(eps) F(_pad1) F(_pad2))
     KARGS_STRUCT(kargs_mul_mat_blocks,
                  F(M) F(n_blocks) F(m) F(k) F(w_row_words) F(_pad0) F(_pad1) F(_pad2))
     KARGS_STRUCT(kargs_sample_rows, F(n_cols) F(chunk) F(n_parts) F(lp_base))

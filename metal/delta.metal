@@ -77,15 +77,21 @@ typedef decltype(kernel_ssm_conv<false>) ssm_conv_t;
 template [[host_name("kernel_ssm_conv_f32")]] kernel ssm_conv_t kernel_ssm_conv<false>;
 template [[host_name("kernel_ssm_conv_rows_f32")]] kernel ssm_conv_t kernel_ssm_conv<true>;
 
-// -- gated_delta: grid (ceil(S / GD_TG), n_v_heads); thread j of head h keeps s[h, j, :] (value
-// row j over the S keys); each row's q and k of the head pass through threadgroup memory. The
-// recurrence over all rows of a run is one dispatch. -----------------------------------------
+// -- gated_delta: inputs qkv (q | k | v of each row), alpha, beta, dt_bias, a. Grid
+// (ceil(S / GD_TG), n_v_heads): thread j of head h keeps s[h, j, :] (value row j over the S
+// keys); each row's q and k of the head pass through threadgroup memory, and every thread sums
+// their squares itself for the l2 norms (S values: no reduction, no more barriers). The
+// recurrence over all rows of a run is one dispatch. ------------------------------------------
+
+inline float softplus_f(float x) {
+    return x > 20.0f ? x : log(1.0f + exp(min(x, 20.0f)));  // ggml's op_softplus
+}
 
 template <bool ROWS>
 kernel void kernel_gated_delta(
-    constant kargs_gated_delta &args [[buffer(0)]], device const float *q [[buffer(1)]],
-    device const float *k [[buffer(2)]], device const float *v [[buffer(3)]],
-    device const float *g [[buffer(4)]], device const float *beta [[buffer(5)]],
+    constant kargs_gated_delta &args [[buffer(0)]], device const float *qkv [[buffer(1)]],
+    device const float *alpha [[buffer(2)]], device const float *beta [[buffer(3)]],
+    device const float *dt_bias [[buffer(4)]], device const float *a [[buffer(5)]],
     device float *state [[buffer(6)]], device float *dst [[buffer(7)]],
     constant kargs_step &step [[buffer(8)]], device const uint2 *rows [[buffer(9)]],
     uint2 tgpig [[threadgroup_position_in_grid]], ushort tiitg [[thread_index_in_threadgroup]]) {
@@ -95,9 +101,10 @@ kernel void kernel_gated_delta(
     const uint h = tgpig.y;
     const uint j = tgpig.x * GD_TG + tiitg;
     const bool live = j < S;
-    const uint kc = args.n_k_heads * S;  // row length of q and k
-    const uint vc = hv * S;              // row length of v and the output
-    const uint qk0 = (h % args.n_k_heads) * S;  // value head h reads key head h % Hk
+    const uint nk = args.n_k_heads * S;   // q's columns, and k's
+    const uint rc = 2 * nk + hv * S;      // row length of qkv
+    const uint vc = hv * S;               // row length of the output
+    const uint q0 = (h % args.n_k_heads) * S;  // value head h reads key head h % Hk
     float s[GD_MAX];
     for (uint t = 0; t < args.n_rows; ++t) {
         device float *sp = state + ulong(ROWS ? rows[t].x : step.slot) * vc * S +
@@ -108,26 +115,35 @@ kernel void kernel_gated_delta(
             }
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous row's q and k are read
+        device const float *row = qkv + ulong(t) * rc;
         for (uint i = tiitg; i < S; i += GD_TG) {
-            sh_q[i] = q[ulong(t) * kc + qk0 + i];
-            sh_k[i] = k[ulong(t) * kc + qk0 + i];
+            sh_q[i] = row[q0 + i];
+            sh_k[i] = row[nk + q0 + i];
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);
-        const float decay = exp(g[ulong(t) * hv + h]);
-        const float b = beta[ulong(t) * hv + h];
+        float qq = 0.0f, kk = 0.0f;
+        for (uint i = 0; i < S; ++i) {
+            qq += sh_q[i] * sh_q[i];
+            kk += sh_k[i] * sh_k[i];
+        }
+        const float qn = args.scale / sqrt(qq + args.eps);
+        const float kn = 1.0f / sqrt(kk + args.eps);
+        const float decay = exp(softplus_f(alpha[ulong(t) * hv + h] + dt_bias[h]) * a[h]);
+        const float b = 1.0f / (1.0f + exp(-clamp(beta[ulong(t) * hv + h], -88.0f, 88.0f)));
         float sk = 0.0f;
         for (uint i = 0; i < S; ++i) {
             s[i] *= decay;
             sk += s[i] * sh_k[i];
         }
-        const float d = ((live ? v[ulong(t) * vc + h * S + j] : 0.0f) - sk) * b;
+        // the update along the normalized k
+        const float d = ((live ? row[2 * nk + h * S + j] : 0.0f) - sk * kn) * b * kn;
         float o = 0.0f;
         for (uint i = 0; i < S; ++i) {
             s[i] += sh_k[i] * d;
             o += s[i] * sh_q[i];
         }
         if (live) {
-            dst[ulong(t) * vc + h * S + j] = o * args.scale;
+            dst[ulong(t) * vc + h * S + j] = o * qn;
         }
         if (live && (ROWS || t + 1 == args.n_rows)) {
             for (uint i = 0; i < S; ++i) {

@@ -246,14 +246,15 @@ struct kargs_slice_cols {
     uint32_t _pad1;
 };
 
-// gated_delta: q and k of n_k_heads, v of n_v_heads heads of head_dim; scale = 1/sqrt(head_dim)
+// gated_delta: q and k of n_k_heads, v of n_v_heads heads of head_dim; scale = 1/sqrt(head_dim);
+// eps: the l2 norms' of q and k
 struct kargs_gated_delta {
     uint32_t n_rows;
     uint32_t n_k_heads;
     uint32_t n_v_heads;
     uint32_t head_dim;
     float scale;
-    uint32_t _pad0;
+    float eps;
     uint32_t _pad1;
     uint32_t _pad2;
 };

@@ -6,8 +6,10 @@ and rows mode against the reference backend.
 Shapes: gated_delta with heads of 128 (Qwen3.5's: a state row of 128 keys per thread, the head
 split over two workgroups of 64 value rows) with 1 key head read by 2 value heads, and with
 heads of 32 (a partial workgroup) with 2 key heads read by 6 value heads (the tiling h % Hk);
-ssm_conv with 4 taps over 40 channels (a partial workgroup) and with 2 taps. q and k are
-l2-normalized and the log decays negative, as the model makes them, so the state stays bounded.
+ssm_conv with 4 taps over 40 channels (a partial workgroup) and with 2 taps. gated_delta
+normalizes q and k itself and makes the (negative) log decays from softplus and a < 0, as the
+model does, so the state stays bounded; q and k carry values far from norm 1, and one row's q
+is all zero (the l2 norm's eps keeps it finite).
 """
 
 from __future__ import annotations
@@ -22,11 +24,6 @@ HEADS = {128: (1, 2), 32: (2, 6)}  # head size: (key heads, value heads)
 CONV = {4: 40, 2: 16}  # taps: channels
 
 
-def _unit(rng, n, heads, s):
-    x = rng.standard_normal((n, heads, s))
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).reshape(n, heads * s)
-
-
 def delta_case(rng):
     """(infos, spec, states, build) as rows_checks.rwkv_case: four slots, random states in slots
     0, 1 and 3, NaN in slot 2 (unused)."""
@@ -37,10 +34,14 @@ def delta_case(rng):
                   f32_info(f"cw{taps}", rng.standard_normal((c, taps)))]
         state.append((f"conv{taps}", c * (taps - 1)))
     for s, (hk, hv) in HEADS.items():
-        infos += [f32_info(f"q{s}", _unit(rng, N, hk, s)), f32_info(f"k{s}", _unit(rng, N, hk, s)),
-                  f32_info(f"v{s}", rng.standard_normal((N, hv * s))),
-                  f32_info(f"g{s}", -rng.uniform(0.01, 2.0, (N, hv))),
-                  f32_info(f"b{s}", rng.uniform(0.0, 1.0, (N, hv)))]
+        qkv = rng.standard_normal((N, (2 * hk + hv) * s)) * rng.uniform(0.1, 3.0, (N, 1))
+        qkv[3, :s] = 0.0
+        alpha = 4 * rng.standard_normal((N, hv))
+        alpha[0, 0] = 25.0  # softplus past its threshold
+        infos += [f32_info(f"qkv{s}", qkv), f32_info(f"al{s}", alpha),
+                  f32_info(f"be{s}", 3 * rng.standard_normal((N, hv))),
+                  f32_info(f"dt{s}", rng.standard_normal(hv)),
+                  f32_info(f"a{s}", -rng.uniform(0.01, 0.2, hv))]
         state.append((f"ssm{s}", hv * s * s))
     state = tuple(state)
     spec = KVSpec(64, (), (), state, n_seq=4)
@@ -58,8 +59,9 @@ def delta_case(rng):
         g.output("slice_heads", g.slice_cols(x, 4, 4, 12))  # the second half of 8-wide heads
         for taps in CONV:
             g.output(f"conv{taps}", g.ssm_conv(rows(f"cx{taps}"), w[f"cw{taps}"], f"conv{taps}"))
-        for s in HEADS:
-            q, k, v, gd, b = (rows(f"{t}{s}") for t in "qkvgb")
-            g.output(f"delta{s}", g.gated_delta(q, k, v, gd, b, f"ssm{s}", s))
+        for s, (hk, _) in HEADS.items():
+            g.output(f"delta{s}", g.gated_delta(
+                rows(f"qkv{s}"), rows(f"al{s}"), rows(f"be{s}"), w[f"dt{s}"], w[f"a{s}"],
+                f"ssm{s}", head_dim=s, n_k_heads=hk, eps=1e-6))
 
     return infos, spec, states, build

@@ -40,13 +40,15 @@ def test_delta_ops_slots_and_rows(gpu, rng):
 
 def test_delta_errors(gpu):
     gpu.init_kv(KVSpec(8, (), (), (("s", 16),)))
-    w = gpu.load_weight(f32_info("x", np.zeros((2, 512))))
+    w = gpu.load_weight(f32_info("x", np.zeros((2, 3 * 512))))
+    one = gpu.load_weight(f32_info("one", np.zeros(1)))
     g = Graph(2)
     x = g.get_rows(w, g.tokens)
-    g.output("y", g.gated_delta(x, x, x, g.slice_cols(x, 0, 1), g.slice_cols(x, 1, 1), "s", 512))
+    ab = g.slice_cols(x, 0, 1)
+    g.output("y", g.gated_delta(x, ab, ab, one, one, "s", head_dim=512, n_k_heads=1, eps=1e-6))
     with pytest.raises(UnsupportedError, match="heads of 512"):
         gpu.compile(g)
-    cw = gpu.load_weight(f32_info("cw", np.zeros((512, 12))))
+    cw = gpu.load_weight(f32_info("cw", np.zeros((3 * 512, 12))))
     g = Graph(2)
     g.output("y", g.ssm_conv(g.get_rows(w, g.tokens), cw, "s"))
     with pytest.raises(UnsupportedError, match="12 taps"):

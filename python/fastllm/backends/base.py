@@ -376,28 +376,34 @@ class Graph:
                  "w.shape == (x.cols, K) with K >= 2", lambda: (w.name, w.shape, x.shape))
         return self._add("ssm_conv", (x, w), x.shape, state=state)
 
-    def gated_delta(self, q: Value, k: Value, v: Value, g: Value, beta: Value, state: str,
-                    head_dim: int) -> Value:
-        """State op, the gated delta rule (ggml_gated_delta_net with a scalar gate per head).
-        With S = head_dim: q and k are (n, Hk*S), v is (n, Hv*S), g (the log decay) and beta
-        are (n, Hv); value head h reads query/key head h % Hk (llama.cpp's head tiling). The
-        buffer `state` holds Hv matrices of S x S, s[h, j, i] at (h*S + j)*S + i, j indexing
-        values and i keys (llama.cpp's layout). For each row t in order and each head h:
+    def gated_delta(self, qkv: Value, alpha: Value, beta: Value, dt_bias: Weight, a: Weight,
+                    state: str, *, head_dim: int, n_k_heads: int, eps: float) -> Value:
+        """State op, Gated DeltaNet's recurrence with its inputs' preparation (llama.cpp's
+        build_layer_attn_linear from the convolution's output through ggml_gated_delta_net).
+        With S = head_dim, Hk = n_k_heads and Hv value heads: qkv is (n, 2*Hk*S + Hv*S), the
+        queries, keys and values side by side; alpha and beta are (n, Hv); dt_bias and a hold
+        Hv values. Per row t, q and k heads are l2-normalized (x / sqrt(sum(x^2) + eps), llama.cpp's
+        build_gdn_l2_norm), g = softplus(alpha + dt_bias) * a (the log decay), b = sigmoid(beta),
+        and value head h reads query/key head h % Hk (llama.cpp's head tiling). The buffer
+        `state` holds Hv matrices of S x S, s[h, j, i] at (h*S + j)*S + i, j indexing values and
+        i keys (llama.cpp's layout). For each row t in order and each head h:
             s[h]       = s[h] * exp(g[t, h])
-            d_j        = (v_t[j] - sum_i s[h, j, i] * k_t[i]) * beta[t, h]
+            d_j        = (v_t[j] - sum_i s[h, j, i] * k_t[i]) * b[t, h]
             s[h, j, i] = s[h, j, i] + k_t[i] * d_j
             out[t, h*S + j] = sum_i s[h, j, i] * q_t[i] / sqrt(S)   (with the updated state)
         Returns out (n, Hv*S)."""
-        s = head_dim
-        _require(q.shape == k.shape and q.cols % s == 0 and v.cols % s == 0
-                 and v.shape[0] == q.shape[0], "q.shape == k.shape, whole heads of head_dim",
-                 lambda: (q.shape, k.shape, v.shape, s))
-        hk, hv = q.cols // s, v.cols // s
-        _require(hv % hk == 0, "value heads a multiple of key heads", lambda: (hk, hv))
-        _require(g.shape == beta.shape == (q.shape[0], hv), "g.shape == beta.shape == (n, Hv)",
-                 lambda: (g.shape, beta.shape, hv))
-        return self._add("gated_delta", (q, k, v, g, beta), v.shape, state=state,
-                         head_dim=int(s))
+        s, hk = head_dim, n_k_heads
+        _require(s > 0 and hk > 0 and (qkv.cols - 2 * hk * s) > 0
+                 and (qkv.cols - 2 * hk * s) % (hk * s) == 0,
+                 "qkv.cols == (2 + Hv / Hk) * Hk * head_dim", lambda: (qkv.shape, hk, s))
+        hv = (qkv.cols - 2 * hk * s) // s
+        n = qkv.shape[0]
+        _require(alpha.shape == beta.shape == (n, hv), "alpha.shape == beta.shape == (n, Hv)",
+                 lambda: (alpha.shape, beta.shape, hv))
+        for w in (dt_bias, a):
+            _require(math.prod(w.shape) == hv, "len(w) == Hv", lambda w=w: (w.name, w.shape, hv))
+        return self._add("gated_delta", (qkv, alpha, beta, dt_bias, a), (n, hv * s), state=state,
+                         head_dim=int(s), n_k_heads=int(hk), eps=float(eps))
 
 
 class Program(ABC):

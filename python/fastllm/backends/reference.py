@@ -219,16 +219,23 @@ def ssm_conv(x: np.ndarray, w: np.ndarray, buf: np.ndarray) -> np.ndarray:
     return out
 
 
-def gated_delta(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, beta: np.ndarray,
-                buf: np.ndarray, head_dim: int) -> np.ndarray:
-    n, s = q.shape[0], head_dim
-    hk, hv = q.shape[1] // s, v.shape[1] // s
+def gated_delta(qkv: np.ndarray, alpha: np.ndarray, beta: np.ndarray, dt_bias: np.ndarray,
+                a: np.ndarray, buf: np.ndarray, head_dim: int, n_k_heads: int,
+                eps: float) -> np.ndarray:
+    n, s, hk = qkv.shape[0], head_dim, n_k_heads
+    hv = (qkv.shape[1] - 2 * hk * s) // s
+    x64 = qkv.astype(np.float64)
+
+    def l2(x):  # (n, heads, S)
+        return (x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + eps)).astype(np.float32)
+
     heads = np.arange(hv) % hk  # value head h reads key head h % Hk
-    qh = q.reshape(n, hk, s)[:, heads, :, None]  # (n, Hv, S, 1)
-    kh = k.reshape(n, hk, s)[:, heads, None, :]  # (n, Hv, 1, S)
-    vh = v.reshape(n, hv, s, 1)
+    qh = l2(x64[:, :hk * s].reshape(n, hk, s))[:, heads, :, None]  # (n, Hv, S, 1)
+    kh = l2(x64[:, hk * s:2 * hk * s].reshape(n, hk, s))[:, heads, None, :]  # (n, Hv, 1, S)
+    vh = qkv[:, 2 * hk * s:].reshape(n, hv, s, 1)
+    g = unary(alpha + dt_bias.reshape(-1), "softplus") * a.reshape(-1)
     decay = np.exp(g.astype(np.float64)).astype(np.float32).reshape(n, hv, 1, 1)
-    b = beta.reshape(n, hv, 1, 1)
+    b = _sigmoid(beta).reshape(n, hv, 1, 1)
     st = buf.reshape(hv, s, s).copy()  # s[h, j (value), i (key)]
     out = np.empty((n, hv, s, 1), np.float32)
     scale = np.float32(1.0 / math.sqrt(s))
@@ -347,7 +354,8 @@ class _RefProgram(Program):
             elif op == "ssm_conv":
                 r = self._per_slot(ssm_conv, args, val, at["state"], slots)
             elif op == "gated_delta":
-                r = self._per_slot(gated_delta, args, val, at["state"], slots, at["head_dim"])
+                r = self._per_slot(gated_delta, args, val, at["state"], slots, at["head_dim"],
+                                   at["n_k_heads"], at["eps"])
             elif op == "wkv7_bonus":
                 r = wkv7_bonus(*(val(t) for t in args), at["head_size"])
             else:

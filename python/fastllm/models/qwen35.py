@@ -205,26 +205,19 @@ class Qwen35(Llama):
                         scale=self.attn_scale())
         return self.product(g, g.mul(a, g.unary(gate, "sigmoid")), p + "attn_output")
 
-    def l2_norm(self, g: Graph, x: Value) -> Value:
-        """llama.cpp's build_gdn_l2_norm: rms_norm with eps / S, times 1 / sqrt(S), that is
-        x / sqrt(sum(x^2) + eps) per head of S values."""
-        s = self.cfg.d_state
-        return g.scale(g.rms_norm(x, None, self.cfg.rms_eps / s, group=s), 1.0 / math.sqrt(s))
-
     def delta_block(self, g: Graph, x: Value, i: int) -> Value:
-        """Gated DeltaNet linear attention (llama.cpp's build_layer_attn_linear)."""
+        """Gated DeltaNet linear attention (llama.cpp's build_layer_attn_linear): the fused
+        projection through the causal convolution and silu, then the gated delta rule (which
+        splits q, k, v, l2-normalizes q and k, and makes the decay and beta from their
+        projections), normed per head and gated by silu(z)."""
         c, p, s = self.cfg, f"blk.{i}.", self.cfg.d_state
         qkv = self.product(g, x, p + "attn_qkv")  # (n, conv_dim): q, k, v side by side
         z = self.product(g, x, p + "attn_gate")  # (n, d_inner)
-        beta = g.unary(self.product(g, x, p + "ssm_beta"), "sigmoid")  # (n, n_v_heads)
-        alpha = g.add(self.product(g, x, p + "ssm_alpha"), self.w[p + "ssm_dt.bias"])
-        decay = g.mul(g.unary(alpha, "softplus"), self.w[p + "ssm_a"])  # log decay, -A*dt
+        beta = self.product(g, x, p + "ssm_beta")  # (n, n_v_heads)
+        alpha = self.product(g, x, p + "ssm_alpha")  # (n, n_v_heads)
         conv = g.unary(g.ssm_conv(qkv, self.w[p + "ssm_conv1d.weight"], p + "conv"), "silu")
-        nk = c.n_k_heads * s
-        q = self.l2_norm(g, g.slice_cols(conv, 0, nk))
-        k = self.l2_norm(g, g.slice_cols(conv, nk, nk))
-        v = g.slice_cols(conv, 2 * nk, c.d_inner)
-        o = g.gated_delta(q, k, v, decay, beta, p + "ssm", s)
+        o = g.gated_delta(conv, alpha, beta, self.w[p + "ssm_dt.bias"], self.w[p + "ssm_a"],
+                          p + "ssm", head_dim=s, n_k_heads=c.n_k_heads, eps=c.rms_eps)
         o = g.mul(g.rms_norm(o, self.w[p + "ssm_norm.weight"], c.rms_eps, group=s),
                   g.unary(z, "silu"))
         return self.product(g, o, p + "ssm_out")

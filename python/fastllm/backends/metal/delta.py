@@ -38,14 +38,15 @@ class DeltaLowering:
                    (-(-c // 64),), 64, (3,), "kargs_rwkv", n_rows=rows, n_cols=c, group=k)
 
     def _gated_delta(self, node) -> None:
-        q, k, v, g, beta = node.args
-        s = node.attrs["head_dim"]
+        qkv, alpha, beta, dt_bias, a = node.args
+        at = node.attrs
+        s = at["head_dim"]
         if s > GD_MAX:
             raise UnsupportedError(f"metal: gated_delta with heads of {s} (up to {GD_MAX})")
-        hv = v.cols // s
+        hv = node.out.cols // s
         kernel, where = self._state_kernel("gated_delta")
-        bufs = [self._ref(a) for a in (q, k, v, g, beta)]
-        bufs += [self._state(node, hv * s * s), self._ref(node.out)]
+        bufs = [self._ref(qkv), self._ref(alpha), self._ref(beta), self._vec(dt_bias, qkv),
+                self._vec(a, qkv), self._state(node, hv * s * s), self._ref(node.out)]
         self._emit(kernel, bufs + where, (-(-s // GD_TG), hv), GD_TG, (len(bufs) - 1,),
-                   "kargs_gated_delta", n_rows=q.shape[0], n_k_heads=q.cols // s,
-                   n_v_heads=hv, head_dim=s, scale=1.0 / math.sqrt(s))
+                   "kargs_gated_delta", n_rows=qkv.shape[0], n_k_heads=at["n_k_heads"],
+                   n_v_heads=hv, head_dim=s, scale=1.0 / math.sqrt(s), eps=at["eps"])

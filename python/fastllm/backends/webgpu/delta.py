@@ -43,14 +43,14 @@ class DeltaOps:
                        self._grid1(c, _WG), consts={"ROWS": self.g.rows})
 
     def _op_gated_delta(self, node: Node) -> None:
-        q, v = node.args[0], node.args[2]
-        s = node.attrs["head_dim"]
+        qkv = node.args[0]
+        at = node.attrs
+        s, hk = at["head_dim"], at["n_k_heads"]
         if s > _GD_MAX:
             raise UnsupportedError(f"webgpu: gated_delta with heads of {s} (up to {_GD_MAX})")
-        rows = q.shape[0]
-        hk, hv = q.cols // s, v.cols // s
-        args = {"n_rows": rows, "n_k_heads": hk, "n_v_heads": hv, "head_dim": s,
-                "scale": 1.0 / math.sqrt(s)}
+        hv = node.out.cols // s
+        args = {"n_rows": qkv.shape[0], "n_k_heads": hk, "n_v_heads": hv, "head_dim": s,
+                "scale": 1.0 / math.sqrt(s), "eps": at["eps"]}
         b = {0: self._arg(("kargs_gated_delta", args)), 1: self.buf(node.out),
              2: self._state_of(node, hv * s * s), **self._slot_bindings()}
         b.update({3 + i: self.buf(a) for i, a in enumerate(node.args)})

@@ -91,12 +91,18 @@ fn kernel_ssm_conv_f32(ids: Ids) {
     }
 }
 
-// -- gated_delta: inputs q, k, v, g, beta. Grid (ceil(S / WG), n_v_heads): thread j of head h
-// keeps s[h, j, :] (value row j over the S keys); each row's q and k of the head pass through
-// workgroup memory. The recurrence over all rows of a run is one dispatch. ------------------
+// -- gated_delta: inputs qkv (q | k | v of each row), alpha, beta, dt_bias, a. Grid
+// (ceil(S / WG), n_v_heads): thread j of head h keeps s[h, j, :] (value row j over the S keys);
+// each row's q and k of the head pass through workgroup memory, and every thread sums their
+// squares itself for the l2 norms (S values: no reduction, no more barriers). The recurrence
+// over all rows of a run is one dispatch. ----------------------------------------------------
 
 var<workgroup> sh_q: array<f32, GD_S>;
 var<workgroup> sh_k: array<f32, GD_S>;
+
+fn softplus(x: f32) -> f32 {
+    return select(log(1.0 + exp(min(x, 20.0))), x, x > 20.0);  // ggml's op_softplus
+}
 
 @compute @workgroup_size(WG)
 fn kernel_gated_delta_f32(ids: Ids) {
@@ -104,9 +110,12 @@ fn kernel_gated_delta_f32(ids: Ids) {
     let h = ids.wg.y;
     let j = ids.wg.x * WG + ids.lid;
     let live = j < GD_S;
-    let kc = gd_args.n_k_heads * GD_S;  // row length of q and k
-    let vc = hv * GD_S;  // row length of v and the output
-    let qk0 = (h % gd_args.n_k_heads) * GD_S;  // value head h reads key head h % Hk
+    let nk = gd_args.n_k_heads * GD_S;  // q's columns, and k's
+    let rc = 2u * nk + hv * GD_S;  // row length of qkv
+    let vc = hv * GD_S;  // row length of the output
+    let q0 = (h % gd_args.n_k_heads) * GD_S;  // value head h reads key head h % Hk
+    let dt_bias = i3[h];
+    let a = i4[h];
     var s: array<f32, GD_S>;
     for (var t = 0u; t < gd_args.n_rows; t++) {
         let sb = slot_base(t, vc * GD_S) + (h * GD_S + min(j, GD_S - 1u)) * GD_S;
@@ -117,12 +126,20 @@ fn kernel_gated_delta_f32(ids: Ids) {
         }
         workgroupBarrier();  // the previous row's q and k are read
         for (var i = ids.lid; i < GD_S; i += WG) {
-            sh_q[i] = i0[t * kc + qk0 + i];
-            sh_k[i] = i1[t * kc + qk0 + i];
+            sh_q[i] = i0[t * rc + q0 + i];
+            sh_k[i] = i0[t * rc + nk + q0 + i];
         }
         workgroupBarrier();
-        let decay = exp(i3[t * hv + h]);
-        let beta = i4[t * hv + h];
+        var qq = 0.0;
+        var kk = 0.0;
+        for (var i = 0u; i < GD_S; i++) {
+            qq += sh_q[i] * sh_q[i];
+            kk += sh_k[i] * sh_k[i];
+        }
+        let qn = gd_args.scale / sqrt(qq + gd_args.eps);
+        let kn = 1.0 / sqrt(kk + gd_args.eps);
+        let decay = exp(softplus(i1[t * hv + h] + dt_bias) * a);
+        let beta = 1.0 / (1.0 + exp(-clamp(i2[t * hv + h], -88.0, 88.0)));
         var sk = 0.0;
         for (var i = 0u; i < GD_S; i++) {
             s[i] *= decay;
@@ -130,16 +147,16 @@ fn kernel_gated_delta_f32(ids: Ids) {
         }
         var vj = 0.0;
         if (live) {
-            vj = i2[t * vc + h * GD_S + j];
+            vj = i0[t * rc + 2u * nk + h * GD_S + j];
         }
-        let d = (vj - sk) * beta;
+        let d = (vj - sk * kn) * beta * kn;  // the update along the normalized k
         var o = 0.0;
         for (var i = 0u; i < GD_S; i++) {
             s[i] += sh_k[i] * d;
             o += s[i] * sh_q[i];
         }
         if (live) {
-            y[t * vc + h * GD_S + j] = o * gd_args.scale;
+            y[t * vc + h * GD_S + j] = o * qn;
         }
         if (live && (t + 1u == gd_args.n_rows || ROWS)) {
             for (var i = 0u; i < GD_S; i++) {

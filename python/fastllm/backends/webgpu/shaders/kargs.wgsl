@@ -208,7 +208,7 @@ struct kargs_gated_delta {
     n_v_heads: u32,
     head_dim: u32,
     scale: f32,
-    _pad0: u32,
+    eps: f32,
     _pad1: u32,
     _pad2: u32,
 }
