@@ -62,10 +62,12 @@ def generate(model: Any, prompt: Any, constraint: Any, stream: bool, **kw):
 def chat(model: Any, messages: Sequence[dict], tools: Any, tool_choice: Any, stream: bool,
          constraint: Any, **kw):
     """Model.chat with tools: OpenAI's assistant message ({"role": "assistant", "content",
-    "tool_calls"}), or with stream=True an iterator of OpenAI's deltas ({"content": text} or
-    {"tool_calls": [{"index", "id", "type", "function": {"name", "arguments"}}]})."""
+    "tool_calls"}, and "reasoning_content" where the model's reasoning is a channel of its own:
+    gpt-oss), or with stream=True an iterator of OpenAI's deltas ({"content": text},
+    {"reasoning_content": text} or {"tool_calls": [{"index", "id", "type", "function":
+    {"name", "arguments"}}]})."""
     from .constrain import compile_constraint
-    from .tools import ToolParser, check_tools, prepare_messages, tool_format, tool_grammar
+    from .tools import check_tools, prepare_messages, tool_format, tool_grammar, tool_parser
 
     tools, forced = check_tools(tools, tool_choice)
     if constraint is not None and forced is not None:
@@ -81,7 +83,9 @@ def chat(model: Any, messages: Sequence[dict], tools: Any, tool_choice: Any, str
                                                              model.tokenizer))
     ids = model.chat_prompt(prepare_messages(messages, tools if use else None, fmt), **extra)
     eng, req = _run(model, ids, constraint, kw)
-    parser = ToolParser(model.tokenizer, fmt, tools if use else [])
+    parser = tool_parser(model.tokenizer, fmt, tools if use else [])
+    # gpt-oss's channels are parsed with or without tools: its reasoning is not content
+    use = use or fmt == "harmony"
 
     def deltas() -> Iterator[dict]:
         n = 0
@@ -121,6 +125,8 @@ def _as_deltas(events: list[tuple]) -> Iterator[dict]:
     for e in events:
         if e[0] == "content":
             yield {"content": e[1]}
+        elif e[0] == "reasoning":
+            yield {"reasoning_content": e[1]}
         else:
             _, index, call = e
             yield {"tool_calls": [{"index": index, **call}]}
