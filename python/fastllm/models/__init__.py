@@ -9,11 +9,12 @@ from .gemma3 import Gemma3
 from .llama import Llama
 from .qwen2 import Qwen2
 from .qwen3 import Qwen3
+from .qwen3moe import Qwen3Moe
 from .rwkv6 import Rwkv6
 from .rwkv7 import Rwkv7
 
 ARCHITECTURES: dict[str, type[Architecture]] = {
-    cls.arch: cls for cls in (Llama, Qwen2, Qwen3, Gemma3, Rwkv6, Rwkv7)
+    cls.arch: cls for cls in (Llama, Qwen2, Qwen3, Qwen3Moe, Gemma3, Rwkv6, Rwkv7)
 }
 
 

@@ -25,7 +25,10 @@ from ..quants import dequantize
 # loads, for each layer matrix it created, an optional `.input_scale`: NVFP4's activation scale.
 # No llama.cpp graph reads it (ggml's products do not quantize activations), so it changes nothing
 # there, and nothing here.
-INPUT_SCALED = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+INPUT_SCALED = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
+                "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+# llama.cpp's LLAMA_MAX_EXPERTS
+MAX_EXPERTS = 512
 
 
 @dataclass
@@ -51,6 +54,9 @@ class Config:
     rope_attn_factor: float = 1.0
     # per-tensor multipliers (`*.scale`, shape {1}) read from the file at load: tensor -> value
     scalars: dict[str, float] = field(default_factory=dict)
+    # mixture of experts (expert_count, expert_used_count; 0 for a dense model)
+    n_expert: int = 0
+    n_expert_used: int = 0
 
     @classmethod
     def from_gguf(cls, md: dict[str, Any], path: str = "") -> Config:
@@ -79,7 +85,14 @@ class Config:
             rope_freq_scale=rope_freq_scale(key, md, arch, path),
             sliding_window=key("attention.sliding_window", 0),
             rope_attn_factor=key("rope.scaling.attn_factor", 1.0, float),
+            n_expert=key("expert_count", 0), n_expert_used=key("expert_used_count", 0),
         )
+        # llama.cpp's load_hparams asserts these for every architecture
+        if not (0 <= cfg.n_expert_used <= cfg.n_expert <= MAX_EXPERTS
+                and (cfg.n_expert_used > 0) == (cfg.n_expert > 0)):
+            raise GGUFError(f"{path}: bad {arch}.expert_count {cfg.n_expert} / "
+                            f"expert_used_count {cfg.n_expert_used} (0 for a dense model, else "
+                            f"1 <= used <= count <= {MAX_EXPERTS})")
         if (cfg.n_head_kv <= 0 or cfg.n_head % cfg.n_head_kv or cfg.n_layer <= 0
                 or cfg.n_rot > cfg.head_dim or cfg.n_rot % 2):
             raise GGUFError(f"{path}: inconsistent attention shape (heads {cfg.n_head}, kv heads "

@@ -17,6 +17,7 @@ import math
 from ..backends.base import Graph, Value, Weight
 from ..errors import GGUFError
 from .base import INPUT_SCALED, Architecture, Config
+from .moe import Routing, moe_ffn, moe_tensors
 
 ATTN = ("attn_q", "attn_k", "attn_v", "attn_output")
 FFN = ("ffn_gate", "ffn_up", "ffn_down")
@@ -42,11 +43,26 @@ class Llama(Architecture):
                             f"the head size {cfg.head_dim}")
         return cfg
 
+    # the router of MoE layers (expert_count > 0; Mixtral's layout): llama.cpp's llama graph
+    # passes softmax gating and normalized weights to build_moe_ffn as constants
+    ROUTING = Routing(gating="softmax", norm=True)
+
+    @classmethod
+    def required_tensors(cls, cfg: Config) -> list[str]:
+        names = super().required_tensors(cfg)
+        if not cfg.n_expert:
+            return names
+        dense = {f"blk.{i}.{t}.weight" for i in range(cfg.n_layer) for t in FFN}
+        return [n for n in names if n not in dense] + [
+            n for i in range(cfg.n_layer) for n in moe_tensors(cfg, i)[0]]
+
     @classmethod
     def optional_tensors(cls, cfg: Config) -> list[str]:
         names = list(cls.GLOBAL_OPTIONAL)
         for i in range(cfg.n_layer):
             names += [f"blk.{i}.{t}.bias" for t in cls.BIASED]
+            if cfg.n_expert:
+                names += moe_tensors(cfg, i)[1]
         return names
 
     @classmethod
@@ -116,6 +132,8 @@ class Llama(Architecture):
         return 0
 
     def ffn_block(self, g: Graph, x: Value, i: int) -> Value:
+        if self.cfg.n_expert:
+            return moe_ffn(self, g, x, i, self.ROUTING)
         p = f"blk.{i}."
         gate = self.product(g, x, p + "ffn_gate", bias_then_scale=True)
         up = self.product(g, x, p + "ffn_up", bias_then_scale=True)
