@@ -243,10 +243,11 @@ class Architecture(ABC):
             g = net.build(1, False)
         except GGUFError as e:
             raise GGUFError(f"{f.path}: {e}") from None
-        # a fused tensor counts as used when the graph reads its parts
-        used = {a.name.split("[", 1)[0] for node in g.nodes for a in node.args
-                if isinstance(a, Weight)}
+        used = {a.name for node in g.nodes for a in node.args if isinstance(a, Weight)}
         used |= net.scalars_read
+        # a fused tensor is used when the graph reads every one of its parts
+        used |= {n for n, parts in cls.fused_tensors(cfg).items()
+                 if all(part_name(n, p) in used for p, _ in parts)}
         unused = [n for n in f.tensors if n not in used and n not in ignored]
         if unused:
             raise UnsupportedError(cls._unused_message(cfg, f, unused))
