@@ -91,8 +91,9 @@ class Model:
         n_batch = max(1, min(n_batch, n_ctx))
         be = create_backend(backend)
         try:
+            infos = arch_cls.weight_infos(cfg, f)  # fused tensors as their parts
             weights = {name: be.load_weight(info) for name, info in
-                       progress.tensors(f.tensors, os.path.basename(f.path), quiet)}
+                       progress.tensors(infos, os.path.basename(f.path), quiet)}
             net = arch_cls(cfg, weights)
             try:
                 # recording the decode graph checks every tensor's shape against the config:
