@@ -276,3 +276,22 @@ def test_gemma4_grammar_follows_the_schema(stories, data_dir):
             jsonschema.validate(json.loads(r["tool_calls"][0]["function"]["arguments"]), schema)
     finally:
         m._chat = None
+
+
+def test_chat_without_tools_on_harmony_gives_the_final_channel(stories, data_dir):
+    """Model.chat with gpt-oss's template and no tools: the reply is the final channel's text,
+    without the analysis (here a grammar makes stories260K write both channels); streamed
+    pieces add up to the same text."""
+    m = stories
+    m._chat = ChatTemplate(_template(data_dir, "openai-gpt-oss-120b"), "<s>", "</s>")
+    g = ('start: "<|channel|>analysis<|message|>" /[a-z]{3,8}/ "<|end|><|start|>assistant'
+         '<|channel|>final<|message|>" FINAL\nFINAL: /[a-z]{3,8}/\n')
+    try:
+        msgs = [{"role": "user", "content": "Hi"}]
+        text = m.chat(msgs, grammar=g, max_tokens=250, temperature=0.9, seed=1)
+        raw = m.generate(m.chat_prompt(msgs), grammar=g, max_tokens=250, temperature=0.9, seed=1)
+        assert raw.endswith(text) and "analysis" in raw and text.isalpha(), (raw, text)
+        assert "".join(m.chat(msgs, grammar=g, max_tokens=250, temperature=0.9, seed=1,
+                              stream=True)) == text
+    finally:
+        m._chat = None

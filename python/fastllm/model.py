@@ -478,6 +478,17 @@ class Model:
         if (isinstance(messages, (list, tuple)) and messages
                 and all(isinstance(c, (list, tuple)) for c in messages)):
             return self.generate([self.chat_prompt(c) for c in messages], **sampling)
+        from .tools import tool_format
+
+        if tool_format(self.chat_template().source) == "harmony":
+            # gpt-oss answers in channels: the reply is its content, without the reasoning
+            from . import structured
+            from .constrain import compile_constraint
+
+            stream = sampling.pop("stream", False)
+            cons = {k: sampling.pop(k, None) for k in ("json_schema", "regex", "grammar")}
+            c = compile_constraint(self.tokenizer, self.n_vocab, **cons)
+            return structured.channel_chat(self, messages, stream, c, **sampling)
         return self.generate(self.chat_prompt(messages), **sampling)
 
     def chat_template(self):

@@ -109,6 +109,33 @@ def chat(model: Any, messages: Sequence[dict], tools: Any, tool_choice: Any, str
     return parser.message()
 
 
+def channel_chat(model: Any, messages: Sequence[dict], stream: bool, constraint: Any, **kw):
+    """Model.chat without tools on a template whose replies are channels (gpt-oss's harmony):
+    the text of the reply's content, or a Generation of its pieces; the reasoning is left out
+    (Model.chat with tools gives it as reasoning_content)."""
+    from .tools import tool_parser
+
+    eng, req = _run(model, model.chat_prompt(messages), constraint, kw)
+    parser = tool_parser(model.tokenizer, "harmony")
+
+    def body():
+        n = 0
+        try:
+            for _ in req:  # wakes as tokens arrive; the parser reads the ids
+                got = req.token_ids[n:]
+                n += len(got)
+                yield from (e[1] for e in parser.feed(got) if e[0] == "content")
+            events = parser.feed(req.token_ids[n:]) + parser.finish()
+            yield from (e[1] for e in events if e[0] == "content")
+            return req.finish_reason
+        finally:
+            req.cancel()
+            eng.close()
+
+    gen = RequestGeneration(body(), req)
+    return gen if stream else "".join(gen)
+
+
 def _plain(parser: Any, ids) -> list[tuple]:
     """tool_choice "none": every token is content."""
     if ids is None:
@@ -132,4 +159,4 @@ def _as_deltas(events: list[tuple]) -> Iterator[dict]:
             yield {"tool_calls": [{"index": index, **call}]}
 
 
-__all__ = ["RequestGeneration", "chat", "generate"]
+__all__ = ["RequestGeneration", "channel_chat", "chat", "generate"]

@@ -52,7 +52,9 @@ class HarmonyParser:
             msg = self.text[self._seg:]
             head_end = msg.find("<|message|>")
             if head_end < 0:
-                if final and msg.strip():  # text outside any message: the model's own words
+                # at the end, text that is no header (no channel, no start): the model's own
+                # words outside the format; a header cut short says nothing
+                if final and msg.strip() and "<|channel|>" not in msg and "<|start|>" not in msg:
                     self._emit(ev, "content", msg.strip())
                     self._seg = len(self.text)
                 break
