@@ -30,6 +30,41 @@ kernel void kernel_slice_cols_f32(constant kargs_slice_cols &args [[buffer(0)]],
     dst[i] = x[ulong(t) * args.n_cols + g * args.period + args.start + c % args.width];
 }
 
+// -- dot_gate: dst = x * sigmoid(h . w) row by row (kargs_slice_cols: n_cols = x's row length,
+// width = h's). One threadgroup per row, the dot product by a threadgroup reduction. ---------
+
+kernel void kernel_dot_gate_f32(constant kargs_slice_cols &args [[buffer(0)]],
+                                device const float *x [[buffer(1)]],
+                                device const float *h [[buffer(2)]],
+                                device const float *w [[buffer(3)]], device float *dst [[buffer(4)]],
+                                uint t [[threadgroup_position_in_grid]],
+                                ushort tiitg [[thread_index_in_threadgroup]],
+                                ushort ntg [[threads_per_threadgroup]],
+                                ushort sgitg [[simdgroup_index_in_threadgroup]],
+                                ushort tiisg [[thread_index_in_simdgroup]],
+                                ushort nsg [[simdgroups_per_threadgroup]]) {
+    threadgroup float partial[32];
+    const uint d = args.n_cols;
+    const uint e = args.width;
+    float p = 0.0f;
+    for (uint i = tiitg; i < e; i += ntg) {
+        p += h[ulong(t) * e + i] * w[i];
+    }
+    p = simd_sum(p);
+    if (tiisg == 0) {
+        partial[sgitg] = p;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    float dot = 0.0f;
+    for (ushort i = 0; i < nsg; ++i) {
+        dot += partial[i];
+    }
+    const float gate = 1.0f / (1.0f + exp(-clamp(dot, -88.0f, 88.0f)));
+    for (uint i = tiitg; i < d; i += ntg) {
+        dst[ulong(t) * d + i] = x[ulong(t) * d + i] * gate;
+    }
+}
+
 // -- ssm_conv: one thread per channel walks the rows in order; w is C x K. The state holds
 // channel c's K-1 previous inputs at c * (K-1).., the oldest first. --------------------------
 

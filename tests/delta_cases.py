@@ -1,5 +1,5 @@
-"""The Gated DeltaNet ops of backends/base.py (slice_cols, ssm_conv, gated_delta, unary softplus)
-as one graph over random tables, shared by tests/backends/test_delta_ops.py (WebGPU) and
+"""The Gated DeltaNet ops of backends/base.py (slice_cols, dot_gate, ssm_conv, gated_delta, unary
+softplus) as one graph over random tables, shared by tests/backends/test_delta_ops.py (WebGPU) and
 tests/metal/test_delta_metal.py (the MSL emulator); rows_checks.run_rwkv_case runs it in slots
 and rows mode against the reference backend.
 
@@ -27,7 +27,8 @@ CONV = {4: 40, 2: 16}  # taps: channels
 def delta_case(rng):
     """(infos, spec, states, build) as rows_checks.rwkv_case: four slots, random states in slots
     0, 1 and 3, NaN in slot 2 (unused)."""
-    infos = [f32_info("x", 8 * rng.standard_normal((N, 48)))]
+    infos = [f32_info("x", 8 * rng.standard_normal((N, 48))),
+             f32_info("h", rng.standard_normal((N, 300))), f32_info("hw", rng.standard_normal(300))]
     state = []
     for taps, c in CONV.items():
         infos += [f32_info(f"cx{taps}", rng.standard_normal((N, c))),
@@ -57,6 +58,7 @@ def delta_case(rng):
         g.output("softplus", g.unary(x, "softplus"))  # both sides of its threshold at 20
         g.output("slice_whole", g.slice_cols(x, 5, 30))
         g.output("slice_heads", g.slice_cols(x, 4, 4, 12))  # the second half of 8-wide heads
+        g.output("dot_gate", g.dot_gate(x, rows("h"), w["hw"]))  # a dot of 300: 5 passes of 64
         for taps in CONV:
             g.output(f"conv{taps}", g.ssm_conv(rows(f"cx{taps}"), w[f"cw{taps}"], f"conv{taps}"))
         for s, (hk, _) in HEADS.items():

@@ -1,11 +1,14 @@
-"""Qwen3.5 (`qwen35`, Gated DeltaNet hybrid) against llama.cpp on ../shared/archs/qwen35-dense.gguf:
-a layer of Gated DeltaNet (conv state + delta state) and a layer of gated full attention, written
-by llama.cpp's model saver with every optional tensor (q/k/v biases, per-tensor `.scale`s), and
-llama.cpp's logits for 40 tokens and its 12 greedy steps (archs/README.md).
+"""Qwen3.5 (`qwen35`, `qwen35moe`: Gated DeltaNet hybrids) against llama.cpp on ../shared/archs'
+qwen35-dense.gguf, qwen35moe-moe.gguf (2 experts, both used) and qwen35moe-moe-e6k2.gguf (2 of 6):
+a layer of Gated DeltaNet (conv state + delta state) and a layer of gated full attention, the
+MoE files with a fused gate-up expert tensor, per-expert down scales and a gated shared expert,
+written by llama.cpp's model saver with every optional tensor (q/k/v biases, per-tensor
+`.scale`s), and llama.cpp's logits for 40 tokens and its 12 greedy steps (archs/README.md).
 
 The bounds are test_archs.py's (its docstring says why): llama.cpp keeps the attention layer's
 KV cache in f16 and prints its logits to 5 decimals; its delta rule and convolution are float32
-as fastllm's. Measured: max 7.9e-6 (reference), 7.1e-6 (WebGPU, Metal emulator), RMS 2.9e-6.
+as fastllm's. Measured: max 7.9e-6 to 8.3e-6 (reference), 6.2e-6 to 7.6e-6 (WebGPU, Metal
+emulator), RMS 2.9e-6. The MoE files do not run on Metal yet (no mixture-of-experts kernels).
 
 Then what a recurrent state changes for the rest of fastllm: the same tokens in several chunks
 (the states carried from one run to the next), one token at a time, several sequences in one
@@ -26,7 +29,10 @@ from fastllm.errors import UnsupportedError
 from test_archs import RMS_BOUND, bound, copy_with_keys, greedy_steps_to_compare, make_backend
 
 NAME = "qwen35-dense"
+MOE = ["qwen35moe-moe", "qwen35moe-moe-e6k2"]
 BACKENDS = ["reference", "webgpu", "metal-emu"]
+# (file, backend): the MoE files where the backend has the mixture-of-experts ops
+CASES = [(NAME, b) for b in BACKENDS] + [(f, b) for f in MOE for b in BACKENDS[:2]]
 
 
 @pytest.fixture(scope="module")
@@ -36,31 +42,41 @@ def archs(data_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ref(archs) -> dict:
-    return json.loads((archs / "llamacpp_logits.json").read_text())["models"][NAME + ".gguf"]
+def refs(archs) -> dict:
+    return json.loads((archs / "llamacpp_logits.json").read_text())["models"]
 
 
-def load(archs, backend="reference", **kw) -> Model:
-    return Model.load(archs / f"{NAME}.gguf", backend=make_backend(backend), **kw)
+@pytest.fixture(scope="module")
+def ref(refs) -> dict:
+    return refs[NAME + ".gguf"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_logits_chunks_and_greedy_match_llamacpp(archs, ref, backend):
+def load(archs, backend="reference", name=NAME, **kw) -> Model:
+    return Model.load(archs / f"{name}.gguf", backend=make_backend(backend), **kw)
+
+
+@pytest.mark.parametrize("name,backend", CASES)
+def test_logits_chunks_and_greedy_match_llamacpp(archs, refs, name, backend):
     """The 40 tokens at once, then in runs of 7 (the states carried over six runs), then
     llama.cpp's greedy steps decoded one token at a time (each step's argmax fed back through
     Model.decode) and on the device's own greedy loop (generate)."""
+    ref = refs[name + ".gguf"]
     want = np.asarray(ref["logits"], np.float32)
     tol = bound(backend, want)
-    m = load(archs, backend)
+    m = load(archs, backend, name)
     got = m.logits(ref["tokens"])
     err = np.abs(got - want).max(axis=1)
     assert err.max() <= tol, f"worst position {err.argmax()}: {err.max():.3g} > {tol:.3g}"
     assert float(np.sqrt(np.mean(np.square(got - want)))) <= RMS_BOUND
-    chunked = load(archs, backend, n_batch=7).logits(ref["tokens"])
+    chunked = load(archs, backend, name, n_batch=7).logits(ref["tokens"])
     # the same arithmetic over other row counts (test_archs.py's two-chunk bound)
     np.testing.assert_allclose(chunked, got, rtol=0, atol=2e-6)
 
-    n = greedy_steps_to_compare(ref["greedy_margins"], tol)
+    # a greedy step is compared where llama.cpp's top-2 margin is more than twice what the two
+    # may differ by: the bound, or ten times the difference measured at the 40 positions if
+    # that is less (qwen35moe-moe's first margin, 1.5e-3, is within the 3-ulp bound of the GPU
+    # backends, 2.1e-3, but 200 times the 7.6e-6 measured)
+    n = greedy_steps_to_compare(ref["greedy_margins"], min(tol, 10 * float(err.max())))
     assert n >= 4, "llama.cpp's margins leave too few steps to compare"
     logits = m.prefill(ref["tokens"])
     steps = []
@@ -71,17 +87,19 @@ def test_logits_chunks_and_greedy_match_llamacpp(archs, ref, backend):
     assert list(m.generate_tokens(ref["tokens"], temperature=0, max_tokens=n)) == ref["greedy"][:n]
 
 
-@pytest.mark.parametrize("backend", ["reference", "webgpu", "metal-emu"])
-def test_rows_step_equals_each_sequence_alone(archs, ref, backend):
+@pytest.mark.parametrize("name,backend", [(NAME, b) for b in BACKENDS]
+                         + [("qwen35moe-moe-e6k2", b) for b in BACKENDS[:2]])
+def test_rows_step_equals_each_sequence_alone(archs, ref, name, backend):
     """Two sequences of different lengths in slots 1 and 0, then decode steps of both at once
-    (Graph.rows: each row its own KV rows and recurrent states) give each one's logits alone."""
+    (Graph.rows: each row its own KV rows, recurrent states and chosen experts) give each one's
+    logits alone."""
     ids = ref["tokens"]
     prompts = {1: ids[:9], 0: ids[5:20]}
-    m = load(archs, backend, n_seq=2)
+    m = load(archs, backend, name, n_seq=2)
     alone = {}
     for slot, p in prompts.items():
         m.prefill(p, slot)
-        one = load(archs, "reference")
+        one = load(archs, "reference", name)
         one.prefill(p)
         alone[slot] = one
     toks = [ids[30], ids[31]]

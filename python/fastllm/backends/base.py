@@ -429,8 +429,16 @@ class Graph:
         _require(0 <= start and width > 0 and start + width <= p and x.cols % p == 0,
                  "0 <= start and start + width <= period and x.cols % period == 0",
                  lambda: (x.shape, start, width, p))
-        return self._add("slice_cols", (x,), (x.shape[0], x.cols // p * width), start=int(start),
-                         width=int(width), period=int(p))
+        return self._add("slice_cols", (x,), (*x.shape[:-1], x.cols // p * width),
+                         start=int(start), width=int(width), period=int(p))
+
+    def dot_gate(self, x: Value, h: Value, w: Weight) -> Value:
+        """x * sigmoid(h @ w) row by row: each row of x (n, d) scaled by one gate made from the
+        row of h (n, e) and w (e values). Qwen3.5's shared expert gate (ffn_gate_inp_shexp)."""
+        _require(h.shape[0] == x.shape[0] and math.prod(w.shape) == h.cols
+                 and math.prod(x.shape[1:-1]) == 1, "h is (n, len(w)) for x (n, d)",
+                 lambda: (x.shape, h.shape, w.name, w.shape))
+        return self._add("dot_gate", (x, h, w), x.shape)
 
     def ssm_conv(self, x: Value, w: Weight, state: str) -> Value:
         """State op, the causal depthwise convolution of Mamba-style layers (ggml_ssm_conv with

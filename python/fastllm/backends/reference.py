@@ -204,8 +204,13 @@ def wkv7_bonus(r: np.ndarray, k: np.ndarray, v: np.ndarray, r_k: np.ndarray,
 # -- Gated DeltaNet ops (Qwen3.5); their meaning is in the Graph docstrings of base.py ---------
 
 def slice_cols(x: np.ndarray, start: int, width: int, period: int) -> np.ndarray:
-    n = x.shape[0]
-    return x.reshape(n, -1, period)[:, :, start:start + width].reshape(n, -1)
+    lead = x.shape[:-1]
+    return x.reshape(-1, x.shape[-1] // period, period)[:, :, start:start + width].reshape(
+        *lead, -1)
+
+
+def dot_gate(x: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return x * _sigmoid(h @ w.reshape(-1, 1))
 
 
 def ssm_conv(x: np.ndarray, w: np.ndarray, buf: np.ndarray) -> np.ndarray:
@@ -391,6 +396,8 @@ class _RefProgram(Program):
                 r = self._per_slot(wkv7, args, val, at["state"], slots, at["head_size"])
             elif op == "slice_cols":
                 r = slice_cols(val(args[0]), at["start"], at["width"], at["period"])
+            elif op == "dot_gate":
+                r = dot_gate(*(val(t) for t in args))
             elif op == "ssm_conv":
                 r = self._per_slot(ssm_conv, args, val, at["state"], slots)
             elif op == "gated_delta":

@@ -46,10 +46,7 @@ class Qwen35Config(Config):
     n_k_heads: int = 0  # ssm.group_count
     recurrent_layers: tuple[bool, ...] = ()
     attn_scale: float = 0.0  # attention.scale; 0 means 1/sqrt(head_dim)
-    n_expert: int = 0
-    n_expert_used: int = 0
-    n_ff_exp: int = 0
-    n_ff_shexp: int = 0
+    expert_weights_scale: float = 0.0  # qwen35moe: the router weights' scale (0 and 1: none)
 
     @property
     def conv_dim(self) -> int:

@@ -13,17 +13,25 @@ GD_TG, GD_MAX = 64, 128  # delta.metal: gated_delta threads per threadgroup, lar
 
 
 class DeltaLowering:
-    """`_slice_cols`, `_ssm_conv`, `_gated_delta` for MetalLowering (its _emit, _ref, _vec,
+    """`_slice_cols`, `_dot_gate`, `_ssm_conv`, `_gated_delta` for MetalLowering (its _emit, _ref, _vec,
     _state and _state_kernel)."""
 
     def _slice_cols(self, node) -> None:
         (x,) = node.args
         at = node.attrs
-        rows, oc = x.shape[0], node.out.cols
+        rows, oc = math.prod(x.shape[:-1]), node.out.cols
         n = rows * oc
         self._emit("kernel_slice_cols_f32", [self._ref(x), self._ref(node.out)],
                    (-(-n // 256),), 256, (1,), "kargs_slice_cols", n_rows=rows, n_cols=x.cols,
                    start=at["start"], width=at["width"], period=at["period"], out_cols=oc)
+
+    def _dot_gate(self, node) -> None:
+        x, h, w = node.args
+        rows = x.shape[0]
+        self._emit("kernel_dot_gate_f32", [self._ref(x), self._ref(h), self._vec(w, x),
+                                           self._ref(node.out)],
+                   (rows,), 256, (3,), "kargs_slice_cols", n_rows=rows, n_cols=x.cols, start=0,
+                   width=h.cols, period=1, out_cols=x.cols)
 
     def _ssm_conv(self, node) -> None:
         x, w = node.args

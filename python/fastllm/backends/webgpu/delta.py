@@ -29,6 +29,16 @@ class DeltaOps:
                        {0: self._arg(("kargs_slice_cols", args)), 1: self.buf(node.out),
                         3: self.buf(x)}, self._grid1(rows * out_cols, _WG))
 
+    def _op_dot_gate(self, node: Node) -> None:
+        x, h, w = node.args
+        rows = x.shape[0]
+        args = {"n_rows": rows, "n_cols": x.cols, "start": 0, "width": h.cols, "period": 1,
+                "out_cols": x.cols}
+        self._dispatch(_FILE, "kernel_dot_gate_f32",
+                       {0: self._arg(("kargs_slice_cols", args)), 1: self.buf(node.out),
+                        3: self.buf(x), 4: self.buf(h), 5: self.buf(w)},
+                       (min(rows, 32768), -(-rows // 32768)))
+
     def _op_ssm_conv(self, node: Node) -> None:
         x, w = node.args
         rows, c = math.prod(x.shape[:-1]), x.cols

@@ -52,6 +52,27 @@ fn kernel_slice_cols_f32(ids: Ids) {
     y[i] = i0[t * sc_args.n_cols + g * sc_args.period + sc_args.start + c % sc_args.width];
 }
 
+// -- dot_gate: y = x * sigmoid(h . w) row by row; inputs x, h, w. One workgroup per row, the
+// dot product by a workgroup reduction. ------------------------------------------------------
+
+@compute @workgroup_size(WG)
+fn kernel_dot_gate_f32(ids: Ids) {
+    let t = ids.wg.y * ids.nwg.x + ids.wg.x;
+    if (t >= sc_args.n_rows) {  // uniform in the workgroup
+        return;
+    }
+    let d = sc_args.n_cols;  // x's row length
+    let e = sc_args.width;  // h's row length
+    var p = 0.0;
+    for (var i = ids.lid; i < e; i += WG) {
+        p += i1[t * e + i] * i2[i];
+    }
+    let gate = 1.0 / (1.0 + exp(-clamp(wg_sum(p, ids), -88.0, 88.0)));
+    for (var i = ids.lid; i < d; i += WG) {
+        y[t * d + i] = i0[t * d + i] * gate;
+    }
+}
+
 // -- ssm_conv: one thread per channel walks the rows in order; inputs x, w (C x K). The state
 // holds channel c's K-1 previous inputs at c * (K-1).., the oldest first. ----------------------
 
