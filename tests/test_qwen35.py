@@ -176,3 +176,19 @@ def test_rope_sections_that_leave_pairs_unrotated_fail(archs, tmp_path):
                        {"qwen35.rope.dimension_sections": ([8, 8, 4, 4], gguf.GGUFValueType.ARRAY)})
     with pytest.raises(UnsupportedError, match="dimension_sections"):
         Model.load(p, backend="reference")
+
+
+def test_moe_down_scales_matter(archs, refs):
+    """What these random MoE weights resolve: leaving out the per-expert down scales moves the
+    logits far past the bound (matching llama.cpp shows they are applied as it applies them).
+    The shared expert's gate does not resolve so well: without it the logits move by 1.7e-5 at
+    most (4.6e-6 RMS), within llama.cpp's own rounding; dot_gate's arithmetic is checked by the
+    op tests (tests/delta_cases.py) and its place in the graph by llama.cpp's source."""
+    r = refs["qwen35moe-moe-e6k2.gguf"]
+    want = np.asarray(r["logits"], np.float32)
+    m = load(archs, "reference", "qwen35moe-moe-e6k2")
+    assert np.abs(m.logits(r["tokens"]) - want).max() <= bound("reference", want)
+    for i in range(m.config.n_layer):
+        del m.net.w[f"blk.{i}.ffn_down_exps.scale"]
+    m._programs.clear()
+    assert np.abs(m.logits(r["tokens"]) - want).max() > 0.01
