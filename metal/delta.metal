@@ -65,10 +65,46 @@ kernel void kernel_dot_gate_f32(constant kargs_slice_cols &args [[buffer(0)]],
     }
 }
 
+// -- norm_gate: rms_norm(x, w) * silu(z) over each group of a row (kargs_rwkv: group, eps); one
+// threadgroup per (row, group) ----------------------------------------------------------------
+
+kernel void kernel_norm_gate_f32(constant kargs_rwkv &args [[buffer(0)]],
+                                 device const float *x [[buffer(1)]],
+                                 device const float *w [[buffer(2)]],
+                                 device const float *z [[buffer(3)]], device float *dst [[buffer(4)]],
+                                 uint tgpig [[threadgroup_position_in_grid]],
+                                 ushort tiitg [[thread_index_in_threadgroup]],
+                                 ushort ntg [[threads_per_threadgroup]],
+                                 ushort sgitg [[simdgroup_index_in_threadgroup]],
+                                 ushort tiisg [[thread_index_in_simdgroup]],
+                                 ushort nsg [[simdgroups_per_threadgroup]]) {
+    threadgroup float partial[32];
+    const uint g = args.group;
+    const ulong base = ulong(tgpig) * g;
+    float q = 0.0f;
+    for (uint i = tiitg; i < g; i += ntg) {
+        q += x[base + i] * x[base + i];
+    }
+    q = simd_sum(q);
+    if (tiisg == 0) {
+        partial[sgitg] = q;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    float total = 0.0f;
+    for (ushort i = 0; i < nsg; ++i) {
+        total += partial[i];
+    }
+    const float inv = 1.0f / sqrt(total / float(g) + args.eps);
+    for (uint i = tiitg; i < g; i += ntg) {
+        const float zi = z[base + i];
+        dst[base + i] = x[base + i] * inv * w[i] * (zi / (1.0f + exp(-clamp(zi, -88.0f, 88.0f))));
+    }
+}
+
 // -- ssm_conv: one thread per channel walks the rows in order; w is C x K. The state holds
 // channel c's K-1 previous inputs at c * (K-1).., the oldest first. --------------------------
 
-template <bool ROWS>
+template <bool ROWS, bool SILU>
 kernel void kernel_ssm_conv(constant kargs_rwkv &args [[buffer(0)]],
                             device const float *x [[buffer(1)]], device const float *w [[buffer(2)]],
                             device float *state [[buffer(3)]], device float *dst [[buffer(4)]],
@@ -95,6 +131,9 @@ kernel void kernel_ssm_conv(constant kargs_rwkv &args [[buffer(0)]],
             s += win[k] * wc[k];
         }
         s += xt * wc[K - 1];
+        if (SILU) {
+            s = s / (1.0f + exp(-clamp(s, -88.0f, 88.0f)));
+        }
         dst[ulong(t) * C + c] = s;
         for (uint k = 0; k + 2 < K; ++k) {
             win[k] = win[k + 1];
@@ -108,9 +147,12 @@ kernel void kernel_ssm_conv(constant kargs_rwkv &args [[buffer(0)]],
     }
 }
 
-typedef decltype(kernel_ssm_conv<false>) ssm_conv_t;
-template [[host_name("kernel_ssm_conv_f32")]] kernel ssm_conv_t kernel_ssm_conv<false>;
-template [[host_name("kernel_ssm_conv_rows_f32")]] kernel ssm_conv_t kernel_ssm_conv<true>;
+// the _silu variants apply silu to the output
+typedef decltype(kernel_ssm_conv<false, false>) ssm_conv_t;
+template [[host_name("kernel_ssm_conv_f32")]] kernel ssm_conv_t kernel_ssm_conv<false, false>;
+template [[host_name("kernel_ssm_conv_rows_f32")]] kernel ssm_conv_t kernel_ssm_conv<true, false>;
+template [[host_name("kernel_ssm_conv_silu_f32")]] kernel ssm_conv_t kernel_ssm_conv<false, true>;
+template [[host_name("kernel_ssm_conv_silu_rows_f32")]] kernel ssm_conv_t kernel_ssm_conv<true, true>;
 
 // -- gated_delta: inputs qkv (q | k | v of each row), alpha, beta, dt_bias, a. Grid
 // (ceil(S / GD_TG), n_v_heads): thread j of head h keeps s[h, j, :] (value row j over the S

@@ -1,5 +1,5 @@
-"""The Gated DeltaNet ops of backends/base.py (slice_cols, dot_gate, ssm_conv, gated_delta, unary
-softplus) as one graph over random tables, shared by tests/backends/test_delta_ops.py (WebGPU) and
+"""The Gated DeltaNet ops of backends/base.py (slice_cols, dot_gate, norm_gate, ssm_conv with and
+without its silu, gated_delta, unary softplus) as one graph over random tables, shared by tests/backends/test_delta_ops.py (WebGPU) and
 tests/metal/test_delta_metal.py (the MSL emulator); rows_checks.run_rwkv_case runs it in slots
 and rows mode against the reference backend.
 
@@ -28,7 +28,8 @@ def delta_case(rng):
     """(infos, spec, states, build) as rows_checks.rwkv_case: four slots, random states in slots
     0, 1 and 3, NaN in slot 2 (unused)."""
     infos = [f32_info("x", 8 * rng.standard_normal((N, 48))),
-             f32_info("h", rng.standard_normal((N, 300))), f32_info("hw", rng.standard_normal(300))]
+             f32_info("h", rng.standard_normal((N, 300))), f32_info("hw", rng.standard_normal(300)),
+             f32_info("z", 4 * rng.standard_normal((N, 48))), f32_info("nw", rng.standard_normal(16))]
     state = []
     for taps, c in CONV.items():
         infos += [f32_info(f"cx{taps}", rng.standard_normal((N, c))),
@@ -59,8 +60,10 @@ def delta_case(rng):
         g.output("slice_whole", g.slice_cols(x, 5, 30))
         g.output("slice_heads", g.slice_cols(x, 4, 4, 12))  # the second half of 8-wide heads
         g.output("dot_gate", g.dot_gate(x, rows("h"), w["hw"]))  # a dot of 300: 5 passes of 64
+        g.output("norm_gate", g.norm_gate(x, w["nw"], rows("z"), 1e-6, 16))
         for taps in CONV:
-            g.output(f"conv{taps}", g.ssm_conv(rows(f"cx{taps}"), w[f"cw{taps}"], f"conv{taps}"))
+            g.output(f"conv{taps}", g.ssm_conv(rows(f"cx{taps}"), w[f"cw{taps}"], f"conv{taps}",
+                                               silu=taps == 4))
         for s, (hk, _) in HEADS.items():
             g.output(f"delta{s}", g.gated_delta(
                 rows(f"qkv{s}"), rows(f"al{s}"), rows(f"be{s}"), w[f"dt{s}"], w[f"a{s}"],

@@ -19,8 +19,10 @@ from fastllm.errors import UnsupportedError
 from rows_checks import Twin, f32_info, run_rwkv_case
 
 rng = np.random.default_rng()
-KERNELS = {"kernel_slice_cols_f32", "kernel_dot_gate_f32", "kernel_ssm_conv_f32", "kernel_ssm_conv_rows_f32",
-           "kernel_gated_delta_f32", "kernel_gated_delta_rows_f32", "kernel_unary_softplus_f32"}
+KERNELS = {"kernel_slice_cols_f32", "kernel_dot_gate_f32", "kernel_norm_gate_f32",
+           "kernel_ssm_conv_f32", "kernel_ssm_conv_rows_f32", "kernel_ssm_conv_silu_f32",
+           "kernel_ssm_conv_silu_rows_f32", "kernel_gated_delta_f32", "kernel_gated_delta_rows_f32",
+           "kernel_unary_softplus_f32"}
 
 
 def metal(policy="forward") -> MetalBackend:

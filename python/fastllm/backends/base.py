@@ -440,16 +440,25 @@ class Graph:
                  lambda: (x.shape, h.shape, w.name, w.shape))
         return self._add("dot_gate", (x, h, w), x.shape)
 
-    def ssm_conv(self, x: Value, w: Weight, state: str) -> Value:
+    def ssm_conv(self, x: Value, w: Weight, state: str, silu: bool = False) -> Value:
         """State op, the causal depthwise convolution of Mamba-style layers (ggml_ssm_conv with
         llama.cpp's conv state). x is (n, C), w (C, K) float. The buffer `state` holds the K-1
         rows before x, channel by channel: prev[k, c] at c*(K-1) + k, k = 0 the oldest. With
         xin = prev stacked over x ((K-1+n, C)):
             out[t, c] = sum_k xin[t + k, c] * w[c, k]          (k = 0..K-1, in order)
-        and afterwards the buffer holds the last K-1 rows of xin."""
+        and afterwards the buffer holds the last K-1 rows of xin. With silu, out is silu(out)
+        (the activation Mamba-style layers apply next)."""
         _require(len(w.shape) == 2 and w.shape[0] == x.cols and w.shape[1] >= 2,
                  "w.shape == (x.cols, K) with K >= 2", lambda: (w.name, w.shape, x.shape))
-        return self._add("ssm_conv", (x, w), x.shape, state=state)
+        return self._add("ssm_conv", (x, w), x.shape, state=state, silu=bool(silu))
+
+    def norm_gate(self, x: Value, w: Weight, z: Value, eps: float, group: int) -> Value:
+        """rms_norm(x, w, eps, group) * silu(z): the gated RMSNorm of Gated DeltaNet's output
+        (w holds `group` values, z has x's shape)."""
+        _require(tuple(z.shape) == tuple(x.shape) and x.cols % group == 0
+                 and math.prod(w.shape) == group, "z.shape == x.shape, len(w) == group",
+                 lambda: (x.shape, z.shape, w.name, w.shape, group))
+        return self._add("norm_gate", (x, w, z), x.shape, eps=float(eps), group=int(group))
 
     def gated_delta(self, qkv: Value, alpha: Value, beta: Value, dt_bias: Weight, a: Weight,
                     state: str, *, head_dim: int, n_k_heads: int, eps: float) -> Value:

@@ -213,7 +213,7 @@ def dot_gate(x: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
     return x * _sigmoid(h @ w.reshape(-1, 1))
 
 
-def ssm_conv(x: np.ndarray, w: np.ndarray, buf: np.ndarray) -> np.ndarray:
+def ssm_conv(x: np.ndarray, w: np.ndarray, buf: np.ndarray, silu: bool = False) -> np.ndarray:
     n = x.shape[0]
     c, k = w.shape
     xin = np.concatenate([buf.reshape(c, k - 1).T, x])  # (K-1+n, C), the oldest row first
@@ -221,7 +221,16 @@ def ssm_conv(x: np.ndarray, w: np.ndarray, buf: np.ndarray) -> np.ndarray:
     for j in range(k):  # in ggml's order, in float32
         out += xin[j:j + n] * w[:, j]
     buf[:] = xin[n:].T.reshape(-1)
-    return out
+    return unary(out, "silu") if silu else out
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float, group: int) -> np.ndarray:
+    xg = x.reshape(x.shape[0], -1, group)
+    ms = np.mean(xg.astype(np.float64) ** 2, axis=-1, keepdims=True)
+    r = (xg / np.sqrt(ms + eps)).astype(np.float32)
+    if w is not None:
+        r = r * w.reshape(-1)
+    return r.reshape(x.shape)
 
 
 def gated_delta(qkv: np.ndarray, alpha: np.ndarray, beta: np.ndarray, dt_bias: np.ndarray,
@@ -333,14 +342,8 @@ class _RefProgram(Program):
             if op == "get_rows":
                 r = args[0].handle.rows(val(args[1]))
             elif op == "rms_norm":
-                x = val(args[0])
-                gs = at["group"]
-                xg = x.reshape(x.shape[0], -1, gs)
-                ms = np.mean(xg.astype(np.float64) ** 2, axis=-1, keepdims=True)
-                r = (xg / np.sqrt(ms + at["eps"])).astype(np.float32)
-                if args[1] is not None:
-                    r = r * val(args[1])
-                r = r.reshape(x.shape)
+                w_ = val(args[1]) if args[1] is not None else None
+                r = rms_norm(val(args[0]), w_, at["eps"], at["group"])
             elif op == "mul_mat":
                 r = val(args[0]) @ val(args[1]).T
             elif op == "add":
@@ -399,7 +402,10 @@ class _RefProgram(Program):
             elif op == "dot_gate":
                 r = dot_gate(*(val(t) for t in args))
             elif op == "ssm_conv":
-                r = self._per_slot(ssm_conv, args, val, at["state"], slots)
+                r = self._per_slot(ssm_conv, args, val, at["state"], slots, at["silu"])
+            elif op == "norm_gate":
+                x_, w_, z_ = (val(t) for t in args)
+                r = rms_norm(x_, w_, at["eps"], at["group"]) * unary(z_, "silu")
             elif op == "gated_delta":
                 r = self._per_slot(gated_delta, args, val, at["state"], slots, at["head_dim"],
                                    at["n_k_heads"], at["eps"])

@@ -212,11 +212,10 @@ class Qwen35(Llama):
         z = self.product(g, x, p + "attn_gate")  # (n, d_inner)
         beta = self.product(g, x, p + "ssm_beta")  # (n, n_v_heads)
         alpha = self.product(g, x, p + "ssm_alpha")  # (n, n_v_heads)
-        conv = g.unary(g.ssm_conv(qkv, self.w[p + "ssm_conv1d.weight"], p + "conv"), "silu")
+        conv = g.ssm_conv(qkv, self.w[p + "ssm_conv1d.weight"], p + "conv", silu=True)
         o = g.gated_delta(conv, alpha, beta, self.w[p + "ssm_dt.bias"], self.w[p + "ssm_a"],
                           p + "ssm", head_dim=s, n_k_heads=c.n_k_heads, eps=c.rms_eps)
-        o = g.mul(g.rms_norm(o, self.w[p + "ssm_norm.weight"], c.rms_eps, group=s),
-                  g.unary(z, "silu"))
+        o = g.norm_gate(o, self.w[p + "ssm_norm.weight"], z, c.rms_eps, group=s)
         return self.product(g, o, p + "ssm_out")
 
     def output(self, g: Graph, x: Value) -> Value:

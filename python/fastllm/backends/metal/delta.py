@@ -13,7 +13,7 @@ GD_TG, GD_MAX = 64, 128  # delta.metal: gated_delta threads per threadgroup, lar
 
 
 class DeltaLowering:
-    """`_slice_cols`, `_dot_gate`, `_ssm_conv`, `_gated_delta` for MetalLowering (its _emit, _ref, _vec,
+    """`_slice_cols`, `_dot_gate`, `_norm_gate`, `_ssm_conv`, `_gated_delta` for MetalLowering (its _emit, _ref, _vec,
     _state and _state_kernel)."""
 
     def _slice_cols(self, node) -> None:
@@ -33,6 +33,15 @@ class DeltaLowering:
                    (rows,), 256, (3,), "kargs_slice_cols", n_rows=rows, n_cols=x.cols, start=0,
                    width=h.cols, period=1, out_cols=x.cols)
 
+    def _norm_gate(self, node) -> None:
+        x, w, z = node.args
+        g = node.attrs["group"]
+        rows, cols = x.shape
+        self._emit("kernel_norm_gate_f32", [self._ref(x), self._vec(w, x), self._ref(z),
+                                            self._ref(node.out)],
+                   (rows * cols // g,), max(32, min(256, -(-g // 32) * 32)), (3,), "kargs_rwkv",
+                   n_rows=rows, n_cols=cols, group=g, eps=node.attrs["eps"])
+
     def _ssm_conv(self, node) -> None:
         x, w = node.args
         rows, c = x.shape
@@ -40,7 +49,7 @@ class DeltaLowering:
         if k - 1 > CONV_MAX:
             raise UnsupportedError(f"metal: ssm_conv with a kernel of {k} taps for {w.name!r} "
                                    f"(up to {CONV_MAX + 1} are supported)")
-        kernel, where = self._state_kernel("ssm_conv")
+        kernel, where = self._state_kernel("ssm_conv_silu" if node.attrs["silu"] else "ssm_conv")
         self._emit(kernel, [self._ref(x), self._vec(w, x), self._state(node, c * (k - 1)),
                             self._ref(node.out), *where],
                    (-(-c // 64),), 64, (3,), "kargs_rwkv", n_rows=rows, n_cols=c, group=k)

@@ -50,7 +50,17 @@ class DeltaOps:
                        {0: self._arg(("kargs_rwkv", {"n_rows": rows, "n_cols": c, "group": k})),
                         1: self.buf(node.out), 2: self._state_of(node, c * (k - 1)),
                         3: self.buf(x), 4: self.buf(w), **self._slot_bindings()},
-                       self._grid1(c, _WG), consts={"ROWS": self.g.rows})
+                       self._grid1(c, _WG),
+                       consts={"ROWS": self.g.rows, "SILU": node.attrs["silu"]})
+
+    def _op_norm_gate(self, node: Node) -> None:
+        x, w, z = node.args
+        g = node.attrs["group"]
+        rows = math.prod(x.shape[:-1])
+        args = {"n_rows": rows, "n_cols": x.cols, "group": g, "eps": node.attrs["eps"]}
+        self._dispatch(_FILE, "kernel_norm_gate_f32",
+                       {0: self._arg(("kargs_rwkv", args)), 1: self.buf(node.out),
+                        3: self.buf(x), 4: self.buf(w), 5: self.buf(z)}, (x.cols // g, rows))
 
     def _op_gated_delta(self, node: Node) -> None:
         qkv = node.args[0]

@@ -24,6 +24,7 @@ const GD_S: u32 = 128u;
 @group(0) @binding(9) var<storage, read> d_step: kargs_step;
 @group(0) @binding(10) var<storage, read> d_rows: array<vec2<u32>>;
 const ROWS: bool = false;
+const SILU: bool = false;  // ssm_conv: silu of its output
 
 // the first state value of row t's slot, for states of per_slot values
 fn slot_base(t: u32, per_slot: u32) -> u32 {
@@ -73,6 +74,25 @@ fn kernel_dot_gate_f32(ids: Ids) {
     }
 }
 
+// -- norm_gate: rms_norm(x, w) * silu(z) over each group of a row; inputs x, w, z. One
+// workgroup per (group, row): grid (n_cols / group, rows); kargs_rwkv (group, eps). ----------
+
+@compute @workgroup_size(WG)
+fn kernel_norm_gate_f32(ids: Ids) {
+    let g = cv_args.group;
+    let base = ids.wg.y * cv_args.n_cols + ids.wg.x * g;
+    var q = 0.0;
+    for (var k = ids.lid; k < g; k += WG) {
+        let v = i0[base + k];
+        q += v * v;
+    }
+    let inv = 1.0 / sqrt(wg_sum(q, ids) / f32(g) + cv_args.eps);
+    for (var k = ids.lid; k < g; k += WG) {
+        let z = i2[base + k];
+        y[base + k] = i0[base + k] * inv * i1[k] * (z / (1.0 + exp(-clamp(z, -88.0, 88.0))));
+    }
+}
+
 // -- ssm_conv: one thread per channel walks the rows in order; inputs x, w (C x K). The state
 // holds channel c's K-1 previous inputs at c * (K-1).., the oldest first. ----------------------
 
@@ -99,6 +119,9 @@ fn kernel_ssm_conv_f32(ids: Ids) {
             s += win[k] * i1[c * K + k];
         }
         s += xt * i1[c * K + K - 1u];
+        if (SILU) {
+            s = s / (1.0 + exp(-clamp(s, -88.0, 88.0)));
+        }
         y[t * C + c] = s;
         for (var k = 0u; k + 2u < K; k++) {
             win[k] = win[k + 1u];
