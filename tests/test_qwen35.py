@@ -192,3 +192,18 @@ def test_moe_down_scales_matter(archs, refs):
         del m.net.w[f"blk.{i}.ffn_down_exps.scale"]
     m._programs.clear()
     assert np.abs(m.logits(r["tokens"]) - want).max() > 0.01
+
+
+def test_recurrent_layers_by_flags_or_interval():
+    """llama.cpp's is_recr: attention.recurrent_layers, else every layer but each
+    full_attention_interval-th (4 when the key is absent)."""
+    from fastllm.errors import GGUFError
+    from fastllm.models.qwen35 import recurrent_layers
+
+    key = "qwen35.attention.recurrent_layers"
+    assert recurrent_layers({}, "qwen35", 8, "") == (True, True, True, False) * 2
+    assert recurrent_layers({"qwen35.full_attention_interval": 2}, "qwen35", 4, "") == (
+        True, False, True, False)
+    assert recurrent_layers({key: np.array([0, 1, 1])}, "qwen35", 3, "") == (False, True, True)
+    with pytest.raises(GGUFError, match=f"q.gguf: {key} has 1 values for 2 layers"):
+        recurrent_layers({key: np.array([1])}, "qwen35", 2, "q.gguf")
