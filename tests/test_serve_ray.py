@@ -1,0 +1,230 @@
+"""fastllm's server as a Ray Serve deployment (fastllm.serve.ray): a local Ray with two
+replicas of stories260K on the reference backend (half a CPU each), reached through Ray's HTTP
+proxy by OpenAI's own client and by raw HTTP. Greedy text is checked against llama.cpp's
+(../shared/reference); which replica answered comes from the x-fastllm-replica header.
+
+One Ray instance serves the whole module (Ray takes seconds to start); it is shut down, with
+Serve, at the module's end. Outside CI the module skips where Ray cannot start; under CI=true
+that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+
+import pytest
+
+from serve_helpers import wait_for
+
+openai = pytest.importorskip("openai")
+if os.environ.get("CI", "").lower() != "true":
+    pytest.importorskip("ray.serve", reason="the ray extra is not installed")
+import httpx
+
+from fastllm.serve.ray import APP_NAME, REPLICA_HEADER, deployment, launch, shutdown
+
+REPLICAS, SLOTS, CTX = 2, 4, 1024
+LONG = 1000  # tokens of the streams a replica is killed under: far longer than the kill takes
+EOS_OFF = {"2": -100}  # stories260K's end of generation: a request that must run to max_tokens
+
+
+@pytest.fixture(scope="module")
+def ref(data_dir) -> dict:
+    return json.loads((data_dir / "reference" / "stories260K.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def base(stories260k):
+    import ray
+
+    try:
+        ray.init(num_cpus=2, object_store_memory=96 << 20, include_dashboard=False,
+                 logging_level="warning", log_to_driver=False)
+    except Exception as e:  # noqa: BLE001 (why Ray cannot start here is the skip's reason)
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Ray did not start under CI: {type(e).__name__}: {e}")
+        pytest.skip(f"Ray cannot start here: {type(e).__name__}: {e}")
+    try:
+        app = deployment(stories260k, backend="reference", n_ctx=CTX, parallel=SLOTS,
+                         replicas=REPLICAS, num_cpus=0.5)
+        yield launch(app, "127.0.0.1", _free_port())
+    finally:
+        shutdown()
+    assert not ray.is_initialized()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    # no retries: a request that fails must show here, not be hidden by the client
+    return openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def _running() -> int:
+    """How many replicas of the deployment Serve reports running."""
+    from ray import serve
+
+    app = serve.status().applications.get(APP_NAME)
+    if app is None:
+        return 0
+    return app.deployments["FastLLM"].replica_states.get("RUNNING", 0)
+
+
+def _replica_actors() -> dict[str, object]:
+    """Replica id -> its Ray actor handle."""
+    import ray
+
+    out = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        name = a["name"]
+        if name.startswith(f"SERVE_REPLICA::{APP_NAME}#FastLLM#"):
+            out[name.rsplit("#", 1)[1]] = ray.get_actor(name, namespace=a["namespace"])
+    return out
+
+
+def test_openai_client_through_the_proxy(client, ref):
+    """Whole and streamed, chat and completions: the endpoints of `fastllm serve`, with
+    llama.cpp's greedy text, through Ray's proxy."""
+    want = ref["llamacpp_0.3.36_greedy_text"]
+    assert [m.id for m in client.models.list().data] == ["stories260K"]
+    raw = client.completions.with_raw_response.create(model="stories260K", prompt="",
+                                                      max_tokens=60, temperature=0)
+    assert raw.headers[REPLICA_HEADER]
+    r = raw.parse()
+    assert want.startswith(r.choices[0].text) and len(r.choices[0].text) > 100
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 60
+    chunks = list(client.completions.create(model="stories260K", prompt="", max_tokens=60,
+                                            temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    chat = [{"role": "user", "content": "Tell me about a cat."}]
+    whole = client.chat.completions.create(model="stories260K", messages=chat, max_tokens=16,
+                                           temperature=0, logit_bias=EOS_OFF)
+    parts = list(client.chat.completions.create(model="stories260K", messages=chat,
+                                                max_tokens=16, temperature=0,
+                                                logit_bias=EOS_OFF, stream=True))
+    assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices) == \
+        whole.choices[0].message.content
+    assert whole.usage.completion_tokens == 16
+    # the server's own errors come through the proxy unchanged
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="gpt-4o", prompt="x", max_tokens=1)
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="stories260K", prompt="x", max_tokens=CTX)
+    assert e.value.body["code"] == "context_length_exceeded"
+
+
+def test_session_affinity(base):
+    """Requests of one X-Session-ID go to one replica; sessions spread over both."""
+    seen: dict[str, set[str]] = {}
+    with httpx.Client(base_url=base, timeout=120) as h:
+        for turn in range(2):
+            for s in range(16):
+                r = h.post("/v1/completions", headers={"X-Session-ID": f"conversation-{s}"},
+                           json={"prompt": f"Turn {turn} of {s}", "max_tokens": 2})
+                assert r.status_code == 200, r.text
+                seen.setdefault(f"conversation-{s}", set()).add(r.headers[REPLICA_HEADER])
+    assert all(len(v) == 1 for v in seen.values()), seen
+    # 16 sessions all on one replica: 2**-15 for a uniform hash
+    assert len(set().union(*seen.values())) == REPLICAS
+
+
+def test_bounded_load_spreads_over_replicas(base):
+    """48 streamed requests from 12 loopback clients: every one ends with [DONE], none
+    fails, and both replicas served some."""
+    async def one(h: httpx.AsyncClient, i: int) -> str:
+        body = {"prompt": f"Once upon a time {i}", "max_tokens": 8 + i % 8, "stream": True,
+                "logit_bias": EOS_OFF, "temperature": 0}
+        async with h.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200, await r.aread()
+            lines = [x async for x in r.aiter_lines() if x.startswith("data: ")]
+            assert lines[-1] == "data: [DONE]"
+            text = "".join(json.loads(x[6:])["choices"][0]["text"] for x in lines[:-1])
+            assert text, lines
+            return r.headers[REPLICA_HEADER]
+
+    async def client(h: httpx.AsyncClient, c: int) -> list[str]:
+        return [await one(h, c * 4 + k) for k in range(4)]
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient(base_url=base, timeout=300) as h:
+            got = await asyncio.gather(*(client(h, c) for c in range(12)))
+        return [x for g in got for x in g]
+
+    replicas = asyncio.run(main())
+    assert len(replicas) == 48
+    assert len(set(replicas)) == REPLICAS
+
+
+def test_replica_killed_mid_traffic(base, client):
+    """A replica dies while both serve long streams: each of its streams ends in an error the
+    client sees (never a short stream that looks finished), the other replica's streams and
+    every request sent after the death succeed, and Serve brings the deployment back to two
+    replicas."""
+    import ray
+
+    actors = _replica_actors()
+    assert len(actors) == REPLICAS
+    results: dict[int, object] = {}
+    started: dict[int, str] = {}
+    n_long = LONG
+
+    def stream(i: int) -> None:
+        try:
+            raw = client.completions.with_raw_response.create(
+                model="stories260K", prompt=f"Story {i}", max_tokens=n_long, temperature=0,
+                logit_bias=EOS_OFF, stream=True, stream_options={"include_usage": True})
+            chunks = []
+            for c in raw.parse():
+                started.setdefault(i, raw.headers[REPLICA_HEADER])
+                chunks.append(c)
+            finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+            results[i] = (finishes[-1], chunks[-1].usage.completion_tokens)
+        except Exception as e:  # noqa: BLE001 (the error is what the test checks)
+            results[i] = e
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    # every stream has its first token (so all eight are in flight: none can end before
+    # generating LONG tokens)
+    wait_for(lambda: len(started) == 8 or results, "eight streams to start")
+    assert not results, results
+    victim = min(started.values())
+    ray.kill(actors[victim], no_restart=True)
+    # requests sent while the replica is dead (or being replaced) are not lost
+    after = [client.completions.create(model="stories260K", prompt=f"After {i}", max_tokens=4,
+                                       logit_bias=EOS_OFF) for i in range(6)]
+    assert all(r.choices[0].finish_reason == "length" for r in after)
+    for t in threads:
+        t.join(300)
+    assert len(results) == 8
+    errors = []
+    for i, outcome in results.items():
+        if started[i] == victim and isinstance(outcome, Exception):
+            errors.append(outcome)
+        else:  # the other replica's, or one that the victim finished before it died
+            assert outcome == ("length", n_long), (i, started[i] == victim, outcome)
+    assert errors, "no stream of the killed replica failed: it finished them all first"
+    wait_for(lambda: _running() == REPLICAS and len(_replica_actors()) == REPLICAS
+             and victim not in _replica_actors(), "Serve to replace the replica")
+    seen = set()
+    with httpx.Client(base_url=base, timeout=120) as h:
+        for i in range(40):
+            r = h.post("/v1/completions", json={"prompt": f"Again {i}", "max_tokens": 1})
+            assert r.status_code == 200, r.text
+            seen.add(r.headers[REPLICA_HEADER])
+            if len(seen) == REPLICAS:
+                break
+    assert len(seen) == REPLICAS and victim not in seen
