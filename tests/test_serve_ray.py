@@ -24,10 +24,10 @@ if os.environ.get("CI", "").lower() != "true":
     pytest.importorskip("ray.serve", reason="the ray extra is not installed")
 import httpx
 
-from fastllm.serve.ray import APP_NAME, REPLICA_HEADER, deployment, launch, shutdown
+from fastllm.serve.ray import APP_NAME, REPLICA_HEADER, deployment, launch, shutdown, start_ray
 
-REPLICAS, SLOTS, CTX = 2, 4, 1024
-LONG = 1000  # tokens of the streams a replica is killed under: far longer than the kill takes
+REPLICAS, SLOTS, CTX = 2, 4, 640
+LONG = 500  # tokens of the streams a replica is killed under: far longer than the kill takes
 EOS_OFF = {"2": -100}  # stories260K's end of generation: a request that must run to max_tokens
 
 
@@ -41,8 +41,8 @@ def base(stories260k):
     import ray
 
     try:
-        ray.init(num_cpus=2, object_store_memory=96 << 20, include_dashboard=False,
-                 logging_level="warning", log_to_driver=False)
+        start_ray(num_cpus=2, object_store_memory=96 << 20, include_dashboard=False,
+                  log_to_driver=False)
     except Exception as e:  # noqa: BLE001 (why Ray cannot start here is the skip's reason)
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"Ray did not start under CI: {type(e).__name__}: {e}")
@@ -167,41 +167,61 @@ def test_bounded_load_spreads_over_replicas(base):
     assert len(set(replicas)) == REPLICAS
 
 
+def _owners(h: httpx.Client, n: int) -> dict[str, str]:
+    """Session id -> the replica that serves it (SessionRouter's choice, checked above)."""
+    return {f"story-{k}": h.post("/v1/completions", json={"prompt": "a", "max_tokens": 1},
+                                 headers={"X-Session-ID": f"story-{k}"}).headers[REPLICA_HEADER]
+            for k in range(n)}
+
+
 def test_replica_killed_mid_traffic(base, client):
-    """A replica dies while both serve long streams: each of its streams ends in an error the
-    client sees (never a short stream that looks finished), the other replica's streams and
+    """A replica dies while both serve long requests (three streams and one whole reply each,
+    placed by session): its streams end in an error event the client raises (never a short
+    stream that looks finished), its whole reply is a 502 "replica_failed" (or, had it not
+    reached the replica yet, a full reply from the other), the other replica's requests and
     every request sent after the death succeed, and Serve brings the deployment back to two
     replicas."""
     import ray
 
     actors = _replica_actors()
     assert len(actors) == REPLICAS
+    with httpx.Client(base_url=base, timeout=120) as h:
+        owners = _owners(h, 24)
+    jobs = []  # (session, streamed)
+    for replica in actors:
+        mine = [k for k, v in owners.items() if v == replica]
+        assert len(mine) >= 4, owners  # 24 sessions on two replicas: 2**-20 to miss this
+        jobs += [(mine[0], False)] + [(k, True) for k in mine[1:4]]
     results: dict[int, object] = {}
-    started: dict[int, str] = {}
-    n_long = LONG
+    started: set[int] = set()
 
-    def stream(i: int) -> None:
+    def run(i: int, session: str, streamed: bool) -> None:
+        args = {"model": "stories260K", "prompt": f"Story {i}", "max_tokens": LONG,
+                "temperature": 0, "logit_bias": EOS_OFF,
+                "extra_headers": {"X-Session-ID": session}}
         try:
-            raw = client.completions.with_raw_response.create(
-                model="stories260K", prompt=f"Story {i}", max_tokens=n_long, temperature=0,
-                logit_bias=EOS_OFF, stream=True, stream_options={"include_usage": True})
+            if not streamed:
+                r = client.completions.create(**args)
+                results[i] = (r.choices[0].finish_reason, r.usage.completion_tokens)
+                return
             chunks = []
-            for c in raw.parse():
-                started.setdefault(i, raw.headers[REPLICA_HEADER])
+            for c in client.completions.create(**args, stream=True,
+                                               stream_options={"include_usage": True}):
+                started.add(i)
                 chunks.append(c)
             finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
             results[i] = (finishes[-1], chunks[-1].usage.completion_tokens)
         except Exception as e:  # noqa: BLE001 (the error is what the test checks)
             results[i] = e
 
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=run, args=(i, *job)) for i, job in enumerate(jobs)]
     for t in threads:
         t.start()
-    # every stream has its first token (so all eight are in flight: none can end before
-    # generating LONG tokens)
-    wait_for(lambda: len(started) == 8 or results, "eight streams to start")
+    streams = {i for i, (_, streamed) in enumerate(jobs) if streamed}
+    # every stream has its first token: all are in flight, and none ends before LONG tokens
+    wait_for(lambda: started >= streams or results, "the streams to start")
     assert not results, results
-    victim = min(started.values())
+    victim = min(actors)
     ray.kill(actors[victim], no_restart=True)
     # requests sent while the replica is dead (or being replaced) are not lost
     after = [client.completions.create(model="stories260K", prompt=f"After {i}", max_tokens=4,
@@ -209,22 +229,19 @@ def test_replica_killed_mid_traffic(base, client):
     assert all(r.choices[0].finish_reason == "length" for r in after)
     for t in threads:
         t.join(300)
-    assert len(results) == 8
-    errors = []
-    for i, outcome in results.items():
-        if started[i] == victim and isinstance(outcome, Exception):
-            errors.append(outcome)
-        else:  # the other replica's, or one that the victim finished before it died
-            assert outcome == ("length", n_long), (i, started[i] == victim, outcome)
-    assert errors, "no stream of the killed replica failed: it finished them all first"
+    assert len(results) == len(jobs)
+    for i, (session, streamed) in enumerate(jobs):
+        outcome = results[i]
+        if owners[session] != victim:
+            assert outcome == ("length", LONG), (i, outcome)
+        elif streamed:
+            assert isinstance(outcome, openai.APIError), (i, outcome)
+            assert outcome.code == "replica_failed" and "replica" in outcome.message
+        elif isinstance(outcome, openai.APIStatusError):
+            assert outcome.status_code == 502 and outcome.code == "replica_failed", outcome
+        else:
+            assert outcome == ("length", LONG), (i, outcome)
     wait_for(lambda: _running() == REPLICAS and len(_replica_actors()) == REPLICAS
              and victim not in _replica_actors(), "Serve to replace the replica")
-    seen = set()
     with httpx.Client(base_url=base, timeout=120) as h:
-        for i in range(40):
-            r = h.post("/v1/completions", json={"prompt": f"Again {i}", "max_tokens": 1})
-            assert r.status_code == 200, r.text
-            seen.add(r.headers[REPLICA_HEADER])
-            if len(seen) == REPLICAS:
-                break
-    assert len(seen) == REPLICAS and victim not in seen
+        assert set(_owners(h, 16).values()) == set(_replica_actors())

@@ -83,6 +83,82 @@ class SessionRouter(RequestRouter):
         return [random.sample(list(candidate_replicas), 2)]
 
 
+# -- the proxy ---------------------------------------------------------------------------------
+
+class ReplicaFailure:
+    """ASGI middleware for Serve's HTTP proxy: a request whose replica failed before answering
+    (it died, or was restarted) gets OpenAI's error shape, 502 with code "replica_failed",
+    instead of the proxy's bare 500 text (clients retry a 502: the request never ran to its
+    end anywhere); a stream cut short by its replica's death ends with an error event and
+    [DONE], as the server's own engine failures do, instead of a dropped connection, so that
+    a client sees an error and not a reply that merely stops."""
+
+    MESSAGE = ("the replica serving this request stopped before it finished (it died or was "
+               "restarted; Ray Serve's logs say why); the request can be sent again")
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = {"started": False, "sse": False, "ended": False}
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                headers = dict(message.get("headers", ()))
+                state["sse"] = headers.get(b"content-type", b"").startswith(
+                    b"text/event-stream")
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                state["ended"] = True
+            await send(message)
+
+        failure = None
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as e:  # noqa: BLE001 (answered below, in the API's shape, if it can be)
+            failure = e
+        if state["ended"] or (state["started"] and not state["sse"]):
+            if failure is not None:
+                raise failure
+            return
+        from .protocol import DONE, APIError, sse
+
+        error = APIError(502, self.MESSAGE, "server_error", code="replica_failed").body()
+        if not state["started"]:
+            body = json.dumps(error).encode()
+            await send({"type": "http.response.start", "status": 502,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.body", "body": sse(error) + DONE})
+
+
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+
+
+def proxy_middlewares() -> list:
+    """The middleware list Serve's proxy takes from RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH
+    (fastllm.serve.ray.proxy_middlewares): ReplicaFailure."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ReplicaFailure)]
+
+
+def start_ray(**kwargs: Any) -> None:
+    """ray.init(**kwargs), with Serve's proxy set to load ReplicaFailure. The proxy reads its
+    middleware from the environment it starts in, so this works where ray.init starts Ray (a
+    local Ray); a cluster started with `ray start` needs the variable set there:
+    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=fastllm.serve.ray.proxy_middlewares."""
+    import ray
+
+    os.environ.setdefault(PROXY_CALLBACK_ENV, f"{__name__}.proxy_middlewares")
+    kwargs.setdefault("logging_level", "warning")
+    ray.init(**kwargs)
+
+
 # -- the replica -------------------------------------------------------------------------------
 
 def replica_adapter(backend: str | None) -> int | None:
@@ -252,13 +328,14 @@ def build(args: dict[str, str]) -> serve.Application:
 # -- running it -------------------------------------------------------------------------------
 
 def launch(app: serve.Application, host: str = "127.0.0.1", port: int = 8000) -> str:
-    """Start Serve's HTTP proxy on host:port (on a Ray already started, or a local one: ray.init
-    reads RAY_ADDRESS) and deploy `app` there as the application "fastllm" at /; returns the
+    """Start Serve's HTTP proxy on host:port (on a Ray already started, else start_ray()'s:
+    a local one, or the cluster at RAY_ADDRESS; a Serve already running keeps its own proxy
+    settings) and deploy `app` there as the application "fastllm" at /; returns the
     base URL once every replica is up (its model loaded)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(logging_level="warning", log_to_driver=False)
+        start_ray(log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name=APP_NAME, route_prefix="/")
     shown = f"[{host}]" if ":" in host else host
@@ -289,8 +366,6 @@ def run_cli(a: Any, say: Any) -> int:
     import signal
     import threading
 
-    import ray
-
     from ..pull import resolve
 
     path = os.path.abspath(resolve(a.model, quiet=a.quiet))  # every replica reads this path
@@ -309,7 +384,7 @@ def run_cli(a: Any, say: Any) -> int:
     say(a, f"starting {a.replicas} replica{'s' if a.replicas != 1 else ''} on Ray "
            f"({os.environ.get('RAY_ADDRESS') or 'a local Ray'}); each loads {path}")
     try:
-        ray.init(logging_level="warning", log_to_driver=not a.quiet)
+        start_ray(log_to_driver=not a.quiet)
         app = deployment(path, backend=a.backend, n_ctx=a.ctx, parallel=a.parallel,
                          alias=a.alias, api_key=key, max_queue=a.max_queue,
                          cors_origins=a.cors_origin or (), replicas=a.replicas,
@@ -329,5 +404,6 @@ def run_cli(a: Any, say: Any) -> int:
     return 0
 
 
-__all__ = ["APP_NAME", "INSTALL", "REPLICA_HEADER", "FastLLMReplica", "SessionRouter", "build",
-           "deployment", "launch", "replica_adapter", "require", "run_cli", "shutdown"]
+__all__ = ["APP_NAME", "INSTALL", "REPLICA_HEADER", "FastLLMReplica", "ReplicaFailure", "SessionRouter", "build",
+           "deployment", "launch", "proxy_middlewares", "replica_adapter", "require", "run_cli", "shutdown",
+           "start_ray"]
