@@ -245,3 +245,98 @@ def test_replica_killed_mid_traffic(base, client):
              and victim not in _replica_actors(), "Serve to replace the replica")
     with httpx.Client(base_url=base, timeout=120) as h:
         assert set(_owners(h, 16).values()) == set(_replica_actors())
+
+
+# -- without the cluster -----------------------------------------------------------------------
+
+def _through(app) -> tuple[list[dict], BaseException | None]:
+    """The messages ReplicaFailure(app) sends for one HTTP request, and what it raised."""
+    from fastllm.serve.ray import ReplicaFailure
+
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    try:
+        asyncio.run(ReplicaFailure(app)({"type": "http"}, receive, send))
+    except Exception as e:  # noqa: BLE001 (returned for the test to check)
+        return sent, e
+    return sent, None
+
+
+def test_replica_failure_shapes_the_proxys_errors():
+    """The proxy's answer to a replica that died: before the reply, OpenAI's error shape
+    (502, replica_failed) instead of nothing; in a stream, an error event and [DONE]; a reply
+    that was whole, or not a stream, goes through untouched."""
+    async def died_first(scope, receive, send):
+        raise RuntimeError("ActorDiedError")
+
+    sent, raised = _through(died_first)
+    assert raised is None and sent[0]["status"] == 502
+    assert json.loads(sent[1]["body"])["error"]["code"] == "replica_failed"
+
+    async def died_streaming(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+
+    sent, raised = _through(died_streaming)
+    events = sent[-1]["body"].decode().split("\n\n")
+    assert json.loads(events[0].removeprefix("data: "))["error"]["code"] == "replica_failed"
+    assert events[1] == "data: [DONE]" and not sent[-1].get("more_body")
+
+    async def whole(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    sent, raised = _through(whole)
+    assert raised is None and len(sent) == 2
+
+    async def json_then_failure(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        raise RuntimeError("late")
+
+    sent, raised = _through(json_then_failure)
+    assert isinstance(raised, RuntimeError) and len(sent) == 1
+
+
+def test_build_arguments(stories260k):
+    """`serve run fastllm.serve.ray:build KEY=VALUE`: values typed, mistakes named."""
+    from fastllm import ArgumentError
+    from fastllm.serve.ray import build
+
+    app = build({"model": str(stories260k), "replicas": "2", "num_cpus": "0.5",
+                 "backend": "reference", "resources": '{"apple_gpu": 1}'})
+    assert app is not None
+    with pytest.raises(ArgumentError, match="unknown argument replica;"):
+        build({"model": str(stories260k), "replica": "2"})
+    with pytest.raises(ArgumentError, match="model=PATH is required"):
+        build({"replicas": "2"})
+    with pytest.raises(ArgumentError, match="replicas='two'"):
+        build({"model": str(stories260k), "replicas": "two"})
+    with pytest.raises(ArgumentError, match="min_replicas <= replicas <= max_replicas"):
+        build({"model": str(stories260k), "replicas": "3", "max_replicas": "2"})
+    with pytest.raises(ArgumentError, match="give max_replicas too"):
+        build({"model": str(stories260k), "min_replicas": "1"})
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--replicas", "2"], "--replicas needs --ray"),
+    (["--replica-resource", "apple_gpu=1"], "--replica-resource needs --ray"),
+    (["--ray", "--min-replicas", "2"], "give --max-replicas"),
+    (["--ray", "--replicas", "3", "--max-replicas", "2"], "1 <= 3 <= 2"),
+    (["--ray", "--replica-resource", "apple_gpu"], "expected NAME=AMOUNT"),
+])
+def test_serve_scaling_flags(args, said, capsys):
+    from fastllm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "-m", "x.gguf", *args])
+    assert e.value.code == 2
+    assert said in capsys.readouterr().err

@@ -154,9 +154,14 @@ def start_ray(**kwargs: Any) -> None:
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=fastllm.serve.ray.proxy_middlewares."""
     import ray
 
+    global _local_ray
     os.environ.setdefault(PROXY_CALLBACK_ENV, f"{__name__}.proxy_middlewares")
     kwargs.setdefault("logging_level", "warning")
     ray.init(**kwargs)
+    _local_ray = not (kwargs.get("address") or os.environ.get("RAY_ADDRESS"))
+
+
+_local_ray = False  # start_ray started a Ray of its own (which shutdown() then stops)
 
 
 # -- the replica -------------------------------------------------------------------------------
@@ -343,14 +348,88 @@ def launch(app: serve.Application, host: str = "127.0.0.1", port: int = 8000) ->
 
 
 def shutdown() -> None:
-    """Remove the application and Serve, and leave Ray (a local Ray stops with it)."""
+    """Remove the application and leave Ray. A Ray that start_ray() started stops, with Serve
+    (its processes that outlive ray.shutdown() are ended too: seen here, the dashboard and
+    runtime-env agents of a Ray stopped while Serve ran); on a cluster this process only
+    joined, the other applications and Serve stay."""
     import ray
 
-    if ray.is_initialized():
-        try:
+    global _local_ray
+    if not ray.is_initialized():
+        return
+    ours = _ray_descendants() if _local_ray else []
+    try:
+        if _local_ray:
             serve.shutdown()
-        finally:
-            ray.shutdown()
+        else:
+            serve.delete(APP_NAME)
+    finally:
+        ray.shutdown()
+        _local_ray = False
+        _end(ours)
+
+
+def _ray_descendants() -> list[tuple[int, str]]:
+    """(pid, start time) of this process's descendants that are Ray's, from Linux's /proc
+    (elsewhere none: there ray.shutdown() is all there is)."""
+    parent: dict[int, int] = {}
+    info: dict[int, tuple[str, str]] = {}
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        parent[pid] = int(fields[1])
+        info[pid] = (fields[19].decode(), cmd)  # start time (clock ticks since boot), command
+    out, todo = [], [os.getpid()]
+    while todo:
+        p = todo.pop()
+        for child in (c for c, pp in parent.items() if pp == p):
+            todo.append(child)
+            start, cmd = info[child]
+            if cmd.startswith("ray::") or "/ray/" in cmd or "ray." in cmd:
+                out.append((child, start))
+    return out
+
+
+def _end(procs: list[tuple[int, str]]) -> None:
+    """SIGTERM, then after a grace of a few seconds SIGKILL, to those of `procs` still running
+    (the same processes: their start time is checked, so a reused pid is left alone)."""
+    import signal
+    import time
+
+    def alive() -> list[int]:
+        left = []
+        for pid, start in procs:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[19].decode() == start and fields[0] != b"Z":
+                left.append(pid)
+        return left
+
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        left = alive()
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        for _ in range(int(grace * 10)):
+            if not alive():
+                return
+            time.sleep(0.1)
 
 
 def _free_port(host: str) -> int:
@@ -364,7 +443,7 @@ def _free_port(host: str) -> int:
 def run_cli(a: Any, say: Any) -> int:
     """`fastllm serve --ray`: deploy, print the URL, serve until Ctrl-C or SIGTERM."""
     import signal
-    import threading
+    import time
 
     from ..pull import resolve
 
@@ -379,12 +458,23 @@ def run_cli(a: Any, say: Any) -> int:
         except ValueError:
             raise ArgumentError(f"--replica-resource {item!r}: expected NAME=AMOUNT, e.g. "
                                 f"apple_gpu=1") from None
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    interrupted = []
+
+    def on_signal(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    # either ends the command where it is (loading, or serving) through the `finally` below,
+    # which shuts Serve and a local Ray down (SIGINT too: a shell may have started this
+    # command with it ignored)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     say(a, f"starting {a.replicas} replica{'s' if a.replicas != 1 else ''} on Ray "
            f"({os.environ.get('RAY_ADDRESS') or 'a local Ray'}); each loads {path}")
     try:
-        start_ray(log_to_driver=not a.quiet)
+        # a local Ray lives as long as this command: no dashboard to look at afterwards
+        start_ray(log_to_driver=not a.quiet,
+                  **({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
         app = deployment(path, backend=a.backend, n_ctx=a.ctx, parallel=a.parallel,
                          alias=a.alias, api_key=key, max_queue=a.max_queue,
                          cors_origins=a.cors_origin or (), replicas=a.replicas,
@@ -395,12 +485,14 @@ def run_cli(a: Any, say: Any) -> int:
         say(a, f"ready: chat page {url}/, API {url}/v1 through Ray Serve's proxy "
                f"({a.replicas} replica{'s' if a.replicas != 1 else ''} of {a.parallel} "
                f"slot{'s' if a.parallel != 1 else ''}{', API key required' if key else ''})")
-        while not stop.wait(3600):
-            pass
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
         shutdown()
+    if signal.SIGINT in interrupted:
+        raise KeyboardInterrupt  # Ctrl-C: exit status 130, as `fastllm serve` without Ray
     return 0
 
 
