@@ -454,20 +454,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve through Ray Serve: replicas, each with its own model and "
                         "slots, behind Ray's HTTP proxy on --host/--port (a local Ray, or "
                         "the cluster at $RAY_ADDRESS)")
-    g.add_argument("--replicas", type=POSITIVE, default=1,
+    g.add_argument("--replicas", type=POSITIVE, metavar="N", default=1,
                    help="replicas to run (with --max-replicas: to start with)")
-    g.add_argument("--min-replicas", type=COUNT, default=None,
+    g.add_argument("--min-replicas", type=COUNT, metavar="N", default=None,
                    help="autoscaling: fewest replicas (default 1; needs --max-replicas)")
-    g.add_argument("--max-replicas", type=POSITIVE, default=None,
+    g.add_argument("--max-replicas", type=POSITIVE, metavar="N", default=None,
                    help="autoscaling: most replicas; Ray adds and removes replicas between "
                         "the bounds to follow the load")
     g.add_argument("--target-ongoing", type=_ranged(float, lambda v: v > 0, "a number > 0"),
-                   default=None,
+                   default=None, metavar="R",
                    help="autoscaling: requests per replica to aim at (default: -np)")
     g.add_argument("--replica-cpus", type=_ranged(float, lambda v: v >= 0, "a number >= 0"),
-                   default=1.0, help="CPUs Ray reserves for each replica")
+                   default=1.0, metavar="C", help="CPUs Ray reserves for each replica")
     g.add_argument("--replica-gpus", type=_ranged(float, lambda v: v >= 0, "a number >= 0"),
-                   default=None,
+                   default=None, metavar="G",
                    help="GPUs per replica (default: 1 when the cluster has GPUs and the backend "
                         "may be WebGPU, else 0); each replica opens the GPU Ray gave it")
     g.add_argument("--replica-resource", action="append", default=None, metavar="NAME=AMOUNT",

@@ -99,7 +99,9 @@ def usable() -> list[tuple[str, str]]:
         from .webgpu import adapter_names
 
         names = adapter_names()
-        out.append(("webgpu", ", ".join(names) if names else "unusable: no adapter"))
+        # numbered: the index FASTLLM_WEBGPU_ADAPTER and Model.load(adapter=) take
+        out.append(("webgpu", ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+                    if names else "unusable: no adapter"))
     except (BackendError, ImportError) as e:
         out.append(("webgpu", f"unusable: {e}"))
     out.append(("reference", "NumPy on the CPU"))
