@@ -311,9 +311,18 @@ def test_build_arguments(stories260k):
     from fastllm import ArgumentError
     from fastllm.serve.ray import build
 
-    app = build({"model": str(stories260k), "replicas": "2", "num_cpus": "0.5",
-                 "backend": "reference", "resources": '{"apple_gpu": 1}'})
-    assert app is not None
+    dep = build({"model": str(stories260k), "replicas": "2", "num_cpus": "0.5",
+                 "backend": "reference", "resources": '{"apple_gpu": 1}', "parallel": "3"}
+                )._bound_deployment
+    assert dep.num_replicas == 2 and dep.max_ongoing_requests == 6
+    assert dep.ray_actor_options == {"num_cpus": 0.5, "num_gpus": 0,
+                                     "resources": {"apple_gpu": 1.0}}
+    scaling = build({"model": str(stories260k), "replicas": "2", "max_replicas": "5",
+                     "backend": "reference"})._bound_deployment._deployment_config
+    a = scaling.autoscaling_config
+    assert (a.min_replicas, a.initial_replicas, a.max_replicas) == (1, 2, 5)
+    assert a.target_ongoing_requests == 4  # one per slot: the default parallel
+    assert scaling.request_router_config.request_router_class.endswith("SessionRouter")
     with pytest.raises(ArgumentError, match="unknown argument replica;"):
         build({"model": str(stories260k), "replica": "2"})
     with pytest.raises(ArgumentError, match="model=PATH is required"):
@@ -340,3 +349,33 @@ def test_serve_scaling_flags(args, said, capsys):
         main(["serve", "-m", "x.gguf", *args])
     assert e.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def test_replica_opens_the_gpu_ray_assigned(monkeypatch):
+    """Inside a replica, Ray's GPU id (ray.get_gpu_ids) picks the adapter: here GPU 1 of two,
+    each listed under Vulkan and OpenGL after a CPU rasterizer, is adapter 3. The variable,
+    when set, decides instead; the reference backend takes no adapter."""
+    import types
+
+    import ray
+
+    import fastllm.backends.webgpu.backend as wb
+    from fastllm.backends.webgpu.adapters import ADAPTER_ENV
+    from fastllm.serve.ray import replica_adapter
+
+    infos = [("llvmpipe", "Vulkan", "CPU"), ("GPU a", "Vulkan", "DiscreteGPU"),
+             ("GPU a", "OpenGL", "DiscreteGPU"), ("GPU b", "Vulkan", "DiscreteGPU"),
+             ("GPU b", "OpenGL", "DiscreteGPU")]
+    fake = types.SimpleNamespace(gpu=types.SimpleNamespace(enumerate_adapters_sync=lambda: [
+        types.SimpleNamespace(info={"device": d, "backend_type": api, "adapter_type": kind})
+        for d, api, kind in infos]))
+    monkeypatch.setattr(wb, "_wgpu", lambda: fake)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: ["1"])
+    monkeypatch.delenv(ADAPTER_ENV, raising=False)
+    assert replica_adapter("webgpu") == 3 and replica_adapter(None) == 3
+    assert replica_adapter("reference") is None
+    monkeypatch.setenv(ADAPTER_ENV, "0")
+    assert replica_adapter("webgpu") is None  # Model.load reads the variable itself
+    monkeypatch.delenv(ADAPTER_ENV)
+    monkeypatch.setattr(ray, "get_gpu_ids", list)
+    assert replica_adapter("webgpu") is None  # no GPU assigned: wgpu's own choice
