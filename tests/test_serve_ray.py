@@ -387,3 +387,29 @@ def test_replica_opens_the_gpu_ray_assigned(monkeypatch):
     monkeypatch.delenv(ADAPTER_ENV)
     monkeypatch.setattr(ray, "get_gpu_ids", list)
     assert replica_adapter("webgpu") is None  # no GPU assigned: wgpu's own choice
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads Linux's /proc")
+def test_leftover_ray_processes_are_ended():
+    """What shutdown() ends after a local Ray: this process's descendants whose command is
+    Ray's, and only those."""
+    import subprocess
+    import sys
+
+    import ray
+
+    from fastllm.serve.ray_procs import end, ray_descendants
+
+    agent = os.path.join(os.path.dirname(ray.__file__), "dashboard", "agent.py")
+    ray_like = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", agent])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        found = dict(ray_descendants())
+        assert ray_like.pid in found and other.pid not in found
+        end([(ray_like.pid, found[ray_like.pid])])
+        assert ray_like.wait(30) is not None
+        assert other.poll() is None
+    finally:
+        for p in (ray_like, other):
+            p.kill()
+            p.wait()

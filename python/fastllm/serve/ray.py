@@ -28,7 +28,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, FastLLMError
 from . import MissingExtraError
 from . import require as require_serve
 
@@ -354,10 +354,12 @@ def shutdown() -> None:
     joined, the other applications and Serve stay."""
     import ray
 
+    from .ray_procs import end, ray_descendants
+
     global _local_ray
     if not ray.is_initialized():
         return
-    ours = _ray_descendants() if _local_ray else []
+    ours = ray_descendants() if _local_ray else []
     try:
         if _local_ray:
             serve.shutdown()
@@ -366,70 +368,7 @@ def shutdown() -> None:
     finally:
         ray.shutdown()
         _local_ray = False
-        _end(ours)
-
-
-def _ray_descendants() -> list[tuple[int, str]]:
-    """(pid, start time) of this process's descendants that are Ray's, from Linux's /proc
-    (elsewhere none: there ray.shutdown() is all there is)."""
-    parent: dict[int, int] = {}
-    info: dict[int, tuple[str, str]] = {}
-    try:
-        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
-    except OSError:
-        return []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        parent[pid] = int(fields[1])
-        info[pid] = (fields[19].decode(), cmd)  # start time (clock ticks since boot), command
-    out, todo = [], [os.getpid()]
-    while todo:
-        p = todo.pop()
-        for child in (c for c, pp in parent.items() if pp == p):
-            todo.append(child)
-            start, cmd = info[child]
-            if cmd.startswith("ray::") or "/ray/" in cmd or "ray." in cmd:
-                out.append((child, start))
-    return out
-
-
-def _end(procs: list[tuple[int, str]]) -> None:
-    """SIGTERM, then after a grace of a few seconds SIGKILL, to those of `procs` still running
-    (the same processes: their start time is checked, so a reused pid is left alone)."""
-    import signal
-    import time
-
-    def alive() -> list[int]:
-        left = []
-        for pid, start in procs:
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[19].decode() == start and fields[0] != b"Z":
-                left.append(pid)
-        return left
-
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-        left = alive()
-        if not left:
-            return
-        for pid in left:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        for _ in range(int(grace * 10)):
-            if not alive():
-                return
-            time.sleep(0.1)
+        end(ours)
 
 
 def _free_port(host: str) -> int:
@@ -464,17 +403,23 @@ def run_cli(a: Any, say: Any) -> int:
         interrupted.append(signum)
         raise KeyboardInterrupt
 
-    # either ends the command where it is (loading, or serving) through the `finally` below,
-    # which shuts Serve and a local Ray down (SIGINT too: a shell may have started this
-    # command with it ignored)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     say(a, f"starting {a.replicas} replica{'s' if a.replicas != 1 else ''} on Ray "
            f"({os.environ.get('RAY_ADDRESS') or 'a local Ray'}); each loads {path}")
     try:
         # a local Ray lives as long as this command: no dashboard to look at afterwards
-        start_ray(log_to_driver=not a.quiet,
-                  **({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
+        try:
+            start_ray(log_to_driver=not a.quiet,
+                      **({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
+        except Exception as e:  # Ray's own exceptions, said in one line
+            where = os.environ.get("RAY_ADDRESS")
+            raise FastLLMError(f"Ray did not start{f' (RAY_ADDRESS={where})' if where else ''}"
+                               f": {type(e).__name__}: {e}") from e
+        # either signal ends the command where it is (loading, or serving) through the
+        # `finally` below, which shuts Serve and a local Ray down. Set after ray.init, whose
+        # own SIGTERM handler aborts the process, leaving Ray's agents behind; SIGINT too,
+        # as a shell may have started this command with it ignored
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         app = deployment(path, backend=a.backend, n_ctx=a.ctx, parallel=a.parallel,
                          alias=a.alias, api_key=key, max_queue=a.max_queue,
                          cors_origins=a.cors_origin or (), replicas=a.replicas,
