@@ -15,6 +15,7 @@ from ...errors import BackendError, UnsupportedError
 from ...quants import GGMLType, row_bytes
 from ..base import Graph, KVSpec, Value, Weight
 from ..fuse import fuse as fuse_nodes
+from .moe import MoeLowering  # mixture of experts
 
 # kernel-name suffix of each weight type: kernel_mul_mv_<t>_f32, kernel_get_rows_<t>, ...
 TYPE_NAMES: dict[GGMLType, str] = {
@@ -123,7 +124,7 @@ class _Arena:
         self.free = merged
 
 
-class MetalLowering:
+class MetalLowering(MoeLowering):
     """Graph -> Plan. `kv` is the backend's KV spec and `kv_type` its cache element type."""
 
     def __init__(self, graph: Graph, kv: KVSpec | None, kv_type: str = "f16",
