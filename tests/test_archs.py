@@ -43,11 +43,12 @@ from fastllm.models.base import read_scalar
 from fastllm.models.llama import ATTN, FFN
 
 # the files of supported architectures that fastllm runs
-DENSE = ["llama-dense", "qwen2-dense", "qwen3-dense", "gemma3-dense"]
+DENSE = ["llama-dense", "qwen2-dense", "qwen3-dense", "gemma3-dense", "phi3-dense",
+         "smollm3-dense", "granite-dense", "mistral3-dense"]
 MOE = ["qwen3moe-moe", "qwen3moe-moe-e6k2", "llama-moe"]
 RUN = DENSE + MOE
 # files of supported architectures with layers fastllm does not have yet: the error names them
-NOT_YET: dict[str, str] = {}
+NOT_YET = {"granite-moe": "ffn_gate_exps", "mistral3-moe": "ffn_gate_exps"}
 F16_ULP = 2.0**-11
 BACKENDS = ["reference", "webgpu", "metal-emu"]
 

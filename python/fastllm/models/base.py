@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backends.base import Graph, KVSpec, Value, Weight
 from ..errors import GGUFError, UnsupportedError
-from ..gguf import GGUFFile
+from ..gguf import GGUFFile, TensorInfo
 from ..quants import dequantize
 
 # llama.cpp's generic loading pass (llama-model.cpp, after each architecture's own tensors) also
@@ -205,6 +205,34 @@ class Architecture(ABC):
         return []
 
     @classmethod
+    def fused_tensors(cls, cfg: Config) -> dict[str, tuple[tuple[str, int], ...]]:
+        """Fused tensors (llama.cpp's `attn_qkv`, phi3's gate+up `ffn_up`) that the graph reads
+        as separate row blocks: name -> ((part, rows), ...) in storage order. Each part is
+        loaded as a tensor of its own, `name[part]`, over the same bytes of the file, so the
+        products stay ordinary ones (and fuse as the unfused layout's do) and no op splits
+        activations."""
+        return {}
+
+    @classmethod
+    def weight_infos(cls, cfg: Config, f: GGUFFile) -> dict[str, TensorInfo]:
+        """The tensors a backend loads: the file's, each fused one (fused_tensors) that the file
+        has replaced by its parts."""
+        fused = cls.fused_tensors(cfg)
+        out: dict[str, TensorInfo] = {}
+        for name, info in f.tensors.items():
+            if name not in fused:
+                out[name] = info
+                continue
+            start = 0
+            for part, rows in fused[name]:
+                out[part_name(name, part)] = row_block(info, start, rows, part)
+                start += rows
+            if start != info.shape[0]:
+                raise GGUFError(f"{f.path}: tensor {name!r} has {info.shape[0]} rows, expected "
+                                f"{start} ({' + '.join(f'{p} {r}' for p, r in fused[name])})")
+        return out
+
+    @classmethod
     def check_tensors(cls, cfg: Config, f: GGUFFile) -> None:
         """Account for every tensor of f before anything is allocated: a tensor that is neither
         used nor on the ignored list is an UnsupportedError naming it; a missing required one a
@@ -222,7 +250,7 @@ class Architecture(ABC):
         for name in cls.scalar_tensors(cfg):
             if name in f.tensors:
                 cfg.scalars[name] = read_scalar(f, name)
-        stubs = {n: Weight(n, t.type, t.shape) for n, t in f.tensors.items()}
+        stubs = {n: Weight(n, t.type, t.shape) for n, t in cls.weight_infos(cfg, f).items()}
         try:
             net = cls(cfg, stubs)
             g = net.build(1, False)
@@ -230,6 +258,9 @@ class Architecture(ABC):
             raise GGUFError(f"{f.path}: {e}") from None
         used = {a.name for node in g.nodes for a in node.args if isinstance(a, Weight)}
         used |= net.scalars_read
+        # a fused tensor is used when the graph reads every one of its parts
+        used |= {n for n, parts in cls.fused_tensors(cfg).items()
+                 if all(part_name(n, p) in used for p, _ in parts)}
         unused = [n for n in f.tensors if n not in used and n not in ignored]
         if unused:
             raise UnsupportedError(cls._unused_message(cfg, f, unused))
@@ -258,6 +289,25 @@ class Architecture(ABC):
         g = Graph(n_tokens, rows=rows)
         g.output("logits", self.forward(g, all_logits))
         return g
+
+
+def part_name(name: str, part: str) -> str:
+    """The name a fused tensor's part is loaded under: `blk.0.attn_qkv.weight[q]`."""
+    return f"{name}[{part}]"
+
+
+def row_block(info: TensorInfo, start: int, rows: int, part: str) -> TensorInfo:
+    """Rows start..start+rows of a tensor (elements, for a vector) as a view of its bytes,
+    named as its part: a row of a GGUF matrix is whole blocks, contiguous, so a row range is a
+    byte range."""
+    n = info.shape[0]
+    unit, rem = divmod(int(info.data.nbytes), n)
+    if rem or len(info.shape) > 2:
+        raise UnsupportedError(f"{info.file}: tensor {info.name!r} ({info.type.name}, shape "
+                               f"{info.shape}) cannot be split into row blocks")
+    return TensorInfo(part_name(info.name, part), info.type,
+                      (rows, *info.shape[1:]), info.data[start * unit:(start + rows) * unit],
+                      info.file)
 
 
 def read_scalar(f: GGUFFile, name: str) -> float:

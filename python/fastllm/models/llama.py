@@ -93,11 +93,13 @@ class Llama(Architecture):
             y = g.scale(y, s)
         return y
 
+    def qkv(self, g: Graph, x: Value, i: int) -> tuple[Value, Value, Value]:
+        p = f"blk.{i}."
+        return tuple(self.product(g, x, p + t) for t in ("attn_q", "attn_k", "attn_v"))
+
     def attention_block(self, g: Graph, x: Value, i: int) -> Value:
         c, p = self.cfg, f"blk.{i}."
-        q = self.product(g, x, p + "attn_q")
-        k = self.product(g, x, p + "attn_k")
-        v = self.product(g, x, p + "attn_v")
+        q, k, v = self.qkv(g, x, i)
         qn, kn = self.opt(p + "attn_q_norm.weight"), self.opt(p + "attn_k_norm.weight")
         if qn is not None:
             q = g.rms_norm(q, qn, c.rms_eps, group=c.head_dim)
@@ -111,13 +113,18 @@ class Llama(Architecture):
 
     def rope(self, g: Graph, x: Value, n_head: int, layer: int) -> Value:
         c = self.cfg
-        ff = self.opt("rope_freqs.weight") if "rope_freqs.weight" in self.GLOBAL_OPTIONAL else None
         y = g.rope(x, n_head=n_head, head_dim=c.head_dim, n_rot=c.n_rot,
                    base=self.rope_base(layer), freq_scale=self.rope_scale(layer),
-                   neox=self.rope_neox, freq_factors=ff)
+                   neox=self.rope_neox, freq_factors=self.rope_factors(layer))
         if c.rope_attn_factor != 1.0:  # ggml's rope multiplies cos and sin by it
             y = g.scale(y, c.rope_attn_factor)
         return y
+
+    def rope_factors(self, layer: int) -> Weight | None:
+        """The frequency divisors of the layer's rope (llama3-style `rope_freqs`), or None."""
+        if "rope_freqs.weight" in self.GLOBAL_OPTIONAL:
+            return self.opt("rope_freqs.weight")
+        return None
 
     def rope_base(self, layer: int) -> float:
         return self.cfg.rope_base
