@@ -46,6 +46,8 @@ class Llama(Architecture):
     # the router of MoE layers (expert_count > 0; Mixtral's layout): llama.cpp's llama graph
     # passes softmax gating and normalized weights to build_moe_ffn as constants
     ROUTING = Routing(gating="softmax", norm=True)
+    # whether its graph passes the experts' per-expert `.scale` tensors to build_moe_ffn
+    EXPERT_SCALED = True
 
     @classmethod
     def required_tensors(cls, cfg: Config) -> list[str]:
@@ -62,7 +64,7 @@ class Llama(Architecture):
         for i in range(cfg.n_layer):
             names += [f"blk.{i}.{t}.bias" for t in cls.BIASED]
             if cfg.n_expert:
-                names += moe_tensors(cfg, i)[1]
+                names += moe_tensors(cfg, i, scales=cls.EXPERT_SCALED)[1]
         return names
 
     @classmethod
