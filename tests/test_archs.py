@@ -362,3 +362,18 @@ def test_granite_moe_scales_llamacpp_leaves_out(archs, ref):
     assert np.abs(rerun(m, r["tokens"]) - want).max() <= bound("reference", want)
     m.config.n_ff_shexp = 0
     assert np.abs(rerun(m, r["tokens"]) - want).max() > 0.01
+
+
+def test_expert_count_of_a_dense_architecture_changes_nothing(archs, ref, tmp_path):
+    """qwen3's graph in llama.cpp has no MoE layers: an expert_count in a qwen3 file is read
+    (and checked) but the layers stay dense, with the same logits."""
+    import gguf
+
+    ids = ref["qwen3-dense.gguf"]["tokens"][:8]
+    u32 = gguf.GGUFValueType.UINT32
+    p = copy_with_keys(archs / "qwen3-dense.gguf", tmp_path / "q.gguf",
+                       {"qwen3.expert_count": (4, u32), "qwen3.expert_used_count": (2, u32)})
+    m = Model.load(p, backend="reference")
+    assert m.config.n_expert == 4 and not m.net.moe(m.config)
+    np.testing.assert_array_equal(
+        m.logits(ids), Model.load(archs / "qwen3-dense.gguf", backend="reference").logits(ids))

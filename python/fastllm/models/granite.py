@@ -72,7 +72,7 @@ class Granite(FusedQKV, LongRope, Llama):
             attention_scale=key("attention.scale", 0.0, float),
             logit_scale=logit_scale,
             rope=bool(md.get(f"{cls.arch}.rope.scaling.finetuned", True)),
-            n_ff_shexp=key("expert_shared_feed_forward_length", 0) if cfg.n_expert else 0)
+            n_ff_shexp=key("expert_shared_feed_forward_length", 0) if cls.moe(cfg) else 0)
 
     @classmethod
     def required_tensors(cls, cfg: Config) -> list[str]:
@@ -91,7 +91,7 @@ class Granite(FusedQKV, LongRope, Llama):
         why = "FFN scale: llama.cpp loads it, its granite graph does not apply it"
         names = super().ignored_tensors(cfg) | {
             f"blk.{i}.{t}.scale": why for i in range(cfg.n_layer) for t in FFN}
-        if cfg.n_expert:
+        if cls.moe(cfg):
             why = "per-expert scale: llama.cpp loads it, its granite graph does not apply it"
             names |= {f"blk.{i}.{t}.scale": why for i in range(cfg.n_layer) for t in EXPS}
         if cfg.n_ff_shexp:
