@@ -127,6 +127,9 @@ class _Arena:
 class MetalLowering(MoeLowering):
     """Graph -> Plan. `kv` is the backend's KV spec and `kv_type` its cache element type."""
 
+    # the mat-vec launch shape, for the mixins (moe.py): rows a threadgroup, its threads
+    MV_ROWS, MV_THREADS = MV_NSG * MV_NR, 32 * MV_NSG
+
     def __init__(self, graph: Graph, kv: KVSpec | None, kv_type: str = "f16",
                  redzone: int = 0, fuse: bool = True):
         self.g, self.kv, self.kv_type, self.redzone = graph, kv, kv_type, redzone
@@ -206,6 +209,17 @@ class MetalLowering(MoeLowering):
 
     def _step(self) -> Ref:
         return Ref("arena", 0, 16)
+
+    def _scratch(self, nbytes: int) -> Ref:
+        """An arena block for a node's intermediate (release it with _free once used)."""
+        return Ref("arena", self.arena.alloc(nbytes), nbytes)
+
+    def _free(self, r: Ref) -> None:
+        self.arena.release(r.offset, r.nbytes)
+
+    @staticmethod
+    def _tname(w: Weight) -> str:
+        return _type_name(w)
 
     # -- ops (one method per op of base.py) -------------------------------------------------
     def _get_rows(self, node) -> None:

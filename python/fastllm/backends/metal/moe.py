@@ -19,8 +19,8 @@ GATING = {"softmax": 0, "sigmoid": 1, "softmax_weight": 2}  # kargs_moe_route.ga
 
 
 class MoeLowering:
-    """The MoE ops of MetalLowering (uses its _emit, _ref, _vec and arena). lowering.py imports
-    this module, so this one takes lowering's names when it runs."""
+    """The MoE ops of MetalLowering (uses its _emit, _ref, _vec, _scratch, _free, _tname and
+    the mat-vec shape MV_ROWS, MV_THREADS)."""
 
     def _moe_route(self, node) -> None:
         logits, bias = node.args
@@ -36,34 +36,32 @@ class MoeLowering:
                    norm=int(at["norm"]), has_bias=int(bias is not None), scale=at["scale"])
 
     def _mul_mat_id(self, node) -> None:
-        from .lowering import MV_NR, MV_NSG, Ref, _type_name
-
         x, w, ids = node.args
         n_expert, m, k = w.shape
         n, kk = ids.shape
         if n_expert > MAX_E:
             raise UnsupportedError(f"metal: {w.name!r} has {n_expert} experts, at most {MAX_E}")
-        t = _type_name(w)
+        t = self._tname(w)
         n_chunks = -(-n // MV_ID_C)  # a token row chooses an expert at most once
         fields = {"n_pairs": n * kk, "k": kk, "m": m, "K": k, "x_per_pair": int(len(x.shape) == 3),
                   "n_expert": n_expert, "w_row_words": row_bytes(w.type, k) // 4,
                   "n_chunks": n_chunks}
-        row_blocks = -(-m // (MV_NSG * MV_NR))
+        row_blocks = -(-m // self.MV_ROWS)
         if n == 1:
             self._emit(f"kernel_mul_mv_id_{t}_f32",
                        [self._ref(w), self._ref(x), self._ref(ids), self._ref(node.out)],
-                       (row_blocks, n * kk), 32 * MV_NSG, (3,), "kargs_mul_mv_id", **fields)
+                       (row_blocks, n * kk), self.MV_THREADS, (3,), "kargs_mul_mv_id", **fields)
             return
         nb = 4 * (n_expert + 1 + n * kk)
-        groups = Ref("arena", self.arena.alloc(nb), nb)
+        groups = self._scratch(nb)
         self._emit("kernel_moe_group_f32", [self._ref(ids), groups], (1,), GROUP_TG, (1,),
                    "kargs_mul_mv_id", **fields)
         # the grouped kernel writes only the pairs of each expert's list: all of them together
         self._emit(f"kernel_mul_mv_id_grouped_{t}_f32",
                    [self._ref(w), self._ref(x), groups, self._ref(node.out)],
-                   (row_blocks, n_expert * n_chunks), 32 * MV_NSG, (3,), "kargs_mul_mv_id",
+                   (row_blocks, n_expert * n_chunks), self.MV_THREADS, (3,), "kargs_mul_mv_id",
                    **fields)
-        self.arena.release(groups.offset, nb)
+        self._free(groups)
 
     def _per_expert(self, node, kernel: str) -> None:
         y, b, ids = node.args
