@@ -100,13 +100,17 @@ class MoeOps:
         need = (k + k // 2) * rows  # bytes: a vec4 of bytes per 16 values, one of scales per 32
         if self._xq_id is None or self._xq_id.size < need:
             self._xq_id = self._buf(max(need, 256), "STORAGE", "quantized expert x")
-        gx, _, gz = self._mv_grid(-(-(k // 4) // QX_WG))
-        self._dispatch("quantize_x.wgsl", "kernel_quantize_x_f32",
-                       {0: self._arg(("kargs_mul_mat", {"M": rows, "N": 0, "K": k,
-                                                        "w_row_words": 0}),
-                                     ("kargs_rms_norm", {})),
-                        1: self.buf(x), 2: self._xq_id},
-                       (gx, rows, gz), consts={"WG": QX_WG}, variant="plain")
+        # the gate product reads the x the up product quantized just before it (dispatches run
+        # in order and only these write the scratch): quantized once
+        if self._xq_id_holds != (x.id, self._xq_id):
+            gx, _, gz = self._mv_grid(-(-(k // 4) // QX_WG))
+            self._dispatch("quantize_x.wgsl", "kernel_quantize_x_f32",
+                           {0: self._arg(("kargs_mul_mat", {"M": rows, "N": 0, "K": k,
+                                                            "w_row_words": 0}),
+                                         ("kargs_rms_norm", {})),
+                            1: self.buf(x), 2: self._xq_id},
+                           (gx, rows, gz), consts={"WG": QX_WG}, variant="plain")
+            self._xq_id_holds = (x.id, self._xq_id)
         r, tpr, wg = mvq_shape(m, h.units, h.tname)
         gx, _, gz = self._mv_grid(-(-m // (r * (wg // tpr))))
         for part in h.parts:
