@@ -161,6 +161,14 @@ class Architecture(ABC):
     arch: str = ""
     # True for models whose memory is a fixed-size state (RWKV): the context length costs nothing
     recurrent: bool = False
+    # True where llama.cpp's graph of the architecture has mixture-of-experts layers (read when
+    # expert_count > 0; elsewhere, as in llama.cpp, the expert count changes nothing)
+    EXPERTS: bool = False
+
+    @classmethod
+    def moe(cls, cfg: Config) -> bool:
+        """Whether cfg's layers are mixtures of experts."""
+        return cls.EXPERTS and cfg.n_expert > 0
 
     def __init__(self, cfg: Config, weights: dict[str, Weight]):
         self.cfg = cfg
@@ -269,9 +277,9 @@ class Architecture(ABC):
     def _unused_message(cls, cfg: Config, f: GGUFFile, names: list[str]) -> str:
         hint = ""
         n_expert = f.metadata.get(f"{cls.arch}.expert_count", 0)
-        if isinstance(n_expert, (int, np.integer)) and n_expert > 0:
-            hint = (f" ({cls.arch}.expert_count = {n_expert}: mixture-of-experts layers are not "
-                    f"supported yet)")
+        if isinstance(n_expert, (int, np.integer)) and n_expert > 0 and not cls.EXPERTS:
+            hint = (f" ({cls.arch}.expert_count = {n_expert}: llama.cpp's {cls.arch} has no "
+                    f"mixture-of-experts layers)")
         return (f"{f.path}: {len(names)} tensor(s) that fastllm's {cls.arch} does not use: "
                 f"{_short_names(names)}, e.g. {names[0]!r}{hint}")
 
