@@ -257,3 +257,26 @@ def test_granite_needs_logit_scale(archs, tmp_path):
                 {"granite.logit_scale": None})
     with pytest.raises(GGUFError, match="missing metadata key 'granite.logit_scale'"):
         Model.load(p, backend="reference")
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q5_0"])
+def test_row_blocks_of_a_quantized_tensor(qtype):
+    """A fused tensor's parts are byte ranges of whole rows: dequantized, they are the rows of
+    the whole as the gguf package dequantizes it (3 blocks a row here, so a part may start off
+    a 4-byte boundary)."""
+    from fastllm.gguf import TensorInfo
+    from fastllm.models.base import row_block
+    from fastllm.quants import GGMLType, dequantize
+
+    t = gguf.GGMLQuantizationType[qtype]
+    a = np.random.default_rng(5).standard_normal((12, 96)).astype(np.float32)
+    raw = gguf.quants.quantize(a, t)
+    want = gguf.quants.dequantize(raw, t)
+    info = TensorInfo("w", GGMLType[qtype], (12, 96), raw.reshape(-1), "f.gguf")
+    start = 0
+    for part, rows in (("a", 5), ("b", 4), ("c", 3)):
+        got = row_block(info, start, rows, part)
+        assert got.name == f"w[{part}]" and got.shape == (rows, 96)
+        np.testing.assert_array_equal(dequantize(got.data, got.type, got.shape),
+                                      want[start:start + rows])
+        start += rows
