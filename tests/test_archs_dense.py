@@ -311,3 +311,24 @@ def test_a_batched_step_equals_each_sequence_alone(archs, name, backend):
         one.prefill(seqs[s])
         want = one.decode(toks[row])
         np.testing.assert_allclose(got[row], want, rtol=0, atol=1e-6)
+
+
+def test_mistral3_yarn_loads_and_scales(archs, ref, tmp_path):
+    """Ministral 3's rope.scaling.type "yarn" (test_yarn.py checks the rotation against ggml):
+    the file's rope_freqs are folded into the divisors computed at load, so they count as read;
+    factor 1 is no scaling at all, another factor moves the logits."""
+    from fastllm.models.layout import YARN_FACTORS
+
+    ids = ref["mistral3-dense.gguf"]["tokens"][:24]
+    plain = Model.load(archs / "mistral3-dense.gguf", backend="reference").logits(ids)
+    out = {}
+    for factor in (1.0, 4.0):
+        p = copy_with_keys(archs / "mistral3-dense.gguf", tmp_path / f"y{factor}.gguf", {
+            "mistral3.rope.scaling.type": ("yarn", gguf.GGUFValueType.STRING),
+            "mistral3.rope.scaling.factor": (factor, F32),
+            "mistral3.rope.scaling.original_context_length": (64, gguf.GGUFValueType.UINT32)})
+        m = Model.load(p, backend="reference")
+        assert (YARN_FACTORS in m.net.w) == (factor != 1.0)
+        out[factor] = m.logits(ids)
+    np.testing.assert_array_equal(out[1.0], plain)
+    assert np.abs(out[4.0] - plain).max() > 1e-5

@@ -8,7 +8,8 @@ Llama 4's attention temperature (`attention.temperature_scale` beta non-zero): l
 multiplies the queries at position p by 1 + beta * log(1 + floor(p / n)), n being
 `rope.scaling.original_context_length`. That is exactly 1 below position n, so a model loaded
 with a context of at most n runs here unchanged; a longer context is refused. YaRN rope scaling
-(`rope.scaling.type` "yarn" with a factor) is refused by the common rope key reading.
+(Ministral 3's `rope.scaling.type` "yarn"), with the keys llama.cpp's mistral3 reads for it:
+models/layout.py.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from dataclasses import dataclass
 from ..backends.base import KVSpec
 from ..errors import UnsupportedError
 from .base import KeyReader
-from .layout import FusedQKV, LongRope, LongRopeConfig, extend_config
+from .layout import FusedQKV, LongRope, Yarn, YarnConfig, extend_config
 from .llama import Llama
 
 
 @dataclass
-class Mistral3Config(LongRopeConfig):
+class Mistral3Config(YarnConfig):
     attn_temp_scale: float = 0.0  # attention.temperature_scale; 0: none
     path: str = ""  # the file, for the error of a context too long for the above
 
 
-class Mistral3(FusedQKV, LongRope, Llama):
+class Mistral3(FusedQKV, Yarn, LongRope, Llama):
     arch = "mistral3"
     cfg: Mistral3Config
 
