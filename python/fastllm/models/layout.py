@@ -111,10 +111,10 @@ class LongRopeConfig(Config):
 
 
 class LongRope:
-    """Phi-3's long/short rope factors (see the module docstring). `ALWAYS`: the architecture
+    """Phi-3's long/short rope factors (see the module docstring). `LONGROPE_ALWAYS`: the architecture
     reads them whatever rope.scaling.type says (phi3)."""
 
-    ALWAYS = False
+    LONGROPE_ALWAYS = False
     cfg: LongRopeConfig
     w: dict[str, Weight]
 
@@ -122,7 +122,7 @@ class LongRope:
     def config(cls, md, path: str = "") -> LongRopeConfig:
         cfg = super().config(md, path)
         key = KeyReader(md, cls.arch, path)
-        longrope = cls.ALWAYS or md.get(f"{cls.arch}.rope.scaling.type") == "longrope"
+        longrope = cls.LONGROPE_ALWAYS or md.get(f"{cls.arch}.rope.scaling.type") == "longrope"
         return extend_config(cfg, LongRopeConfig,
                              n_ctx_orig=key("rope.scaling.original_context_length",
                                             cfg.n_ctx_train) or cfg.n_ctx_train,
