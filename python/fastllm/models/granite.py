@@ -134,4 +134,6 @@ class Granite(FusedQKV, LongRope, Llama):
         return self._residual(g, y)
 
     def output(self, g: Graph, x: Value) -> Value:
-        return g.scale(super().output(g, x), 1.0 / self.cfg.logit_scale)
+        y = super().output(g, x)
+        s = self.cfg.logit_scale
+        return g.scale(y, 1.0 / s) if s != 1.0 else y
