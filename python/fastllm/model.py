@@ -334,7 +334,8 @@ class Model:
     def restore_state(self, snap: dict, slot: int = 0) -> None:
         """Return slot `slot` to a snapshot taken with save_state(). For transformers the KV rows
         of the snapshot's tokens must still be in that slot's cache (no other prompt there
-        since); recurrent models restore their state buffers."""
+        since); recurrent models restore their state buffers, and hybrids (Qwen3.5: conv and
+        delta states beside attention layers' KV rows) need both."""
         slot = self._check_slot(slot)
         self.backend.set_state(snap["state"], slot)
         self._slot_tokens[slot] = list(snap["tokens"])
