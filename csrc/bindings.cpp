@@ -127,7 +127,8 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_moe_route,
                  F(n_rows) F(n_expert) F(k) F(gating) F(norm) F(has_bias) F(scale) F(_pad0))
     KARGS_STRUCT(kargs_mul_mv_id, F(n_pairs) F(k) F(m) F(K) F(x_per_pair) F(n_expert)
-                                      F(w_row_words) F(n_chunks))
+                                      F(w_row_words) F(n_chunks) F(chunk) F(_pad0) F(_pad1)
+                                          F(_pad2))
     KARGS_STRUCT(kargs_moe_ew, F(n_pairs) F(k) F(m) F(b_cols))
     return out;
 }

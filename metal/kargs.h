@@ -321,7 +321,8 @@ struct kargs_moe_route {
 // Products over each row's chosen experts (ggml's mul_mat_id): pair p = row * k + j reads
 // expert ids[p]'s matrix (rows ids[p] * m .. + m - 1 of a weight of n_expert * m rows of K
 // values) and x row p (x_per_pair) or p / k, and writes y[p * m ..]. The grouped form
-// (prefill) takes the pairs of one expert at a time from kernel_moe_group's list.
+// (prefill) takes up to `chunk` pairs of one expert a workgroup, from kernel_moe_group's list
+// and chunk table (n_chunks slots: ceil(n_pairs / chunk) + n_expert cover any split).
 struct kargs_mul_mv_id {
     uint32_t n_pairs;
     uint32_t k;
@@ -330,7 +331,11 @@ struct kargs_mul_mv_id {
     uint32_t x_per_pair;
     uint32_t n_expert;
     uint32_t w_row_words;  // 32-bit words per W row in WebGPU's repacked layout
-    uint32_t n_chunks;     // grouped form: workgroups per expert (ceil(n_rows / token rows each))
+    uint32_t n_chunks;     // grouped form: slots of the chunk table (its workgroups)
+    uint32_t chunk;        // grouped form: pairs a workgroup
+    uint32_t _pad0;
+    uint32_t _pad1;
+    uint32_t _pad2;
 };
 
 // Per-expert values over (n_pairs, m) rows (add_id, mul_id: b holds b_cols values an expert,

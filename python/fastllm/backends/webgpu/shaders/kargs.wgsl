@@ -267,6 +267,10 @@ struct kargs_mul_mv_id {
     n_expert: u32,
     w_row_words: u32,
     n_chunks: u32,
+    chunk: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct kargs_moe_ew {
