@@ -115,7 +115,7 @@ def main(argv=None) -> None:
             continue
         shares = ", ".join(f"{100 * tg * t:.0f}% at {bw}" for t, bw in zip(floors, FLOORS_TBPS))
         pps = f"pp {pp:,.0f} tok/s, " if pp is not None else ""
-        print(f"   {who}: {pps}tg {tg:,.1f} tok/s = {shares} TB/s of the floor")
+        print(f"   {who}: {pps}tg {tg:,.1f} tok/s: {shares} TB/s of the floor")
     f, ll = speeds.get("fastllm WebGPU", {}), speeds.get("llama.cpp CUDA", {})
     ratios = [f"{k} {f[k] / ll[k]:.2f}x" for k in sorted(f) if k in ll and ll[k] > 0]
     if ratios:

@@ -3,10 +3,11 @@
 # call of at most 10 minutes (../shared/bench/README.md, "Same-run peers"): carry .gpu and .peer,
 # run from the root. Random weights in real shapes (benchmarks/make_moe_gguf.py), the first layers
 # of the real width so that writing, both benches and the peer build fit the call:
-#   q30b   Qwen3-30B-A3B Q4_K_M, 12 of 48 layers (~4.7 GiB)
-#   goss   gpt-oss-20b MXFP4_MOE, 8 of 24 layers (~4.8 GiB)
-#   q35moe Qwen3.5-35B-A3B-shape Q4_K_M, 8 of 40 layers (~4.7 GiB)
-#   q35d   Qwen3.5-9B-shape Q4_K_M, 8 of 32 layers (~2.4 GiB)
+#   q30b   Qwen3-30B-A3B Q4_K_M, 12 of 48 layers (4.72 GiB; a decode step reads 647 MiB)
+#   goss   gpt-oss-20b MXFP4_MOE, 8 of 24 layers (4.52 GiB; 1,210 MiB, half of it the output)
+#   q35moe Qwen3.5-35B-A3B-shape Q4_K_M, 8 of 40 layers (4.60 GiB; 705 MiB + 25 MiB of state)
+#   q35d   Qwen3.5-9B-shape Q4_K_M, all 32 layers (5.23 GiB; 4,812 MiB + 100 MiB of state)
+# (whole models: 17.28, 11.27, 19.70 and 5.23 GiB, the sizes of the published files.)
 # The four files are written at once, one per core 0-3, while llama.cpp builds on cores 4-15;
 # then fastllm (pinned to cores 0-3) benches each, then llama-bench each once the build is done;
 # last, benchmarks/moe_decode_bytes.py prints per model the bytes a decode step reads (active
@@ -26,7 +27,7 @@ V=.peer/ggml-vocab-llama-bpe.gguf
 MODELS=${MODELS:-q30b goss q35moe q35d}
 declare -A SHAPE=([q30b]=qwen3-30b-a3b [goss]=gpt-oss-20b [q35moe]=qwen35-moe [q35d]=qwen35-dense)
 declare -A LAYERS=([q30b]=${LAYERS_q30b:-12} [goss]=${LAYERS_goss:-8} [q35moe]=${LAYERS_q35moe:-8}
-                   [q35d]=${LAYERS_q35d:-8})
+                   [q35d]=${LAYERS_q35d:-32})
 
 left() { echo $(( BUDGET - (SECONDS - t0) )); }
 # a step's timeout: at most CAP seconds, and no more than an even share of what is left for the
