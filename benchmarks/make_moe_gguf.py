@@ -38,8 +38,8 @@ default, Q6_K for the output and, in the use_more_bits layers, for attn_v or att
 layer, the attn_v category) and the ffn_down products (routed and shared); ssm_conv1d, the
 router, the 1-D tensors and the norms F32.
 
-`--layers N` writes the first N layers of the real width (whole files: 17.3, 11.3, 19.7 and 5.2 GiB, the published Q4_K_M / MXFP4 files' sizes);
-`--scale-down` shrinks every dimension (n_embd 256, small heads, 8 experts of 256, 2 used, the
+`--layers N` writes the first N layers of the real width (the whole files are 17.3, 11.3, 19.7
+and 5.2 GiB, the sizes of the published Q4_K_M and MXFP4 files of these models); `--scale-down` shrinks every dimension (n_embd 256, small heads, 8 experts of 256, 2 used, the
 vocab file's own vocabulary) for a smoke test that the file loads. The tensors are generated and
 written one at a time, so memory stays at one tensor.
 

@@ -7,7 +7,7 @@ slices, and the token embedding, of which one row. For the hybrid qwen35/qwen35m
 reads and writes each DeltaNet layer's f32 state (value heads x state_size^2) and conv state.
 The KV cache is left out (a few MiB at the depths of tg128).
 
-    python3 benchmarks/moe_decode_bytes.py FILE [--fastllm OUT.txt] [--llama OUT.txt]
+    PYTHONPATH=python python3 benchmarks/moe_decode_bytes.py FILE [--fastllm OUT] [--llama OUT]
 
 OUT.txt: the table `fastllm bench` or `llama-bench` printed (the pp/tg rows are read from it).
 """
@@ -34,34 +34,30 @@ def step_bytes(items, n_expert: int, n_used: int) -> int:
     return step
 
 
-def _meta(r, key, default=None):
-    f = r.fields.get(key)
-    if f is None:
-        return default
-    if len(f.data) > 1:
-        return [f.parts[i][0].item() for i in f.data]
-    return f.parts[f.data[0]][0].item() if f.types[0] != 8 else bytes(f.parts[-1]).decode()
-
-
 def file_step(path: str) -> dict:
-    import gguf
+    """Read with fastllm's GGUF reader (python/ on PYTHONPATH): the gguf package's takes tens of
+    seconds over a BPE vocabulary's strings."""
+    from fastllm.gguf import open_gguf
 
-    r = gguf.GGUFReader(path)
-    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
-    n_expert = int(_meta(r, f"{arch}.expert_count", 0) or 0)
-    n_used = int(_meta(r, f"{arch}.expert_used_count", 0) or 0)
-    n_layer = int(_meta(r, f"{arch}.block_count"))
-    items = [(t.name, int(t.shape[-1]), int(t.n_bytes)) for t in r.tensors]
+    f = open_gguf(path, check_types=False)
+    md = f.metadata
+    arch = md["general.architecture"]
+
+    def key(name, default=None):
+        return md.get(f"{arch}.{name}", default)
+
+    n_expert = int(key("expert_count", 0) or 0)
+    n_used = int(key("expert_used_count", 0) or 0)
+    n_layer = int(key("block_count"))
+    items = [(t.name, int(t.shape[0]), int(t.data.nbytes)) for t in f.tensors.values()]
     state = 0
     if arch in ("qwen35", "qwen35moe"):
-        flags = _meta(r, f"{arch}.attention.recurrent_layers")
-        every = int(_meta(r, f"{arch}.full_attention_interval", 4))
-        n_rec = (sum(int(x) for x in flags) if isinstance(flags, list)
+        flags = key("attention.recurrent_layers")
+        every = int(key("full_attention_interval", 4))
+        n_rec = (sum(int(x) for x in flags) if flags is not None
                  else sum((i + 1) % every != 0 for i in range(n_layer)))
-        S = int(_meta(r, f"{arch}.ssm.state_size"))
-        nv = int(_meta(r, f"{arch}.ssm.time_step_rank"))
-        nk = int(_meta(r, f"{arch}.ssm.group_count"))
-        K = int(_meta(r, f"{arch}.ssm.conv_kernel"))
+        S, nv = int(key("ssm.state_size")), int(key("ssm.time_step_rank"))
+        nk, K = int(key("ssm.group_count")), int(key("ssm.conv_kernel"))
         per_layer = 4 * (nv * S * S + (K - 1) * (2 * nk * S + nv * S))
         state = 2 * n_rec * per_layer  # read and written back
     return {"arch": arch, "n_layer": n_layer, "n_expert": n_expert, "n_used": n_used,

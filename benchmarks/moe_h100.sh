@@ -59,8 +59,22 @@ for m in $MODELS; do
   n=$((n - 1))
 done
 
+summary() {  # $1: also llama.cpp's results
+  for m in $MODELS; do
+    [ -s /tmp/$m.gguf ] && python3 benchmarks/moe_decode_bytes.py /tmp/$m.gguf \
+      --fastllm "$out/fastllm-$m.txt" ${1:+--llama "$out/llama-$m.txt"} 2>&1
+  done
+}
+summary > "$out/summary-fastllm.txt"  # kept should the build outlast the call
+
 echo "== waiting for the llama.cpp build (at $(( SECONDS - t0 )) s)"
-wait $build; echo "build rc=$?"; tail -n 1 "$out/peer-build.log"
+while kill -0 $build 2>/dev/null && (( $(left) > 40 )); do sleep 2; done
+if kill -0 $build 2>/dev/null; then
+  echo "build still running at $(( SECONDS - t0 )) s: no llama.cpp results this time"
+  kill -- -$build 2>/dev/null || kill $build
+else
+  wait $build; echo "build rc=$?"; tail -n 1 "$out/peer-build.log"
+fi
 cp /tmp/lc/build.log "$out/llama-build.log" 2>/dev/null
 n=$(echo $MODELS | wc -w)
 for m in $MODELS; do
@@ -75,7 +89,4 @@ for m in $MODELS; do
 done
 
 echo "== summary (after $(( SECONDS - t0 )) s)"
-for m in $MODELS; do
-  [ -s /tmp/$m.gguf ] && python3 benchmarks/moe_decode_bytes.py /tmp/$m.gguf \
-    --fastllm "$out/fastllm-$m.txt" --llama "$out/llama-$m.txt" 2>&1
-done | tee "$out/summary.txt"
+summary llama | tee "$out/summary.txt"
