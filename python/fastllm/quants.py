@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .quants_encode import MXFP4_KVALUES, e8m0_half
-from .quants_encode import quantize, random_blocks  # noqa: F401 (re-exported)
+from .quants_encode import MXFP4_KVALUES, e8m0_half, quantize, random_blocks  # noqa: F401 (re-exported)
 from .quants_types import (  # noqa: F401 (re-exported: fastllm.quants is the table's public path)
     GGML_BLOCK,
     QK_K,
