@@ -143,6 +143,7 @@ template [[host_name("kernel_mul_mv_q3_K_f32")]] kernel mul_mv_t kernel_mul_mv<t
 template [[host_name("kernel_mul_mv_q4_K_f32")]] kernel mul_mv_t kernel_mul_mv<type_q4_K>;
 template [[host_name("kernel_mul_mv_q5_K_f32")]] kernel mul_mv_t kernel_mul_mv<type_q5_K>;
 template [[host_name("kernel_mul_mv_q6_K_f32")]] kernel mul_mv_t kernel_mul_mv<type_q6_K>;
+template [[host_name("kernel_mul_mv_mxfp4_f32")]] kernel mul_mv_t kernel_mul_mv<type_mxfp4>;
 
 typedef decltype(kernel_mul_mv_fused<type_f32>) mul_mv_fused_t;
 
@@ -172,3 +173,5 @@ template [[host_name("kernel_mul_mv_fused_q5_K_f32")]] kernel mul_mv_fused_t
     kernel_mul_mv_fused<type_q5_K>;
 template [[host_name("kernel_mul_mv_fused_q6_K_f32")]] kernel mul_mv_fused_t
     kernel_mul_mv_fused<type_q6_K>;
+template [[host_name("kernel_mul_mv_fused_mxfp4_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_mxfp4>;

@@ -507,8 +507,8 @@ def _fused_ops(be, build, n: int) -> list[str]:
     return ops
 
 
-@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.F16],
-                         ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.F16,
+                               GGMLType.MXFP4], ids=lambda t: t.name)
 @pytest.mark.parametrize("m", [1, 3])
 def test_fused_mul_mv(gpu, t, m, rng):
     """swiglu -> mul_mat -> add and mul_mat -> add become one mat-vec dispatch each
@@ -632,7 +632,8 @@ def test_fused_rms_norm_mul_mv(gpu, t, rng):
 
 
 @pytest.mark.parametrize("types", [(GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.Q4_K),
-                                   (GGMLType.F16, GGMLType.Q5_K, GGMLType.Q4_0, GGMLType.F32)],
+                                   (GGMLType.F16, GGMLType.Q5_K, GGMLType.Q4_0, GGMLType.F32),
+                                   (GGMLType.MXFP4, GGMLType.Q8_0, GGMLType.MXFP4, GGMLType.Q6_K)],
                          ids=lambda ts: "-".join(t.name for t in ts))
 def test_fused_mul_mv_multi(gpu, types, rng, monkeypatch):
     """The mat-vecs reading one folded norm run in one dispatch per three (mul_mv_multi), the

@@ -22,6 +22,7 @@ TYPE_NAMES: dict[GGMLType, str] = {
     GGMLType.Q8_0: "q8_0", GGMLType.Q4_0: "q4_0", GGMLType.Q4_1: "q4_1",
     GGMLType.Q5_0: "q5_0", GGMLType.Q5_1: "q5_1", GGMLType.Q2_K: "q2_K",
     GGMLType.Q3_K: "q3_K", GGMLType.Q4_K: "q4_K", GGMLType.Q5_K: "q5_K", GGMLType.Q6_K: "q6_K",
+    GGMLType.MXFP4: "mxfp4",
 }
 KV_TYPES = {"f16": 2, "f32": 4}  # cache element type -> bytes
 

@@ -370,6 +370,48 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
     return dm.x * s + dm.y * hsum(sx);
 }
 
+//! section mxfp4
+// w0: 16 bytes of nibbles as q4_0 (low nibbles are weights 0..15, high ones 16..31); w1: the
+// E8M0 exponent e in the low byte of a half-word, two blocks per word (the other byte is not
+// the block's). x = kvalues[q] * 2^(e - 128), kvalues = ggml's doubled E2M1 levels
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<u32>;
+const UPB: u32 = 1u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
+    return 32u * u + 4u * j;
+}
+
+// 2^(e - 128) as ggml_e8m0_to_fp32_half builds it: e < 2 are the subnormals 2^-128, 2^-127
+fn mx_scale(i: u32) -> f32 {
+    let e = (w1[i >> 1u] >> (16u * (i & 1u))) & 0xFFu;
+    return bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u));
+}
+
+// the levels of the four nibbles at bit `shift` of each byte of w: the magnitudes
+// 0, 1, 2, 3, 4, 6, 8, 12 are the nibbles of one word (indexed by the low three bits, no table
+// in memory), the sign is bit 3
+fn mx4(w: u32, shift: u32) -> vec4<f32> {
+    let n = (lanes(w) >> vec4<u32>(shift)) & vec4<u32>(0xFu);
+    let mag = (vec4<u32>(0xC8643210u) >> ((n & vec4<u32>(7u)) * 4u)) & vec4<u32>(0xFu);
+    let v = bitcast<vec4<u32>>(vec4<f32>(mag));
+    return bitcast<vec4<f32>>(v | ((n & vec4<u32>(8u)) << vec4<u32>(28u)));
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    return mx_scale(i) * mx4(w0[i][j & 3u], select(0u, 4u, j >= 4u));
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
+    let q = w0[i];
+    var s = 0.0;
+    for (var k = 0u; k < 4u; k++) {
+        s += dot(mx4(q[k], 0u), (*xv)[k]) + dot(mx4(q[k], 4u), (*xv)[k + 4u]);
+    }
+    return mx_scale(i) * s;
+}
+
 //! section q2_K
 // Block of 256: w0 the 64 bytes of 2-bit quants (byte l of half n holds weights
 // 128n + 32t + l at bits 2t), as 8-byte pieces; w1 the 16 scale bytes (low nibble scale, high
