@@ -311,6 +311,8 @@ ATTN_CASES = {
     "window_ring": (4, 1, 16, 12, 0.0, 24, [10, 1, 11, 1, 1, 9, 1]),
     "softcap_d256": (2, 1, 256, 0, 20.0, 32, [9, 1]),
     "tiny_heads": (8, 4, 8, 0, 0.0, 64, [3, 8, 1, 1]),
+    # with a sink logit per head (gpt-oss; "sinks" cases): prefill, decode past the ring's size
+    "sinks_window_gqa": (4, 2, 32, 12, 0.0, 24, [10, 1, 11, 1, 1]),
 }
 
 
@@ -320,16 +322,20 @@ def test_attention(case, kv_type, rt_kind, policy="forward"):
     nh, nkv, hd, window, softcap, ring, lens = ATTN_CASES[case]
     n_ctx = 64
     total = sum(lens)
+    sinks = case.startswith("sinks")
     infos = [f32("q", rng.standard_normal((total, nh * hd))),
              f32("k", rng.standard_normal((total, nkv * hd))),
              f32("v", rng.standard_normal((total, nkv * hd)))]
+    if sinks:  # of the scores' size and one far above them (that head's output nearly 0)
+        infos.append(f32("sk", np.append(rng.uniform(-2.0, 3.0, nh - 1), 8.0)))
     kv = KVSpec(n_ctx, (nkv * hd,), (ring,))
 
     def build(g, w):
         q, k, v = (g.get_rows(w[n], g.tokens) for n in "qkv")
         g.kv_store(0, k, v)
         g.output("o", g.attention(q, 0, n_head=nh, n_kv_head=nkv, head_dim=hd,
-                                  scale=hd ** -0.5, window=window, softcap=softcap))
+                                  scale=hd ** -0.5, window=window, softcap=softcap,
+                                  sinks=w["sk"] if sinks else None))
 
     runs, pos = [], 0
     for n in lens:

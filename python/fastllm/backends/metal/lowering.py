@@ -397,11 +397,14 @@ class MetalLowering:
                                    f"up to {ATTN_MAX_D}) and {nh}/{at['n_kv_head']} heads")
         kc, vc, ring, _ = self._cache(at["layer"])
         rows = q.shape[0]
+        sinks = at.get("sinks")
+        sk = self._vec(sinks, q)  # gpt-oss's sink logits (q's buffer, never read, without)
         f = {"n_rows": rows, "n_head": nh, "n_kv_head": at["n_kv_head"], "head_dim": d,
-             "scale": at["scale"], "softcap": at["softcap"], "window": at["window"], "ring": ring}
+             "scale": at["scale"], "softcap": at["softcap"], "window": at["window"], "ring": ring,
+             "has_sinks": int(sinks is not None)}
         if rows >= AP_Q and not self.rows:
             self._emit(f"kernel_attn_prefill_{self.kv_type}",
-                       [self._step(), self._ref(q), kc, vc, self._ref(node.out)],
+                       [self._step(), self._ref(q), kc, vc, self._ref(node.out), sk],
                        (-(-rows // AP_Q), nh), 32, (4,), "kargs_attention", **f)
             return
         # split the visible positions so that a long context still fills the GPU; in rows
@@ -414,8 +417,9 @@ class MetalLowering:
         self._emit(f"kernel_attn_{kind}_{self.kv_type}",
                    [self.rows or self._step(), self._ref(q), kc, vc, part],
                    (ns, nh, rows), 32, (4,), "kargs_attention", **f)
-        self._emit("kernel_attn_reduce_f32", [part, self._ref(node.out)], (nh, rows), 32, (1,),
-                   "kargs_attn_reduce", n_rows=rows, n_head=nh, head_dim=d, n_splits=ns)
+        self._emit("kernel_attn_reduce_f32", [part, self._ref(node.out), sk], (nh, rows), 32,
+                   (1,), "kargs_attn_reduce", n_rows=rows, n_head=nh, head_dim=d, n_splits=ns,
+                   has_sinks=f["has_sinks"])
         self.arena.release(part.offset, nb)
 
     def _argmax(self, node) -> None:
