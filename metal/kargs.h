@@ -284,3 +284,42 @@ struct kargs_sample_row {
                         // (masks[row * ceil(n_cols / 32) ..], bit t % 32 of word t / 32) can be
                         // chosen (a grammar's constraint); 0: every token
 };
+
+// -- mixture of experts (metal/moe.metal, shaders/moe.wgsl, shaders/mul_mv_id.wgsl) ------------
+
+// The router (Graph.moe_route): for each of n_rows rows of n_expert logits, the k experts of the
+// largest probabilities (+ the selection bias where has_bias) and their weights.
+struct kargs_moe_route {
+    uint32_t n_rows;
+    uint32_t n_expert;
+    uint32_t k;
+    uint32_t gating;    // 0: softmax; 1: sigmoid; 2: softmax over the chosen logits (gpt-oss)
+    uint32_t norm;      // 1: weights / max(sum of weights, 2^-14)
+    uint32_t has_bias;
+    float scale;        // the weights' multiplier
+    uint32_t _pad0;
+};
+
+// Products over each row's chosen experts (ggml's mul_mat_id): pair p = row * k + j reads
+// expert ids[p]'s matrix (rows ids[p] * m .. + m - 1 of a weight of n_expert * m rows of K
+// values) and x row p (x_per_pair) or p / k, and writes y[p * m ..]. The grouped form
+// (prefill) takes the pairs of one expert at a time from kernel_moe_group's list.
+struct kargs_mul_mv_id {
+    uint32_t n_pairs;
+    uint32_t k;
+    uint32_t m;
+    uint32_t K;
+    uint32_t x_per_pair;
+    uint32_t n_expert;
+    uint32_t w_row_words;  // 32-bit words per W row in WebGPU's repacked layout
+    uint32_t n_chunks;     // grouped form: workgroups per expert (ceil(n_rows / token rows each))
+};
+
+// Per-expert values over (n_pairs, m) rows (add_id, mul_id: b holds b_cols values an expert,
+// m or 1) and the weighted sum of each row's k expert outputs (moe_sum: n_pairs / k rows of m).
+struct kargs_moe_ew {
+    uint32_t n_pairs;
+    uint32_t k;
+    uint32_t m;
+    uint32_t b_cols;
+};

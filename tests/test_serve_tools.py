@@ -117,3 +117,32 @@ def test_bad_tools(client):
     with pytest.raises(openai.BadRequestError, match="tools"):
         client.chat.completions.create(model="stories260K", messages=ASK,
                                        tools=[{"type": "function", "function": {}}])
+
+
+@pytest.mark.parametrize("template", ["openai-gpt-oss-120b", "google-gemma-4-31B-it"])
+def test_forced_call_in_a_templates_own_format(stories260k, data_dir, template):
+    """gpt-oss's harmony channels and Gemma 4's argument syntax through the server: the model's
+    template in place of stories260K's, a forced call (streamed and not) whose arguments
+    validate, and its result sent back as a role "tool" message, which the template renders."""
+    from fastllm.chat import ChatTemplate
+
+    m = Model.load(stories260k, backend="reference", n_ctx=2048, quiet=True)
+    m._chat = ChatTemplate((data_dir / "templates" / f"{template}.jinja").read_text(), "<s>",
+                           "</s>")
+    with Engine(m) as eng, serving(eng) as base:
+        c = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        kw = {"model": "stories260K", "messages": ASK, "tools": [ADD, NOTE], "max_tokens": 100,
+              "temperature": 0.7, "seed": 3,
+              "tool_choice": {"type": "function", "function": {"name": "add"}}}
+        r = c.chat.completions.create(**kw)
+        (call,) = r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "add"
+        jsonschema.validate(json.loads(call.function.arguments), ADD["function"]["parameters"])
+        streamed = "".join(tc.function.arguments or "" for chunk in c.chat.completions.create(
+            stream=True, **kw) for tc in chunk.choices[0].delta.tool_calls or [])
+        assert json.loads(streamed) == json.loads(call.function.arguments)
+        msgs = ASK + [r.choices[0].message.model_dump(exclude_none=True),
+                      {"role": "tool", "tool_call_id": call.id, "content": "5"}]
+        r2 = c.chat.completions.create(model="stories260K", messages=msgs, tools=[ADD, NOTE],
+                                       max_tokens=8, temperature=0)
+        assert r2.choices[0].message.role == "assistant"

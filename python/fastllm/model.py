@@ -91,8 +91,9 @@ class Model:
         n_batch = max(1, min(n_batch, n_ctx))
         be = create_backend(backend)
         try:
+            infos = arch_cls.weight_infos(cfg, f)  # fused tensors as their parts
             weights = {name: be.load_weight(info) for name, info in
-                       progress.tensors(f.tensors, os.path.basename(f.path), quiet)}
+                       progress.tensors(infos, os.path.basename(f.path), quiet)}
             net = arch_cls(cfg, weights)
             try:
                 # recording the decode graph checks every tensor's shape against the config:
@@ -477,6 +478,17 @@ class Model:
         if (isinstance(messages, (list, tuple)) and messages
                 and all(isinstance(c, (list, tuple)) for c in messages)):
             return self.generate([self.chat_prompt(c) for c in messages], **sampling)
+        from .tools import tool_format
+
+        if tool_format(self.chat_template().source) == "harmony":
+            # gpt-oss answers in channels: the reply is its content, without the reasoning
+            from . import structured
+            from .constrain import compile_constraint
+
+            stream = sampling.pop("stream", False)
+            cons = {k: sampling.pop(k, None) for k in ("json_schema", "regex", "grammar")}
+            c = compile_constraint(self.tokenizer, self.n_vocab, **cons)
+            return structured.channel_chat(self, messages, stream, c, **sampling)
         return self.generate(self.chat_prompt(messages), **sampling)
 
     def chat_template(self):

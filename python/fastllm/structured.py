@@ -62,10 +62,12 @@ def generate(model: Any, prompt: Any, constraint: Any, stream: bool, **kw):
 def chat(model: Any, messages: Sequence[dict], tools: Any, tool_choice: Any, stream: bool,
          constraint: Any, **kw):
     """Model.chat with tools: OpenAI's assistant message ({"role": "assistant", "content",
-    "tool_calls"}), or with stream=True an iterator of OpenAI's deltas ({"content": text} or
-    {"tool_calls": [{"index", "id", "type", "function": {"name", "arguments"}}]})."""
+    "tool_calls"}, and "reasoning_content" where the model's reasoning is a channel of its own:
+    gpt-oss), or with stream=True an iterator of OpenAI's deltas ({"content": text},
+    {"reasoning_content": text} or {"tool_calls": [{"index", "id", "type", "function":
+    {"name", "arguments"}}]})."""
     from .constrain import compile_constraint
-    from .tools import ToolParser, check_tools, prepare_messages, tool_format, tool_grammar
+    from .tools import check_tools, prepare_messages, tool_format, tool_grammar, tool_parser
 
     tools, forced = check_tools(tools, tool_choice)
     if constraint is not None and forced is not None:
@@ -81,7 +83,9 @@ def chat(model: Any, messages: Sequence[dict], tools: Any, tool_choice: Any, str
                                                              model.tokenizer))
     ids = model.chat_prompt(prepare_messages(messages, tools if use else None, fmt), **extra)
     eng, req = _run(model, ids, constraint, kw)
-    parser = ToolParser(model.tokenizer, fmt, tools if use else [])
+    parser = tool_parser(model.tokenizer, fmt, tools if use else [])
+    # gpt-oss's channels are parsed with or without tools: its reasoning is not content
+    use = use or fmt == "harmony"
 
     def deltas() -> Iterator[dict]:
         n = 0
@@ -105,6 +109,33 @@ def chat(model: Any, messages: Sequence[dict], tools: Any, tool_choice: Any, str
     return parser.message()
 
 
+def channel_chat(model: Any, messages: Sequence[dict], stream: bool, constraint: Any, **kw):
+    """Model.chat without tools on a template whose replies are channels (gpt-oss's harmony):
+    the text of the reply's content, or a Generation of its pieces; the reasoning is left out
+    (Model.chat with tools gives it as reasoning_content)."""
+    from .tools import tool_parser
+
+    eng, req = _run(model, model.chat_prompt(messages), constraint, kw)
+    parser = tool_parser(model.tokenizer, "harmony")
+
+    def body():
+        n = 0
+        try:
+            for _ in req:  # wakes as tokens arrive; the parser reads the ids
+                got = req.token_ids[n:]
+                n += len(got)
+                yield from (e[1] for e in parser.feed(got) if e[0] == "content")
+            events = parser.feed(req.token_ids[n:]) + parser.finish()
+            yield from (e[1] for e in events if e[0] == "content")
+            return req.finish_reason
+        finally:
+            req.cancel()
+            eng.close()
+
+    gen = RequestGeneration(body(), req)
+    return gen if stream else "".join(gen)
+
+
 def _plain(parser: Any, ids) -> list[tuple]:
     """tool_choice "none": every token is content."""
     if ids is None:
@@ -121,9 +152,11 @@ def _as_deltas(events: list[tuple]) -> Iterator[dict]:
     for e in events:
         if e[0] == "content":
             yield {"content": e[1]}
+        elif e[0] == "reasoning":
+            yield {"reasoning_content": e[1]}
         else:
             _, index, call = e
             yield {"tool_calls": [{"index": index, **call}]}
 
 
-__all__ = ["RequestGeneration", "chat", "generate"]
+__all__ = ["RequestGeneration", "channel_chat", "chat", "generate"]

@@ -232,6 +232,73 @@ class Graph:
         """Index of each row's maximum (first on ties): int32 (n,)."""
         return self._add("argmax", (x,), (x.shape[0],), "i32")
 
+    # -- mixture-of-experts ops ----------------------------------------------------------------
+    # llama.cpp's build_moe_ffn (src/llama-graph.cpp) as separate ops: the router's choice
+    # (moe_route), products over each row's chosen experts only (matmul_id, ggml's mul_mat_id),
+    # per-expert biases and scales (add_id, mul_id) and the weighted sum (moe_sum). Values of
+    # the experts are (n, k, m): row i, its j-th chosen expert. Element-wise ops (swiglu, ...)
+    # take them as n*k rows.
+
+    GATINGS = ("softmax", "sigmoid", "softmax_weight")
+
+    def moe_route(self, logits: Value, k: int, *, gating: str = "softmax", norm: bool = False,
+                  scale: float = 1.0, bias: Weight | None = None) -> tuple[Value, Value]:
+        """The experts of each row of the router's logits (n, E) and their weights:
+        (ids (n, k) int32, weights (n, k) float32). probs = softmax(logits) ("softmax"),
+        sigmoid(logits) ("sigmoid") or the logits themselves ("softmax_weight", gpt-oss); the
+        k experts of the largest probs + bias (bias: E values, DeepSeek V3's selection bias,
+        which chooses but does not weigh), in descending order, the lower index first on ties;
+        weights = probs of those experts ("softmax_weight": the softmax over the k chosen
+        logits); with norm, weights / max(sum(weights), 2^-14) (ggml clamps the sum to the
+        smallest normal f16); then * scale."""
+        n_expert = logits.cols
+        _require(gating in self.GATINGS, "gating in GATINGS", lambda: gating)
+        _require(0 < k <= n_expert, "0 < k <= n_expert", lambda: (k, logits.shape))
+        _require(bias is None or math.prod(bias.shape) == n_expert, "len(bias) == n_expert",
+                 lambda: (bias.name, bias.shape, n_expert))
+        n = logits.shape[0]
+        weights = self._value((n, k))
+        ids = self._add("moe_route", (logits, bias), (n, k), "i32", k=int(k), gating=gating,
+                        norm=bool(norm), scale=float(scale), also_out=[weights])
+        return ids, weights
+
+    def matmul_id(self, x: Value, w: Weight, ids: Value) -> Value:
+        """out[i, j] = w[ids[i, j]] @ x[i] (x (n, d)), or @ x[i, j] (x (n, k, d)): w is (E, m,
+        d) in any supported type, ids (n, k) int32 -> (n, k, m). ggml's mul_mat_id: only the
+        chosen experts' rows are read."""
+        _require(len(w.shape) == 3 and w.shape[-1] == x.cols, "w is (E, m, x.cols)",
+                 lambda: (w.name, w.shape, x.shape))
+        n, k = ids.shape
+        _require(ids.dtype == "i32" and x.shape[0] == n
+                 and (len(x.shape) == 2 or tuple(x.shape[:2]) == (n, k)),
+                 "x is (n, d) or (n, k, d) for ids (n, k)", lambda: (x.shape, ids.shape))
+        out = self._add("mul_mat_id", (x, w, ids), (n, k, w.shape[1]))
+        out.src = w.name
+        return out
+
+    def _per_expert(self, op: str, y: Value, b: Weight, ids: Value) -> Value:
+        _require(len(y.shape) == 3 and tuple(y.shape[:2]) == tuple(ids.shape),
+                 "y is (n, k, m) for ids (n, k)", lambda: (y.shape, ids.shape))
+        m = math.prod(b.shape[1:])
+        _require(len(b.shape) >= 1 and m in (1, y.cols), "b is (E, m) or (E,)",
+                 lambda: (b.name, b.shape, y.shape))
+        return self._add(op, (y, b, ids), y.shape)
+
+    def add_id(self, y: Value, b: Weight, ids: Value) -> Value:
+        """y[i, j] + b[ids[i, j]]: b is (E, m), the biases of each expert (gpt-oss)."""
+        return self._per_expert("add_id", y, b, ids)
+
+    def mul_id(self, y: Value, s: Weight, ids: Value) -> Value:
+        """y[i, j] * s[ids[i, j]]: s is (E,) (one multiplier an expert, broadcast over the row:
+        llama.cpp's per-expert `.scale`, build_lora_mm_id) or (E, m)."""
+        return self._per_expert("mul_id", y, s, ids)
+
+    def moe_sum(self, y: Value, weights: Value) -> Value:
+        """sum over j of weights[i, j] * y[i, j]: y (n, k, d), weights (n, k) -> (n, d)."""
+        _require(len(y.shape) == 3 and tuple(y.shape[:2]) == tuple(weights.shape),
+                 "y is (n, k, d) for weights (n, k)", lambda: (y.shape, weights.shape))
+        return self._add("moe_sum", (y, weights), (y.shape[0], y.cols))
+
     # -- recurrent-model ops -------------------------------------------------------------------
     # RWKV-6 and RWKV-7 (models/rwkv6.py, rwkv7.py). Rows are tokens in order. Ops marked
     # "state" read and update a named float32 buffer of KVSpec.state (zero at the start of a

@@ -206,6 +206,46 @@ def wkv7_bonus(r: np.ndarray, k: np.ndarray, v: np.ndarray, r_k: np.ndarray,
     return (v.reshape(n, -1, head_size) * dots).reshape(n, c)
 
 
+# -- mixture-of-experts ops (their meaning is in the Graph docstrings of base.py) ------------
+
+def moe_route(logits: np.ndarray, bias: np.ndarray | None, k: int, gating: str, norm: bool,
+              scale: float) -> tuple[np.ndarray, np.ndarray]:
+    x = logits.astype(np.float64)
+    if gating == "softmax":
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        probs = e / e.sum(axis=-1, keepdims=True)
+    elif gating == "sigmoid":
+        probs = 1.0 / (1.0 + np.exp(-x))
+    else:  # softmax_weight: chosen by logit, weighed by the softmax of the chosen
+        probs = x
+    sel = probs if bias is None else probs + bias.reshape(-1).astype(np.float64)
+    # descending, the lower index first among equals (a stable sort of the negated values)
+    ids = np.argsort(-sel, axis=-1, kind="stable")[:, :k]
+    w = np.take_along_axis(probs, ids, axis=-1)
+    if gating == "softmax_weight":
+        e = np.exp(w - w.max(axis=-1, keepdims=True))
+        w = e / e.sum(axis=-1, keepdims=True)
+    if norm:
+        w = w / np.maximum(w.sum(axis=-1, keepdims=True), 6.103515625e-5)
+    return ids.astype(np.int32), (w * scale).astype(np.float32)
+
+
+def mul_mat_id(x: np.ndarray, w: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    n, k = ids.shape
+    out = np.empty((n, k, w.shape[1]), np.float32)
+    xs = x if x.ndim == 3 else np.broadcast_to(x[:, None, :], (n, k, x.shape[-1]))
+    for e in np.unique(ids):  # each expert once, over the rows that chose it
+        r, j = np.nonzero(ids == e)
+        out[r, j] = xs[r, j] @ w[e].T
+    return out
+
+
+def per_expert(b: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """b (E, m) or (E,) -> (n, k, m or 1): b's row for each (i, j) of ids (broadcasts over a
+    (n, k, m) value)."""
+    return b.reshape(b.shape[0], -1)[ids]
+
+
 class _RefProgram(Program):
     def __init__(self, backend: ReferenceBackend, graph: Graph):
         self.b, self.g = backend, graph
@@ -310,6 +350,18 @@ class _RefProgram(Program):
                 r = self._per_slot(wkv7, args, val, at["state"], slots, at["head_size"])
             elif op == "wkv7_bonus":
                 r = wkv7_bonus(*(val(t) for t in args), at["head_size"])
+            elif op == "moe_route":
+                bias = val(args[1]) if args[1] is not None else None
+                r, env[at["also_out"][0].id] = moe_route(val(args[0]), bias, at["k"],
+                                                         at["gating"], at["norm"], at["scale"])
+            elif op == "mul_mat_id":
+                r = mul_mat_id(val(args[0]), val(args[1]), val(args[2]))
+            elif op == "add_id":
+                r = val(args[0]) + per_expert(val(args[1]), val(args[2]))
+            elif op == "mul_id":
+                r = val(args[0]) * per_expert(val(args[1]), val(args[2]))
+            elif op == "moe_sum":
+                r = np.einsum("nkd,nk->nd", val(args[0]), val(args[1]))
             else:
                 raise NotImplementedError(f"reference backend: op {op!r}")
             env[node.out.id] = np.ascontiguousarray(r, dtype=np.int32 if node.out.dtype == "i32"

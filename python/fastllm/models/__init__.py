@@ -6,15 +6,21 @@ from __future__ import annotations
 from ..errors import UnsupportedError
 from .base import Architecture
 from .gemma3 import Gemma3
+from .granite import Granite
 from .llama import Llama
+from .mistral3 import Mistral3
+from .phi3 import Phi3
 from .qwen2 import Qwen2
 from .qwen3 import Qwen3
+from .qwen3moe import Qwen3Moe
 from .rwkv6 import Rwkv6
 from .rwkv7 import Rwkv7
+from .smollm3 import SmolLM3
 
 ARCHITECTURES: dict[str, type[Architecture]] = {
-    cls.arch: cls for cls in (Llama, Qwen2, Qwen3, Gemma3, Rwkv6, Rwkv7)
+    cls.arch: cls for cls in (Llama, Qwen2, Qwen3, Qwen3Moe, Gemma3, Rwkv6, Rwkv7)
 }
+ARCHITECTURES.update({cls.arch: cls for cls in (Phi3, SmolLM3, Granite, Mistral3)})
 
 
 def architecture_for(arch: str, path: str = "") -> type[Architecture]:

@@ -18,14 +18,17 @@ import numpy as np
 
 from ..backends.base import Graph, KVSpec, Value, Weight
 from ..errors import GGUFError, UnsupportedError
-from ..gguf import GGUFFile
+from ..gguf import GGUFFile, TensorInfo
 from ..quants import dequantize
 
 # llama.cpp's generic loading pass (llama-model.cpp, after each architecture's own tensors) also
 # loads, for each layer matrix it created, an optional `.input_scale`: NVFP4's activation scale.
 # No llama.cpp graph reads it (ggml's products do not quantize activations), so it changes nothing
 # there, and nothing here.
-INPUT_SCALED = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+INPUT_SCALED = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
+                "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+# llama.cpp's LLAMA_MAX_EXPERTS
+MAX_EXPERTS = 512
 
 
 @dataclass
@@ -51,6 +54,9 @@ class Config:
     rope_attn_factor: float = 1.0
     # per-tensor multipliers (`*.scale`, shape {1}) read from the file at load: tensor -> value
     scalars: dict[str, float] = field(default_factory=dict)
+    # mixture of experts (expert_count, expert_used_count; 0 for a dense model)
+    n_expert: int = 0
+    n_expert_used: int = 0
 
     @classmethod
     def from_gguf(cls, md: dict[str, Any], path: str = "") -> Config:
@@ -79,7 +85,14 @@ class Config:
             rope_freq_scale=rope_freq_scale(key, md, arch, path),
             sliding_window=key("attention.sliding_window", 0),
             rope_attn_factor=key("rope.scaling.attn_factor", 1.0, float),
+            n_expert=key("expert_count", 0), n_expert_used=key("expert_used_count", 0),
         )
+        # llama.cpp's load_hparams asserts these for every architecture
+        if not (0 <= cfg.n_expert_used <= cfg.n_expert <= MAX_EXPERTS
+                and (cfg.n_expert_used > 0) == (cfg.n_expert > 0)):
+            raise GGUFError(f"{path}: bad {arch}.expert_count {cfg.n_expert} / "
+                            f"expert_used_count {cfg.n_expert_used} (0 for a dense model, else "
+                            f"1 <= used <= count <= {MAX_EXPERTS})")
         if (cfg.n_head_kv <= 0 or cfg.n_head % cfg.n_head_kv or cfg.n_layer <= 0
                 or cfg.n_rot > cfg.head_dim or cfg.n_rot % 2):
             raise GGUFError(f"{path}: inconsistent attention shape (heads {cfg.n_head}, kv heads "
@@ -192,6 +205,34 @@ class Architecture(ABC):
         return []
 
     @classmethod
+    def fused_tensors(cls, cfg: Config) -> dict[str, tuple[tuple[str, int], ...]]:
+        """Fused tensors (llama.cpp's `attn_qkv`, phi3's gate+up `ffn_up`) that the graph reads
+        as separate row blocks: name -> ((part, rows), ...) in storage order. Each part is
+        loaded as a tensor of its own, `name[part]`, over the same bytes of the file, so the
+        products stay ordinary ones (and fuse as the unfused layout's do) and no op splits
+        activations."""
+        return {}
+
+    @classmethod
+    def weight_infos(cls, cfg: Config, f: GGUFFile) -> dict[str, TensorInfo]:
+        """The tensors a backend loads: the file's, each fused one (fused_tensors) that the file
+        has replaced by its parts."""
+        fused = cls.fused_tensors(cfg)
+        out: dict[str, TensorInfo] = {}
+        for name, info in f.tensors.items():
+            if name not in fused:
+                out[name] = info
+                continue
+            start = 0
+            for part, rows in fused[name]:
+                out[part_name(name, part)] = row_block(info, start, rows, part)
+                start += rows
+            if start != info.shape[0]:
+                raise GGUFError(f"{f.path}: tensor {name!r} has {info.shape[0]} rows, expected "
+                                f"{start} ({' + '.join(f'{p} {r}' for p, r in fused[name])})")
+        return out
+
+    @classmethod
     def check_tensors(cls, cfg: Config, f: GGUFFile) -> None:
         """Account for every tensor of f before anything is allocated: a tensor that is neither
         used nor on the ignored list is an UnsupportedError naming it; a missing required one a
@@ -209,7 +250,7 @@ class Architecture(ABC):
         for name in cls.scalar_tensors(cfg):
             if name in f.tensors:
                 cfg.scalars[name] = read_scalar(f, name)
-        stubs = {n: Weight(n, t.type, t.shape) for n, t in f.tensors.items()}
+        stubs = {n: Weight(n, t.type, t.shape) for n, t in cls.weight_infos(cfg, f).items()}
         try:
             net = cls(cfg, stubs)
             g = net.build(1, False)
@@ -217,6 +258,9 @@ class Architecture(ABC):
             raise GGUFError(f"{f.path}: {e}") from None
         used = {a.name for node in g.nodes for a in node.args if isinstance(a, Weight)}
         used |= net.scalars_read
+        # a fused tensor is used when the graph reads every one of its parts
+        used |= {n for n, parts in cls.fused_tensors(cfg).items()
+                 if all(part_name(n, p) in used for p, _ in parts)}
         unused = [n for n in f.tensors if n not in used and n not in ignored]
         if unused:
             raise UnsupportedError(cls._unused_message(cfg, f, unused))
@@ -245,6 +289,25 @@ class Architecture(ABC):
         g = Graph(n_tokens, rows=rows)
         g.output("logits", self.forward(g, all_logits))
         return g
+
+
+def part_name(name: str, part: str) -> str:
+    """The name a fused tensor's part is loaded under: `blk.0.attn_qkv.weight[q]`."""
+    return f"{name}[{part}]"
+
+
+def row_block(info: TensorInfo, start: int, rows: int, part: str) -> TensorInfo:
+    """Rows start..start+rows of a tensor (elements, for a vector) as a view of its bytes,
+    named as its part: a row of a GGUF matrix is whole blocks, contiguous, so a row range is a
+    byte range."""
+    n = info.shape[0]
+    unit, rem = divmod(int(info.data.nbytes), n)
+    if rem or len(info.shape) > 2:
+        raise UnsupportedError(f"{info.file}: tensor {info.name!r} ({info.type.name}, shape "
+                               f"{info.shape}) cannot be split into row blocks")
+    return TensorInfo(part_name(info.name, part), info.type,
+                      (rows, *info.shape[1:]), info.data[start * unit:(start + rows) * unit],
+                      info.file)
 
 
 def read_scalar(f: GGUFFile, name: str) -> float:

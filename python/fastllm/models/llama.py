@@ -17,6 +17,7 @@ import math
 from ..backends.base import Graph, Value, Weight
 from ..errors import GGUFError
 from .base import INPUT_SCALED, Architecture, Config
+from .moe import Routing, moe_ffn, moe_tensors
 
 ATTN = ("attn_q", "attn_k", "attn_v", "attn_output")
 FFN = ("ffn_gate", "ffn_up", "ffn_down")
@@ -42,11 +43,26 @@ class Llama(Architecture):
                             f"the head size {cfg.head_dim}")
         return cfg
 
+    # the router of MoE layers (expert_count > 0; Mixtral's layout): llama.cpp's llama graph
+    # passes softmax gating and normalized weights to build_moe_ffn as constants
+    ROUTING = Routing(gating="softmax", norm=True)
+
+    @classmethod
+    def required_tensors(cls, cfg: Config) -> list[str]:
+        names = super().required_tensors(cfg)
+        if not cfg.n_expert:
+            return names
+        dense = {f"blk.{i}.{t}.weight" for i in range(cfg.n_layer) for t in FFN}
+        return [n for n in names if n not in dense] + [
+            n for i in range(cfg.n_layer) for n in moe_tensors(cfg, i)[0]]
+
     @classmethod
     def optional_tensors(cls, cfg: Config) -> list[str]:
         names = list(cls.GLOBAL_OPTIONAL)
         for i in range(cfg.n_layer):
             names += [f"blk.{i}.{t}.bias" for t in cls.BIASED]
+            if cfg.n_expert:
+                names += moe_tensors(cfg, i)[1]
         return names
 
     @classmethod
@@ -77,11 +93,13 @@ class Llama(Architecture):
             y = g.scale(y, s)
         return y
 
+    def qkv(self, g: Graph, x: Value, i: int) -> tuple[Value, Value, Value]:
+        p = f"blk.{i}."
+        return tuple(self.product(g, x, p + t) for t in ("attn_q", "attn_k", "attn_v"))
+
     def attention_block(self, g: Graph, x: Value, i: int) -> Value:
         c, p = self.cfg, f"blk.{i}."
-        q = self.product(g, x, p + "attn_q")
-        k = self.product(g, x, p + "attn_k")
-        v = self.product(g, x, p + "attn_v")
+        q, k, v = self.qkv(g, x, i)
         qn, kn = self.opt(p + "attn_q_norm.weight"), self.opt(p + "attn_k_norm.weight")
         if qn is not None:
             q = g.rms_norm(q, qn, c.rms_eps, group=c.head_dim)
@@ -95,13 +113,18 @@ class Llama(Architecture):
 
     def rope(self, g: Graph, x: Value, n_head: int, layer: int) -> Value:
         c = self.cfg
-        ff = self.opt("rope_freqs.weight") if "rope_freqs.weight" in self.GLOBAL_OPTIONAL else None
         y = g.rope(x, n_head=n_head, head_dim=c.head_dim, n_rot=c.n_rot,
                    base=self.rope_base(layer), freq_scale=self.rope_scale(layer),
-                   neox=self.rope_neox, freq_factors=ff)
+                   neox=self.rope_neox, freq_factors=self.rope_factors(layer))
         if c.rope_attn_factor != 1.0:  # ggml's rope multiplies cos and sin by it
             y = g.scale(y, c.rope_attn_factor)
         return y
+
+    def rope_factors(self, layer: int) -> Weight | None:
+        """The frequency divisors of the layer's rope (llama3-style `rope_freqs`), or None."""
+        if "rope_freqs.weight" in self.GLOBAL_OPTIONAL:
+            return self.opt("rope_freqs.weight")
+        return None
 
     def rope_base(self, layer: int) -> float:
         return self.cfg.rope_base
@@ -116,6 +139,8 @@ class Llama(Architecture):
         return 0
 
     def ffn_block(self, g: Graph, x: Value, i: int) -> Value:
+        if self.cfg.n_expert:
+            return moe_ffn(self, g, x, i, self.ROUTING)
         p = f"blk.{i}."
         gate = self.product(g, x, p + "ffn_gate", bias_then_scale=True)
         up = self.product(g, x, p + "ffn_up", bias_then_scale=True)

@@ -205,7 +205,7 @@ def create_app(engine: Any, *, model_name: str | None = None, api_key: str | Non
         if p.echo:
             echoes = [x if isinstance(x, str) else m.detokenize(x) for x in p.prompts]
         choices = [Choice(i, r, echoes[i // p.n]) for i, r in enumerate(reqs)]
-        if p.tools:  # the calls parsed out of each choice (tool_calls.py)
+        if p.tools or (kind == "chat" and _harmony(m)):  # calls parsed out of each choice
             from .tool_calls import ToolReply
 
             reply = ToolReply(kind, choices, p, st.name, st.token, st.metrics.generated,
@@ -315,6 +315,14 @@ def _prompt_ids(m: Any, prompts: list[Any], kind: str, p: Any = None) -> list[li
         except ValueError as e:  # ArgumentError: llguidance's reason
             raise P.bad("response_format", str(e), "invalid_value") from None
     return ids
+
+
+def _harmony(m: Any) -> bool:
+    """A gpt-oss template: its replies' channels are parsed (reasoning is not content) with or
+    without tools (tool_calls.py)."""
+    from ..tools import tool_format
+
+    return tool_format(m.chat_template().source) == "harmony"
 
 
 def _check_context(n_ctx: int, n_prompt: int, p: P.Params, explicit: bool, kind: str) -> None:

@@ -40,10 +40,13 @@ class ToolReply(Reply):
 
     def __init__(self, *args, tokenizer: Any, template: str, tool_choice: Any = None, **kw):
         super().__init__(*args, **kw)
-        self.fmt = T.tool_format(template) if tool_choice != "none" else None
-        tools = self.p.tools or []
-        self.parsers = {c.index: T.ToolParser(tokenizer, self.fmt or "generic",
-                                              tools if self.fmt else []) for c in self.choices}
+        fmt = T.tool_format(template)
+        # tool_choice "none": every token is text, except gpt-oss's channels (its reasoning is
+        # not content with or without tools)
+        self.fmt = fmt if tool_choice != "none" or fmt == "harmony" else None
+        tools = (self.p.tools or []) if tool_choice != "none" else []
+        self.parsers = {c.index: T.tool_parser(tokenizer, self.fmt or "generic", tools)
+                        for c in self.choices}
         self.fed = {c.index: 0 for c in self.choices}
 
     def _events_of(self, c: Any, final: bool) -> list[tuple]:
@@ -78,6 +81,9 @@ class ToolReply(Reply):
                         c.text += e[1]
                         yield self._delta_chunk(c, {"content": e[1]})
                         continue
+                    if e[0] == "reasoning":
+                        yield self._delta_chunk(c, {"reasoning_content": e[1]})
+                        continue
                     _, index, call = e
                     yield self._delta_chunk(c, {"tool_calls": [{
                         "index": index, "id": call["id"], "type": "function",
@@ -108,6 +114,9 @@ class ToolReply(Reply):
                    "refusal": None}
             if calls:
                 msg["tool_calls"] = calls
+            reasoning = getattr(self.parsers[c.index], "reasoning", "")
+            if reasoning:
+                msg["reasoning_content"] = reasoning
             choice["message"] = msg
             choice["finish_reason"] = self._finish(c)
         return out

@@ -24,6 +24,7 @@ from .attention import AttentionOps
 from .device import Device
 from .loops import DeviceLoops
 from .matmul import MV_MAX_M, MatmulOps
+from .moe import MoeOps  # mixture of experts
 from .rwkv import RwkvOps  # RWKV: the recurrent-model ops' lowering
 
 try:  # wgpu-native's raw C entry points: a dispatch costs ~0.5 us through them instead of ~8
@@ -39,7 +40,7 @@ def _nbytes(v: Value) -> int:
     return math.prod(v.shape) * 4
 
 
-class WebGPUProgram(MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
+class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
     """A graph compiled for one WebGPU device; run() replays it."""
 
     def __init__(self, backend: Device, graph: Graph):

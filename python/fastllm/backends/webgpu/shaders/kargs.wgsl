@@ -232,3 +232,32 @@ struct kargs_sample_row {
     logprobs: i32,
     mask: u32,
 }
+
+struct kargs_moe_route {
+    n_rows: u32,
+    n_expert: u32,
+    k: u32,
+    gating: u32,
+    norm: u32,
+    has_bias: u32,
+    scale: f32,
+    _pad0: u32,
+}
+
+struct kargs_mul_mv_id {
+    n_pairs: u32,
+    k: u32,
+    m: u32,
+    K: u32,
+    x_per_pair: u32,
+    n_expert: u32,
+    w_row_words: u32,
+    n_chunks: u32,
+}
+
+struct kargs_moe_ew {
+    n_pairs: u32,
+    k: u32,
+    m: u32,
+    b_cols: u32,
+}

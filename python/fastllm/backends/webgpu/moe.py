@@ -1,0 +1,110 @@
+"""Mixture-of-experts lowering of the WebGPU backend, as a mixin of WebGPUProgram: the router
+(moe.wgsl's kernel_moe_route_f32), products over each row's chosen experts (mul_mv_id.wgsl: a
+workgroup per pair for one token row, grouped by expert beyond), per-expert biases and
+multipliers and the weighted sum (moe.wgsl)."""
+
+from __future__ import annotations
+
+import math
+
+from ...errors import UnsupportedError
+from ...quants import GGMLType
+from ..base import Node
+from . import repack
+from .matmul import MV_MAX_M, _guard_k, mv_shape
+
+MAX_E = 512  # moe.wgsl's MAX_E (llama.cpp's LLAMA_MAX_EXPERTS)
+MAX_K = 64  # moe.wgsl's MAX_K
+GATING = {"softmax": 0, "sigmoid": 1, "softmax_weight": 2}  # kargs_moe_route.gating
+
+
+class MoeOps:
+    """The MoE ops of WebGPUProgram (uses its _arg, _dispatch, _grid1, buf, slots and be)."""
+
+    @staticmethod
+    def _grouped(node: Node) -> bool:
+        """Whether a mul_mat_id takes the grouped kernel: more than one token row."""
+        return node.op == "mul_mat_id" and node.args[2].shape[0] > 1
+
+    def _scratch_bytes(self, node: Node) -> int:
+        if self._grouped(node):  # kernel_moe_group_f32's list: E + 1 firsts, then the pairs
+            return 4 * (node.args[1].shape[0] + 1 + math.prod(node.args[2].shape))
+        return super()._scratch_bytes(node)
+
+    def _op_moe_route(self, node: Node) -> None:
+        logits, bias = node.args
+        at = node.attrs
+        n, n_expert = logits.shape
+        if n_expert > MAX_E or at["k"] > MAX_K:
+            raise UnsupportedError(f"webgpu: moe_route over {n_expert} experts choosing "
+                                   f"{at['k']} (at most {MAX_E} and {MAX_K})")
+        args = {"n_rows": n, "n_expert": n_expert, "k": at["k"], "gating": GATING[at["gating"]],
+                "norm": int(at["norm"]), "has_bias": int(bias is not None), "scale": at["scale"]}
+        self._dispatch("moe.wgsl", "kernel_moe_route_f32",
+                       {0: self._arg(("kargs_moe_route", args)), 1: self.buf(logits),
+                        2: self.buf(bias) if bias is not None else self.be.dummy,
+                        3: self.buf(node.out), 4: self.buf(at["also_out"][0])},
+                       self._grid1(n, 1))
+
+    def _op_mul_mat_id(self, node: Node) -> None:
+        x, w, ids = node.args
+        h = w.handle
+        n_expert, m, k = w.shape
+        n, kk = ids.shape
+        if k % 4:
+            raise UnsupportedError(f"webgpu: mul_mat_id with rows of {k} values (a multiple of 4 "
+                                   f"is needed) for {w.name!r}")
+        if n_expert > MAX_E:
+            raise UnsupportedError(f"webgpu: {w.name!r} has {n_expert} experts, at most {MAX_E}")
+        t = GGMLType(w.type)
+        grouped = self._grouped(node)
+        c = min(n, MV_MAX_M) if grouped else 1
+        n_chunks = -(-n // c)  # a token row chooses an expert at most once
+        fields = {"n_pairs": n * kk, "k": kk, "m": m, "K": k, "x_per_pair": int(len(x.shape) == 3),
+                  "n_expert": n_expert, "w_row_words": sum(repack.array_sizes(t, 2, k)) // 8,
+                  "n_chunks": n_chunks}
+        if grouped:
+            groups = self.slots[self.scratch_of[node.out.id]]
+            self._dispatch("moe.wgsl", "kernel_moe_group_f32",
+                           {0: self._arg(("kargs_mul_mv_id", fields)), 1: self.buf(ids),
+                            2: groups}, (1,))
+        r, tpr, _unr, wg = mv_shape(m, h.units, c, h.tname)
+        rows = r * (wg // tpr)
+        gx, _, gz = self._mv_grid(-(-m // rows))
+        for part in h.parts:
+            b = {0: self._arg(("kargs_mul_mv_id", fields),
+                              ("kargs_part", {"row0": part.row0, "n_rows": part.n_rows})),
+                 1: self.buf(x), 2: self.buf(node.out)}
+            b.update({3 + i: buf for i, buf in enumerate(part.buffers)})
+            if grouped:  # the list has the experts; the kernel reads no ids
+                b[8] = groups
+            else:
+                b[7] = self.buf(ids)
+            self._dispatch("mul_mv_id.wgsl", f"kernel_mul_mv_id_{'grouped_' if grouped else ''}"
+                           f"{h.tname}_f32", b,
+                           (gx, n_expert * n_chunks if grouped else n * kk, gz), wtype=h.tname,
+                           consts={"TPR": tpr, "R": r, "C": c, "WG": wg,
+                                   "GUARD_K": _guard_k(t, k)},
+                           variant="grouped" if grouped else None)
+
+    def _per_expert(self, node: Node, entry: str) -> None:
+        y, b, ids = node.args
+        n, kk, m = y.shape
+        fields = {"n_pairs": n * kk, "k": kk, "m": m, "b_cols": math.prod(b.shape[1:])}
+        self._dispatch("moe.wgsl", entry,
+                       {0: self._arg(("kargs_moe_ew", fields)), 1: self.buf(y), 2: self.buf(b),
+                        3: self.buf(ids), 4: self.buf(node.out)}, self._grid1(n * kk * m))
+
+    def _op_add_id(self, node: Node) -> None:
+        self._per_expert(node, "kernel_add_id_f32")
+
+    def _op_mul_id(self, node: Node) -> None:
+        self._per_expert(node, "kernel_mul_id_f32")
+
+    def _op_moe_sum(self, node: Node) -> None:
+        y, weights = node.args
+        n, kk, m = y.shape
+        fields = {"n_pairs": n * kk, "k": kk, "m": m, "b_cols": 1}
+        self._dispatch("moe.wgsl", "kernel_moe_sum_f32",
+                       {0: self._arg(("kargs_moe_ew", fields)), 1: self.buf(y),
+                        2: self.buf(weights), 4: self.buf(node.out)}, self._grid1(n * m))

@@ -1,0 +1,149 @@
+"""The mixture-of-experts ops (Graph.moe_route, matmul_id, add_id, mul_id, moe_sum) on the WebGPU
+backend against the NumPy reference, with fresh random inputs and NaN-poisoned activations
+(test_ops.py's Pair), with the adapter's features and with them forced off.
+
+The router's logits are rows of well-separated values (a random order of evenly spaced values,
+gaps far above float32 rounding), so the reference (float64 probabilities) and the kernels must
+choose the same experts: ids are compared exactly. A few rows are all equal: the lower index
+first on ties, as the reference's stable sort."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastllm.quants import SUPPORTED_TYPES, GGMLType, random_blocks
+
+from .test_ops import F32_TOL, FLOATS, VARIANTS, Pair, _backend, check, f32_info, info
+from .test_ops import SeededRng as _SeededRng
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def gpu(request):
+    be = _backend(*VARIANTS[request.param])
+    yield be
+    be.close()
+
+
+@pytest.fixture
+def rng():
+    return _SeededRng()
+
+
+N_TABLE = 24  # rows of the logits / x tables (token ids pick them)
+TIED = 3  # the table's last rows: all experts equal
+
+
+def route_logits(gen, n_expert: int) -> np.ndarray:
+    """(N_TABLE, n_expert) router logits: each row a permutation of evenly spaced values in
+    [-2, 2] (gaps 4 / (E - 1)) moved by at most a tenth of a gap; the last TIED rows all 0.5."""
+    gap = 4.0 / (n_expert - 1)
+    base = np.linspace(-2.0, 2.0, n_expert)
+    rows = [gen.permutation(base) + gen.uniform(-0.1, 0.1, n_expert) * gap
+            for _ in range(N_TABLE - TIED)]
+    return np.concatenate([np.array(rows), np.full((TIED, n_expert), 0.5)]).astype(np.float32)
+
+
+def expert_info(name: str, t: GGMLType, n_expert: int, m: int, k: int, rng):
+    return info(name, t, (n_expert, m, k), random_blocks(t, n_expert * m, k, rng))
+
+
+def tokens(rng, n: int) -> np.ndarray:
+    toks = rng.integers(0, N_TABLE, n).astype(np.int32)
+    toks[-1] = N_TABLE - 1  # a tied row in every run
+    return toks
+
+
+@pytest.mark.parametrize("gating", ["softmax", "sigmoid", "softmax_weight"])
+def test_moe_route(gpu, gating, rng):
+    for n_expert, k in ((6, 2), (128, 8)):
+        infos = {"l": f32_info("l", route_logits(rng, n_expert)),
+                 "b": f32_info("b", rng.uniform(-0.3, 0.3, n_expert) / n_expert)}
+        pair = Pair(gpu, infos)
+        for norm, bias, scale in ((False, False, 1.0), (True, False, 1.0), (True, True, 2.5)):
+            def build(g, w, norm=norm, bias=bias, scale=scale, k=k):
+                ids, wts = g.moe_route(g.get_rows(w["l"], g.tokens), k, gating=gating,
+                                       norm=norm, scale=scale, bias=w["b"] if bias else None)
+                g.output("ids", ids)
+                g.output("w", wts)
+
+            for n in (1, 9):
+                got, want = pair.run(build, n, tokens(rng, n))
+                what = f"E={n_expert} k={k} norm={norm} bias={bias} n={n}"
+                np.testing.assert_array_equal(got["ids"], want["ids"], err_msg=what)
+                check({"w": got["w"]}, {"w": want["w"]}, F32_TOL, rng, what)
+                # a tied row: experts 0..k-1 (with a bias the choice follows the bias)
+                if not bias:
+                    assert list(want["ids"][-1]) == list(range(k)), what
+
+
+def _moe_chain(g, w, k: int, x_rows: str = "x"):
+    """router -> matmul_id over x (n, d) -> swiglu-free second matmul_id over its (n, k, m)
+    output -> per-expert multipliers and biases -> the weighted sum."""
+    x = g.get_rows(w[x_rows], g.tokens)
+    ids, wts = g.moe_route(g.get_rows(w["l"], g.tokens), k, norm=True)
+    h = g.matmul_id(x, w["w1"], ids)
+    y = g.matmul_id(h, w["w2"], ids)
+    y = g.add_id(g.mul_id(y, w["s"], ids), w["b"], ids)
+    g.output("ids", ids)
+    g.output("h", h)
+    g.output("y", y)
+    g.output("sum", g.moe_sum(y, wts))
+
+
+def _k(t: GGMLType) -> int:
+    return 172 if t in FLOATS else 256  # float rows that are not whole 32-value units: padded
+
+
+# the experts' products sum a row's products in another order than NumPy (and the quantized
+# types' kernels as 16 (f - sum(x)) from biased nibbles, quants.wgsl): float32 rounding of the
+# partial sums, up to ~2e-6 of the largest output observed; a wrong expert, row or unit is off
+# by a large fraction of it
+ID_TOL = 3e-5
+
+
+@pytest.mark.parametrize("t", SUPPORTED_TYPES, ids=lambda t: t.name)
+def test_mul_mat_id(gpu, t, rng):
+    """Every weight type as the experts' first matrix (x (n, d)); F32 second ((n, k, m) x).
+    n = 1: a workgroup per (row, expert); 5 and 19: grouped by expert (one and three chunks
+    of 8 rows). 40 rows per expert: not a whole workgroup of rows."""
+    n_expert, k, m, d = 6, 2, 40, _k(t)
+    pair = Pair(gpu, {"l": f32_info("l", route_logits(rng, n_expert)),
+                      "x": f32_info("x", rng.standard_normal((N_TABLE, d))),
+                      "w1": expert_info("w1", t, n_expert, m, d, rng),
+                      "w2": f32_info("w2", rng.standard_normal((n_expert, 36, m))),
+                      "s": f32_info("s", rng.uniform(0.5, 2.0, n_expert)),
+                      "b": f32_info("b", rng.standard_normal((n_expert, 36)))})
+    for n in (1, 5, 19):
+        got, want = pair.run(lambda g, w: _moe_chain(g, w, k), n, tokens(rng, n))
+        np.testing.assert_array_equal(got["ids"], want["ids"])
+        check({a: got[a] for a in ("h", "y", "sum")}, {a: want[a] for a in ("h", "y", "sum")},
+              ID_TOL, rng, f"{t.name} n={n}")
+
+
+def test_mul_mat_id_split_weight(rng):
+    """An expert weight split into parts (a small binding limit): an expert's rows straddle
+    two parts, each dispatch writes the rows its part holds."""
+    from fastllm.backends.webgpu import WebGPUBackend
+    from fastllm.errors import BackendError
+
+    try:
+        be = WebGPUBackend(max_binding=16 * 1024, int_dot=False)
+    except BackendError as e:
+        pytest.skip(f"no WebGPU adapter: {e}")
+    n_expert, k, m, d = 6, 3, 40, 256
+    # Q8_0 rows of 256 values: 256 bytes of quants (the largest array), 62 rows a part, so parts
+    # begin mid-expert
+    pair = Pair(be, {"l": f32_info("l", route_logits(rng, n_expert)),
+                     "x": f32_info("x", rng.standard_normal((N_TABLE, d))),
+                     "w1": expert_info("w1", GGMLType.Q8_0, n_expert, m, d, rng),
+                     "w2": f32_info("w2", rng.standard_normal((n_expert, 8, m))),
+                     "s": f32_info("s", rng.uniform(0.5, 2.0, n_expert)),
+                     "b": f32_info("b", rng.standard_normal((n_expert, 8)))})
+    parts = pair.w[be]["w1"].handle.parts
+    assert len(parts) > 2 and any(p.row0 % m for p in parts)
+    for n in (1, 11):
+        got, want = pair.run(lambda g, w: _moe_chain(g, w, k), n, tokens(rng, n))
+        check({a: got[a] for a in ("h", "sum")}, {a: want[a] for a in ("h", "sum")}, ID_TOL,
+              rng, f"n={n}")
+    be.close()
