@@ -105,6 +105,7 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_argmax, F(n_rows) F(n_cols) F(pos0) F(_pad1))
     KARGS_STRUCT(kargs_sample, F(n_cols) F(top_k) F(pos0) F(chunk) F(temperature) F(top_p) F(min_p)
                                    F(penalty) F(last_n) F(_pad0) F(_pad1) F(_pad2))
+    KARGS_STRUCT(kargs_swiglu_oai, F(n) F(alpha) F(limit) F(_pad0))
     KARGS_STRUCT(kargs_attn_reduce,
                  F(n_rows) F(n_head) F(head_dim) F(n_splits) F(has_sinks) F(_pad0) F(_pad1) F(_pad2))
     KARGS_STRUCT(kargs_part, F(row0) F(n_rows) F(_pad0) F(_pad1))

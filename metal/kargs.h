@@ -172,6 +172,14 @@ struct kargs_sample {
 
 // Split-KV decode attention: kernel_attn_reduce_f32 joins the n_splits partial results that
 // kernel_attn_decode_* wrote for each (row, head).
+// gpt-oss's clamped SwiGLU over n values (kernel_swiglu_oai_f32)
+struct kargs_swiglu_oai {
+    uint32_t n;
+    float alpha;
+    float limit;
+    uint32_t _pad0;
+};
+
 struct kargs_attn_reduce {
     uint32_t n_rows;
     uint32_t n_head;

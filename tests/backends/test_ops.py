@@ -348,6 +348,8 @@ def test_elementwise(gpu, m, rng):
         g.output("scale", g.scale(a, -0.37))
         g.output("swiglu", g.swiglu(a, b))
         g.output("geglu", g.geglu(a, b))
+        # a and b ~N(0, 9): both clamps of the gate and of up at 7 are reached
+        g.output("swiglu_oai", g.swiglu_oai(a, b))
         g.output("norm", g.rms_norm(a, w["nw"], 1e-5))
         g.output("norm_nw", g.rms_norm(b, None, 1e-6))
         g.output("norm_head", g.rms_norm(a, w["hw"], 1e-6, group=16))

@@ -157,8 +157,8 @@ def test_mul_mat_schedules(t, policy):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_rms_norm_elementwise_rope(policy):
     """One graph through every row-wise op: rms_norm (whole row, per head, no weight), add / mul
-    with a bias row and with a full tensor, scale, swiglu, geglu, rope (normal, NeoX, partial
-    rotation, frequency factors) at a run-time position, last_row and argmax."""
+    with a bias row and with a full tensor, scale, swiglu, geglu, swiglu_oai, rope (normal,
+    NeoX, partial rotation, frequency factors) at a run-time position, last_row and argmax."""
     d, heads, hd = 96, 4, 24
     infos = [f32("x", 3 * rng.standard_normal((9, d))), f32("y", rng.standard_normal((9, d))),
              f32("nw", 1 + 0.1 * rng.standard_normal(d)), f32("hw", rng.standard_normal(hd)),
@@ -173,11 +173,13 @@ def test_rms_norm_elementwise_rope(policy):
         e = g.mul(g.scale(c, 0.5), y)
         f = g.swiglu(e, g.mul(b, w["bias"]))
         h = g.geglu(g.add(f, x), y)
+        o = g.swiglu_oai(x, g.scale(y, 4.0))  # x, 4y ~N(0, 9), N(0, 16): past the clamps at 7
         r1 = g.rope(h, n_head=heads, head_dim=hd, n_rot=hd, base=10000.0)
         r2 = g.rope(b, n_head=heads, head_dim=hd, n_rot=16, base=5e5, freq_scale=0.25,
                     neox=True, freq_factors=w["ff"])
         r3 = g.rope(a, n_head=heads, head_dim=hd, n_rot=8, base=100.0)
-        outs = {"a": a, "b": b, "c": c, "e": e, "f": f, "h": h, "r1": r1, "r2": r2, "r3": r3}
+        outs = {"a": a, "b": b, "c": c, "e": e, "f": f, "h": h, "r1": r1, "r2": r2, "r3": r3,
+                "o": o}
         for name, v in outs.items():
             g.output(name, v)
         g.output("last", g.last_row(r2))

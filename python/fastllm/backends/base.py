@@ -221,6 +221,15 @@ class Graph:
         _same_or_row(gate, up)
         return self._add("geglu", (gate, up), gate.shape)
 
+    def swiglu_oai(self, gate: Value, up: Value, alpha: float = 1.702,
+                   limit: float = 7.0) -> Value:
+        """gpt-oss's clamped SwiGLU (ggml_swiglu_oai): x = min(gate, limit),
+        y = clamp(up, -limit, limit), x * sigmoid(alpha * x) * (y + 1). llama.cpp's
+        LLM_FFN_SWIGLU_OAI_MOE passes alpha 1.702 and limit 7.0."""
+        _same_or_row(gate, up)
+        return self._add("swiglu_oai", (gate, up), gate.shape, alpha=float(alpha),
+                         limit=float(limit))
+
     def last_row(self, x: Value) -> Value:
         """The last row of x: (1, d). Generation needs only the last token's logits. A one-row
         x is its own last row (no op: a decode step saves a dispatch)."""

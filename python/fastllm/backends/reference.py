@@ -324,6 +324,12 @@ class _RefProgram(Program):
                 gt = val(args[0])
                 with np.errstate(over="ignore"):  # exp(-g) = inf below g = -88: silu -> -0
                     r = gt / (1.0 + np.exp(-gt)) * val(args[1])
+            elif op == "swiglu_oai":
+                lim, alpha = np.float32(at["limit"]), np.float32(at["alpha"])
+                x = np.minimum(val(args[0]), lim)
+                y = np.clip(val(args[1]), -lim, lim)
+                with np.errstate(over="ignore"):  # x < -52 (alpha 1.702): exp -> inf, out -> -0
+                    r = x / (np.float32(1) + np.exp(alpha * -x)) * (y + np.float32(1))
             elif op == "geglu":
                 r = gelu_tanh(val(args[0])) * val(args[1])
             elif op == "last_row":

@@ -336,6 +336,13 @@ class MetalLowering:
     def _geglu(self, node) -> None:
         self._glu(node, "kernel_geglu_f32")
 
+    def _swiglu_oai(self, node) -> None:
+        gate, up = node.args
+        n = int(np.prod(gate.shape))
+        self._emit("kernel_swiglu_oai_f32", [self._ref(gate), self._ref(up), self._ref(node.out)],
+                   (-(-n // 256),), 256, (2,), "kargs_swiglu_oai", n=n,
+                   alpha=node.attrs["alpha"], limit=node.attrs["limit"])
+
     def _rope(self, node) -> None:
         x, ff = node.args
         at = node.attrs

@@ -139,6 +139,13 @@ struct kargs_sample {
     _pad2: u32,
 }
 
+struct kargs_swiglu_oai {
+    n: u32,
+    alpha: f32,
+    limit: f32,
+    _pad0: u32,
+}
+
 struct kargs_attn_reduce {
     n_rows: u32,
     n_head: u32,
