@@ -45,7 +45,7 @@ from fastllm.models.llama import ATTN, FFN
 # the files of supported architectures that fastllm runs
 DENSE = ["llama-dense", "qwen2-dense", "qwen3-dense", "gemma3-dense", "phi3-dense",
          "smollm3-dense", "granite-dense", "mistral3-dense"]
-MOE = ["qwen3moe-moe", "qwen3moe-moe-e6k2", "llama-moe"]
+MOE = ["qwen3moe-moe", "qwen3moe-moe-e6k2", "llama-moe", "gpt-oss-moe", "gpt-oss-moe-e6k2"]
 RUN = DENSE + MOE
 # files of supported architectures with layers fastllm does not have yet: the error names them
 NOT_YET = {"granite-moe": "ffn_gate_exps", "mistral3-moe": "ffn_gate_exps"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..errors import UnsupportedError
 from .base import Architecture
 from .gemma3 import Gemma3
+from .gpt_oss import GptOss
 from .granite import Granite
 from .llama import Llama
 from .mistral3 import Mistral3
@@ -21,6 +22,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
     cls.arch: cls for cls in (Llama, Qwen2, Qwen3, Qwen3Moe, Gemma3, Rwkv6, Rwkv7)
 }
 ARCHITECTURES.update({cls.arch: cls for cls in (Phi3, SmolLM3, Granite, Mistral3)})
+ARCHITECTURES[GptOss.arch] = GptOss
 
 
 def architecture_for(arch: str, path: str = "") -> type[Architecture]:
