@@ -1,0 +1,103 @@
+"""gpt-oss beyond test_archs.py's logits: each of its pieces moves llama.cpp's logits when left
+out or changed (so the match there shows each one right), and the file requantized to MXFP4_MOE
+(expert matrices in MXFP4) runs on the GPU backends as on the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import need
+from fastllm import Model
+from fastllm.backends.base import Graph
+from fastllm.errors import UnsupportedError
+from fastllm.models.gpt_oss import GptOss
+from fastllm.quantize import quantize_file
+from fastllm.quants import GGMLType
+from test_archs import RMS_BOUND, bound, greedy_steps_to_compare, make_backend, rerun
+
+E6K2 = "gpt-oss-moe-e6k2"
+
+
+@pytest.fixture(scope="module")
+def archs(data_dir):
+    return need(data_dir / "archs" / f"{E6K2}.gguf", f"archs/{E6K2}.gguf").parent
+
+
+@pytest.fixture(scope="module")
+def ref(archs) -> dict:
+    import json
+
+    return json.loads((archs / "llamacpp_logits.json").read_text())["models"][E6K2 + ".gguf"]
+
+
+def test_each_piece_matters(archs, ref, monkeypatch):
+    """On the e6k2 file (6 experts, 2 chosen): dropping the sinks, the router's or the experts'
+    biases, plain SwiGLU for the clamped one, softmax gating over all experts for softmax_weight,
+    applying the experts' `.scale` tensors (llama.cpp does not), or full attention on the window
+    layers (only positions 32.. differ, by up to 3e-3) each move the logits at least ten times
+    past the RMS bound that the right model keeps (test_archs.py)."""
+    want = np.asarray(ref["logits"], np.float32)
+    m = Model.load(archs / f"{E6K2}.gguf", backend="reference")
+
+    def off() -> float:
+        got = rerun(m, ref["tokens"])
+        return float(np.sqrt(np.mean(np.square(got - want)))) / RMS_BOUND
+
+    assert off() <= 1.0
+    attention, route, add, biased = Graph.attention, Graph.moe_route, Graph.add, GptOss.expert
+
+    def changed(obj, attr, value) -> float:
+        with monkeypatch.context() as mp:
+            mp.setattr(obj, attr, value)
+            return off()
+
+    def no_router_bias(self, a, b):
+        return a if getattr(b, "name", "").endswith("ffn_gate_inp.bias") else add(self, a, b)
+
+    assert changed(Graph, "attention", lambda self, q, layer, **kw: attention(
+        self, q, layer, **{**kw, "sinks": None})) > 10
+    assert changed(Graph, "attention", lambda self, q, layer, **kw: attention(
+        self, q, layer, **{**kw, "window": 0})) > 10
+    assert changed(Graph, "swiglu_oai", lambda self, gate, up, **kw: self.swiglu(gate, up)) > 10
+    assert changed(Graph, "moe_route", lambda self, logits, k, **kw: route(
+        self, logits, k, **{**kw, "gating": "softmax"})) > 10
+    assert changed(Graph, "add", no_router_bias) > 10
+    assert changed(GptOss, "expert", lambda self, g, x, name, ids: g.matmul_id(
+        x, self.w[name + ".weight"], ids)) > 10
+    assert changed(GptOss, "expert", lambda self, g, x, name, ids: g.mul_id(
+        biased(self, g, x, name, ids), self.w[name + ".scale"], ids)) > 10
+
+
+@pytest.fixture(scope="module")
+def mxfp4_file(archs, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("gpt-oss") / f"{E6K2}-MXFP4_MOE.gguf"
+    plan = quantize_file(archs / f"{E6K2}.gguf", dst, "MXFP4_MOE")
+    assert {t for n, t in plan.items() if n.endswith("_exps.weight")} == {GGMLType.MXFP4}
+    return dst
+
+
+@pytest.mark.parametrize("backend", ["webgpu", "metal-emu"])
+def test_mxfp4_moe_file_on_the_gpu(mxfp4_file, ref, backend):
+    """The file requantized by `fastllm quantize ... MXFP4_MOE` (experts MXFP4, attention,
+    embedding and output Q8_0): the GPU backend's logits are the reference's on the same file
+    within test_archs.py's GPU bound (both read the same exact weights; the difference is the
+    order of float32 sums and the f16 rounding of prefill tiles / the KV cache), and so are its
+    greedy steps while the top-2 margin allows."""
+    ids = ref["tokens"]
+    want = Model.load(mxfp4_file, backend="reference").logits(ids)
+    m = Model.load(mxfp4_file, backend=make_backend(backend))
+    try:
+        got = m.logits(ids)
+    except UnsupportedError as e:
+        if "has no Metal kernel yet" in str(e):  # the Metal MoE kernels are not there yet
+            pytest.skip(f"the Metal backend lacks an op gpt-oss needs: {e}")
+        raise
+    tol = bound(backend, want)
+    assert np.abs(got - want).max() <= tol
+    ref_m = Model.load(mxfp4_file, backend="reference")
+    steps = list(ref_m.generate_tokens(ids, temperature=0, max_tokens=6))
+    top2 = np.sort(ref_m.logits(ids + steps[:-1])[len(ids) - 1:], axis=1)[:, -2:]
+    n = greedy_steps_to_compare(list(top2[:, 1] - top2[:, 0]), tol)
+    assert n >= 4, "the reference's margins leave too few steps to compare"
+    assert list(m.generate_tokens(ids, temperature=0, max_tokens=n)) == steps[:n]
