@@ -389,27 +389,49 @@ fn mx_scale(i: u32) -> f32 {
     return bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u));
 }
 
-// the levels of the four nibbles at bit `shift` of each byte of w: the magnitudes
-// 0, 1, 2, 3, 4, 6, 8, 12 are the nibbles of one word (indexed by the low three bits, no table
-// in memory), the sign is bit 3
-fn mx4(w: u32, shift: u32) -> vec4<f32> {
+// the four nibbles at bit `shift` of each byte of w: their magnitudes 0, 1, 2, 3, 4, 6, 8, 12
+// (the E2M1 levels, doubled) are the nibbles of one word, indexed by a nibble's low three bits
+// (no table in memory); bit 3 is the sign, moved to an f32's sign bit
+struct Mx4 {
+    mag: vec4<u32>,
+    sign: vec4<u32>,
+}
+
+fn mx_split(w: u32, shift: u32) -> Mx4 {
     let n = (lanes(w) >> vec4<u32>(shift)) & vec4<u32>(0xFu);
-    let mag = (vec4<u32>(0xC8643210u) >> ((n & vec4<u32>(7u)) * 4u)) & vec4<u32>(0xFu);
-    let v = bitcast<vec4<u32>>(vec4<f32>(mag));
-    return bitcast<vec4<f32>>(v | ((n & vec4<u32>(8u)) << vec4<u32>(28u)));
+    let mag = (vec4<u32>(0xC8643210u) >> ((n & vec4<u32>(7u)) << vec4<u32>(2u)))
+        & vec4<u32>(0xFu);
+    return Mx4(mag, (n & vec4<u32>(8u)) << vec4<u32>(28u));
+}
+
+// the signed levels as floats: 2^23 + mag read as an f32, less 2^23, is mag exactly (no
+// int-to-float conversion, a quarter-rate instruction on NVIDIA)
+fn mx4(w: u32, shift: u32) -> vec4<f32> {
+    let m = mx_split(w, shift);
+    let v = bitcast<vec4<f32>>(m.mag | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) | m.sign);
 }
 
 fn dq4(i: u32, j: u32) -> vec4<f32> {
     return mx_scale(i) * mx4(w0[i][j & 3u], select(0u, 4u, j >= 4u));
 }
 
+// sum(level x) of four weights: with f = +-(1 + mag / 16) (mag at the top of the mantissa under
+// exponent 0) and g = +-1 of the same signs, dot(f, x) - dot(g, x) = dot(level, x) / 16
+fn mx_dot(w: u32, shift: u32, x: vec4<f32>) -> f32 {
+    let m = mx_split(w, shift);
+    let f = bitcast<vec4<f32>>((m.mag << vec4<u32>(19u)) | m.sign | vec4<u32>(ONE));
+    let g = bitcast<vec4<f32>>(m.sign | vec4<u32>(ONE));
+    return dot(f, x) - dot(g, x);
+}
+
 fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
     let q = w0[i];
     var s = 0.0;
     for (var k = 0u; k < 4u; k++) {
-        s += dot(mx4(q[k], 0u), (*xv)[k]) + dot(mx4(q[k], 4u), (*xv)[k + 4u]);
+        s += mx_dot(q[k], 0u, (*xv)[k]) + mx_dot(q[k], 4u, (*xv)[k + 4u]);
     }
-    return mx_scale(i) * s;
+    return 16.0 * mx_scale(i) * s;
 }
 
 //! section q2_K
