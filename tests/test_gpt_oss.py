@@ -82,11 +82,20 @@ def test_mxfp4_moe_file_on_the_gpu(mxfp4_file, ref, backend):
     """The file requantized by `fastllm quantize ... MXFP4_MOE` (experts MXFP4, attention,
     embedding and output Q8_0): the GPU backend's logits are the reference's on the same file
     within test_archs.py's GPU bound (both read the same exact weights; the difference is the
-    order of float32 sums and the f16 rounding of prefill tiles / the KV cache), and so are its
-    greedy steps while the top-2 margin allows."""
+    order of float32 sums and the f16 rounding of prefill tiles / the KV cache), in prefill and
+    in decode steps, and so are its greedy steps while the top-2 margin allows."""
     ids = ref["tokens"]
     want = Model.load(mxfp4_file, backend="reference").logits(ids)
-    m = Model.load(mxfp4_file, backend=make_backend(backend))
+    if backend == "webgpu":
+        make_backend(backend).close()  # skips without an adapter
+        from fastllm.backends.webgpu import WebGPUBackend
+
+        # floats throughout: the integer mat-vecs' rounding of x to bytes (the Q8_0 attention
+        # and output here) has its own checks in tests/backends/test_int_dot.py
+        dev = WebGPUBackend(int_dot=False)
+    else:
+        dev = make_backend(backend)
+    m = Model.load(mxfp4_file, backend=dev)
     try:
         got = m.logits(ids)
     except UnsupportedError as e:
@@ -95,7 +104,14 @@ def test_mxfp4_moe_file_on_the_gpu(mxfp4_file, ref, backend):
         raise
     tol = bound(backend, want)
     assert np.abs(got - want).max() <= tol
+    # decode steps past the window: the one-token kernels (the experts' mat-vecs over MXFP4)
     ref_m = Model.load(mxfp4_file, backend="reference")
+    ref_m.prefill(ids[:34])
+    m.prefill(ids[:34])
+    for t in ids[34:40]:
+        step = ref_m.decode(t)
+        assert np.abs(m.decode(t) - step).max() <= bound(backend, step)
+    ref_m.reset()
     steps = list(ref_m.generate_tokens(ids, temperature=0, max_tokens=6))
     top2 = np.sort(ref_m.logits(ids + steps[:-1])[len(ids) - 1:], axis=1)[:, -2:]
     n = greedy_steps_to_compare(list(top2[:, 1] - top2[:, 0]), tol)
