@@ -122,6 +122,11 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_sample_row, F(mode) F(top_k) F(temperature) F(top_p) F(min_p) F(u)
                                        F(repeat_penalty) F(frequency_penalty) F(presence_penalty)
                                            F(n_window) F(n_bias) F(logprobs) F(mask))
+    KARGS_STRUCT(kargs_moe_route,
+                 F(n_rows) F(n_expert) F(k) F(gating) F(norm) F(has_bias) F(scale) F(_pad0))
+    KARGS_STRUCT(kargs_mul_mv_id, F(n_pairs) F(k) F(m) F(K) F(x_per_pair) F(n_expert)
+                                      F(w_row_words) F(n_chunks))
+    KARGS_STRUCT(kargs_moe_ew, F(n_pairs) F(k) F(m) F(b_cols))
     return out;
 }
 

@@ -128,6 +128,101 @@ kernel void kernel_mul_mv_fused(constant kargs_mul_mv_fused &args [[buffer(0)]],
     }
 }
 
+// Mat-vecs over each row's chosen experts (ggml's mul_mat_id; kargs_mul_mv_id): pair
+// p = row * k + j multiplies x row p (x_per_pair) or p / k by the m rows of expert ids[p]'s
+// matrix (rows ids[p] * m .. of w) into y[p * m ..]. Grid (ceil(m / (MV_NSG * MV_NR)),
+// n_pairs): decode reads each row's k experts once.
+template <typename Q>
+kernel void kernel_mul_mv_id(constant kargs_mul_mv_id &args [[buffer(0)]],
+                             device const char *w [[buffer(1)]],
+                             device const float *x [[buffer(2)]],
+                             device const int *ids [[buffer(3)]], device float *y [[buffer(4)]],
+                             uint2 tgpig [[threadgroup_position_in_grid]],
+                             ushort sgitg [[simdgroup_index_in_threadgroup]],
+                             ushort tiisg [[thread_index_in_simdgroup]]) {
+    const uint p = tgpig.y;
+    const uint m = args.m;
+    const uint e = uint(clamp(ids[p], 0, int(args.n_expert) - 1));
+    const uint row0 = (tgpig.x * MV_NSG + sgitg) * MV_NR;
+    device const char *we = w + ulong(e) * m * Q::row_bytes(args.K);
+    device const float *xr = x + ulong(args.x_per_pair ? p : p / args.k) * args.K;
+    float acc[MV_NR];
+    mv_rows<Q>(we, m, row0, xr, xr, 0, 1.0f, args.K, tiisg, acc);
+    for (short r = 0; r < MV_NR; ++r) {
+        if (tiisg == 0 && row0 + r < m) {
+            y[ulong(p) * m + row0 + r] = acc[r];
+        }
+    }
+}
+
+// The grouped form (prefill): threadgroup (row block, expert e, chunk c) takes pairs
+// c * MV_ID_C .. of expert e's in kernel_moe_group_f32's list (groups[e] .. groups[e + 1] of
+// the pairs at groups[E + 1 ..]) and reads each 16-value chunk of a weight row once for all of
+// them. Grid (ceil(m / (MV_NSG * MV_NR)), n_expert * n_chunks); a threadgroup past its expert's
+// pairs does nothing.
+#define MV_ID_C 8
+template <typename Q>
+kernel void kernel_mul_mv_id_grouped(constant kargs_mul_mv_id &args [[buffer(0)]],
+                                     device const char *w [[buffer(1)]],
+                                     device const float *x [[buffer(2)]],
+                                     device const uint *groups [[buffer(3)]],
+                                     device float *y [[buffer(4)]],
+                                     uint2 tgpig [[threadgroup_position_in_grid]],
+                                     ushort sgitg [[simdgroup_index_in_threadgroup]],
+                                     ushort tiisg [[thread_index_in_simdgroup]]) {
+    const uint m = args.m, K = args.K;
+    const uint e = tgpig.y / args.n_chunks;
+    const uint first = groups[e] + (tgpig.y % args.n_chunks) * MV_ID_C;
+    const uint end = groups[e + 1];
+    if (first >= end) {
+        return;
+    }
+    const uint nc = min(uint(MV_ID_C), end - first);
+    const uint row0 = (tgpig.x * MV_NSG + sgitg) * MV_NR;
+    const uint rb = Q::row_bytes(K);
+    device const char *wr[MV_NR];
+    for (short r = 0; r < MV_NR; ++r) {
+        // rows past m repeat the last one (their sums are dropped)
+        wr[r] = w + (ulong(e) * m + min(row0 + r, m - 1)) * rb;
+    }
+    uint pairs[MV_ID_C];
+    device const float *xr[MV_ID_C];
+    for (short c = 0; c < MV_ID_C; ++c) {
+        pairs[c] = groups[args.n_expert + 1 + first + min(uint(c), nc - 1)];
+        xr[c] = x + ulong(args.x_per_pair ? pairs[c] : pairs[c] / args.k) * K;
+    }
+    float acc[MV_ID_C][MV_NR];
+    for (short c = 0; c < MV_ID_C; ++c) {
+        for (short r = 0; r < MV_NR; ++r) {
+            acc[c][r] = 0.0f;
+        }
+    }
+    for (uint k = uint(tiisg) * 16; k < K; k += 32 * 16) {
+        float4 wv[MV_NR][4];
+        for (short r = 0; r < MV_NR; ++r) {
+            Q::load16(wr[r], k, K, wv[r]);
+        }
+        for (short c = 0; c < MV_ID_C; ++c) {
+            if (uint(c) < nc) {
+                float4 xv[4];
+                load16_f32(xr[c], k, K, xv);
+                for (short r = 0; r < MV_NR; ++r) {
+                    acc[c][r] += dot(wv[r][0], xv[0]) + dot(wv[r][1], xv[1]) +
+                                 dot(wv[r][2], xv[2]) + dot(wv[r][3], xv[3]);
+                }
+            }
+        }
+    }
+    for (short c = 0; c < MV_ID_C; ++c) {
+        for (short r = 0; r < MV_NR; ++r) {
+            const float s = simd_sum(acc[c][r]);
+            if (tiisg == 0 && uint(c) < nc && row0 + r < m) {
+                y[ulong(pairs[c]) * m + row0 + r] = s;
+            }
+        }
+    }
+}
+
 typedef decltype(kernel_mul_mv<type_f32>) mul_mv_t;
 
 template [[host_name("kernel_mul_mv_f32_f32")]] kernel mul_mv_t kernel_mul_mv<type_f32>;
@@ -175,3 +270,49 @@ template [[host_name("kernel_mul_mv_fused_q6_K_f32")]] kernel mul_mv_fused_t
     kernel_mul_mv_fused<type_q6_K>;
 template [[host_name("kernel_mul_mv_fused_mxfp4_f32")]] kernel mul_mv_fused_t
     kernel_mul_mv_fused<type_mxfp4>;
+
+typedef decltype(kernel_mul_mv_id<type_f32>) mul_mv_id_t;
+typedef decltype(kernel_mul_mv_id_grouped<type_f32>) mul_mv_id_grouped_t;
+
+template [[host_name("kernel_mul_mv_id_f32_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_f32>;
+template [[host_name("kernel_mul_mv_id_f16_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_f16>;
+template [[host_name("kernel_mul_mv_id_bf16_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_bf16>;
+template [[host_name("kernel_mul_mv_id_q4_0_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q4_0>;
+template [[host_name("kernel_mul_mv_id_q4_1_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q4_1>;
+template [[host_name("kernel_mul_mv_id_q5_0_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q5_0>;
+template [[host_name("kernel_mul_mv_id_q5_1_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q5_1>;
+template [[host_name("kernel_mul_mv_id_q8_0_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q8_0>;
+template [[host_name("kernel_mul_mv_id_q2_K_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q2_K>;
+template [[host_name("kernel_mul_mv_id_q3_K_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q3_K>;
+template [[host_name("kernel_mul_mv_id_q4_K_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q4_K>;
+template [[host_name("kernel_mul_mv_id_q5_K_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q5_K>;
+template [[host_name("kernel_mul_mv_id_q6_K_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q6_K>;
+template [[host_name("kernel_mul_mv_id_mxfp4_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_mxfp4>;
+template [[host_name("kernel_mul_mv_id_grouped_f32_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_f32>;
+template [[host_name("kernel_mul_mv_id_grouped_f16_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_f16>;
+template [[host_name("kernel_mul_mv_id_grouped_bf16_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_bf16>;
+template [[host_name("kernel_mul_mv_id_grouped_q4_0_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_q4_0>;
+template [[host_name("kernel_mul_mv_id_grouped_q4_1_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_q4_1>;
+template [[host_name("kernel_mul_mv_id_grouped_q5_0_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_q5_0>;
+template [[host_name("kernel_mul_mv_id_grouped_q5_1_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_q5_1>;
+template [[host_name("kernel_mul_mv_id_grouped_q8_0_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_q8_0>;
+template [[host_name("kernel_mul_mv_id_grouped_q2_K_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_q2_K>;
+template [[host_name("kernel_mul_mv_id_grouped_q3_K_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_q3_K>;
+template [[host_name("kernel_mul_mv_id_grouped_q4_K_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_q4_K>;
+template [[host_name("kernel_mul_mv_id_grouped_q5_K_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_q5_K>;
+template [[host_name("kernel_mul_mv_id_grouped_q6_K_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_q6_K>;
+template [[host_name("kernel_mul_mv_id_grouped_mxfp4_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_mxfp4>;

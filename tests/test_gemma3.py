@@ -157,7 +157,7 @@ def test_webgpu_first_step_and_greedy(gemma_gpu, ref):
     assert compare_greedy(gemma_gpu, ref) >= 1
 
 
-def test_webgpu_long_prompt_matches_reference(gemma_gpu, gemma, gemma_path):
+def test_webgpu_long_prompt_matches_reference(gemma, gemma_path):
     """Past the 512-token window, in batches of 512 then 88: the WebGPU ring caches give the
     reference backend's logits (which the test above ties to a plain windowed attention)."""
     from fastllm.backends.webgpu import WebGPUBackend
@@ -171,11 +171,9 @@ def test_webgpu_long_prompt_matches_reference(gemma_gpu, gemma, gemma_path):
         got = flt.prefill(ids)
     assert np.abs(got - want).max() < 0.004 * np.abs(want).max()
     assert int(np.argmax(got)) == int(np.argmax(want))
-    # the default integer mat-vec rounds the last row's x to bytes before the output matrix
-    # (~1% of the logits' magnitude here, observed 0.22 of ~20)
-    got = gemma_gpu.prefill(ids)
-    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
-    assert int(np.argmax(got)) == int(np.argmax(want))
+    # (the default backend differs only in the last row's output mat-vec, whose integer products
+    # test_kquant_kernels_on_real_tensors checks on this model's own tensors: a second 600-token
+    # prefill on lavapipe would add minutes and no new path)
 
 
 def test_kquant_kernels_on_real_tensors(gemma_path):

@@ -276,10 +276,45 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return run_bench(a)
 
 
+def _check_serve(a: argparse.Namespace) -> str | None:
+    """Scaling flags need --ray; autoscaling bounds must hold --replicas."""
+    scaling = {"--replicas": a.replicas != 1, "--min-replicas": a.min_replicas is not None,
+               "--max-replicas": a.max_replicas is not None,
+               "--target-ongoing": a.target_ongoing is not None,
+               "--replica-cpus": a.replica_cpus != 1.0, "--replica-gpus": a.replica_gpus is not None,
+               "--replica-resource": bool(a.replica_resource)}
+    given = [flag for flag, on in scaling.items() if on]
+    if given and not a.ray:
+        return f"{given[0]} needs --ray (replicas are run by Ray Serve)"
+    if (a.min_replicas is not None or a.target_ongoing is not None) and a.max_replicas is None:
+        return "--min-replicas and --target-ongoing are autoscaling settings: give --max-replicas"
+    if a.max_replicas is not None:
+        lo = 1 if a.min_replicas is None else a.min_replicas
+        if not lo <= a.replicas <= a.max_replicas:
+            return (f"autoscaling needs --min-replicas <= --replicas <= --max-replicas, got "
+                    f"{lo} <= {a.replicas} <= {a.max_replicas}")
+    for item in a.replica_resource or ():
+        name, eq, amount = item.partition("=")
+        try:
+            ok = bool(name) and eq and float(amount) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            return f"--replica-resource {item!r}: expected NAME=AMOUNT, e.g. apple_gpu=1"
+    return None
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from .serve import require
 
     require()  # without the serve extra: one line naming the install command
+    if a.ray:
+        from .serve.ray import require as require_ray
+
+        require_ray()
+        from .serve.ray import run_cli
+
+        return run_cli(a, _say)
     from .serve.main import run
 
     return run(a, _load, _say)
@@ -414,7 +449,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests allowed to wait for a slot; more get 429 (default: no limit)")
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                    help="a web origin allowed to call the API from a browser (repeatable)")
-    p.set_defaults(func=cmd_serve)
+    g = p.add_argument_group("scaling out (Ray Serve: pip install 'fastllm-gpu[ray]')")
+    g.add_argument("--ray", action="store_true",
+                   help="serve through Ray Serve: replicas, each with its own model and "
+                        "slots, behind Ray's HTTP proxy on --host/--port (a local Ray, or "
+                        "the cluster at $RAY_ADDRESS)")
+    g.add_argument("--replicas", type=POSITIVE, metavar="N", default=1,
+                   help="replicas to run (with --max-replicas: to start with)")
+    g.add_argument("--min-replicas", type=COUNT, metavar="N", default=None,
+                   help="autoscaling: fewest replicas (default 1; needs --max-replicas)")
+    g.add_argument("--max-replicas", type=POSITIVE, metavar="N", default=None,
+                   help="autoscaling: most replicas; Ray adds and removes replicas between "
+                        "the bounds to follow the load")
+    g.add_argument("--target-ongoing", type=_ranged(float, lambda v: v > 0, "a number > 0"),
+                   default=None, metavar="R",
+                   help="autoscaling: requests per replica to aim at (default: -np)")
+    g.add_argument("--replica-cpus", type=_ranged(float, lambda v: v >= 0, "a number >= 0"),
+                   default=1.0, metavar="C", help="CPUs Ray reserves for each replica")
+    g.add_argument("--replica-gpus", type=_ranged(float, lambda v: v >= 0, "a number >= 0"),
+                   default=None, metavar="G",
+                   help="GPUs per replica (default: 1 when the cluster has GPUs and the backend "
+                        "may be WebGPU, else 0); each replica opens the GPU Ray gave it")
+    g.add_argument("--replica-resource", action="append", default=None, metavar="NAME=AMOUNT",
+                   help="a custom Ray resource each replica needs (repeatable), e.g. "
+                        "apple_gpu=1 on Macs started with ray start --resources "
+                        "'{\"apple_gpu\": 1}'")
+    p.set_defaults(func=cmd_serve, check=_check_serve, parser=p)
 
     p = sub.add_parser("pull", help="fetch a known model into the cache")
     p.add_argument("name", choices=sorted(KNOWN), help="the model's name")

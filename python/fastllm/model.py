@@ -51,7 +51,8 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str | Backend | None = None,
              n_ctx: int | None = None,
-             n_batch: int = DEFAULT_N_BATCH, n_seq: int = 1, quiet: bool = False) -> Model:
+             n_batch: int = DEFAULT_N_BATCH, n_seq: int = 1, quiet: bool = False,
+             adapter: int | None = None) -> Model:
         """Load a GGUF model. `backend`: "reference", "webgpu", "metal" or None (the best one
         available). `n_ctx`: context length; None means min(training context, 4096) (recurrent
         models: the training context), per sequence. `n_seq`: how many sequences the model
@@ -59,7 +60,9 @@ class Model:
         state), for fastllm.Engine and lists of prompts; memory grows n_seq times. A known
         model name (e.g. "smollm2-135m") that is not a file is pulled first; a file name in the
         cache (`fastllm list`) is found there. `quiet`: no progress bars (shown on a terminal
-        when a download, or loading the weights, takes more than a second)."""
+        when a download, or loading the weights, takes more than a second). `adapter`: the
+        index of the WebGPU adapter to run on, for a machine with several GPUs (default:
+        FASTLLM_WEBGPU_ADAPTER, else wgpu's choice; `fastllm --version` lists them in order)."""
         from . import progress
         from .pull import resolve
 
@@ -89,7 +92,7 @@ class Model:
         if isinstance(n_seq, bool) or not isinstance(n_seq, int) or n_seq < 1:
             raise ValueError(f"n_seq must be a positive int, got {n_seq!r}")
         n_batch = max(1, min(n_batch, n_ctx))
-        be = create_backend(backend)
+        be = create_backend(backend, adapter)
         try:
             infos = arch_cls.weight_infos(cfg, f)  # fused tensors as their parts
             weights = {name: be.load_weight(info) for name, info in

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fastllm.backends.base import Graph
 from fastllm.quants import SUPPORTED_TYPES, GGMLType, random_blocks
 
 from .test_ops import F32_TOL, FLOATS, VARIANTS, Pair, _backend, check, f32_info, info
@@ -146,4 +147,54 @@ def test_mul_mat_id_split_weight(rng):
         got, want = pair.run(lambda g, w: _moe_chain(g, w, k), n, tokens(rng, n))
         check({a: got[a] for a in ("h", "sum")}, {a: want[a] for a in ("h", "sum")}, ID_TOL,
               rng, f"n={n}")
+    be.close()
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K], ids=lambda t: t.name)
+def test_mul_mat_id_int_dot(t, rng):
+    """Decode's integer expert mat-vec (quantize_x.wgsl + mul_mvq_id.wgsl, int_dot on): each
+    pair's output against test_int_dot.py's float64 model of that rounding, over the chosen
+    expert's slice of the weight, for x of one row (n, d) and of one row per pair (n, k, d)."""
+    from fastllm.backends.webgpu.repack import type_name
+    from fastllm.quants import row_bytes
+
+    from .test_int_dot import check_model
+
+    be = _backend(None, False, int_dot=True)
+    n_expert, k, m, d = 6, 3, 40, 256
+    wi = expert_info("w1", t, n_expert, m, d, rng)
+    tables = {"l": route_logits(rng, n_expert), "x": rng.standard_normal((N_TABLE, 64)),
+              "x2": rng.standard_normal((N_TABLE, d)) * 2,
+              "w0": rng.standard_normal((n_expert, d, 64))}
+    w = {name: be.load_weight(f32_info(name, a)) for name, a in tables.items()}
+    wi2 = expert_info("w2", t, n_expert, m, d, rng)
+    w["w1"], w["w2"] = be.load_weight(wi), be.load_weight(wi2)
+    g = Graph(1)
+    ids, _ = g.moe_route(g.get_rows(w["l"], g.tokens), k)
+    h0 = g.matmul_id(g.get_rows(w["x"], g.tokens), w["w0"], ids)  # F32: the float kernel
+    x2 = g.get_rows(w["x2"], g.tokens)
+    for name, v in (("ids", ids), ("h0", h0), ("per_pair", g.matmul_id(h0, w["w1"], ids)),
+                    ("per_row", g.matmul_id(x2, w["w1"], ids)),
+                    ("per_row2", g.matmul_id(x2, w["w2"], ids)), ("x2", x2)):
+        g.output(name, v)
+    prog = be.compile(g)
+    labels = [p.label for p, _bg, _grid in prog.dispatches]
+    assert labels.count(f"kernel_mul_mvq_id_{type_name(t)}_f32") == 3
+    # x2 is quantized once for its two products (as the up and gate products of a layer)
+    assert labels.count("kernel_quantize_x_f32") == 2
+    prog.poison()
+    out = prog.run(np.array([int(rng.integers(0, N_TABLE))], np.int32), 0)
+    rb = row_bytes(t, d)
+    raw = np.asarray(wi.data).reshape(-1)
+    raw2 = np.asarray(wi2.data).reshape(-1)
+    for j, e in enumerate(out["ids"][0]):
+        part = info("w1", t, (m, d), raw[e * m * rb:(e + 1) * m * rb])
+        check_model(out["per_row2"][0, j], out["x2"][0],
+                    info("w2", t, (m, d), raw2[e * m * rb:(e + 1) * m * rb]),
+                    f"{t.name} second product of x2, expert {e}", rng.seed_value)
+        check_model(out["per_pair"][0, j], out["h0"][0, j], part, f"{t.name} pair {j}",
+                    rng.seed_value)
+        check_model(out["per_row"][0, j], out["x2"][0], part, f"{t.name} row, expert {e}",
+                    rng.seed_value)
+    prog.release()
     be.close()

@@ -356,6 +356,90 @@ def test_attention_schedules(case, policy):
     test_attention(case, "f32", "emu", policy)
 
 
+# -- mixture of experts (moe.metal, mul_mv.metal's kernel_mul_mv_id_*) ---------------------------
+N_ROUTE = 24  # rows of the router's logits table; its last row ties every expert
+
+
+def route_logits(n_expert: int) -> np.ndarray:
+    """(N_ROUTE, n_expert) logits: each row a random order of evenly spaced values moved by at
+    most a tenth of a gap (the reference in float64 and the kernel in float32 choose alike), the
+    last row all equal (ties: the lower index first)."""
+    gap = 4.0 / (n_expert - 1)
+    rows = [rng.permutation(np.linspace(-2.0, 2.0, n_expert))
+            + rng.uniform(-0.1, 0.1, n_expert) * gap for _ in range(N_ROUTE - 1)]
+    return np.concatenate([rows, np.full((1, n_expert), 0.5)]).astype(np.float32)
+
+
+def route_tokens(n: int) -> list[int]:
+    return [*rng.integers(0, N_ROUTE - 1, n - 1), N_ROUTE - 1]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("gating", ["softmax", "sigmoid", "softmax_weight"])
+def test_moe_route(gating, policy):
+    for n_expert, k in ((6, 2), (128, 8)):
+        infos = [f32("l", route_logits(n_expert)),
+                 f32("b", rng.uniform(-0.3, 0.3, n_expert) / n_expert)]
+        for norm, bias, scale in ((False, False, 1.0), (True, True, 2.5)):
+            def build(g, w, norm=norm, bias=bias, scale=scale, k=k):
+                ids, wts = g.moe_route(g.get_rows(w["l"], g.tokens), k, gating=gating,
+                                       norm=norm, scale=scale, bias=w["b"] if bias else None)
+                g.output("ids", ids)
+                g.output("w", wts)
+
+            runs = [(route_tokens(n), 0) for n in (1, 9)]
+            got, want = run_both(build, infos, runs, make_runtime("emu", policy))
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a["ids"], b["ids"])
+                assert rel_err(a["w"], b["w"]) < 1e-5
+                if not bias:
+                    assert list(b["ids"][-1]) == list(range(k))
+
+
+def moe_chain(g, w, k: int):
+    """router -> matmul_id over x (n, d) -> matmul_id over its (n, k, m) output -> per-expert
+    multipliers and biases -> the weighted sum."""
+    ids, wts = g.moe_route(g.get_rows(w["l"], g.tokens), k, norm=True)
+    h = g.matmul_id(g.get_rows(w["x"], g.tokens), w["w1"], ids)
+    y = g.add_id(g.mul_id(g.matmul_id(h, w["w2"], ids), w["s"], ids), w["b"], ids)
+    g.output("h", h)
+    g.output("y", y)
+    g.output("sum", g.moe_sum(y, wts))
+
+
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
+def test_mul_mat_id_types(t, rt_kind):
+    """Each weight type as the experts' first matrix; n = 1: a threadgroup per (row, expert);
+    5 and 19: grouped by expert (one and three chunks of 8 rows). 37 rows per expert: not a
+    whole threadgroup of rows."""
+    n_expert, k, m = 6, 2, 37
+    d = 256 if TYPE_NAMES[t].endswith("K") else 96
+    infos = [f32("l", route_logits(n_expert)), f32("x", rng.standard_normal((N_ROUTE, d))),
+             info("w1", t, (n_expert, m, d)), f32("w2", rng.standard_normal((n_expert, 20, m))),
+             f32("s", rng.uniform(0.5, 2.0, n_expert)),
+             f32("b", rng.standard_normal((n_expert, 20)))]
+    got, want = run_both(lambda g, w: moe_chain(g, w, k), infos,
+                         [(route_tokens(n), 0) for n in (1, 5, 19)], make_runtime(rt_kind))
+    for a, b in zip(got, want):
+        for name in ("h", "y", "sum"):
+            assert rel_err(a[name], b[name]) < 2e-5, name
+
+
+@pytest.mark.parametrize("policy", ["reverse", "random"])
+def test_mul_mat_id_schedules(policy):
+    """The grouped path's list (threadgroup atomics) under the other schedules."""
+    n_expert, m, d = 6, 37, 256
+    infos = [f32("l", route_logits(n_expert)), f32("x", rng.standard_normal((N_ROUTE, d))),
+             info("w1", GGMLType.Q4_K, (n_expert, m, d)),
+             f32("w2", rng.standard_normal((n_expert, 20, m))),
+             f32("s", rng.uniform(0.5, 2.0, n_expert)),
+             f32("b", rng.standard_normal((n_expert, 20)))]
+    got, want = run_both(lambda g, w: moe_chain(g, w, 3), infos, [(route_tokens(19), 0)],
+                         make_runtime("emu", policy))
+    for name in ("h", "y", "sum"):
+        assert rel_err(got[0][name], want[0][name]) < 2e-5, name
+
+
 def test_every_kernel_ran(request):
     """Runs last in this module: when the whole module ran on the emulator, each kernel of
     metal/*.metal has run at least once (a kernel no test reaches would be untested)."""

@@ -7,7 +7,7 @@ import platform
 import sys
 import warnings
 
-from ..errors import BackendError
+from ..errors import ArgumentError, BackendError
 from .base import Backend
 
 NAMES = ("reference", "webgpu", "metal")
@@ -27,14 +27,23 @@ def _apple_silicon() -> bool:
     return sys.platform == "darwin" and platform.machine() == "arm64"
 
 
-def create_backend(name: str | Backend | None = None) -> Backend:
+def create_backend(name: str | Backend | None = None, adapter: int | None = None) -> Backend:
     """`name` is "reference", "webgpu" or "metal" (or a Backend instance, used as given). None
     picks Metal on Apple Silicon, else WebGPU on a hardware (non-CPU) adapter, else the reference
-    backend with one warning."""
+    backend with one warning. `adapter`: the index of the WebGPU adapter to open (default:
+    FASTLLM_WEBGPU_ADAPTER, else wgpu's choice); given with name=None it means WebGPU."""
     if isinstance(name, Backend):
+        if adapter is not None:
+            raise ArgumentError("adapter= picks the adapter of a backend fastllm creates; this "
+                                "backend was created already")
         return name
     if name is not None and name not in NAMES:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
+    if adapter is not None and name in ("reference", "metal"):
+        raise ArgumentError(f"adapter={adapter!r} picks a WebGPU adapter; backend={name!r} has "
+                            f"none (use backend='webgpu')")
+    if adapter is not None:
+        name = "webgpu"
     if name == "reference":
         from .reference import ReferenceBackend
 
@@ -42,7 +51,7 @@ def create_backend(name: str | Backend | None = None) -> Backend:
     if name == "webgpu":
         from .webgpu import WebGPUBackend
 
-        return WebGPUBackend()
+        return WebGPUBackend(adapter=adapter)
     if name == "metal":
         from .metal import MetalBackend
 
@@ -57,8 +66,11 @@ def create_backend(name: str | Backend | None = None) -> Backend:
             reasons.append(f"metal: {e}")
     try:
         from .webgpu import WebGPUBackend, hardware_adapter_available
+        from .webgpu.adapters import chosen_index
 
-        if hardware_adapter_available():
+        # an adapter chosen by FASTLLM_WEBGPU_ADAPTER is used as chosen (a CPU one too), and a
+        # bad index is an error rather than a quiet fallback
+        if chosen_index(None) is not None or hardware_adapter_available():
             return WebGPUBackend()
         reasons.append("webgpu found only a CPU adapter; backend='webgpu' uses it")
     except (BackendError, ImportError) as e:
@@ -87,7 +99,9 @@ def usable() -> list[tuple[str, str]]:
         from .webgpu import adapter_names
 
         names = adapter_names()
-        out.append(("webgpu", ", ".join(names) if names else "unusable: no adapter"))
+        # numbered: the index FASTLLM_WEBGPU_ADAPTER and Model.load(adapter=) take
+        out.append(("webgpu", ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+                    if names else "unusable: no adapter"))
     except (BackendError, ImportError) as e:
         out.append(("webgpu", f"unusable: {e}"))
     out.append(("reference", "NumPy on the CPU"))

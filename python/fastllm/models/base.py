@@ -59,7 +59,10 @@ class Config:
     n_expert_used: int = 0
 
     @classmethod
-    def from_gguf(cls, md: dict[str, Any], path: str = "") -> Config:
+    def from_gguf(cls, md: dict[str, Any], path: str = "", scalings: tuple[str, ...] = ()
+                  ) -> Config:
+        """`scalings`: rope scaling types past none and linear that the architecture's rope
+        implements (its rope_freq_scale is then 1 / factor, as in llama.cpp)."""
         arch = md["general.architecture"]
         key = KeyReader(md, arch, path)
         n_embd = key("embedding_length")
@@ -82,7 +85,7 @@ class Config:
             n_rot=key("rope.dimension_count", head_dim), n_ctx_train=key("context_length", 2048),
             rms_eps=key("attention.layer_norm_rms_epsilon", 1e-5, float),
             rope_base=key("rope.freq_base", 10000.0, float),
-            rope_freq_scale=rope_freq_scale(key, md, arch, path),
+            rope_freq_scale=rope_freq_scale(key, md, arch, path, scalings),
             sliding_window=key("attention.sliding_window", 0),
             rope_attn_factor=key("rope.scaling.attn_factor", 1.0, float),
             n_expert=key("expert_count", 0), n_expert_used=key("expert_used_count", 0),
@@ -131,7 +134,8 @@ class KeyReader:
             raise GGUFError(f"{self.path}: metadata key {full!r} has a bad value {v!r}") from None
 
 
-def rope_freq_scale(key: KeyReader, md: dict[str, Any], arch: str, path: str) -> float:
+def rope_freq_scale(key: KeyReader, md: dict[str, Any], arch: str, path: str,
+                    scalings: tuple[str, ...] = ()) -> float:
     """llama.cpp's rope_freq_scale_train: the scaling type defaults to linear, and a factor of 0
     (or none written) means no scaling; type "none" never scales."""
     scaling = md.get(f"{arch}.rope.scaling.type", "linear")
@@ -140,7 +144,7 @@ def rope_freq_scale(key: KeyReader, md: dict[str, Any], arch: str, path: str) ->
         factor = key("rope.scale_linear", 0.0, float)  # the older key llama.cpp still reads
     if scaling == "none" or factor == 0.0:
         return 1.0
-    if scaling == "linear":
+    if scaling == "linear" or scaling in scalings:
         return 1.0 / factor
     if scaling == "yarn" and factor == 1.0:
         return 1.0  # YaRN at factor 1 interpolates nothing and leaves the magnitudes alone
@@ -159,8 +163,18 @@ class Architecture(ABC):
     """One network family. Subclasses set `arch` and implement `forward`."""
 
     arch: str = ""
+    # rope scaling types past none and linear the architecture implements (Config.from_gguf)
+    ROPE_SCALINGS: tuple[str, ...] = ()
     # True for models whose memory is a fixed-size state (RWKV): the context length costs nothing
     recurrent: bool = False
+    # True where llama.cpp's graph of the architecture has mixture-of-experts layers (read when
+    # expert_count > 0; elsewhere, as in llama.cpp, the expert count changes nothing)
+    EXPERTS: bool = False
+
+    @classmethod
+    def moe(cls, cfg: Config) -> bool:
+        """Whether cfg's layers are mixtures of experts."""
+        return cls.EXPERTS and cfg.n_expert > 0
 
     def __init__(self, cfg: Config, weights: dict[str, Weight]):
         self.cfg = cfg
@@ -176,7 +190,7 @@ class Architecture(ABC):
 
     @classmethod
     def config(cls, md: dict[str, Any], path: str = "") -> Config:
-        return Config.from_gguf(md, path)
+        return Config.from_gguf(md, path, cls.ROPE_SCALINGS)
 
     @classmethod
     def required_tensors(cls, cfg: Config) -> list[str]:
@@ -271,9 +285,9 @@ class Architecture(ABC):
     def _unused_message(cls, cfg: Config, f: GGUFFile, names: list[str]) -> str:
         hint = ""
         n_expert = f.metadata.get(f"{cls.arch}.expert_count", 0)
-        if isinstance(n_expert, (int, np.integer)) and n_expert > 0:
-            hint = (f" ({cls.arch}.expert_count = {n_expert}: mixture-of-experts layers are not "
-                    f"supported yet)")
+        if isinstance(n_expert, (int, np.integer)) and n_expert > 0 and not cls.EXPERTS:
+            hint = (f" ({cls.arch}.expert_count = {n_expert}: llama.cpp's {cls.arch} has no "
+                    f"mixture-of-experts layers)")
         return (f"{f.path}: {len(names)} tensor(s) that fastllm's {cls.arch} does not use: "
                 f"{_short_names(names)}, e.g. {names[0]!r}{hint}")
 

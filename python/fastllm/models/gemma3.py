@@ -53,6 +53,7 @@ class Gemma3Config(Config):
 
 class Gemma3(Llama):
     arch = "gemma3"
+    EXPERTS = False  # llama.cpp's graph of it has no MoE layers
     rope_neox = True
     BIASED = ("attn_q", "attn_k", "attn_v")
     SCALED = ATTN

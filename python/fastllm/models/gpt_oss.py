@@ -44,6 +44,7 @@ class GptOssConfig(Config):
 
 class GptOss(Llama):
     arch = "gpt-oss"
+    EXPERTS = True
     rope_neox = True
     BIASED = ATTN
     SCALED = ATTN

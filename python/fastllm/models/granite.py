@@ -12,6 +12,12 @@ read as llama.cpp reads it:
 - `logit_scale` divides the logits; the key is required (llama.cpp fails without it), and 0
   would divide by zero, so it is an error here.
 
+With experts (expert_count > 0, Granite 3.x MoE) the FFN is models/moe.py's (softmax router,
+normalized weights), plus, where `expert_shared_feed_forward_length` is non-zero (Granite MoE
+Shared), a dense SwiGLU FFN of `ffn_{gate,up,down}_shexp` added to the experts' sum; the
+residual scale applies to their sum. llama.cpp's granite graph passes neither the experts'
+per-expert `.scale` nor the shared expert's `.scale` (it loads both): they are left out here too.
+
 `rope.scaling.finetuned` false turns rope off in every layer (llama.cpp's granite takes it as
 the switch for rope, default true). The FFN's per-tensor `.scale` is loaded by llama.cpp but its
 granite graph does not apply it. Granite Vision's deepstack inputs (`deepstack_mapping` entries
@@ -27,6 +33,9 @@ from ..errors import GGUFError, UnsupportedError
 from .base import Config, KeyReader
 from .layout import FusedQKV, LongRope, LongRopeConfig, extend_config
 from .llama import ATTN, FFN, Llama
+from .moe import EXPS
+
+SHEXP = ("ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp")
 
 
 @dataclass
@@ -36,11 +45,13 @@ class GraniteConfig(LongRopeConfig):
     attention_scale: float = 0.0  # 0: 1/sqrt(head_dim)
     logit_scale: float = 1.0
     rope: bool = True  # rope.scaling.finetuned
+    n_ff_shexp: int = 0  # MoE layers' shared expert (expert_shared_feed_forward_length; 0: none)
 
 
 class Granite(FusedQKV, LongRope, Llama):
     arch = "granite"
     SCALED = ATTN
+    EXPERT_SCALED = False  # its build_moe_ffn call passes no per-expert scales
     cfg: GraniteConfig
 
     @classmethod
@@ -60,7 +71,13 @@ class Granite(FusedQKV, LongRope, Llama):
             residual_scale=key("residual_scale", 0.0, float),
             attention_scale=key("attention.scale", 0.0, float),
             logit_scale=logit_scale,
-            rope=bool(md.get(f"{cls.arch}.rope.scaling.finetuned", True)))
+            rope=bool(md.get(f"{cls.arch}.rope.scaling.finetuned", True)),
+            n_ff_shexp=key("expert_shared_feed_forward_length", 0) if cls.moe(cfg) else 0)
+
+    @classmethod
+    def required_tensors(cls, cfg: Config) -> list[str]:
+        return super().required_tensors(cfg) + [
+            f"blk.{i}.{t}.weight" for i in range(cfg.n_layer) for t in SHEXP if cfg.n_ff_shexp]
 
     @classmethod
     def optional_tensors(cls, cfg: Config) -> list[str]:
@@ -74,6 +91,15 @@ class Granite(FusedQKV, LongRope, Llama):
         why = "FFN scale: llama.cpp loads it, its granite graph does not apply it"
         names = super().ignored_tensors(cfg) | {
             f"blk.{i}.{t}.scale": why for i in range(cfg.n_layer) for t in FFN}
+        if cls.moe(cfg):
+            why = "per-expert scale: llama.cpp loads it, its granite graph does not apply it"
+            names |= {f"blk.{i}.{t}.scale": why for i in range(cfg.n_layer) for t in EXPS}
+        if cfg.n_ff_shexp:
+            why = "shared expert's scale: llama.cpp loads it, its granite graph does not apply it"
+            nvfp4 = "NVFP4 activation scale: llama.cpp loads it, no graph of it reads it"
+            names |= {f"blk.{i}.{t}.scale": why for i in range(cfg.n_layer) for t in SHEXP}
+            names |= {f"blk.{i}.{t}.input_scale": nvfp4 for i in range(cfg.n_layer)
+                      for t in SHEXP}
         if not cfg.rope:
             off = "rope factors: rope.scaling.finetuned is false, so llama.cpp applies no rope"
             names |= {n: off for n in ("rope_freqs.weight", "rope_factors_long.weight",
@@ -99,7 +125,15 @@ class Granite(FusedQKV, LongRope, Llama):
         return self._residual(g, super().attention_block(g, x, i))
 
     def ffn_block(self, g: Graph, x: Value, i: int) -> Value:
-        return self._residual(g, super().ffn_block(g, x, i))
+        y = super().ffn_block(g, x, i)
+        if self.cfg.n_ff_shexp:  # Granite MoE Shared: a dense SwiGLU FFN beside the experts
+            p = f"blk.{i}."
+            gate = self.product(g, x, p + "ffn_gate_shexp")
+            up = self.product(g, x, p + "ffn_up_shexp")
+            y = g.add(y, self.product(g, g.swiglu(gate, up), p + "ffn_down_shexp"))
+        return self._residual(g, y)
 
     def output(self, g: Graph, x: Value) -> Value:
-        return g.scale(super().output(g, x), 1.0 / self.cfg.logit_scale)
+        y = super().output(g, x)
+        s = self.cfg.logit_scale
+        return g.scale(y, 1.0 / s) if s != 1.0 else y

@@ -43,14 +43,20 @@ class Llama(Architecture):
                             f"the head size {cfg.head_dim}")
         return cfg
 
-    # the router of MoE layers (expert_count > 0; Mixtral's layout): llama.cpp's llama graph
-    # passes softmax gating and normalized weights to build_moe_ffn as constants
+    # MoE layers where expert_count > 0 (Mixtral's layout; of the llama-like architectures,
+    # llama.cpp's graphs of llama, granite, mistral3 and qwen3moe have them: the others set
+    # EXPERTS False)
+    EXPERTS = True
+    # their router: llama.cpp's llama graph passes softmax gating and normalized weights to
+    # build_moe_ffn as constants
     ROUTING = Routing(gating="softmax", norm=True)
+    # whether its graph passes the experts' per-expert `.scale` tensors to build_moe_ffn
+    EXPERT_SCALED = True
 
     @classmethod
     def required_tensors(cls, cfg: Config) -> list[str]:
         names = super().required_tensors(cfg)
-        if not cfg.n_expert:
+        if not cls.moe(cfg):
             return names
         dense = {f"blk.{i}.{t}.weight" for i in range(cfg.n_layer) for t in FFN}
         return [n for n in names if n not in dense] + [
@@ -61,8 +67,8 @@ class Llama(Architecture):
         names = list(cls.GLOBAL_OPTIONAL)
         for i in range(cfg.n_layer):
             names += [f"blk.{i}.{t}.bias" for t in cls.BIASED]
-            if cfg.n_expert:
-                names += moe_tensors(cfg, i)[1]
+            if cls.moe(cfg):
+                names += moe_tensors(cfg, i, scales=cls.EXPERT_SCALED)[1]
         return names
 
     @classmethod
@@ -139,7 +145,7 @@ class Llama(Architecture):
         return 0
 
     def ffn_block(self, g: Graph, x: Value, i: int) -> Value:
-        if self.cfg.n_expert:
+        if self.moe(self.cfg):
             return moe_ffn(self, g, x, i, self.ROUTING)
         p = f"blk.{i}."
         gate = self.product(g, x, p + "ffn_gate", bias_then_scale=True)

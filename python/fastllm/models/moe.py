@@ -31,11 +31,12 @@ class Routing:
     scale: float = 1.0
 
 
-def moe_tensors(cfg: Config, layer: int, *, biases: bool = False) -> tuple[list[str], list[str]]:
+def moe_tensors(cfg: Config, layer: int, *, scales: bool = True,
+                biases: bool = False) -> tuple[list[str], list[str]]:
     """(required, optional) tensor names of layer's MoE FFN."""
     p = f"blk.{layer}."
     req = [p + "ffn_gate_inp.weight"] + [p + t + ".weight" for t in EXPS]
-    opt = [p + t + ".scale" for t in EXPS]
+    opt = [p + t + ".scale" for t in EXPS] if scales else []
     if biases:
         opt += [p + t + ".bias" for t in EXPS] + [p + "ffn_gate_inp.bias"]
     return req, opt
@@ -43,9 +44,11 @@ def moe_tensors(cfg: Config, layer: int, *, biases: bool = False) -> tuple[list[
 
 def expert_product(net, g: Graph, x: Value, name: str, ids: Value) -> Value:
     """x through the chosen experts of `name` ({name}.weight), with the tensor's per-expert
-    `.scale` and `.bias` where the file has them, in llama.cpp's order (scale, then bias)."""
+    `.scale` (where the architecture's graph applies them: net.EXPERT_SCALED) and `.bias` where
+    the file has them, in llama.cpp's order (scale, then bias)."""
     y = g.matmul_id(x, net.w[name + ".weight"], ids)
-    s, b = net.w.get(name + ".scale"), net.w.get(name + ".bias")
+    s = net.w.get(name + ".scale") if net.EXPERT_SCALED else None
+    b = net.w.get(name + ".bias")
     if s is not None:
         y = g.mul_id(y, s, ids)
     if b is not None:

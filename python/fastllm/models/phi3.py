@@ -20,8 +20,9 @@ from .llama import ATTN, Llama
 
 class Phi3(FusedQKV, LongRope, Llama):
     arch = "phi3"
+    EXPERTS = False  # llama.cpp's graph of it has no MoE layers
     rope_neox = True
-    ALWAYS = True
+    LONGROPE_ALWAYS = True
     BIASED = ("attn_q", "attn_k", "attn_v")
     SCALED = ATTN
     GLOBAL_OPTIONAL = ("output.weight",)

@@ -9,6 +9,7 @@ from .llama import ATTN, FFN, Llama
 
 class Qwen2(Llama):
     arch = "qwen2"
+    EXPERTS = False  # llama.cpp's graph of it has no MoE layers
     rope_neox = True
     BIASED = ("attn_q", "attn_k", "attn_v")
     SCALED = ATTN

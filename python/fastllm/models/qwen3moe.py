@@ -13,6 +13,7 @@ from .qwen3 import Qwen3
 
 class Qwen3Moe(Qwen3):
     arch = "qwen3moe"
+    EXPERTS = True
     ROUTING = Routing(gating="softmax", norm=True)
 
     @classmethod

@@ -20,6 +20,7 @@ NO_ROPE_STEP = 4
 
 class SmolLM3(FusedQKV, Llama):
     arch = "smollm3"
+    EXPERTS = False  # llama.cpp's graph of it has no MoE layers
     BIASED = ("attn_q", "attn_k", "attn_v")
     SCALED = ATTN
     GLOBAL_OPTIONAL = ("output.weight",)

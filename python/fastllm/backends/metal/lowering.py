@@ -15,6 +15,7 @@ from ...errors import BackendError, UnsupportedError
 from ...quants import GGMLType, row_bytes
 from ..base import Graph, KVSpec, Value, Weight
 from ..fuse import fuse as fuse_nodes
+from .moe import MoeLowering  # mixture of experts
 
 # kernel-name suffix of each weight type: kernel_mul_mv_<t>_f32, kernel_get_rows_<t>, ...
 TYPE_NAMES: dict[GGMLType, str] = {
@@ -124,8 +125,11 @@ class _Arena:
         self.free = merged
 
 
-class MetalLowering:
+class MetalLowering(MoeLowering):
     """Graph -> Plan. `kv` is the backend's KV spec and `kv_type` its cache element type."""
+
+    # the mat-vec launch shape, for the mixins (moe.py): rows a threadgroup, its threads
+    MV_ROWS, MV_THREADS = MV_NSG * MV_NR, 32 * MV_NSG
 
     def __init__(self, graph: Graph, kv: KVSpec | None, kv_type: str = "f16",
                  redzone: int = 0, fuse: bool = True):
@@ -206,6 +210,17 @@ class MetalLowering:
 
     def _step(self) -> Ref:
         return Ref("arena", 0, 16)
+
+    def _scratch(self, nbytes: int) -> Ref:
+        """An arena block for a node's intermediate (release it with _free once used)."""
+        return Ref("arena", self.arena.alloc(nbytes), nbytes)
+
+    def _free(self, r: Ref) -> None:
+        self.arena.release(r.offset, r.nbytes)
+
+    @staticmethod
+    def _tname(w: Weight) -> str:
+        return _type_name(w)
 
     # -- ops (one method per op of base.py) -------------------------------------------------
     def _get_rows(self, node) -> None:

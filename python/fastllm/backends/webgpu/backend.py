@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BackendError, UnsupportedError
+from ...errors import ArgumentError, BackendError, UnsupportedError
 from ...gguf import TensorInfo
 from ...quants import GGMLType, row_bytes, type_size
 from ..base import Backend, Graph, KVSpec, Program, Weight
-from . import repack, rwkv, shaders
+from . import adapters, repack, rwkv, shaders
 
 OPTIONAL_FEATURES = ("shader-f16", "subgroup")
 # limits raised from WebGPU's defaults to what the adapter offers
@@ -159,7 +159,8 @@ class WebGPUBackend(Backend):
 
     def __init__(self, features: set[str] | None = None, disable: set[str] | None = None, *,
                  max_binding: int | None = None, fuse: bool = True,
-                 checked: bool | None = None, int_dot: bool | None = None):
+                 checked: bool | None = None, int_dot: bool | None = None,
+                 adapter: int | None = None):
         wgpu = _wgpu()
         self._closed = False
         self.fuse = fuse
@@ -170,7 +171,9 @@ class WebGPUBackend(Backend):
             int_dot = os.environ.get("FASTLLM_WEBGPU_INT_DOT", "1") not in ("", "0")
         self.int_dot = int_dot
         try:
-            adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+            adapter = adapters.request(wgpu, adapter)
+        except ArgumentError:
+            raise
         except Exception as e:
             raise BackendError(f"webgpu: no adapter could be requested ({e}); install a Vulkan "
                                f"driver (e.g. mesa-vulkan-drivers) or use backend='reference'"

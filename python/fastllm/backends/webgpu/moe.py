@@ -11,7 +11,7 @@ from ...errors import UnsupportedError
 from ...quants import GGMLType
 from ..base import Node
 from . import repack
-from .matmul import MV_MAX_M, _guard_k, mv_shape
+from .matmul import MV_MAX_M, Q8_TYPES, QX_WG, _guard_k, mv_shape, mvq_shape
 
 MAX_E = 512  # moe.wgsl's MAX_E (llama.cpp's LLAMA_MAX_EXPERTS)
 MAX_K = 64  # moe.wgsl's MAX_K
@@ -68,6 +68,9 @@ class MoeOps:
             self._dispatch("moe.wgsl", "kernel_moe_group_f32",
                            {0: self._arg(("kargs_mul_mv_id", fields)), 1: self.buf(ids),
                             2: groups}, (1,))
+        if not grouped and self.be.int_dot and k % 32 == 0 and h.tname in Q8_TYPES:
+            self._mul_mvq_id(node, fields)
+            return
         r, tpr, _unr, wg = mv_shape(m, h.units, c, h.tname)
         rows = r * (wg // tpr)
         gx, _, gz = self._mv_grid(-(-m // rows))
@@ -86,6 +89,38 @@ class MoeOps:
                            consts={"TPR": tpr, "R": r, "C": c, "WG": wg,
                                    "GUARD_K": _guard_k(t, k)},
                            variant="grouped" if grouped else None)
+
+    def _mul_mvq_id(self, node: Node, fields: dict) -> None:
+        """Decode's expert mat-vecs as integer dot products (mul_mvq_id.wgsl): x's rows (one,
+        or one per pair) quantized to bytes by quantize_x.wgsl into a scratch of their own."""
+        x, w, ids = node.args
+        h = w.handle
+        k, m = x.cols, w.shape[1]
+        rows = math.prod(x.shape[:-1])
+        need = (k + k // 2) * rows  # bytes: a vec4 of bytes per 16 values, one of scales per 32
+        if self._xq_id is None or self._xq_id.size < need:
+            self._xq_id = self._buf(max(need, 256), "STORAGE", "quantized expert x")
+        # the gate product reads the x the up product quantized just before it (dispatches run
+        # in order and only these write the scratch): quantized once
+        if self._xq_id_holds != (x.id, self._xq_id):
+            gx, _, gz = self._mv_grid(-(-(k // 4) // QX_WG))
+            self._dispatch("quantize_x.wgsl", "kernel_quantize_x_f32",
+                           {0: self._arg(("kargs_mul_mat", {"M": rows, "N": 0, "K": k,
+                                                            "w_row_words": 0}),
+                                         ("kargs_rms_norm", {})),
+                            1: self.buf(x), 2: self._xq_id},
+                           (gx, rows, gz), consts={"WG": QX_WG}, variant="plain")
+            self._xq_id_holds = (x.id, self._xq_id)
+        r, tpr, wg = mvq_shape(m, h.units, h.tname)
+        gx, _, gz = self._mv_grid(-(-m // (r * (wg // tpr))))
+        for part in h.parts:
+            b = {0: self._arg(("kargs_mul_mv_id", fields),
+                              ("kargs_part", {"row0": part.row0, "n_rows": part.n_rows})),
+                 1: self._xq_id, 2: self.buf(node.out), 7: self.buf(ids)}
+            b.update({3 + i: buf for i, buf in enumerate(part.buffers)})
+            self._dispatch("mul_mvq_id.wgsl", f"kernel_mul_mvq_id_{h.tname}_f32", b,
+                           (gx, ids.shape[0] * ids.shape[1], gz), wtype=h.tname,
+                           consts={"TPR": tpr, "R": r, "WG": wg})
 
     def _per_expert(self, node: Node, entry: str) -> None:
         y, b, ids = node.args

@@ -57,6 +57,8 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Progr
         self._rows_sampler = self._rows_stage = None  # rows mode's device sampling (loops.py)
         self._rows_chain = None  # run_rows_chain's buffers (loops.py)
         self._xq = None  # quantize_x's scratch buffer (matmul.py), made on first use
+        self._xq_id = None  # the experts' quantized x (moe.py), made on first use
+        self._xq_id_holds = None  # (value id, buffer) of the x last quantized into it
         # (pipeline, entries, grid, when) until bind groups exist; `when` is None for a
         # dispatch of every step, else the list it belongs to ("short": steps at which at most
         # attn_direct_max positions are visible, "long": the others; attention.py)

@@ -63,7 +63,8 @@ def module_source(file: str, *, subgroups: bool, wtype: str | None = None,
     if wtype is not None:
         qhead, qsec = sections("quants.wgsl")
         parts += [qhead, qsec[wtype]]
-        if file == "mul_mvq.wgsl":  # the type's integer form: it reads mul_mvq's x accessors
+        if file in ("mul_mvq.wgsl", "mul_mvq_id.wgsl"):  # the type's integer form: it reads
+            # the x accessors (xq16, xmeta) of these files
             parts.append(qsec[wtype + "_int"])
         body = body.replace("_TYPE", "_" + wtype)
     parts.append(body)
