@@ -148,3 +148,31 @@ def test_rows_step_equals_one_at_a_time(archs, ref, backend):
             # as test_archs.py's test_moe_rows_step_equals_one_at_a_time
             tol = 2e-6 if backend == "reference" else 3 * 2.0**-11 * float(np.abs(want).max())
             np.testing.assert_allclose(got[row], want, rtol=0, atol=tol)
+
+
+def test_yarn_file_runs_on_webgpu_as_on_the_reference(archs, ref, tmp_path):
+    """gpt-oss as released scales rope by YaRN (models/layout.py's Yarn, checked against ggml's
+    rope in test_yarn.py): a copy of the e6k2 file with rope.scaling.type "yarn", factor 4 over
+    an original context of 16 (so the 40 positions reach past it) loads, its logits move from
+    the unscaled file's, and WebGPU gives the reference's within test_archs.py's bound. (No
+    llama.cpp logits for such a file here: the scaling's parameters are llama.cpp's generic
+    ones, as for mistral3.)"""
+    import gguf
+
+    from test_archs import copy_with_keys
+
+    f32, u32, s = gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.UINT32, gguf.GGUFValueType.STRING
+    p = copy_with_keys(archs / f"{E6K2}.gguf", tmp_path / "yarn.gguf", {
+        "gpt-oss.rope.scaling.type": ("yarn", s), "gpt-oss.rope.scaling.factor": (4.0, f32),
+        "gpt-oss.rope.scaling.original_context_length": (16, u32)})
+    ids = ref["tokens"]
+    m = Model.load(p, backend="reference")
+    assert m.config.yarn and m.config.n_ctx_orig == 16
+    want = m.logits(ids)
+    plain = Model.load(archs / f"{E6K2}.gguf", backend="reference").logits(ids)
+    # rope moves these near-uniform attentions' logits little (as in test_archs.py's gemma3
+    # scaling check), but both runs are the same arithmetic on the same data but for the
+    # scaling, so any difference is the scaling at work
+    assert np.abs(want - plain).max() > 2e-5
+    got = Model.load(p, backend=make_backend("webgpu")).logits(ids)
+    assert np.abs(got - want).max() <= bound("webgpu", want)

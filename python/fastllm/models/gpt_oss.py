@@ -10,7 +10,9 @@ through add_id) and the activation is the clamped SwiGLU (swiglu_oai: alpha 1.70
 constants of llama.cpp's LLM_FFN_SWIGLU_OAI_MOE). Layers alternate sliding-window and full
 attention (`attention.sliding_window_pattern`, llama.cpp's default period 2: even layers local);
 the local layers rope with `rope.freq_base_swa` (default: rope.freq_base). The query scale is
-1/sqrt(rope.dimension_count).
+1/sqrt(rope.dimension_count). The released models scale rope by YaRN (factor 32 over an
+original context of 4096): models/layout.py's Yarn, the same per-pair divisors and magnitude for
+every layer, as llama.cpp gives both layer kinds one freq_scale (rope_freq_scale_train_swa).
 
 Keys the saver writes that llama.cpp's gpt-oss graph does not read (the softcapping values,
 expert_weights_norm, expert_gating_func) are not read here either: the gating and the
@@ -25,9 +27,10 @@ import math
 from dataclasses import dataclass
 
 from ..backends.base import Graph, KVSpec, Value
-from ..errors import GGUFError
+from ..errors import GGUFError, UnsupportedError
 from .base import Config, KeyReader
 from .gemma3 import swa_layers
+from .layout import Yarn, YarnConfig, extend_config
 from .llama import ATTN, Llama
 from .moe import EXPS
 
@@ -36,13 +39,13 @@ SWA_PERIOD = 2
 
 
 @dataclass
-class GptOssConfig(Config):
+class GptOssConfig(YarnConfig):
     swa: tuple[bool, ...] = ()  # per layer: attends through the sliding window
     rope_base_swa: float = 10000.0
     expert_weights_scale: float = 1.0
 
 
-class GptOss(Llama):
+class GptOss(Yarn, Llama):
     arch = "gpt-oss"
     EXPERTS = True
     rope_neox = True
@@ -54,26 +57,32 @@ class GptOss(Llama):
 
     @classmethod
     def config(cls, md, path: str = "") -> GptOssConfig:
-        cfg = GptOssConfig.from_gguf(md, path)
         key = KeyReader(md, cls.arch, path)
+        # Yarn's config over Llama's (which checks rope.dimension_count == the head size)
+        cfg = super().config(md, path)
         if not cfg.n_expert:
             raise GGUFError(f"{path}: gpt-oss.expert_count is 0: a gpt-oss file needs experts")
-        if cfg.n_rot != cfg.head_dim:
-            raise GGUFError(f"{path}: gpt-oss.rope.dimension_count {cfg.n_rot} differs from the "
-                            f"head size {cfg.head_dim}")
         if f"{cls.arch}.attention.sliding_window_pattern" in md:
-            cfg.swa = swa_layers(md, cls.arch, cfg.n_layer, path)
+            swa = swa_layers(md, cls.arch, cfg.n_layer, path)
         else:
-            cfg.swa = tuple(i % SWA_PERIOD < SWA_PERIOD - 1 for i in range(cfg.n_layer))
+            swa = tuple(i % SWA_PERIOD < SWA_PERIOD - 1 for i in range(cfg.n_layer))
         if cfg.sliding_window <= 0:
             # llama.cpp requires the key (get_key without a default) and a window of 0 would
             # make its local layers see nothing
             raise GGUFError(f"{path}: gpt-oss.attention.sliding_window is missing or 0")
-        cfg.rope_base_swa = key("rope.freq_base_swa", cfg.rope_base, float)
+        base_swa = key("rope.freq_base_swa", cfg.rope_base, float)
+        if cfg.yarn and base_swa != cfg.rope_base:
+            # YaRN's correction dimensions depend on the base: the load-time divisors are one
+            # set for every layer here
+            raise UnsupportedError(f"{path}: gpt-oss.rope.freq_base_swa {base_swa:g} differs "
+                                   f"from rope.freq_base {cfg.rope_base:g} under YaRN scaling")
         # build_moe_ffn scales the weights unless the factor is 0 or 1
         scale = key("expert_weights_scale", 0.0, float)
-        cfg.expert_weights_scale = 1.0 if scale == 0.0 else scale
-        return cfg
+        # YaRN's original context (llama.cpp's n_ctx_orig_yarn; default the training context)
+        cfg.n_ctx_orig = (key("rope.scaling.original_context_length", cfg.n_ctx_train)
+                          or cfg.n_ctx_train)
+        return extend_config(cfg, GptOssConfig, swa=swa, rope_base_swa=base_swa,
+                             expert_weights_scale=1.0 if scale == 0.0 else scale)
 
     @classmethod
     def required_tensors(cls, cfg: Config) -> list[str]:
