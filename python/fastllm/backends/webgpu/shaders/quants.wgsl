@@ -434,6 +434,35 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
     return 16.0 * mx_scale(i) * s;
 }
 
+//! section mxfp4_int
+// Integer form (mul_mvq.wgsl, mul_mvq_id.wgsl): the doubled E2M1 levels are integers (-12..12),
+// so a block is a byte dot product with x's, times the two scales (as ggml's mxfp4 x q8 dots)
+struct XQ {
+    a: vec4<u32>,
+    b: vec4<u32>,
+    d: f32,
+}
+
+fn load_q8(u: u32) -> XQ {
+    return XQ(xq16(32u * u), xq16(32u * u + 16u), xmeta(32u * u).x);
+}
+
+// the signed levels of the four nibbles at bit `shift` of each byte of w, as packed bytes
+fn mx_i8(w: u32, shift: u32) -> u32 {
+    let m = mx_split(w, shift);
+    let b = select(m.mag, (vec4<u32>(0u) - m.mag) & vec4<u32>(0xFFu), m.sign != vec4<u32>(0u));
+    return b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
+}
+
+fn dot_q8(i: u32, xv: XQ) -> f32 {
+    let q = w0[i];
+    var s = 0;
+    for (var k = 0u; k < 4u; k++) {
+        s += dot4I8Packed(mx_i8(q[k], 0u), xv.a[k]) + dot4I8Packed(mx_i8(q[k], 4u), xv.b[k]);
+    }
+    return mx_scale(i) * xv.d * f32(s);
+}
+
 //! section q2_K
 // Block of 256: w0 the 64 bytes of 2-bit quants (byte l of half n holds weights
 // 128n + 32t + l at bits 2t), as 8-byte pieces; w1 the 16 scale bytes (low nibble scale, high
