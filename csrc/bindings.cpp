@@ -116,6 +116,10 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_lerp, F(n_rows) F(n_cols) F(has_mu) F(mu_off) F(has_mu_v) F(mu_v_cols)
                                  F(mu_col) F(_pad0))
     KARGS_STRUCT(kargs_rwkv, F(n_rows) F(n_cols) F(group) F(eps))
+    KARGS_STRUCT(kargs_slice_cols, F(n_rows) F(n_cols) F(start) F(width) F(period) F(out_cols)
+                                       F(_pad0) F(_pad1))
+    KARGS_STRUCT(kargs_gated_delta, F(n_rows) F(n_k_heads) F(n_v_heads) F(head_dim) F(scale)
+                                        F(eps) F(_pad1) F(_pad2))
     KARGS_STRUCT(kargs_mul_mat_blocks,
                  F(M) F(n_blocks) F(m) F(k) F(w_row_words) F(_pad0) F(_pad1) F(_pad2))
     KARGS_STRUCT(kargs_sample_rows, F(n_cols) F(chunk) F(n_parts) F(lp_base))
@@ -125,7 +129,8 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_moe_route,
                  F(n_rows) F(n_expert) F(k) F(gating) F(norm) F(has_bias) F(scale) F(_pad0))
     KARGS_STRUCT(kargs_mul_mv_id, F(n_pairs) F(k) F(m) F(K) F(x_per_pair) F(n_expert)
-                                      F(w_row_words) F(n_chunks))
+                                      F(w_row_words) F(n_chunks) F(chunk) F(_pad0) F(_pad1)
+                                          F(_pad2))
     KARGS_STRUCT(kargs_moe_ew, F(n_pairs) F(k) F(m) F(b_cols))
     return out;
 }

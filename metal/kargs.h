@@ -249,6 +249,32 @@ struct kargs_rwkv {
     float eps;
 };
 
+// slice_cols: out[t, g*width + i] = x[t, g*period + start + i]; out_cols = (n_cols / period) *
+// width
+struct kargs_slice_cols {
+    uint32_t n_rows;
+    uint32_t n_cols;
+    uint32_t start;
+    uint32_t width;
+    uint32_t period;
+    uint32_t out_cols;
+    uint32_t _pad0;
+    uint32_t _pad1;
+};
+
+// gated_delta: q and k of n_k_heads, v of n_v_heads heads of head_dim; scale = 1/sqrt(head_dim);
+// eps: the l2 norms' of q and k
+struct kargs_gated_delta {
+    uint32_t n_rows;
+    uint32_t n_k_heads;
+    uint32_t n_v_heads;
+    uint32_t head_dim;
+    float scale;
+    float eps;
+    uint32_t _pad1;
+    uint32_t _pad2;
+};
+
 // Block-diagonal product: y[:, b*m : (b+1)*m] = x[:, b*k : (b+1)*k] @ W[b]^T with W (n_blocks,
 // m, k) stored as n_blocks * m rows of k values.
 struct kargs_mul_mat_blocks {
@@ -311,7 +337,8 @@ struct kargs_moe_route {
 // Products over each row's chosen experts (ggml's mul_mat_id): pair p = row * k + j reads
 // expert ids[p]'s matrix (rows ids[p] * m .. + m - 1 of a weight of n_expert * m rows of K
 // values) and x row p (x_per_pair) or p / k, and writes y[p * m ..]. The grouped form
-// (prefill) takes the pairs of one expert at a time from kernel_moe_group's list.
+// (prefill) takes up to `chunk` pairs of one expert a workgroup, from kernel_moe_group's list
+// and chunk table (n_chunks slots: ceil(n_pairs / chunk) + n_expert cover any split).
 struct kargs_mul_mv_id {
     uint32_t n_pairs;
     uint32_t k;
@@ -320,7 +347,11 @@ struct kargs_mul_mv_id {
     uint32_t x_per_pair;
     uint32_t n_expert;
     uint32_t w_row_words;  // 32-bit words per W row in WebGPU's repacked layout
-    uint32_t n_chunks;     // grouped form: workgroups per expert (ceil(n_rows / token rows each))
+    uint32_t n_chunks;     // grouped form: slots of the chunk table (its workgroups)
+    uint32_t chunk;        // grouped form: pairs a workgroup
+    uint32_t _pad0;
+    uint32_t _pad1;
+    uint32_t _pad2;
 };
 
 // Per-expert values over (n_pairs, m) rows (add_id, mul_id: b holds b_cols values an expert,

@@ -113,8 +113,10 @@ kernel void kernel_moe_route_f32(constant kargs_moe_route &args [[buffer(0)]],
 }
 
 // The pairs (row, chosen expert) listed expert by expert: groups[e] is where expert e's pairs
-// start in the list at groups[E + 1 ..] (groups[E]: the pair count). One threadgroup. The order
-// within an expert does not matter: each pair's product goes to its own place.
+// start in the list at groups[E + 1 ..] (groups[E]: the pair count); after the list, the chunk
+// table: n_chunks slots of (expert, first entry), expert e's pairs in runs of `chunk`, the
+// unused slots (E, 0). One threadgroup. The order within an expert does not matter: each
+// pair's product goes to its own place.
 kernel void kernel_moe_group_f32(constant kargs_mul_mv_id &args [[buffer(0)]],
                                  device const int *ids [[buffer(1)]],
                                  device uint *groups [[buffer(2)]],
@@ -140,6 +142,21 @@ kernel void kernel_moe_group_f32(constant kargs_mul_mv_id &args [[buffer(0)]],
             atomic_store_explicit(&counts[e], 0u, memory_order_relaxed);
         }
         groups[E] = run;
+        // the chunk table: a grouped mat-vec threadgroup per slot, none left idle past the pairs
+        device uint *table = groups + E + 1 + args.n_pairs;
+        uint slot = 0;
+        for (uint e = 0; e < E; ++e) {
+            const uint end = e + 1 == E ? run : firsts[e + 1];
+            for (uint f = firsts[e]; f < end; f += args.chunk) {
+                table[2 * slot] = e;
+                table[2 * slot + 1] = f;
+                ++slot;
+            }
+        }
+        for (; slot < args.n_chunks; ++slot) {
+            table[2 * slot] = E;
+            table[2 * slot + 1] = 0;
+        }
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
     for (uint p = tiitg; p < args.n_pairs; p += MOE_GROUP_TG) {

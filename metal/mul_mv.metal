@@ -155,11 +155,11 @@ kernel void kernel_mul_mv_id(constant kargs_mul_mv_id &args [[buffer(0)]],
     }
 }
 
-// The grouped form (prefill): threadgroup (row block, expert e, chunk c) takes pairs
-// c * MV_ID_C .. of expert e's in kernel_moe_group_f32's list (groups[e] .. groups[e + 1] of
-// the pairs at groups[E + 1 ..]) and reads each 16-value chunk of a weight row once for all of
-// them. Grid (ceil(m / (MV_NSG * MV_NR)), n_expert * n_chunks); a threadgroup past its expert's
-// pairs does nothing.
+// The grouped form (prefill): threadgroup (row block, slot) takes the up to MV_ID_C pairs of
+// one expert that slot tgpig.y of kernel_moe_group_f32's chunk table names (groups[e] ..
+// groups[e + 1] of the list at groups[E + 1 ..] are expert e's) and reads each 16-value chunk
+// of a weight row once for all of them. Grid (ceil(m / (MV_NSG * MV_NR)), n_chunks); an unused
+// slot (expert E) does nothing.
 #define MV_ID_C 8
 template <typename Q>
 kernel void kernel_mul_mv_id_grouped(constant kargs_mul_mv_id &args [[buffer(0)]],
@@ -171,8 +171,12 @@ kernel void kernel_mul_mv_id_grouped(constant kargs_mul_mv_id &args [[buffer(0)]
                                      ushort sgitg [[simdgroup_index_in_threadgroup]],
                                      ushort tiisg [[thread_index_in_simdgroup]]) {
     const uint m = args.m, K = args.K;
-    const uint e = tgpig.y / args.n_chunks;
-    const uint first = groups[e] + (tgpig.y % args.n_chunks) * MV_ID_C;
+    device const uint *slot = groups + args.n_expert + 1 + args.n_pairs + 2 * tgpig.y;
+    const uint e = slot[0];
+    if (e >= args.n_expert) {
+        return;
+    }
+    const uint first = slot[1];
     const uint end = groups[e + 1];
     if (first >= end) {
         return;

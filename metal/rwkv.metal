@@ -115,7 +115,7 @@ kernel void kernel_wkv7_bonus_f32(
 // exp's arguments are clamped where the result has already reached its f32 limit, so no result
 // depends on exp overflowing to inf (which fast math, should a build enable it, does not keep).
 
-enum { U_TANH, U_SIGMOID, U_SILU, U_RELU_SQR, U_EXP_NEG_EXP, U_DECAY7 };
+enum { U_TANH, U_SIGMOID, U_SILU, U_RELU_SQR, U_EXP_NEG_EXP, U_DECAY7, U_SOFTPLUS };
 
 inline float sigmoid_f(float x) {
     return 1.0f / (1.0f + exp(-clamp(x, -88.0f, 88.0f)));
@@ -141,6 +141,8 @@ kernel void kernel_unary(constant kargs_unary &args [[buffer(0)]],
         r = p * p;
     } else if (F == U_EXP_NEG_EXP) {
         r = exp(-exp(min(v, 88.0f)));
+    } else if (F == U_SOFTPLUS) {
+        r = v > 20.0f ? v : log(1.0f + exp(min(v, 20.0f)));  // ggml's op_softplus
     } else {
         r = exp(-0.606531f * sigmoid_f(v));  // exp(-1/2) as rwkv.cpp and llama.cpp write it
     }
@@ -155,6 +157,7 @@ template [[host_name("kernel_unary_silu_f32")]] kernel unary_t kernel_unary<U_SI
 template [[host_name("kernel_unary_relu_sqr_f32")]] kernel unary_t kernel_unary<U_RELU_SQR>;
 template [[host_name("kernel_unary_exp_neg_exp_f32")]] kernel unary_t kernel_unary<U_EXP_NEG_EXP>;
 template [[host_name("kernel_unary_decay7_f32")]] kernel unary_t kernel_unary<U_DECAY7>;
+template [[host_name("kernel_unary_softplus_f32")]] kernel unary_t kernel_unary<U_SOFTPLUS>;
 
 // -- lerp: a + (b - a) * (mu + mu_v); an absent mu or mu_v is bound to a and not read ---------
 

@@ -449,6 +449,7 @@ def test_elementwise_ops_follow_their_formulas():
         "tanh": np.tanh(x), "sigmoid": sig, "silu": x * sig,
         "relu_sqr": np.maximum(x, 0) ** 2, "exp_neg_exp": np.exp(-np.exp(x)),
         "decay7": np.exp(-np.exp(-0.5) * sig),
+        "softplus": np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20.0)))),
     }
     for k_ in outs:
         np.testing.assert_allclose(got[k_], want[k_], rtol=1e-5, atol=1e-5, err_msg=k_)

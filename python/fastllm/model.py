@@ -29,7 +29,8 @@ class Model:
     """A loaded model. Create with `Model.load(path)`."""
 
     def __init__(self, file: GGUFFile, arch: Architecture, tokenizer: Tokenizer,
-                 backend: Backend, kv_spec: KVSpec, n_batch: int, load_seconds: float):
+                 backend: Backend, kv_spec: KVSpec, n_batch: int, load_seconds: float,
+                 state_checkpoints: int = 0):
         self.file = file
         self.path = file.path
         self.net = arch
@@ -46,13 +47,19 @@ class Model:
         self._slot_tokens: list[list[int]] = [[] for _ in range(self.n_seq)]
         self._chat = None
         self._run_rows_of: dict[bool, int] = {}  # _run_rows by all_logits
+        # recurrent models: per slot, the last `state_checkpoints` states at prefill chunk
+        # boundaries, each with the tokens it follows (a state cannot roll back; a new prompt
+        # that leaves the cached tokens resumes from the longest checkpoint it extends)
+        self.state_checkpoints = state_checkpoints if kv_spec.recurrent else 0
+        self._checkpoints: list[list[tuple[tuple[int, ...], dict]]] = [
+            [] for _ in range(self.n_seq)]
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str | Backend | None = None,
              n_ctx: int | None = None,
              n_batch: int = DEFAULT_N_BATCH, n_seq: int = 1, quiet: bool = False,
-             adapter: int | None = None) -> Model:
+             adapter: int | None = None, state_checkpoints: int = 0) -> Model:
         """Load a GGUF model. `backend`: "reference", "webgpu", "metal" or None (the best one
         available). `n_ctx`: context length; None means min(training context, 4096) (recurrent
         models: the training context), per sequence. `n_seq`: how many sequences the model
@@ -62,7 +69,14 @@ class Model:
         cache (`fastllm list`) is found there. `quiet`: no progress bars (shown on a terminal
         when a download, or loading the weights, takes more than a second). `adapter`: the
         index of the WebGPU adapter to run on, for a machine with several GPUs (default:
-        FASTLLM_WEBGPU_ADAPTER, else wgpu's choice; `fastllm --version` lists them in order)."""
+        FASTLLM_WEBGPU_ADAPTER, else wgpu's choice; `fastllm --version` lists them in order).
+        `state_checkpoints`: for models with a recurrent state (RWKV, Qwen3.5's DeltaNet layers),
+        how many copies of a slot's state to keep at the prefill chunk boundaries (every n_batch
+        tokens and the prompt's end; the last N kept, as llama.cpp's --ctx-checkpoints): a
+        prompt that shares a prefix with the slot's tokens but leaves them (a chat's next turn
+        whose template renders the last reply differently) resumes from the longest checkpoint
+        it extends instead of reading everything again. Each costs a copy of the state in host
+        memory; 0: none."""
         from . import progress
         from .pull import resolve
 
@@ -91,6 +105,9 @@ class Model:
             raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
         if isinstance(n_seq, bool) or not isinstance(n_seq, int) or n_seq < 1:
             raise ValueError(f"n_seq must be a positive int, got {n_seq!r}")
+        if (isinstance(state_checkpoints, bool) or not isinstance(state_checkpoints, int)
+                or state_checkpoints < 0):
+            raise ValueError(f"state_checkpoints must be an int >= 0, got {state_checkpoints!r}")
         n_batch = max(1, min(n_batch, n_ctx))
         be = create_backend(backend, adapter)
         try:
@@ -116,7 +133,7 @@ class Model:
         except BaseException:
             be.close()  # nothing half-loaded stays on the device
             raise
-        return cls(f, net, tok, be, spec, n_batch, time.perf_counter() - t0)
+        return cls(f, net, tok, be, spec, n_batch, time.perf_counter() - t0, state_checkpoints)
 
     def close(self) -> None:
         """Free the backend's memory. The model cannot be used afterwards."""
@@ -219,13 +236,25 @@ class Model:
         (1, n_vocab), or of every token (n, n_vocab)."""
         out = []
         step = self._run_rows(all_logits)
-        for s in range(0, len(ids), step):
+        starts = range(0, len(ids), step)
+        # the chunk ends whose states are checkpoints: only the last ones are kept anyway
+        keep = set(starts[-self.state_checkpoints:]) if self.state_checkpoints else set()
+        for s in starts:
             chunk = ids[s:s + step]
             last = s + step >= len(ids)
             r = self._program(len(chunk), all_logits).run(chunk, pos + s, slot)
             if all_logits or last:
                 out.append(r["logits"])
+            if s in keep:
+                head = self._slot_tokens[slot][:pos]
+                self._checkpoint(slot, tuple(head) + tuple(map(int, ids[:s + len(chunk)])))
         return np.concatenate(out) if all_logits else out[-1]
+
+    def _checkpoint(self, slot: int, tokens: tuple[int, ...]) -> None:
+        """Keep a copy of slot `slot`'s state after `tokens` (the last state_checkpoints)."""
+        cks = [c for c in self._checkpoints[slot] if c[0] != tokens]
+        cks.append((tokens, self.backend.get_state(slot)))
+        self._checkpoints[slot] = cks[-self.state_checkpoints:]
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 (len(ids), n_vocab): the logits after each token, from an empty cache."""
@@ -242,31 +271,58 @@ class Model:
         the next prompt there starts afresh."""
         for s in range(self.n_seq) if slot is None else (self._check_slot(slot),):
             self._slot_tokens[s] = []
+            self._checkpoints[s] = []
         self.backend.reset_state(slot)
 
     def common_prefix(self, ids: Sequence[int], slot: int = 0) -> int:
         """How many leading tokens of ids slot `slot` could reuse (prefill would not evaluate)."""
         cached = self._slot_tokens[self._check_slot(slot)]
-        n = 0
-        for a, b in zip(cached, ids):
-            if a != b:
-                break
-            n += 1
+        n = self._shared_prefix(ids, slot)
         spec = self.kv_spec
         if spec.recurrent:
-            # a recurrent state cannot roll back: reuse only an exact extension
-            return n if 0 < n == len(cached) < len(ids) else 0
+            return self._recurrent_reuse(ids, slot, n)[0]
         # a ring (sliding-window) layer may have overwritten the rows a rollback needs
         if (n < len(cached) and spec.sizes and min(spec.sizes) < spec.n_ctx
                 and len(cached) - n > min(spec.sizes) - self.config.sliding_window):
             return 0
         return min(n, len(ids) - 1)  # always evaluate the last token: its logits are needed
 
+    def _shared_prefix(self, ids: Sequence[int], slot: int) -> int:
+        n = 0
+        for a, b in zip(self._slot_tokens[slot], ids):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def _recurrent_reuse(self, ids: Sequence[int], slot: int,
+                         n: int) -> tuple[int, tuple | None]:
+        """A recurrent state cannot roll back: the slot's state serves an exact extension of its
+        tokens; else the longest checkpoint whose tokens ids extends (within the n tokens ids
+        shares with the slot's, so a hybrid model's KV rows before it are those tokens' too).
+        (tokens reused, the checkpoint or None)."""
+        cached = self._slot_tokens[slot]
+        if 0 < n == len(cached) < len(ids):
+            return n, None
+        best = None
+        for ck in self._checkpoints[slot]:
+            p = len(ck[0])
+            if p <= n and p < len(ids) and (best is None or p > len(best[0])) \
+                    and tuple(int(t) for t in ids[:p]) == ck[0]:
+                best = ck
+        return (len(best[0]), best) if best is not None else (0, None)
+
     def _reusable(self, ids: Sequence[int], slot: int = 0) -> int:
-        """common_prefix, and a recurrent slot that cannot continue is reset."""
+        """common_prefix; a recurrent slot resumes from its checkpoint, or is reset when it
+        cannot continue."""
         n = self.common_prefix(ids, slot)
-        if n == 0 and self.kv_spec.recurrent:
-            self.backend.reset_state(slot)
+        if self.kv_spec.recurrent:
+            _, ck = self._recurrent_reuse(ids, slot, self._shared_prefix(ids, slot))
+            if ck is not None:
+                self.backend.set_state(ck[1], slot)
+                self._slot_tokens[slot] = list(ck[0])
+            elif n == 0:
+                self.backend.reset_state(slot)
         return n
 
     def save_state(self, slot: int = 0) -> dict:
@@ -278,7 +334,8 @@ class Model:
     def restore_state(self, snap: dict, slot: int = 0) -> None:
         """Return slot `slot` to a snapshot taken with save_state(). For transformers the KV rows
         of the snapshot's tokens must still be in that slot's cache (no other prompt there
-        since); recurrent models restore their state buffers."""
+        since); recurrent models restore their state buffers, and hybrids (Qwen3.5: conv and
+        delta states beside attention layers' KV rows) need both."""
         slot = self._check_slot(slot)
         self.backend.set_state(snap["state"], slot)
         self._slot_tokens[slot] = list(snap["tokens"])

@@ -452,10 +452,12 @@ def test_every_kernel_ran(request):
     # rwkv.metal's kernels are run by test_rwkv_metal.py and rows.metal's by
     # test_rows_metal.py, which check them the same way; probe.metal's by test_native.py (the
     # capability probe, through the fake extension); sample_rows.metal's by test_sample_rows.py
-    # and rows_chain.metal's by test_rows_sampled_metal.py (a batched step sampled on the device)
+    # and rows_chain.metal's by test_rows_sampled_metal.py (a batched step sampled on the device);
+    # delta.metal's by test_delta_metal.py
     libs = rt.libraries()
     others = {libs[k] for k in ("kernel_wkv7_f32", "kernel_attn_rows_f32", "kernel_probe_simd",
-                                "kernel_sample_rows_final", "kernel_rows_chain_next")}
+                                "kernel_sample_rows_final", "kernel_rows_chain_next",
+                                "kernel_gated_delta_f32")}
     missing = sorted(k for k, lib in libs.items()
                      if lib not in others and k not in rt.EmuRuntime.total)
     assert not missing, f"kernels no test ran: {missing}"

@@ -314,7 +314,7 @@ class Graph:
     # sequence); each is one kernel over all n rows of a run, sequential in the rows inside it,
     # so a prefill of n tokens leaves the same state as n single-token decodes.
 
-    UNARY_FNS = ("tanh", "sigmoid", "silu", "relu_sqr", "exp_neg_exp", "decay7")
+    UNARY_FNS = ("tanh", "sigmoid", "silu", "relu_sqr", "exp_neg_exp", "decay7", "softplus")
 
     def layer_norm(self, x: Value, w: Weight | None, b: Weight | None, eps: float,
                    group: int | None = None) -> Value:
@@ -335,7 +335,8 @@ class Graph:
         """fn(x) elementwise. fn is one of UNARY_FNS: tanh; sigmoid 1/(1+exp(-x)); silu
         x*sigmoid(x); relu_sqr max(x, 0)^2; exp_neg_exp exp(-exp(x)) (RWKV-6 decay); decay7
         exp(-0.606531 * sigmoid(x)) (RWKV-7 decay; the constant is exp(-1/2) as rwkv.cpp and
-        llama.cpp write it)."""
+        llama.cpp write it); softplus log(1 + exp(x)), x itself above 20 (ggml's op_softplus;
+        Gated DeltaNet's decay)."""
         _require(fn in self.UNARY_FNS, "fn in self.UNARY_FNS", lambda: fn)
         return self._add("unary", (x,), x.shape, fn=fn)
 
@@ -432,6 +433,78 @@ class Graph:
             "int(np.prod(r_k.shape)) == r.cols",
             lambda: (r_k.name, r_k.shape))
         return self._add("wkv7_bonus", (r, k, v, r_k), r.shape, head_size=int(head_size))
+
+
+    # -- Gated DeltaNet ops (models/qwen35.py) ------------------------------------------------
+
+    def slice_cols(self, x: Value, start: int, width: int, period: int | None = None) -> Value:
+        """Columns start..start+width-1 of every period-wide group of a row's columns (period:
+        the whole row by default), groups side by side: out[t, g*width + i] =
+        x[t, g*period + start + i]. Splits a fused projection (q, k, v after the convolution)
+        and interleaved per-head halves (Qwen3.5's query and gate)."""
+        p = period or x.cols
+        _require(0 <= start and width > 0 and start + width <= p and x.cols % p == 0,
+                 "0 <= start and start + width <= period and x.cols % period == 0",
+                 lambda: (x.shape, start, width, p))
+        return self._add("slice_cols", (x,), (*x.shape[:-1], x.cols // p * width),
+                         start=int(start), width=int(width), period=int(p))
+
+    def dot_gate(self, x: Value, h: Value, w: Weight) -> Value:
+        """x * sigmoid(h @ w) row by row: each row of x (n, d) scaled by one gate made from the
+        row of h (n, e) and w (e values). Qwen3.5's shared expert gate (ffn_gate_inp_shexp)."""
+        _require(h.shape[0] == x.shape[0] and math.prod(w.shape) == h.cols
+                 and math.prod(x.shape[1:-1]) == 1, "h is (n, len(w)) for x (n, d)",
+                 lambda: (x.shape, h.shape, w.name, w.shape))
+        return self._add("dot_gate", (x, h, w), x.shape)
+
+    def ssm_conv(self, x: Value, w: Weight, state: str, silu: bool = False) -> Value:
+        """State op, the causal depthwise convolution of Mamba-style layers (ggml_ssm_conv with
+        llama.cpp's conv state). x is (n, C), w (C, K) float. The buffer `state` holds the K-1
+        rows before x, channel by channel: prev[k, c] at c*(K-1) + k, k = 0 the oldest. With
+        xin = prev stacked over x ((K-1+n, C)):
+            out[t, c] = sum_k xin[t + k, c] * w[c, k]          (k = 0..K-1, in order)
+        and afterwards the buffer holds the last K-1 rows of xin. With silu, out is silu(out)
+        (the activation Mamba-style layers apply next)."""
+        _require(len(w.shape) == 2 and w.shape[0] == x.cols and w.shape[1] >= 2,
+                 "w.shape == (x.cols, K) with K >= 2", lambda: (w.name, w.shape, x.shape))
+        return self._add("ssm_conv", (x, w), x.shape, state=state, silu=bool(silu))
+
+    def norm_gate(self, x: Value, w: Weight, z: Value, eps: float, group: int) -> Value:
+        """rms_norm(x, w, eps, group) * silu(z): the gated RMSNorm of Gated DeltaNet's output
+        (w holds `group` values, z has x's shape)."""
+        _require(tuple(z.shape) == tuple(x.shape) and x.cols % group == 0
+                 and math.prod(w.shape) == group, "z.shape == x.shape, len(w) == group",
+                 lambda: (x.shape, z.shape, w.name, w.shape, group))
+        return self._add("norm_gate", (x, w, z), x.shape, eps=float(eps), group=int(group))
+
+    def gated_delta(self, qkv: Value, alpha: Value, beta: Value, dt_bias: Weight, a: Weight,
+                    state: str, *, head_dim: int, n_k_heads: int, eps: float) -> Value:
+        """State op, Gated DeltaNet's recurrence with its inputs' preparation (llama.cpp's
+        build_layer_attn_linear from the convolution's output through ggml_gated_delta_net).
+        With S = head_dim, Hk = n_k_heads and Hv value heads: qkv is (n, 2*Hk*S + Hv*S), the
+        queries, keys and values side by side; alpha and beta are (n, Hv); dt_bias and a hold
+        Hv values. Per row t, q and k heads are l2-normalized (x / sqrt(sum(x^2) + eps), llama.cpp's
+        build_gdn_l2_norm), g = softplus(alpha + dt_bias) * a (the log decay), b = sigmoid(beta),
+        and value head h reads query/key head h % Hk (llama.cpp's head tiling). The buffer
+        `state` holds Hv matrices of S x S, s[h, j, i] at (h*S + j)*S + i, j indexing values and
+        i keys (llama.cpp's layout). For each row t in order and each head h:
+            s[h]       = s[h] * exp(g[t, h])
+            d_j        = (v_t[j] - sum_i s[h, j, i] * k_t[i]) * b[t, h]
+            s[h, j, i] = s[h, j, i] + k_t[i] * d_j
+            out[t, h*S + j] = sum_i s[h, j, i] * q_t[i] / sqrt(S)   (with the updated state)
+        Returns out (n, Hv*S)."""
+        s, hk = head_dim, n_k_heads
+        _require(s > 0 and hk > 0 and (qkv.cols - 2 * hk * s) > 0
+                 and (qkv.cols - 2 * hk * s) % (hk * s) == 0,
+                 "qkv.cols == (2 + Hv / Hk) * Hk * head_dim", lambda: (qkv.shape, hk, s))
+        hv = (qkv.cols - 2 * hk * s) // s
+        n = qkv.shape[0]
+        _require(alpha.shape == beta.shape == (n, hv), "alpha.shape == beta.shape == (n, Hv)",
+                 lambda: (alpha.shape, beta.shape, hv))
+        for w in (dt_bias, a):
+            _require(math.prod(w.shape) == hv, "len(w) == Hv", lambda w=w: (w.name, w.shape, hv))
+        return self._add("gated_delta", (qkv, alpha, beta, dt_bias, a), (n, hv * s), state=state,
+                         head_dim=int(s), n_k_heads=int(hk), eps=float(eps))
 
 
 class Program(ABC):

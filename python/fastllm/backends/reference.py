@@ -123,6 +123,8 @@ def unary(x: np.ndarray, fn: str) -> np.ndarray:
             return np.exp(-np.exp(x))
         if fn == "decay7":
             return np.exp(np.float32(-0.606531) * _sigmoid(x))
+        if fn == "softplus":
+            return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0))))
     raise NotImplementedError(f"reference backend: unary {fn!r}")
 
 
@@ -206,6 +208,67 @@ def wkv7_bonus(r: np.ndarray, k: np.ndarray, v: np.ndarray, r_k: np.ndarray,
     return (v.reshape(n, -1, head_size) * dots).reshape(n, c)
 
 
+# -- Gated DeltaNet ops (Qwen3.5); their meaning is in the Graph docstrings of base.py ---------
+
+def slice_cols(x: np.ndarray, start: int, width: int, period: int) -> np.ndarray:
+    lead = x.shape[:-1]
+    return x.reshape(-1, x.shape[-1] // period, period)[:, :, start:start + width].reshape(
+        *lead, -1)
+
+
+def dot_gate(x: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return x * _sigmoid(h @ w.reshape(-1, 1))
+
+
+def ssm_conv(x: np.ndarray, w: np.ndarray, buf: np.ndarray, silu: bool = False) -> np.ndarray:
+    n = x.shape[0]
+    c, k = w.shape
+    xin = np.concatenate([buf.reshape(c, k - 1).T, x])  # (K-1+n, C), the oldest row first
+    out = np.zeros_like(x)
+    for j in range(k):  # in ggml's order, in float32
+        out += xin[j:j + n] * w[:, j]
+    buf[:] = xin[n:].T.reshape(-1)
+    return unary(out, "silu") if silu else out
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float, group: int) -> np.ndarray:
+    xg = x.reshape(x.shape[0], -1, group)
+    ms = np.mean(xg.astype(np.float64) ** 2, axis=-1, keepdims=True)
+    r = (xg / np.sqrt(ms + eps)).astype(np.float32)
+    if w is not None:
+        r = r * w.reshape(-1)
+    return r.reshape(x.shape)
+
+
+def gated_delta(qkv: np.ndarray, alpha: np.ndarray, beta: np.ndarray, dt_bias: np.ndarray,
+                a: np.ndarray, buf: np.ndarray, head_dim: int, n_k_heads: int,
+                eps: float) -> np.ndarray:
+    n, s, hk = qkv.shape[0], head_dim, n_k_heads
+    hv = (qkv.shape[1] - 2 * hk * s) // s
+    x64 = qkv.astype(np.float64)
+
+    def l2(x):  # (n, heads, S)
+        return (x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + eps)).astype(np.float32)
+
+    heads = np.arange(hv) % hk  # value head h reads key head h % Hk
+    qh = l2(x64[:, :hk * s].reshape(n, hk, s))[:, heads, :, None]  # (n, Hv, S, 1)
+    kh = l2(x64[:, hk * s:2 * hk * s].reshape(n, hk, s))[:, heads, None, :]  # (n, Hv, 1, S)
+    vh = qkv[:, 2 * hk * s:].reshape(n, hv, s, 1)
+    g = unary(alpha + dt_bias.reshape(-1), "softplus") * a.reshape(-1)
+    decay = np.exp(g.astype(np.float64)).astype(np.float32).reshape(n, hv, 1, 1)
+    b = _sigmoid(beta).reshape(n, hv, 1, 1)
+    st = buf.reshape(hv, s, s).copy()  # s[h, j (value), i (key)]
+    out = np.empty((n, hv, s, 1), np.float32)
+    scale = np.float32(1.0 / math.sqrt(s))
+    for t in range(n):
+        st = st * decay[t]
+        d = (vh[t] - st @ kh[t].transpose(0, 2, 1)) * b[t]  # (Hv, S, 1)
+        st = st + d * kh[t]
+        out[t] = (st @ qh[t]) * scale
+    buf[:] = st.reshape(-1)
+    return out.reshape(n, hv * s)
+
+
 # -- mixture-of-experts ops (their meaning is in the Graph docstrings of base.py) ------------
 
 def moe_route(logits: np.ndarray, bias: np.ndarray | None, k: int, gating: str, norm: bool,
@@ -286,14 +349,8 @@ class _RefProgram(Program):
             if op == "get_rows":
                 r = args[0].handle.rows(val(args[1]))
             elif op == "rms_norm":
-                x = val(args[0])
-                gs = at["group"]
-                xg = x.reshape(x.shape[0], -1, gs)
-                ms = np.mean(xg.astype(np.float64) ** 2, axis=-1, keepdims=True)
-                r = (xg / np.sqrt(ms + at["eps"])).astype(np.float32)
-                if args[1] is not None:
-                    r = r * val(args[1])
-                r = r.reshape(x.shape)
+                w_ = val(args[1]) if args[1] is not None else None
+                r = rms_norm(val(args[0]), w_, at["eps"], at["group"])
             elif op == "mul_mat":
                 r = val(args[0]) @ val(args[1]).T
             elif op == "add":
@@ -354,6 +411,18 @@ class _RefProgram(Program):
                 r = self._per_slot(wkv6, args, val, at["state"], slots, at["head_size"])
             elif op == "wkv7":
                 r = self._per_slot(wkv7, args, val, at["state"], slots, at["head_size"])
+            elif op == "slice_cols":
+                r = slice_cols(val(args[0]), at["start"], at["width"], at["period"])
+            elif op == "dot_gate":
+                r = dot_gate(*(val(t) for t in args))
+            elif op == "ssm_conv":
+                r = self._per_slot(ssm_conv, args, val, at["state"], slots, at["silu"])
+            elif op == "norm_gate":
+                x_, w_, z_ = (val(t) for t in args)
+                r = rms_norm(x_, w_, at["eps"], at["group"]) * unary(z_, "silu")
+            elif op == "gated_delta":
+                r = self._per_slot(gated_delta, args, val, at["state"], slots, at["head_dim"],
+                                   at["n_k_heads"], at["eps"])
             elif op == "wkv7_bonus":
                 r = wkv7_bonus(*(val(t) for t in args), at["head_size"])
             elif op == "moe_route":

@@ -14,12 +14,15 @@ from .phi3 import Phi3
 from .qwen2 import Qwen2
 from .qwen3 import Qwen3
 from .qwen3moe import Qwen3Moe
+from .qwen35 import Qwen35
+from .qwen35moe import Qwen35Moe
 from .rwkv6 import Rwkv6
 from .rwkv7 import Rwkv7
 from .smollm3 import SmolLM3
 
 ARCHITECTURES: dict[str, type[Architecture]] = {
-    cls.arch: cls for cls in (Llama, Qwen2, Qwen3, Qwen3Moe, Gemma3, Rwkv6, Rwkv7)
+    cls.arch: cls for cls in (Llama, Qwen2, Qwen3, Qwen3Moe, Gemma3, Rwkv6, Rwkv7, Qwen35,
+                              Qwen35Moe)
 }
 ARCHITECTURES.update({cls.arch: cls for cls in (Phi3, SmolLM3, Granite, Mistral3)})
 ARCHITECTURES[GptOss.arch] = GptOss

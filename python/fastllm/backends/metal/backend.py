@@ -450,6 +450,10 @@ class MetalBackend(Backend):
         self.k, self.v = [], []
         ns = spec.n_seq
         for layer, (s, d) in enumerate(zip(spec.sizes, spec.kv_dim)):
+            if s * d == 0:  # a layer without a cache (a hybrid model's recurrent layer)
+                self.k.append(None)
+                self.v.append(None)
+                continue
             for lst, which in ((self.k, "K"), (self.v, "V")):
                 buf = self._alloc(ns * s * d * esz, f"the {which} cache of layer {layer} "
                                   f"({ns} x {s} rows of {d})")

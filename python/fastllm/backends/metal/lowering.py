@@ -15,6 +15,7 @@ from ...errors import BackendError, UnsupportedError
 from ...quants import GGMLType, row_bytes
 from ..base import Graph, KVSpec, Value, Weight
 from ..fuse import fuse as fuse_nodes
+from .delta import DeltaLowering
 from .moe import MoeLowering  # mixture of experts
 
 # kernel-name suffix of each weight type: kernel_mul_mv_<t>_f32, kernel_get_rows_<t>, ...
@@ -125,7 +126,7 @@ class _Arena:
         self.free = merged
 
 
-class MetalLowering(MoeLowering):
+class MetalLowering(MoeLowering, DeltaLowering):
     """Graph -> Plan. `kv` is the backend's KV spec and `kv_type` its cache element type."""
 
     # the mat-vec launch shape, for the mixins (moe.py): rows a threadgroup, its threads

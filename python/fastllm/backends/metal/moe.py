@@ -42,24 +42,26 @@ class MoeLowering:
         if n_expert > MAX_E:
             raise UnsupportedError(f"metal: {w.name!r} has {n_expert} experts, at most {MAX_E}")
         t = self._tname(w)
-        n_chunks = -(-n // MV_ID_C)  # a token row chooses an expert at most once
+        # the chunk table's slots: each expert's pairs in runs of MV_ID_C take at most
+        # ceil(pairs / MV_ID_C) + E of them
+        n_chunks = -(-(n * kk) // MV_ID_C) + n_expert
         fields = {"n_pairs": n * kk, "k": kk, "m": m, "K": k, "x_per_pair": int(len(x.shape) == 3),
                   "n_expert": n_expert, "w_row_words": row_bytes(w.type, k) // 4,
-                  "n_chunks": n_chunks}
+                  "n_chunks": n_chunks, "chunk": MV_ID_C}
         row_blocks = -(-m // self.MV_ROWS)
         if n == 1:
             self._emit(f"kernel_mul_mv_id_{t}_f32",
                        [self._ref(w), self._ref(x), self._ref(ids), self._ref(node.out)],
                        (row_blocks, n * kk), self.MV_THREADS, (3,), "kargs_mul_mv_id", **fields)
             return
-        nb = 4 * (n_expert + 1 + n * kk)
+        nb = 4 * (n_expert + 1 + n * kk + 2 * n_chunks)  # firsts, list, chunk table
         groups = self._scratch(nb)
         self._emit("kernel_moe_group_f32", [self._ref(ids), groups], (1,), GROUP_TG, (1,),
                    "kargs_mul_mv_id", **fields)
         # the grouped kernel writes only the pairs of each expert's list: all of them together
         self._emit(f"kernel_mul_mv_id_grouped_{t}_f32",
                    [self._ref(w), self._ref(x), groups, self._ref(node.out)],
-                   (row_blocks, n_expert * n_chunks), self.MV_THREADS, (3,), "kargs_mul_mv_id",
+                   (row_blocks, n_chunks), self.MV_THREADS, (3,), "kargs_mul_mv_id",
                    **fields)
         self._free(groups)
 

@@ -265,7 +265,7 @@ class WebGPUBackend(Backend):
         """What `fastllm bench` reports: device memory of this backend's buffers."""
         mib = 1 << 20
         weights = sum(b.size for b in self._buffers)
-        kv = sum(k.size + v.size for k, v in self.kv)
+        kv = sum(k.size + v.size for k, v in self.kv if k is not None)
         kv += sum(b.size for b in getattr(self, "state", {}).values())
         return {"GPU memory peak": f"{self.bytes_peak / mib:.1f} MiB",
                 "of which weights": f"{weights / mib:.1f} MiB",
@@ -380,6 +380,9 @@ class WebGPUBackend(Backend):
         for layer, (rows, dim) in enumerate(zip(spec.sizes, spec.kv_dim)):
             pair = []
             rows *= spec.n_seq  # the slots one after another
+            if rows * dim == 0:  # a layer without a cache (a hybrid model's recurrent layer)
+                self.kv.append((None, None))
+                continue
             for which in "kv":
                 size = rows * dim * 4
                 buf = self.buffer(size, "STORAGE|COPY_DST",
@@ -394,8 +397,9 @@ class WebGPUBackend(Backend):
 
     def _free_kv(self) -> None:
         for k, v in self.kv:
-            self.free(k)
-            self.free(v)
+            if k is not None:
+                self.free(k)
+                self.free(v)
         self.kv = []
         rwkv.free_state(self)  # RWKV
         self.spec = None

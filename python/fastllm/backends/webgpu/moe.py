@@ -27,9 +27,20 @@ class MoeOps:
         return node.op == "mul_mat_id" and node.args[2].shape[0] > 1
 
     def _scratch_bytes(self, node: Node) -> int:
-        if self._grouped(node):  # kernel_moe_group_f32's list: E + 1 firsts, then the pairs
-            return 4 * (node.args[1].shape[0] + 1 + math.prod(node.args[2].shape))
+        if self._grouped(node):  # kernel_moe_group_f32's E + 1 firsts, list and chunk table
+            n_expert, n_pairs = node.args[1].shape[0], math.prod(node.args[2].shape)
+            return 4 * (n_expert + 1 + n_pairs + 2 * self._slots(node))
         return super()._scratch_bytes(node)
+
+    @staticmethod
+    def _chunk(node: Node) -> int:
+        """Pairs of one expert a grouped mat-vec workgroup takes (mul_mv_id.wgsl's C)."""
+        return min(node.args[2].shape[0], MV_MAX_M)
+
+    def _slots(self, node: Node) -> int:
+        """The chunk table's slots: each expert's pairs in runs of C take at most
+        ceil(pairs / C) + E of them."""
+        return -(-math.prod(node.args[2].shape) // self._chunk(node)) + node.args[1].shape[0]
 
     def _op_moe_route(self, node: Node) -> None:
         logits, bias = node.args
@@ -58,11 +69,11 @@ class MoeOps:
             raise UnsupportedError(f"webgpu: {w.name!r} has {n_expert} experts, at most {MAX_E}")
         t = GGMLType(w.type)
         grouped = self._grouped(node)
-        c = min(n, MV_MAX_M) if grouped else 1
-        n_chunks = -(-n // c)  # a token row chooses an expert at most once
+        c = self._chunk(node) if grouped else 1
+        n_chunks = self._slots(node) if grouped else 0
         fields = {"n_pairs": n * kk, "k": kk, "m": m, "K": k, "x_per_pair": int(len(x.shape) == 3),
                   "n_expert": n_expert, "w_row_words": sum(repack.array_sizes(t, 2, k)) // 8,
-                  "n_chunks": n_chunks}
+                  "n_chunks": n_chunks, "chunk": c}
         if grouped:
             groups = self.slots[self.scratch_of[node.out.id]]
             self._dispatch("moe.wgsl", "kernel_moe_group_f32",
@@ -85,7 +96,7 @@ class MoeOps:
                 b[7] = self.buf(ids)
             self._dispatch("mul_mv_id.wgsl", f"kernel_mul_mv_id_{'grouped_' if grouped else ''}"
                            f"{h.tname}_f32", b,
-                           (gx, n_expert * n_chunks if grouped else n * kk, gz), wtype=h.tname,
+                           (gx, n_chunks if grouped else n * kk, gz), wtype=h.tname,
                            consts={"TPR": tpr, "R": r, "C": c, "WG": wg,
                                    "GUARD_K": _guard_k(t, k)},
                            variant="grouped" if grouped else None)

@@ -21,6 +21,7 @@ from ...errors import ContextOverflowError, UnsupportedError
 from ..base import Graph, Node, Program, Value, Weight
 from ..fuse import fuse
 from .attention import AttentionOps
+from .delta import DeltaOps
 from .device import Device
 from .loops import DeviceLoops
 from .matmul import MV_MAX_M, MatmulOps
@@ -40,7 +41,8 @@ def _nbytes(v: Value) -> int:
     return math.prod(v.shape) * 4
 
 
-class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeviceLoops, Program):
+class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, DeviceLoops,
+                    Program):
     """A graph compiled for one WebGPU device; run() replays it."""
 
     def __init__(self, backend: Device, graph: Graph):

@@ -206,6 +206,28 @@ struct kargs_rwkv {
     eps: f32,
 }
 
+struct kargs_slice_cols {
+    n_rows: u32,
+    n_cols: u32,
+    start: u32,
+    width: u32,
+    period: u32,
+    out_cols: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct kargs_gated_delta {
+    n_rows: u32,
+    n_k_heads: u32,
+    n_v_heads: u32,
+    head_dim: u32,
+    scale: f32,
+    eps: f32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
 struct kargs_mul_mat_blocks {
     M: u32,
     n_blocks: u32,
@@ -260,6 +282,10 @@ struct kargs_mul_mv_id {
     n_expert: u32,
     w_row_words: u32,
     n_chunks: u32,
+    chunk: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct kargs_moe_ew {

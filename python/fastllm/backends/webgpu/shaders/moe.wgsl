@@ -134,8 +134,10 @@ fn kernel_moe_route_f32(ids: Ids) {
 }
 
 // -- kernel_moe_group_f32: one workgroup; groups[e] is the first entry of expert e's pairs in
-// the list at groups[E + 1 ..] (groups[E]: the pair count). The order within an expert does not
-// matter: each pair's product is written to its own place.
+// the list at groups[E + 1 ..] (groups[E]: the pair count), and after the list, the chunk table:
+// n_chunks slots of (expert, first entry), expert e's pairs in runs of `chunk`, the unused slots
+// (E, 0). The order within an expert does not matter: each pair's product is written to its own
+// place.
 @group(0) @binding(0) var<uniform> gargs: kargs_mul_mv_id;
 @group(0) @binding(1) var<storage, read> gids: array<i32>;
 @group(0) @binding(2) var<storage, read_write> groups: array<u32>;
@@ -168,6 +170,21 @@ fn kernel_moe_group_f32(ids: Ids) {
             atomicStore(&counts[e], 0u);
         }
         groups[E] = run;
+        // the chunk table: a grouped mat-vec workgroup per slot, none left idle past the pairs
+        let table = E + 1u + gargs.n_pairs;
+        var slot = 0u;
+        for (var e = 0u; e < E; e++) {
+            let end = select(firsts[min(e + 1u, E - 1u)], run, e + 1u == E);
+            for (var f = firsts[e]; f < end; f += gargs.chunk) {
+                groups[table + 2u * slot] = e;
+                groups[table + 2u * slot + 1u] = f;
+                slot++;
+            }
+        }
+        for (; slot < gargs.n_chunks; slot++) {
+            groups[table + 2u * slot] = E;
+            groups[table + 2u * slot + 1u] = 0u;
+        }
     }
     workgroupBarrier();
     for (var p = t; p < gargs.n_pairs; p += WG) {

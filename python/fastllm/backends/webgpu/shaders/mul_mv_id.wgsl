@@ -7,10 +7,10 @@
 // Variants:
 //   plain    a workgroup per (row block, pair): decode, where each row's k experts are read once
 //            (the grid's y is the pair, x the expert's row blocks as in mul_mv.wgsl)
-//   grouped  a workgroup per (row block, expert, chunk of C of its pairs), the pairs listed by
-//            kernel_moe_group_f32 (moe.wgsl): a prefill decodes each weight unit once for C
-//            token rows of the same expert, as mul_mv.wgsl's C > 1 form. Workgroups past an
-//            expert's pairs do nothing.
+//   grouped  a workgroup per (row block, slot of the chunk table): up to C pairs of one expert,
+//            listed by kernel_moe_group_f32 (moe.wgsl): a prefill decodes each weight unit once
+//            for C token rows of the same expert, as mul_mv.wgsl's C > 1 form. The table has
+//            ceil(pairs / C) + E slots; the unused ones (at most E) do nothing.
 
 const WG: u32 = 64u;
 const TPR: u32 = 32u;
@@ -101,10 +101,11 @@ fn kernel_mul_mv_id_TYPE_f32(ids: Ids) {
     let U = (args.id.K + 31u) / 32u;
     let m = args.id.m;
     let E = args.id.n_expert;
-    let e = ids.wg.y / args.id.n_chunks;
-    let first = groups[e] + (ids.wg.y % args.id.n_chunks) * C;
+    let slot = E + 1u + args.id.n_pairs + 2u * ids.wg.y;  // kernel_moe_group_f32's table
+    let e = min(groups[slot], E - 1u);
+    let first = groups[slot + 1u];
     let end = groups[e + 1u];
-    let nc = select(0u, min(C, end - first), first < end);
+    let nc = select(0u, min(C, end - first), groups[slot] < E && first < end);
     var pairs: array<u32, C>;
     for (var c = 0u; c < C; c++) {
         pairs[c] = groups[E + 1u + min(first + c, max(end, 1u) - 1u)];

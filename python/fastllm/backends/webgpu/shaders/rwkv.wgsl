@@ -126,6 +126,10 @@ fn unary_apply(x: f32, f: u32) -> f32 {
         case 4u: {
             return exp(-exp(min(x, 88.0)));
         }
+        case 6u: {
+            // ggml's op_softplus: x itself above 20
+            return select(log(1.0 + exp(min(x, 20.0))), x, x > 20.0);
+        }
         default: {
             // exp(-1/2) as rwkv.cpp and llama.cpp write it
             return exp(-0.606531 * sigmoid(x));
@@ -168,6 +172,11 @@ fn kernel_unary_exp_neg_exp_f32(ids: Ids) {
 @compute @workgroup_size(WG)
 fn kernel_unary_decay7_f32(ids: Ids) {
     unary_run(ids, 5u);
+}
+
+@compute @workgroup_size(WG)
+fn kernel_unary_softplus_f32(ids: Ids) {
+    unary_run(ids, 6u);
 }
 
 // -- lerp: a + (b - a) * (mu + mu_v); inputs a, b, mu, mu_v; one thread per value ------------
