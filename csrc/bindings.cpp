@@ -99,13 +99,15 @@ py::dict kargs_layout() {
     KARGS_STRUCT(kargs_rope_kv_store,
                  F(n_rows) F(n_head) F(k_n_head) F(head_dim) F(n_rot) F(base) F(freq_scale) F(neox)
                      F(has_freq_factors) F(kv_dim) F(ring) F(_pad0))
-    KARGS_STRUCT(kargs_attention,
-                 F(n_rows) F(n_head) F(n_kv_head) F(head_dim) F(scale) F(softcap) F(window) F(ring))
+    KARGS_STRUCT(kargs_attention, F(n_rows) F(n_head) F(n_kv_head) F(head_dim) F(scale) F(softcap)
+                                      F(window) F(ring) F(has_sinks) F(_pad0) F(_pad1) F(_pad2))
     KARGS_STRUCT(kargs_unary, F(n) F(_pad0) F(_pad1) F(_pad2))
     KARGS_STRUCT(kargs_argmax, F(n_rows) F(n_cols) F(pos0) F(_pad1))
     KARGS_STRUCT(kargs_sample, F(n_cols) F(top_k) F(pos0) F(chunk) F(temperature) F(top_p) F(min_p)
                                    F(penalty) F(last_n) F(_pad0) F(_pad1) F(_pad2))
-    KARGS_STRUCT(kargs_attn_reduce, F(n_rows) F(n_head) F(head_dim) F(n_splits))
+    KARGS_STRUCT(kargs_swiglu_oai, F(n) F(alpha) F(limit) F(_pad0))
+    KARGS_STRUCT(kargs_attn_reduce,
+                 F(n_rows) F(n_head) F(head_dim) F(n_splits) F(has_sinks) F(_pad0) F(_pad1) F(_pad2))
     KARGS_STRUCT(kargs_part, F(row0) F(n_rows) F(_pad0) F(_pad1))
     KARGS_STRUCT(kargs_mv_slots, F(n_rows0) F(n_rows1) F(n_rows2) F(_pad0) F(wg_end0) F(wg_end1)
                                      F(wg_end2) F(_pad1))

@@ -87,10 +87,11 @@ template [[host_name("kernel_attn_decode_f32")]] kernel attn_decode_f32_t kernel
 
 // Joins the splits of kernel_attn_decode: out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
 // Grid (n_head, n_rows), one SIMD group each. Empty splits carry m = NO_SCORE, l = 0, o = 0 and
-// weigh nothing.
+// weigh nothing. With has_sinks the head's sink logit joins M and the denominator (gpt-oss).
 kernel void kernel_attn_reduce_f32(constant kargs_attn_reduce &args [[buffer(0)]],
                                    device const float *part [[buffer(1)]],
                                    device float *dst [[buffer(2)]],
+                                   device const float *sinks [[buffer(3)]],
                                    uint2 tgpig [[threadgroup_position_in_grid]],
                                    ushort tiisg [[thread_index_in_simdgroup]]) {
     const uint h = tgpig.x;
@@ -104,6 +105,10 @@ kernel void kernel_attn_reduce_f32(constant kargs_attn_reduce &args [[buffer(0)]
         M = max(M, pr[s * stride]);
     }
     float L = 0.0f;
+    if (args.has_sinks) {
+        M = max(M, sinks[h]);
+        L = exp(sinks[h] - M);
+    }
     for (uint s = 0; s < ns; ++s) {
         L += exp(pr[s * stride] - M) * pr[s * stride + 1];
     }
@@ -128,6 +133,7 @@ kernel void kernel_attn_prefill(constant kargs_attention &args [[buffer(0)]],
                                 device const float *q [[buffer(2)]],
                                 device const T *kc [[buffer(3)]], device const T *vc [[buffer(4)]],
                                 device float *dst [[buffer(5)]],
+                                device const float *sinks [[buffer(6)]],
                                 uint2 tgpig [[threadgroup_position_in_grid]],
                                 ushort tiisg [[thread_index_in_simdgroup]]) {
     threadgroup float sq[AP_Q * ATTN_MAX_D];    // Q tile, pre-scaled: sq[r][d]
@@ -268,7 +274,13 @@ kernel void kernel_attn_prefill(constant kargs_attention &args [[buffer(0)]],
     simdgroup_barrier(mem_flags::mem_threadgroup);
     for (uint e = tiisg; e < nr * D; e += 32) {
         const uint r = e / D;
-        dst[(ulong(r0 + r) * args.n_head + h) * D + e % D] = skv[e] / sl[r];
+        float inv = 1.0f / sl[r];
+        if (args.has_sinks) {  // the sink joins the sum at the larger of it and the row's max
+            const float mx = max(sm[r], sinks[h]);
+            const float f = exp(sm[r] - mx);
+            inv = f / (sl[r] * f + exp(sinks[h] - mx));
+        }
+        dst[(ulong(r0 + r) * args.n_head + h) * D + e % D] = skv[e] * inv;
     }
 }
 

@@ -40,6 +40,17 @@ kernel void kernel_swiglu_f32(constant kargs_unary &args [[buffer(0)]],
     }
 }
 
+// gpt-oss's clamped SwiGLU (act.h)
+kernel void kernel_swiglu_oai_f32(constant kargs_swiglu_oai &args [[buffer(0)]],
+                                  device const float *gate [[buffer(1)]],
+                                  device const float *up [[buffer(2)]],
+                                  device float *dst [[buffer(3)]],
+                                  uint i [[thread_position_in_grid]]) {
+    if (i < args.n) {
+        dst[i] = swiglu_oai1(gate[i], up[i], args.alpha, args.limit);
+    }
+}
+
 // gelu(g) * u (act.h)
 kernel void kernel_geglu_f32(constant kargs_unary &args [[buffer(0)]],
                              device const float *gate [[buffer(1)]],

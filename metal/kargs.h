@@ -130,6 +130,10 @@ struct kargs_attention {
     float softcap;     // 0: none
     uint32_t window;   // 0: full causal; else attend to the last `window` positions
     uint32_t ring;     // rows in this layer's cache (n_ctx unless a sliding window)
+    uint32_t has_sinks;  // 1: a sink logit per head (a buffer of n_head) joins the softmax
+    uint32_t _pad0;
+    uint32_t _pad1;
+    uint32_t _pad2;
 };
 
 struct kargs_unary {
@@ -168,11 +172,23 @@ struct kargs_sample {
 
 // Split-KV decode attention: kernel_attn_reduce_f32 joins the n_splits partial results that
 // kernel_attn_decode_* wrote for each (row, head).
+// gpt-oss's clamped SwiGLU over n values (kernel_swiglu_oai_f32)
+struct kargs_swiglu_oai {
+    uint32_t n;
+    float alpha;
+    float limit;
+    uint32_t _pad0;
+};
+
 struct kargs_attn_reduce {
     uint32_t n_rows;
     uint32_t n_head;
     uint32_t head_dim;
     uint32_t n_splits;
+    uint32_t has_sinks;  // as kargs_attention's: the splits are joined with the head's sink
+    uint32_t _pad0;
+    uint32_t _pad1;
+    uint32_t _pad2;
 };
 
 // A weight too large for one storage binding (WebGPU caps a binding, e.g. 128 MiB) is split by

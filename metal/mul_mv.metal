@@ -242,6 +242,7 @@ template [[host_name("kernel_mul_mv_q3_K_f32")]] kernel mul_mv_t kernel_mul_mv<t
 template [[host_name("kernel_mul_mv_q4_K_f32")]] kernel mul_mv_t kernel_mul_mv<type_q4_K>;
 template [[host_name("kernel_mul_mv_q5_K_f32")]] kernel mul_mv_t kernel_mul_mv<type_q5_K>;
 template [[host_name("kernel_mul_mv_q6_K_f32")]] kernel mul_mv_t kernel_mul_mv<type_q6_K>;
+template [[host_name("kernel_mul_mv_mxfp4_f32")]] kernel mul_mv_t kernel_mul_mv<type_mxfp4>;
 
 typedef decltype(kernel_mul_mv_fused<type_f32>) mul_mv_fused_t;
 
@@ -271,6 +272,8 @@ template [[host_name("kernel_mul_mv_fused_q5_K_f32")]] kernel mul_mv_fused_t
     kernel_mul_mv_fused<type_q5_K>;
 template [[host_name("kernel_mul_mv_fused_q6_K_f32")]] kernel mul_mv_fused_t
     kernel_mul_mv_fused<type_q6_K>;
+template [[host_name("kernel_mul_mv_fused_mxfp4_f32")]] kernel mul_mv_fused_t
+    kernel_mul_mv_fused<type_mxfp4>;
 
 typedef decltype(kernel_mul_mv_id<type_f32>) mul_mv_id_t;
 typedef decltype(kernel_mul_mv_id_grouped<type_f32>) mul_mv_id_grouped_t;
@@ -288,6 +291,7 @@ template [[host_name("kernel_mul_mv_id_q3_K_f32")]] kernel mul_mv_id_t kernel_mu
 template [[host_name("kernel_mul_mv_id_q4_K_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q4_K>;
 template [[host_name("kernel_mul_mv_id_q5_K_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q5_K>;
 template [[host_name("kernel_mul_mv_id_q6_K_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_q6_K>;
+template [[host_name("kernel_mul_mv_id_mxfp4_f32")]] kernel mul_mv_id_t kernel_mul_mv_id<type_mxfp4>;
 template [[host_name("kernel_mul_mv_id_grouped_f32_f32")]] kernel mul_mv_id_grouped_t
     kernel_mul_mv_id_grouped<type_f32>;
 template [[host_name("kernel_mul_mv_id_grouped_f16_f32")]] kernel mul_mv_id_grouped_t
@@ -314,3 +318,5 @@ template [[host_name("kernel_mul_mv_id_grouped_q5_K_f32")]] kernel mul_mv_id_gro
     kernel_mul_mv_id_grouped<type_q5_K>;
 template [[host_name("kernel_mul_mv_id_grouped_q6_K_f32")]] kernel mul_mv_id_grouped_t
     kernel_mul_mv_id_grouped<type_q6_K>;
+template [[host_name("kernel_mul_mv_id_grouped_mxfp4_f32")]] kernel mul_mv_id_grouped_t
+    kernel_mul_mv_id_grouped<type_mxfp4>;

@@ -90,6 +90,14 @@ struct block_q6_K {
 };
 static_assert(sizeof(block_q6_K) == 210, "block_q6_K is 210 bytes in GGUF");
 
+// MXFP4 (OCP microscaling): an E8M0 exponent and 32 E2M1 values, element j in the low nibble of
+// qs[j], element j + 16 in the high one
+struct block_mxfp4 {
+    uint8_t e;
+    uint8_t qs[16];
+};
+static_assert(sizeof(block_mxfp4) == 17, "block_mxfp4 is 17 bytes in GGUF");
+
 // --------------------------------------------------------------------------------------------
 // helpers
 
@@ -241,6 +249,31 @@ struct type_q8_0 {
         const float d = b->d;
         for (short i = 0; i < 16; ++i) {
             v[i / 4][i % 4] = d * float(q[i]);
+        }
+    }
+};
+
+// 2^(e - 128): ggml's GGML_E8M0_TO_FP32_HALF (e < 2 are the subnormals 2^-128 and 2^-127)
+inline float e8m0_half(uint e) {
+    return as_type<float>(e < 2 ? 0x00200000u << e : (e - 1) << 23);
+}
+
+// ggml's doubled E2M1 level of a nibble (kvalues_mxfp4): the magnitudes 0, 1, 2, 3, 4, 6, 8, 12
+// are the nibbles of one word, indexed by the low three bits; bit 3 is the sign
+inline float mxfp4_level(uint n) {
+    const float m = float((0xC8643210u >> (4 * (n & 7))) & 0x0F);
+    return (n & 8) ? -m : m;
+}
+
+struct type_mxfp4 {
+    enum { QK = 32 };
+    static uint row_bytes(uint K) { return K / QK * sizeof(block_mxfp4); }
+    static void load16(device const char *row, uint k, uint K, thread float4 *v) {
+        device const block_mxfp4 *b = (device const block_mxfp4 *)row + k / QK;
+        const short shift = (k % QK) ? 4 : 0;
+        const float d = e8m0_half(b->e);
+        for (short i = 0; i < 16; ++i) {
+            v[i / 4][i % 4] = d * mxfp4_level((b->qs[i] >> shift) & 0x0F);
         }
     }
 };

@@ -388,3 +388,4 @@ template [[host_name("kernel_mul_mat_blocks_q3_K_f32")]] kernel mmb_t kernel_mmb
 template [[host_name("kernel_mul_mat_blocks_q4_K_f32")]] kernel mmb_t kernel_mmb<type_q4_K>;
 template [[host_name("kernel_mul_mat_blocks_q5_K_f32")]] kernel mmb_t kernel_mmb<type_q5_K>;
 template [[host_name("kernel_mul_mat_blocks_q6_K_f32")]] kernel mmb_t kernel_mmb<type_q6_K>;
+template [[host_name("kernel_mul_mat_blocks_mxfp4_f32")]] kernel mmb_t kernel_mmb<type_mxfp4>;

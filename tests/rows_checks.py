@@ -101,16 +101,18 @@ WINDOW, BATCH = 6, 9
 VOCAB = 40
 
 
-def attention_case(shape, rng, softcap: float = 0.0, n_rot: int = 16):
+def attention_case(shape, rng, softcap: float = 0.0, n_rot: int = 16, sinks: bool = False):
     """(infos, spec, build): q, k, v rows from random tables; rope of q and k (NeoX pairs over
     n_rot values of each head, frequency factors), the KV store and attention on a full layer
-    (0) and a ring layer with a window (1, softcap `softcap`); outputs the roped q and both
-    attentions. Four slots of 32 positions; slot 3 is never used."""
+    (0) and a ring layer with a window (1, softcap `softcap`), both with a sink logit per head
+    if `sinks`; outputs the roped q and both attentions. Four slots of 32 positions; slot 3 is
+    never used."""
     nh, nkv, d = shape
     infos = [f32_info("q", rng.standard_normal((VOCAB, nh * d))),
              f32_info("k", rng.standard_normal((VOCAB, nkv * d))),
              f32_info("v", rng.standard_normal((VOCAB, nkv * d))),
-             f32_info("ff", rng.uniform(1.0, 4.0, n_rot // 2))]
+             f32_info("ff", rng.uniform(1.0, 4.0, n_rot // 2)),
+             f32_info("sk", rng.uniform(-1.0, 4.0, nh))]
     spec = KVSpec(32, (nkv * d,) * 2, (32, WINDOW + BATCH), n_seq=4)
     rope = {"head_dim": d, "n_rot": n_rot, "base": 1e4, "neox": True}
 
@@ -126,7 +128,8 @@ def attention_case(shape, rng, softcap: float = 0.0, n_rot: int = 16):
             if layer == 0:
                 g.output("q", ql)
             g.output(f"a{layer}", g.attention(ql, layer, n_head=nh, n_kv_head=nkv, head_dim=d,
-                                              scale=d ** -0.5, window=window, softcap=cap))
+                                              scale=d ** -0.5, window=window, softcap=cap,
+                                              sinks=w["sk"] if sinks else None))
 
     return infos, spec, build
 

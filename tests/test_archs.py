@@ -45,7 +45,8 @@ from fastllm.models.llama import ATTN, FFN
 # the files of supported architectures that fastllm runs
 DENSE = ["llama-dense", "qwen2-dense", "qwen3-dense", "gemma3-dense", "phi3-dense",
          "smollm3-dense", "granite-dense", "mistral3-dense"]
-MOE = ["qwen3moe-moe", "qwen3moe-moe-e6k2", "llama-moe", "granite-moe", "mistral3-moe"]
+MOE = ["qwen3moe-moe", "qwen3moe-moe-e6k2", "llama-moe", "granite-moe", "mistral3-moe",
+       "gpt-oss-moe", "gpt-oss-moe-e6k2"]
 RUN = DENSE + MOE
 # files checked against llama.cpp by a module of their own
 ELSEWHERE = {"qwen35-dense": "test_qwen35.py", "qwen35moe-moe": "test_qwen35.py",

@@ -60,6 +60,10 @@ EXPECTED_RMSE = {
     T.Q4_K: _grid(4.14, 15),  # 0.080, 32-value groups with a min; the scale search does better
     T.Q5_K: _grid(4.14, 31),  # 0.039
     T.Q6_K: _grid(2.08, 32),  # 0.019, 16-value groups
+    # E2M1 levels 0, 0.5, 1, 1.5, 2, 3, 4, 6 (times 2^(floor(log2 absmax) - 2)): for N(0,1) groups
+    # of 32 (absmax ~2.35) steps of 0.25 below 1 (68% of the values), 0.5 to 2 (27%) and 1 past
+    # 2, the last clipped at 3: sqrt(0.68 (0.25^2) + 0.27 (0.5^2) + 0.05 (1^2)) / sqrt(12) = 0.113
+    T.MXFP4: math.sqrt(0.68 * 0.25**2 + 0.27 * 0.5**2 + 0.05 * 1.0**2) / math.sqrt(12),
 }
 
 
@@ -85,7 +89,7 @@ def test_f32_roundtrip_exact(rng):
     assert np.array_equal(dequantize(quantize(x, T.F32), T.F32, x.shape), x)
 
 
-@pytest.mark.parametrize("t", [T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1],
+@pytest.mark.parametrize("t", [T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.MXFP4],
                          ids=lambda t: t.name)
 def test_quantize_equals_gguf(t, rng):
     # gguf's quantizers for these types transcribe ggml's quantize_row_*_ref: identical bytes
@@ -364,6 +368,41 @@ def test_pure_and_plan_types(model):
     assert mix["output.weight"] == T.Q6_K
     assert [i for i in range(N_LAYER)
             if mix[f"blk.{i}.attn_v.weight"] == T.Q6_K] == sorted(MORE_BITS_LAYERS)
+
+
+GPT_OSS = "archs/gpt-oss-moe-e6k2.gguf"
+
+
+def test_quantize_file_mxfp4_moe(tmp_path, data_dir):
+    """MXFP4_MOE on llama.cpp's own gpt-oss file (F32, every optional tensor): llama-quant.cpp's
+    recipe puts the 3-D expert matrices (ne[2] = 6 experts) in MXFP4 and every other quantizable
+    weight (attention, token_embd, output) in Q8_0; norms, the router, biases, sinks and the
+    per-expert scales keep their type. The bytes are fastllm's quantizer's, checked against the
+    gguf package's above."""
+    src = need(data_dir / GPT_OSS, GPT_OSS)
+    dst = tmp_path / "gpt-oss-mxfp4.gguf"
+    plan = quantize_file(src, dst, "MXFP4_MOE")
+    f, out = open_gguf(src), open_gguf(dst)
+    assert out.metadata["general.file_type"] == FTYPES["MXFP4_MOE"][1] == 38
+    kinds = set()
+    for name, info in f.tensors.items():
+        if name.endswith("_exps.weight"):
+            want = T.MXFP4
+        elif name.endswith(".weight") and len(info.shape) == 2 and "ffn_gate_inp" not in name:
+            want = T.Q8_0
+        else:
+            want = info.type
+        got = out.tensors[name]
+        assert got.type == want == plan[name], name
+        assert got.shape == info.shape, name
+        if want != info.type:
+            kinds.add(want)
+            x = np.asarray(info.data).view(np.float32).reshape(info.shape)
+            assert np.array_equal(np.asarray(got.data).reshape(-1),
+                                  quantize(x, want).reshape(-1)), name
+        else:
+            assert np.array_equal(np.asarray(got.data), np.asarray(info.data)), name
+    assert kinds == {T.MXFP4, T.Q8_0}
 
 
 def test_unsupported_source_type_names_type_and_tensor(tmp_path, rng):

@@ -122,7 +122,7 @@ def test_random_blocks_are_valid(t, rng):
 
 
 @pytest.mark.parametrize("t", [GGMLType.IQ2_XXS, GGMLType.IQ4_NL, GGMLType.Q8_1, GGMLType.TQ2_0,
-                               GGMLType.MXFP4, GGMLType.I32],
+                               GGMLType.IQ1_M, GGMLType.I32],
                          ids=lambda t: t.name)
 def test_unsupported_type_names_type_and_tensor(t):
     blk, bsz = GGML_BLOCK[t]

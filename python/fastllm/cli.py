@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="requantize a GGUF file")
     p.add_argument("input", help="GGUF file to read")
     p.add_argument("output", help="GGUF file to write")
-    p.add_argument("type", help="F16, Q8_0, Q4_0, Q4_K, Q6_K or Q4_K_M")
+    p.add_argument("type", help="F16, Q8_0, Q4_0, Q4_K, Q6_K, Q4_K_M or MXFP4_MOE")
     p.set_defaults(func=cmd_quantize)
 
     # listed for --help; main() hands `convert ...` to convert_rwkv.main before parsing

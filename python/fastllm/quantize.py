@@ -44,6 +44,8 @@ FTYPES: dict[str, tuple[GGMLType, int, str]] = {
     "Q3_K": (T.Q3_K, 11, "pure"),
     "Q4_K": (T.Q4_K, 14, "pure"),
     "Q5_K": (T.Q5_K, 16, "pure"),
+    # expert tensors (3-D, more than one expert) in MXFP4, the other quantizable ones in Q8_0
+    "MXFP4_MOE": (T.MXFP4, 38, "mxfp4_moe"),
 }
 
 GGML_QNT_VERSION = 2  # ggml.h; written as general.quantization_version
@@ -130,9 +132,16 @@ def plan_types(src: Any, ftype: str, *, pure: bool = False) -> dict[str, GGMLTyp
     i_attn_v = i_ffn_down = 0
     blk = type_size(default)[0]
 
-    def mix(name: str, cat: str, ne0: int) -> GGMLType:
+    def mix(name: str, cat: str, shape: tuple[int, ...]) -> GGMLType:
         nonlocal i_attn_v, i_ffn_down
         new = default
+        ne0 = shape[-1]
+        if recipe == "mxfp4_moe":
+            # llama_tensor_get_type_impl: the output (or the embedding it shares) in Q8_0, then
+            # tensors with ne[2] > 1 (the experts' stacked matrices) MXFP4, the rest Q8_0
+            if cat == "output" or (tied and cat == "token_embd"):
+                return T.Q8_0
+            return T.MXFP4 if len(shape) >= 3 and shape[-3] > 1 else T.Q8_0
         if cat == "output" or (tied and cat == "token_embd"):
             # the output projection (or the embedding it shares) gets more bits
             if arch == "falcon" or ne0 % blk:
@@ -184,7 +193,7 @@ def plan_types(src: Any, ftype: str, *, pure: bool = False) -> dict[str, GGMLTyp
             plan[name] = default
             continue
         ne0 = info.shape[-1]
-        new = default if pure else mix(name, _category(name), ne0)
+        new = default if pure else mix(name, _category(name), tuple(info.shape))
         if ne0 % type_size(new)[0]:
             new = _FALLBACK.get(new, new)
             if ne0 % type_size(new)[0]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .quants_encode import quantize, random_blocks  # noqa: F401 (re-exported)
+from .quants_encode import MXFP4_KVALUES, e8m0_half, quantize, random_blocks  # noqa: F401 (re-exported)
 from .quants_types import (  # noqa: F401 (re-exported: fastllm.quants is the table's public path)
     GGML_BLOCK,
     QK_K,
@@ -173,6 +173,18 @@ def _dq_q6_k(b: np.ndarray) -> np.ndarray:
     return q.reshape(nb, QK_K)
 
 
+# MXFP4 (OCP microscaling, gpt-oss's expert weights): a block is one E8M0 exponent byte e and 32
+# E2M1 values as nibbles (element j low nibble of qs[j], element j + 16 high nibble). ggml keeps
+# the E2M1 values doubled as integers (kvalues_mxfp4) and halves the scale instead: value =
+# kvalues[q] * 2^(e - 128) (GGML_E8M0_TO_FP32_HALF), a power of two, so each product is exact.
+# The level table and the scale are quants_encode.py's, which quantizes with them.
+
+def _dq_mxfp4(b: np.ndarray) -> np.ndarray:
+    q = MXFP4_KVALUES[_nibbles(b[:, 1:17])]
+    with np.errstate(over="ignore"):  # e = 255 (2^127) times |q| >= 2 is inf, as in ggml
+        return np.multiply(q, e8m0_half(b[:, 0:1]), out=q)
+
+
 _DEQUANT = {
     GGMLType.Q8_0: _dq_q8_0,
     GGMLType.Q4_0: _dq_q4_0,
@@ -184,6 +196,7 @@ _DEQUANT = {
     GGMLType.Q4_K: _dq_q4_k,
     GGMLType.Q5_K: _dq_q5_k,
     GGMLType.Q6_K: _dq_q6_k,
+    GGMLType.MXFP4: _dq_mxfp4,
 }
 
 # blocks per dequantization step: bounds the uint8/float temporaries to a few MiB each

@@ -135,6 +135,34 @@ def _q_q5_1(x: np.ndarray) -> np.ndarray:
     return np.concatenate([_f16_bytes(d), _f16_bytes(m), _q5_high(q), _pack_halves(q)], axis=1)
 
 
+# MXFP4: ggml's doubled E2M1 values (kvalues_mxfp4) in nibble order, scaled by e8m0_half(e)
+MXFP4_KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], _F32)
+
+
+def e8m0_half(e: np.ndarray) -> np.ndarray:
+    """2^(e - 128) as float32 for exponent bytes e (ggml_e8m0_to_fp32_half: e < 2 give the
+    subnormals 2^-128 and 2^-127; 255 is 2^127, not NaN)."""
+    e = np.asarray(e).astype(np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - np.uint32(1)) << np.uint32(23))
+    return bits.astype(np.uint32).view(_F32)
+
+
+def _q_mxfp4(x: np.ndarray) -> np.ndarray:
+    """quantize_row_mxfp4_ref: the exponent e = floor(log2(absmax)) - 2 + 127 (so values past
+    1.5 * 2^floor(log2(absmax)) clip to the largest level), each value the nearest level of
+    kvalues * 2^(e - 128), the first on ties (ggml's strict `<` scan)."""
+    amax = np.abs(x).max(axis=1)
+    with np.errstate(divide="ignore"):
+        # float32 log2 as ggml's log2f; e clamped to the byte range where ggml's (uint8_t)
+        # cast of an out-of-range float would be undefined (|x| below 2^-125 or past 2^129)
+        e = np.where(amax > 0, np.floor(np.log2(amax)) - 2 + 127, 0)
+    e = np.clip(e, 0, 255).astype(np.uint8)
+    d = e8m0_half(e)
+    err = np.abs(MXFP4_KVALUES[None, None, :] * d[:, None, None] - x[:, :, None])
+    q = err.argmin(axis=2).astype(np.uint8)
+    return np.concatenate([e[:, None], _pack_halves(q)], axis=1)
+
+
 def _seqsum(a: np.ndarray) -> np.ndarray:
     """Sums over axis 0 accumulated in order in float32, as ggml's `for (i...) sum += ...` loops
     do: np.sum adds pairwise, which rounds differently and would flip near-tied scale choices."""
@@ -435,6 +463,7 @@ _QUANT = {
     GGMLType.Q4_K: _q_q4_k,
     GGMLType.Q5_K: _q_q5_k,
     GGMLType.Q6_K: _q_q6_k,
+    GGMLType.MXFP4: _q_mxfp4,
 }
 
 # elements per quantization step: the K-quant searches hold ~20 float32 temporaries this size
@@ -493,7 +522,10 @@ _F16_FIELDS: dict[GGMLType, tuple[tuple[int, float, float, bool], ...]] = {
     GGMLType.Q4_K: ((0, 0.0005, 0.005, False), (2, 0.0005, 0.01, False)),
     GGMLType.Q5_K: ((0, 0.0002, 0.0025, False), (2, 0.0005, 0.01, False)),
     GGMLType.Q6_K: ((208, 0.0002, 0.002, True),),
+    GGMLType.MXFP4: (),  # no f16 field: its exponent byte is drawn by random_blocks
 }
+# MXFP4's exponent byte: scales 2^-7 .. 2^-1 put its values (levels up to 12) at unit scale
+_MXFP4_E = (121, 127)
 
 
 def random_blocks(gtype: GGMLType, n_rows: int, n_cols: int,
@@ -518,4 +550,6 @@ def random_blocks(gtype: GGMLType, n_rows: int, n_cols: int,
         if signed:
             v *= rng.choice(np.array([-1, 1], _F32), nb)
         b[:, off:off + 2] = _f16_bytes(v)
+    if gtype == GGMLType.MXFP4:
+        b[:, 0] = rng.integers(_MXFP4_E[0], _MXFP4_E[1] + 1, nb, dtype=np.uint8)
     return b.reshape(n_rows, rb)

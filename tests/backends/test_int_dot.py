@@ -1,9 +1,9 @@
 """The WebGPU integer mat-vec (quantize_x.wgsl + mul_mvq.wgsl, mul_mv_multi's q8 form): one
-token row x rounded to bytes per block of 32 values, multiplied with Q8_0 / Q4_K / Q6_K quants as
-integers. Checked against a float64 model of exactly that rounding, built here from the gguf
-package's dequantizers: x_hat = d * round(x / d) with d = max |x| / 127 per block, y = W x_hat,
-and for Q4_K the min term taken over the exact x (y = W x_hat + W_min (x - x_hat)). Values of x / d
-within a hair of a rounding tie may round either way on the GPU (its division and norm are f32);
+token row x rounded to bytes per block of 32 values, multiplied with Q8_0 / Q4_K / Q6_K / MXFP4
+quants as integers (MXFP4's doubled E2M1 levels). Checked against a float64 model of exactly
+that rounding, built here from the gguf package's dequantizers: x_hat = d * round(x / d) with
+d = max |x| / 127 per block, y = W x_hat, and for Q4_K the min term taken over the exact x
+(y = W x_hat + W_min (x - x_hat)). Values of x / d within a hair of a rounding tie may round either way on the GPU (its division and norm are f32);
 each such value widens the bound by |w| d, nothing else does.
 """
 
@@ -19,7 +19,7 @@ from fastllm.quants import GGMLType, dequantize
 from .test_ops import VARIANTS, _backend, f32_info, quant_info
 from .test_ops import SeededRng as _SeededRng
 
-INT_TYPES = (GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K)
+INT_TYPES = (GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.MXFP4)
 TIE_BAND = 2e-3  # |frac(x / d) - 0.5| below this may round either way
 F32_REL = 2e-5  # the float sums of the per-block integer products, relative to max |y|
 
@@ -136,12 +136,14 @@ def test_int_dot_mul_mv(gpu, t, form, rng):
     check_model(got, x, wi, f"{t.name} {form}", rng.seed_value)
 
 
-def test_int_dot_multi(gpu, rng):
+@pytest.mark.parametrize("types", [(GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.Q4_K),
+                                   (GGMLType.MXFP4, GGMLType.Q8_0, GGMLType.MXFP4, GGMLType.Q6_K)],
+                         ids=lambda ts: "-".join(t.name for t in ts))
+def test_int_dot_multi(gpu, types, rng):
     """q, k, v-like readers of one normed row: one quantize_x and one mul_mv_multi q8 dispatch
     for the first three (mixed types, row counts not multiples of a group's rows), the fourth on
     its own; a float reader of the same norm keeps the float path."""
     k, vocab = 512, 8
-    types = (GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.Q4_K)
     rows = (96, 40, 72, 8)
     x = rng.standard_normal((vocab, k)) * 3
     nw = rng.uniform(0.5, 1.5, k)
@@ -217,7 +219,8 @@ def test_int_dot_attention_output(gpu, t, direct, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("types", [(GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K),
-                                   (GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.Q4_K)],
+                                   (GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.Q4_K),
+                                   (GGMLType.MXFP4, GGMLType.MXFP4, GGMLType.Q8_0)],
                          ids=lambda ts: "-".join(t.name for t in ts))
 def test_int_dot_glu(gpu, types, rng, monkeypatch):
     """rms_norm -> gate, up -> swiglu -> down (+ residual): gate and up in one glu dispatch that

@@ -150,7 +150,8 @@ def test_mul_mat_id_split_weight(rng):
     be.close()
 
 
-@pytest.mark.parametrize("t", [GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.MXFP4],
+                         ids=lambda t: t.name)
 def test_mul_mat_id_int_dot(t, rng):
     """Decode's integer expert mat-vec (quantize_x.wgsl + mul_mvq_id.wgsl, int_dot on): each
     pair's output against test_int_dot.py's float64 model of that rounding, over the chosen

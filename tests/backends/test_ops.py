@@ -348,6 +348,8 @@ def test_elementwise(gpu, m, rng):
         g.output("scale", g.scale(a, -0.37))
         g.output("swiglu", g.swiglu(a, b))
         g.output("geglu", g.geglu(a, b))
+        # a and b ~N(0, 9): both clamps of the gate and of up at 7 are reached
+        g.output("swiglu_oai", g.swiglu_oai(a, b))
         g.output("norm", g.rms_norm(a, w["nw"], 1e-5))
         g.output("norm_nw", g.rms_norm(b, None, 1e-6))
         g.output("norm_head", g.rms_norm(a, w["hw"], 1e-6, group=16))
@@ -448,6 +450,39 @@ def test_attention_softcap(gpu, n, rng):
         pos += n
 
 
+def test_attention_sinks(gpu, rng, monkeypatch):
+    """Attention sinks (gpt-oss): a logit per head in each softmax's denominator, on a full
+    layer and a window ring, GQA, through prefill (attention.wgsl), the one-dispatch decode
+    kernel up to 192 visible positions and the split kernels' reduce past them. Sinks of the
+    scores' size, one far above them (a head that attends to almost nothing: its output scales
+    down, which a dropped sink would miss by far)."""
+    from fastllm.backends.webgpu import attention as webgpu_attention
+
+    monkeypatch.setattr(webgpu_attention, "ATTN_DIRECT_MAX", 192)
+    nh, nkv, d, window, vocab = 4, 2, 32, 16, 48
+    spec = KVSpec(n_ctx=256, kv_dim=(nkv * d, nkv * d), sizes=(256, window + 64))
+    sinks = rng.uniform(-2.0, 3.0, nh)
+    sinks[1] = 8.0
+    pair = Pair(gpu, {"q": f32_info("q", rng.standard_normal((vocab, nh * d))),
+                      "k": f32_info("k", rng.standard_normal((vocab, nkv * d))),
+                      "v": f32_info("v", rng.standard_normal((vocab, nkv * d))),
+                      "sk": f32_info("sk", sinks)}, spec)
+
+    def build(g, w):
+        q, k, v = (g.get_rows(w[n], g.tokens) for n in "qkv")
+        for layer, win in ((0, 0), (1, window)):
+            g.kv_store(layer, k, v)
+            g.output(f"a{layer}", g.attention(q, layer, n_head=nh, n_kv_head=nkv, head_dim=d,
+                                              scale=d ** -0.5, window=win, sinks=w["sk"]))
+
+    pos = 0
+    for n in (40, 1, 1, 64, 64, 50, 1, 1):
+        got, want = pair.run(build, n, rng.integers(0, vocab, n).astype(np.int32), pos)
+        check(got, want, attn_tol(gpu, n), rng, f"n={n} pos={pos}")
+        pos += n
+    assert pos > 192
+
+
 # -- a whole block --------------------------------------------------------------------------
 @pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q8_0, GGMLType.F16],
                          ids=lambda t: t.name)
@@ -507,8 +542,8 @@ def _fused_ops(be, build, n: int) -> list[str]:
     return ops
 
 
-@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.F16],
-                         ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.F16,
+                               GGMLType.MXFP4], ids=lambda t: t.name)
 @pytest.mark.parametrize("m", [1, 3])
 def test_fused_mul_mv(gpu, t, m, rng):
     """swiglu -> mul_mat -> add and mul_mat -> add become one mat-vec dispatch each
@@ -632,7 +667,8 @@ def test_fused_rms_norm_mul_mv(gpu, t, rng):
 
 
 @pytest.mark.parametrize("types", [(GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.Q4_K),
-                                   (GGMLType.F16, GGMLType.Q5_K, GGMLType.Q4_0, GGMLType.F32)],
+                                   (GGMLType.F16, GGMLType.Q5_K, GGMLType.Q4_0, GGMLType.F32),
+                                   (GGMLType.MXFP4, GGMLType.Q8_0, GGMLType.MXFP4, GGMLType.Q6_K)],
                          ids=lambda ts: "-".join(t.name for t in ts))
 def test_fused_mul_mv_multi(gpu, types, rng, monkeypatch):
     """The mat-vecs reading one folded norm run in one dispatch per three (mul_mv_multi), the

@@ -46,9 +46,12 @@ def _ops(twin: Twin, build, n: int, rows: bool) -> list[str]:
 
 # "split": decode attention through the split kernels (attn_decode.wgsl's kernel_attn_decode_f32
 # and the reduce) instead of the one-dispatch kernel; "rope": a whole head rotated, so that a
-# one-row run folds the rotations and the store into decode attention (attn_decode_rope)
-CASES = {"plain": (0.0, 16, False), "softcap_split": (8.0, 16, True),
-         "rope": (0.0, None, False), "rope_split": (5.0, None, True)}
+# one-row run folds the rotations and the store into decode attention (attn_decode_rope);
+# "sinks": a sink logit per head (gpt-oss), joined in the one-dispatch kernel (its rope form)
+# and in rows mode in the split kernels' reduce (test_ops.py's test_attention_sinks: the rest)
+CASES = {"plain": (0.0, 16, False, False), "softcap_split": (8.0, 16, True, False),
+         "rope": (0.0, None, False, False), "rope_split": (5.0, None, True, False),
+         "sinks_rope": (0.0, None, False, True)}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -59,11 +62,11 @@ def test_attention_slots_and_rows(gpu, shape, case, rng, monkeypatch):
     rows-mode steps over the three (rows.wgsl); slot 3 stays NaN in every cache."""
     from fastllm.backends.webgpu import attention as webgpu_attention
 
-    softcap, n_rot, split = CASES[case]
+    softcap, n_rot, split, sinks = CASES[case]
     if split:
         monkeypatch.setattr(webgpu_attention, "ATTN_DIRECT_MAX", 0)
     d = shape[2]
-    infos, spec, build = attention_case(shape, rng, softcap, n_rot or d)
+    infos, spec, build = attention_case(shape, rng, softcap, n_rot or d, sinks)
     twin = Twin(gpu, infos, spec, prepare=lambda p: p.poison())
 
     def tol(n, rows):

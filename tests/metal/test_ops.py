@@ -157,8 +157,8 @@ def test_mul_mat_schedules(t, policy):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_rms_norm_elementwise_rope(policy):
     """One graph through every row-wise op: rms_norm (whole row, per head, no weight), add / mul
-    with a bias row and with a full tensor, scale, swiglu, geglu, rope (normal, NeoX, partial
-    rotation, frequency factors) at a run-time position, last_row and argmax."""
+    with a bias row and with a full tensor, scale, swiglu, geglu, swiglu_oai, rope (normal,
+    NeoX, partial rotation, frequency factors) at a run-time position, last_row and argmax."""
     d, heads, hd = 96, 4, 24
     infos = [f32("x", 3 * rng.standard_normal((9, d))), f32("y", rng.standard_normal((9, d))),
              f32("nw", 1 + 0.1 * rng.standard_normal(d)), f32("hw", rng.standard_normal(hd)),
@@ -173,11 +173,13 @@ def test_rms_norm_elementwise_rope(policy):
         e = g.mul(g.scale(c, 0.5), y)
         f = g.swiglu(e, g.mul(b, w["bias"]))
         h = g.geglu(g.add(f, x), y)
+        o = g.swiglu_oai(x, g.scale(y, 4.0))  # x, 4y ~N(0, 9), N(0, 16): past the clamps at 7
         r1 = g.rope(h, n_head=heads, head_dim=hd, n_rot=hd, base=10000.0)
         r2 = g.rope(b, n_head=heads, head_dim=hd, n_rot=16, base=5e5, freq_scale=0.25,
                     neox=True, freq_factors=w["ff"])
         r3 = g.rope(a, n_head=heads, head_dim=hd, n_rot=8, base=100.0)
-        outs = {"a": a, "b": b, "c": c, "e": e, "f": f, "h": h, "r1": r1, "r2": r2, "r3": r3}
+        outs = {"a": a, "b": b, "c": c, "e": e, "f": f, "h": h, "r1": r1, "r2": r2, "r3": r3,
+                "o": o}
         for name, v in outs.items():
             g.output(name, v)
         g.output("last", g.last_row(r2))
@@ -311,6 +313,8 @@ ATTN_CASES = {
     "window_ring": (4, 1, 16, 12, 0.0, 24, [10, 1, 11, 1, 1, 9, 1]),
     "softcap_d256": (2, 1, 256, 0, 20.0, 32, [9, 1]),
     "tiny_heads": (8, 4, 8, 0, 0.0, 64, [3, 8, 1, 1]),
+    # with a sink logit per head (gpt-oss; "sinks" cases): prefill, decode past the ring's size
+    "sinks_window_gqa": (4, 2, 32, 12, 0.0, 24, [10, 1, 11, 1, 1]),
 }
 
 
@@ -320,16 +324,20 @@ def test_attention(case, kv_type, rt_kind, policy="forward"):
     nh, nkv, hd, window, softcap, ring, lens = ATTN_CASES[case]
     n_ctx = 64
     total = sum(lens)
+    sinks = case.startswith("sinks")
     infos = [f32("q", rng.standard_normal((total, nh * hd))),
              f32("k", rng.standard_normal((total, nkv * hd))),
              f32("v", rng.standard_normal((total, nkv * hd)))]
+    if sinks:  # of the scores' size and one far above them (that head's output nearly 0)
+        infos.append(f32("sk", np.append(rng.uniform(-2.0, 3.0, nh - 1), 8.0)))
     kv = KVSpec(n_ctx, (nkv * hd,), (ring,))
 
     def build(g, w):
         q, k, v = (g.get_rows(w[n], g.tokens) for n in "qkv")
         g.kv_store(0, k, v)
         g.output("o", g.attention(q, 0, n_head=nh, n_kv_head=nkv, head_dim=hd,
-                                  scale=hd ** -0.5, window=window, softcap=softcap))
+                                  scale=hd ** -0.5, window=window, softcap=softcap,
+                                  sinks=w["sk"] if sinks else None))
 
     runs, pos = [], 0
     for n in lens:

@@ -37,20 +37,21 @@ def metal(policy="forward", **kw) -> MetalBackend:
 
 
 # -- op level ------------------------------------------------------------------------------------
-# (shape, kv_type, fuse, softcap, schedule)
-ATTN_RUNS = [(ATTN_SHAPES[0], "f16", True, 0.0, "forward"),
-             (ATTN_SHAPES[0], "f32", False, 0.0, "reverse"),
-             (ATTN_SHAPES[1], "f16", True, 8.0, "random"),
-             (ATTN_SHAPES[1], "f32", True, 0.0, "forward")]
+# (shape, kv_type, fuse, softcap, schedule, sinks)
+ATTN_RUNS = [(ATTN_SHAPES[0], "f16", True, 0.0, "forward", False),
+             (ATTN_SHAPES[0], "f32", False, 0.0, "reverse", False),
+             (ATTN_SHAPES[1], "f16", True, 8.0, "random", False),
+             (ATTN_SHAPES[1], "f32", True, 0.0, "forward", False),
+             (ATTN_SHAPES[0], "f32", True, 0.0, "random", True)]
 
 
-@pytest.mark.parametrize("shape,kv_type,fuse,softcap,policy", ATTN_RUNS,
+@pytest.mark.parametrize("shape,kv_type,fuse,softcap,policy,sinks", ATTN_RUNS,
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
-def test_attention_slots_and_rows(shape, kv_type, fuse, softcap, policy):
-    """rope, kv_store and attention (full and windowed ring layers, GQA, softcap) in runs of one
-    sequence in slots 0-2 (fused into rope_kv_store or not; prefill and decode attention) and in
-    rows-mode steps over the three; slot 3 stays NaN in every cache."""
-    infos, spec, build = attention_case(shape, rng, softcap)
+def test_attention_slots_and_rows(shape, kv_type, fuse, softcap, policy, sinks):
+    """rope, kv_store and attention (full and windowed ring layers, GQA, softcap, sink logits)
+    in runs of one sequence in slots 0-2 (fused into rope_kv_store or not; prefill and decode
+    attention) and in rows-mode steps over the three; slot 3 stays NaN in every cache."""
+    infos, spec, build = attention_case(shape, rng, softcap, sinks=sinks)
     be = metal(policy, kv_type=kv_type, fuse=fuse)
     twin = Twin(be, infos, spec)
     # an f16 cache rounds K and V (the reference keeps f32); rope angles at positions < 32

@@ -192,16 +192,24 @@ class Graph:
         self._add("kv_store", (k, v), None, layer=layer)
 
     def attention(self, q: Value, layer: int, *, n_head: int, n_kv_head: int, head_dim: int,
-                  scale: float, window: int = 0, softcap: float = 0.0) -> Value:
+                  scale: float, window: int = 0, softcap: float = 0.0,
+                  sinks: Weight | None = None) -> Value:
         """Causal attention of q (n, n_head*head_dim) at positions pos..pos+n-1 over the layer's
         cache (positions 0..pos+i for row i; only the last `window` of them when window > 0).
-        GQA: query head h reads KV head h // (n_head // n_kv_head)."""
+        GQA: query head h reads KV head h // (n_head // n_kv_head). `sinks` (n_head,): one more
+        logit per head in the softmax's denominator, attending to nothing (gpt-oss's
+        attn_sinks; ggml's soft_max sinks: taken as it is, neither scaled nor capped), so a
+        head's weights may sum to less than 1. It rides in the attrs (a fused form of the node
+        keeps it)."""
         _require(q.cols == n_head * head_dim and n_kv_head > 0 and n_head % n_kv_head == 0,
                  "q.cols == n_head * head_dim and n_head % n_kv_head == 0",
                  lambda: (q.src, q.shape, n_head, n_kv_head, head_dim))
+        if sinks is not None:
+            _require(tuple(sinks.shape) == (n_head,), "sinks.shape == (n_head,)",
+                     lambda: (sinks.name, sinks.shape, n_head))
         return self._add("attention", (q,), q.shape, layer=layer, n_head=n_head,
                          n_kv_head=n_kv_head, head_dim=head_dim, scale=float(scale),
-                         window=int(window), softcap=float(softcap))
+                         window=int(window), softcap=float(softcap), sinks=sinks)
 
     def swiglu(self, gate: Value, up: Value) -> Value:
         """silu(gate) * up."""
@@ -212,6 +220,15 @@ class Graph:
         """gelu(gate) * up, GELU in its tanh approximation (as ggml's gelu)."""
         _same_or_row(gate, up)
         return self._add("geglu", (gate, up), gate.shape)
+
+    def swiglu_oai(self, gate: Value, up: Value, alpha: float = 1.702,
+                   limit: float = 7.0) -> Value:
+        """gpt-oss's clamped SwiGLU (ggml_swiglu_oai): x = min(gate, limit),
+        y = clamp(up, -limit, limit), x * sigmoid(alpha * x) * (y + 1). llama.cpp's
+        LLM_FFN_SWIGLU_OAI_MOE passes alpha 1.702 and limit 7.0."""
+        _same_or_row(gate, up)
+        return self._add("swiglu_oai", (gate, up), gate.shape, alpha=float(alpha),
+                         limit=float(limit))
 
     def last_row(self, x: Value) -> Value:
         """The last row of x: (1, d). Generation needs only the last token's logits. A one-row

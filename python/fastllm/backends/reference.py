@@ -65,9 +65,10 @@ def apply_rope(x: np.ndarray, pos: np.ndarray, n_head: int, head_dim: int, n_rot
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, n_head: int,
               n_kv_head: int, head_dim: int, scale: float, window: int = 0,
-              softcap: float = 0.0) -> np.ndarray:
+              softcap: float = 0.0, sinks: np.ndarray | None = None) -> np.ndarray:
     """Causal GQA attention. q (n, H*D) at positions pos..pos+n-1; k, v (T, KV*D) hold
-    positions 0..T-1 (T = pos + n). Row i attends to positions max(0, p-window+1)..p, p = pos+i."""
+    positions 0..T-1 (T = pos + n). Row i attends to positions max(0, p-window+1)..p, p = pos+i.
+    sinks (H,): a logit per head that joins each row's softmax denominator only."""
     n, t = q.shape[0], k.shape[0]
     group = n_head // n_kv_head
     p = pos + np.arange(n)[:, None]
@@ -85,8 +86,14 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, n_head: int
         if softcap:
             s = np.tanh(s / softcap) * softcap
         s = np.where(masked, -np.inf, s)
-        e = np.exp(s - s.max(axis=-1, keepdims=True))
-        out[:, h] = (e / e.sum(axis=-1, keepdims=True)) @ vh[:, kv]
+        mx = s.max(axis=-1, keepdims=True)
+        if sinks is not None:
+            mx = np.maximum(mx, sinks[h])
+        e = np.exp(s - mx)
+        den = e.sum(axis=-1, keepdims=True)
+        if sinks is not None:
+            den += np.exp(sinks[h] - mx)
+        out[:, h] = (e / den) @ vh[:, kv]
     return out.reshape(n, n_head * head_dim)
 
 
@@ -360,8 +367,9 @@ class _RefProgram(Program):
                 b.kv_write(at["layer"], slots, positions, val(args[0]), val(args[1]))
                 continue
             elif op == "attention":
+                sinks = at.get("sinks")
                 attn = (at["n_head"], at["n_kv_head"], at["head_dim"], at["scale"], at["window"],
-                        at["softcap"])
+                        at["softcap"], None if sinks is None else val(sinks).reshape(-1))
                 q = val(args[0])
                 # sequence mode: all rows over one slot; rows mode: each row over its own
                 spans = [(0, n)] if not g.rows else [(i, i + 1) for i in range(n)]
@@ -373,6 +381,12 @@ class _RefProgram(Program):
                 gt = val(args[0])
                 with np.errstate(over="ignore"):  # exp(-g) = inf below g = -88: silu -> -0
                     r = gt / (1.0 + np.exp(-gt)) * val(args[1])
+            elif op == "swiglu_oai":
+                lim, alpha = np.float32(at["limit"]), np.float32(at["alpha"])
+                x = np.minimum(val(args[0]), lim)
+                y = np.clip(val(args[1]), -lim, lim)
+                with np.errstate(over="ignore"):  # x < -52 (alpha 1.702): exp -> inf, out -> -0
+                    r = x / (np.float32(1) + np.exp(alpha * -x)) * (y + np.float32(1))
             elif op == "geglu":
                 r = gelu_tanh(val(args[0])) * val(args[1])
             elif op == "last_row":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..errors import UnsupportedError
 from .base import Architecture
 from .gemma3 import Gemma3
+from .gpt_oss import GptOss
 from .granite import Granite
 from .llama import Llama
 from .mistral3 import Mistral3
@@ -24,6 +25,7 @@ ARCHITECTURES: dict[str, type[Architecture]] = {
                               Qwen35Moe)
 }
 ARCHITECTURES.update({cls.arch: cls for cls in (Phi3, SmolLM3, Granite, Mistral3)})
+ARCHITECTURES[GptOss.arch] = GptOss
 
 
 def architecture_for(arch: str, path: str = "") -> type[Architecture]:

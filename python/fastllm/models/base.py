@@ -270,7 +270,9 @@ class Architecture(ABC):
             g = net.build(1, False)
         except GGUFError as e:
             raise GGUFError(f"{f.path}: {e}") from None
-        used = {a.name for node in g.nodes for a in node.args if isinstance(a, Weight)}
+        # (attention's sinks ride in a node's attrs)
+        used = {a.name for node in g.nodes for a in (*node.args, *node.attrs.values())
+                if isinstance(a, Weight)}
         used |= net.scalars_read
         # a fused tensor is used when the graph reads every one of its parts
         used |= {n for n, parts in cls.fused_tensors(cfg).items()

@@ -24,6 +24,7 @@ TYPE_NAMES: dict[GGMLType, str] = {
     GGMLType.Q8_0: "q8_0", GGMLType.Q4_0: "q4_0", GGMLType.Q4_1: "q4_1",
     GGMLType.Q5_0: "q5_0", GGMLType.Q5_1: "q5_1", GGMLType.Q2_K: "q2_K",
     GGMLType.Q3_K: "q3_K", GGMLType.Q4_K: "q4_K", GGMLType.Q5_K: "q5_K", GGMLType.Q6_K: "q6_K",
+    GGMLType.MXFP4: "mxfp4",
 }
 KV_TYPES = {"f16": 2, "f32": 4}  # cache element type -> bytes
 
@@ -351,6 +352,13 @@ class MetalLowering(MoeLowering, DeltaLowering):
     def _geglu(self, node) -> None:
         self._glu(node, "kernel_geglu_f32")
 
+    def _swiglu_oai(self, node) -> None:
+        gate, up = node.args
+        n = int(np.prod(gate.shape))
+        self._emit("kernel_swiglu_oai_f32", [self._ref(gate), self._ref(up), self._ref(node.out)],
+                   (-(-n // 256),), 256, (2,), "kargs_swiglu_oai", n=n,
+                   alpha=node.attrs["alpha"], limit=node.attrs["limit"])
+
     def _rope(self, node) -> None:
         x, ff = node.args
         at = node.attrs
@@ -412,11 +420,14 @@ class MetalLowering(MoeLowering, DeltaLowering):
                                    f"up to {ATTN_MAX_D}) and {nh}/{at['n_kv_head']} heads")
         kc, vc, ring, _ = self._cache(at["layer"])
         rows = q.shape[0]
+        sinks = at.get("sinks")
+        sk = self._vec(sinks, q)  # gpt-oss's sink logits (q's buffer, never read, without)
         f = {"n_rows": rows, "n_head": nh, "n_kv_head": at["n_kv_head"], "head_dim": d,
-             "scale": at["scale"], "softcap": at["softcap"], "window": at["window"], "ring": ring}
+             "scale": at["scale"], "softcap": at["softcap"], "window": at["window"], "ring": ring,
+             "has_sinks": int(sinks is not None)}
         if rows >= AP_Q and not self.rows:
             self._emit(f"kernel_attn_prefill_{self.kv_type}",
-                       [self._step(), self._ref(q), kc, vc, self._ref(node.out)],
+                       [self._step(), self._ref(q), kc, vc, self._ref(node.out), sk],
                        (-(-rows // AP_Q), nh), 32, (4,), "kargs_attention", **f)
             return
         # split the visible positions so that a long context still fills the GPU; in rows
@@ -429,8 +440,9 @@ class MetalLowering(MoeLowering, DeltaLowering):
         self._emit(f"kernel_attn_{kind}_{self.kv_type}",
                    [self.rows or self._step(), self._ref(q), kc, vc, part],
                    (ns, nh, rows), 32, (4,), "kargs_attention", **f)
-        self._emit("kernel_attn_reduce_f32", [part, self._ref(node.out)], (nh, rows), 32, (1,),
-                   "kargs_attn_reduce", n_rows=rows, n_head=nh, head_dim=d, n_splits=ns)
+        self._emit("kernel_attn_reduce_f32", [part, self._ref(node.out), sk], (nh, rows), 32,
+                   (1,), "kargs_attn_reduce", n_rows=rows, n_head=nh, head_dim=d, n_splits=ns,
+                   has_sinks=f["has_sinks"])
         self.arena.release(part.offset, nb)
 
     def _argmax(self, node) -> None:

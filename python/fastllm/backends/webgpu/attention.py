@@ -75,11 +75,16 @@ class AttentionOps:
                                    f"heads over a cache of {dim} values")
         g = nh // nkv
         n = q.shape[0]
+        sinks = at.get("sinks")
+        # the sink logits (binding 12 of the kernels that read them; a placeholder without)
+        sk = {12: self.buf(sinks) if sinks is not None else self.be.dummy}
+        has = {"SINKS": sinks is not None}
         args = self._arg(("kargs_attention", {
             "n_rows": n, "n_head": nh, "n_kv_head": nkv, "head_dim": d, "scale": at["scale"],
-            "softcap": at["softcap"], "window": at["window"], "ring": ring}))
+            "softcap": at["softcap"], "window": at["window"], "ring": ring,
+            "has_sinks": int(sinks is not None)}))
         if self.g.rows:  # each row over its own slot's cache
-            self._attn_rows(node, args, kc, vc, g, d, nkv, n)
+            self._attn_rows(node, args, kc, vc, g, d, nkv, n, sk, has)
             return
         b = {0: args, 1: self.step, 2: self.buf(q), 3: kc, 4: vc, 5: self.buf(node.out)}
         if n == 1:
@@ -103,9 +108,9 @@ class AttentionOps:
             if direct:
                 self._dispatch("attn_decode.wgsl", "kernel_attn_decode_direct_"
                                + ("q8" if q8 else "f32"),
-                               {**dec, (10 if q8 else 5): self.buf(node.out)}, (1, nkv),
+                               {**dec, (10 if q8 else 5): self.buf(node.out), **sk}, (1, nkv),
                                consts={"G": g, "D": d, "WG": wg, "VU": ATTN_DIRECT_VU,
-                                       **neox}, variant=variant,
+                                       **neox, **has}, variant=variant,
                                when="short" if when else None)
                 if when is None:  # never more than ATTN_DIRECT_MAX positions visible
                     return
@@ -122,23 +127,26 @@ class AttentionOps:
                                                          "n_splits": nsplit}))
             if q8:
                 self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_q8",
-                               {0: rargs, 10: self.buf(node.out), 6: part}, (nh,),
-                               consts=consts, when=when)
+                               {0: rargs, 10: self.buf(node.out), 6: part, **sk}, (nh,),
+                               consts={**consts, **has}, when=when)
             else:
                 self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",
-                               {0: rargs, 5: self.buf(node.out), 6: part}, (nh,), consts=consts,
-                               when=when)
+                               {0: rargs, 5: self.buf(node.out), 6: part, **sk}, (nh,),
+                               consts={**consts, **has}, when=when)
             return
         bq, bk, tile = prefill_attn_shape(d, self.be.f16,
                                           self.be.limits["max-compute-workgroup-storage-size"],
                                           self.be.limits["max-compute-invocations-per-workgroup"])
-        self._dispatch("attention.wgsl", "kernel_attn_prefill_f32", b, (-(-n * g // bq), nkv),
-                       consts={"G": g, "D": d, "BQ": bq, "BK": bk, "WG": bq * bk // 16},
+        self._dispatch("attention.wgsl", "kernel_attn_prefill_f32", {**b, **sk},
+                       (-(-n * g // bq), nkv),
+                       consts={"G": g, "D": d, "BQ": bq, "BK": bk, "WG": bq * bk // 16, **has},
                        f16_tile=tile)
 
-    def _attn_rows(self, node: Node, args, kc, vc, g: int, d: int, nkv: int, n: int) -> None:
+    def _attn_rows(self, node: Node, args, kc, vc, g: int, d: int, nkv: int, n: int,
+                   sk: dict, has: dict) -> None:
         """Rows mode: the split decode kernel with a rows dimension (attn_decode.wgsl, ROWS),
-        each row over its own slot's keys, then the reduce over (n_head, rows)."""
+        each row over its own slot's keys, then the reduce over (n_head, rows) (with the sinks
+        where the node has them: `sk`, `has`)."""
         at = node.attrs
         nh = at["n_head"]
         ring = self.be.spec.sizes[at["layer"]]
@@ -153,10 +161,12 @@ class AttentionOps:
                                                      "n_splits": nsplit}))
         if node.out.id in self.prequantized:  # one row: written as the o projection's x
             self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_q8",
-                           {0: rargs, 10: self.buf(node.out), 6: part}, (nh,), consts=consts)
+                           {0: rargs, 10: self.buf(node.out), 6: part, **sk}, (nh,),
+                           consts={**consts, **has})
         else:
             self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",
-                           {0: rargs, 5: self.buf(node.out), 6: part}, (nh, n), consts=consts)
+                           {0: rargs, 5: self.buf(node.out), 6: part, **sk}, (nh, n),
+                           consts={**consts, **has})
 
     def _op_attn_decode_rope(self, node: Node) -> None:
         self._op_attention(node)  # the decode path with the `rope` variant (args q, k, v, ff)

@@ -66,7 +66,8 @@ def mv_shape(n_rows: int, units: int, m: int, tname: str = "",
 # from a sweep on an H100 (Vulkan, 2026-11-22, 8 weight copies rotated past the L2, warm clocks;
 # benchmarks/NOTES.md, section 7): Q8_0 one row per 128-thread group; Q4_K one row per 64 threads
 # in workgroups of 256; Q6_K 4 rows per 128 threads on matrices of >= 4096 rows, else 1.
-Q8_TYPES = ("q8_0", "q4_K", "q6_K")
+# MXFP4 (not measured yet) as Q8_0's shape: its levels are integers, one scale a block of 32
+Q8_TYPES = ("q8_0", "q4_K", "q6_K", "mxfp4")
 MVQ_FIXED: tuple[int, int, int] | None = None  # (R, TPR, WG) for all: shape sweeps
 QX_WG = 256  # quantize_x.wgsl: threads per workgroup (8 per block of 32 values)
 # kernel_mul_mv_glu_q8: threads per row (32 rows of gate and up per workgroup): 8 on rows of

@@ -273,6 +273,14 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, DeviceLo
     def _op_geglu(self, node: Node) -> None:
         self._glu(node, "kernel_geglu_f32")
 
+    def _op_swiglu_oai(self, node: Node) -> None:
+        gate, up = node.args
+        n = math.prod(gate.shape)
+        args = {"n": n, "alpha": node.attrs["alpha"], "limit": node.attrs["limit"]}
+        self._dispatch("elementwise.wgsl", "kernel_swiglu_oai_f32",
+                       {0: self._arg(("kargs_swiglu_oai", args)), 1: self.buf(gate),
+                        2: self.buf(up), 3: self.buf(node.out)}, self._grid1(n))
+
     def _op_last_row(self, node: Node) -> None:
         (x,) = node.args
         self._dispatch("elementwise.wgsl", "kernel_last_row_f32",

@@ -31,6 +31,9 @@ _QUANT: dict[GGMLType, tuple[str, int, tuple[tuple, ...]]] = {
     GGMLType.Q5_K: ("q5_K", 8, (("b", 48, 176, 128), ("k", 0, 16, 16), ("b", 16, 48, 32))),
     GGMLType.Q6_K: ("q6_K", 8, (("b", 0, 128, 128), ("b", 128, 192, 64), ("b", 192, 208, 16),
                                 ("h", 208))),
+    # the exponent byte travels as the low byte of an "h" half-word (two blocks per word, the
+    # layout the row-split uploads keep aligned), beside the 16 bytes of nibbles
+    GGMLType.MXFP4: ("mxfp4", 1, (("b", 1, 17, 16), ("h", 0))),
 }
 _FLOAT = {GGMLType.F32: ("f32", 4), GGMLType.F16: ("f16", 2), GGMLType.BF16: ("bf16", 2)}
 

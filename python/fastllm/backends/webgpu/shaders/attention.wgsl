@@ -1,7 +1,8 @@
 // Prefill attention: causal, over a layer's KV cache (f32), GQA: query head h reads KV head
 // h / G. Position p sits in cache row p % ring; a query at position p sees positions
 // first_visible(p, window)..p (common.wgsl). Masked scores are MASKED, so online softmax never
-// subtracts infinities. (Decode, one token: attn_decode.wgsl.)
+// subtracts infinities. With SINKS, each head's sink logit (binding 12) joins the softmax's
+// denominator at the end. (Decode, one token: attn_decode.wgsl.)
 //
 // A workgroup takes BQ query rows, (token, head of the group) pairs, so K and V tiles serve the
 // G heads of a KV head at once, and walks the keys its rows see BK at a time (online softmax,
@@ -19,6 +20,7 @@ const D: u32 = 64u;      // head_dim (a multiple of 4)
 const BQ: u32 = 64u;     // query rows per workgroup (a multiple of 4)
 const BK: u32 = 32u;     // keys per tile (a multiple of 4)
 alias TILE = f32;
+const SINKS: bool = false;  // a sink logit per head joins each row's softmax denominator
 const D4: u32 = D / 4u;
 const RQ4: u32 = BQ / 4u;
 const KQ4: u32 = BK / 4u;
@@ -30,6 +32,7 @@ const DG: u32 = (D4 + KQ4 - 1u) / KQ4;  // d-quads of O per thread
 @group(0) @binding(3) var<storage, read> kc4: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> vc4: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read> sinks: array<f32>;  // (n_head), with SINKS
 
 var<workgroup> qt: array<vec4<TILE>, D * RQ4>;  // Q: [d][row quad], scaled
 var<workgroup> kt: array<vec4<TILE>, D * KQ4>;  // K: [d][key quad]; then V: [key][d quad]
@@ -169,7 +172,13 @@ fn kernel_attn_prefill_f32(ids: Ids) {
         let rr = r0 + 4u * sq + c;
         if (rr / G < n) {
             // a row sees its own position, so its sum of weights is at least 1
-            let inv = 1.0 / rl[4u * sq + c];
+            var inv = 1.0 / rl[4u * sq + c];
+            if (SINKS) {  // the sink joins the sum at the larger of it and the row's maximum
+                let sk = sinks[kvh * G + rr % G];
+                let mx = max(rm[4u * sq + c], sk);
+                let f = exp(rm[4u * sq + c] - mx);
+                inv = f / (rl[4u * sq + c] * f + exp(sk - mx));
+            }
             let o = (rr / G) * hd4 + (kvh * G + rr % G) * D4;
             for (var i = 0u; i < DG; i++) {
                 let dq = sk + KQ4 * i;

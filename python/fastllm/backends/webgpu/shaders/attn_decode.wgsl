@@ -27,6 +27,9 @@ const KSPL: u32 = max(1u, WG / P);  // key subsets per pair
 const PR: u32 = (P + WG - 1u) / WG;  // pairs per thread
 const G4: u32 = (G + 3u) / 4u;
 const ROWS: bool = false;
+// a sink logit per query head (binding 12) joins its softmax denominator: in the reduce of the
+// split kernel's partials, and at the direct kernel's normalization
+const SINKS: bool = false;
 
 @group(0) @binding(0) var<uniform> args: kargs_attention;
 @group(0) @binding(1) var<storage, read> step: kargs_step;
@@ -37,6 +40,8 @@ const ROWS: bool = false;
 @group(0) @binding(6) var<storage, read_write> part: array<f32>;
 // rows mode: each row's (slot, position) (kernel_attn_decode_f32 only)
 @group(0) @binding(11) var<storage, read> rows: array<vec2<u32>>;
+// with SINKS: (n_head) sink logits (the reduce and the direct kernels)
+@group(0) @binding(12) var<storage, read> sinks: array<f32>;
 // the first of this row's q values (vec4s), for the plain prologue
 var<private> qrow: u32 = 0u;
 
@@ -272,7 +277,14 @@ fn attend_direct(ids: Ids) {
             a += dsum[(k * G + g) * D4 + q % D4];
             ll += dl[k * G + g];
         }
-        od[q] = a / ll;  // ll >= 1: the block holding the maximum gave it weight 1
+        var inv = 1.0 / ll;  // ll >= 1: the block holding the maximum gave it weight 1
+        if (SINKS) {  // m: the head's maximum, the same in every thread
+            let sk = sinks[kvh * G + g];
+            let mx = max(m[g], sk);
+            let f = exp(m[g] - mx);
+            inv = f / (ll * f + exp(sk - mx));
+        }
+        od[q] = a * inv;
     }
     workgroupBarrier();
 }
@@ -322,6 +334,11 @@ fn reduce_weights(h: u32, ids: Ids) {
             mx = max(mx, ms[s].x);
         }
         var l = 0.0;
+        if (SINKS) {  // h counts the rows' heads one after another
+            let sk = sinks[h % rargs.n_head];
+            mx = max(mx, sk);
+            l = exp(sk - mx);
+        }
         for (var s = 0u; s < NSPLIT; s++) {
             rw[s] = exp(ms[s].x - mx);
             l += rw[s] * ms[s].y;

@@ -10,6 +10,7 @@ const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> uargs: kargs_unary;
 @group(0) @binding(4) var<storage, read> step: kargs_step;
+@group(0) @binding(0) var<uniform> oargs: kargs_swiglu_oai;
 
 fn gidx(ids: Ids) -> u32 {
     return (ids.wg.y * ids.nwg.x + ids.wg.x) * WG + ids.lid;
@@ -52,6 +53,17 @@ fn kernel_geglu_f32(ids: Ids) {
     let i = gidx(ids);
     if (i < uargs.n) {
         y[i] = geglu(a[i], b[i]);
+    }
+}
+
+// gpt-oss's clamped SwiGLU (ggml's swiglu_oai): the gate clamped above, up on both sides
+@compute @workgroup_size(WG)
+fn kernel_swiglu_oai_f32(ids: Ids) {
+    let i = gidx(ids);
+    if (i < oargs.n) {
+        let x = min(a[i], oargs.limit);
+        let u = clamp(b[i], -oargs.limit, oargs.limit);
+        y[i] = x / (1.0 + exp(oargs.alpha * -x)) * (u + 1.0);
     }
 }
 

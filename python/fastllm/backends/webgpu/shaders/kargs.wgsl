@@ -104,6 +104,10 @@ struct kargs_attention {
     softcap: f32,
     window: u32,
     ring: u32,
+    has_sinks: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct kargs_unary {
@@ -135,11 +139,22 @@ struct kargs_sample {
     _pad2: u32,
 }
 
+struct kargs_swiglu_oai {
+    n: u32,
+    alpha: f32,
+    limit: f32,
+    _pad0: u32,
+}
+
 struct kargs_attn_reduce {
     n_rows: u32,
     n_head: u32,
     head_dim: u32,
     n_splits: u32,
+    has_sinks: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct kargs_part {

@@ -370,6 +370,99 @@ fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f3
     return dm.x * s + dm.y * hsum(sx);
 }
 
+//! section mxfp4
+// w0: 16 bytes of nibbles as q4_0 (low nibbles are weights 0..15, high ones 16..31); w1: the
+// E8M0 exponent e in the low byte of a half-word, two blocks per word (the other byte is not
+// the block's). x = kvalues[q] * 2^(e - 128), kvalues = ggml's doubled E2M1 levels
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> w1: array<u32>;
+const UPB: u32 = 1u;
+const GUARD_K: bool = false;
+
+fn unit_col(u: u32, j: u32, U: u32) -> u32 {
+    return 32u * u + 4u * j;
+}
+
+// 2^(e - 128) as ggml_e8m0_to_fp32_half builds it: e < 2 are the subnormals 2^-128, 2^-127
+fn mx_scale(i: u32) -> f32 {
+    let e = (w1[i >> 1u] >> (16u * (i & 1u))) & 0xFFu;
+    return bitcast<f32>(select((e - 1u) << 23u, 0x00200000u << e, e < 2u));
+}
+
+// the four nibbles at bit `shift` of each byte of w: their magnitudes 0, 1, 2, 3, 4, 6, 8, 12
+// (the E2M1 levels, doubled) are the nibbles of one word, indexed by a nibble's low three bits
+// (no table in memory); bit 3 is the sign, moved to an f32's sign bit
+struct Mx4 {
+    mag: vec4<u32>,
+    sign: vec4<u32>,
+}
+
+fn mx_split(w: u32, shift: u32) -> Mx4 {
+    let n = (lanes(w) >> vec4<u32>(shift)) & vec4<u32>(0xFu);
+    let mag = (vec4<u32>(0xC8643210u) >> ((n & vec4<u32>(7u)) << vec4<u32>(2u)))
+        & vec4<u32>(0xFu);
+    return Mx4(mag, (n & vec4<u32>(8u)) << vec4<u32>(28u));
+}
+
+// the signed levels as floats: 2^23 + mag read as an f32, less 2^23, is mag exactly (no
+// int-to-float conversion, a quarter-rate instruction on NVIDIA)
+fn mx4(w: u32, shift: u32) -> vec4<f32> {
+    let m = mx_split(w, shift);
+    let v = bitcast<vec4<f32>>(m.mag | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) | m.sign);
+}
+
+fn dq4(i: u32, j: u32) -> vec4<f32> {
+    return mx_scale(i) * mx4(w0[i][j & 3u], select(0u, 4u, j >= 4u));
+}
+
+// sum(level x) of four weights: with f = +-(1 + mag / 16) (mag at the top of the mantissa under
+// exponent 0) and g = +-1 of the same signs, dot(f, x) - dot(g, x) = dot(level, x) / 16
+fn mx_dot(w: u32, shift: u32, x: vec4<f32>) -> f32 {
+    let m = mx_split(w, shift);
+    let f = bitcast<vec4<f32>>((m.mag << vec4<u32>(19u)) | m.sign | vec4<u32>(ONE));
+    let g = bitcast<vec4<f32>>(m.sign | vec4<u32>(ONE));
+    return dot(f, x) - dot(g, x);
+}
+
+fn dot_unit(i: u32, xv: ptr<function, array<vec4<f32>, 8>>, xs: vec4<f32>) -> f32 {
+    let q = w0[i];
+    var s = 0.0;
+    for (var k = 0u; k < 4u; k++) {
+        s += mx_dot(q[k], 0u, (*xv)[k]) + mx_dot(q[k], 4u, (*xv)[k + 4u]);
+    }
+    return 16.0 * mx_scale(i) * s;
+}
+
+//! section mxfp4_int
+// Integer form (mul_mvq.wgsl, mul_mvq_id.wgsl): the doubled E2M1 levels are integers (-12..12),
+// so a block is a byte dot product with x's, times the two scales (as ggml's mxfp4 x q8 dots)
+struct XQ {
+    a: vec4<u32>,
+    b: vec4<u32>,
+    d: f32,
+}
+
+fn load_q8(u: u32) -> XQ {
+    return XQ(xq16(32u * u), xq16(32u * u + 16u), xmeta(32u * u).x);
+}
+
+// the signed levels of the four nibbles at bit `shift` of each byte of w, as packed bytes
+fn mx_i8(w: u32, shift: u32) -> u32 {
+    let m = mx_split(w, shift);
+    let b = select(m.mag, (vec4<u32>(0u) - m.mag) & vec4<u32>(0xFFu), m.sign != vec4<u32>(0u));
+    return b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
+}
+
+fn dot_q8(i: u32, xv: XQ) -> f32 {
+    let q = w0[i];
+    var s = 0;
+    for (var k = 0u; k < 4u; k++) {
+        s += dot4I8Packed(mx_i8(q[k], 0u), xv.a[k]) + dot4I8Packed(mx_i8(q[k], 4u), xv.b[k]);
+    }
+    return mx_scale(i) * xv.d * f32(s);
+}
+
 //! section q2_K
 // Block of 256: w0 the 64 bytes of 2-bit quants (byte l of half n holds weights
 // 128n + 32t + l at bits 2t), as 8-byte pieces; w1 the 16 scale bytes (low nibble scale, high
