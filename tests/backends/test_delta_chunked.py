@@ -20,15 +20,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastllm.backends.base import KVSpec
+from delta_cases import TABLE, chunked_case
 from fastllm.backends.webgpu import delta
-from rows_checks import Twin, check, f32_info, rel_err
+from rows_checks import Twin, check, rel_err
 
 from .test_ops import VARIANTS, _backend
 from .test_ops import SeededRng as _SeededRng
 
 TOL = 2e-5
-TABLE = 96  # rows of the input tables (tokens pick them, repeats included)
 
 
 @pytest.fixture(scope="module")
@@ -43,29 +42,6 @@ def rng():
     return _SeededRng()
 
 
-def _case(rng, s, hk, hv):
-    qkv = rng.standard_normal((TABLE, (2 * hk + hv) * s)) * rng.uniform(0.1, 3.0, (TABLE, 1))
-    qkv[3, :s] = 0.0  # a zero query (the l2 norm's eps)
-    alpha = 4 * rng.standard_normal((TABLE, hv))
-    alpha[0, 0] = 25.0  # softplus past its threshold
-    infos = [f32_info("qkv", qkv), f32_info("al", alpha),
-             f32_info("be", 3 * rng.standard_normal((TABLE, hv))),
-             f32_info("dt", rng.standard_normal(hv)), f32_info("a", -rng.uniform(0.01, 0.2, hv))]
-    spec = KVSpec(256, (), (), (("ssm", hv * s * s),), n_seq=3)
-    states = {sl: {"ssm": 0.5 * rng.standard_normal(hv * s * s).astype(np.float32)}
-              for sl in (0, 1)}
-    states[2] = {"ssm": np.full(hv * s * s, np.nan, np.float32)}
-
-    def build(g, w):
-        def rows(name):
-            return g.get_rows(w[name], g.tokens)
-
-        g.output("y", g.gated_delta(rows("qkv"), rows("al"), rows("be"), w["dt"], w["a"], "ssm",
-                                    head_dim=s, n_k_heads=hk, eps=1e-6))
-
-    return infos, spec, states, build
-
-
 @pytest.mark.parametrize("s,hk,hv,chunk,runs", [
     (128, 1, 2, 32, [75, 64]),  # chunks of 32, 32, 11, then two whole ones from that state
     (32, 2, 6, 8, [21, 1, 16]),  # 8, 8, 5; one row; 8, 8
@@ -74,7 +50,7 @@ def _case(rng, s, hk, hv):
 def test_gated_delta_chunked(gpu, rng, monkeypatch, s, hk, hv, chunk, runs):
     monkeypatch.setattr(delta, "GD_CHUNK", chunk)
     monkeypatch.setattr(delta, "GD_CHUNK_MIN", 1)
-    infos, spec, states, build = _case(rng, s, hk, hv)
+    infos, spec, states, build = chunked_case(rng, s, hk, hv)
     twin = Twin(gpu, infos, spec, prepare=lambda p: p.poison())
     twin.set_states(states)
     try:
@@ -98,7 +74,7 @@ def test_gated_delta_chunked(gpu, rng, monkeypatch, s, hk, hv, chunk, runs):
 def test_gated_delta_chunked_choice(gpu, rng):
     """The backend's own threshold: a short run and rows mode take the per-row kernel, a long
     run the chunked one, with the same results within the bound."""
-    infos, spec, states, build = _case(rng, 32, 2, 6)
+    infos, spec, states, build = chunked_case(rng, 32, 2, 6)
     twin = Twin(gpu, infos, spec, prepare=lambda p: p.poison())
     twin.set_states(states)
     for n in (delta.GD_CHUNK_MIN - 1, delta.GD_CHUNK_MIN + 5):
