@@ -233,3 +233,163 @@ kernel void kernel_gated_delta(
 typedef decltype(kernel_gated_delta<false>) gated_delta_t;
 template [[host_name("kernel_gated_delta_f32")]] kernel gated_delta_t kernel_gated_delta<false>;
 template [[host_name("kernel_gated_delta_rows_f32")]] kernel gated_delta_t kernel_gated_delta<true>;
+
+// -- gated_delta, chunked (prefill; sequence mode only): the WY form over chunks of GD_C rows,
+// as shaders/delta.wgsl's kernel_gated_delta_prep_f32 / _chunks_f32 (whose comment gives the
+// math). The scratch holds per value head h the planes U0, W, Q' and O0 = P U0 (n x S each, at
+// (h * n + t) * S + column from plane * Hv * n * S), then kf[h * n + t] = |k_t|^-1 e^(G_last -
+// G_t) and el[h * n_chunks + c] = e^G_last. The prep runs all chunks at once, grid (n_chunks,
+// Hv) of GD_TG threads; the chunks kernel walks them in order, grid (ceil(S / GD_TG), Hv).
+#define GD_C 32
+
+kernel void kernel_gated_delta_prep_f32(
+    constant kargs_gated_delta &args [[buffer(0)]], device const float *qkv [[buffer(1)]],
+    device const float *alpha [[buffer(2)]], device const float *beta [[buffer(3)]],
+    device const float *dt_bias [[buffer(4)]], device const float *a [[buffer(5)]],
+    device float *sc [[buffer(6)]],
+    uint2 tgpig [[threadgroup_position_in_grid]], ushort tiitg [[thread_index_in_threadgroup]]) {
+    threadgroup float sh_l[GD_C * GD_C], sh_p[GD_C * GD_C];
+    threadgroup float sh_g[GD_C], sh_b[GD_C], sh_kn[GD_C], sh_qn[GD_C];
+    const uint S = args.head_dim;
+    const uint n = args.n_rows;
+    const uint hv = args.n_v_heads;
+    const uint h = tgpig.y;
+    const uint c = tgpig.x;
+    const uint t0 = c * GD_C;
+    const uint m = min(uint(GD_C), n - t0);  // rows of this chunk
+    const uint nk = args.n_k_heads * S;
+    const uint rc = 2 * nk + hv * S;
+    const uint q0 = (h % args.n_k_heads) * S;
+    const ulong plane = ulong(hv) * n * S;
+    for (uint r = tiitg; r < m; r += GD_TG) {
+        device const float *row = qkv + ulong(t0 + r) * rc;
+        float qq = 0.0f, kk = 0.0f;
+        for (uint i = 0; i < S; ++i) {
+            qq += row[q0 + i] * row[q0 + i];
+            kk += row[nk + q0 + i] * row[nk + q0 + i];
+        }
+        sh_qn[r] = args.scale / sqrt(qq + args.eps);
+        sh_kn[r] = 1.0f / sqrt(kk + args.eps);
+        sh_g[r] = softplus_f(alpha[ulong(t0 + r) * hv + h] + dt_bias[h]) * a[h];
+        sh_b[r] = 1.0f / (1.0f + exp(-clamp(beta[ulong(t0 + r) * hv + h], -88.0f, 88.0f)));
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    if (tiitg == 0) {  // the running sums G_t
+        float acc = 0.0f;
+        for (uint r = 0; r < m; ++r) {
+            acc += sh_g[r];
+            sh_g[r] = acc;
+        }
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    for (uint e = tiitg; e < GD_C * GD_C; e += GD_TG) {
+        const uint t = e / GD_C, r = e % GD_C;
+        float l = 0.0f, p = 0.0f;
+        if (r <= t && t < m) {
+            device const float *rt = qkv + ulong(t0 + t) * rc;
+            device const float *rr = qkv + ulong(t0 + r) * rc;
+            float kk = 0.0f, qk = 0.0f;
+            for (uint i = 0; i < S; ++i) {
+                kk += rt[nk + q0 + i] * rr[nk + q0 + i];
+                qk += rt[q0 + i] * rr[nk + q0 + i];
+            }
+            const float dec = exp(sh_g[t] - sh_g[r]);
+            l = r < t ? sh_b[t] * dec * kk * sh_kn[t] * sh_kn[r] : 0.0f;
+            p = dec * qk * sh_qn[t] * sh_kn[r];
+        }
+        sh_l[e] = l;
+        sh_p[e] = p;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    // columns of [V | K]: (I + L) X = diag(b) V | diag(b e^G) K by forward substitution
+    for (uint col = tiitg; col < 2 * S; col += GD_TG) {
+        const bool is_v = col < S;
+        const uint i = is_v ? col : col - S;
+        float x[GD_C];
+        for (uint t = 0; t < m; ++t) {
+            device const float *row = qkv + ulong(t0 + t) * rc;
+            float bt = is_v ? sh_b[t] * row[2 * nk + h * S + i]
+                            : sh_b[t] * exp(sh_g[t]) * row[nk + q0 + i] * sh_kn[t];
+            for (uint r = 0; r < t; ++r) {
+                bt -= sh_l[t * GD_C + r] * x[r];
+            }
+            x[t] = bt;
+        }
+        for (uint t = 0; t < m; ++t) {
+            float p = 0.0f;
+            for (uint r = 0; r <= t; ++r) {
+                p += sh_p[t * GD_C + r] * x[r];
+            }
+            const ulong at = (ulong(h) * n + t0 + t) * S + i;
+            if (is_v) {
+                sc[at] = x[t];              // U0
+                sc[3 * plane + at] = p;     // O0 = P U0
+            } else {
+                sc[plane + at] = x[t];      // W
+                sc[2 * plane + at] = exp(sh_g[t]) * qkv[ulong(t0 + t) * rc + q0 + i] * sh_qn[t] - p;
+            }
+        }
+    }
+    const float last = sh_g[m - 1];
+    for (uint r = tiitg; r < m; r += GD_TG) {
+        sc[4 * plane + ulong(h) * n + t0 + r] = sh_kn[r] * exp(last - sh_g[r]);
+    }
+    if (tiitg == 0) {
+        sc[4 * plane + ulong(hv) * n + h * ((n + GD_C - 1) / GD_C) + c] = exp(last);
+    }
+}
+
+kernel void kernel_gated_delta_chunks_f32(
+    constant kargs_gated_delta &args [[buffer(0)]], device const float *qkv [[buffer(1)]],
+    device const float *sc [[buffer(2)]], device float *state [[buffer(3)]],
+    device float *dst [[buffer(4)]], constant kargs_step &step [[buffer(5)]],
+    uint2 tgpig [[threadgroup_position_in_grid]], ushort tiitg [[thread_index_in_threadgroup]]) {
+    const uint S = args.head_dim;
+    const uint n = args.n_rows;
+    const uint hv = args.n_v_heads;
+    const uint h = tgpig.y;
+    const uint j = tgpig.x * GD_TG + tiitg;
+    if (j >= S) {  // no barriers below
+        return;
+    }
+    const uint nk = args.n_k_heads * S;
+    const uint rc = 2 * nk + hv * S;
+    const uint vc = hv * S;
+    const uint q0 = (h % args.n_k_heads) * S;
+    const ulong plane = ulong(hv) * n * S;
+    const uint nc = (n + GD_C - 1) / GD_C;
+    device float *sp = state + ulong(step.slot) * vc * S + (ulong(h) * S + j) * S;
+    float s[GD_MAX];
+    for (uint i = 0; i < S; ++i) {
+        s[i] = sp[i];
+    }
+    for (uint c = 0; c < nc; ++c) {
+        const uint t0 = c * GD_C;
+        const uint m = min(uint(GD_C), n - t0);
+        float u[GD_C];
+        for (uint r = 0; r < m; ++r) {
+            const ulong at = (ulong(h) * n + t0 + r) * S;
+            float w = 0.0f, o = 0.0f;
+            for (uint i = 0; i < S; ++i) {
+                w += sc[plane + at + i] * s[i];
+                o += sc[2 * plane + at + i] * s[i];
+            }
+            u[r] = sc[at + j] - w;
+            dst[ulong(t0 + r) * vc + h * S + j] = sc[3 * plane + at + j] + o;
+        }
+        const float el = sc[4 * plane + ulong(hv) * n + h * nc + c];
+        for (uint i = 0; i < S; ++i) {
+            s[i] *= el;
+        }
+        for (uint r = 0; r < m; ++r) {
+            const float f = sc[4 * plane + ulong(h) * n + t0 + r] * u[r];
+            device const float *kr = qkv + ulong(t0 + r) * rc + nk + q0;
+            for (uint i = 0; i < S; ++i) {
+                s[i] += f * kr[i];
+            }
+        }
+    }
+    for (uint i = 0; i < S; ++i) {
+        sp[i] = s[i];
+    }
+}

@@ -70,3 +70,32 @@ def delta_case(rng):
                 f"ssm{s}", head_dim=s, n_k_heads=hk, eps=1e-6))
 
     return infos, spec, states, build
+
+
+TABLE = 96
+
+
+def chunked_case(rng, s, hk, hv):
+    """gated_delta alone over tables of TABLE rows (tokens pick them, repeats included), for the
+    chunked form's tests (tests/backends/test_delta_chunked.py, tests/metal/test_delta_metal.py):
+    (infos, spec, states, build) with random states in slots 0 and 1, NaN in slot 2."""
+    qkv = rng.standard_normal((TABLE, (2 * hk + hv) * s)) * rng.uniform(0.1, 3.0, (TABLE, 1))
+    qkv[3, :s] = 0.0  # a zero query (the l2 norm's eps)
+    alpha = 4 * rng.standard_normal((TABLE, hv))
+    alpha[0, 0] = 25.0  # softplus past its threshold
+    infos = [f32_info("qkv", qkv), f32_info("al", alpha),
+             f32_info("be", 3 * rng.standard_normal((TABLE, hv))),
+             f32_info("dt", rng.standard_normal(hv)), f32_info("a", -rng.uniform(0.01, 0.2, hv))]
+    spec = KVSpec(256, (), (), (("ssm", hv * s * s),), n_seq=3)
+    states = {sl: {"ssm": 0.5 * rng.standard_normal(hv * s * s).astype(np.float32)}
+              for sl in (0, 1)}
+    states[2] = {"ssm": np.full(hv * s * s, np.nan, np.float32)}
+
+    def build(g, w):
+        def rows(name):
+            return g.get_rows(w[name], g.tokens)
+
+        g.output("y", g.gated_delta(rows("qkv"), rows("al"), rows("be"), w["dt"], w["a"], "ssm",
+                                    head_dim=s, n_k_heads=hk, eps=1e-6))
+
+    return infos, spec, states, build

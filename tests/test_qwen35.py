@@ -110,6 +110,39 @@ def test_rows_step_equals_each_sequence_alone(archs, ref, name, backend):
         toks = [int(np.argmax(got[0])), int(np.argmax(got[1]))]
 
 
+@pytest.mark.parametrize("name", [NAME, MOE[1]])
+@pytest.mark.parametrize("backend,chunk,least", [("webgpu", 32, 16), ("webgpu", 8, 1),
+                                                 ("metal-emu", 32, 16)])
+def test_chunked_gated_delta_prefill_matches_llamacpp(archs, refs, monkeypatch, name, backend,
+                                                      chunk, least):
+    """The chunked gated_delta (taken by runs of GD_CHUNK_MIN rows or more, 64 by default: more
+    than the 40 tokens) lowered to take these runs: the 40 tokens at once (chunks of 32 and 8, or
+    five of 8 on WebGPU), then in runs of 20 (the state carried) within the same bound as the
+    per-row kernel, and as close to its logits as two row counts are (test_logits_chunks_...'s
+    2e-6). This checks the chunked kernels in the model's graph (its scratch among the other
+    values, the head tiling, the slot); these random weights hardly resolve the delta rule's
+    arithmetic (a chunk's decays left out of P moves the logits by 5e-7), which
+    tests/backends/test_delta_chunked.py and tests/metal/test_delta_metal.py check against the
+    reference op."""
+    if backend == "webgpu":
+        from fastllm.backends.webgpu import delta
+
+        monkeypatch.setattr(delta, "GD_CHUNK", chunk)
+    else:
+        from fastllm.backends.metal import delta
+
+        assert delta.GD_C == chunk
+    ref = refs[name + ".gguf"]
+    want = np.asarray(ref["logits"], np.float32)
+    per_row = load(archs, backend, name).logits(ref["tokens"])
+    monkeypatch.setattr(delta, "GD_CHUNK_MIN", least)
+    for n_batch in (512, 20):
+        got = load(archs, backend, name, n_batch=n_batch).logits(ref["tokens"])
+        err = np.abs(got - want).max()
+        assert err <= bound(backend, want), f"runs of {n_batch}: {err:.3g}"
+        np.testing.assert_allclose(got, per_row, rtol=0, atol=2e-6, err_msg=f"runs of {n_batch}")
+
+
 def test_save_and_restore_state_cover_both_states(archs, ref):
     m = load(archs)
     ids = ref["tokens"]

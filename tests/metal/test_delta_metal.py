@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 from metal_env import make_runtime
 
-from delta_cases import delta_case
+from delta_cases import TABLE, chunked_case, delta_case
 from fastllm.backends.base import Graph, KVSpec
 from fastllm.backends.metal import MetalBackend
 from fastllm.errors import UnsupportedError
-from rows_checks import Twin, f32_info, run_rwkv_case
+from rows_checks import Twin, check, f32_info, rel_err, run_rwkv_case
 
 rng = np.random.default_rng()
 KERNELS = {"kernel_slice_cols_f32", "kernel_dot_gate_f32", "kernel_norm_gate_f32",
            "kernel_ssm_conv_f32", "kernel_ssm_conv_rows_f32", "kernel_ssm_conv_silu_f32",
            "kernel_ssm_conv_silu_rows_f32", "kernel_gated_delta_f32", "kernel_gated_delta_rows_f32",
            "kernel_unary_softplus_f32"}
+CHUNKED = {"kernel_gated_delta_prep_f32", "kernel_gated_delta_chunks_f32"}
 
 
 def metal(policy="forward") -> MetalBackend:
@@ -38,6 +39,29 @@ def test_delta_ops_slots_and_rows(policy):
     ran = {d.kernel for (b, _, _, _), p in twin.progs.items() if b == id(twin.dev)
            for d in p.plan.dispatches}
     assert KERNELS <= ran, sorted(KERNELS - ran)
+
+
+@pytest.mark.parametrize("s,hk,hv,runs", [(128, 1, 2, [40]), (32, 2, 6, [70, 33])])
+def test_gated_delta_chunked(monkeypatch, s, hk, hv, runs):
+    """The chunked gated_delta (chunks of 32) against the reference's row-by-row recurrence, as
+    tests/backends/test_delta_chunked.py on WebGPU (its docstring gives the 2e-5 bound): runs
+    over 2 and 3 chunks ending in partial ones, the state carried from one run to the next, an
+    unused slot's NaN state untouched; the emulator poisons each dispatch's outputs (the
+    scratch of the prep among them)."""
+    from fastllm.backends.metal import delta
+
+    monkeypatch.setattr(delta, "GD_CHUNK_MIN", 1)
+    infos, spec, states, build = chunked_case(rng, s, hk, hv)
+    twin = Twin(metal("random"), infos, spec)
+    twin.set_states(states)
+    for n in runs:
+        got, want = twin.run(build, rng.integers(0, TABLE, n), 0, 1)
+        check(got, want, 2e-5, f"{n} rows")
+        assert rel_err(twin.dev.get_state(1)["ssm"], twin.ref.get_state(1)["ssm"]) <= 2e-5
+        assert np.isnan(twin.dev.get_state(2)["ssm"]).all(), "unused slot 2's state written"
+    ran = {d.kernel for (b, _, _, _), p in twin.progs.items() if b == id(twin.dev)
+           for d in p.plan.dispatches}
+    assert CHUNKED <= ran and "kernel_gated_delta_f32" not in ran
 
 
 def test_delta_errors():
@@ -65,4 +89,4 @@ def test_delta_kernels_are_known():
         pytest.skip("the emulator's library list")
     libs = sys.modules["mslemu_runtime"].libraries()
     delta = libs["kernel_gated_delta_f32"]
-    assert {k for k, lib in libs.items() if lib is delta} <= KERNELS
+    assert {k for k, lib in libs.items() if lib is delta} <= KERNELS | CHUNKED

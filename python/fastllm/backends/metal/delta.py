@@ -10,6 +10,11 @@ from ...errors import UnsupportedError
 
 CONV_MAX = 8  # delta.metal: the most previous inputs a conv thread keeps
 GD_TG, GD_MAX = 64, 128  # delta.metal: gated_delta threads per threadgroup, largest head size
+# gated_delta's chunked form (delta.metal's kernel_gated_delta_prep_f32 and _chunks_f32): rows of
+# a chunk (delta.metal's GD_C), and the fewest rows of a run that take it (decode and short runs
+# keep the per-row kernel, as rows mode does); GD_CHUNK_MIN = 0 turns it off.
+GD_C = 32
+GD_CHUNK_MIN = 64
 
 
 class DeltaLowering:
@@ -61,6 +66,23 @@ class DeltaLowering:
         if s > GD_MAX:
             raise UnsupportedError(f"metal: gated_delta with heads of {s} (up to {GD_MAX})")
         hv = node.out.cols // s
+        n = qkv.shape[0]
+        fields = {"n_rows": n, "n_k_heads": at["n_k_heads"], "n_v_heads": hv, "head_dim": s,
+                  "scale": 1.0 / math.sqrt(s), "eps": at["eps"]}
+        if not self.rows and 0 < GD_CHUNK_MIN <= n:
+            # U0, W, Q', P U0 (n x Hv*S each), a factor per row and head, one per chunk and head
+            nc = -(-n // GD_C)
+            sc = self._scratch(4 * (4 * n * hv * s + n * hv + nc * hv))
+            self._emit("kernel_gated_delta_prep_f32",
+                       [self._ref(qkv), self._ref(alpha), self._ref(beta),
+                        self._vec(dt_bias, qkv), self._vec(a, qkv), sc],
+                       (nc, hv), GD_TG, (5,), "kargs_gated_delta", **fields)
+            self._emit("kernel_gated_delta_chunks_f32",
+                       [self._ref(qkv), sc, self._state(node, hv * s * s), self._ref(node.out),
+                        self._step()], (-(-s // GD_TG), hv), GD_TG, (3,), "kargs_gated_delta",
+                       **fields)
+            self._free(sc)
+            return
         kernel, where = self._state_kernel("gated_delta")
         bufs = [self._ref(qkv), self._ref(alpha), self._ref(beta), self._vec(dt_bias, qkv),
                 self._vec(a, qkv), self._state(node, hv * s * s), self._ref(node.out)]

@@ -13,6 +13,12 @@ _FILE = "delta.wgsl"
 _WG = 64  # delta.wgsl's WG
 _CONV_MAX = 8  # delta.wgsl's CONV_MAX: the most previous inputs a conv thread keeps
 _GD_MAX = 256  # the largest head size whose state row a thread keeps in registers
+# gated_delta's chunked form (delta.wgsl's kernel_gated_delta_prep_f32 and _chunks_f32): rows of a
+# chunk (its two C x C matrices fill 8 KiB of workgroup memory at 32), and the fewest rows of a
+# run that take it (decode and short runs keep the per-row kernel; rows mode always does, its rows
+# being of different slots). GD_CHUNK_MIN = 0 turns the chunked form off.
+GD_CHUNK = 32
+GD_CHUNK_MIN = 64
 
 
 class DeltaOps:
@@ -62,6 +68,24 @@ class DeltaOps:
                        {0: self._arg(("kargs_rwkv", args)), 1: self.buf(node.out),
                         3: self.buf(x), 4: self.buf(w), 5: self.buf(z)}, (x.cols // g, rows))
 
+    @staticmethod
+    def _gd_scratch(node: Node) -> int:
+        """The chunked gated_delta's scratch bytes: U0, W and Q' (n x Hv*S each), a factor per
+        row and head and one per chunk and head (delta.wgsl)."""
+        n, cols = node.out.shape
+        hv = cols // node.attrs["head_dim"]
+        return 4 * (3 * n * cols + n * hv + -(-n // GD_CHUNK) * hv)
+
+    def _chunked(self, node: Node) -> bool:
+        """Whether a gated_delta runs chunked: a run of GD_CHUNK_MIN rows or more of one slot,
+        whose scratch fits one binding (else the per-row kernel, which needs none)."""
+        return (node.op == "gated_delta" and not self.g.rows and GD_CHUNK_MIN > 0
+                and node.args[0].shape[0] >= GD_CHUNK_MIN
+                and self._gd_scratch(node) <= self.be.max_binding)
+
+    def _scratch_bytes(self, node: Node) -> int:
+        return self._gd_scratch(node) if self._chunked(node) else 0
+
     def _op_gated_delta(self, node: Node) -> None:
         qkv = node.args[0]
         at = node.attrs
@@ -74,5 +98,16 @@ class DeltaOps:
         b = {0: self._arg(("kargs_gated_delta", args)), 1: self.buf(node.out),
              2: self._state_of(node, hv * s * s), **self._slot_bindings()}
         b.update({3 + i: self.buf(a) for i, a in enumerate(node.args)})
+        if self._chunked(node):
+            consts = {"GD_S": s, "GD_C": GD_CHUNK}
+            b[8] = self.slots[self.scratch_of[node.out.id]]
+            # each kernel binds only what it reads (the prep: no state, no step)
+            self._dispatch(_FILE, "kernel_gated_delta_prep_f32",
+                           {k: v for k, v in b.items() if k not in (2, 9, 10)},
+                           (-(-qkv.shape[0] // GD_CHUNK), hv), consts=consts)
+            self._dispatch(_FILE, "kernel_gated_delta_chunks_f32",
+                           {k: v for k, v in b.items() if k not in (4, 5, 6, 7)},
+                           (-(-s // _WG), hv), consts=consts)
+            return
         self._dispatch(_FILE, "kernel_gated_delta_f32", b, (-(-s // _WG), hv),
                        consts={"ROWS": self.g.rows, "GD_S": s})

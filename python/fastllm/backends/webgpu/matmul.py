@@ -330,8 +330,9 @@ class MatmulOps:
     def _scratch_bytes(self, node: Node) -> int:
         """Bytes of scratch a node needs while it runs (the planner gives it a slot): a split
         prefill mat-mat's planes of partial sums."""
-        if (node.op not in ("mul_mat", "mul_mv_fused", "mul_mm_glu")
-                or node.args[0].shape[0] <= MV_MAX_M):
+        if node.op not in ("mul_mat", "mul_mv_fused", "mul_mm_glu"):
+            return super()._scratch_bytes(node)  # the other ops' (delta.py)
+        if node.args[0].shape[0] <= MV_MAX_M:
             return 0
         x, w = node.args[:2]
         splits = self._mm_shape_of(x, w, w.handle.parts[0])[5]

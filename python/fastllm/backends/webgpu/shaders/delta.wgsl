@@ -209,3 +209,186 @@ fn kernel_gated_delta_f32(ids: Ids) {
         }
     }
 }
+
+// -- gated_delta, chunked (prefill): the same recurrence over chunks of GD_C rows in the WY form
+// (flash-linear-attention's chunked gated delta rule, llama.cpp's chunked gated delta net). With
+// G_t the running sum of the log decays g within a chunk, k and q normalized (q with the 1/sqrt(S)
+// scale), b = sigmoid(beta) and S0 the state the chunk starts from, the recurrence unrolls to
+//     u_t = b_t (v_t - e^G_t S0 k_t - sum_{r<t} e^(G_t - G_r) (k_t . k_r) u_r)
+//     o_t = e^G_t S0 q_t + sum_{r<=t} e^(G_t - G_r) (q_t . k_r) u_r
+//     S   = e^G_last S0 + sum_r e^(G_last - G_r) u_r k_r^T
+// so with L[t, r] = b_t e^(G_t - G_r) (k_t . k_r) (r < t) and P[t, r] = e^(G_t - G_r) (q_t . k_r)
+// (r <= t): U = U0 - W S0^T, U0 = (I + L)^-1 diag(b) V, W = (I + L)^-1 diag(b e^G) K, and
+// O = P U0 + (diag(e^G) Q - P W) S0^T. Every exponent is <= 0 (g <= 0 and r <= t), so no factor
+// overflows. kernel_gated_delta_prep_f32 computes U0, W, Q' = diag(e^G) Q - P W and P U0 (into
+// the output) for all chunks at once; kernel_gated_delta_chunks_f32 then walks the chunks in
+// order, each thread with its value row of the state as the per-row kernel does. The scratch
+// (binding 8) holds per value head h: U0, W and Q' (n x S each, at (h * n + t) * S + column from
+// [0, 1, 2] * Hv * n * S), then kf[h * n + t] = |k_t|^-1 e^(G_last - G_t) and
+// el[h * n_chunks + c] = e^G_last.
+
+const GD_C: u32 = 32u;  // rows of a chunk (a pipeline constant)
+@group(0) @binding(8) var<storage, read_write> sc: array<f32>;
+var<workgroup> sh_l: array<f32, GD_C * GD_C>;
+var<workgroup> sh_p: array<f32, GD_C * GD_C>;
+var<workgroup> sh_g: array<f32, GD_C>;
+var<workgroup> sh_b: array<f32, GD_C>;
+var<workgroup> sh_kn: array<f32, GD_C>;
+var<workgroup> sh_qn: array<f32, GD_C>;
+
+// Grid (n_chunks, n_v_heads): one workgroup per chunk of a head. Inputs as kernel_gated_delta_f32.
+@compute @workgroup_size(WG)
+fn kernel_gated_delta_prep_f32(ids: Ids) {
+    let n = gd_args.n_rows;
+    let hv = gd_args.n_v_heads;
+    let h = ids.wg.y;
+    let c = ids.wg.x;
+    let t0 = c * GD_C;
+    let m = min(GD_C, n - t0);  // rows of this chunk
+    let nk = gd_args.n_k_heads * GD_S;
+    let rc = 2u * nk + hv * GD_S;
+    let vc = hv * GD_S;
+    let q0 = (h % gd_args.n_k_heads) * GD_S;
+    let plane = hv * n * GD_S;
+    for (var r = ids.lid; r < m; r += WG) {
+        let t = t0 + r;
+        var qq = 0.0;
+        var kk = 0.0;
+        for (var i = 0u; i < GD_S; i++) {
+            let qi = i0[t * rc + q0 + i];
+            let ki = i0[t * rc + nk + q0 + i];
+            qq += qi * qi;
+            kk += ki * ki;
+        }
+        sh_qn[r] = gd_args.scale / sqrt(qq + gd_args.eps);
+        sh_kn[r] = 1.0 / sqrt(kk + gd_args.eps);
+        sh_g[r] = softplus(i1[t * hv + h] + i3[h]) * i4[h];
+        sh_b[r] = 1.0 / (1.0 + exp(-clamp(i2[t * hv + h], -88.0, 88.0)));
+    }
+    workgroupBarrier();
+    if (ids.lid == 0u) {  // the running sums G_t (GD_C values)
+        var acc = 0.0;
+        for (var r = 0u; r < m; r++) {
+            acc += sh_g[r];
+            sh_g[r] = acc;
+        }
+    }
+    workgroupBarrier();
+    for (var e = ids.lid; e < GD_C * GD_C; e += WG) {
+        let t = e / GD_C;
+        let r = e % GD_C;
+        var l = 0.0;
+        var p = 0.0;
+        if (r <= t && t < m) {
+            var kk = 0.0;
+            var qk = 0.0;
+            for (var i = 0u; i < GD_S; i++) {
+                let kr = i0[(t0 + r) * rc + nk + q0 + i];
+                kk += i0[(t0 + t) * rc + nk + q0 + i] * kr;
+                qk += i0[(t0 + t) * rc + q0 + i] * kr;
+            }
+            let dec = exp(sh_g[t] - sh_g[r]);
+            l = select(0.0, sh_b[t] * dec * kk * sh_kn[t] * sh_kn[r], r < t);
+            p = dec * qk * sh_qn[t] * sh_kn[r];
+        }
+        sh_l[e] = l;
+        sh_p[e] = p;
+    }
+    workgroupBarrier();
+    // columns of [V | K] (2S): the triangular solve of (I + L) X = diag(b) V | diag(b e^G) K by
+    // forward substitution down the chunk, one column per thread at a time
+    for (var col = ids.lid; col < 2u * GD_S; col += WG) {
+        let is_v = col < GD_S;
+        let i = select(col - GD_S, col, is_v);
+        var x: array<f32, GD_C>;
+        for (var t = 0u; t < m; t++) {
+            let row = (t0 + t) * rc;
+            var bt: f32;
+            if (is_v) {
+                bt = sh_b[t] * i0[row + 2u * nk + h * GD_S + i];
+            } else {
+                bt = sh_b[t] * exp(sh_g[t]) * i0[row + nk + q0 + i] * sh_kn[t];
+            }
+            for (var r = 0u; r < t; r++) {
+                bt -= sh_l[t * GD_C + r] * x[r];
+            }
+            x[t] = bt;
+        }
+        for (var t = 0u; t < m; t++) {
+            var p = 0.0;
+            for (var r = 0u; r <= t; r++) {
+                p += sh_p[t * GD_C + r] * x[r];
+            }
+            let at = (h * n + t0 + t) * GD_S + i;
+            if (is_v) {
+                sc[at] = x[t];  // U0
+                y[(t0 + t) * vc + h * GD_S + i] = p;  // P U0
+            } else {
+                sc[plane + at] = x[t];  // W
+                sc[2u * plane + at] = exp(sh_g[t]) * i0[(t0 + t) * rc + q0 + i] * sh_qn[t] - p;
+            }
+        }
+    }
+    let last = sh_g[m - 1u];
+    for (var r = ids.lid; r < m; r += WG) {
+        sc[3u * plane + h * n + t0 + r] = sh_kn[r] * exp(last - sh_g[r]);
+    }
+    if (ids.lid == 0u) {
+        sc[3u * plane + hv * n + h * ((n + GD_C - 1u) / GD_C) + c] = exp(last);
+    }
+}
+
+// Grid (ceil(S / WG), n_v_heads) as kernel_gated_delta_f32 (one slot for the run; not rows mode):
+// thread j keeps s[h, j, :] and walks the chunks: u = U0 - W s, the output gets Q' s, then the
+// state decays by e^G_last and takes the chunk's u k^T.
+@compute @workgroup_size(WG)
+fn kernel_gated_delta_chunks_f32(ids: Ids) {
+    let n = gd_args.n_rows;
+    let hv = gd_args.n_v_heads;
+    let h = ids.wg.y;
+    let j = ids.wg.x * WG + ids.lid;
+    if (j >= GD_S) {  // no barriers below
+        return;
+    }
+    let nk = gd_args.n_k_heads * GD_S;
+    let rc = 2u * nk + hv * GD_S;
+    let vc = hv * GD_S;
+    let q0 = (h % gd_args.n_k_heads) * GD_S;
+    let plane = hv * n * GD_S;
+    let nc = (n + GD_C - 1u) / GD_C;
+    let sb = slot_base(0u, vc * GD_S) + (h * GD_S + j) * GD_S;
+    var s: array<f32, GD_S>;
+    for (var i = 0u; i < GD_S; i++) {
+        s[i] = st[sb + i];
+    }
+    for (var c = 0u; c < nc; c++) {
+        let t0 = c * GD_C;
+        let m = min(GD_C, n - t0);
+        var u: array<f32, GD_C>;
+        for (var r = 0u; r < m; r++) {
+            let at = (h * n + t0 + r) * GD_S;
+            var w = 0.0;
+            var o = 0.0;
+            for (var i = 0u; i < GD_S; i++) {
+                w += sc[plane + at + i] * s[i];
+                o += sc[2u * plane + at + i] * s[i];
+            }
+            u[r] = sc[at + j] - w;
+            y[(t0 + r) * vc + h * GD_S + j] += o;
+        }
+        let el = sc[3u * plane + hv * n + h * nc + c];
+        for (var i = 0u; i < GD_S; i++) {
+            s[i] *= el;
+        }
+        for (var r = 0u; r < m; r++) {
+            let f = sc[3u * plane + h * n + t0 + r] * u[r];
+            let row = (t0 + r) * rc + nk + q0;
+            for (var i = 0u; i < GD_S; i++) {
+                s[i] += f * i0[row + i];
+            }
+        }
+    }
+    for (var i = 0u; i < GD_S; i++) {
+        st[sb + i] = s[i];
+    }
+}
