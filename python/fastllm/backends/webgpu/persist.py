@@ -21,7 +21,7 @@ the next launch; the dispatch boundary makes that visible to it.
 
 FASTLLM_WEBGPU_PERSISTENT: unset or "1": on Vulkan GPU adapters where the probe passes (and the
 first call's tokens equal the ordinary path's); "0": off; "force": anywhere (lavapipe in CI), on
-a grid of FASTLLM_WEBGPU_PERSISTENT_GRID workgroups (default 2 under force; 256 otherwise,
+a grid of FASTLLM_WEBGPU_PERSISTENT_GRID workgroups (default 1 under force; 256 otherwise,
 halved after a timeout). FASTLLM_WEBGPU_PERSISTENT_SPIN: loads per wait before it times out.
 """
 
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendError
-from .wgsl_merge import MergeError, Merged, Task, add_task
+from .wgsl_merge import Merged, MergeError, Task, add_task
 
 CTL_WORDS = 4  # ctl[0]: timeout flag, ctl[1]: workgroups gone, ctl[2..3]: unused
 SPIN_DEFAULT = 1 << 22
@@ -220,7 +220,7 @@ class Persistent:
         self.be = be
         self.mode = mode()
         forced = self.mode == "force"
-        self.grid = _env_int("FASTLLM_WEBGPU_PERSISTENT_GRID", 2 if forced else GRID_DEFAULT)
+        self.grid = _env_int("FASTLLM_WEBGPU_PERSISTENT_GRID", 1 if forced else GRID_DEFAULT)
         self.spin = _env_int("FASTLLM_WEBGPU_PERSISTENT_SPIN", SPIN_DEFAULT)
         self.refused: str | None = None
         self.timeouts = 0

@@ -102,7 +102,7 @@ def parse(src: str) -> tuple[tuple[str, ...], dict[str, Item]]:
 
 def _field_types(text: str) -> str:
     """A struct's text with its field names left out (a field may share a top-level name)."""
-    head, body = text.split("{", 1)
+    body = text.split("{", 1)[1]
     return " ".join(re.findall(r":\s*([^,}]+)", body))
 
 
