@@ -207,7 +207,7 @@ class DeviceLoops:
                     out[kind] = (d, self._raw_list(d))
                     if kind == "short":
                         g["path"][mode] = (merged, len(d) - merged)
-            if not any(m for m in g["path"].values()):
+            if g["path"][mode][0] == 0:
                 g["persist_off"] = "no run of dispatches merges"
                 self.be.decode_path = f"ordinary (persistent off: {g['persist_off']})"
                 return None
