@@ -9,7 +9,7 @@ set -u
 export PYTHONUNBUFFERED=1
 source .gpu/env.sh
 V=.peer/ggml-vocab-llama-bpe.gguf
-GRIDS=${GRIDS:-"132 264 528"}
+GRIDS=${GRIDS:-"264 528 1056 2112"}
 make() {  # shape type name
   [ -f /tmp/$3.gguf ] || python3 .peer/make_random_gguf.py --shape $1 --type $2 --vocab $V \
     --out /tmp/$3.gguf > /dev/null

@@ -21,8 +21,8 @@ the next launch; the dispatch boundary makes that visible to it.
 
 FASTLLM_WEBGPU_PERSISTENT: unset or "1": on Vulkan GPU adapters where the probe passes (and the
 first call's tokens equal the ordinary path's); "0": off; "force": anywhere (lavapipe in CI), on
-a grid of FASTLLM_WEBGPU_PERSISTENT_GRID workgroups (default 1 under force; 256 otherwise,
-halved after a timeout). FASTLLM_WEBGPU_PERSISTENT_SPIN: loads per wait before it times out.
+a grid of FASTLLM_WEBGPU_PERSISTENT_GRID workgroups (default 1 under force; otherwise the
+largest of 2048 .. 128 whose probe passes, halved after a launch that timed out). FASTLLM_WEBGPU_PERSISTENT_SPIN: loads per wait before it times out.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .wgsl_merge import Merged, MergeError, Task, add_task
 
 CTL_WORDS = 4  # ctl[0]: timeout flag, ctl[1]: workgroups gone, ctl[2..3]: unused
 SPIN_DEFAULT = 1 << 22
-GRID_DEFAULT = 256
+GRID_CANDIDATES = (2048, 1024, 512, 256, 128)
 CTL_MAX = 1024  # words of a program's counter buffer: at most CTL_MAX - CTL_WORDS phases
 PROBE_PHASES = 6
 PROBE_WG = 64
@@ -51,27 +51,35 @@ const PK_SPIN: u32 = SPINu;
 
 // Thread 0 waits until counter c reaches `want`, making at most PK_SPIN loads; past them it
 // sets the timeout flag. Every thread gets whether to go on (uniformly), then the acquire side
-// of the hand-off: storageBarrier() after the counter's load.
+// of the hand-off: storageBarrier() after the counter's load. The loads are two nested loops of
+// at most 32768 iterations, and only a complete counter lets the workgroup on however the loops
+// ended: lavapipe's compiler leaves any loop after 65535 iterations as if it had finished.
 fn pk_wait(c: u32, want: u32, lid: u32) -> bool {
     if (lid == 0u) {
         var go = atomicLoad(&pk_ctl[0]) == 0u;
+        var done = false;
         var n = 0u;
-        loop {
-            if (!go) {
+        for (var i = 0u; i < 32768u; i++) {
+            if (!go || done || n >= PK_SPIN) {
                 break;
             }
-            if (n >= PK_SPIN) {
-                atomicStore(&pk_ctl[0], 1u);
+            for (var j = 0u; j < 32768u; j++) {
+                if (n >= PK_SPIN) {
+                    break;
+                }
+                n += 1u;
+                if (atomicLoad(&pk_ctl[c]) >= want) {
+                    done = true;
+                    break;
+                }
+            }
+            if (atomicLoad(&pk_ctl[0]) != 0u) {
                 go = false;
-                break;
             }
-            n += 1u;
-            if (atomicLoad(&pk_ctl[c]) >= want) {
-                break;
-            }
-            if ((n & 1023u) == 0u && atomicLoad(&pk_ctl[0]) != 0u) {
-                go = false;
-            }
+        }
+        if (go && !done) {
+            atomicStore(&pk_ctl[0], 1u);
+            go = false;
         }
         pk_flag = select(0u, 1u, go);
     }
@@ -220,14 +228,16 @@ class Persistent:
         self.be = be
         self.mode = mode()
         forced = self.mode == "force"
-        self.grid = _env_int("FASTLLM_WEBGPU_PERSISTENT_GRID", 1 if forced else GRID_DEFAULT)
-        self.spin = _env_int("FASTLLM_WEBGPU_PERSISTENT_SPIN", SPIN_DEFAULT)
+        # 0: the largest of GRID_CANDIDATES whose probe passes (the merged kernels use more
+        # registers than the probe: a launch that times out halves it again)
+        self.grid = _env_int("FASTLLM_WEBGPU_PERSISTENT_GRID", 1 if forced else 0)
+        # on a CPU a load is ~100x cheaper and a task ~100x longer than on a GPU
+        self.spin = _env_int("FASTLLM_WEBGPU_PERSISTENT_SPIN",
+                             SPIN_DEFAULT << (6 if be.info.get("adapter_type") == "CPU" else 0))
         self.refused: str | None = None
         self.timeouts = 0
         if self.mode == "off":
             self.refused = "FASTLLM_WEBGPU_PERSISTENT=0"
-        elif self.grid < 1:
-            self.refused = "a grid of 0 workgroups"
         elif not forced and be.info.get("backend_type") != "Vulkan":
             self.refused = f"not measured on {be.info.get('backend_type', '?')}"
         elif not forced and be.info.get("adapter_type", "CPU") == "CPU":
@@ -239,10 +249,15 @@ class Persistent:
         """Whether programs should build persistent step lists (runs the probe once)."""
         if self.refused is None and not self._probed:
             self._probed = True
-            try:
-                why = probe(self.be, self.grid, self.spin)
-            except BackendError as e:
-                why = f"the probe failed: {e}"
+            why = None
+            for g in (self.grid,) if self.grid else GRID_CANDIDATES:
+                try:
+                    why = probe(self.be, g, self.spin)
+                except BackendError as e:
+                    why = f"the probe failed: {e}"
+                if why is None:
+                    self.grid = g
+                    break
             if why is not None:
                 self.refused = "probe: " + why
         return self.refused is None
