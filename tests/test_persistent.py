@@ -80,24 +80,29 @@ def test_sampled_ids_equal(ordinary, forced):
     assert "decode=persistent (" in repr(forced), repr(forced)
 
 
-def test_timeout_falls_back(ordinary, stories260k):
+def test_timeout_falls_back(ordinary, forced):
     """A spin bound of 0 loads: the first wait of every launch times out, the flag comes back
     and the call re-runs on the ordinary dispatches, with the same ids."""
+    from fastllm.backends.webgpu import persist
+
     bos = [ordinary.tokenizer.bos_id]
     want = list(ordinary.generate_tokens(bos, temperature=0, max_tokens=8))
-    m = load(stories260k, FASTLLM_WEBGPU_PERSISTENT="force", FASTLLM_WEBGPU_PERSISTENT_SPIN=0)
+    pers = forced.backend.persistent
+    prog = forced._program(1, False)
+    spin, timeouts = pers.spin, pers.timeouts
+    pers.spin = 0
+    prog._loops["plists"] = {}  # the task lists hold the bound
     try:
-        from fastllm.backends.webgpu import persist
-
-        # the probe itself would refuse a bound of 0; let the lists be built to show the fallback
-        m.backend.persistent._probed = True
-        got = list(m.generate_tokens(bos, temperature=0, max_tokens=8))
+        got = list(forced.generate_tokens(bos, temperature=0, max_tokens=8))
         assert got == want
-        assert "timed out" in repr(m), repr(m)
-        assert m.backend.persistent.timeouts >= 1
-        assert persist.probe(m.backend, 1, 0) == "a wait of the probe timed out on a grid of 1"
+        assert "timed out" in repr(forced), repr(forced)
+        assert pers.timeouts > timeouts
+        assert persist.probe(forced.backend, 1, 0) == "a wait of the probe timed out on a grid of 1"
     finally:
-        m.close()
+        pers.spin = spin
+        prog._loops["plists"] = {}
+    assert list(forced.generate_tokens(bos, temperature=0, max_tokens=8)) == want
+    assert "decode=persistent (" in repr(forced), repr(forced)
 
 
 def test_probe_and_gate(webgpu_ok, stories260k):

@@ -34,6 +34,19 @@ SAMPLE_PARTS = 64  # sample.wgsl's NPART: at most this many chunks of the row
 SAMPLE_CHUNK = 2048  # and at least this many columns each
 
 
+class _Lazy(dict):
+    """A step kind's persistent list, made when a step of that kind first runs (compiling the
+    merged kernels of a kind no call reaches would cost seconds on lavapipe)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, kind: str):
+        self[kind] = v = self._make(kind)
+        return v
+
+
 class DeviceLoops:
     """run_greedy and run_sampled for WebGPUProgram (uses its be, g, n, tokens, step, _lists,
     _kind, _bind_group, _buf, buf, _raw_list, _record and _ready)."""
@@ -198,21 +211,22 @@ class DeviceLoops:
             self.be.decode_path = f"ordinary (persistent off: {why})"
             return None
         if mode not in g["plists"]:
-            out = {}
             with self.be.errors("building the persistent step"):
-                for kind in self._lists:
-                    specs = [(p, b, grid) for p, b, grid, when in self._made
-                             if when in (None, kind)] + list(g["tails"][mode])
-                    d, merged = lower(self, specs, bytes(self._args), f"persistent {kind}")
-                    out[kind] = (d, self._raw_list(d))
-                    if kind == "short":
-                        g["path"][mode] = (merged, len(d) - merged)
+                g["path"][mode] = self._persistent_list(g, mode, "short")[1]
             if g["path"][mode][0] == 0:
                 g["persist_off"] = "no run of dispatches merges"
                 self.be.decode_path = f"ordinary (persistent off: {g['persist_off']})"
                 return None
-            g["plists"][mode] = out
+            g["plists"][mode] = _Lazy(lambda kind: self._persistent_list(g, mode, kind)[0])
         return g["plists"][mode]
+
+    def _persistent_list(self, g: dict[str, Any], mode: str, kind: str):
+        """((dispatches, raw) of the persistent list of `kind`, (merged launches, ordinary
+        dispatches) in it)."""
+        specs = [(p, b, grid) for p, b, grid, when in self._made
+                 if when in (None, kind)] + list(g["tails"][mode])
+        d, merged = lower(self, specs, bytes(self._args), f"persistent {kind}")
+        return (d, self._raw_list(d)), (merged, len(d) - merged)
 
     def _persist_ctl(self):
         """The persistent step's counters and timeout flag (one buffer for all its launches:

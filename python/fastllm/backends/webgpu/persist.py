@@ -14,7 +14,7 @@ starts when all G workgroups have signalled the previous one. Each hand-off is
 
 (benchmarks/NOTES.md, section 15, says what naga emits for these and why they order the data
 on Vulkan). WebGPU promises no forward progress between workgroups, so every wait is bounded:
-past PK_SPIN loads it sets the timeout flag (ctl[0]) and the workgroup stops working; every
+past a bound of loads (the task list's head holds it) it sets the timeout flag (ctl[0]) and the workgroup stops working; every
 later wait sees the flag and gives up at once, and the host re-runs the call on the ordinary
 dispatches. The last workgroup to leave (ctl[1] counts them) puts the counters back to zero for
 the next launch; the dispatch boundary makes that visible to it.
@@ -22,7 +22,8 @@ the next launch; the dispatch boundary makes that visible to it.
 FASTLLM_WEBGPU_PERSISTENT: unset or "1": on Vulkan GPU adapters where the probe passes (and the
 first call's tokens equal the ordinary path's); "0": off; "force": anywhere (lavapipe in CI), on
 a grid of FASTLLM_WEBGPU_PERSISTENT_GRID workgroups (default 1 under force; otherwise the
-largest of 2048 .. 128 whose probe passes, halved after a launch that timed out). FASTLLM_WEBGPU_PERSISTENT_SPIN: loads per wait before it times out.
+largest of 2048 .. 128 whose probe passes, halved after a launch that timed out).
+FASTLLM_WEBGPU_PERSISTENT_SPIN: loads per wait before it times out.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .wgsl_merge import Merged, MergeError, Task, add_task
 CTL_WORDS = 4  # ctl[0]: timeout flag, ctl[1]: workgroups gone, ctl[2..3]: unused
 SPIN_DEFAULT = 1 << 22
 GRID_CANDIDATES = (2048, 1024, 512, 256, 128)
+MAX_ROUNDS = 32768  # virtual workgroups per workgroup and phase (lavapipe ends longer loops)
 CTL_MAX = 1024  # words of a program's counter buffer: at most CTL_MAX - CTL_WORDS phases
 PROBE_PHASES = 6
 PROBE_WG = 64
@@ -47,24 +49,23 @@ _HELPERS = """
 @group(0) @binding(1) var<storage, read> pk_tasks: array<vec4<u32>>;
 var<workgroup> pk_flag: u32;
 
-const PK_SPIN: u32 = SPINu;
-
-// Thread 0 waits until counter c reaches `want`, making at most PK_SPIN loads; past them it
+// Thread 0 waits until counter c reaches `want`, making at most spin loads; past them it
 // sets the timeout flag. Every thread gets whether to go on (uniformly), then the acquire side
 // of the hand-off: storageBarrier() after the counter's load. The loads are two nested loops of
 // at most 32768 iterations, and only a complete counter lets the workgroup on however the loops
 // ended: lavapipe's compiler leaves any loop after 65535 iterations as if it had finished.
 fn pk_wait(c: u32, want: u32, lid: u32) -> bool {
     if (lid == 0u) {
+        let spin = pk_tasks[0].z;  // the task list's head: (grid, phases, spin bound, 0)
         var go = atomicLoad(&pk_ctl[0]) == 0u;
         var done = false;
         var n = 0u;
         for (var i = 0u; i < 32768u; i++) {
-            if (!go || done || n >= PK_SPIN) {
+            if (!go || done || n >= spin) {
                 break;
             }
             for (var j = 0u; j < 32768u; j++) {
-                if (n >= PK_SPIN) {
+                if (n >= spin) {
                     break;
                 }
                 n += 1u;
@@ -167,8 +168,8 @@ def _env_int(name: str, default: int) -> int:
     return n
 
 
-def helpers(spin: int) -> str:
-    return _HELPERS.replace("SPINu", f"{spin}u")
+def helpers() -> str:
+    return _HELPERS
 
 
 def _ctl(be, words: int, label: str):
@@ -180,7 +181,7 @@ def _ctl(be, words: int, label: str):
 def probe(be, grid: int, spin: int) -> str | None:
     """Runs the probe kernel on `grid` workgroups: None if every hand-off arrived, else why
     not (a timeout, or words that a hand-off did not carry)."""
-    src = (helpers(spin) + _PROBE).replace("WG", str(PROBE_WG)).replace("PHASES",
+    src = (helpers() + _PROBE).replace("WG", str(PROBE_WG)).replace("PHASES",
                                                                         f"{PROBE_PHASES}u")
     words = PROBE_PHASES * grid * PROBE_WG
     with be.errors("the persistent kernel's probe"):
@@ -189,7 +190,7 @@ def probe(be, grid: int, spin: int) -> str | None:
             layout="auto", compute={"module": mod, "entry_point": "kernel_persistent_probe"})
         ctl = _ctl(be, CTL_WORDS + PROBE_PHASES, "probe counters")
         tasks = be.buffer(16, "STORAGE|COPY_DST", "probe tasks")
-        be.queue.write_buffer(tasks, 0, np.array([grid, PROBE_PHASES, 0, 0], np.uint32))
+        be.queue.write_buffer(tasks, 0, np.array([grid, PROBE_PHASES, spin, 0], np.uint32))
         data = be.buffer(4 * words, "STORAGE|COPY_SRC", "probe data")
         bg = be.device.create_bind_group(layout=p.get_bind_group_layout(0), entries=[
             {"binding": 0, "resource": {"buffer": ctl}},
@@ -234,6 +235,7 @@ class Persistent:
         # on a CPU a load is ~100x cheaper and a task ~100x longer than on a GPU
         self.spin = _env_int("FASTLLM_WEBGPU_PERSISTENT_SPIN",
                              SPIN_DEFAULT << (6 if be.info.get("adapter_type") == "CPU" else 0))
+        self.spin = min(self.spin, 0xFFFFFFFF)
         self.refused: str | None = None
         self.timeouts = 0
         if self.mode == "off":
@@ -291,6 +293,8 @@ def lower(prog, specs: list[tuple], args: bytes, label: str) -> tuple[list[tuple
         m = Merged()
         try:
             for p, bindings, grid in chunk:
+                if -(-grid[0] * grid[1] * grid[2] // be.persistent.grid) > MAX_ROUNDS:
+                    return None
                 src, entry = be.pipeline_sources[id(p)]
                 add_task(m, Task(src, entry, bindings, grid), args)
         except MergeError:
@@ -321,8 +325,8 @@ def lower(prog, specs: list[tuple], args: bytes, label: str) -> tuple[list[tuple
     return out, merged
 
 
-def _source(m: Merged, n_phases: int, spin: int) -> str:
-    lines = sorted(m.enables) + m.text + [helpers(spin)]
+def _source(m: Merged, n_phases: int) -> str:
+    lines = sorted(m.enables) + m.text + [helpers()]
     # a buffer is one usage per dispatch: read_write wherever one of its variables writes
     written = {id(b[1]) for b in m.bound.values() if b[3] == "read_write"}
     for b in m.bound.values():
@@ -361,8 +365,8 @@ def _launch(prog, m: Merged, chunk: list[tuple], label: str) -> tuple | None:
     n = len(chunk)
     if CTL_WORDS + n > CTL_MAX:
         return None
-    src = _source(m, n, pers.spin)
-    p = pers.pipelines.get(src)  # the grid is not in the text: a smaller one reuses it
+    src = _source(m, n)
+    p = pers.pipelines.get(src)  # nor the grid nor the spin bound is in the text
     if p is None:
         try:
             with be.errors(f"compiling the persistent kernel ({label})"):
@@ -376,7 +380,7 @@ def _launch(prog, m: Merged, chunk: list[tuple], label: str) -> tuple | None:
             return None
         pers.pipelines[src] = p
     tasks = np.zeros((n + 1, 4), np.uint32)
-    tasks[0] = (pers.grid, n, 0, 0)
+    tasks[0] = (pers.grid, n, pers.spin, 0)
     for k, (_p, _b, (gx, gy, gz)) in enumerate(chunk):
         tasks[k + 1] = (gx, gy, gz, gx * gy * gz)
     tbuf = prog._buf(tasks.nbytes, "STORAGE|COPY_DST", "persistent tasks")
