@@ -121,3 +121,31 @@ def test_probe_and_gate(webgpu_ok, stories260k):
         be.close()
     with env(FASTLLM_WEBGPU_PERSISTENT="sometimes"), pytest.raises(ValueError, match="PERSIS"):
         persist.mode()
+
+
+def _pulled(name: str):
+    from conftest import need
+    from fastllm.errors import PullError
+    from fastllm.pull import pull
+
+    try:
+        return pull(name, quiet=True)
+    except PullError as e:
+        return need(None, f"{name} ({e})")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("FASTLLM_SLOW") != "1",
+                    reason="~3 min each on lavapipe (one workgroup walks each step); FASTLLM_SLOW=1")
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_pulled_models_greedy_ids_equal(webgpu_ok, name):
+    """SmolLM2 (Q4_1, 30 layers: lavapipe's 32 bindings cut a layer's run in two) and Gemma 3
+    (its norms and soft-capping in the merged runs)."""
+    path = _pulled(name)
+    with load(path, FASTLLM_WEBGPU_PERSISTENT=0) as m:
+        ids = m.tokenize("The capital of France is")
+        want = list(m.generate_tokens(ids, temperature=0, max_tokens=12))
+    with load(path, FASTLLM_WEBGPU_PERSISTENT="force") as m:
+        got = list(m.generate_tokens(ids, temperature=0, max_tokens=12))
+        assert "decode=persistent (" in repr(m), repr(m)
+    assert got == want

@@ -185,7 +185,7 @@ def probe(be, grid: int, spin: int) -> str | None:
                                                                         f"{PROBE_PHASES}u")
     words = PROBE_PHASES * grid * PROBE_WG
     with be.errors("the persistent kernel's probe"):
-        mod = be.device.create_shader_module(code=src, label="persistent probe")
+        mod = be._shader_module(src, "persistent probe")
         p = be.device.create_compute_pipeline(
             layout="auto", compute={"module": mod, "entry_point": "kernel_persistent_probe"})
         ctl = _ctl(be, CTL_WORDS + PROBE_PHASES, "probe counters")
@@ -370,7 +370,7 @@ def _launch(prog, m: Merged, chunk: list[tuple], label: str) -> tuple | None:
     if p is None:
         try:
             with be.errors(f"compiling the persistent kernel ({label})"):
-                mod = be.device.create_shader_module(code=src, label=label)
+                mod = be._shader_module(src, label)  # as the ordinary kernels: unchecked
                 p = be.device.create_compute_pipeline(
                     layout="auto",
                     compute={"module": mod, "entry_point": "kernel_persistent_step"}, label=label)
