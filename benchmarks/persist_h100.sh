@@ -18,6 +18,17 @@ make llama-3.2-1b q4_k_m 1b-q4km
 make llama-3.2-1b q8_0 1b-q8
 make llama-3.1-8b q4_k_m 8b-q4km
 make llama-3.1-8b f16 8b-f16
+echo "== the probe (two launches of a ring of hand-offs) per grid"
+python3 - <<'PY'
+import time
+from fastllm.backends.webgpu import WebGPUBackend, persist
+be = WebGPUBackend()
+for g in (132, 264, 528, 1056, 2112, 4224, 8448):
+    t = time.perf_counter()
+    why = persist.probe(be, g, persist.SPIN_DEFAULT)
+    print(f"grid {g}: {why or 'passed'} ({time.perf_counter() - t:.2f} s)")
+be.close()
+PY
 bench() {
   taskset -c 0-3 python3 -m fastllm.cli bench -m /tmp/$1.gguf --backend webgpu -p 0 -n 128 \
     --sampled -r 3 2>&1 | grep -E '^\| |decode path'
