@@ -105,6 +105,26 @@ def test_timeout_falls_back(ordinary, forced):
     assert "decode=persistent (" in repr(forced), repr(forced)
 
 
+def test_grid_halves_after_timeout(ordinary, forced):
+    """On two workgroups: where they do not run at once (this lavapipe), the first wait times
+    out, the call retries on one and returns its ids; where they do, it just runs on two."""
+    bos = [ordinary.tokenizer.bos_id]
+    want = list(ordinary.generate_tokens(bos, temperature=0, max_tokens=8))
+    pers = forced.backend.persistent
+    prog = forced._program(1, False)
+    grid, timeouts = pers.grid, pers.timeouts
+    pers.grid = 2
+    prog._loops["plists"] = {}
+    try:
+        got = list(forced.generate_tokens(bos, temperature=0, max_tokens=8))
+        assert got == want
+        assert "decode=persistent (" in repr(forced), repr(forced)
+        assert (pers.grid, pers.timeouts) in ((2, timeouts), (1, timeouts + 1))
+    finally:
+        pers.grid = grid
+        prog._loops["plists"] = {}
+
+
 def test_probe_and_gate(webgpu_ok, stories260k):
     """Without force, a CPU adapter is refused before any probe; the probe passes on one
     workgroup (every hand-off its own) with the default bound."""

@@ -167,18 +167,25 @@ class DeviceLoops:
     def _loop(self, g: dict[str, Any], mode: str, n_steps: int, first_token: int,
               pos: int, slot: int) -> list[int]:
         """The decoding loop on the persistent step lists where they are on (persist.py), else
-        on the ordinary ones. A persistent run that timed out is run again on the ordinary
-        lists (from the same token and position: every step rewrites what it reads); the first
-        persistent run of a mode is checked against the ordinary one, which runs after it."""
+        on the ordinary ones. A persistent run that timed out is run again on half the grid
+        (down to one workgroup), then on the ordinary lists (from the same token and position:
+        every step rewrites what it reads); the first persistent run of a mode is checked against the
+        ordinary one, which runs after it."""
         plists = self._persistent_lists(g, mode)
-        if plists is not None:
+        pers = self.be.persistent
+        while plists is not None:
             ids, timed_out = self._loop_run(g, plists, n_steps, first_token, pos, slot, True)
             if timed_out:
-                self.be.persistent.timed_out()
+                grid = pers.grid
+                pers.timed_out()
                 g["plists"] = {}  # rebuilt on the smaller grid
                 self._say_path(g, mode, "ordinary (the persistent step timed out; "
                                         "this call re-ran on the ordinary dispatches)")
-            elif mode in g["verified"]:
+                # a grid too large to stay resident: this call tries the halved one (the
+                # first call absorbs them, not a timed one)
+                plists = self._persistent_lists(g, mode) if pers.grid < grid else None
+                continue
+            if mode in g["verified"]:
                 self._say_path(g, mode, None)
                 return ids
             else:
