@@ -206,6 +206,7 @@ class WebGPUBackend(Backend):
         self._modules: dict[str, Any] = {}
         self._pipelines: dict[tuple, Any] = {}
         self.pipeline_sources: dict[int, tuple[str, str]] = {}  # id(pipeline) -> (WGSL, entry)
+        self.pipeline_keys: dict[int, tuple] = {}  # id(pipeline) -> pipeline()'s arguments
         self._buffers: list[Any] = []  # weights: freed by close()
         # bytes of device buffers alive now and at most so far (fastllm bench reports them)
         self.bytes_live = self.bytes_peak = 0
@@ -300,6 +301,8 @@ class WebGPUBackend(Backend):
                     layout="auto", compute={"module": mod, "entry_point": entry}, label=entry)
             self._pipelines[key] = p
             self.pipeline_sources[id(p)] = (src, entry)
+            self.pipeline_keys[id(p)] = (file, entry, wtype, dict(consts or {}), f16_tile,
+                                         variant)
         return p
 
     def _shader_module(self, src: str, label: str):

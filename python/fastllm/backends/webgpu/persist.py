@@ -246,6 +246,8 @@ class Persistent:
             self.refused = "a CPU adapter"
         self._probed = False
         self.pipelines: dict[str, Any] = {}  # merged kernels by their text
+        # FASTLLM_WEBGPU_PERSISTENT_RESIZE=0 keeps every kernel at its own workgroup size
+        self.resize = os.environ.get("FASTLLM_WEBGPU_PERSISTENT_RESIZE", "1") != "0"
 
     def usable(self) -> bool:
         """Whether programs should build persistent step lists (runs the probe once)."""
@@ -274,6 +276,34 @@ class Persistent:
         return f"grid {self.grid}" + (f", {self.timeouts} timeouts" if self.timeouts else "")
 
 
+# Kernels whose workgroup size the persistent step may change to its runs' (MERGE_WG), and the
+# grid that then covers the same work: the argmax's chunks (exact: a maximum whatever the
+# order), the one-dispatch attention (its key blocks change size, so its sums their order:
+# the first call's check against the ordinary path is what lets it on) and quantize_x (eight
+# threads a block whatever the size; its folded norm's sum changes order).
+MERGE_WG = 64
+
+
+def _resized(be, spec: tuple, wg: int) -> tuple | None:
+    p, bindings, grid = spec
+    key = be.pipeline_keys.get(id(p))
+    if key is None:
+        return None
+    file, entry, wtype, consts, f16_tile, variant = key
+    old = consts.get("WG")
+    if old is None or old == wg:
+        return None
+    if entry == "kernel_argmax_part" or (entry.startswith("kernel_attn_decode_direct_")
+                                         and wg >= consts["D"] // 4):
+        new_grid = grid
+    elif entry == "kernel_quantize_x_f32" and grid[2] == 1 and old % wg == 0:
+        new_grid = (grid[0] * (old // wg), grid[1], 1)
+    else:
+        return None
+    q = be.pipeline(file, entry, wtype, {**consts, "WG": wg}, f16_tile, variant)
+    return (q, bindings, new_grid)
+
+
 def lower(prog, specs: list[tuple], args: bytes, label: str) -> tuple[list[tuple], int]:
     """The persistent form of a dispatch list: specs are (pipeline, bindings, grid) in order.
     Returns ((pipeline, bind group, grid) per dispatch, the number of merged launches);
@@ -284,6 +314,8 @@ def lower(prog, specs: list[tuple], args: bytes, label: str) -> tuple[list[tuple
     max_uniform = lim.get("max-uniform-buffers-per-shader-stage", 12)
     out: list[tuple] = []
     merged = 0
+    if be.persistent.resize:
+        specs = [_resized(be, s, MERGE_WG) or s for s in specs]
 
     def ordinary(s):
         p, bindings, grid = s
