@@ -1,7 +1,8 @@
 """The persistent decode step: runs of a step's dispatches as one dispatch each.
 
 A run of consecutive dispatches of one workgroup size (a "chunk": up to the binding limits, so a
-whole step on a device with enough bindings, a few at a time on lavapipe's 32) becomes one
+whole step on a device with enough bindings, a few at a time on lavapipe's 32; the kernels that
+can, re-specialized at the mat-vecs' size first: _resized) becomes one
 kernel (wgsl_merge.py) launched on a grid of G workgroups that stay resident. It walks the
 chunk's task list, a storage buffer of (grid x, y, z, number of workgroups) per phase (one phase
 per original dispatch): workgroup w runs the phase's virtual workgroups w, w + G, ... with the
@@ -23,7 +24,9 @@ FASTLLM_WEBGPU_PERSISTENT: unset or "1": on Vulkan GPU adapters where the probe 
 first call's tokens equal the ordinary path's); "0": off; "force": anywhere (lavapipe in CI), on
 a grid of FASTLLM_WEBGPU_PERSISTENT_GRID workgroups (default 1 under force; otherwise the
 largest of 2048 .. 128 whose probe passes, halved after a launch that timed out).
-FASTLLM_WEBGPU_PERSISTENT_SPIN: loads per wait before it times out.
+FASTLLM_WEBGPU_PERSISTENT_SPIN: loads per wait before it times out;
+FASTLLM_WEBGPU_PERSISTENT_PHASES: at most this many dispatches merged into one launch (a step
+per few layers); FASTLLM_WEBGPU_PERSISTENT_RESIZE=0: kernels keep their own workgroup sizes.
 """
 
 from __future__ import annotations
@@ -246,6 +249,10 @@ class Persistent:
             self.refused = "a CPU adapter"
         self._probed = False
         self.pipelines: dict[str, Any] = {}  # merged kernels by their text
+        # phases a launch may hold (FASTLLM_WEBGPU_PERSISTENT_PHASES; default: as many as the
+        # bindings allow): fewer launches a step against a kernel the driver compiles at once
+        self.phases = min(_env_int("FASTLLM_WEBGPU_PERSISTENT_PHASES", CTL_MAX - CTL_WORDS),
+                          CTL_MAX - CTL_WORDS) or 1
         # FASTLLM_WEBGPU_PERSISTENT_RESIZE=0 keeps every kernel at its own workgroup size
         self.resize = os.environ.get("FASTLLM_WEBGPU_PERSISTENT_RESIZE", "1") != "0"
 
@@ -322,6 +329,8 @@ def lower(prog, specs: list[tuple], args: bytes, label: str) -> tuple[list[tuple
         return (p, prog._bind_group(p, bindings, prog._ubuf), grid)
 
     def fits(chunk: list[tuple]) -> Merged | None:
+        if len(chunk) > be.persistent.phases:
+            return None
         m = Merged()
         try:
             for p, bindings, grid in chunk:
