@@ -55,8 +55,14 @@ def ordinary(webgpu_ok, stories260k):
 
 @pytest.fixture(scope="module")
 def forced(webgpu_ok, stories260k):
+    """The persistent path's own tokens: the check against the ordinary path that a program
+    runs on its first VERIFY_TOKENS tokens (returning the ordinary ones) is skipped."""
+    from fastllm.backends.webgpu import loops
+
     m = load(stories260k, FASTLLM_WEBGPU_PERSISTENT="force")
+    verify, loops.VERIFY_TOKENS = loops.VERIFY_TOKENS, 0
     yield m
+    loops.VERIFY_TOKENS = verify
     m.close()
 
 
@@ -125,6 +131,29 @@ def test_grid_halves_after_timeout(ordinary, forced):
         prog._loops["plists"] = {}
 
 
+def test_check_catches_a_mismatch(ordinary, forced, monkeypatch):
+    """Within the check's window a persistent run whose tokens differ from the ordinary run's
+    turns the path off for the program, and the ordinary tokens are returned."""
+    from fastllm.backends.webgpu import loops
+
+    bos = [ordinary.tokenizer.bos_id]
+    want = list(ordinary.generate_tokens(bos, temperature=0, max_tokens=8))
+    prog = forced._program(1, False)
+    run = type(prog)._loop_run
+
+    def skewed(self, g, lists, n, first, pos, slot, persistent=False):
+        ids, timed_out = run(self, g, lists, n, first, pos, slot, persistent)
+        return ([t + 1 for t in ids] if persistent else ids), timed_out
+
+    monkeypatch.setattr(loops, "VERIFY_TOKENS", 256)
+    monkeypatch.setattr(type(prog), "_loop_run", skewed)
+    try:
+        assert list(forced.generate_tokens(bos, temperature=0, max_tokens=8)) == want
+        assert "tokens differed from the ordinary path" in repr(forced), repr(forced)
+    finally:
+        prog._loops.pop("persist_off", None)
+
+
 def test_probe_and_gate(webgpu_ok, stories260k):
     """Without force, a CPU adapter is refused before any probe; the probe passes on one
     workgroup (every hand-off its own) with the default bound."""
@@ -165,7 +194,13 @@ def test_pulled_models_greedy_ids_equal(webgpu_ok, name):
     with load(path, FASTLLM_WEBGPU_PERSISTENT=0) as m:
         ids = m.tokenize("The capital of France is")
         want = list(m.generate_tokens(ids, temperature=0, max_tokens=12))
-    with load(path, FASTLLM_WEBGPU_PERSISTENT="force") as m:
-        got = list(m.generate_tokens(ids, temperature=0, max_tokens=12))
-        assert "decode=persistent (" in repr(m), repr(m)
+    from fastllm.backends.webgpu import loops
+
+    verify, loops.VERIFY_TOKENS = loops.VERIFY_TOKENS, 0  # the persistent path's own tokens
+    try:
+        with load(path, FASTLLM_WEBGPU_PERSISTENT="force") as m:
+            got = list(m.generate_tokens(ids, temperature=0, max_tokens=12))
+            assert "decode=persistent (" in repr(m), repr(m)
+    finally:
+        loops.VERIFY_TOKENS = verify
     assert got == want

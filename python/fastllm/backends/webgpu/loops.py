@@ -32,6 +32,10 @@ ARGMAX_PART_WG = 256  # workgroup of this many threads each
 SAMPLE_WG = 256  # sample.wgsl's workgroups
 SAMPLE_PARTS = 64  # sample.wgsl's NPART: at most this many chunks of the row
 SAMPLE_CHUNK = 2048  # and at least this many columns each
+# tokens of each kind of step the persistent path must agree on with the ordinary one (both run
+# until then, the ordinary one's tokens returned) before it runs alone: a first call's 1-8
+# tokens let through a Gemma 3 mismatch on lavapipe (benchmarks/NOTES.md, section 15)
+VERIFY_TOKENS = 256
 
 
 class _Lazy(dict):
@@ -61,7 +65,7 @@ class DeviceLoops:
                 raise ValueError("run_greedy and run_sampled need a one-token program whose "
                                  "output 'logits' is one row")
             g = self._loops = {"cap": 0, "logits": v, "lists": {}, "tails": {}, "plists": {},
-                               "verified": set(), "path": {}}
+                               "verified": {}, "path": {}}
         if g["cap"] < n_steps:
             cap = max(64, 1 << (n_steps - 1).bit_length())
             for name in ("hist", "out", "uniforms", "recent"):  # outgrown
@@ -169,8 +173,8 @@ class DeviceLoops:
         """The decoding loop on the persistent step lists where they are on (persist.py), else
         on the ordinary ones. A persistent run that timed out is run again on half the grid
         (down to one workgroup), then on the ordinary lists (from the same token and position:
-        every step rewrites what it reads); the first persistent run of a mode is checked against the
-        ordinary one, which runs after it."""
+        every step rewrites what it reads); until VERIFY_TOKENS of a kind of step agree, each
+        persistent run is checked against the ordinary one, which runs after it."""
         plists = self._persistent_lists(g, mode)
         pers = self.be.persistent
         while plists is not None:
@@ -185,7 +189,10 @@ class DeviceLoops:
                 # first call absorbs them, not a timed one)
                 plists = self._persistent_lists(g, mode) if pers.grid < grid else None
                 continue
-            if mode in g["verified"]:
+            # each kind of step's list (short, long contexts) is checked against the ordinary
+            # path until VERIFY_TOKENS of its tokens have agreed
+            kinds = {(mode, self._kind(pos + i)) for i in range(n_steps)}
+            if all(g["verified"].get(k, 0) >= VERIFY_TOKENS for k in kinds):
                 self._say_path(g, mode, None)
                 return ids
             else:
@@ -195,7 +202,8 @@ class DeviceLoops:
                                         "ordinary path's")
                     self._say_path(g, mode, f"ordinary ({g['persist_off']})")
                 else:
-                    g["verified"].add(mode)
+                    for k in kinds:
+                        g["verified"][k] = g["verified"].get(k, 0) + n_steps
                     self._say_path(g, mode, None)
                 return ref
         ids, _ = self._loop_run(g, g["lists"][mode], n_steps, first_token, pos, slot)
