@@ -38,7 +38,7 @@ for m in ${MODELS:-1b-q4km 1b-q8 8b-q4km 8b-f16}; do
   FASTLLM_WEBGPU_PERSISTENT=0 bench $m
   echo "== $m: persistent (default grid)"
   FASTLLM_WEBGPU_PERSISTENT=1 bench $m
-  echo "== $m: persistent, attention and quantize_x at 64 too (one launch a step; not bit-exact)"
+  echo "== $m: persistent, argmax, attention and quantize_x at 64 (one launch a step; not bit-exact)"
   FASTLLM_WEBGPU_PERSISTENT=1 FASTLLM_WEBGPU_PERSISTENT_RESIZE=all bench $m
   echo "== $m: persistent, at most 12 dispatches a launch (about two layers)"
   FASTLLM_WEBGPU_PERSISTENT=1 FASTLLM_WEBGPU_PERSISTENT_PHASES=12 bench $m

@@ -1,8 +1,7 @@
 """The persistent decode step: runs of a step's dispatches as one dispatch each.
 
 A run of consecutive dispatches of one workgroup size (a "chunk": up to the binding limits, so a
-whole step on a device with enough bindings, a few at a time on lavapipe's 32; the argmax
-re-specialized at the mat-vecs' size first: _resized) becomes one
+whole step on a device with enough bindings, a few at a time on lavapipe's 32) becomes one
 kernel (wgsl_merge.py) launched on a grid of G workgroups that stay resident. It walks the
 chunk's task list, a storage buffer of (grid x, y, z, number of workgroups) per phase (one phase
 per original dispatch): workgroup w runs the phase's virtual workgroups w, w + G, ... with the
@@ -26,8 +25,8 @@ a grid of FASTLLM_WEBGPU_PERSISTENT_GRID workgroups (default 1 under force; othe
 largest of 2048 .. 128 whose probe passes, halved after a launch that timed out).
 FASTLLM_WEBGPU_PERSISTENT_SPIN: loads per wait before it times out;
 FASTLLM_WEBGPU_PERSISTENT_PHASES: at most this many dispatches merged into one launch (a step
-per few layers); FASTLLM_WEBGPU_PERSISTENT_RESIZE=0: kernels keep their own workgroup sizes,
-=all: attention and quantize_x too run at the mat-vecs' (not bit-exact: for measuring).
+per few layers); FASTLLM_WEBGPU_PERSISTENT_RESIZE=all: the argmax, attention and quantize_x
+run at the mat-vecs' workgroup size (not bit-exact: for measuring).
 """
 
 from __future__ import annotations
@@ -254,8 +253,8 @@ class Persistent:
         # bindings allow): fewer launches a step against a kernel the driver compiles at once
         self.phases = min(_env_int("FASTLLM_WEBGPU_PERSISTENT_PHASES", CTL_MAX - CTL_WORDS),
                           CTL_MAX - CTL_WORDS) or 1
-        # FASTLLM_WEBGPU_PERSISTENT_RESIZE: "0" keeps every kernel at its own workgroup size,
-        # "all" resizes the inexact ones too (_resized); otherwise the exact ones only
+        # FASTLLM_WEBGPU_PERSISTENT_RESIZE=all: the kernels _resized names run at the
+        # mat-vecs' workgroup size; otherwise every kernel keeps its own
         self.resize = os.environ.get("FASTLLM_WEBGPU_PERSISTENT_RESIZE", "").strip().lower()
 
     def usable(self) -> bool:
@@ -286,15 +285,15 @@ class Persistent:
 
 
 # Kernels whose workgroup size the persistent step may change to its runs' (MERGE_WG), and the
-# grid that then covers the same work. The argmax's chunks give the same result at any size (a
-# maximum, ties to the first index): always. The one-dispatch attention (its key blocks change
-# size, so its sums their order) and quantize_x (its folded norm's sum changes order) do not:
-# only under FASTLLM_WEBGPU_PERSISTENT_RESIZE=all, for measuring; Gemma 3's greedy ids moved at
-# the 8th token with them on lavapipe, after the first call's check had passed.
+# grid that then covers the same work, under FASTLLM_WEBGPU_PERSISTENT_RESIZE=all only (for
+# measuring what the last boundaries cost): the argmax's chunks, the one-dispatch attention (its
+# key blocks change size, so its sums their order) and quantize_x (its folded norm's sum changes
+# order). On lavapipe stories260K and SmolLM2 kept their greedy ids with them; Gemma 3's argmax
+# gave indices past its vocabulary (benchmarks/NOTES.md, section 15).
 MERGE_WG = 64
 
 
-def _resized(be, spec: tuple, wg: int, inexact: bool) -> tuple | None:
+def _resized(be, spec: tuple, wg: int) -> tuple | None:
     p, bindings, grid = spec
     key = be.pipeline_keys.get(id(p))
     if key is None:
@@ -303,10 +302,10 @@ def _resized(be, spec: tuple, wg: int, inexact: bool) -> tuple | None:
     old = consts.get("WG")
     if old is None or old == wg:
         return None
-    if entry == "kernel_argmax_part" or (inexact and entry.startswith("kernel_attn_decode_direct_")
+    if entry == "kernel_argmax_part" or (entry.startswith("kernel_attn_decode_direct_")
                                          and wg >= consts["D"] // 4):
         new_grid = grid
-    elif (inexact and entry == "kernel_quantize_x_f32" and grid[2] == 1 and old % wg == 0):
+    elif entry == "kernel_quantize_x_f32" and grid[2] == 1 and old % wg == 0:
         new_grid = (grid[0] * (old // wg), grid[1], 1)
     else:
         return None
@@ -324,8 +323,8 @@ def lower(prog, specs: list[tuple], args: bytes, label: str) -> tuple[list[tuple
     max_uniform = lim.get("max-uniform-buffers-per-shader-stage", 12)
     out: list[tuple] = []
     merged = 0
-    if be.persistent.resize != "0":
-        specs = [_resized(be, s, MERGE_WG, be.persistent.resize == "all") or s for s in specs]
+    if be.persistent.resize == "all":
+        specs = [_resized(be, s, MERGE_WG) or s for s in specs]
 
     def ordinary(s):
         p, bindings, grid = s
