@@ -157,8 +157,10 @@ class Model:
         return self.config.n_vocab
 
     def __repr__(self) -> str:
+        path = getattr(self.backend, "decode_path", None)  # GPU backends: the decoding loop's
         return (f"Model({os.path.basename(self.path)!r}, arch={self.config.arch}, "
-                f"backend={self.backend.describe()}, n_ctx={self.n_ctx})")
+                f"backend={self.backend.describe()}, n_ctx={self.n_ctx}"
+                + (f", decode={path}" if path else "") + ")")
 
     # -- tokens --------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:

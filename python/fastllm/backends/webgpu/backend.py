@@ -27,6 +27,7 @@ from ...gguf import TensorInfo
 from ...quants import GGMLType, row_bytes, type_size
 from ..base import Backend, Graph, KVSpec, Program, Weight
 from . import adapters, repack, rwkv, shaders
+from .persist import Persistent
 
 OPTIONAL_FEATURES = ("shader-f16", "subgroup")
 # limits raised from WebGPU's defaults to what the adapter offers
@@ -207,6 +208,8 @@ class WebGPUBackend(Backend):
         self.queue = self.device.queue
         self._modules: dict[str, Any] = {}
         self._pipelines: dict[tuple, Any] = {}
+        self.pipeline_sources: dict[int, tuple[str, str]] = {}  # id(pipeline) -> (WGSL, entry)
+        self.pipeline_keys: dict[int, tuple] = {}  # id(pipeline) -> pipeline()'s arguments
         self._buffers: list[Any] = []  # weights: freed by close()
         # bytes of device buffers alive now and at most so far (fastllm bench reports them)
         self.bytes_live = self.bytes_peak = 0
@@ -218,6 +221,10 @@ class WebGPUBackend(Backend):
         self.kv_version = 0  # programs compiled against an older cache rebuild their bindings
         self.rope_tables: dict[tuple, Any] = {}
         self.dummy = self.buffer(16, "STORAGE", "dummy")
+        # one-token decoding loops: persistent step kernels where allowed (persist.py); the
+        # path the last loop took, for Model's repr and `fastllm bench`
+        self.persistent = Persistent(self)
+        self.decode_path = "ordinary (no decoding loop yet)"
         self._buffers.append(self.dummy)
 
     def describe(self) -> str:
@@ -270,7 +277,8 @@ class WebGPUBackend(Backend):
         return {"GPU memory peak": f"{self.bytes_peak / mib:.1f} MiB",
                 "of which weights": f"{weights / mib:.1f} MiB",
                 "KV cache/state": f"{kv / mib:.1f} MiB",
-                "peak / (weights + KV)": f"{self.bytes_peak / max(1, weights + kv):.3f}"}
+                "peak / (weights + KV)": f"{self.bytes_peak / max(1, weights + kv):.3f}",
+                "decode path": self.decode_path}
 
     # -- pipelines -----------------------------------------------------------------------------
     def pipeline(self, file: str, entry: str, wtype: str | tuple[str, ...] | None = None,
@@ -295,6 +303,9 @@ class WebGPUBackend(Backend):
                 p = self.device.create_compute_pipeline(
                     layout="auto", compute={"module": mod, "entry_point": entry}, label=entry)
             self._pipelines[key] = p
+            self.pipeline_sources[id(p)] = (src, entry)
+            self.pipeline_keys[id(p)] = (file, entry, wtype, dict(consts or {}), f16_tile,
+                                         variant)
         return p
 
     def _shader_module(self, src: str, label: str):

@@ -24,6 +24,7 @@ from ...sampling import (
     penalty_window,
 )
 from .matmul import _pow2_floor
+from .persist import CTL_MAX, CTL_WORDS, lower
 
 GREEDY_PASS = 8  # at most this many steps per compute pass and command buffer
 GREEDY_PARTS = 64  # the argmax: at most this many chunks of the row, one
@@ -31,6 +32,23 @@ ARGMAX_PART_WG = 256  # workgroup of this many threads each
 SAMPLE_WG = 256  # sample.wgsl's workgroups
 SAMPLE_PARTS = 64  # sample.wgsl's NPART: at most this many chunks of the row
 SAMPLE_CHUNK = 2048  # and at least this many columns each
+# tokens of each kind of step the persistent path must agree on with the ordinary one (both run
+# until then, the ordinary one's tokens returned) before it runs alone: a first call's 1-8
+# tokens let through a Gemma 3 mismatch on lavapipe (benchmarks/NOTES.md, section 15)
+VERIFY_TOKENS = 256
+
+
+class _Lazy(dict):
+    """A step kind's persistent list, made when a step of that kind first runs (compiling the
+    merged kernels of a kind no call reaches would cost seconds on lavapipe)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, kind: str):
+        self[kind] = v = self._make(kind)
+        return v
 
 
 class DeviceLoops:
@@ -46,7 +64,8 @@ class DeviceLoops:
             if self.n != 1 or v is None or v.shape[0] != 1:
                 raise ValueError("run_greedy and run_sampled need a one-token program whose "
                                  "output 'logits' is one row")
-            g = self._loops = {"cap": 0, "logits": v, "lists": {}}
+            g = self._loops = {"cap": 0, "logits": v, "lists": {}, "tails": {}, "plists": {},
+                               "verified": {}, "path": {}}
         if g["cap"] < n_steps:
             cap = max(64, 1 << (n_steps - 1).bit_length())
             for name in ("hist", "out", "uniforms", "recent"):  # outgrown
@@ -61,13 +80,15 @@ class DeviceLoops:
                 g["recent"] = self._buf(4 * (DEVICE_LAST_N + cap), "STORAGE|COPY_DST",
                                         "sampling penalty ids")
             g["lists"] = {}  # their bind groups name the old buffers
+            g["plists"] = {}
             g["cap"] = cap
         if mode not in g["lists"]:
             with self.be.errors("preparing decoding on the device"):
-                tail = [(p, self._bind_group(p, bufs), grid) for p, bufs, grid in
-                        (self._argmax_tail(g) if mode == "greedy" else self._sample_tail(g))]
+                specs = self._argmax_tail(g) if mode == "greedy" else self._sample_tail(g)
+                tail = [(p, self._bind_group(p, bufs), grid) for p, bufs, grid in specs]
             g["lists"][mode] = {kind: (d + tail, self._raw_list(d + tail))
                                 for kind, (d, _) in self._lists.items()}
+            g["tails"][mode] = specs
         return g
 
     def _argmax_tail(self, g: dict[str, Any]) -> list[tuple]:
@@ -149,10 +170,99 @@ class DeviceLoops:
 
     def _loop(self, g: dict[str, Any], mode: str, n_steps: int, first_token: int,
               pos: int, slot: int) -> list[int]:
+        """The decoding loop on the persistent step lists where they are on (persist.py), else
+        on the ordinary ones. A persistent run that timed out is run again on half the grid
+        (down to one workgroup), then on the ordinary lists (from the same token and position:
+        every step rewrites what it reads); until VERIFY_TOKENS of a kind of step agree, each
+        persistent run is checked against the ordinary one, which runs after it."""
+        plists = self._persistent_lists(g, mode)
+        pers = self.be.persistent
+        while plists is not None:
+            ids, timed_out = self._loop_run(g, plists, n_steps, first_token, pos, slot, True)
+            if timed_out:
+                grid = pers.grid
+                pers.timed_out()
+                g["plists"] = {}  # rebuilt on the smaller grid
+                self._say_path(g, mode, "ordinary (the persistent step timed out; "
+                                        "this call re-ran on the ordinary dispatches)")
+                # a grid too large to stay resident: this call tries the halved one (the
+                # first call absorbs them, not a timed one)
+                plists = self._persistent_lists(g, mode) if pers.grid < grid else None
+                continue
+            # each kind of step's list (short, long contexts) is checked against the ordinary
+            # path until VERIFY_TOKENS of its tokens have agreed
+            kinds = {(mode, self._kind(pos + i)) for i in range(n_steps)}
+            if all(g["verified"].get(k, 0) >= VERIFY_TOKENS for k in kinds):
+                self._say_path(g, mode, None)
+                return ids
+            else:
+                ref, _ = self._loop_run(g, g["lists"][mode], n_steps, first_token, pos, slot)
+                if ref != ids:
+                    g["persist_off"] = ("the persistent step's tokens differed from the "
+                                        "ordinary path's")
+                    self._say_path(g, mode, f"ordinary ({g['persist_off']})")
+                else:
+                    for k in kinds:
+                        g["verified"][k] = g["verified"].get(k, 0) + n_steps
+                    self._say_path(g, mode, None)
+                return ref
+        ids, _ = self._loop_run(g, g["lists"][mode], n_steps, first_token, pos, slot)
+        return ids
+
+    def _say_path(self, g: dict[str, Any], mode: str, text: str | None) -> None:
+        """Records which path decoded (Model's repr and `fastllm bench` show it)."""
+        if text is None:
+            launches, ordinary = g["path"][mode]
+            text = (f"persistent ({launches} merged launches + {ordinary} ordinary dispatches "
+                    f"a step, {self.be.persistent.describe()})")
+        self.be.decode_path = text
+
+    def _persistent_lists(self, g: dict[str, Any], mode: str) -> dict[str, tuple] | None:
+        """The step lists of `mode` with the persistent step kernels, or None where they are
+        off (FASTLLM_WEBGPU_PERSISTENT, the adapter, the probe, or a mismatch)."""
+        pers = self.be.persistent
+        if not pers.usable() or "persist_off" in g:
+            why = pers.refused or g.get("persist_off")
+            self.be.decode_path = f"ordinary (persistent off: {why})"
+            return None
+        if mode not in g["plists"]:
+            with self.be.errors("building the persistent step"):
+                g["path"][mode] = self._persistent_list(g, mode, "short")[1]
+            if g["path"][mode][0] == 0:
+                g["persist_off"] = "no run of dispatches merges"
+                self.be.decode_path = f"ordinary (persistent off: {g['persist_off']})"
+                return None
+            g["plists"][mode] = _Lazy(lambda kind: self._persistent_list(g, mode, kind)[0])
+        return g["plists"][mode]
+
+    def _persistent_list(self, g: dict[str, Any], mode: str, kind: str):
+        """((dispatches, raw) of the persistent list of `kind`, (merged launches, ordinary
+        dispatches) in it)."""
+        specs = [(p, b, grid) for p, b, grid, when in self._made
+                 if when in (None, kind)] + list(g["tails"][mode])
+        d, merged = lower(self, specs, bytes(self._args), f"persistent {kind}")
+        return (d, self._raw_list(d)), (merged, len(d) - merged)
+
+    def _persist_ctl(self):
+        """The persistent step's counters and timeout flag (one buffer for all its launches:
+        a launch after a timeout sees the flag and stops at once)."""
+        if self._pctl is None:
+            self._pctl = self._buf(4 * CTL_MAX, "STORAGE|COPY_DST|COPY_SRC", "persistent ctl")
+            self._pctl_read = self._buf(4 * CTL_WORDS, "MAP_READ|COPY_DST", "persistent flag",
+                                        binding=False)
+            self.be.queue.write_buffer(self._pctl, 0, np.zeros(CTL_MAX, np.uint32))
+        return self._pctl
+
+    def _loop_run(self, g: dict[str, Any], lists: dict[str, tuple], n_steps: int,
+                  first_token: int, pos: int, slot: int,
+                  persistent: bool = False) -> tuple[list[int], bool]:
+        """One run of the loop on `lists`: (the tokens, whether a persistent wait timed out)."""
         q, dev = self.be.queue, self.be.device
         q.write_buffer(self.tokens, 0, np.array([first_token], np.int32))
         q.write_buffer(self.step, 0, np.array([pos, 1, pos + 1, slot], np.uint32))
-        lists, out = g["lists"][mode], g["out"]
+        if persistent:
+            q.write_buffer(self._persist_ctl(), 0, np.zeros(CTL_MAX, np.uint32))
+        out = g["out"]
         done, k = 0, 1
         while done < n_steps:
             k = min(k, n_steps - done)
@@ -168,13 +278,20 @@ class DeviceLoops:
                 i = j
             if done + k == n_steps:
                 enc.copy_buffer_to_buffer(g["hist"], 0, out, 0, 4 * n_steps)
+                if persistent:
+                    enc.copy_buffer_to_buffer(self._pctl, 0, self._pctl_read, 0, 4 * CTL_WORDS)
             q.submit([enc.finish()])
             done += k
             k = min(2 * k, GREEDY_PASS)
         out.map_sync("READ", 0, 4 * n_steps)
         ids = np.frombuffer(out.read_mapped(0, 4 * n_steps, copy=True), np.int32)
         out.unmap()
-        return [int(t) for t in ids]
+        timed_out = False
+        if persistent:
+            self._pctl_read.map_sync("READ")
+            timed_out = bool(np.frombuffer(self._pctl_read.read_mapped(copy=True), np.uint32)[0])
+            self._pctl_read.unmap()
+        return [int(t) for t in ids], timed_out
 
     # -- rows mode: one step of several sequences, each row sampled by its own chain ---------
     def run_rows_sampled(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,

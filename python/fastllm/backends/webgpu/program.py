@@ -56,6 +56,7 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, DeviceLo
         backend, graph = self.be, self.g
         self._kv_version = backend.kv_version  # bind groups hold the KV cache's buffers
         self._loops: dict[str, Any] | None = None
+        self._pctl = None  # the persistent step's counters (loops.py), made on first use
         self._rows_sampler = self._rows_stage = None  # rows mode's device sampling (loops.py)
         self._rows_chain = None  # run_rows_chain's buffers (loops.py)
         self._xq = None  # quantize_x's scratch buffer (matmul.py), made on first use
@@ -186,6 +187,8 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, DeviceLo
                                        + bytes(-len(self._args) % 4))
         made = [((p, self._bind_group(p, bindings, ubuf), grid), when)
                 for p, bindings, grid, when in self._specs]
+        # kept for the persistent step (persist.py), which merges dispatches by their bindings
+        self._ubuf, self._made = ubuf, self._specs
         self._specs = []
         # one list per kind of step (the dispatches of every step, and those of its kind)
         kinds = ("short", "long") if self.attn_direct_max is not None else ("short",)
@@ -499,6 +502,8 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, DeviceLo
         self._raw = []
         self._lists = {}
         self._loops = None
+        self._pctl = None
+        self._made = []
         if self._rows_sampler is not None:
             self._rows_sampler.close()
             self._rows_sampler = self._rows_stage = None
