@@ -51,7 +51,8 @@ class GptOss(Yarn, Llama):
     rope_neox = True
     BIASED = ATTN
     SCALED = ATTN
-    GLOBAL_OPTIONAL = ()
+    GLOBAL_OPTIONAL = ()  # output.weight is required, output.bias unused: Llama.output
+    FFN_NORM = "post_attention_norm"
 
     cfg: GptOssConfig
 
@@ -161,17 +162,3 @@ class GptOss(Yarn, Llama):
         """x through the chosen experts of `name`, plus their biases (no `.scale`: see above)."""
         y = g.matmul_id(x, self.w[name + ".weight"], ids)
         return g.add_id(y, self.w[name + ".bias"], ids)
-
-    def forward(self, g: Graph, all_logits: bool) -> Value:
-        c = self.cfg
-        x = self.embed(g)
-        for i in range(c.n_layer):
-            p = f"blk.{i}."
-            h = g.rms_norm(x, self.w[p + "attn_norm.weight"], c.rms_eps)
-            x = g.add(x, self.attention_block(g, h, i))
-            h = g.rms_norm(x, self.w[p + "post_attention_norm.weight"], c.rms_eps)
-            x = g.add(x, self.ffn_block(g, h, i))
-        if not all_logits:
-            x = g.last_row(x)
-        x = g.rms_norm(x, self.w["output_norm.weight"], c.rms_eps)
-        return g.matmul(x, self.w["output.weight"])

@@ -33,6 +33,8 @@ class Llama(Architecture):
     SCALED: tuple[str, ...] = ATTN + FFN
     # optional tensors outside the layers
     GLOBAL_OPTIONAL: tuple[str, ...] = ("output.weight", "rope_freqs.weight")
+    # the norm before each layer's feed-forward (gpt-oss names it post_attention_norm)
+    FFN_NORM = "ffn_norm"
 
     @classmethod
     def config(cls, md, path: str = "") -> Config:
@@ -173,7 +175,7 @@ class Llama(Architecture):
             p = f"blk.{i}."
             h = g.rms_norm(x, self.w[p + "attn_norm.weight"], c.rms_eps)
             x = g.add(x, self.attention_block(g, h, i))
-            h = g.rms_norm(x, self.w[p + "ffn_norm.weight"], c.rms_eps)
+            h = g.rms_norm(x, self.w[p + self.FFN_NORM + ".weight"], c.rms_eps)
             x = g.add(x, self.ffn_block(g, h, i))
         if not all_logits:
             x = g.last_row(x)
