@@ -88,15 +88,12 @@ def chat(model: Any, messages: Sequence[dict], tools: Any, tool_choice: Any, str
     use = use or fmt == "harmony"
 
     def deltas() -> Iterator[dict]:
-        n = 0
         try:
-            for _ in req:  # wakes as tokens arrive; the parser reads the ids
-                got = req.token_ids[n:]
-                n += len(got)
-                yield from _as_deltas(parser.feed(got) if use else _plain(parser, got))
-            yield from _as_deltas(parser.feed(req.token_ids[n:]) if use else
-                                  _plain(parser, req.token_ids[n:]))
-            yield from _as_deltas(parser.finish() if use else _plain(parser, None))
+            if use:
+                yield from _as_deltas(_events(req, parser.feed, parser.finish))
+            else:
+                yield from _as_deltas(_events(req, lambda ids: _plain(parser, ids),
+                                              lambda: _plain(parser, None)))
         finally:
             req.cancel()
             eng.close()
@@ -119,13 +116,8 @@ def channel_chat(model: Any, messages: Sequence[dict], stream: bool, constraint:
     parser = tool_parser(model.tokenizer, "harmony")
 
     def body():
-        n = 0
         try:
-            for _ in req:  # wakes as tokens arrive; the parser reads the ids
-                got = req.token_ids[n:]
-                n += len(got)
-                yield from (e[1] for e in parser.feed(got) if e[0] == "content")
-            events = parser.feed(req.token_ids[n:]) + parser.finish()
+            events = _events(req, parser.feed, parser.finish)
             yield from (e[1] for e in events if e[0] == "content")
             return req.finish_reason
         finally:
@@ -134,6 +126,17 @@ def channel_chat(model: Any, messages: Sequence[dict], stream: bool, constraint:
 
     gen = RequestGeneration(body(), req)
     return gen if stream else "".join(gen)
+
+
+def _events(req: Any, feed, finish) -> Iterator[tuple]:
+    """A parser's events over a request's token ids as they arrive (feed(ids), then finish())."""
+    n = 0
+    for _ in req:  # wakes as tokens arrive; the parser reads the ids
+        got = req.token_ids[n:]
+        n += len(got)
+        yield from feed(got)
+    yield from feed(req.token_ids[n:])
+    yield from finish()
 
 
 def _plain(parser: Any, ids) -> list[tuple]:

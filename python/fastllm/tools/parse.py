@@ -87,38 +87,39 @@ def _xml_calls(block: str, tools: list[dict], fmt: str) -> list[dict]:
     return out
 
 
+def _block_calls(body: str, fmt: str, tools: list[dict]) -> list[dict] | None:
+    """The calls of one block between a format's markers (_BLOCKS), None if it holds none."""
+    if fmt == "gemma4":
+        got = gemma4.read_call(body)
+        c = _call(got[0], got[1], fmt) if got else None
+        return [c] if c else None
+    if "<function=" in body:
+        return _xml_calls(body, tools, fmt)
+    got = _json_prefix(body)
+    return _from_object(got[0], fmt) if got else None
+
+
 def parse_calls(text: str, fmt: str, tools: list[dict] | None = None
                 ) -> tuple[str, list[dict]]:
     """(content, tool calls) of a whole reply whose tool-call markers are in `text` (see
     ToolParser): calls in OpenAI's shape with arguments as JSON text; text that does not parse
     as a call stays content."""
     tools = tools or []
-    if fmt == "gemma4":
+    if fmt in _BLOCKS:
+        open_, close = _BLOCKS[fmt]
         calls, content, pos = [], [], 0
-        for m in re.finditer(re.escape(gemma4.OPEN) + r"(.*?)(?:" + re.escape(gemma4.CLOSE)
-                             + r"|$)", text, re.DOTALL):
-            got = gemma4.read_call(m.group(1))
-            c = _call(got[0], got[1], fmt) if got else None
-            if c:
-                calls.append(c)
-                content.append(text[pos:m.start()])
-                pos = m.end()
-        content.append(text[pos:])
-        # the model's thinking (<|channel>...<channel|>) is not the reply's content
-        return re.sub(r"<\|channel>.*?(?:<channel\|>|$)", "", "".join(content),
-                      flags=re.DOTALL).strip(), calls
-    if fmt in ("hermes", "qwen_xml"):
-        calls, content, pos = [], [], 0
-        for m in re.finditer(r"<tool_call>(.*?)(?:</tool_call>|$)", text, re.DOTALL):
-            body = m.group(1)
-            got = (_xml_calls(body, tools, fmt) if "<function=" in body else
-                   _from_object(_json_prefix(body)[0], fmt) if _json_prefix(body) else None)
+        for m in re.finditer(re.escape(open_) + r"(.*?)(?:" + re.escape(close) + r"|$)", text,
+                             re.DOTALL):
+            got = _block_calls(m.group(1), fmt, tools)
             if got:
                 calls += got
                 content.append(text[pos:m.start()])
                 pos = m.end()
         content.append(text[pos:])
-        return "".join(content).strip(), calls
+        out = "".join(content)
+        if fmt == "gemma4":  # the model's thinking (<|channel>...<channel|>) is not content
+            out = re.sub(r"<\|channel>.*?(?:<channel\|>|$)", "", out, flags=re.DOTALL)
+        return out.strip(), calls
     s = text.strip()
     if fmt == "mistral" and "[TOOL_CALLS]" in s:
         head, _, rest = s.partition("[TOOL_CALLS]")
