@@ -13,20 +13,7 @@ from fastllm.backends.base import Graph, KVSpec
 from fastllm.errors import UnsupportedError
 from rows_checks import Twin, run_rwkv_case
 
-from .test_ops import F32_TOL, VARIANTS, _backend, f32_info
-from .test_ops import SeededRng as _SeededRng
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def gpu(request):
-    be = _backend(*VARIANTS[request.param])
-    yield be
-    be.close()
-
-
-@pytest.fixture
-def rng():
-    return _SeededRng()
+from .test_ops import F32_TOL, f32_info
 
 
 def test_delta_ops_slots_and_rows(gpu, rng):

@@ -17,7 +17,6 @@ from fastllm.backends.reference import ReferenceBackend
 from fastllm.quants import GGMLType, dequantize
 
 from .test_ops import VARIANTS, _backend, f32_info, quant_info
-from .test_ops import SeededRng as _SeededRng
 
 INT_TYPES = (GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.MXFP4)
 TIE_BAND = 2e-3  # |frac(x / d) - 0.5| below this may round either way
@@ -30,11 +29,6 @@ def gpu(request):
     be = _backend(disable, checked, int_dot=True)
     yield be
     be.close()
-
-
-@pytest.fixture
-def rng():
-    return _SeededRng()
 
 
 def _min_part(inf) -> np.ndarray:

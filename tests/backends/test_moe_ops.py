@@ -15,21 +15,7 @@ import pytest
 from fastllm.backends.base import Graph
 from fastllm.quants import SUPPORTED_TYPES, GGMLType, random_blocks
 
-from .test_ops import F32_TOL, FLOATS, VARIANTS, Pair, _backend, check, f32_info, info
-from .test_ops import SeededRng as _SeededRng
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def gpu(request):
-    be = _backend(*VARIANTS[request.param])
-    yield be
-    be.close()
-
-
-@pytest.fixture
-def rng():
-    return _SeededRng()
-
+from .test_ops import F32_TOL, FLOATS, Pair, _backend, check, f32_info, info
 
 N_TABLE = 24  # rows of the logits / x tables (token ids pick them)
 TIED = 3  # the table's last rows: all experts equal

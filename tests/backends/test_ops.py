@@ -71,13 +71,6 @@ def _backend(disable, checked=None, int_dot=False):
         pytest.skip(f"no WebGPU adapter: {e}")
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def gpu(request):
-    be = _backend(*VARIANTS[request.param])
-    yield be
-    be.close()
-
-
 class SeededRng:
     """A numpy Generator that remembers its seed (printed when a check fails; set
     FASTLLM_TEST_SEED to it to run the failing case again on the same data)."""
@@ -88,11 +81,6 @@ class SeededRng:
 
     def __getattr__(self, name):
         return getattr(self._gen, name)
-
-
-@pytest.fixture
-def rng():
-    return SeededRng()
 
 
 def info(name: str, t: GGMLType, shape: tuple[int, ...], data: np.ndarray) -> TensorInfo:

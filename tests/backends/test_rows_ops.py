@@ -18,20 +18,7 @@ from rows_checks import (
     rwkv_case,
 )
 
-from .test_ops import ATTN_F16_TOL, F32_TOL, ROPE_TOL, VARIANTS, _backend
-from .test_ops import SeededRng as _SeededRng
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def gpu(request):
-    be = _backend(*VARIANTS[request.param])
-    yield be
-    be.close()
-
-
-@pytest.fixture
-def rng():
-    return _SeededRng()
+from .test_ops import ATTN_F16_TOL, F32_TOL, ROPE_TOL
 
 
 def _ops(twin: Twin, build, n: int, rows: bool) -> list[str]:

@@ -13,20 +13,7 @@ from fastllm.backends.base import Graph, KVSpec
 from fastllm.errors import UnsupportedError
 from fastllm.quants import GGMLType
 
-from .test_ops import F32_TOL, MATMUL_TOL, VARIANTS, Pair, _backend, check, f32_info, quant_info
-from .test_ops import SeededRng as _SeededRng
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def gpu(request):
-    be = _backend(*VARIANTS[request.param])
-    yield be
-    be.close()
-
-
-@pytest.fixture
-def rng():
-    return _SeededRng()
+from .test_ops import F32_TOL, MATMUL_TOL, Pair, check, f32_info, quant_info
 
 
 def _rows(g, w, *names):

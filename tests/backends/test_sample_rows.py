@@ -12,11 +12,9 @@ from fastllm.backends import sample_rows as layout
 from fastllm.sampling import RowSampling, device_ok
 from row_sampling_cases import ROWS, check_rows
 
-from .test_ops import gpu, rng  # noqa: F401 (fixtures)
-
 
 @pytest.fixture(scope="module")
-def samplers(gpu):  # noqa: F811
+def samplers(gpu):
     from fastllm.backends.webgpu.sample_rows import RowSampler
 
     made = {}
@@ -40,7 +38,7 @@ def poisoned(s):
 
 # 300: one part shorter than a chunk; 4999: three parts (2048, 2048, 903); 20011: ten
 @pytest.mark.parametrize("n_vocab", [300, 4999, 20011])
-def test_rows_as_sample_row(samplers, rng, n_vocab):  # noqa: F811
+def test_rows_as_sample_row(samplers, rng, n_vocab):
     """A batch of every chain of row_sampling_cases.ROWS (greedy, drawn, penalties that decide,
     a bias that flips the argmax, log-probabilities, rows left to the host) in one call."""
     s = samplers(n_vocab, len(ROWS) + 3)
@@ -49,7 +47,7 @@ def test_rows_as_sample_row(samplers, rng, n_vocab):  # noqa: F811
     assert differ <= 2
 
 
-def test_fewer_rows_than_prepared_for(samplers, rng):  # noqa: F811
+def test_fewer_rows_than_prepared_for(samplers, rng):
     """Batches of 1 and 2 rows on a sampler for 40, shuffled: each row's result is its own."""
     s = samplers(4999, 40)
     for k in (1, 2, 5):
@@ -58,7 +56,7 @@ def test_fewer_rows_than_prepared_for(samplers, rng):  # noqa: F811
             check_rows(poisoned(s), rng, 4999, 1, rows=rows, seed=rng.seed_value)
 
 
-def test_device_output_layout(samplers, rng):  # noqa: F811
+def test_device_output_layout(samplers, rng):
     """What a caller reads in the same command buffer: -1 for a row the host samples, the ids
     of the others, and only as many bytes as the batch needs."""
     s = samplers(300, 8)
@@ -88,7 +86,7 @@ def _read(s, n):
     return data
 
 
-def test_encode_at_an_offset(gpu, samplers, rng):  # noqa: F811
+def test_encode_at_an_offset(gpu, samplers, rng):
     """encode() reads the rows from a byte offset of a larger buffer (a step's logits among
     other outputs) and its ids are copied out in the same command buffer."""
     s = samplers(4999, 4)

@@ -11,11 +11,9 @@ import pytest
 from fastllm.sampling import RowSampling
 from mask_cases import MASKED_ROWS, check_masked, pack_words
 
-from .test_ops import gpu, rng  # noqa: F401 (fixtures)
-
 
 @pytest.fixture(scope="module")
-def sampler(gpu):  # noqa: F811
+def sampler(gpu):
     from fastllm.backends.webgpu.sample_rows import RowSampler
 
     made = {}
@@ -39,13 +37,13 @@ def poisoned(s):
 
 # 300: one part, the last word half used; 4999: three parts, a word across two of them
 @pytest.mark.parametrize("n_vocab", [300, 4999])
-def test_masked_rows_as_sample_row(sampler, rng, n_vocab):  # noqa: F811
+def test_masked_rows_as_sample_row(sampler, rng, n_vocab):
     s = sampler(n_vocab, len(MASKED_ROWS) + 1)
     differ = check_masked(poisoned(s), rng, n_vocab, 3, seed=rng.seed_value)
     assert differ <= 2
 
 
-def test_a_mask_is_for_its_step_only(sampler, rng):  # noqa: F811
+def test_a_mask_is_for_its_step_only(sampler, rng):
     """A row masked in one call and free in the next: the old mask's words stay in the buffer
     but the flag is off, so the free row takes its argmax."""
     s = sampler(300, 4)
