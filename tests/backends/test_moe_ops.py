@@ -41,11 +41,11 @@ def tokens(rng, n: int) -> np.ndarray:
     return toks
 
 
-def selection_scores(infos, toks, gating: str, bias: bool) -> np.ndarray:
-    """What the router ranks experts by, in float64: probabilities (the logits themselves for
-    softmax_weight) plus the selection bias."""
-    b = infos["b"].data.view(np.float32).astype(np.float64)
-    lg = infos["l"].data.view(np.float32).reshape(-1, b.size)[toks].astype(np.float64)
+def selection_scores(table, b, toks, gating: str, bias: bool) -> np.ndarray:
+    """What the router ranks experts by, in float64, for the rows toks of the logits table:
+    probabilities (the logits themselves for softmax_weight) plus the selection bias b."""
+    b = np.asarray(b, np.float64).reshape(-1)
+    lg = np.asarray(table, np.float64).reshape(-1, b.size)[np.asarray(toks)]
     if gating == "softmax":
         e = np.exp(lg - lg.max(axis=1, keepdims=True))
         lg = e / e.sum(axis=1, keepdims=True)
@@ -88,7 +88,8 @@ def test_moe_route(gpu, gating, rng):
                 got, want = pair.run(build, n, toks)
                 what = f"E={n_expert} k={k} norm={norm} bias={bias} n={n}"
                 assert_same_choice(got["ids"], want["ids"], selection_scores(
-                    infos, toks, gating, bias), what)
+                    infos["l"].data.view(np.float32), infos["b"].data.view(np.float32), toks,
+                    gating, bias), what)
                 check({"w": got["w"]}, {"w": want["w"]}, F32_TOL, rng, what)
                 # a tied row: experts 0..k-1 (with a bias the choice follows the bias)
                 if not bias:
