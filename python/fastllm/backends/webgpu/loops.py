@@ -24,7 +24,7 @@ from ...sampling import (
     penalty_window,
 )
 from .matmul import _pow2_floor
-from .persist import CTL_MAX, CTL_WORDS, lower
+from .persist import CTL_MAX, CTL_WORDS, LOOP_LIMIT, lower
 
 GREEDY_PASS = 8  # at most this many steps per compute pass and command buffer
 GREEDY_PARTS = 64  # the argmax: at most this many chunks of the row, one
@@ -33,9 +33,10 @@ SAMPLE_WG = 256  # sample.wgsl's workgroups
 SAMPLE_PARTS = 64  # sample.wgsl's NPART: at most this many chunks of the row
 SAMPLE_CHUNK = 2048  # and at least this many columns each
 # tokens of each kind of step the persistent path must agree on with the ordinary one (both run
-# until then, the ordinary one's tokens returned) before it runs alone: a first call's 1-8
-# tokens let through a Gemma 3 mismatch on lavapipe (benchmarks/NOTES.md, section 15)
-VERIFY_TOKENS = 256
+# until then, the ordinary one's tokens returned) before it runs alone: the hand-offs' ordering
+# rests on the driver (benchmarks/NOTES.md, section 15), so a model's first steps check it. Less
+# than a benchmark's warm-up (tg128), so that timed runs are the persistent path's alone.
+VERIFY_TOKENS = 64
 
 
 class _Lazy(dict):
@@ -178,8 +179,16 @@ class DeviceLoops:
         plists = self._persistent_lists(g, mode)
         pers = self.be.persistent
         while plists is not None:
-            ids, timed_out = self._loop_run(g, plists, n_steps, first_token, pos, slot, True)
-            if timed_out:
+            ids, flag = self._loop_run(g, plists, n_steps, first_token, pos, slot, True)
+            if flag == LOOP_LIMIT:
+                # llvmpipe cut a launch's loops (persist.py): fewer virtual workgroups a
+                # launch, and this call again from the same token
+                g["plists"] = {}
+                self._say_path(g, mode, "ordinary (a persistent launch's loops were cut; "
+                                        "this call re-ran on the ordinary dispatches)")
+                plists = self._persistent_lists(g, mode) if pers.loop_limited() else None
+                continue
+            if flag:
                 grid = pers.grid
                 pers.timed_out()
                 g["plists"] = {}  # rebuilt on the smaller grid
@@ -227,12 +236,13 @@ class DeviceLoops:
             return None
         if mode not in g["plists"]:
             with self.be.errors("building the persistent step"):
-                g["path"][mode] = self._persistent_list(g, mode, "short")[1]
+                short, g["path"][mode] = self._persistent_list(g, mode, "short")
             if g["path"][mode][0] == 0:
                 g["persist_off"] = "no run of dispatches merges"
                 self.be.decode_path = f"ordinary (persistent off: {g['persist_off']})"
                 return None
             g["plists"][mode] = _Lazy(lambda kind: self._persistent_list(g, mode, kind)[0])
+            g["plists"][mode]["short"] = short
         return g["plists"][mode]
 
     def _persistent_list(self, g: dict[str, Any], mode: str, kind: str):
@@ -255,8 +265,9 @@ class DeviceLoops:
 
     def _loop_run(self, g: dict[str, Any], lists: dict[str, tuple], n_steps: int,
                   first_token: int, pos: int, slot: int,
-                  persistent: bool = False) -> tuple[list[int], bool]:
-        """One run of the loop on `lists`: (the tokens, whether a persistent wait timed out)."""
+                  persistent: bool = False) -> tuple[list[int], int]:
+        """One run of the loop on `lists`: (the tokens, the persistent launches' flag: 0, or
+        persist.TIMEOUT or LOOP_LIMIT)."""
         q, dev = self.be.queue, self.be.device
         q.write_buffer(self.tokens, 0, np.array([first_token], np.int32))
         q.write_buffer(self.step, 0, np.array([pos, 1, pos + 1, slot], np.uint32))
@@ -286,12 +297,12 @@ class DeviceLoops:
         out.map_sync("READ", 0, 4 * n_steps)
         ids = np.frombuffer(out.read_mapped(0, 4 * n_steps, copy=True), np.int32)
         out.unmap()
-        timed_out = False
+        flag = 0
         if persistent:
             self._pctl_read.map_sync("READ")
-            timed_out = bool(np.frombuffer(self._pctl_read.read_mapped(copy=True), np.uint32)[0])
+            flag = int(np.frombuffer(self._pctl_read.read_mapped(copy=True), np.uint32)[0])
             self._pctl_read.unmap()
-        return [int(t) for t in ids], timed_out
+        return [int(t) for t in ids], flag
 
     # -- rows mode: one step of several sequences, each row sampled by its own chain ---------
     def run_rows_sampled(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,

@@ -19,8 +19,18 @@ later wait sees the flag and gives up at once, and the host re-runs the call on 
 dispatches. The last workgroup to leave (ctl[1] counts them) puts the counters back to zero for
 the next launch; the dispatch boundary makes that visible to it.
 
+llvmpipe (lavapipe) ends every loop of a shader invocation once the invocation has made 65,535
+loop iterations in all, counted together over all its loops (Mesa's LP_MAX_TGSI_LOOP_ITERATIONS),
+and says nothing: results are silently cut. A persistent workgroup walks many virtual
+workgroups, each with its own loops, so a launch can run past that where no ordinary dispatch
+does (Gemma 3's output mat-vec: 26,215 virtual workgroups of ~10 iterations on one workgroup).
+Each launch therefore ends with a sentinel loop of two iterations (a count from the task list,
+so no compiler unrolls it): if it ran fewer, the budget was spent, the launch sets ctl[0] to
+LOOP_LIMIT and the host re-runs the call on the ordinary dispatches and builds its lists again
+with half the virtual workgroups per launch (Persistent.rounds).
+
 FASTLLM_WEBGPU_PERSISTENT: unset or "0": off (the default until the path has been measured on a
-GPU and its Gemma 3 mismatch is understood: benchmarks/NOTES.md, section 15); "1": on Vulkan GPU
+GPU: benchmarks/NOTES.md, section 15); "1": on Vulkan GPU
 adapters where the probe passes (and the first tokens equal the ordinary path's); "force":
 anywhere (lavapipe in CI), on
 a grid of FASTLLM_WEBGPU_PERSISTENT_GRID workgroups (default 1 under force; otherwise the
@@ -41,10 +51,15 @@ import numpy as np
 from ...errors import BackendError
 from .wgsl_merge import Merged, MergeError, Task, add_task
 
-CTL_WORDS = 4  # ctl[0]: timeout flag, ctl[1]: workgroups gone, ctl[2..3]: unused
+CTL_WORDS = 4  # ctl[0]: timeout flag (TIMEOUT or LOOP_LIMIT), ctl[1]: workgroups gone
+TIMEOUT = 1  # a wait ran out of loads
+LOOP_LIMIT = 2  # the sentinel loop was cut short (llvmpipe's loop budget; see above)
 SPIN_DEFAULT = 1 << 22
 GRID_CANDIDATES = (2048, 1024, 512, 256, 128)
 MAX_ROUNDS = 32768  # virtual workgroups per workgroup and phase (lavapipe ends longer loops)
+# virtual workgroups per workgroup and launch on a CPU adapter to begin with (llvmpipe's 65,535
+# loop iterations an invocation leave ~16 a virtual workgroup); the sentinel halves it if needed
+CPU_ROUNDS = 4096
 CTL_MAX = 1024  # words of a program's counter buffer: at most CTL_MAX - CTL_WORDS phases
 PROBE_PHASES = 6
 PROBE_WG = 64
@@ -103,8 +118,17 @@ fn pk_signal(c: u32, lid: u32) {
     }
 }
 
-// The last workgroup out zeroes the counters 1 .. n for the next launch.
+// The last workgroup out zeroes the counters 1 .. n for the next launch. First the sentinel:
+// a loop of pk_tasks[0].w (2) iterations that runs fewer where the invocation's loop budget
+// is spent (llvmpipe), which flags the launch's results as cut.
 fn pk_exit(n: u32, lid: u32) {
+    var trips = 0u;
+    for (var i = 0u; i < pk_tasks[0].w; i++) {
+        trips += 1u;
+    }
+    if (trips != pk_tasks[0].w) {
+        atomicMax(&pk_ctl[0], 2u);
+    }
     storageBarrier();
     if (lid == 0u) {
         let g = pk_tasks[0].x;
@@ -122,7 +146,9 @@ _PROBE = """
 @group(0) @binding(2) var<storage, read_write> data: array<u32>;
 
 // Each phase p > 0: workgroup w reads what workgroup (w + 1) % G wrote in phase p - 1 (another
-// thread's word), adds p and writes its own; a missing hand-off shows in the words.
+// thread's word), adds p and writes its own; a missing hand-off shows in the words. Before it,
+// each phase spins pk_tasks[1].x loop iterations (kept by a word written past the hand-offs'),
+// so that a test can spend a CPU adapter's loop budget and see the sentinel report it.
 @compute @workgroup_size(WG)
 fn kernel_persistent_probe(@builtin(local_invocation_index) lid: u32,
                            @builtin(workgroup_id) wgid: vec3<u32>) {
@@ -137,6 +163,11 @@ fn kernel_persistent_probe(@builtin(local_invocation_index) lid: u32,
         if (go) {
             go = pk_wait(1u + p, g, lid);
         }
+        var acc = 0u;
+        for (var i = 0u; i < pk_tasks[1].x; i++) {
+            acc = acc * 31u + i;
+        }
+        data[PHASES * g * WG + w * WG + lid] = acc;
         if (go) {
             let src = ((p - 1u) * g + (w + 1u) % g) * WG + (lid + 1u) % WG;
             data[(p * g + w) * WG + lid] = data[src] + p;
@@ -151,8 +182,8 @@ fn kernel_persistent_probe(@builtin(local_invocation_index) lid: u32,
 def mode() -> str:
     """FASTLLM_WEBGPU_PERSISTENT as "off", "auto" or "force"."""
     v = os.environ.get("FASTLLM_WEBGPU_PERSISTENT", "").strip().lower()
-    # off unless asked for: while the first 256 tokens of each step kind are checked against
-    # the ordinary path (the Gemma 3 mismatch), the path costs more than it can save
+    # off unless asked for, until a GPU run has measured what it saves (benchmarks/NOTES.md,
+    # section 15)
     if v in ("", "0", "off", "false", "no"):
         return "off"
     if v == "force":
@@ -185,19 +216,21 @@ def _ctl(be, words: int, label: str):
     return buf
 
 
-def probe(be, grid: int, spin: int) -> str | None:
+def probe(be, grid: int, spin: int, work: int = 0) -> str | None:
     """Runs the probe kernel on `grid` workgroups: None if every hand-off arrived, else why
-    not (a timeout, or words that a hand-off did not carry)."""
+    not (a timeout, loops cut short, or words that a hand-off did not carry). `work`: loop
+    iterations each phase spends before its hand-off."""
     src = (helpers() + _PROBE).replace("WG", str(PROBE_WG)).replace("PHASES",
                                                                         f"{PROBE_PHASES}u")
-    words = PROBE_PHASES * grid * PROBE_WG
+    words = (PROBE_PHASES + 1) * grid * PROBE_WG  # the last grid * WG: the spins' words
     with be.errors("the persistent kernel's probe"):
         mod = be._shader_module(src, "persistent probe")
         p = be.device.create_compute_pipeline(
             layout="auto", compute={"module": mod, "entry_point": "kernel_persistent_probe"})
         ctl = _ctl(be, CTL_WORDS + PROBE_PHASES, "probe counters")
-        tasks = be.buffer(16, "STORAGE|COPY_DST", "probe tasks")
-        be.queue.write_buffer(tasks, 0, np.array([grid, PROBE_PHASES, spin, 0], np.uint32))
+        tasks = be.buffer(32, "STORAGE|COPY_DST", "probe tasks")
+        be.queue.write_buffer(tasks, 0, np.array([grid, PROBE_PHASES, spin, 2, work, 0, 0, 0],
+                                                 np.uint32))
         data = be.buffer(4 * words, "STORAGE|COPY_SRC", "probe data")
         bg = be.device.create_bind_group(layout=p.get_bind_group_layout(0), entries=[
             {"binding": 0, "resource": {"buffer": ctl}},
@@ -215,6 +248,8 @@ def probe(be, grid: int, spin: int) -> str | None:
         got = np.frombuffer(be.device.queue.read_buffer(data), np.uint32)
         for b in (ctl, tasks, data):
             be.free(b)
+    if flag[0] == LOOP_LIMIT:
+        return f"the probe's loops were cut short on a grid of {grid}"
     if flag[0]:
         return f"a wait of the probe timed out on a grid of {grid}"
     if flag[1:].any():
@@ -223,8 +258,9 @@ def probe(be, grid: int, spin: int) -> str | None:
     want[0] = np.arange(grid)[:, None] * 1000 + np.arange(PROBE_WG)
     for p in range(1, PROBE_PHASES):
         want[p] = np.roll(np.roll(want[p - 1], -1, axis=0), -1, axis=1) + p
-    if not np.array_equal(got.reshape(want.shape), want.astype(np.uint32)):
-        bad = int((got.reshape(want.shape) != want).sum())
+    got = got[:want.size].reshape(want.shape)
+    if not np.array_equal(got, want.astype(np.uint32)):
+        bad = int((got != want).sum())
         return f"the probe read {bad} words that its hand-offs should have carried"
     return None
 
@@ -245,6 +281,10 @@ class Persistent:
         self.spin = min(self.spin, 0xFFFFFFFF)
         self.refused: str | None = None
         self.timeouts = 0
+        # virtual workgroups a workgroup may walk in one launch, summed over its phases (None:
+        # only MAX_ROUNDS a phase); halved each time the sentinel reports a cut loop
+        self.rounds = CPU_ROUNDS if be.info.get("adapter_type") == "CPU" else None
+        self.loop_limits = 0
         if self.mode == "off":
             self.refused = "FASTLLM_WEBGPU_PERSISTENT=0"
         elif not forced and be.info.get("backend_type") != "Vulkan":
@@ -284,16 +324,26 @@ class Persistent:
         if self.grid > 1:
             self.grid //= 2
 
+    def loop_limited(self) -> bool:
+        """A launch's loops were cut (llvmpipe's budget): the next lists take half as many
+        virtual workgroups a launch. False once that would leave none to merge."""
+        self.loop_limits += 1
+        rounds = self.rounds or MAX_ROUNDS
+        self.rounds = rounds // 2
+        return self.rounds >= 2
+
     def describe(self) -> str:
-        return f"grid {self.grid}" + (f", {self.timeouts} timeouts" if self.timeouts else "")
+        return (f"grid {self.grid}" + (f", {self.timeouts} timeouts" if self.timeouts else "")
+                + (f", {self.loop_limits} cut loops, {self.rounds} rounds a launch"
+                   if self.loop_limits else ""))
 
 
 # Kernels whose workgroup size the persistent step may change to its runs' (MERGE_WG), and the
 # grid that then covers the same work, under FASTLLM_WEBGPU_PERSISTENT_RESIZE=all only (for
 # measuring what the last boundaries cost): the argmax's chunks, the one-dispatch attention (its
 # key blocks change size, so its sums their order) and quantize_x (its folded norm's sum changes
-# order). On lavapipe stories260K and SmolLM2 kept their greedy ids with them; Gemma 3's argmax
-# gave indices past its vocabulary (benchmarks/NOTES.md, section 15).
+# order). On lavapipe stories260K, SmolLM2 and Gemma 3 keep their greedy ids with them
+# (benchmarks/NOTES.md, section 15).
 MERGE_WG = 64
 
 
@@ -338,9 +388,12 @@ def lower(prog, specs: list[tuple], args: bytes, label: str) -> tuple[list[tuple
         if len(chunk) > be.persistent.phases:
             return None
         m = Merged()
+        rounds = 0
         try:
             for p, bindings, grid in chunk:
-                if -(-grid[0] * grid[1] * grid[2] // be.persistent.grid) > MAX_ROUNDS:
+                r = -(-grid[0] * grid[1] * grid[2] // be.persistent.grid)
+                rounds += r
+                if r > MAX_ROUNDS or (be.persistent.rounds and rounds > be.persistent.rounds):
                     return None
                 src, entry = be.pipeline_sources[id(p)]
                 add_task(m, Task(src, entry, bindings, grid), args)
@@ -427,7 +480,7 @@ def _launch(prog, m: Merged, chunk: list[tuple], label: str) -> tuple | None:
             return None
         pers.pipelines[src] = p
     tasks = np.zeros((n + 1, 4), np.uint32)
-    tasks[0] = (pers.grid, n, pers.spin, 0)
+    tasks[0] = (pers.grid, n, pers.spin, 2)  # .w: the sentinel's trip count
     for k, (_p, _b, (gx, gy, gz)) in enumerate(chunk):
         tasks[k + 1] = (gx, gy, gz, gx * gy * gz)
     tbuf = prog._buf(tasks.nbytes, "STORAGE|COPY_DST", "persistent tasks")
