@@ -180,7 +180,7 @@ class DeviceLoops:
         pers = self.be.persistent
         while plists is not None:
             ids, flag = self._loop_run(g, plists, n_steps, first_token, pos, slot, True)
-            if flag == LOOP_LIMIT:
+            if flag == LOOP_LIMIT:  # only that bit: a wait that timed out goes first
                 # llvmpipe cut a launch's loops (persist.py): fewer virtual workgroups a
                 # launch, and this call again from the same token
                 g["plists"] = {}
@@ -266,8 +266,8 @@ class DeviceLoops:
     def _loop_run(self, g: dict[str, Any], lists: dict[str, tuple], n_steps: int,
                   first_token: int, pos: int, slot: int,
                   persistent: bool = False) -> tuple[list[int], int]:
-        """One run of the loop on `lists`: (the tokens, the persistent launches' flag: 0, or
-        persist.TIMEOUT or LOOP_LIMIT)."""
+        """One run of the loop on `lists`: (the tokens, the persistent launches' flag bits:
+        persist.TIMEOUT, LOOP_LIMIT)."""
         q, dev = self.be.queue, self.be.device
         q.write_buffer(self.tokens, 0, np.array([first_token], np.int32))
         q.write_buffer(self.step, 0, np.array([pos, 1, pos + 1, slot], np.uint32))

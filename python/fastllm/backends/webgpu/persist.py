@@ -25,7 +25,7 @@ and says nothing: results are silently cut. A persistent workgroup walks many vi
 workgroups, each with its own loops, so a launch can run past that where no ordinary dispatch
 does (Gemma 3's output mat-vec: 26,215 virtual workgroups of ~10 iterations on one workgroup).
 Each launch therefore ends with a sentinel loop of two iterations (a count from the task list,
-so no compiler unrolls it): if it ran fewer, the budget was spent, the launch sets ctl[0] to
+so no compiler unrolls it): if it ran fewer, the budget was spent, the launch sets the bit
 LOOP_LIMIT and the host re-runs the call on the ordinary dispatches and builds its lists again
 with half the virtual workgroups per launch (Persistent.rounds).
 
@@ -51,8 +51,11 @@ import numpy as np
 from ...errors import BackendError
 from .wgsl_merge import Merged, MergeError, Task, add_task
 
-CTL_WORDS = 4  # ctl[0]: timeout flag (TIMEOUT or LOOP_LIMIT), ctl[1]: workgroups gone
-TIMEOUT = 1  # a wait ran out of loads
+CTL_WORDS = 4  # ctl[0]: flag bits (TIMEOUT, LOOP_LIMIT), ctl[1]: workgroups gone
+# A wait that ran out of loads. Where lavapipe's loop budget ends a wait's loops, the wait sees
+# its counter incomplete and sets this bit too, and the host treats the launch as timed out
+# (halving the grid) before it looks at LOOP_LIMIT.
+TIMEOUT = 1
 LOOP_LIMIT = 2  # the sentinel loop was cut short (llvmpipe's loop budget; see above)
 SPIN_DEFAULT = 1 << 22
 GRID_CANDIDATES = (2048, 1024, 512, 256, 128)
@@ -99,7 +102,7 @@ fn pk_wait(c: u32, want: u32, lid: u32) -> bool {
             }
         }
         if (go && !done) {
-            atomicStore(&pk_ctl[0], 1u);
+            atomicOr(&pk_ctl[0], 1u);
             go = false;
         }
         pk_flag = select(0u, 1u, go);
@@ -127,7 +130,7 @@ fn pk_exit(n: u32, lid: u32) {
         trips += 1u;
     }
     if (trips != pk_tasks[0].w) {
-        atomicMax(&pk_ctl[0], 2u);
+        atomicOr(&pk_ctl[0], 2u);
     }
     storageBarrier();
     if (lid == 0u) {
@@ -248,10 +251,10 @@ def probe(be, grid: int, spin: int, work: int = 0) -> str | None:
         got = np.frombuffer(be.device.queue.read_buffer(data), np.uint32)
         for b in (ctl, tasks, data):
             be.free(b)
-    if flag[0] == LOOP_LIMIT:
-        return f"the probe's loops were cut short on a grid of {grid}"
-    if flag[0]:
+    if flag[0] & TIMEOUT:
         return f"a wait of the probe timed out on a grid of {grid}"
+    if flag[0]:
+        return f"the probe's loops were cut short on a grid of {grid}"
     if flag[1:].any():
         return "the probe's counters were not reset"
     want = np.zeros((PROBE_PHASES, grid, PROBE_WG), np.int64)
