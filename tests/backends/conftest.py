@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_ops import VARIANTS, SeededRng, _backend
+from .pairs import VARIANTS, SeededRng, _backend
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))

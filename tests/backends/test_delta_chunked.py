@@ -24,8 +24,8 @@ from delta_cases import TABLE, chunked_case
 from fastllm.backends.webgpu import delta
 from rows_checks import Twin, check, rel_err
 
-from .test_ops import VARIANTS, _backend
-from .test_ops import SeededRng as _SeededRng
+from .pairs import VARIANTS, _backend
+from .pairs import SeededRng as _SeededRng
 
 TOL = 2e-5
 

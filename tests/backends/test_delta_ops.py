@@ -13,7 +13,7 @@ from fastllm.backends.base import Graph, KVSpec
 from fastllm.errors import UnsupportedError
 from rows_checks import Twin, run_rwkv_case
 
-from .test_ops import F32_TOL, f32_info
+from .pairs import F32_TOL, f32_info
 
 
 def test_delta_ops_slots_and_rows(gpu, rng):

@@ -16,7 +16,7 @@ from fastllm.backends.base import Graph, KVSpec
 from fastllm.backends.reference import ReferenceBackend
 from fastllm.quants import GGMLType, dequantize
 
-from .test_ops import VARIANTS, _backend, f32_info, quant_info
+from .pairs import VARIANTS, _backend, f32_info, quant_info
 
 INT_TYPES = (GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.MXFP4)
 TIE_BAND = 2e-3  # |frac(x / d) - 0.5| below this may round either way

@@ -1,6 +1,6 @@
 """The mixture-of-experts ops (Graph.moe_route, matmul_id, add_id, mul_id, moe_sum) on the WebGPU
 backend against the NumPy reference, with fresh random inputs and NaN-poisoned activations
-(test_ops.py's Pair), with the adapter's features and with them forced off.
+(pairs.py's Pair), with the adapter's features and with them forced off.
 
 The router's logits are rows of well-separated values (a random order of evenly spaced values,
 gaps far above float32 rounding), so the reference (float64 probabilities) and the kernels must
@@ -15,7 +15,7 @@ import pytest
 from fastllm.backends.base import Graph
 from fastllm.quants import SUPPORTED_TYPES, GGMLType, random_blocks
 
-from .test_ops import F32_TOL, FLOATS, Pair, _backend, check, f32_info, info
+from .pairs import F32_TOL, FLOATS, Pair, _backend, check, f32_info, info
 
 N_TABLE = 24  # rows of the logits / x tables (token ids pick them)
 TIED = 3  # the table's last rows: all experts equal

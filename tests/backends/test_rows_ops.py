@@ -18,7 +18,7 @@ from rows_checks import (
     rwkv_case,
 )
 
-from .test_ops import ATTN_F16_TOL, F32_TOL, ROPE_TOL
+from .pairs import ATTN_F16_TOL, F32_TOL, ROPE_TOL
 
 
 def _ops(twin: Twin, build, n: int, rows: bool) -> list[str]:

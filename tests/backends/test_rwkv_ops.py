@@ -13,7 +13,7 @@ from fastllm.backends.base import Graph, KVSpec
 from fastllm.errors import UnsupportedError
 from fastllm.quants import GGMLType
 
-from .test_ops import F32_TOL, MATMUL_TOL, Pair, check, f32_info, quant_info
+from .pairs import F32_TOL, MATMUL_TOL, Pair, check, f32_info, quant_info
 
 
 def _rows(g, w, *names):
