@@ -70,9 +70,9 @@ ONE_WAY = [
       for m in ("program", "rwkv", "matmul", "attention", "loops", "repack", "shaders",
                 "device")),
     ("fastllm.generate", "fastllm.model"),
-    ("fastllm.quants_encode", "fastllm.quants"),
-    ("fastllm.quants_types", "fastllm.quants"),
-    ("fastllm.quants_types", "fastllm.quants_encode"),
+    ("fastllm.quants.encode", "fastllm.quants.decode"),
+    ("fastllm.quants.types", "fastllm.quants.decode"),
+    ("fastllm.quants.types", "fastllm.quants.encode"),
 ]
 
 

@@ -1,13 +1,13 @@
 """Quantizers for the GGML types fastllm reads, following ggml's reference quantizers, and
 `random_blocks` (valid random raw data of any type, for kernel tests). `fastllm.quants` re-exports
-both; the type table is quants_types.py, the dequantizers quants.py."""
+both; the type table is types.py, the dequantizers decode.py."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import GGUFError
-from .quants_types import (
+from ..errors import GGUFError
+from .types import (
     QK_K,
     SUPPORTED_TYPES,
     GGMLType,
