@@ -70,9 +70,12 @@ ONE_WAY = [
       for m in ("program", "rwkv", "matmul", "attention", "loops", "repack", "shaders",
                 "device")),
     ("fastllm.generate", "fastllm.model"),
-    ("fastllm.quants_encode", "fastllm.quants"),
-    ("fastllm.quants_types", "fastllm.quants"),
-    ("fastllm.quants_types", "fastllm.quants_encode"),
+    ("fastllm.quants.decode", "fastllm.quants.encode"),
+    ("fastllm.quants.types", "fastllm.quants.decode"),
+    ("fastllm.quants.types", "fastllm.quants.encode"),
+    ("fastllm.quants.encode_k", "fastllm.quants.encode"),
+    ("fastllm.quants.rounding", "fastllm.quants.encode"),
+    ("fastllm.quants.rounding", "fastllm.quants.encode_k"),
 ]
 
 

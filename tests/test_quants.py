@@ -19,7 +19,7 @@ from fastllm.quants import (
     random_blocks,
     row_bytes,
 )
-from fastllm.quants_encode import _F16_FIELDS
+from fastllm.quants.encode import _F16_FIELDS
 
 QUANT_TYPES = [t for t in SUPPORTED_TYPES if GGML_BLOCK[t][0] > 1]
 
@@ -164,7 +164,7 @@ def test_dequantize_is_vectorized(t, shape, rng):
     decoded in steps of _DQ_CHUNK_ELEMS values, each step making the calls one row's decoding
     makes. A per-block loop would make at least one call per block (hundreds of thousands
     here). Counted, not timed: a busy machine changes the time, not the count."""
-    from fastllm.quants import _DQ_CHUNK_ELEMS
+    from fastllm.quants.decode import _DQ_CHUNK_ELEMS
 
     blk = GGML_BLOCK[t][0]
     one_row = random_blocks(t, 1, blk, rng)

@@ -1,6 +1,4 @@
-"""GGML tensor types: the type table and NumPy dequantizers for every type fastllm reads.
-The table (quants_types.py), `quantize` and `random_blocks` (quants_encode.py) are
-re-exported here.
+"""NumPy dequantizers for every type fastllm reads: `dequantize` and `dequantize_rows`.
 
 The dequantizers are written here (not borrowed from the `gguf` package) because the GPU kernels
 follow them line by line; tests check them against `gguf.quants.dequantize` on random blocks.
@@ -10,16 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .quants_encode import MXFP4_KVALUES, e8m0_half, quantize, random_blocks  # noqa: F401 (re-exported)
-from .quants_types import (  # noqa: F401 (re-exported: fastllm.quants is the table's public path)
-    GGML_BLOCK,
-    QK_K,
-    SUPPORTED_TYPES,
-    GGMLType,
-    check_supported,
-    row_bytes,
-    type_size,
-)
+from .types import QK_K, GGMLType, check_supported, row_bytes, type_size
 
 # --------------------------------------------------------------------------------------------
 # Dequantization
@@ -177,7 +166,19 @@ def _dq_q6_k(b: np.ndarray) -> np.ndarray:
 # E2M1 values as nibbles (element j low nibble of qs[j], element j + 16 high nibble). ggml keeps
 # the E2M1 values doubled as integers (kvalues_mxfp4) and halves the scale instead: value =
 # kvalues[q] * 2^(e - 128) (GGML_E8M0_TO_FP32_HALF), a power of two, so each product is exact.
-# The level table and the scale are quants_encode.py's, which quantizes with them.
+# The level table and the scale are defined here, with the format; encode.py quantizes with them.
+
+# ggml's doubled E2M1 values (kvalues_mxfp4) in nibble order, scaled by e8m0_half(e)
+MXFP4_KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], _F32)
+
+
+def e8m0_half(e: np.ndarray) -> np.ndarray:
+    """2^(e - 128) as float32 for exponent bytes e (ggml_e8m0_to_fp32_half: e < 2 give the
+    subnormals 2^-128 and 2^-127; 255 is 2^127, not NaN)."""
+    e = np.asarray(e).astype(np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - np.uint32(1)) << np.uint32(23))
+    return bits.astype(np.uint32).view(_F32)
+
 
 def _dq_mxfp4(b: np.ndarray) -> np.ndarray:
     q = MXFP4_KVALUES[_nibbles(b[:, 1:17])]

@@ -1,12 +1,12 @@
 """The GGML type table: type ids, block sizes and bytes per row, and which types fastllm computes
-with. Below quants.py (the dequantizers) and quants_encode.py (the quantizers), which both read
-it; fastllm.quants re-exports it."""
+with. Below decode.py (the dequantizers) and encode.py (the quantizers), which both read it;
+fastllm.quants re-exports it."""
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-from .errors import UnsupportedError
+from ..errors import UnsupportedError
 
 
 class GGMLType(IntEnum):
