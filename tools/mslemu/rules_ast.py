@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
+import msl_parse
 import mslemu
 
 FUNC_KINDS = {"FunctionDecl", "CXXMethodDecl", "CXXConstructorDecl", "CXXDestructorDecl",
@@ -71,7 +72,7 @@ class Ast:
         self.diags: list[Diag] = []
         self.failed = ""
         try:
-            body, _ = mslemu.preprocess(src.text, lint=True, strict=False)
+            body, _ = msl_parse.preprocess(src.text, lint=True, strict=False)
         except ValueError as e:  # a kernel template instantiation the pre-pass cannot read
             self.failed = str(e)
             return

@@ -8,6 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 
+import msl_parse
 import mslemu
 
 MAX_BUFFERS = 31  # buffer and threadgroup argument-table entries per function (Feature Set Tables)
@@ -72,7 +73,7 @@ class Source:
         self.path = os.path.abspath(path)
         flags = ["-U__METAL_VERSION__", f"-D__METAL_VERSION__={version}", "-UMETAL_EMULATOR"]
         self.text = mslemu.expand(self.path, flags)
-        self.clean = mslemu._blank_comments(self.text)
+        self.clean = msl_parse.blank_comments(self.text)
         self.where: list = []
         file, line = self.path, 1
         for s in self.text.split("\n"):
@@ -125,7 +126,7 @@ def parse_kernels(src: Source) -> tuple[list[Kernel], list[Violation]]:
     plain, templates, out, bad = [], {}, [], []
     insts = []  # explicit instantiations: (start, end)
     for m in mslemu.INST_RE.finditer(clean):
-        e = mslemu._stmt_end(clean, m.end())
+        e = msl_parse.stmt_end(clean, m.end())
         if e > 0:
             insts.append((m.start(), e))
     for m in KERNEL_KW.finditer(clean):
@@ -139,18 +140,18 @@ def parse_kernels(src: Source) -> tuple[list[Kernel], list[Violation]]:
             j += 1
         if j >= len(clean) or clean[j] != "(":
             continue
-        close = mslemu._match_close(clean, j, "(", ")")
+        close = msl_parse.match_close(clean, j, "(", ")")
         rest = mslemu.ATTR_GROUP_RE.sub(" ", clean[close:close + 400]).lstrip()
         if not rest.startswith("{"):
             continue  # a declaration
         before = text[max(0, m.start() - 400):m.start()]
-        fattrs = mslemu._attrs(text[m.start():m.end()]) + mslemu._attrs(
+        fattrs = msl_parse.read_attrs(text[m.start():m.end()]) + msl_parse.read_attrs(
             re.search(r"((?:\[\[.*?\]\]\s*)*)$", before, re.DOTALL).group(1))
-        fattrs += mslemu._attrs(text[close:close + 400].split("{", 1)[0])
+        fattrs += msl_parse.read_attrs(text[close:close + 400].split("{", 1)[0])
         params = parse_params(src, j + 1, close - 1)
         k = Kernel(h.group("name"), h.group("name"), h.group("name"), h.group("ret"), params,
                    fattrs, src.at(h.start("name")))
-        if mslemu._template_before(clean, m.start()):
+        if msl_parse.template_before(clean, m.start()):
             templates[k.func] = k
         else:
             host = [a for n, a in fattrs if n == "host_name"]
@@ -167,11 +168,11 @@ def parse_kernels(src: Source) -> tuple[list[Kernel], list[Violation]]:
         if best is None:
             continue
         st, tname, lt = best
-        gt = mslemu._match_close(clean, s + lt, "<", ">")
+        gt = msl_parse.match_close(clean, s + lt, "<", ">")
         t = templates[tname]
         name = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', hn.group(1))) if hn else tname
         out.append(Kernel(name, tname, text[s + st:gt].strip(), t.ret, t.params,
-                          t.fattrs + mslemu._attrs(text[s:e]), t.where))
+                          t.fattrs + msl_parse.read_attrs(text[s:e]), t.where))
     out = plain + out
     seen = {}
     for k in out:
@@ -187,14 +188,14 @@ def parse_kernels(src: Source) -> tuple[list[Kernel], list[Violation]]:
 
 def parse_params(src: Source, start: int, end: int) -> list[Param]:
     out, pos = [], start
-    for raw in mslemu._split_top(src.text[start:end]):
+    for raw in msl_parse.split_top(src.text[start:end]):
         off = src.text.find(raw, pos)
         pos = off + len(raw)
         decl = mslemu.ATTR_GROUP_RE.sub(" ", raw).strip()
         nm = re.search(r"([A-Za-z_]\w*)\s*$", decl)
         name = nm.group(1) if nm else ""
         where = src.at(off + len(raw) - len(raw.lstrip()))
-        out.append(Param(name, decl[:nm.start()].strip() if nm else decl, mslemu._attrs(raw),
+        out.append(Param(name, decl[:nm.start()].strip() if nm else decl, msl_parse.read_attrs(raw),
                          where))
     return out
 
