@@ -1,7 +1,7 @@
 """Metal op lowering: a recorded `Graph` becomes a fixed list of `Dispatch`es (kernel name,
 kargs bytes, buffer references, grid) over one activation arena with static offsets. It knows the
-kernels of metal/*.metal and nothing of the device; backend.py runs the list on the GPU and
-tests/metal runs the same list under the MSL emulator.
+kernels of metal/*.metal and nothing of the device; program.py runs the list on the GPU
+(runtime.py) and tests/metal runs the same list under the MSL emulator.
 
 MetalLowering holds the walk over the graph (arena offsets, each value freed after its last
 reader) and the helpers every op uses; the ops themselves are one `_<op>` method each, in
