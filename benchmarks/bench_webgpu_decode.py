@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--mv", default="", help="mat-vec shape R,TPR,UNR,WG instead of the defaults")
     a = ap.parse_args()
     if a.mv:
-        from fastllm.backends.webgpu import matmul as wp
+        from fastllm.backends.webgpu import matmul_shapes as wp
 
         wp.MV_FIXED = tuple(int(v) for v in a.mv.split(","))
     rng = np.random.default_rng(0)

@@ -248,14 +248,14 @@ def main(argv=None) -> None:
     ap.add_argument("--disable", default="", help="features to leave off, e.g. subgroup")
     ap.add_argument("--model", default="", help="a GGUF file: per-kernel time of its steps")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=INT",
-                    help="override a webgpu_matmul constant (e.g. MM8_MIN_WG=128), repeatable")
+                    help="override a matmul_shapes constant (e.g. MM8_MIN_WG=128), repeatable")
     a = ap.parse_args(argv)
-    from fastllm.backends.webgpu import matmul as wp
+    from fastllm.backends.webgpu import matmul_shapes as wp
 
     for kv in a.set:
         name, value = kv.split("=")
         if not hasattr(wp, name):
-            raise SystemExit(f"webgpu_matmul has no constant {name}")
+            raise SystemExit(f"webgpu matmul_shapes has no constant {name}")
         setattr(wp, name, int(value))
     disable = {f for f in a.disable.split(",") if f}
     if a.model:

@@ -1,11 +1,11 @@
 """Prefill mat-mat settings swept in one process: GPU time of y = x W^T for each weight shape,
-type and setting (a set of webgpu_matmul constants), with each result's error against the
+type and setting (a set of webgpu/matmul_shapes.py constants), with each result's error against the
 first setting's, so a faster kernel that computes something else shows.
 
     python benchmarks/sweep_webgpu_mm.py --m 512 --types q4_K,f16 \\
         --shapes 4096x4096,14336x4096 --setting base: --setting half:MM_HALF=1,MM_NBUF=2
 
-A setting is NAME:CONST=INT,CONST=INT (webgpu_matmul constants; empty after the colon: the
+A setting is NAME:CONST=INT,CONST=INT (matmul_shapes constants; empty after the colon: the
 defaults). Speed is measured here, never asserted in tests.
 """
 
@@ -24,7 +24,7 @@ from bench_webgpu_ops import Timer, _tensor, mat_mat_dispatches
 
 from fastllm.backends.base import Graph
 from fastllm.backends.webgpu import WebGPUBackend
-from fastllm.backends.webgpu import matmul as wm
+from fastllm.backends.webgpu import matmul_shapes as wm
 from fastllm.backends.webgpu.repack import type_name
 from fastllm.gguf import TensorInfo
 from fastllm.quants import SUPPORTED_TYPES, GGMLType
@@ -36,7 +36,7 @@ def parse_setting(text: str) -> tuple[str, dict[str, int]]:
     for kv in filter(None, rest.split(",")):
         k, v = kv.split("=")
         if not hasattr(wm, k):
-            raise SystemExit(f"webgpu_matmul has no constant {k}")
+            raise SystemExit(f"webgpu matmul_shapes has no constant {k}")
         consts[k] = int(v)
     return name, consts
 

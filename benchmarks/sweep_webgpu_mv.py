@@ -1,5 +1,5 @@
 """Mat-vec shape sweep: GPU time of y = W x per weight type and shape for each (rows per group R,
-most threads per row TPR, units per pass UNR), to choose webgpu_matmul's mat-vec shapes.
+most threads per row TPR, units per pass UNR), to choose matmul_shapes.py's mat-vec shapes.
 
     python benchmarks/sweep_webgpu_mv.py [--types q4_K,q6_K,q8_0] [--shapes 2048x2048,...]
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 import bench_webgpu_ops as bo
 
 from fastllm.backends.webgpu import WebGPUBackend
-from fastllm.backends.webgpu import matmul as wp
+from fastllm.backends.webgpu import matmul_shapes as wp
 from fastllm.backends.webgpu.repack import array_sizes, type_name
 from fastllm.gguf import TensorInfo
 from fastllm.quants import SUPPORTED_TYPES, GGMLType

@@ -132,14 +132,14 @@ def test_prenormed_int_matvecs(webgpu_ok, tmp_path, arch, monkeypatch):
     rounding: the bytes are the same, only where the norm's factor is applied moves. (Without
     the reader's factor the logits here move by ~8, a sixth of their largest.) qwen3's head_dim
     of 32 makes the output projection a producer too, llama's 16 does not."""
-    from fastllm.backends.webgpu import matmul as webgpu_matmul
+    from fastllm.backends.webgpu import matmul_shapes
 
     monkeypatch.setenv("FASTLLM_WEBGPU_INT_DOT", "1")
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, qtype="Q8_0", seed=2)
     ids = [1] + list(np.random.default_rng(1).integers(3, 200, 9))
     out = {}
     for on in (0, 1):
-        monkeypatch.setattr(webgpu_matmul, "PRENORM", on)
+        monkeypatch.setattr(matmul_shapes, "PRENORM", on)
         with Model.load(path, backend="webgpu") as m:
             labels = [p.label for p, _, _ in m._program(1, False).dispatches]
             assert any("_resq_" in s for s in labels) == bool(on)

@@ -26,7 +26,7 @@ MM_F16_TOL = 4e-3
 
 
 def mm_tol(gpu, t: GGMLType, m: int) -> float:
-    from fastllm.backends.webgpu.matmul import MV_MAX_M
+    from fastllm.backends.webgpu.matmul_shapes import MV_MAX_M
 
     f16 = gpu.f16 and m > MV_MAX_M and t != GGMLType.F32
     return max(MATMUL_TOL[t], MM_F16_TOL if f16 else 0.0)

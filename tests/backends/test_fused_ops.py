@@ -64,10 +64,10 @@ def test_fused_mat_mat_residual(gpu, t, splits, rng, monkeypatch):
     """A prefill mat-mat followed by add(x, .) adds the residual as its results leave (the res
     variant: in the mat-mat's store, or with K split in the planes' sum), so no add runs;
     the residual on either side of the add."""
-    from fastllm.backends.webgpu import matmul as webgpu_matmul
+    from fastllm.backends.webgpu import matmul_shapes
 
-    monkeypatch.setattr(webgpu_matmul, "MM_SPLITS", splits)
-    monkeypatch.setattr(webgpu_matmul, "MM4_SPLIT", int(splits > 1))
+    monkeypatch.setattr(matmul_shapes, "MM_SPLITS", splits)
+    monkeypatch.setattr(matmul_shapes, "MM4_SPLIT", int(splits > 1))
     d, vocab, m = 256, 40, 37
 
     def mat(name):  # products the size of the residual, so a wrong residual shows
@@ -102,10 +102,10 @@ def test_fused_mat_mat_glu(gpu, act, splits, rng, monkeypatch):
     """A prefill mat-mat (up) followed by swiglu / geglu(gate, up) stores act(gate) * up as its
     results leave (in its store, or with K split in the planes' sum): no activation dispatch,
     and the down projection reads the product."""
-    from fastllm.backends.webgpu import matmul as webgpu_matmul
+    from fastllm.backends.webgpu import matmul_shapes
 
-    monkeypatch.setattr(webgpu_matmul, "MM_SPLITS", splits)
-    monkeypatch.setattr(webgpu_matmul, "MM4_SPLIT", int(splits > 1))
+    monkeypatch.setattr(matmul_shapes, "MM_SPLITS", splits)
+    monkeypatch.setattr(matmul_shapes, "MM4_SPLIT", int(splits > 1))
     d, ff, vocab, m = 128, 256, 40, 29
     t = GGMLType.Q8_0
 

@@ -71,9 +71,9 @@ def _k(t: GGMLType) -> int:
 
 @pytest.mark.parametrize("t", SUPPORTED_TYPES, ids=lambda t: t.name)
 def test_mul_mat(gpu, t, rng, monkeypatch):
-    from fastllm.backends.webgpu import matmul as webgpu_matmul
+    from fastllm.backends.webgpu import matmul_shapes
 
-    monkeypatch.setattr(webgpu_matmul, "MM8_MIN_WG", 1)  # the 8 x 8 kernel at this small size
+    monkeypatch.setattr(matmul_shapes, "MM8_MIN_WG", 1)  # the 8 x 8 kernel at this small size
     k, n = _k(t), 72  # 72 rows: not a whole mat-vec workgroup, not a whole 64-row tile
     pair = Pair(gpu, {"w": quant_info("w", t, n, k, rng),
                       "x": f32_info("x", rng.standard_normal((40, k)))})
@@ -81,9 +81,9 @@ def test_mul_mat(gpu, t, rng, monkeypatch):
     # workgroups) 64 rows; 130: 8 x 8 per thread with a ragged last tile; 129: the same with K
     # split in three (16 units: 6, 6 and 4) and the partial sums added by a second dispatch
     for m in (1, 7, 33, 40, 129, 130):
-        monkeypatch.setattr(webgpu_matmul, "MM_MIN_WG", 1 if m == 40 else 256)
-        monkeypatch.setattr(webgpu_matmul, "MM_SPLIT_K", 1 if m == 129 else 1 << 30)
-        monkeypatch.setattr(webgpu_matmul, "MM_SPLITS", 3)
+        monkeypatch.setattr(matmul_shapes, "MM_MIN_WG", 1 if m == 40 else 256)
+        monkeypatch.setattr(matmul_shapes, "MM_SPLIT_K", 1 if m == 129 else 1 << 30)
+        monkeypatch.setattr(matmul_shapes, "MM_SPLITS", 3)
 
         def build(g, w):
             g.output("y", g.matmul(g.get_rows(w["x"], g.tokens), w["w"]))
@@ -97,13 +97,13 @@ def test_mul_mat(gpu, t, rng, monkeypatch):
 def test_mul_mat_odd_units(gpu, t, rng, monkeypatch):
     """Rows of an odd number of 32-value units (the float one padded) in tile steps of two
     units: the last step reads past K."""
-    from fastllm.backends.webgpu import matmul as webgpu_matmul
+    from fastllm.backends.webgpu import matmul_shapes
 
     k = 68 if t == GGMLType.F16 else 96
     for ups in (1, 2):
-        monkeypatch.setattr(webgpu_matmul, "MM_UPS", ups)
-        monkeypatch.setattr(webgpu_matmul, "MM8_UPS", ups)
-        monkeypatch.setattr(webgpu_matmul, "MM8_MIN_WG", 1)
+        monkeypatch.setattr(matmul_shapes, "MM_UPS", ups)
+        monkeypatch.setattr(matmul_shapes, "MM8_UPS", ups)
+        monkeypatch.setattr(matmul_shapes, "MM8_MIN_WG", 1)
         pair = Pair(gpu, {"w": quant_info("w", t, 40, k, rng),
                           "x": f32_info("x", rng.standard_normal((40, k)))})
         for m in (33, 130):
@@ -120,10 +120,10 @@ def test_split_mat_mat_scratch_in_planner(gpu, rng, monkeypatch):
     """A split mat-mat's partial sums take a slot of the activation planner for the time the
     mat-mat and its sum run: never its input's or output's slot, and free for the next split
     mat-mat after it (two in a row share one), with both results right."""
-    from fastllm.backends.webgpu import matmul as webgpu_matmul
+    from fastllm.backends.webgpu import matmul_shapes
 
-    monkeypatch.setattr(webgpu_matmul, "MM_SPLIT_K", 1)
-    monkeypatch.setattr(webgpu_matmul, "MM8_MIN_WG", 1)
+    monkeypatch.setattr(matmul_shapes, "MM_SPLIT_K", 1)
+    monkeypatch.setattr(matmul_shapes, "MM8_MIN_WG", 1)
     pair = Pair(gpu, {"a": quant_info("a", GGMLType.Q8_0, 96, 256, rng),
                       "b": quant_info("b", GGMLType.Q8_0, 64, 96, rng),
                       "x": f32_info("x", rng.standard_normal((40, 256)))})
@@ -156,9 +156,9 @@ def test_mul_mat_small_workgroup_memory(rng, monkeypatch):
     """On a device with WebGPU's base 16 KB of workgroup memory the mat-mat tiles shrink to fit
     (two units per step become one, f32 8 x 8 tiles give way to 4 x 4) and still compute the
     same products."""
-    from fastllm.backends.webgpu import matmul as webgpu_matmul
+    from fastllm.backends.webgpu import matmul_shapes
 
-    monkeypatch.setattr(webgpu_matmul, "MM8_MIN_WG", 1)
+    monkeypatch.setattr(matmul_shapes, "MM8_MIN_WG", 1)
     _backend(None).close()  # skips without an adapter
     for disable in ({"shader-f16"}, None):
         gpu = _backend(disable)

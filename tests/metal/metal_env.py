@@ -32,7 +32,7 @@ def native_available() -> bool:
 
 
 def make_runtime(kind: str, policy: str = "forward", seed: int = 0):
-    """A runtime of backends/metal/backend.py: "emu" (CPU emulator) or "native" (fastllm._metal)."""
+    """A runtime of backends/metal/runtime.py: "emu" (CPU emulator) or "native" (fastllm._metal)."""
     if kind == "emu":
         if not emulator_available():
             pytest.skip("MSL emulator needs Linux and clang++-16")
@@ -43,7 +43,7 @@ def make_runtime(kind: str, policy: str = "forward", seed: int = 0):
         pytest.skip("fastllm._metal is built only on macOS arm64")
     from native_probe import cached
 
-    from fastllm.backends.metal.backend import _NativeRuntime
+    from fastllm.backends.metal.runtime import _NativeRuntime
 
     rt = _NativeRuntime()
     # numeric checks need a device that computes SIMD-group work right (native_probe.py), not

@@ -40,7 +40,7 @@ def libraries() -> dict[str, mslemu.Library]:
 
 
 class EmuRuntime:
-    """The runtime interface of backends/metal/backend.py (buffer, host, weight, record, run)."""
+    """The runtime interface of backends/metal/runtime.py (buffer, host, weight, record, run)."""
 
     redzone = 64
     # dispatches by kernel, over every instance (conftest checks that each kernel ran)

@@ -87,10 +87,10 @@ def test_run_sampled(rt_kind, monkeypatch):
     """The device loop's sampling (metal/sample.metal) against fastllm.sampling.draw on the
     same rows and numbers (sampling_cases): a row of 5,011 columns in 10 chunks, equal largest
     values, several chains; on the emulator a difference must come from f32 rounding."""
-    from fastllm.backends.metal import backend as metal
+    from fastllm.backends.metal import program
     from sampling_cases import ON_DEVICE, check_sampled, table_with_ties
 
-    monkeypatch.setattr(metal, "SAMPLE_CHUNK", 512)
+    monkeypatch.setattr(program, "SAMPLE_CHUNK", 512)
     rng = np.random.default_rng()
     table = table_with_ties(rng, 32, 5_011)
     rt = make_runtime(rt_kind)
@@ -239,7 +239,7 @@ def test_native_runtime_glue(stories260k, monkeypatch, tmp_path):
     import fake_metal
 
     import fastllm
-    from fastllm.backends.metal.backend import _NativeRuntime
+    from fastllm.backends.metal.runtime import _NativeRuntime
     from fastllm.model import Model
 
     monkeypatch.setitem(sys.modules, "fastllm._metal", fake_metal.module())

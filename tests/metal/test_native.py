@@ -50,7 +50,7 @@ def test_source_kernel_names_match_the_emulated_library():
 
 @pytest.fixture(scope="module")
 def rt():
-    from fastllm.backends.metal.backend import _NativeRuntime
+    from fastllm.backends.metal.runtime import _NativeRuntime
 
     return _NativeRuntime()
 
@@ -72,7 +72,7 @@ def test_every_kernel_has_a_pipeline(rt):
         except RuntimeError as e:
             failed[name] = str(e)
             continue
-        # the lowering dispatches at most 256 threads per threadgroup (lowering._threads)
+        # the lowering dispatches at most 256 threads per threadgroup (plan._threads)
         assert p.name == name and p.max_threads >= 256 and p.execution_width == 32, name
     assert not failed, failed
 

@@ -27,7 +27,7 @@ def rt(monkeypatch, tmp_path):
     import fake_metal
 
     import fastllm
-    from fastllm.backends.metal.backend import _NativeRuntime
+    from fastllm.backends.metal.runtime import _NativeRuntime
 
     monkeypatch.setitem(sys.modules, "fastllm._metal", fake_metal.module())
     monkeypatch.setattr(fastllm, "_metal", sys.modules["fastllm._metal"], raising=False)
@@ -119,7 +119,7 @@ def greedy(be, kv=None):
 def test_greedy_steps_are_split_by_the_bytes_they_read(rt, monkeypatch, kv):
     if not emulator_available():
         pytest.skip("needs the MSL emulator")
-    from fastllm.backends.metal import backend
+    from fastllm.backends.metal import backend, program
 
     pos, n = 100, 7
     step = STEP + (0 if kv is None else 2 * 64 * 2 * (pos + n))  # K and V rows, f16
@@ -129,7 +129,7 @@ def test_greedy_steps_are_split_by_the_bytes_they_read(rt, monkeypatch, kv):
                         lambda parts, k: (repeats.append(k), run_steps(parts, k))[1])
     got = {}
     for budget, want in ((1 << 40, [n]), (3 * step + 10, [3, 3, 1]), (step - 1, [1] * n)):
-        monkeypatch.setattr(backend, "STEP_BUFFER_BYTES", budget)
+        monkeypatch.setattr(program, "STEP_BUFFER_BYTES", budget)
         state = rng.bit_generator.state
         prog = greedy(backend.MetalBackend(runtime=rt, self_check=False), kv)
         repeats.clear()
@@ -160,7 +160,7 @@ def test_batched_steps_sampled_through_the_extension(rt, monkeypatch):
     the tokens of the reference backend's host sampling (greedy rows, a bias, top_k 1)."""
     if not emulator_available():
         pytest.skip("needs the MSL emulator")
-    from fastllm.backends.metal import backend
+    from fastllm.backends.metal import backend, program
     from fastllm.sampling import RowSampling
 
     params = [RowSampling(temperature=0.0), RowSampling(temperature=0.0, logit_bias=((3, 9.0),)),
@@ -180,7 +180,7 @@ def test_batched_steps_sampled_through_the_extension(rt, monkeypatch):
     got = prog.run_rows_sampled(toks, slots, pos, params, u[0], [()] * 3)
     assert [g.id for g in got] == [w.id for w in want] and repeats == [(2, 1)]
     assert [i for i, _ in got[2].top] == [i for i, _ in want[2].top]
-    monkeypatch.setattr(backend, "STEP_BUFFER_BYTES", 2 * STEP + STEP // 2)
+    monkeypatch.setattr(program, "STEP_BUFFER_BYTES", 2 * STEP + STEP // 2)
     repeats.clear()
     chain = prog.run_rows_chain(toks, slots, pos, params[:2] + [RowSampling(top_k=1)], u)
     assert repeats == [(2, 2), (2, 2), (2, 1)]

@@ -15,7 +15,7 @@ import pytest
 from metal_env import make_runtime
 
 from fastllm import Model
-from fastllm.backends.metal import MetalBackend, backend
+from fastllm.backends.metal import MetalBackend, program
 from fastllm.errors import ContextOverflowError
 from fastllm.sampling import (
     DEVICE_BIAS,
@@ -168,7 +168,7 @@ def test_chain_equals_single_steps(stories260k, monkeypatch):
     for k, per in ((3, 3), (9, 4)):
         u = rng.random((k, 4)).astype(np.float32)
         step_bytes = step_bytes_of(prog, pos + k)
-        monkeypatch.setattr(backend, "STEP_BUFFER_BYTES", per * step_bytes + step_bytes // 2)
+        monkeypatch.setattr(program, "STEP_BUFFER_BYTES", per * step_bytes + step_bytes // 2)
         m.buffers.clear()
         chained = prog.run_rows_chain(t, sl, pos, params, u)
         assert m.buffers == [(2, per)] * (k // per) + [(2, k % per)] * (k % per > 0)

@@ -71,7 +71,7 @@ def test_native_runtime_glue(monkeypatch, tmp_path):
     import fake_metal
 
     import fastllm
-    from fastllm.backends.metal.backend import _NativeRuntime
+    from fastllm.backends.metal.runtime import _NativeRuntime
 
     monkeypatch.setitem(sys.modules, "fastllm._metal", fake_metal.module())
     monkeypatch.setattr(fastllm, "_metal", sys.modules["fastllm._metal"], raising=False)

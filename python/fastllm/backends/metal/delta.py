@@ -1,6 +1,6 @@
 """The Gated DeltaNet ops (Qwen3.5) lowered to metal/delta.metal, as a mixin of MetalLowering
 (one `_<op>` method per graph op). The state ops bind a state buffer and a slot as the RWKV ops
-of lowering.py do."""
+of rwkv.py do."""
 
 from __future__ import annotations
 

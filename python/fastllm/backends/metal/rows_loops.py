@@ -16,7 +16,7 @@ from ... import kargs
 from ...errors import UnsupportedError
 from ...sampling import Sampled, device_ok, sample_row
 from .. import sample_rows as layout
-from .lowering import Dispatch, _threads
+from .plan import Dispatch, _threads
 from .sample_rows import ROW_BYTES, RowSampler
 
 

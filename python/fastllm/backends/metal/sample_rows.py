@@ -22,7 +22,7 @@ import numpy as np
 from ...errors import UnsupportedError
 from ...sampling import RowSampling, Sampled, sample_row
 from .. import sample_rows as layout
-from .lowering import Dispatch
+from .plan import Dispatch
 
 TG = 256  # sample_rows.metal's SR_TG
 NK = 4096  # its SR_NK: the most columns of a part, and of parts x KMAX candidates

@@ -23,7 +23,7 @@ from ...sampling import (
     device_kargs,
     penalty_window,
 )
-from .matmul import _pow2_floor
+from .matmul_shapes import _pow2_floor
 from .persist import CTL_MAX, CTL_WORDS, LOOP_LIMIT, lower
 
 GREEDY_PASS = 8  # at most this many steps per compute pass and command buffer

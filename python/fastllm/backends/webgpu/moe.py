@@ -11,7 +11,7 @@ from ...errors import UnsupportedError
 from ...quants import GGMLType
 from ..base import Node
 from . import repack
-from .matmul import MV_MAX_M, Q8_TYPES, QX_WG, _guard_k, mv_shape, mvq_shape
+from .matmul_shapes import MV_MAX_M, Q8_TYPES, QX_WG, _guard_k, mv_shape, mvq_shape
 
 MAX_E = 512  # moe.wgsl's MAX_E (llama.cpp's LLAMA_MAX_EXPERTS)
 MAX_K = 64  # moe.wgsl's MAX_K

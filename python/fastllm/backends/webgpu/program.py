@@ -24,7 +24,8 @@ from .attention import AttentionOps
 from .delta import DeltaOps
 from .device import Device
 from .loops import DeviceLoops
-from .matmul import MV_MAX_M, MatmulOps
+from .matmul import MatmulOps
+from .matmul_shapes import MV_MAX_M
 from .moe import MoeOps  # mixture of experts
 from .rwkv import RwkvOps  # RWKV: the recurrent-model ops' lowering
 

@@ -59,7 +59,7 @@ const WR: u32 = (WQ + WG - 1u) / WG;
 // compiler can see lets it unroll them and issue a thread's global loads together (counted
 // from t, each pass waited for its own loads). With X_LAST the x tile is stored after the
 // weight tile's dequantization, so its loads are in flight meanwhile (H100, 512 tokens, 8 x 8
-// tiles: q4_K, q6_K and q8_0 +1-8%, f16 weights -2-6%: matmul.MM_X_LAST).
+// tiles: q4_K, q6_K and q8_0 +1-8%, f16 weights -2-6%: matmul_shapes.MM_X_LAST).
 fn fill(u0: u32, m0: u32, n0: u32, t: u32) {
     let M = args.mm.M;
     let K = args.mm.K;
@@ -146,7 +146,7 @@ fn kernel_mul_mm_TYPE_f32(ids: Ids) {
             // KU k steps per pass: the driver does not unroll a loop of 32 this size, and one
             // k per pass waited on each pass's tile loads; a constant inner count of KU
             // unrolls, its loads issue together at constant offsets (H100, 512 tokens, KU 8
-            // vs 1: 8 x 8 tiles +3-12%, 4 x 4 +1-6%; 16 and 32 lost: matmul.MM_KU)
+            // vs 1: 8 x 8 tiles +3-12%, 4 x 4 +1-6%; 16 and 32 lost: matmul_shapes.MM_KU)
             for (var k0 = 0u; k0 < 32u; k0 += KU) {
               for (var kk = 0u; kk < KU; kk++) {
                 let k = 32u * us + k0 + kk;
