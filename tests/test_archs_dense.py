@@ -78,15 +78,16 @@ def assert_matches_llamacpp(got: np.ndarray, want: np.ndarray, backend: str) -> 
 
 
 def fuse_qkv(src: Path, dst: Path, fused_bias: bool) -> Path:
-    """src with each layer's q/k/v as one attn_qkv (llama.cpp's fused layout): the per-tensor
-    scales folded into the rows, then a shared attn_qkv.scale of 2 taken back out (a power of
-    two: exact), the biases as attn_qkv.bias or left as the three separate ones."""
+    """src with each attention layer's q/k/v as one attn_qkv (llama.cpp's fused layout): the
+    per-tensor scales (where there are any) folded into the rows, then a shared attn_qkv.scale
+    of 2 taken back out (a power of two: exact), the biases as attn_qkv.bias or left as the
+    three separate ones."""
     t = tensors_of(src)
     edits: dict[str, np.ndarray | None] = {}
-    n_layer = sum(1 for n in t if n.endswith(".attn_q.weight"))
-    for i in range(n_layer):
-        p = f"blk.{i}."
-        rows = [t[p + f"attn_{x}.weight"] * t[p + f"attn_{x}.scale"][0] / 2 for x in "qkv"]
+    one = np.ones(1, np.float32)
+    for p in [n[:-len("attn_q.weight")] for n in t if n.endswith(".attn_q.weight")]:
+        rows = [t[p + f"attn_{x}.weight"] * t.get(p + f"attn_{x}.scale", one)[0] / 2
+                for x in "qkv"]
         edits[p + "attn_qkv.weight"] = np.concatenate(rows)
         edits[p + "attn_qkv.scale"] = np.array([2.0], np.float32)
         for x in "qkv":

@@ -81,11 +81,12 @@ class Gemma3(Llama):
 
     @classmethod
     def required_tensors(cls, cfg: Config) -> list[str]:
+        # (Q, K, V separate or fused: Llama.qkv_tensors, among the optional ones)
         names = ["token_embd.weight", "output_norm.weight"]
         for i in range(cfg.n_layer):
             names += [f"blk.{i}.{t}.weight" for t in (
-                "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm",
-                "attn_k_norm", "post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up",
+                "attn_norm", "attn_output", "attn_q_norm", "attn_k_norm",
+                "post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up",
                 "ffn_down", "post_ffw_norm")]
         return names
 

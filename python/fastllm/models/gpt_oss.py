@@ -91,16 +91,16 @@ class GptOss(Yarn, Llama):
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
             names += [p + t + ".weight" for t in (
-                "attn_norm", "post_attention_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                "attn_sinks", "ffn_gate_inp", *EXPS)]
+                "attn_norm", "post_attention_norm", "attn_output", "attn_sinks", "ffn_gate_inp", *EXPS)]
             # llama.cpp creates these without TENSOR_NOT_REQUIRED
             names += [p + t + ".bias" for t in ("attn_output", "ffn_gate_inp", *EXPS)]
         return names
 
     @classmethod
     def optional_tensors(cls, cfg: Config) -> list[str]:
-        return [f"blk.{i}.{t}.bias" for i in range(cfg.n_layer)
-                for t in ("attn_q", "attn_k", "attn_v")]
+        # Q, K, V separate or fused (Llama.qkv_tensors), with their optional biases
+        return cls.qkv_tensors(cfg) + [f"blk.{i}.{t}.bias" for i in range(cfg.n_layer)
+                                       for t in ("attn_q", "attn_k", "attn_v")]
 
     @classmethod
     def ignored_tensors(cls, cfg: Config) -> dict[str, str]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from ..backends.base import Graph, Value
 from ..errors import GGUFError, UnsupportedError
 from .base import Config, KeyReader
-from .layout import FusedQKV, LongRope, LongRopeConfig, extend_config
+from .layout import LongRope, LongRopeConfig, extend_config
 from .llama import ATTN, FFN, Llama
 from .moe import EXPS
 
@@ -48,7 +48,7 @@ class GraniteConfig(LongRopeConfig):
     n_ff_shexp: int = 0  # MoE layers' shared expert (expert_shared_feed_forward_length; 0: none)
 
 
-class Granite(FusedQKV, LongRope, Llama):
+class Granite(LongRope, Llama):
     arch = "granite"
     SCALED = ATTN
     EXPERT_SCALED = False  # its build_moe_ffn call passes no per-expert scales

@@ -1,9 +1,7 @@
 """Tensor layouts llama.cpp accepts for several llama-like architectures, as mixins for Llama
-subclasses (listed before Llama among the bases):
+subclasses (listed before Llama among the bases; the fused `attn_qkv`, which every one of them
+accepts, is Llama's own: models/llama.py):
 
-- FusedQKV: Q, K and V from `attn_q`/`attn_k`/`attn_v` or from one fused `attn_qkv` (llama.cpp's
-  create_tensor_qkv and build_qkv: the fused product, times `attn_qkv.scale`, plus
-  `attn_qkv.bias`, or else plus the three separate biases when all three are there).
 - LongRope: Phi-3's per-layer rope frequency factors `rope_factors_long` / `rope_factors_short`,
   chosen by the context size (llama_model::get_rope_factors: long when the context exceeds
   `rope.scaling.original_context_length`), for phi3 always and for other architectures when
@@ -25,81 +23,14 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Graph, KVSpec, Value, Weight
-from ..errors import GGUFError
 from ..gguf import GGUFFile, TensorInfo
 from ..quants import GGMLType, dequantize
-from .base import Config, KeyReader, part_name
-
-QKV = ("attn_q", "attn_k", "attn_v")
+from .base import Config, KeyReader
 
 
 def extend_config(cfg: Config, cls: type[Config], **extra: Any) -> Config:
     """cfg as an instance of the Config subclass cls, with extra fields set."""
     return cls(**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **extra)
-
-
-class FusedQKV:
-    """Q, K, V from separate or fused tensors (see the module docstring)."""
-
-    cfg: Config
-    w: dict[str, Weight]
-
-    @classmethod
-    def required_tensors(cls, cfg: Config) -> list[str]:
-        # either layout: qkv() names what is missing
-        sep = {f"blk.{i}.{t}.weight" for i in range(cfg.n_layer) for t in QKV}
-        return [n for n in super().required_tensors(cfg) if n not in sep]
-
-    @classmethod
-    def optional_tensors(cls, cfg: Config) -> list[str]:
-        return super().optional_tensors(cfg) + [
-            f"blk.{i}.{t}" for i in range(cfg.n_layer)
-            for t in ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qkv.weight",
-                      "attn_qkv.bias")]
-
-    @classmethod
-    def scalar_tensors(cls, cfg: Config) -> list[str]:
-        return super().scalar_tensors(cfg) + [
-            f"blk.{i}.attn_qkv.scale" for i in range(cfg.n_layer)]
-
-    @classmethod
-    def ignored_tensors(cls, cfg: Config) -> dict[str, str]:
-        why = "NVFP4 activation scale: llama.cpp loads it, no graph of it reads it"
-        return super().ignored_tensors(cfg) | {
-            f"blk.{i}.attn_qkv.input_scale": why for i in range(cfg.n_layer)}
-
-    @classmethod
-    def fused_tensors(cls, cfg: Config) -> dict[str, tuple[tuple[str, int], ...]]:
-        q, kv = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
-        parts = (("q", q), ("k", kv), ("v", kv))
-        return super().fused_tensors(cfg) | {
-            f"blk.{i}.attn_qkv.{kind}": parts for i in range(cfg.n_layer)
-            for kind in ("weight", "bias")}
-
-    def qkv(self, g: Graph, x: Value, i: int) -> tuple[Value, Value, Value]:
-        p = f"blk.{i}."
-        fused = p + "attn_qkv.weight"
-        if part_name(fused, "q") not in self.w:
-            for t in QKV:
-                if p + t + ".weight" not in self.w:
-                    raise GGUFError(f"missing tensor {p + t + '.weight'!r} (and no fused "
-                                    f"{fused!r})")
-            return super().qkv(g, x, i)
-        s = self.scalar(p + "attn_qkv.scale")
-        fb = p + "attn_qkv.bias"
-        if part_name(fb, "q") in self.w:
-            biases = [self.w[part_name(fb, t)] for t in "qkv"]
-        else:  # separate biases beside the fused weight count only all three together
-            biases = [self.w.get(p + t + ".bias") for t in QKV]
-            if any(b is None for b in biases):
-                biases = [None] * 3
-        out = []
-        for t, b in zip("qkv", biases):
-            y = g.matmul(x, self.w[part_name(fused, t)])
-            if s is not None:
-                y = g.scale(y, s)
-            out.append(y if b is None else g.add(y, b))
-        return out[0], out[1], out[2]
 
 
 @dataclass

@@ -8,6 +8,16 @@ generic pass of src/llama-model.cpp): biases on the products, per-tensor `.scale
 `rope_freqs`. A product with both is computed as llama.cpp does: attention's q/k/v and output
 as (x @ W) * scale + bias (llm_graph_context::build_qkv, build_attn), the FFN's as
 (x @ W + bias) * scale (build_ffn).
+
+Q, K and V come from `attn_q`/`attn_k`/`attn_v` or from one fused `attn_qkv` whose rows are
+theirs one after the other. llama.cpp's loader of every architecture built on this class here
+(llama with or without experts, qwen2, qwen3, qwen3moe, gemma3, gpt-oss, phi3, smollm3,
+granite, mistral3, and the full-attention layers of qwen35/qwen35moe) creates them through
+llama_model_base::create_tensor_qkv, and its graphs read them through
+llm_graph_context::build_qkv: the fused product, times `attn_qkv.scale`, plus `attn_qkv.bias`,
+or else plus the three separate biases when all three are there. The fused tensor is loaded as
+three row blocks (Architecture.fused_tensors), so the products are the separate layout's and
+what follows them (per-head norms, qwen35's gate, gpt-oss's sinks) is untouched.
 """
 
 from __future__ import annotations
@@ -16,10 +26,11 @@ import math
 
 from ..backends.base import Graph, Value, Weight
 from ..errors import GGUFError
-from .base import INPUT_SCALED, Architecture, Config
+from .base import INPUT_SCALED, Architecture, Config, part_name
 from .moe import Routing, moe_ffn, moe_tensors
 
 ATTN = ("attn_q", "attn_k", "attn_v", "attn_output")
+QKV = ("attn_q", "attn_k", "attn_v")
 FFN = ("ffn_gate", "ffn_up", "ffn_down")
 
 
@@ -55,9 +66,37 @@ class Llama(Architecture):
     # whether its graph passes the experts' per-expert `.scale` tensors to build_moe_ffn
     EXPERT_SCALED = True
 
+    # -- Q, K and V, separate or fused (see the module docstring) ------------------------------
+    @classmethod
+    def attention_layers(cls, cfg: Config) -> list[int]:
+        """The layers whose attention llama.cpp creates with create_tensor_qkv."""
+        return list(range(cfg.n_layer))
+
+    @classmethod
+    def qkv_rows(cls, cfg: Config) -> tuple[int, int, int]:
+        """The rows of Q, K and V: the parts of a fused attn_qkv, in storage order."""
+        kv = cfg.n_head_kv * cfg.head_dim
+        return cfg.n_head * cfg.head_dim, kv, kv
+
+    @classmethod
+    def qkv_tensors(cls, cfg: Config) -> list[str]:
+        """Both layouts' weights and the fused bias, all optional: qkv() names what is
+        missing (the separate biases are BIASED's, the fused scale a scalar_tensors one)."""
+        return [f"blk.{i}.{t}" for i in cls.attention_layers(cfg)
+                for t in ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qkv.weight",
+                          "attn_qkv.bias")]
+
+    @classmethod
+    def fused_tensors(cls, cfg: Config) -> dict[str, tuple[tuple[str, int], ...]]:
+        parts = tuple(zip("qkv", cls.qkv_rows(cfg)))
+        return super().fused_tensors(cfg) | {
+            f"blk.{i}.attn_qkv.{kind}": parts for i in cls.attention_layers(cfg)
+            for kind in ("weight", "bias")}
+
     @classmethod
     def required_tensors(cls, cfg: Config) -> list[str]:
-        names = super().required_tensors(cfg)
+        sep = {f"blk.{i}.{t}.weight" for i in range(cfg.n_layer) for t in QKV}
+        names = [n for n in super().required_tensors(cfg) if n not in sep]
         if not cls.moe(cfg):
             return names
         dense = {f"blk.{i}.{t}.weight" for i in range(cfg.n_layer) for t in FFN}
@@ -66,7 +105,7 @@ class Llama(Architecture):
 
     @classmethod
     def optional_tensors(cls, cfg: Config) -> list[str]:
-        names = list(cls.GLOBAL_OPTIONAL)
+        names = list(cls.GLOBAL_OPTIONAL) + cls.qkv_tensors(cfg)
         for i in range(cfg.n_layer):
             names += [f"blk.{i}.{t}.bias" for t in cls.BIASED]
             if cls.moe(cfg):
@@ -75,12 +114,16 @@ class Llama(Architecture):
 
     @classmethod
     def scalar_tensors(cls, cfg: Config) -> list[str]:
-        return [f"blk.{i}.{t}.scale" for i in range(cfg.n_layer) for t in cls.SCALED]
+        # llama.cpp's generic pass loads attn_qkv.scale wherever a fused attn_qkv is
+        return [f"blk.{i}.{t}.scale" for i in range(cfg.n_layer) for t in cls.SCALED] + [
+            f"blk.{i}.attn_qkv.scale" for i in cls.attention_layers(cfg)]
 
     @classmethod
     def ignored_tensors(cls, cfg: Config) -> dict[str, str]:
         why = "NVFP4 activation scale: llama.cpp loads it, no graph of it reads it"
-        return {f"blk.{i}.{t}.input_scale": why for i in range(cfg.n_layer) for t in INPUT_SCALED}
+        return {f"blk.{i}.{t}.input_scale": why for i in range(cfg.n_layer)
+                for t in INPUT_SCALED} | {
+            f"blk.{i}.attn_qkv.input_scale": why for i in cls.attention_layers(cfg)}
 
     def opt(self, name: str) -> Weight | None:
         """An optional tensor, or None."""
@@ -102,8 +145,31 @@ class Llama(Architecture):
         return y
 
     def qkv(self, g: Graph, x: Value, i: int) -> tuple[Value, Value, Value]:
+        """Q, K, V of layer i (n, rows) from the separate or the fused tensors."""
         p = f"blk.{i}."
-        return tuple(self.product(g, x, p + t) for t in ("attn_q", "attn_k", "attn_v"))
+        fused = p + "attn_qkv.weight"
+        if part_name(fused, "q") not in self.w:
+            for t in QKV:
+                if p + t + ".weight" not in self.w:
+                    raise GGUFError(f"missing tensor {p + t + '.weight'!r} (and no fused "
+                                    f"{fused!r})")
+            q, k, v = (self.product(g, x, p + t) for t in QKV)
+            return q, k, v
+        s = self.scalar(p + "attn_qkv.scale")
+        fb = p + "attn_qkv.bias"
+        if part_name(fb, "q") in self.w:
+            biases = [self.w[part_name(fb, t)] for t in "qkv"]
+        else:  # separate biases beside the fused weight count only all three together
+            biases = [self.w.get(p + t + ".bias") for t in QKV]
+            if any(b is None for b in biases):
+                biases = [None] * 3
+        out = []
+        for t, b in zip("qkv", biases):
+            y = g.matmul(x, self.w[part_name(fused, t)])
+            if s is not None:
+                y = g.scale(y, s)
+            out.append(y if b is None else g.add(y, b))
+        return out[0], out[1], out[2]
 
     def attention_block(self, g: Graph, x: Value, i: int) -> Value:
         c, p = self.cfg, f"blk.{i}."

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..backends.base import KVSpec
 from ..errors import UnsupportedError
 from .base import KeyReader
-from .layout import FusedQKV, LongRope, Yarn, YarnConfig, extend_config
+from .layout import LongRope, Yarn, YarnConfig, extend_config
 from .llama import Llama
 
 
@@ -29,7 +29,7 @@ class Mistral3Config(YarnConfig):
     path: str = ""  # the file, for the error of a context too long for the above
 
 
-class Mistral3(FusedQKV, Yarn, LongRope, Llama):
+class Mistral3(Yarn, LongRope, Llama):
     arch = "mistral3"
     cfg: Mistral3Config
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from ..backends.base import Graph, Value
 from .base import Config, part_name
-from .layout import FusedQKV, LongRope
+from .layout import LongRope
 from .llama import ATTN, Llama
 
 
-class Phi3(FusedQKV, LongRope, Llama):
+class Phi3(LongRope, Llama):
     arch = "phi3"
     EXPERTS = False  # llama.cpp's graph of it has no MoE layers
     rope_neox = True

@@ -31,8 +31,9 @@ FFN_PRODUCTS = ("ffn_gate", "ffn_up", "ffn_down")
 DELTA_TENSORS = ("attn_qkv.weight", "attn_gate.weight", "ssm_conv1d.weight", "ssm_dt.bias",
                  "ssm_a", "ssm_alpha.weight", "ssm_beta.weight", "ssm_norm.weight",
                  "ssm_out.weight")
-ATTN_TENSORS = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
-                "attn_q_norm.weight", "attn_k_norm.weight")
+# (Q, K, V, separate or fused, are Llama.qkv_tensors, optional as a whole: Llama.qkv names what
+# is missing)
+ATTN_TENSORS = ("attn_output.weight", "attn_q_norm.weight", "attn_k_norm.weight")
 
 
 @dataclass
@@ -126,6 +127,19 @@ class Qwen35(Llama):
 
     # -- tensors -------------------------------------------------------------------------------
     @classmethod
+    def attention_layers(cls, cfg: Qwen35Config) -> list[int]:
+        # llama.cpp's create_tensor_qkv is for the full-attention layers only; a DeltaNet layer's
+        # attn_qkv is its own fused projection (q, k, v of the delta rule), read whole
+        return [i for i, rec in enumerate(cfg.recurrent_layers) if not rec]
+
+    @classmethod
+    def qkv_rows(cls, cfg: Qwen35Config) -> tuple[int, int, int]:
+        # the query part holds each head's query and output gate (create_tensor_qkv's
+        # n_embd_head_k * n_head * 2)
+        q, k, v = super().qkv_rows(cfg)
+        return 2 * q, k, v
+
+    @classmethod
     def ffn_tensors(cls, cfg: Qwen35Config, i: int) -> list[str]:
         return [f"blk.{i}.{t}.weight" for t in FFN_PRODUCTS]
 
@@ -144,7 +158,7 @@ class Qwen35(Llama):
 
     @classmethod
     def optional_tensors(cls, cfg: Qwen35Config) -> list[str]:
-        names = list(cls.GLOBAL_OPTIONAL)
+        names = list(cls.GLOBAL_OPTIONAL) + cls.qkv_tensors(cfg)
         for i, rec in enumerate(cfg.recurrent_layers):
             if not rec:
                 names += [f"blk.{i}.{t}.bias" for t in cls.BIASED]
@@ -152,7 +166,8 @@ class Qwen35(Llama):
 
     @classmethod
     def _products(cls, cfg: Qwen35Config, i: int) -> tuple[str, ...]:
-        mixer = DELTA_PRODUCTS if cfg.recurrent_layers[i] else ATTN_PRODUCTS
+        # an attention layer's fused attn_qkv is another product than a DeltaNet layer's
+        mixer = DELTA_PRODUCTS if cfg.recurrent_layers[i] else ATTN_PRODUCTS + ("attn_qkv",)
         return mixer + cls.ffn_products(cfg)
 
     @classmethod
@@ -189,13 +204,11 @@ class Qwen35(Llama):
     def attention_block(self, g: Graph, x: Value, i: int) -> Value:
         """Gated full attention: attn_q yields, per head, the query then the output gate."""
         c, p, d = self.cfg, f"blk.{i}.", self.cfg.head_dim
-        qg = self.product(g, x, p + "attn_q")  # (n, n_head * 2 * head_dim)
+        qg, k, v = self.qkv(g, x, i)  # qg: (n, n_head * 2 * head_dim)
         q = g.rms_norm(g.slice_cols(qg, 0, d, 2 * d), self.w[p + "attn_q_norm.weight"],
                        c.rms_eps, group=d)
         gate = g.slice_cols(qg, d, d, 2 * d)
-        k = g.rms_norm(self.product(g, x, p + "attn_k"), self.w[p + "attn_k_norm.weight"],
-                       c.rms_eps, group=d)
-        v = self.product(g, x, p + "attn_v")
+        k = g.rms_norm(k, self.w[p + "attn_k_norm.weight"], c.rms_eps, group=d)
         q, k = self.rope(g, q, c.n_head, i), self.rope(g, k, c.n_head_kv, i)
         g.kv_store(i, k, v)
         a = g.attention(q, i, n_head=c.n_head, n_kv_head=c.n_head_kv, head_dim=d,

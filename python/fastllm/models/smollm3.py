@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from ..backends.base import Graph, Value
 from .base import Config
-from .layout import FusedQKV
 from .llama import ATTN, FFN, Llama
 
 # llama.cpp's hparams.n_no_rope_layer_step for smollm3 (set in code, no metadata key)
 NO_ROPE_STEP = 4
 
 
-class SmolLM3(FusedQKV, Llama):
+class SmolLM3(Llama):
     arch = "smollm3"
     EXPERTS = False  # llama.cpp's graph of it has no MoE layers
     BIASED = ("attn_q", "attn_k", "attn_v")
