@@ -193,6 +193,7 @@ def test_kquant_kernels_on_real_tensors(gemma_path):
         if t.type in (GGMLType.Q4_K, GGMLType.Q6_K) and t.type not in picked and len(t.shape) == 2:
             picked[t.type] = t
     assert set(picked) == {GGMLType.Q4_K, GGMLType.Q6_K}
+    from backends.pairs import mm_tol
     from backends.test_int_dot import check_model
 
     gpu, cpu = WebGPUBackend(int_dot=False), ReferenceBackend()
@@ -213,7 +214,9 @@ def test_kquant_kernels_on_real_tensors(gemma_path):
                 outs.append(be.compile(g).run(np.arange(m, dtype=np.int32), 0)["y"])
             want, got = outs
             err = np.abs(got - want).max() / np.abs(want).max()
-            assert err < 2e-3, (t.name, t.type.name, m, err)
+            # the mat-mat's tiles in f16 (shader-f16) round x and sum each unit's products in
+            # f16: pairs.py's MM_F16_TOL (~1e-3 typical; 40 seeds here reached 1.6e-3 at 33 rows)
+            assert err < max(2e-3, mm_tol(gpu, t.type, m)), (t.name, t.type.name, m, err)
         w, x = ints.load_weight(t), ints.load_weight(x_info)
         g = Graph(1)
         g.output("y", g.matmul(g.get_rows(x, g.tokens), w))
