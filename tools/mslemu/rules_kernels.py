@@ -125,7 +125,7 @@ def parse_kernels(src: Source) -> tuple[list[Kernel], list[Violation]]:
     clean, text = src.clean, src.text
     plain, templates, out, bad = [], {}, [], []
     insts = []  # explicit instantiations: (start, end)
-    for m in mslemu.INST_RE.finditer(clean):
+    for m in msl_parse.INST_RE.finditer(clean):
         e = msl_parse.stmt_end(clean, m.end())
         if e > 0:
             insts.append((m.start(), e))
@@ -141,7 +141,7 @@ def parse_kernels(src: Source) -> tuple[list[Kernel], list[Violation]]:
         if j >= len(clean) or clean[j] != "(":
             continue
         close = msl_parse.match_close(clean, j, "(", ")")
-        rest = mslemu.ATTR_GROUP_RE.sub(" ", clean[close:close + 400]).lstrip()
+        rest = msl_parse.ATTR_GROUP_RE.sub(" ", clean[close:close + 400]).lstrip()
         if not rest.startswith("{"):
             continue  # a declaration
         before = text[max(0, m.start() - 400):m.start()]
@@ -159,7 +159,7 @@ def parse_kernels(src: Source) -> tuple[list[Kernel], list[Violation]]:
                 k.name = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', host[0]))
             plain.append(k)
     for s, e in insts:
-        hn = mslemu.HOST_NAME_RE.search(text, s, e)
+        hn = msl_parse.HOST_NAME_RE.search(text, s, e)
         best = None
         for tname in templates:
             tm = re.search(rf"\b{re.escape(tname)}\s*<", clean[s:e])
@@ -191,7 +191,7 @@ def parse_params(src: Source, start: int, end: int) -> list[Param]:
     for raw in msl_parse.split_top(src.text[start:end]):
         off = src.text.find(raw, pos)
         pos = off + len(raw)
-        decl = mslemu.ATTR_GROUP_RE.sub(" ", raw).strip()
+        decl = msl_parse.ATTR_GROUP_RE.sub(" ", raw).strip()
         nm = re.search(r"([A-Za-z_]\w*)\s*$", decl)
         name = nm.group(1) if nm else ""
         where = src.at(off + len(raw) - len(raw.lstrip()))
