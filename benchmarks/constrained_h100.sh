@@ -9,14 +9,14 @@
 # registry: before the run, put llguidance's wheel beside the others in .gpu/whl (env.sh
 # installs them all):
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     -d .gpu/whl 'llguidance>=1.0'
+#     --implementation cp --platform manylinux_2_31_x86_64 \
+#     -d .gpu/whl 'llguidance>=1.7'
 
 set -u
 export PYTHONUNBUFFERED=1
 source .gpu/env.sh
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-python3 -c "import llguidance; print('llguidance', llguidance.__version__)" \
+python3 -c "from importlib.metadata import version; print('llguidance', version('llguidance'))" \
   || { echo "llguidance is not in .gpu/whl (see the head of this script)"; exit 1; }
 V=.peer/ggml-vocab-llama-bpe.gguf
 python3 .peer/make_random_gguf.py --shape llama-3.2-1b --type q4_k_m --vocab $V --out /tmp/1b.gguf > /dev/null

@@ -202,3 +202,19 @@ def test_constrained_beside_free_rows(stories260k, backend):
             assert c.finish_reason == "stop"
     finally:
         m.close()
+
+
+def test_old_llguidance_is_a_clear_error(monkeypatch):
+    """llguidance before 1.7 takes one end-of-sequence id; fastllm names the version it needs
+    instead of failing inside LLTokenizer."""
+    import importlib.metadata
+
+    from fastllm import constrain
+    from fastllm.errors import UnsupportedError
+
+    pytest.importorskip("llguidance")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.6.1")
+    with pytest.raises(UnsupportedError, match=r"llguidance >= 1\.7, found 1\.6\.1"):
+        constrain._llg()
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.10.0")
+    assert constrain._llg() is not None

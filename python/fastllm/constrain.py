@@ -24,6 +24,7 @@ after a 0xFF byte, as llama.cpp's integration marks them), which a Lark grammar 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
 from collections.abc import Sequence
@@ -46,6 +47,9 @@ _TOKENIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _EXECUTOR = None
 
 
+LLGUIDANCE_MIN = (1, 7)  # pyproject.toml's floor
+
+
 def _llg():
     try:
         import llguidance
@@ -53,6 +57,18 @@ def _llg():
     except ImportError as e:  # pragma: no cover (a dependency; a broken install)
         raise UnsupportedError(f"constrained decoding needs the llguidance package ({e}): "
                                f"pip install llguidance") from None
+    # before 1.7 LLTokenizer took one end-of-sequence id, and a model has several
+    # end-of-generation ids (Llama 3: <|end_of_text|>, <|eot_id|>, <|eom_id|>)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        have = version("llguidance")
+    except PackageNotFoundError:  # pragma: no cover (imported, so installed somehow)
+        return llguidance
+    if tuple(int(p) for p in re.findall(r"\d+", have)[:2]) < LLGUIDANCE_MIN:
+        raise UnsupportedError(f"constrained decoding needs llguidance >= "
+                               f"{'.'.join(map(str, LLGUIDANCE_MIN))}, found {have}: "
+                               f"pip install -U llguidance")
     return llguidance
 
 
