@@ -357,10 +357,14 @@ def test_slots_past_the_device_name_n_seq_and_n_ctx(stories260k):
 
 
 @pytest.mark.parametrize("b", [3, 11])
-def test_integer_matvecs_over_many_rows(tmp_path, b):
+def test_integer_matvecs_over_many_rows(tmp_path, b, monkeypatch):
     """A batched step of Q8_0 weights over more rows than one integer mat-vec workgroup takes
-    (MVQ_ROWS_C): every row gives the logits of its own one-sequence decode (the same bytes
+    (MVQ_ROWS_C; the integer path allowed past its default MVQ_ROWS_MAX, where the mat-mat
+    takes over): every row gives the logits of its own one-sequence decode (the same bytes
     of x, the same sums)."""
+    from fastllm.backends.webgpu import matmul_shapes
+
+    monkeypatch.setattr(matmul_shapes, "MVQ_ROWS_MAX", 64)
     path = write_tiny_model(tmp_path / "q.gguf", "qwen3", qtype="Q8_0")
     m = load(path, "webgpu", n_seq=b, n_ctx=64)
     one = load(path, "webgpu", n_ctx=64)

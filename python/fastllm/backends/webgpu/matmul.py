@@ -28,9 +28,9 @@ class MatmulOps:
     def _int_dot_rows(self, w: Weight, x: Value) -> bool:
         """Whether a rows-mode product of several token rows takes the integer mat-vec
         (mul_mvq.wgsl over MVQ_ROWS_C token rows a workgroup): a batched decode step reads the
-        weights once for every row."""
-        return (self.be.int_dot and self.g.rows and x.shape[0] > 1 and x.cols % 32 == 0
-                and w.handle.tname in shapes.Q8_TYPES)
+        weights once for every row. Past MVQ_ROWS_MAX rows the mat-mat measured faster."""
+        return (self.be.int_dot and self.g.rows and 1 < x.shape[0] <= shapes.MVQ_ROWS_MAX
+                and x.cols % 32 == 0 and w.handle.tname in shapes.Q8_TYPES)
 
     def _int_dot(self, ws: list[Weight], x: Value) -> bool:
         """Whether one-token mat-vecs of these weights take the integer path."""

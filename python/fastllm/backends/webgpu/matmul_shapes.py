@@ -17,6 +17,11 @@ from ...quants import GGMLType
 # per row up to rows of 4096 values, 128 beyond; the other types keep 8 rows per group on big
 # matrices (>= 4096 rows or rows of >= 8192 values) and 2 on small ones.
 MVQ_ROWS_C = 8  # rows mode: token rows per integer mat-vec workgroup (its weights read once)
+# rows mode: the integer mat-vec up to this many token rows, the prefill mat-mat above. H100,
+# llama-batched-bench's shape (S_TG tok/s at B = 4 / 8 / 16 / 32), 1B Q4_K_M: integer mat-vec
+# 780 / 1,125 / 1,566 / 1,915 against 672 / 818 (float mat-vec) / 1,933 / 3,289 (mat-mat);
+# 8B: 285 / 362 / 446 / 488 against - / 169 / - / 850 (benchmarks/NOTES.md, section 14)
+MVQ_ROWS_MAX = 8
 MV_MAX_M = 8  # token rows up to which mul_mat uses the mat-vec kernel (one pass over the weights)
 MV_TPR_MAX = 128  # most threads sharing one weight row
 MV_UNR = 1  # units per thread per pass
