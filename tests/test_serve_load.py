@@ -221,7 +221,14 @@ def test_load(request, tmp_path, model, backend, n_clients, slots, max_tokens, r
         wait_for(lambda: idle(server.base), "every slot to be free after the load")
         after = metrics(server.base)
         key = 'fastllm_requests_total{endpoint="text",outcome="cancelled"}'
-        assert after.get(key, 0) - before.get(key, 0) == leavers
+        cancelled = after.get(key, 0) - before.get(key, 0)
+        # A leaver runs until its slot's context is full (no max_tokens, no end token): on a
+        # busy machine its 256 tokens can all be made before the server sees the client gone,
+        # and it ends by length instead (one CI run: 23 cancelled of 24). Every leaver is one
+        # or the other, and the disconnects must have cancelled some.
+        assert 1 <= cancelled <= leavers
+        length = 'fastllm_requests_total{endpoint="text",outcome="length"}'
+        assert after.get(length, 0) - before.get(length, 0) >= leavers - cancelled
         rss_after = server.rss()
         assert rss_after <= 1.10 * rss_before, (rss_before, rss_after)
         # still serving, and as before the load
