@@ -21,8 +21,7 @@ t0=$SECONDS
 BUDGET=${BUDGET:-570}  # seconds this script may take in all (the call's limit is 600)
 source .gpu/env.sh
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-bash .peer/peer-build.sh > "$out/peer-build.log" 2>&1 &
-build=$!
+source benchmarks/peer_lc.sh  # llama.cpp CUDA, built in the background unless there
 V=.peer/ggml-vocab-llama-bpe.gguf
 MODELS=${MODELS:-q30b goss q35moe q35d}
 declare -A SHAPE=([q30b]=qwen3-30b-a3b [goss]=gpt-oss-20b [q35moe]=qwen35-moe [q35d]=qwen35-dense)
@@ -68,13 +67,7 @@ summary() {  # $1: also llama.cpp's results
 summary > "$out/summary-fastllm.txt"  # kept should the build outlast the call
 
 echo "== waiting for the llama.cpp build (at $(( SECONDS - t0 )) s)"
-while kill -0 $build 2>/dev/null && (( $(left) > 40 )); do sleep 2; done
-if kill -0 $build 2>/dev/null; then
-  echo "build still running at $(( SECONDS - t0 )) s: no llama.cpp results this time"
-  kill -- -$build 2>/dev/null || kill $build
-else
-  wait $build; echo "build rc=$?"; tail -n 1 "$out/peer-build.log"
-fi
+lc_wait $(( $(left) - 40 )) || echo "no llama.cpp results this time ($(( SECONDS - t0 )) s)"
 cp /tmp/lc/build.log "$out/llama-build.log" 2>/dev/null
 n=$(echo $MODELS | wc -w)
 for m in $MODELS; do

@@ -16,8 +16,7 @@ set -u
 export PYTHONUNBUFFERED=1
 source .gpu/env.sh
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-bash .peer/peer-build.sh > "$out/peer-build.log" 2>&1 &
-build=$!
+source benchmarks/peer_lc.sh  # llama.cpp CUDA, built in the background unless there
 V=.peer/ggml-vocab-llama-bpe.gguf
 MODELS=${MODELS:-1b 8b}
 for m in $MODELS; do
@@ -59,7 +58,7 @@ for m in $MODELS; do
   kill -INT $srv; wait $srv
 done
 
-wait $build
+lc_wait
 for m in $MODELS; do
   echo "== llama.cpp CUDA llama-server, $m Q4_K_M"
   taskset -c 0-2 /tmp/lc/b/bin/llama-server -m /tmp/$m.gguf -ngl 99 -fa on -np 32 -c 16384 \

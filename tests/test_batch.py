@@ -381,6 +381,13 @@ def test_integer_matvecs_over_many_rows(tmp_path, b, monkeypatch):
         one.prefill(seqs[s])
         want = one.decode(toks[s])
         np.testing.assert_allclose(got[row], want, atol=1e-5 * np.abs(want).max())
+    # the norms before q, k, v and gate, up were folded into their readers' shared quantize_x,
+    # and the attention's reduce wrote the output projection's x (matmul_shapes.ROWS_FUSE)
+    kernels = [p.label for p, _, _ in m._program(b, True, rows=True).dispatches]
+    n_layer = sum("attn_reduce_q8" in k for k in kernels)
+    assert n_layer == 2, kernels
+    # one quantize_x a norm (attention, ffn, output) and one for silu(gate) * up
+    assert sum("quantize_x" in k for k in kernels) == 3 * n_layer + 1, kernels
 
 
 @pytest.mark.parametrize("op", ["wkv6", "wkv7"])

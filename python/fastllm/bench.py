@@ -121,7 +121,8 @@ def run_parallel(a) -> int:
     read (one slot each), then a.n_gen tokens decoded greedily for all of them at once, in steps
     of B rows (Model.decode_rows_chain, as fastllm.Engine runs them: the weights read once per
     step, the next tokens chosen on the device and fed to the next step there, one read-back
-    per ALONE_STEPS steps). PP, TG: tokens per sequence; N_KV:
+    per ALONE_STEPS steps; B = 1 through the one-sequence loop, as the engine runs a request
+    that runs alone, or through the rows step with --rows-alone). PP, TG: tokens per sequence; N_KV:
     positions held in all; S_PP, S_TG, S: aggregate tokens/s of the prompts, the decoding and
     both."""
     from .engine import ALONE_STEPS
@@ -149,7 +150,10 @@ def run_parallel(a) -> int:
         done = 0
         while done < tg:  # as fastllm.Engine decodes: up to ALONE_STEPS steps per read-back
             k = min(ALONE_STEPS, tg - done)
-            toks = m.decode_rows_chain(toks, slots, [greedy] * b, np.zeros((k, b)))[-1]
+            if b == 1 and not a.rows_alone:  # a request running alone: the one-sequence loop
+                toks = m.decode_greedy(toks[0], k, slot=0)[-1:]
+            else:
+                toks = m.decode_rows_chain(toks, slots, [greedy] * b, np.zeros((k, b)))[-1]
             done += k
         return t_pp, time.perf_counter() - t0
 

@@ -424,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", metavar="B,B,...", default=None, type=_parallel_arg,
                    help="llama-batched-bench's table for these numbers of sequences decoded "
                         "at once (e.g. 1,4,8,16,32)")
+    p.add_argument("--rows-alone", action="store_true",
+                   help="with --parallel: B = 1 through the batched step too, not the "
+                        "one-sequence loop the engine uses for a request running alone")
     p.add_argument("-r", "--repetitions", type=POSITIVE, default=3, help="timed runs of each test")
     p.add_argument("--sampled", action="store_true",
                    help="also time decoding with generate()'s default sampling chain")

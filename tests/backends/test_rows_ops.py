@@ -66,11 +66,28 @@ def test_attention_slots_and_rows(gpu, shape, case, rng, monkeypatch):
     except AssertionError as e:
         raise AssertionError(f"{e} (seed {rng.seed_value})") from None
 
-    rows_ops = _ops(twin, build, 3, True)
-    assert rows_ops.count("rope") == 4 and rows_ops.count("kv_store") == 2, rows_ops
+    rows_ops = _ops(twin, build, 3, True)  # rope_kv.wgsl with ROWS
+    assert rows_ops.count("rope_kv_store") == 2 and "kv_store" not in rows_ops, rows_ops
     one = _ops(twin, build, 1, False)
     assert one.count("rope_kv_store") + one.count("attn_decode_rope") == 2, one
     assert ("attn_decode_rope" in one) == (n_rot is None), one
+
+
+def test_attention_rows_unfused(gpu, rng, monkeypatch):
+    """Rows mode without its fusions (matmul_shapes.ROWS_FUSE off): rope and kv_store one
+    dispatch each (rows.wgsl's kernel_rope_rows_f32 and kernel_kv_store_rows_f32)."""
+    from fastllm.backends.webgpu import matmul_shapes
+
+    monkeypatch.setattr(matmul_shapes, "ROWS_FUSE", False)
+    infos, spec, build = attention_case(ATTN_SHAPES[0], rng)
+    twin = Twin(gpu, infos, spec, prepare=lambda p: p.poison())
+    rows_ops = _ops(twin, build, 3, True)
+    assert rows_ops.count("rope") == 4 and rows_ops.count("kv_store") == 2, rows_ops
+    try:
+        run_attention_case(twin, build, lambda n, rows: (ATTN_F16_TOL if gpu.f16 and n > 1
+                                                         and not rows else ROPE_TOL), rng)
+    except AssertionError as e:
+        raise AssertionError(f"{e} (seed {rng.seed_value})") from None
 
 
 def test_attention_slots_unfused(rng):

@@ -22,7 +22,7 @@ def reader_counts(nodes: list[Node], outputs: Iterable[Value]) -> dict[int, int]
 
 
 def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
-         attn_rope: bool = True, rows: bool = False) -> list[Node]:
+         attn_rope: bool = True, rows: bool = False, rows_rope_kv: bool = False) -> list[Node]:
     """Neighbouring ops merged into one dispatch (a decode step is bound by per-dispatch
     cost, DESIGN.md principle 5). Only runs of consecutive nodes whose inner values nothing
     else reads, so the list stays in order and _plan sees the fused reads:
@@ -38,7 +38,8 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
     Other mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= mv_max_m);
     attn_decode_rope only where the backend has it (attn_rope). A rows-mode graph (Graph.rows,
     each row its own sequence) keeps rope, kv_store and attention apart: the fused kernels
-    assume one sequence's consecutive positions; nor does it fold an activation into a mat-mat's
+    assume one sequence's consecutive positions (rows_rope_kv: the backend's rope_kv_store
+    reads each row's own slot and position, so that one is made); nor does it fold an activation into a mat-mat's
     epilogue (a batched step's products are integer mat-vecs over several rows where the
     weights allow, which have no such epilogue)."""
     outputs = list(outputs)
@@ -119,7 +120,7 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
                 out[-1] = Node("mul_mv_fused", (x, w, up, res, None),
                                {"glu": prev.attrs.get("glu", False)}, node.out)
                 continue
-        if (not rows and node.op == "kv_store" and len(out) >= 2 and out[-1].op == "rope"
+        if ((not rows or rows_rope_kv) and node.op == "kv_store" and len(out) >= 2 and out[-1].op == "rope"
                 and out[-2].op == "rope" and node.args[0] is out[-1].out
                 and inner(out[-1].out) and node.args[1] not in (out[-2].out, out[-1].out)):
             rq, rk = out[-2], out[-1]
@@ -131,9 +132,9 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
                                  {**rq.attrs, "k_n_head": rk.attrs["n_head"],
                                   "layer": node.attrs["layer"]}, rq.out)]
                 continue
-        if (attn_rope and node.op == "attention" and out and out[-1].op == "rope_kv_store"
-                and node.args[0] is out[-1].out and inner(out[-1].out)
-                and node.out.shape[0] == 1 and out[-1].attrs["layer"] == node.attrs["layer"]):
+        if (attn_rope and not rows and node.op == "attention" and out
+                and out[-1].op == "rope_kv_store" and node.args[0] is out[-1].out
+                and inner(out[-1].out) and node.out.shape[0] == 1 and out[-1].attrs["layer"] == node.attrs["layer"]):
             rk = out[-1]
             d = node.attrs["head_dim"]
             if (rk.attrs["n_rot"] == d == rk.attrs["head_dim"] and d % 8 == 0

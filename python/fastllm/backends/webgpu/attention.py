@@ -159,9 +159,9 @@ class AttentionOps:
                         11: self.rows}, (nsplit, nkv, n), consts={**consts, "ROWS": True})
         rargs = self._arg(("kargs_attn_reduce", {"n_rows": n, "n_head": nh, "head_dim": d,
                                                      "n_splits": nsplit}))
-        if node.out.id in self.prequantized:  # one row: written as the o projection's x
+        if node.out.id in self.prequantized:  # written as the o projection's x, row by row
             self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_q8",
-                           {0: rargs, 10: self.buf(node.out), 6: part, **sk}, (nh,),
+                           {0: rargs, 10: self.buf(node.out), 6: part, **sk}, (nh, n),
                            consts={**consts, **has})
         else:
             self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",

@@ -49,11 +49,14 @@ class MatmulOps:
         reads = reader_counts(self.nodes, self.g.outputs.values())
         values, glu = set(), set()
         for n in self.nodes:
-            if n.op not in ("mul_mat", "mul_mv_fused") or n.args[0].shape[0] != 1:
+            if n.op not in ("mul_mat", "mul_mv_fused"):
                 continue
             x, w = n.args[0], n.args[1]
             up = n.args[2] if n.op == "mul_mv_fused" else None
-            if (n.op == "mul_mv_fused" and n.args[4] is not None) or not self._int_dot([w], x):
+            # rows mode: the reduce writes every row's x (the other producers are one-row only)
+            rows = shapes.ROWS_FUSE and up is None and self._int_dot_rows(w, x)
+            if (n.op == "mul_mv_fused" and n.args[4] is not None) or not (
+                    self._int_dot([w], x) or rows):
                 continue
             src = produced.get(x.id)
             if src is None or reads.get(x.id) != 1:
@@ -92,9 +95,43 @@ class MatmulOps:
             out[id(src)] = n
         return out
 
+    def _rows_normed(self) -> dict[int, Node]:
+        """Rows mode (ROWS_FUSE): rms_norm nodes whose readers are the integer mat-vecs right
+        after them (q, k, v; gate, up). The first reader's quantize_x norms x itself (norm
+        variant) and the others read what it wrote, so the norm and the others' quantize_x
+        are not dispatched: 5 dispatches a transformer layer. The readers must follow the norm
+        at once, so nothing writes the scratch or the norm's input between them. Returns
+        {id of the norm's output: the norm node}."""
+        if not (self.g.rows and shapes.ROWS_FUSE):
+            return {}
+        reads = reader_counts(self.nodes, self.g.outputs.values())
+        outs = {v.id for v in self.g.outputs.values()}
+        found = {}
+        for i, n in enumerate(self.nodes):
+            if (n.op != "rms_norm" or n.args[1] is None or n.out.id in outs
+                    or n.attrs["group"] != n.out.cols or n.out.cols % 32):
+                continue
+            r = reads.get(n.out.id, 0)
+            after = self.nodes[i + 1:i + 1 + r]
+            if r and len(after) == r and all(
+                    m.op == "mul_mat" and m.args[0] is n.out and self._int_dot_rows(m.args[1], n.out)
+                    for m in after):
+                found[n.out.id] = n
+        return found
+
+    def _rows_xq(self, x: Value):
+        """The quantized x of a rows-mode integer mat-vec reading a folded norm's output x
+        (_rows_normed): quantized (and normed) by the first reader, shared by the others."""
+        if self._xq_holds != x.id:
+            nrm = self.rows_normed[x.id]
+            self._quantize_x(nrm.args[0], nw=nrm.args[1], eps=nrm.attrs["eps"])
+            self._xq_holds = x.id
+        return self._xq
+
     def _xq_scratch(self, k: int):
         """The scratch buffer of quantized x (quantize_x.wgsl's layout) for rows of k values.
         Programs run their dispatches in order, so one serves every mat-vec of a step."""
+        self._xq_holds = None  # whoever asks for it is about to write it
         need = (k + k // 2) * max(1, self.n if self.g.rows else 1)  # bytes, a vec4 per 32
         if self._xq is None or self._xq.size < need:
             self._xq = self._buf(max(need, 256), "STORAGE", "quantized x")
@@ -257,7 +294,12 @@ class MatmulOps:
         variant = "norm" if nw is not None else variant.rstrip("_") or None
         rows_q8 = self._int_dot_rows(w, x)
         if (m <= shapes.MV_MAX_M and self._int_dot([w], x)) or rows_q8:
-            xq = self.buf(x) if x.id in self.prequantized else self._quantize_x(x, up, nw, eps)
+            if x.id in self.prequantized:
+                xq = self.buf(x)
+            elif x.id in self.rows_normed:
+                xq = self._rows_xq(x)
+            else:
+                xq = self._quantize_x(x, up, nw, eps)
             c = min(m, shapes.MVQ_ROWS_C) if rows_q8 else 1
             for part in h.parts:
                 b = {0: self._arg(("kargs_mul_mat", {"M": m if rows_q8 else 1, "N": h.n,

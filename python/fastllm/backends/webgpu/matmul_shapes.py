@@ -22,6 +22,12 @@ MVQ_ROWS_C = 8  # rows mode: token rows per integer mat-vec workgroup (its weigh
 # 780 / 1,125 / 1,566 / 1,915 against 672 / 818 (float mat-vec) / 1,933 / 3,289 (mat-mat);
 # 8B: 285 / 362 / 446 / 488 against - / 169 / - / 850 (benchmarks/NOTES.md, section 14)
 MVQ_ROWS_MAX = 8
+# rows mode: fewer dispatches a layer (a batched step is bound by them, as a one-token step is):
+# rope, rope and kv_store in one (rope_kv.wgsl with ROWS); an rms_norm whose readers are the
+# integer mat-vecs right after it folded into one quantize_x that they share (norm variant);
+# attention's reduce writing the output projection's quantized x (kernel_attn_reduce_q8 over
+# rows). Off: the ops one dispatch each, as the first batched steps ran (benchmarks compare).
+ROWS_FUSE = True
 MV_MAX_M = 8  # token rows up to which mul_mat uses the mat-vec kernel (one pass over the weights)
 MV_TPR_MAX = 128  # most threads sharing one weight row
 MV_UNR = 1  # units per thread per pass

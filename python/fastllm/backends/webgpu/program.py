@@ -20,6 +20,7 @@ from ... import kargs
 from ...errors import ContextOverflowError, UnsupportedError
 from ..base import Graph, Node, Program, Value, Weight
 from ..fuse import fuse
+from . import matmul_shapes as shapes
 from .attention import AttentionOps
 from .delta import DeltaOps
 from .device import Device
@@ -61,6 +62,7 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, DeviceLo
         self._rows_sampler = self._rows_stage = None  # rows mode's device sampling (loops.py)
         self._rows_chain = None  # run_rows_chain's buffers (loops.py)
         self._xq = None  # quantize_x's scratch buffer (matmul.py), made on first use
+        self._xq_holds = None  # rows mode: the folded norm's output the scratch holds
         self._xq_id = None  # the experts' quantized x (moe.py), made on first use
         self._xq_id_holds = None  # (value id, buffer) of the x last quantized into it
         # (pipeline, entries, grid, when) until bind groups exist; `when` is None for a
@@ -76,12 +78,14 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, DeviceLo
             # rows mode: each row's (slot, position), read by the ops that depend on them
             self.rows = (self._buf(8 * self.n, "STORAGE|COPY_DST", "rows") if graph.rows
                          else None)
-            self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M, rows=graph.rows)
-                          if backend.fuse else list(graph.nodes))
+            self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M, rows=graph.rows,
+                               rows_rope_kv=shapes.ROWS_FUSE) if backend.fuse
+                          else list(graph.nodes))
             self._plan()
             self.prequantized, self.glu_multi = self._prequantized()
             self.prenorm = self._prenormed()  # producer id -> the reader it writes x for
             self.prenormed = {id(n) for n in self.prenorm.values()}
+            self.rows_normed = self._rows_normed()  # norm output id -> norm (matmul.py)
             for node in self.nodes:
                 getattr(self, "_op_" + node.op)(node)
             self._finish()
@@ -292,6 +296,8 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, DeviceLo
                         3: self.buf(node.out), 4: self.step}, self._grid1(x.cols))
 
     def _op_rms_norm(self, node: Node) -> None:
+        if node.out.id in self.rows_normed:  # normed by its readers' quantize_x (matmul.py)
+            return
         x, w = node.args
         at = node.attrs
         rows, cols = math.prod(x.shape[:-1]), x.cols
@@ -356,9 +362,12 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, DeviceLo
         table = self._rope_table(at["n_rot"], at["base"], at["freq_scale"], ff)
         half = at["head_dim"] // 2
         n = rows * (at["n_head"] + at["k_n_head"]) * half + rows * dim
+        rows_mode = bool(self.g.rows)
         self._dispatch("rope_kv.wgsl", "kernel_rope_kv_store_f32",
                        {0: args, 1: self.step, 2: self.buf(q), 3: table, 4: self.buf(node.out),
-                        5: self.buf(k), 6: self.buf(v), 7: kc, 8: vc}, self._grid1(n))
+                        5: self.buf(k), 6: self.buf(v), 7: kc, 8: vc,
+                        11: self.rows if rows_mode else self.be.dummy}, self._grid1(n),
+                       consts={"ROWS": rows_mode})
 
     def _kv(self, layer: int):
         spec = self.be.spec

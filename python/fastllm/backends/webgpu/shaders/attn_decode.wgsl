@@ -312,7 +312,7 @@ fn kernel_attn_decode_direct_q8(ids: Ids) {
         for (var j = 0u; j < 8u; j++) {
             v[j] = od[8u * b + j];
         }
-        store_xq(ids.wg.y * G * D / 32u + b, args.n_head, &v);
+        store_xq(0u, ids.wg.y * G * D / 32u + b, args.n_head, &v);
     }
 }
 
@@ -377,17 +377,20 @@ fn kernel_attn_reduce_f32(ids: Ids) {
 @group(0) @binding(10) var<storage, read_write> xq: array<vec4<u32>>;
 var<workgroup> ob: array<f32, D>;
 
-// block blk (32 values) of the integer mat-vec's x over a row of n_head * D values
-fn store_xq(blk: u32, n_head: u32, v: ptr<function, array<vec4<f32>, 8>>) {
+// block blk (32 values) of the integer mat-vec's x over token row r of n_head * D values (rows
+// mode: row r's x starts at vec4 r * (K / 16 + K / 32), quantize_x.wgsl's layout of rows)
+fn store_xq(r: u32, blk: u32, n_head: u32, v: ptr<function, array<vec4<f32>, 8>>) {
     let q = quant_block(v);
-    xq[2u * blk] = q.lo;
-    xq[2u * blk + 1u] = q.hi;
-    xq[n_head * D / 16u + blk] = q.scales;
+    let k = n_head * D;
+    let base = r * (k / 16u + k / 32u);
+    xq[base + 2u * blk] = q.lo;
+    xq[base + 2u * blk + 1u] = q.hi;
+    xq[base + k / 16u + blk] = q.scales;
 }
 
 @compute @workgroup_size(WG)
 fn kernel_attn_reduce_q8(ids: Ids) {
-    let h = ids.wg.x;
+    let h = ids.wg.y * rargs.n_head + ids.wg.x;  // grid (n_head, rows), as the f32 reduce
     reduce_weights(h, ids);
     for (var d = ids.lid; d < D; d += WG) {
         ob[d] = reduce_value(h, d);
@@ -400,7 +403,7 @@ fn kernel_attn_reduce_q8(ids: Ids) {
             let e = 32u * b + 4u * j;
             v[j] = vec4<f32>(ob[e], ob[e + 1u], ob[e + 2u], ob[e + 3u]);
         }
-        store_xq(h * (D / 32u) + b, rargs.n_head, &v);  // block of the whole row
+        store_xq(ids.wg.y, ids.wg.x * (D / 32u) + b, rargs.n_head, &v);  // block of the row
     }
 }
 

@@ -4,8 +4,12 @@
 // of q into y, threads [nq, nq + nk) rotate a pair of k straight into the cache (the rotated k is
 // read by nothing else), the next n_rows * kv_dim threads copy v into the cache.
 // Grid: 2-D over nq + nk + n_rows * kv_dim threads.
+// Rows mode (ROWS; backends/base.py, Graph.rows): row r is one token of the sequence in slot
+// rows[r].x at position rows[r].y (rows.wgsl's layout), instead of position step.pos + r of
+// slot step.slot; a batched step saves the same two dispatches a layer.
 
 const WG: u32 = 64u;
+const ROWS: bool = false;
 
 struct RopeKvArgs {
     q: kargs_rope,
@@ -22,6 +26,16 @@ struct RopeKvArgs {
 @group(0) @binding(6) var<storage, read> v: array<f32>;
 @group(0) @binding(7) var<storage, read_write> kc: array<f32>;
 @group(0) @binding(8) var<storage, read_write> vc: array<f32>;
+// rows mode: each row's (slot, position); a placeholder otherwise
+@group(0) @binding(11) var<storage, read> rows: array<vec2<u32>>;
+
+// the slot and position of token row r
+fn slot_pos(r: u32) -> vec2<u32> {
+    if (ROWS) {
+        return rows[r];
+    }
+    return vec2<u32>(step.slot, step.pos + r);
+}
 
 // the rotated pair (value indices ia, ib within a row's flat array) of pair i of head `head`
 struct Pair {
@@ -59,7 +73,7 @@ fn rotate(a: kargs_rope, gid: u32, is_q: bool) -> Pair {
         p.b = x1;
         return p;
     }
-    let theta = f32(step.pos + row) * inv_freq[i];
+    let theta = f32(slot_pos(row).y) * inv_freq[i];
     let c = cos(theta);
     let s = sin(theta);
     p.a = x0 * c - x1 * s;
@@ -70,7 +84,8 @@ fn rotate(a: kargs_rope, gid: u32, is_q: bool) -> Pair {
 // cache index of flat value index e of k or v (rows of kv_dim)
 fn cache_at(e: u32) -> u32 {
     let dim = args.kv.kv_dim;
-    return (step.slot * args.kv.ring + (step.pos + e / dim) % args.kv.ring) * dim + e % dim;
+    let at = slot_pos(e / dim);
+    return (at.x * args.kv.ring + at.y % args.kv.ring) * dim + e % dim;
 }
 
 @compute @workgroup_size(WG)
