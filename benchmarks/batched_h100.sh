@@ -46,7 +46,7 @@ for m in $MODELS; do
   fi
 done
 echo "== waiting for llama.cpp ($(( SECONDS - t0 )) s)"
-lc_wait
+lc_wait $(( ${BUDGET:-570} - 60 - (SECONDS - t0) )) || echo "no llama.cpp results this time"
 for m in $MODELS; do
   echo "== llama.cpp CUDA llama-batched-bench $m Q4_K_M ($(( SECONDS - t0 )) s)"
   /tmp/lc/b/bin/llama-batched-bench -m /tmp/$m.gguf -c 20000 -b 2048 -ub 512 -npp 128 -ntg 128 \
