@@ -356,16 +356,18 @@ def test_slots_past_the_device_name_n_seq_and_n_ctx(stories260k):
         Model.load(stories260k, backend="reference", n_seq=0)
 
 
-@pytest.mark.parametrize("b", [3, 11])
-def test_integer_matvecs_over_many_rows(tmp_path, b, monkeypatch):
+@pytest.mark.parametrize("b,mixed", [(3, False), (11, False), (5, True)])
+def test_integer_matvecs_over_many_rows(tmp_path, b, mixed, monkeypatch):
     """A batched step of Q8_0 weights over more rows than one integer mat-vec workgroup takes
     (MVQ_ROWS_C; the integer path allowed past its default MVQ_ROWS_MAX, where the mat-mat
     takes over): every row gives the logits of its own one-sequence decode (the same bytes
-    of x, the same sums)."""
+    of x, the same sums). `mixed`: v and up in MXFP4, so that the multi-weight mat-vecs over
+    rows join weights of two types (as Q4_K_M's Q4_K and Q6_K)."""
     from fastllm.backends.webgpu import matmul_shapes
 
     monkeypatch.setattr(matmul_shapes, "MVQ_ROWS_MAX", 64)
-    path = write_tiny_model(tmp_path / "q.gguf", "qwen3", qtype="Q8_0")
+    qtypes = {"attn_v": "MXFP4", "ffn_up": "MXFP4"} if mixed else None
+    path = write_tiny_model(tmp_path / "q.gguf", "qwen3", qtype="Q8_0", qtypes=qtypes)
     m = load(path, "webgpu", n_seq=b, n_ctx=64)
     one = load(path, "webgpu", n_ctx=64)
     rng = np.random.default_rng(b)
@@ -381,13 +383,15 @@ def test_integer_matvecs_over_many_rows(tmp_path, b, monkeypatch):
         one.prefill(seqs[s])
         want = one.decode(toks[s])
         np.testing.assert_allclose(got[row], want, atol=1e-5 * np.abs(want).max())
-    # the norms before q, k, v and gate, up were folded into their readers' shared quantize_x,
-    # and the attention's reduce wrote the output projection's x (matmul_shapes.ROWS_FUSE)
+    # the norms before q, k, v and gate, up were folded into their readers' quantize_x, and
+    # the attention's reduce wrote the output projection's x (matmul_shapes.ROWS_FUSE)
     kernels = [p.label for p, _, _ in m._program(b, True, rows=True).dispatches]
     n_layer = sum("attn_reduce_q8" in k for k in kernels)
     assert n_layer == 2, kernels
     # one quantize_x a norm (attention, ffn, output) and one for silu(gate) * up
     assert sum("quantize_x" in k for k in kernels) == 3 * n_layer + 1, kernels
+    # q, k, v and gate, up: one multi-weight integer mat-vec each
+    assert sum("mul_mv_multi_q8" in k for k in kernels) == 2 * n_layer, kernels
 
 
 @pytest.mark.parametrize("op", ["wkv6", "wkv7"])

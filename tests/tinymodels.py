@@ -35,9 +35,10 @@ SHAPES = {
 
 def write_tiny_model(path: Path, arch: str, *, seed: int = 0, qtype: str = "F32",
                      sliding_window: int = 8, n_ctx_train: int = 256, tied: bool = True,
-                     rope_freqs: bool = False) -> Path:
+                     rope_freqs: bool = False, qtypes: dict[str, str] | None = None) -> Path:
     """Write a random `arch` model to path. qtype quantizes the 2-D weights (via
-    fastllm.quants.quantize) so quantized paths can be exercised too."""
+    fastllm.quants.quantize) so quantized paths can be exercised too; qtypes overrides it for
+    the tensors whose names contain a key (mixed types, as a Q4_K_M file has)."""
     rng = np.random.default_rng(seed)
     n_embd, n_layer, n_head, n_kv, n_ff, hd = SHAPES[arch]
     tokens, scores, types = tiny_vocab()
@@ -72,12 +73,13 @@ def write_tiny_model(path: Path, arch: str, *, seed: int = 0, qtype: str = "F32"
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
     def add2d(name: str, x: np.ndarray) -> None:
-        if qtype == "F32":
+        qt = next((t for k, t in (qtypes or {}).items() if k in name), qtype)
+        if qt == "F32":
             w.add_tensor(name, x)
             return
         from fastllm.quants import GGMLType, quantize
 
-        t = GGMLType[qtype]
+        t = GGMLType[qt]
         raw = quantize(x, t)
         w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType(int(t)))
 

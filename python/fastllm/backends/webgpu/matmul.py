@@ -95,13 +95,15 @@ class MatmulOps:
             out[id(src)] = n
         return out
 
-    def _rows_normed(self) -> dict[int, Node]:
+    def _rows_normed(self) -> dict[int, tuple[Node, list[Node]]]:
         """Rows mode (ROWS_FUSE): rms_norm nodes whose readers are the integer mat-vecs right
         after them (q, k, v; gate, up). The first reader's quantize_x norms x itself (norm
         variant) and the others read what it wrote, so the norm and the others' quantize_x
-        are not dispatched: 5 dispatches a transformer layer. The readers must follow the norm
-        at once, so nothing writes the scratch or the norm's input between them. Returns
-        {id of the norm's output: the norm node}."""
+        are not dispatched: 5 dispatches a transformer layer. Two or three readers whose
+        weights the device can bind at once are one multi-weight dispatch (mul_mv_multi.wgsl's
+        q8 form over C token rows): 3 more. The readers must follow the norm at once, so
+        nothing writes the scratch or the norm's input between them. Returns {id of the norm's
+        output: (the norm node, its readers)}."""
         if not (self.g.rows and shapes.ROWS_FUSE):
             return {}
         reads = reader_counts(self.nodes, self.g.outputs.values())
@@ -116,14 +118,14 @@ class MatmulOps:
             if r and len(after) == r and all(
                     m.op == "mul_mat" and m.args[0] is n.out and self._int_dot_rows(m.args[1], n.out)
                     for m in after):
-                found[n.out.id] = n
+                found[n.out.id] = (n, after)
         return found
 
     def _rows_xq(self, x: Value):
         """The quantized x of a rows-mode integer mat-vec reading a folded norm's output x
         (_rows_normed): quantized (and normed) by the first reader, shared by the others."""
         if self._xq_holds != x.id:
-            nrm = self.rows_normed[x.id]
+            nrm = self.rows_normed[x.id][0]
             self._quantize_x(nrm.args[0], nw=nrm.args[1], eps=nrm.attrs["eps"])
             self._xq_holds = x.id
         return self._xq
@@ -195,6 +197,14 @@ class MatmulOps:
 
     def _op_mul_mat(self, node: Node) -> None:
         x, w = node.args
+        readers = self.rows_normed.get(x.id, (None, []))[1]
+        if 2 <= len(readers) <= 3 and self._bindings_fit([r.args[1] for r in readers],
+                                                         1 + len(readers)):
+            if node is readers[0]:  # the others' products come out of its dispatch
+                ws = [r.args[1] for r in readers]
+                self._multi(self._rows_xq(x), ws, [r.out for r in readers], x.shape[0], x.cols,
+                            0.0, q8=True, prenorm=False)
+            return
         self._mul_mat(node, x, w)
 
     def _op_mul_mv_fused(self, node: Node) -> None:
@@ -222,15 +232,26 @@ class MatmulOps:
                 self._mul_mat(Node("mul_mv_fused", (x, w, None, None, nw), {"eps": eps}, out),
                               x, w, nw=nw, eps=eps)
             return
-        units = ws[0].handle.units
         q8 = self._int_dot(ws, x)
         prenorm = id(node) in self.prenormed  # its producer wrote x
         if q8:
             xbuf = self._xq_scratch(k) if prenorm else self._quantize_x(x, nw=nw, eps=eps)
+        else:
+            xbuf = (self.buf(x), self.buf(nw))
+        self._multi(xbuf, ws, outs, 1, k, eps, q8, prenorm)
+
+    def _multi(self, xbuf, ws: list[Weight], outs: list[Value], m: int, k: int, eps: float,
+               q8: bool, prenorm: bool) -> None:
+        """The mul_mv_multi.wgsl dispatch of y_s = W_s x for the weights ws into outs: over x
+        quantized (q8: xbuf, m token rows, C a workgroup) or the float form of one row (xbuf:
+        x's buffer and the norm weight's)."""
+        units = ws[0].handle.units
+        if q8:
             r, tpr, wg = shapes.mvq_shape(sum(w.handle.n for w in ws), units, ws[0].handle.tname)
         else:
-            xbuf = self.buf(x)
+            xbuf, nwbuf = xbuf
             r, tpr, _unr, wg = shapes.mv_shape(sum(w.handle.n for w in ws), units, 1)
+        c = min(m, shapes.MVQ_ROWS_C)
         rows = r * (wg // tpr)
         ends, total = [], 0
         for w in ws:
@@ -240,22 +261,23 @@ class MatmulOps:
         slots.update({f"wg_end{i}": e for i, e in enumerate(ends)})
         t0 = GGMLType(ws[0].type)
         words = sum(repack.array_sizes(t0, 2, k)) // 8
-        b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": ws[0].handle.n, "K": k,
+        b = {0: self._arg(("kargs_mul_mat", {"M": m, "N": ws[0].handle.n, "K": k,
                                               "w_row_words": words}),
                           _norm_args(k, eps), ("kargs_mv_slots", slots)),
              1: xbuf}
         if not q8:
-            b[9] = self.buf(nw)
+            b[9] = nwbuf
         for s, (w, out) in enumerate(zip(ws, outs)):
             b[shaders.MULTI_OUT + s] = self.buf(out)
             b.update({shaders.MULTI_W + 4 * s + i: buf
                       for i, buf in enumerate(w.handle.parts[0].buffers)})
         guards = ({"PRENORM": prenorm} if q8 else
                   {f"GUARD_K_{s}": shapes._guard_k(GGMLType(w.type), k) for s, w in enumerate(ws)})
+        gx, _, gz = self._mv_grid(total)
         self._dispatch("mul_mv_multi.wgsl",
                        "kernel_mul_mv_multi_q8" if q8 else "kernel_mul_mv_multi_f32", b,
-                       self._mv_grid(total), wtype=tuple(w.handle.tname for w in ws),
-                       consts={"TPR": tpr, "R": r, "WG": wg, **guards})
+                       (gx, -(-m // c), gz), wtype=tuple(w.handle.tname for w in ws),
+                       consts={"TPR": tpr, "R": r, "WG": wg, "C": c, **guards})
 
     def _mul_mv_glu(self, node: Node, x: Value, nw: Weight, ws: list[Weight],
                     eps: float) -> None:

@@ -17,8 +17,13 @@
 // mul_mvq.wgsl's instead: x quantized to bytes beforehand (normed by quantize_x.wgsl, or not yet
 // normed by the producer of x, mul_mvq.wgsl's resq), for slots whose types all have the integer
 // form.
+//
+// Rows mode (the q8 form only; a batched decode step, grid y = groups of C token rows): each
+// workgroup reads its weight rows once for its C token rows, x's rows one after another in xq
+// (quantize_x.wgsl's layout), each slot's output rows of its n_rows values one after another.
 
 const WG: u32 = 64u;
+const C: u32 = 1u;  // token rows a workgroup
 const TPR: u32 = 64u;
 const R: u32 = 2u;  // a multiple of 4 or less than 4: sums travel as vec4s, 4 rows each
 const RV: u32 = (R + 3u) / 4u;
@@ -63,6 +68,8 @@ fn late_scale(ids: Ids) -> f32 {
 
 //! section q8
 @group(0) @binding(1) var<storage, read> xq: array<vec4<u32>>;
+// the token row's first vec4 in xq (rows mode: row after row)
+var<private> xbase: u32 = 0u;
 // x's bytes were made from y * nw, not yet normed (mul_mvq.wgsl's resq): the results are
 // scaled by 1 / rms(y), from the sums of squares its producer left with each block
 const PRENORM: bool = false;
@@ -85,11 +92,11 @@ fn prenorm_scale(lane: u32, ids: Ids) -> f32 {
 
 // as mul_mvq.wgsl: x's bytes at columns col .. col + 15, and its block's (d, sums)
 fn xq16(col: u32) -> vec4<u32> {
-    return xq[col >> 4u];
+    return xq[xbase + (col >> 4u)];
 }
 
 fn xmeta(col: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(xq[args.mm.K / 16u + (col >> 5u)]);
+    return bitcast<vec4<f32>>(xq[xbase + args.mm.K / 16u + (col >> 5u)]);
 }
 
 //! section slot
@@ -108,7 +115,7 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
     let U = (args.mm.K + 31u) / 32u;
     let lane = t % TPR;
     let r0 = (g * (WG / TPR) + t / TPR) * R;
-    var acc: array<vec4<f32>, RV>;
+    var acc: array<vec4<f32>, RV * C>;  // C is 1 in the float form
     for (var u = lane; u < U; u += TPR) {
         var xv: array<vec4<f32>, 8>;
         for (var j = 0u; j < 8u; j++) {
@@ -121,26 +128,36 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
             acc[r / 4u] += onehot(r % 4u) * dot_unit_SLOT(row * U + u, &xv, xs);
         }
     }
-    store_SLOT(acc, r0, nr, lane, ids, late_scale(ids));
+    store_SLOT(acc, 0u, 0u, r0, nr, lane, ids, late_scale(ids));
 }
 
 //! section slotq
 
-// as mv_SLOT, over x's bytes
+// as mv_SLOT, over x's bytes (of C token rows from row wg.y * C)
 fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
     let t = thread_index(ids);
     let U = args.mm.K / 32u;
     let lane = t % TPR;
     let r0 = (g * (WG / TPR) + t / TPR) * R;
-    var acc: array<vec4<f32>, RV>;
+    let c0 = ids.wg.y * C;
+    let xs = args.mm.K / 16u + args.mm.K / 32u;  // vec4s of a token row in xq
+    var acc: array<vec4<f32>, RV * C>;
     for (var u = lane; u < U; u += TPR) {
-        let xv = load_q8_SLOT(u);
-        for (var r = 0u; r < R; r++) {
-            let row = min(r0 + r, nr - 1u);
-            acc[r / 4u] += onehot(r % 4u) * dot_q8_SLOT(row * U + u, xv);
+        for (var c = 0u; c < C; c++) {
+            // token rows past M repeat the last one (dropped by store)
+            xbase = min(c0 + c, args.mm.M - 1u) * xs;
+            let xv = load_q8_SLOT(u);
+            for (var r = 0u; r < R; r++) {
+                let row = min(r0 + r, nr - 1u);
+                acc[c * RV + r / 4u] += onehot(r % 4u) * dot_q8_SLOT(row * U + u, xv);
+            }
         }
     }
-    store_SLOT(acc, r0, nr, lane, ids, prenorm_scale(lane, ids));
+    xbase = 0u;  // PRENORM (one token row) reads row 0's sums of squares
+    let scale = prenorm_scale(lane, ids);
+    for (var c = 0u; c < C; c++) {
+        store_SLOT(acc, c, c0 + c, r0, nr, lane, ids, scale);
+    }
 }
 
 //! section store
@@ -148,14 +165,16 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
 // partial sums and its first thread stores the rows inside the slot
 @group(0) @binding(OUT_SLOT) var<storage, read_write> y_SLOT: array<f32>;
 
-fn store_SLOT(acc: array<vec4<f32>, RV>, r0: u32, nr: u32, lane: u32, ids: Ids, scale: f32) {
+// acc's sums of workgroup token row c, which is token row tok (rows mode; else 0 and 0)
+fn store_SLOT(acc: array<vec4<f32>, RV * C>, c: u32, tok: u32, r0: u32, nr: u32, lane: u32,
+              ids: Ids, scale: f32) {
     for (var v = 0u; v < RV; v++) {
-        let s = group_sum4(acc[v], TPR, ids) * scale;
-        if (lane == 0u) {
+        let s = group_sum4(acc[c * RV + v], TPR, ids) * scale;
+        if (lane == 0u && tok < max(args.mm.M, 1u)) {
             for (var q = 0u; q < min(4u, R); q++) {
                 let r = r0 + 4u * v + q;
                 if (r < nr) {
-                    y_SLOT[r] = s[q];
+                    y_SLOT[tok * nr + r] = s[q];
                 }
             }
         }
