@@ -70,7 +70,31 @@ class MatmulOps:
                   and self._bindings_fit(src.args[2:], 2)):
                 values.add(x.id)
                 glu.add(id(src))
+        for _nrm, readers in self.rows_normed.values():
+            if self._rows_glu(readers, reads):  # gate's output holds silu(gate) * up's bytes
+                values.add(readers[0].out.id)
+                glu.add(id(readers[0]))
         return values, glu
+
+    def _rows_glu(self, readers: list[Node], reads: dict[int, int]) -> bool:
+        """Rows mode: whether a folded norm's readers are gate and up whose one reader, right
+        after them, is the down projection of silu(gate) * up (mul_mv_fused with glu): then
+        kernel_mul_mv_glu_q8 over the token rows writes that product as the down projection's
+        quantized x, and gate and up never reach memory."""
+        if len(readers) != 2 or not self._bindings_fit([r.args[1] for r in readers], 2):
+            return False
+        gate, up = readers
+        i = self.nodes.index(up) + 1
+        nxt = self.nodes[i] if i < len(self.nodes) else None
+        return (nxt is not None and nxt.op == "mul_mv_fused" and nxt.attrs.get("glu")
+                and nxt.args[0] is gate.out and nxt.args[2] is up.out and nxt.args[4] is None
+                and reads.get(gate.out.id) == 1 and reads.get(up.out.id) == 1
+                and gate.out.cols % 32 == 0 and self._int_dot_rows(nxt.args[1], gate.out))
+
+    def _rows_multi(self, readers: list[Node]) -> bool:
+        """Rows mode: whether a folded norm's 2-3 readers are one multi-weight dispatch."""
+        return 2 <= len(readers) <= 3 and self._bindings_fit([r.args[1] for r in readers],
+                                                              1 + len(readers))
 
     def _prenormed(self) -> dict[int, Node]:
         """Integer mat-vecs of a normed row whose producer writes their x (PRENORM): a mat-vec
@@ -91,6 +115,19 @@ class MatmulOps:
                     or w.handle.n % 32 or not self._int_dot([w], sx)
                     or not self._int_dot(ws, x)
                     or not (id(n) in self.glu_multi or self._bindings_fit(ws, 2 + len(ws)))):
+                continue
+            out[id(src)] = n
+        for i in range(len(self.nodes) - 1):  # rows mode: the folded norm's group (below)
+            src, n = self.nodes[i], self.nodes[i + 1]
+            if (src.op != "mul_mv_fused" or n.op != "rms_norm"
+                    or n.out.id not in self.rows_normed):
+                continue
+            readers = self.rows_normed[n.out.id][1]
+            sx, w, _up, res, nw = src.args
+            if (n.args[0] is not src.out or res is None or nw is not None
+                    or sx.id not in self.prequantized or len(w.handle.parts) != 1
+                    or w.handle.n % 32 or not self._int_dot_rows(w, sx)
+                    or not (id(readers[0]) in self.glu_multi or self._rows_multi(readers))):
                 continue
             out[id(src)] = n
         return out
@@ -197,13 +234,18 @@ class MatmulOps:
 
     def _op_mul_mat(self, node: Node) -> None:
         x, w = node.args
-        readers = self.rows_normed.get(x.id, (None, []))[1]
-        if 2 <= len(readers) <= 3 and self._bindings_fit([r.args[1] for r in readers],
-                                                         1 + len(readers)):
+        nrm, readers = self.rows_normed.get(x.id, (None, []))
+        glu = bool(readers) and id(readers[0]) in self.glu_multi
+        if glu or self._rows_multi(readers):
             if node is readers[0]:  # the others' products come out of its dispatch
+                prenorm = id(nrm) in self.prenormed  # its producer wrote x
+                xq = self._xq_scratch(x.cols) if prenorm else self._rows_xq(x)
                 ws = [r.args[1] for r in readers]
-                self._multi(self._rows_xq(x), ws, [r.out for r in readers], x.shape[0], x.cols,
-                            0.0, q8=True, prenorm=False)
+                if glu:
+                    self._mul_mv_glu(node.out, xq, ws, x.shape[0], x.cols, prenorm)
+                else:
+                    self._multi(xq, ws, [r.out for r in readers], x.shape[0], x.cols, 0.0,
+                                q8=True, prenorm=prenorm)
             return
         self._mul_mat(node, x, w)
 
@@ -225,7 +267,9 @@ class MatmulOps:
         eps = node.attrs["eps"]
         k = x.cols
         if id(node) in self.glu_multi:  # its bindings were checked (x and its output)
-            self._mul_mv_glu(node, x, nw, ws, eps)
+            prenorm = id(node) in self.prenormed  # its producer wrote x
+            xq = self._xq_scratch(k) if prenorm else self._quantize_x(x, nw=nw, eps=eps)
+            self._mul_mv_glu(node.out, xq, ws, 1, k, prenorm)
             return
         if not self._bindings_fit(ws, 2 + len(ws)) or x.shape[0] != 1:  # x, nw, the outputs
             for w, out in zip(ws, outs):
@@ -279,23 +323,24 @@ class MatmulOps:
                        (gx, -(-m // c), gz), wtype=tuple(w.handle.tname for w in ws),
                        consts={"TPR": tpr, "R": r, "WG": wg, "C": c, **guards})
 
-    def _mul_mv_glu(self, node: Node, x: Value, nw: Weight, ws: list[Weight],
-                    eps: float) -> None:
-        """Gate and up of one normed token row, joined into the down projection's quantized x
+    def _mul_mv_glu(self, out: Value, xq, ws: list[Weight], m: int, k: int,
+                    prenorm: bool) -> None:
+        """Gate and up of m normed token rows (x quantized in xq; prenorm: not yet normed, its
+        producer's sums of squares beside it), joined into the down projection's quantized x
         (mul_mv_multi.wgsl's kernel_mul_mv_glu_q8), written in the gate output's buffer."""
-        k, n = x.cols, ws[0].handle.n
-        prenorm = id(node) in self.prenormed  # its producer wrote x
-        b = {0: self._arg(("kargs_mul_mat", {"M": 1, "N": n, "K": k, "w_row_words": 0}),
-                          _norm_args(k, eps), ("kargs_mv_slots", {})),
-             1: self._xq_scratch(k) if prenorm else self._quantize_x(x, nw=nw, eps=eps),
-             10: self.buf(node.out)}
+        n = ws[0].handle.n
+        c = min(m, shapes.MVQ_ROWS_C)
+        b = {0: self._arg(("kargs_mul_mat", {"M": m, "N": n, "K": k, "w_row_words": 0}),
+                          _norm_args(k, 0.0), ("kargs_mv_slots", {})),
+             1: xq, 10: self.buf(out)}
         for s, w in enumerate(ws):
             b.update({shaders.MULTI_W + 4 * s + i: buf
                       for i, buf in enumerate(w.handle.parts[0].buffers)})
+        gx, _, gz = self._mv_grid(-(-n // 32))
         self._dispatch("mul_mv_multi.wgsl", "kernel_mul_mv_glu_q8", b,
-                       self._mv_grid(-(-n // 32)), wtype=tuple(w.handle.tname for w in ws),
+                       (gx, -(-m // c), gz), wtype=tuple(w.handle.tname for w in ws),
                        consts={"TPR": (tpr := shapes.glu_tpr(k // 32)), "WG": 32 * tpr,
-                               "PRENORM": prenorm})
+                               "PRENORM": prenorm, "C": c})
 
     def _mul_mat(self, node: Node, x: Value, w: Weight, up: Value | None = None,
                  res: Value | None = None, nw: Weight | None = None, eps: float = 0.0,
@@ -333,8 +378,10 @@ class MatmulOps:
                     b[8] = self.buf(res)
                 v = "res" if res is not None else "plain"
                 r, tpr, wg = shapes.mvq_shape(part.n_rows, h.units, h.tname)
-                reader = self.prenorm.get(id(node)) if not rows_q8 else None
-                if reader is not None:  # writes its reader's x too
+                # writes its reader's x too (the reader: a mul_mv_multi, or in rows mode the
+                # folded norm whose readers' dispatch reads it)
+                reader = self.prenorm.get(id(node))
+                if reader is not None:
                     v = "resq"
                     b[9], b[10] = self.buf(reader.args[1]), self._xq_scratch(h.n)
                     lim = self.be.limits
@@ -342,7 +389,7 @@ class MatmulOps:
                         part.n_rows, h.units, h.tname,
                         min(lim.get("max-compute-invocations-per-workgroup", 256),
                             lim.get("max-compute-workgroup-size-x", 256)),
-                        lim.get("max-compute-workgroup-storage-size", 16384))
+                        lim.get("max-compute-workgroup-storage-size", 16384) // c)
                 gx, _, gz = self._mv_grid(-(-part.n_rows // (r * (wg // tpr))))
                 self._dispatch("mul_mvq.wgsl", ("kernel_mul_mvq_" if v == "plain" else
                                                 f"kernel_mul_mvq_{v}_") + f"{h.tname}_f32", b,

@@ -82,10 +82,10 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, DeviceLo
                                rows_rope_kv=shapes.ROWS_FUSE) if backend.fuse
                           else list(graph.nodes))
             self._plan()
+            self.rows_normed = self._rows_normed()  # norm output id -> norm, readers
             self.prequantized, self.glu_multi = self._prequantized()
             self.prenorm = self._prenormed()  # producer id -> the reader it writes x for
             self.prenormed = {id(n) for n in self.prenorm.values()}
-            self.rows_normed = self._rows_normed()  # norm output id -> norm (matmul.py)
             for node in self.nodes:
                 getattr(self, "_op_" + node.op)(node)
             self._finish()

@@ -77,7 +77,7 @@ const PRENORM: bool = false;
 fn prepare_x(ids: Ids) {}
 
 // inv_rms of y (1 without PRENORM), for every thread of a group of TPR: each adds up the
-// sums of squares of every TPR-th block, then the group
+// sums of squares of every TPR-th block (of the token row at xbase), then the group
 fn prenorm_scale(lane: u32, ids: Ids) -> f32 {
     if (!PRENORM) {
         return 1.0;
@@ -85,7 +85,7 @@ fn prenorm_scale(lane: u32, ids: Ids) -> f32 {
     let nb = args.mm.K / 32u;
     var ss = 0.0;
     for (var b = lane; b < nb; b += TPR) {
-        ss += bitcast<f32>(xq[args.mm.K / 16u + b].w);
+        ss += bitcast<f32>(xq[xbase + args.mm.K / 16u + b].w);
     }
     return inv_rms(group_sum4(vec4<f32>(ss, 0.0, 0.0, 0.0), TPR, ids).x);
 }
@@ -153,10 +153,9 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
             }
         }
     }
-    xbase = 0u;  // PRENORM (one token row) reads row 0's sums of squares
-    let scale = prenorm_scale(lane, ids);
     for (var c = 0u; c < C; c++) {
-        store_SLOT(acc, c, c0 + c, r0, nr, lane, ids, scale);
+        xbase = min(c0 + c, args.mm.M - 1u) * xs;  // PRENORM: the token row's sums of squares
+        store_SLOT(acc, c, c0 + c, r0, nr, lane, ids, prenorm_scale(lane, ids));
     }
 }
 
@@ -186,9 +185,10 @@ fn store_SLOT(acc: array<vec4<f32>, RV * C>, c: u32, tok: u32, r0: u32, nr: u32,
 // consecutive rows of both, TPR threads per row for both weights, and writes silu(gate) * up of
 // those rows as one block of the down projection's x (common.wgsl's quant_block) into xo, so
 // the gate and up outputs never reach memory and no quantize_x pass runs between them.
-// WG = 32 * TPR; the rows (N) a multiple of 32.
+// WG = 32 * TPR; the rows (N) a multiple of 32. Rows mode: C token rows a workgroup (grid y),
+// each written as its own row of xo (quantize_x.wgsl's layout of rows).
 @group(0) @binding(10) var<storage, read_write> xo: array<vec4<u32>>;
-var<workgroup> gv: array<f32, 32>;
+var<workgroup> gv: array<f32, 32u * C>;
 
 @compute @workgroup_size(WG)
 fn kernel_mul_mv_glu_q8(ids: Ids) {
@@ -199,24 +199,34 @@ fn kernel_mul_mv_glu_q8(ids: Ids) {
     let row = 32u * b + t / TPR;
     let nr = args.mm.N;
     let r = min(row, nr - 1u);  // a short last block repeats its last row (dropped below)
-    var acc = vec4<f32>(0.0);
+    let c0 = ids.wg.y * C;
+    let xs = args.mm.K / 16u + args.mm.K / 32u;  // vec4s of a token row in xq
+    var acc: array<vec2<f32>, C>;
     for (var u = lane; u < U; u += TPR) {
-        acc.x += dot_q8_0(r * U + u, load_q8_0(u));
-        acc.y += dot_q8_1(r * U + u, load_q8_1(u));
+        for (var c = 0u; c < C; c++) {
+            xbase = min(c0 + c, args.mm.M - 1u) * xs;  // past M: the last row (not stored)
+            acc[c].x += dot_q8_0(r * U + u, load_q8_0(u));
+            acc[c].y += dot_q8_1(r * U + u, load_q8_1(u));
+        }
     }
-    let s = group_sum4(acc, TPR, ids) * prenorm_scale(lane, ids);
-    if (lane == 0u) {
-        gv[t / TPR] = select(0.0, swiglu(s.x, s.y), row < nr);
+    for (var c = 0u; c < C; c++) {
+        xbase = min(c0 + c, args.mm.M - 1u) * xs;
+        let s = group_sum4(vec4<f32>(acc[c], 0.0, 0.0), TPR, ids) * prenorm_scale(lane, ids);
+        if (lane == 0u) {
+            gv[32u * c + t / TPR] = select(0.0, swiglu(s.x, s.y), row < nr);
+        }
     }
     workgroupBarrier();
-    if (t == 0u) {
+    if (t < C && c0 + t < max(args.mm.M, 1u)) {  // thread c writes token row c's block
         var v: array<vec4<f32>, 8>;
         for (var j = 0u; j < 8u; j++) {
-            v[j] = vec4<f32>(gv[4u * j], gv[4u * j + 1u], gv[4u * j + 2u], gv[4u * j + 3u]);
+            let i = 32u * t + 4u * j;
+            v[j] = vec4<f32>(gv[i], gv[i + 1u], gv[i + 2u], gv[i + 3u]);
         }
         let q = quant_block(&v);
-        xo[2u * b] = q.lo;
-        xo[2u * b + 1u] = q.hi;
-        xo[nr / 16u + b] = q.scales;
+        let base = (c0 + t) * (nr / 16u + nr / 32u);
+        xo[base + 2u * b] = q.lo;
+        xo[base + 2u * b + 1u] = q.hi;
+        xo[base + nr / 16u + b] = q.scales;
     }
 }

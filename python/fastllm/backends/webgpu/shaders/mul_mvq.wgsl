@@ -76,7 +76,7 @@ fn kernel_mul_mvq_TYPE_f32(ids: Ids) {
                         let o = (c0 + c) * args.mm.N + args.part.row0 + r;
                         let v = out_value(o, s[q]);
                         y[o] = v;
-                        keep_row(r, v);
+                        keep_row(c, r, v);
                     }
                 }
             }
@@ -90,7 +90,7 @@ fn out_value(o: u32, s: f32) -> f32 {
     return s;
 }
 
-fn keep_row(r: u32, v: f32) {}
+fn keep_row(c: u32, r: u32, v: f32) {}
 
 fn after_rows(ids: Ids) {}
 
@@ -101,7 +101,7 @@ fn out_value(o: u32, s: f32) -> f32 {
     return res[o] + s;
 }
 
-fn keep_row(r: u32, v: f32) {}
+fn keep_row(c: u32, r: u32, v: f32) {}
 
 fn after_rows(ids: Ids) {}
 
@@ -112,19 +112,20 @@ fn after_rows(ids: Ids) {}
 // positive factor, which leaves the bytes as they are and scales every dot product with them:
 // the reader adds up the sums of squares and applies 1 / rms to its results (PRENORM in
 // mul_mv_multi.wgsl), so no quantize_x dispatch runs between the two. A workgroup's RWG rows
-// are whole blocks (the backend's shape); the part is the whole weight (row0 = 0).
+// are whole blocks (the backend's shape); the part is the whole weight (row0 = 0). Rows mode:
+// each of the C token rows keeps its RWG values and is written as its own row of xo.
 @group(0) @binding(8) var<storage, read> res: array<f32>;
 @group(0) @binding(9) var<storage, read> nw: array<f32>;
 @group(0) @binding(10) var<storage, read_write> xo: array<vec4<u32>>;
 const RWG: u32 = R * (WG / TPR);
-var<workgroup> kept: array<f32, RWG>;
+var<workgroup> kept: array<f32, RWG * C>;
 
 fn out_value(o: u32, s: f32) -> f32 {
     return res[o] + s;
 }
 
-fn keep_row(r: u32, v: f32) {
-    kept[r % RWG] = v;
+fn keep_row(c: u32, r: u32, v: f32) {
+    kept[c * RWG + r % RWG] = v;
 }
 
 fn after_rows(ids: Ids) {
@@ -132,19 +133,26 @@ fn after_rows(ids: Ids) {
     let t = thread_index(ids);
     let nr = args.part.n_rows;
     let b = (ids.wg.z * ids.nwg.x + ids.wg.x) * (RWG / 32u) + t;
+    let c0 = ids.wg.y * C;
     if (t < RWG / 32u && 32u * b < nr) {
-        var v: array<vec4<f32>, 8>;
-        var ss = 0.0;
-        for (var j = 0u; j < 8u; j++) {
-            let i = 32u * t + 4u * j;
-            let y4 = vec4<f32>(kept[i], kept[i + 1u], kept[i + 2u], kept[i + 3u]);
-            ss += dot(y4, y4);
-            let c = 32u * b + 4u * j;
-            v[j] = y4 * vec4<f32>(nw[c], nw[c + 1u], nw[c + 2u], nw[c + 3u]);
+        for (var tc = 0u; tc < C; tc++) {
+            if (c0 + tc >= max(args.mm.M, 1u)) {
+                break;
+            }
+            var v: array<vec4<f32>, 8>;
+            var ss = 0.0;
+            for (var j = 0u; j < 8u; j++) {
+                let i = tc * RWG + 32u * t + 4u * j;
+                let y4 = vec4<f32>(kept[i], kept[i + 1u], kept[i + 2u], kept[i + 3u]);
+                ss += dot(y4, y4);
+                let c = 32u * b + 4u * j;
+                v[j] = y4 * vec4<f32>(nw[c], nw[c + 1u], nw[c + 2u], nw[c + 3u]);
+            }
+            let q = quant_block(&v);
+            let base = (c0 + tc) * (nr / 16u + nr / 32u);  // token row c0 + tc of xo
+            xo[base + 2u * b] = q.lo;
+            xo[base + 2u * b + 1u] = q.hi;
+            xo[base + nr / 16u + b] = vec4<u32>(q.scales.xyz, bitcast<u32>(ss));
         }
-        let q = quant_block(&v);
-        xo[2u * b] = q.lo;
-        xo[2u * b + 1u] = q.hi;
-        xo[nr / 16u + b] = vec4<u32>(q.scales.xyz, bitcast<u32>(ss));
     }
 }
