@@ -362,10 +362,14 @@ def test_integer_matvecs_over_many_rows(tmp_path, b, mixed, monkeypatch):
     (MVQ_ROWS_C; the integer path allowed past its default MVQ_ROWS_MAX, where the mat-mat
     takes over): every row gives the logits of its own one-sequence decode (the same bytes
     of x, the same sums). `mixed`: v and up in MXFP4, so that the multi-weight mat-vecs over
-    rows join weights of two types (as Q4_K_M's Q4_K and Q6_K)."""
-    from fastllm.backends.webgpu import matmul_shapes
+    rows join weights of two types (as Q4_K_M's Q4_K and Q6_K), and the one-dispatch decode
+    attention only up to 6 positions, so that the rows straddle it and the step takes the
+    split attention's list for all of them."""
+    from fastllm.backends.webgpu import attention, matmul_shapes
 
     monkeypatch.setattr(matmul_shapes, "MVQ_ROWS_MAX", 64)
+    if mixed:
+        monkeypatch.setattr(attention, "ATTN_DIRECT_MAX", 6)
     qtypes = {"attn_v": "MXFP4", "ffn_up": "MXFP4"} if mixed else None
     path = write_tiny_model(tmp_path / "q.gguf", "qwen3", qtype="Q8_0", qtypes=qtypes)
     m = load(path, "webgpu", n_seq=b, n_ctx=64)
@@ -385,12 +389,13 @@ def test_integer_matvecs_over_many_rows(tmp_path, b, mixed, monkeypatch):
         np.testing.assert_allclose(got[row], want, atol=1e-5 * np.abs(want).max())
     # the batched step as the one-row step is built (matmul_shapes.ROWS_FUSE): q, k and v one
     # multi-weight integer mat-vec; gate and up one that writes silu(gate) * up as the down
-    # projection's x; the attention's reduce writing the output projection's x; the output and
-    # down projections writing the next norm's x (resq), so that only the first layer's norm
-    # and the output norm quantize x on their own
-    # (past MV_MAX_M rows the graph keeps swiglu apart from the down projection)
+    # projection's x; attention (rotating q and k and storing k and v itself, in one dispatch
+    # at short contexts) writing the output projection's x; the output and down projections
+    # writing the next norm's x (resq), so that only the first layer's norm and the output
+    # norm quantize x on their own (past MV_MAX_M rows the graph keeps swiglu apart from the
+    # down projection)
     kernels = [p.label for p, _, _ in m._program(b, True, rows=True).dispatches]
-    n_layer = sum("attn_reduce_q8" in k for k in kernels)
+    n_layer = sum("kernel_attn_decode_direct_q8" in k for k in kernels)
     assert n_layer == 2, kernels
     if b > matmul_shapes.MV_MAX_M:
         return

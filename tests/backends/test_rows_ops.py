@@ -66,8 +66,10 @@ def test_attention_slots_and_rows(gpu, shape, case, rng, monkeypatch):
     except AssertionError as e:
         raise AssertionError(f"{e} (seed {rng.seed_value})") from None
 
-    rows_ops = _ops(twin, build, 3, True)  # rope_kv.wgsl with ROWS
-    assert rows_ops.count("rope_kv_store") == 2 and "kv_store" not in rows_ops, rows_ops
+    # rows mode fuses as one row does (rope_kv.wgsl's and attn_decode.wgsl's ROWS)
+    rows_ops = _ops(twin, build, 3, True)
+    assert rows_ops.count("rope_kv_store") + rows_ops.count("attn_decode_rope") == 2, rows_ops
+    assert ("attn_decode_rope" in rows_ops) == (n_rot is None), rows_ops
     one = _ops(twin, build, 1, False)
     assert one.count("rope_kv_store") + one.count("attn_decode_rope") == 2, one
     assert ("attn_decode_rope" in one) == (n_rot is None), one

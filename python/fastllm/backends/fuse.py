@@ -31,15 +31,15 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
       mul_mat / mul_mv_fused -> add(x, .) => mul_mv_fused (+ x on store; mat-mats too)
       rope(q), rope(k), kv_store(k', v)  => rope_kv_store
       rope_kv_store -> attention, one row => attn_decode_rope (rotations and the store inside
-                                            decode attention)
+        (or rows mode, rows_rope_kv)        decode attention)
       rms_norm(x, nw) -> mul_mat, ...     => mul_mv_fused (norm: each workgroup reduces x;
                                             one token row, every reader a mul_mat), or for
                                             2-3 readers (q, k, v; gate, up) one mul_mv_multi
     Other mat-mul fusions only where mul_mat would use the mat-vec kernel (M <= mv_max_m);
     attn_decode_rope only where the backend has it (attn_rope). A rows-mode graph (Graph.rows,
     each row its own sequence) keeps rope, kv_store and attention apart: the fused kernels
-    assume one sequence's consecutive positions (rows_rope_kv: the backend's rope_kv_store
-    reads each row's own slot and position, so that one is made); nor does it fold an activation into a mat-mat's
+    assume one sequence's consecutive positions (rows_rope_kv: the backend's rope_kv_store and
+    attn_decode_rope read each row's own slot and position, so those are made); nor does it fold an activation into a mat-mat's
     epilogue (a batched step's products are integer mat-vecs over several rows where the
     weights allow, which have no such epilogue)."""
     outputs = list(outputs)
@@ -132,9 +132,9 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
                                  {**rq.attrs, "k_n_head": rk.attrs["n_head"],
                                   "layer": node.attrs["layer"]}, rq.out)]
                 continue
-        if (attn_rope and not rows and node.op == "attention" and out
+        if (attn_rope and (not rows or rows_rope_kv) and node.op == "attention" and out
                 and out[-1].op == "rope_kv_store" and node.args[0] is out[-1].out
-                and inner(out[-1].out) and node.out.shape[0] == 1 and out[-1].attrs["layer"] == node.attrs["layer"]):
+                and inner(out[-1].out) and (node.out.shape[0] == 1 or rows) and out[-1].attrs["layer"] == node.attrs["layer"]):
             rk = out[-1]
             d = node.attrs["head_dim"]
             if (rk.attrs["n_rot"] == d == rk.attrs["head_dim"] and d % 8 == 0

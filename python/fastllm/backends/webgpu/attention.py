@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ...errors import UnsupportedError
 from ..base import Node
+from . import matmul_shapes as shapes
 
 # Most workgroups per KV head of decode attention (attn_decode.wgsl's NSPLIT; a cache of N rows
 # gets min(ATTN_SPLITS, N / 8)). H100, 8B Q4_K_M step at positions 64 / 1,000 / 4,000:
@@ -83,57 +84,11 @@ class AttentionOps:
             "n_rows": n, "n_head": nh, "n_kv_head": nkv, "head_dim": d, "scale": at["scale"],
             "softcap": at["softcap"], "window": at["window"], "ring": ring,
             "has_sinks": int(sinks is not None)}))
-        if self.g.rows:  # each row over its own slot's cache
-            self._attn_rows(node, args, kc, vc, g, d, nkv, n, sk, has)
+        rows = bool(self.g.rows)  # each row a query of its own slot (rows.wgsl's layout)
+        if n == 1 or rows:
+            self._attn_decode(node, args, ring, kc, vc, g, d, nkv, n if rows else 1, sk, has)
             return
         b = {0: args, 1: self.step, 2: self.buf(q), 3: kc, 4: vc, 5: self.buf(node.out)}
-        if n == 1:
-            rope = node.attrs.get("rope")
-            if rope is not None:  # attn_decode_rope: q, k, v unrotated, k and v not yet stored
-                _, k, v, ff = node.args
-                b.update({7: self.buf(k), 8: self.buf(v),
-                          9: self._rope_table(rope["n_rot"], rope["base"], rope["freq_scale"],
-                                              ff)})
-            visible = min(at["window"], ring) if at["window"] else ring
-            q8 = node.out.id in self.prequantized  # written as the output projection's x
-            variant = "rope" if rope else None
-            neox = {"NEOX": bool(rope["neox"])} if rope else {}
-            lim = self.be.limits
-            wg = direct_attn_wg(g, d, lim["max-compute-workgroup-storage-size"],
-                                lim["max-compute-invocations-per-workgroup"])
-            dec = {i: r for i, r in b.items() if i != 5}  # the output bound apart
-            direct = wg is not None and ATTN_DIRECT_MAX > 0
-            # steps that may see more positions take the split kernels (the "long" list)
-            when = "long" if direct and visible > ATTN_DIRECT_MAX else None
-            if direct:
-                self._dispatch("attn_decode.wgsl", "kernel_attn_decode_direct_"
-                               + ("q8" if q8 else "f32"),
-                               {**dec, (10 if q8 else 5): self.buf(node.out), **sk}, (1, nkv),
-                               consts={"G": g, "D": d, "WG": wg, "VU": ATTN_DIRECT_VU,
-                                       **neox, **has}, variant=variant,
-                               when="short" if when else None)
-                if when is None:  # never more than ATTN_DIRECT_MAX positions visible
-                    return
-                self.attn_direct_max = ATTN_DIRECT_MAX
-            # splits share the visible positions evenly at run time (attn_decode.wgsl), so a
-            # short context too runs on n_kv_head * nsplit workgroups
-            nsplit = max(1, min(ATTN_SPLITS, visible // 8))
-            consts = {"G": g, "D": d, "NSPLIT": nsplit}
-            part = self._buf(nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
-            self._dispatch("attn_decode.wgsl", "kernel_attn_decode_f32",
-                           {**dec, 6: part, 11: self.be.dummy},
-                           (nsplit, nkv), consts={**consts, **neox}, variant=variant, when=when)
-            rargs = self._arg(("kargs_attn_reduce", {"n_rows": 1, "n_head": nh, "head_dim": d,
-                                                         "n_splits": nsplit}))
-            if q8:
-                self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_q8",
-                               {0: rargs, 10: self.buf(node.out), 6: part, **sk}, (nh,),
-                               consts={**consts, **has}, when=when)
-            else:
-                self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",
-                               {0: rargs, 5: self.buf(node.out), 6: part, **sk}, (nh,),
-                               consts={**consts, **has}, when=when)
-            return
         bq, bk, tile = prefill_attn_shape(d, self.be.f16,
                                           self.be.limits["max-compute-workgroup-storage-size"],
                                           self.be.limits["max-compute-invocations-per-workgroup"])
@@ -142,31 +97,62 @@ class AttentionOps:
                        consts={"G": g, "D": d, "BQ": bq, "BK": bk, "WG": bq * bk // 16, **has},
                        f16_tile=tile)
 
-    def _attn_rows(self, node: Node, args, kc, vc, g: int, d: int, nkv: int, n: int,
-                   sk: dict, has: dict) -> None:
-        """Rows mode: the split decode kernel with a rows dimension (attn_decode.wgsl, ROWS),
-        each row over its own slot's keys, then the reduce over (n_head, rows) (with the sinks
-        where the node has them: `sk`, `has`)."""
+    def _attn_decode(self, node: Node, args, ring: int, kc, vc, g: int, d: int, nkv: int,
+                     z: int, sk: dict, has: dict) -> None:
+        """Decode attention of one query row, or in rows mode of z rows each over its own
+        slot's cache (ROWS: grid z). While at most ATTN_DIRECT_MAX positions are visible, the
+        one-dispatch kernel; past that (or always, where the step may see more: the "long"
+        list) the split kernel and its reduce. The sinks, where the node has them: sk, has."""
         at = node.attrs
+        q = node.args[0]
         nh = at["n_head"]
-        ring = self.be.spec.sizes[at["layer"]]
+        rows = bool(self.g.rows)
+        b = {0: args, 1: self.step, 2: self.buf(q), 3: kc, 4: vc,
+             11: self.rows if rows else self.be.dummy}
+        rope = at.get("rope")
+        if rope is not None:  # attn_decode_rope: q, k, v unrotated, k and v not yet stored
+            _, k, v, ff = node.args
+            b.update({7: self.buf(k), 8: self.buf(v),
+                      9: self._rope_table(rope["n_rot"], rope["base"], rope["freq_scale"], ff)})
         visible = min(at["window"], ring) if at["window"] else ring
+        q8 = node.out.id in self.prequantized  # written as the output projection's x
+        variant = "rope" if rope else None
+        consts = {"NEOX": bool(rope["neox"])} if rope else {}
+        if rows:
+            consts["ROWS"] = True
+        lim = self.be.limits
+        wg = direct_attn_wg(g, d, lim["max-compute-workgroup-storage-size"],
+                            lim["max-compute-invocations-per-workgroup"])
+        direct = wg is not None and ATTN_DIRECT_MAX > 0 and (not rows or shapes.ROWS_FUSE)
+        # steps that may see more positions take the split kernels (the "long" list)
+        when = "long" if direct and visible > ATTN_DIRECT_MAX else None
+        if direct:
+            self._dispatch("attn_decode.wgsl", "kernel_attn_decode_direct_"
+                           + ("q8" if q8 else "f32"),
+                           {**b, (10 if q8 else 5): self.buf(node.out), **sk}, (1, nkv, z),
+                           consts={"G": g, "D": d, "WG": wg, "VU": ATTN_DIRECT_VU,
+                                   **consts, **has}, variant=variant,
+                           when="short" if when else None)
+            if when is None:  # never more than ATTN_DIRECT_MAX positions visible
+                return
+            self.attn_direct_max = ATTN_DIRECT_MAX
+        # splits share the visible positions evenly at run time (attn_decode.wgsl), so a
+        # short context too runs on n_kv_head * nsplit workgroups
         nsplit = max(1, min(ATTN_SPLITS, visible // 8))
-        consts = {"G": g, "D": d, "NSPLIT": nsplit}
-        part = self._buf(n * nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
-        self._dispatch("attn_decode.wgsl", "kernel_attn_decode_f32",
-                       {0: args, 1: self.step, 2: self.buf(node.args[0]), 3: kc, 4: vc, 6: part,
-                        11: self.rows}, (nsplit, nkv, n), consts={**consts, "ROWS": True})
-        rargs = self._arg(("kargs_attn_reduce", {"n_rows": n, "n_head": nh, "head_dim": d,
+        split = {"G": g, "D": d, "NSPLIT": nsplit}
+        part = self._buf(z * nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
+        self._dispatch("attn_decode.wgsl", "kernel_attn_decode_f32", {**b, 6: part},
+                       (nsplit, nkv, z), consts={**split, **consts}, variant=variant, when=when)
+        rargs = self._arg(("kargs_attn_reduce", {"n_rows": z, "n_head": nh, "head_dim": d,
                                                      "n_splits": nsplit}))
-        if node.out.id in self.prequantized:  # written as the o projection's x, row by row
+        if q8:
             self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_q8",
-                           {0: rargs, 10: self.buf(node.out), 6: part, **sk}, (nh, n),
-                           consts={**consts, **has})
+                           {0: rargs, 10: self.buf(node.out), 6: part, **sk}, (nh, z),
+                           consts={**split, **has}, when=when)
         else:
             self._dispatch("attn_decode.wgsl", "kernel_attn_reduce_f32",
-                           {0: rargs, 5: self.buf(node.out), 6: part, **sk}, (nh, n),
-                           consts={**consts, **has})
+                           {0: rargs, 5: self.buf(node.out), 6: part, **sk}, (nh, z),
+                           consts={**split, **has}, when=when)
 
     def _op_attn_decode_rope(self, node: Node) -> None:
         self._op_attention(node)  # the decode path with the `rope` variant (args q, k, v, ff)

@@ -327,7 +327,8 @@ class DeviceLoops:
             s, stage = self._row_sampler(v.cols)
             s.prepare(params, uniforms, windows, masks)
             enc = be.device.create_command_encoder()
-            dispatches, raw = self._lists["short"]
+            # the split attention's list once a row may see more than attn_direct_max
+            dispatches, raw = self._lists[self._kind(int(np.max(positions)))]
             self._record(enc, raw, dispatches)
             s.encode(enc, self.buf(v), self.n)
             nb = s.read_nbytes()
@@ -381,8 +382,8 @@ class DeviceLoops:
             q.write_buffer(chain["args"], 0, args.tobytes())
             q.write_buffer(chain["rows"], 0, rows.tobytes())
             enc = be.device.create_command_encoder()
-            dispatches, raw = self._lists["short"]
             for i in range(k):
+                dispatches, raw = self._lists[self._kind(int(pos.max()) + i)]
                 if i:
                     enc.copy_buffer_to_buffer(chain["rows"], 8 * b * i, self.rows, 0, 8 * b)
                     enc.copy_buffer_to_buffer(s.out, 0, self.tokens, 0, 4 * b)

@@ -261,7 +261,7 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, Elementw
                  positions: np.ndarray) -> dict[str, np.ndarray]:
         self._rows_ready(tokens, slots, positions)
         with self.be.errors("running a graph"):
-            return self._submit_read("short")
+            return self._submit_read(self._kind(int(np.max(positions))))
 
     def _rows_ready(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray) -> None:
         """Checks a rows-mode run's arguments and writes its tokens and rows."""

@@ -13,9 +13,10 @@
 // scores are MASKED (common.wgsl), so no infinities meet.
 // Variants (sections at the end): `plain` reads q as given and a cache that holds position p;
 // `rope` also rotates q and the new k and stores k and v into the cache itself.
-// Rows mode (ROWS, plain only; backends/base.py, Graph.rows): grid (NSPLIT, n_kv_head, rows),
-// each row one query of its own sequence, at the (slot, position) of `rows`; the partials and
-// the reduce (grid (n_head, rows)) take the row's heads after the rows before it.
+// Rows mode (ROWS; backends/base.py, Graph.rows): grid (NSPLIT, n_kv_head, rows), or (1,
+// n_kv_head, rows) for the direct kernels, each row one query of its own sequence, at the
+// (slot, position) of `rows` (the rope variant rotates and stores each row's own k and v); the
+// partials and the reduce (grid (n_head, rows)) take the row's heads after the rows before it.
 
 const WG: u32 = 128u;
 const G: u32 = 1u;       // query heads per KV head
@@ -38,12 +39,28 @@ const SINKS: bool = false;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 // partials, (rows, n_head, NSPLIT, D + 2): acc[D], max, sum
 @group(0) @binding(6) var<storage, read_write> part: array<f32>;
-// rows mode: each row's (slot, position) (kernel_attn_decode_f32 only)
+// rows mode: each row's (slot, position)
 @group(0) @binding(11) var<storage, read> rows: array<vec2<u32>>;
 // with SINKS: (n_head) sink logits (the reduce and the direct kernels)
 @group(0) @binding(12) var<storage, read> sinks: array<f32>;
-// the first of this row's q values (vec4s), for the plain prologue
+// the first of this row's q values (vec4s), of its k and v values (the rope prologue's), and
+// its slot (where the rope prologue stores k and v)
 var<private> qrow: u32 = 0u;
+var<private> krow: u32 = 0u;
+var<private> cslot: u32 = 0u;
+
+// position and slot of the workgroup's query row (grid z in rows mode); sets qrow, krow, cslot
+fn query_row(ids: Ids) -> vec2<u32> {
+    var at = vec2<u32>(step.pos + step.n_tokens - 1u, step.slot);
+    if (ROWS) {
+        let row = ids.wg.z;
+        at = vec2<u32>(rows[row].y, rows[row].x);
+        qrow = row * args.n_head * D4;
+        krow = row * args.n_kv_head * D4;
+    }
+    cslot = at.y;
+    return at;
+}
 
 var<workgroup> qd: array<vec4<f32>, P>;
 var<workgroup> pd: array<f32, G * WG>;  // softmax weights of the block, per head
@@ -107,13 +124,9 @@ fn kernel_attn_decode_f32(ids: Ids) {
     let kvh = ids.wg.y;
     let row = ids.wg.z;
     let kvd4 = args.n_kv_head * D4;
-    var p = step.pos + step.n_tokens - 1u;
-    var slot = step.slot;
-    if (ROWS) {
-        p = rows[row].y;
-        slot = rows[row].x;
-        qrow = row * args.n_head * D4;
-    }
+    let at = query_row(ids);
+    let p = at.x;
+    let slot = at.y;
     let lo = first_visible(p, args.window);
     // an even share for every workgroup, however few positions are visible: a short context
     // then still spreads over NSPLIT workgroups instead of leaving one to walk all its keys
@@ -213,7 +226,9 @@ fn attend_direct(ids: Ids) {
     let t = ids.lid;
     let kvh = ids.wg.y;
     let kvd4 = args.n_kv_head * D4;
-    let p = step.pos + step.n_tokens - 1u;
+    let at = query_row(ids);
+    let p = at.x;
+    let slot = at.y;
     let lo = first_visible(p, args.window);
     prologue(ids, kvh, p, lo, p + 1u);
     workgroupBarrier();
@@ -228,7 +243,7 @@ fn attend_direct(ids: Ids) {
         l[g] = 0.0;
     }
     for (var j0 = lo; j0 <= p; j0 += WG) {
-        weigh_block(ids, kvh, j0 + t, p + 1u, &m, step.slot);
+        weigh_block(ids, kvh, j0 + t, p + 1u, &m, slot);
         workgroupBarrier();
         let nv = min(WG, p + 1u - j0);
         if (ks < KS) {
@@ -243,7 +258,7 @@ fn attend_direct(ids: Ids) {
                 for (var u = 0u; u < VU; u++) {
                     let jj = j + u * KS;
                     if (jj < nv) {
-                        vv[u] = vc4[(step.slot * args.ring + (j0 + jj) % args.ring) * kvd4 + vb];
+                        vv[u] = vc4[(slot * args.ring + (j0 + jj) % args.ring) * kvd4 + vb];
                     }
                 }
                 for (var u = 0u; u < VU; u++) {
@@ -294,7 +309,8 @@ fn kernel_attn_decode_direct_f32(ids: Ids) {
     attend_direct(ids);
     for (var q = ids.lid; q < P; q += WG) {
         let o = od[q];
-        let b = ids.wg.y * G * D + 4u * q;  // heads kvh G .. kvh G + G - 1, contiguous
+        // heads kvh G .. kvh G + G - 1, contiguous, of the row (grid z; 0 but in rows mode)
+        let b = ids.wg.z * args.n_head * D + ids.wg.y * G * D + 4u * q;
         out[b] = o.x;
         out[b + 1u] = o.y;
         out[b + 2u] = o.z;
@@ -312,7 +328,7 @@ fn kernel_attn_decode_direct_q8(ids: Ids) {
         for (var j = 0u; j < 8u; j++) {
             v[j] = od[8u * b + j];
         }
-        store_xq(0u, ids.wg.y * G * D / 32u + b, args.n_head, &v);
+        store_xq(ids.wg.z, ids.wg.y * G * D / 32u + b, args.n_head, &v);
     }
 }
 
@@ -467,7 +483,7 @@ fn prologue(ids: Ids, kvh: u32, p: u32, s0: u32, s1: u32) {
     for (var e = ids.lid; e < G * h4; e += WG) {
         let g = e / h4;
         let i = e % h4;
-        let qb = kvh * P + g * D4;
+        let qb = qrow + kvh * P + g * D4;
         if (NEOX) {
             let r = rot_halves(q4[qb + i], q4[qb + i + h4], i, p);
             qd[g * D4 + i] = r.lo * args.scale;
@@ -480,8 +496,8 @@ fn prologue(ids: Ids, kvh: u32, p: u32, s0: u32, s1: u32) {
     }
     if (s0 <= p && p < s1) {
         let kvd4 = args.n_kv_head * D4;
-        let row = (step.slot * args.ring + p % args.ring) * kvd4 + kvh * D4;
-        let kb = kvh * D4;
+        let row = (cslot * args.ring + p % args.ring) * kvd4 + kvh * D4;
+        let kb = krow + kvh * D4;
         for (var i = ids.lid; i < h4; i += WG) {
             if (NEOX) {
                 let r = rot_halves(k4[kb + i], k4[kb + i + h4], i, p);
