@@ -22,7 +22,8 @@ def reader_counts(nodes: list[Node], outputs: Iterable[Value]) -> dict[int, int]
 
 
 def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
-         attn_rope: bool = True, rows: bool = False, rows_rope_kv: bool = False) -> list[Node]:
+         attn_rope: bool = True, rows: bool = False, rows_rope_kv: bool = False,
+         moe_res: bool = False) -> list[Node]:
     """Neighbouring ops merged into one dispatch (a decode step is bound by per-dispatch
     cost, DESIGN.md principle 5). Only runs of consecutive nodes whose inner values nothing
     else reads, so the list stays in order and _plan sees the fused reads:
@@ -32,6 +33,7 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
       rope(q), rope(k), kv_store(k', v)  => rope_kv_store
       rope_kv_store -> attention, one row => attn_decode_rope (rotations and the store inside
         (or rows mode, rows_rope_kv)        decode attention)
+      moe_sum -> add(x, .), moe_res      => moe_sum (y, weights, x): + x on store
       rms_norm(x, nw) -> mul_mat, ...     => mul_mv_fused (norm: each workgroup reduces x;
                                             one token row, every reader a mul_mat), or for
                                             2-3 readers (q, k, v; gate, up) one mul_mv_multi
@@ -119,6 +121,14 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
                 up = prev.args[2] if prev.op == "mul_mv_fused" else None
                 out[-1] = Node("mul_mv_fused", (x, w, up, res, None),
                                {"glu": prev.attrs.get("glu", False)}, node.out)
+                continue
+        if (moe_res and node.op == "add" and prev is not None and prev.op == "moe_sum"
+                and len(prev.args) == 2 and inner(prev.out)):
+            a, b = node.args
+            res = a if b is prev.out else b if a is prev.out else None
+            if (isinstance(res, Value) and res is not prev.out
+                    and res.shape == node.out.shape == prev.out.shape):
+                out[-1] = Node("moe_sum", (*prev.args, res), prev.attrs, node.out)
                 continue
         if ((not rows or rows_rope_kv) and node.op == "kv_store" and len(out) >= 2 and out[-1].op == "rope"
                 and out[-2].op == "rope" and node.args[0] is out[-1].out

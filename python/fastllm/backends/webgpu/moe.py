@@ -10,6 +10,7 @@ import math
 from ...errors import UnsupportedError
 from ...quants import GGMLType
 from ..base import Node
+from ..fuse import reader_counts
 from . import repack
 from .matmul_shapes import MV_MAX_M, Q8_TYPES, QX_WG, _guard_k, mv_shape, mvq_shape
 
@@ -41,6 +42,21 @@ class MoeOps:
         """The chunk table's slots: each expert's pairs in runs of C take at most
         ceil(pairs / C) + E of them."""
         return -(-math.prod(node.args[2].shape) // self._chunk(node)) + node.args[1].shape[0]
+
+    def _moe_glu(self) -> dict[int, Node]:
+        """swiglu nodes whose one reader, right after them, is a one-row expert product on the
+        integer path (the down projection): its quantize_x reads silu(gate) * up itself (glu
+        variant), one dispatch less a MoE layer. {id of the swiglu's output: the node}."""
+        if not self.be.int_dot:
+            return {}
+        reads = reader_counts(self.nodes, self.g.outputs.values())
+        found = {}
+        for n, nxt in zip(self.nodes, self.nodes[1:]):
+            if (n.op == "swiglu" and reads.get(n.out.id) == 1 and nxt.op == "mul_mat_id"
+                    and nxt.args[0] is n.out and not self._grouped(nxt)
+                    and n.out.cols % 32 == 0 and nxt.args[1].handle.tname in Q8_TYPES):
+                found[n.out.id] = n
+        return found
 
     def _op_moe_route(self, node: Node) -> None:
         logits, bias = node.args
@@ -114,13 +130,15 @@ class MoeOps:
         # the gate product reads the x the up product quantized just before it (dispatches run
         # in order and only these write the scratch): quantized once
         if self._xq_id_holds != (x.id, self._xq_id):
+            glu = self.moe_glu.get(x.id)  # x = silu(gate) * up, read from gate and up here
+            b = {0: self._arg(("kargs_mul_mat", {"M": rows, "N": 0, "K": k, "w_row_words": 0}),
+                              ("kargs_rms_norm", {})),
+                 1: self.buf(glu.args[0] if glu else x), 2: self._xq_id}
+            if glu:
+                b[7] = self.buf(glu.args[1])
             gx, _, gz = self._mv_grid(-(-(k // 4) // QX_WG))
-            self._dispatch("quantize_x.wgsl", "kernel_quantize_x_f32",
-                           {0: self._arg(("kargs_mul_mat", {"M": rows, "N": 0, "K": k,
-                                                            "w_row_words": 0}),
-                                         ("kargs_rms_norm", {})),
-                            1: self.buf(x), 2: self._xq_id},
-                           (gx, rows, gz), consts={"WG": QX_WG}, variant="plain")
+            self._dispatch("quantize_x.wgsl", "kernel_quantize_x_f32", b, (gx, rows, gz),
+                           consts={"WG": QX_WG}, variant="glu" if glu else "plain")
             self._xq_id_holds = (x.id, self._xq_id)
         r, tpr, wg = mvq_shape(m, h.units, h.tname)
         gx, _, gz = self._mv_grid(-(-m // (r * (wg // tpr))))
@@ -148,9 +166,11 @@ class MoeOps:
         self._per_expert(node, "kernel_mul_id_f32")
 
     def _op_moe_sum(self, node: Node) -> None:
-        y, weights = node.args
+        y, weights, *res = node.args  # res: the residual added on store (fuse.py's moe_res)
         n, kk, m = y.shape
         fields = {"n_pairs": n * kk, "k": kk, "m": m, "b_cols": 1}
         self._dispatch("moe.wgsl", "kernel_moe_sum_f32",
                        {0: self._arg(("kargs_moe_ew", fields)), 1: self.buf(y),
-                        2: self.buf(weights), 4: self.buf(node.out)}, self._grid1(n * m))
+                        2: self.buf(weights), 4: self.buf(node.out),
+                        5: self.buf(res[0]) if res else self.be.dummy}, self._grid1(n * m),
+                       consts={"RES": bool(res)})

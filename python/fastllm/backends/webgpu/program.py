@@ -77,10 +77,11 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, Elementw
             self.rows = (self._buf(8 * self.n, "STORAGE|COPY_DST", "rows") if graph.rows
                          else None)
             self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M, rows=graph.rows,
-                               rows_rope_kv=shapes.ROWS_FUSE) if backend.fuse
+                               rows_rope_kv=shapes.ROWS_FUSE, moe_res=True) if backend.fuse
                           else list(graph.nodes))
             self._plan()
             self.rows_normed = self._rows_normed()  # norm output id -> norm, readers
+            self.moe_glu = self._moe_glu()  # swiglu outputs read by an expert quantize_x
             self.prequantized, self.glu_multi = self._prequantized()
             self.prenorm = self._prenormed()  # producer id -> the reader it writes x for
             self.prenormed = {id(n) for n in self.prenorm.values()}

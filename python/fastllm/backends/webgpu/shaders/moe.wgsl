@@ -228,7 +228,11 @@ fn kernel_mul_id_f32(ids: Ids) {
 }
 
 // y[r, c] = sum over j of w[r * k + j] * a[(r * k + j) * m + c], j in order (ea: the experts'
-// outputs, eb: the weights)
+// outputs, eb: the weights); with RES, + res[r, c] (the residual add after the layer's experts,
+// one dispatch less a layer: backends/fuse.py's moe_res)
+const RES: bool = false;
+@group(0) @binding(5) var<storage, read> eres: array<f32>;
+
 @compute @workgroup_size(WG)
 fn kernel_moe_sum_f32(ids: Ids) {
     let i = gidx(ids);
@@ -239,6 +243,9 @@ fn kernel_moe_sum_f32(ids: Ids) {
         var s = 0.0;
         for (var j = 0u; j < k; j++) {
             s += eb[r * k + j] * ea[(r * k + j) * eargs.m + c];
+        }
+        if (RES) {
+            s += eres[i];
         }
         ey[i] = s;
     }
