@@ -84,8 +84,8 @@ class ElementwiseOps:
                         3: self.buf(node.out), 4: self.step}, self._grid1(x.cols))
 
     def _op_rms_norm(self, node: Node) -> None:
-        if node.out.id in self.rows_normed:  # normed by its readers' quantize_x (matmul.py)
-            return
+        if node.out.id in self.rows_normed or node.out.id in self.id_normed:
+            return  # normed by its readers themselves (matmul.py, moe.py)
         x, w = node.args
         at = node.attrs
         rows, cols = math.prod(x.shape[:-1]), x.cols

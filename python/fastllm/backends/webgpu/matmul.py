@@ -234,6 +234,10 @@ class MatmulOps:
 
     def _op_mul_mat(self, node: Node) -> None:
         x, w = node.args
+        nrm = self.id_normed.get(x.id)
+        if nrm is not None:  # a MoE router over the layer's norm, which it computes (moe.py)
+            self._mul_mat(node, nrm.args[0], w, nw=nrm.args[1], eps=nrm.attrs["eps"])
+            return
         nrm, readers = self.rows_normed.get(x.id, (None, []))
         glu = bool(readers) and id(readers[0]) in self.glu_multi
         if glu or self._rows_multi(readers):

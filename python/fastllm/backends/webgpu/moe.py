@@ -9,7 +9,7 @@ import math
 
 from ...errors import UnsupportedError
 from ...quants import GGMLType
-from ..base import Node
+from ..base import Node, Value
 from ..fuse import reader_counts
 from . import repack
 from .matmul_shapes import MV_MAX_M, Q8_TYPES, QX_WG, _guard_k, mv_shape, mvq_shape
@@ -56,6 +56,39 @@ class MoeOps:
                     and nxt.args[0] is n.out and not self._grouped(nxt)
                     and n.out.cols % 32 == 0 and nxt.args[1].handle.tname in Q8_TYPES):
                 found[n.out.id] = n
+        return found
+
+    def _id_normed(self) -> dict[int, Node]:
+        """One-row rms_norm nodes read by a layer's router and its experts (the readers all
+        mul_mat or integer-path mul_mat_id): the router's mat-vec norms x itself (its norm
+        variant) and the experts' quantize_x too, one dispatch less a MoE layer. The norm's
+        input must outlive its last reader (the residual does: the layer adds it at the end).
+        {id of the norm's output: the norm node}."""
+        if self.g.rows:
+            return {}
+        outs = {v.id for v in self.g.outputs.values()}
+        readers: dict[int, list[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for a in n.args:
+                if isinstance(a, Value):
+                    readers.setdefault(a.id, []).append(i)
+        found = {}
+        for n in self.nodes:
+            if (n.op != "rms_norm" or n.args[1] is None or n.out.shape[0] != 1
+                    or n.out.id in outs or n.attrs["group"] != n.out.cols or n.out.cols % 32):
+                continue
+            rs = [self.nodes[i] for i in readers.get(n.out.id, [])]
+            ids = [r for r in rs if r.op == "mul_mat_id"]
+            if not ids or any(r.op not in ("mul_mat", "mul_mat_id") or r.args[0] is not n.out
+                              for r in rs):
+                continue
+            if not all(self.be.int_dot and not self._grouped(r)
+                       and r.args[1].handle.tname in Q8_TYPES for r in ids):
+                continue
+            last = max(readers[n.out.id])
+            if max(readers.get(n.args[0].id, [-1])) <= last:  # x not read after: may be reused
+                continue
+            found[n.out.id] = n
         return found
 
     def _op_moe_route(self, node: Node) -> None:
@@ -131,14 +164,21 @@ class MoeOps:
         # in order and only these write the scratch): quantized once
         if self._xq_id_holds != (x.id, self._xq_id):
             glu = self.moe_glu.get(x.id)  # x = silu(gate) * up, read from gate and up here
+            nrm = self.id_normed.get(x.id)  # x = rms_norm(x') * nw, normed here
+            src = glu.args[0] if glu else nrm.args[0] if nrm else x
+            norm = ({"n_rows": 1, "n_cols": k, "group": k, "has_weight": 1,
+                     "eps": nrm.attrs["eps"]} if nrm else {})
             b = {0: self._arg(("kargs_mul_mat", {"M": rows, "N": 0, "K": k, "w_row_words": 0}),
-                              ("kargs_rms_norm", {})),
-                 1: self.buf(glu.args[0] if glu else x), 2: self._xq_id}
+                              ("kargs_rms_norm", norm)),
+                 1: self.buf(src), 2: self._xq_id}
             if glu:
                 b[7] = self.buf(glu.args[1])
+            if nrm:
+                b[9] = self.buf(nrm.args[1])
             gx, _, gz = self._mv_grid(-(-(k // 4) // QX_WG))
             self._dispatch("quantize_x.wgsl", "kernel_quantize_x_f32", b, (gx, rows, gz),
-                           consts={"WG": QX_WG}, variant="glu" if glu else "plain")
+                           consts={"WG": QX_WG},
+                           variant="glu" if glu else "norm" if nrm else "plain")
             self._xq_id_holds = (x.id, self._xq_id)
         r, tpr, wg = mvq_shape(m, h.units, h.tname)
         gx, _, gz = self._mv_grid(-(-m // (r * (wg // tpr))))

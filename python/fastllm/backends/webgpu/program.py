@@ -82,6 +82,7 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, Elementw
             self._plan()
             self.rows_normed = self._rows_normed()  # norm output id -> norm, readers
             self.moe_glu = self._moe_glu()  # swiglu outputs read by an expert quantize_x
+            self.id_normed = self._id_normed()  # norms read by a router and its experts
             self.prequantized, self.glu_multi = self._prequantized()
             self.prenorm = self._prenormed()  # producer id -> the reader it writes x for
             self.prenormed = {id(n) for n in self.prenorm.values()}
