@@ -21,6 +21,11 @@ from . import matmul_shapes as shapes
 # 16 splits 3.12 / 3.45 / 4.55 ms, 32 splits 3.15 / 3.34 / 3.97, 64 splits 3.23 / 3.33 / 3.81
 # (benchmarks/NOTES.md, section 7).
 ATTN_SPLITS = 32
+# ... and where the split kernels serve only the steps past ATTN_DIRECT_MAX positions (the "long"
+# list), the split count at which those steps measured fastest: 64 (4,000 positions: 3.81 ms
+# against 3.97; 1,000: 3.33 against 3.34), the short contexts that 64 slowed being the direct
+# kernel's
+ATTN_SPLITS_LONG = 64
 # Visible positions up to which decode attention is one dispatch (kernel_attn_decode_direct_*,
 # one workgroup per KV head) instead of the split kernel and its reduce: a dispatch boundary in
 # the stream costs more than a workgroup walking this many keys alone. H100, GPU step at
@@ -138,7 +143,7 @@ class AttentionOps:
             self.attn_direct_max = ATTN_DIRECT_MAX
         # splits share the visible positions evenly at run time (attn_decode.wgsl), so a
         # short context too runs on n_kv_head * nsplit workgroups
-        nsplit = max(1, min(ATTN_SPLITS, visible // 8))
+        nsplit = max(1, min(ATTN_SPLITS_LONG if when else ATTN_SPLITS, visible // 8))
         split = {"G": g, "D": d, "NSPLIT": nsplit}
         part = self._buf(z * nh * nsplit * (d + 2) * 4, "STORAGE", "attention partials")
         self._dispatch("attn_decode.wgsl", "kernel_attn_decode_f32", {**b, 6: part},
