@@ -101,29 +101,36 @@ WINDOW, BATCH = 6, 9
 VOCAB = 40
 
 
-def attention_case(shape, rng, softcap: float = 0.0, n_rot: int = 16, sinks: bool = False):
+def attention_case(shape, rng, softcap: float = 0.0, n_rot: int = 16, sinks: bool = False,
+                   head_norm: bool = False):
     """(infos, spec, build): q, k, v rows from random tables; rope of q and k (NeoX pairs over
     n_rot values of each head, frequency factors), the KV store and attention on a full layer
     (0) and a ring layer with a window (1, softcap `softcap`), both with a sink logit per head
-    if `sinks`; outputs the roped q and both attentions. Four slots of 32 positions; slot 3 is
+    if `sinks` and each head of q and k rms-normed first if `head_norm` (Qwen3's q and k
+    norms); outputs the roped q and both attentions. Four slots of 32 positions; slot 3 is
     never used."""
     nh, nkv, d = shape
     infos = [f32_info("q", rng.standard_normal((VOCAB, nh * d))),
              f32_info("k", rng.standard_normal((VOCAB, nkv * d))),
              f32_info("v", rng.standard_normal((VOCAB, nkv * d))),
              f32_info("ff", rng.uniform(1.0, 4.0, n_rot // 2)),
-             f32_info("sk", rng.uniform(-1.0, 4.0, nh))]
+             f32_info("sk", rng.uniform(-1.0, 4.0, nh)),
+             f32_info("qn", rng.uniform(0.5, 1.5, d)), f32_info("kn", rng.uniform(0.5, 1.5, d))]
     spec = KVSpec(32, (nkv * d,) * 2, (32, WINDOW + BATCH), n_seq=4)
     rope = {"head_dim": d, "n_rot": n_rot, "base": 1e4, "neox": True}
 
     def build(g, w):
         q, k, v = (g.get_rows(w[c], g.tokens) for c in "qkv")
         for layer, window, cap in ((0, 0, 0.0), (1, WINDOW, softcap)):
-            # recorded as a model records a layer (rope of q and k, the store, attention): a
-            # run of one sequence fuses the first three (rope_kv_store; on WebGPU with attention
-            # too at one row where q is not an output), a rows-mode run keeps them apart
-            ql = g.rope(q, n_head=nh, freq_factors=w["ff"], **rope)
-            kl = g.rope(k, n_head=nkv, freq_factors=w["ff"], **rope)
+            # recorded as a model records a layer (rope of q and k, the store, attention): the
+            # GPU backends fuse the first three (rope_kv_store; on WebGPU with attention too,
+            # and the head norms, where q is not an output; Metal keeps rows mode's apart)
+            qh, kh = q, k
+            if head_norm:
+                qh = g.rms_norm(q, w["qn"], 1e-6, group=d)
+                kh = g.rms_norm(k, w["kn"], 1e-6, group=d)
+            ql = g.rope(qh, n_head=nh, freq_factors=w["ff"], **rope)
+            kl = g.rope(kh, n_head=nkv, freq_factors=w["ff"], **rope)
             g.kv_store(layer, kl, v)
             if layer == 0:
                 g.output("q", ql)

@@ -36,9 +36,11 @@ def _ops(twin: Twin, build, n: int, rows: bool) -> list[str]:
 # one-row run folds the rotations and the store into decode attention (attn_decode_rope);
 # "sinks": a sink logit per head (gpt-oss), joined in the one-dispatch kernel (its rope form)
 # and in rows mode in the split kernels' reduce (test_ops.py's test_attention_sinks: the rest)
-CASES = {"plain": (0.0, 16, False, False), "softcap_split": (8.0, 16, True, False),
-         "rope": (0.0, None, False, False), "rope_split": (5.0, None, True, False),
-         "sinks_rope": (0.0, None, False, True)}
+# "norm": Qwen3's per-head norms of q and k, folded into attn_decode_rope's prologue
+CASES = {"plain": (0.0, 16, False, False, False), "softcap_split": (8.0, 16, True, False, False),
+         "rope": (0.0, None, False, False, False), "rope_split": (5.0, None, True, False, False),
+         "sinks_rope": (0.0, None, False, True, False), "norm_rope": (0.0, None, False, False, True),
+         "norm_rope_split": (0.0, None, True, False, True)}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -49,11 +51,11 @@ def test_attention_slots_and_rows(gpu, shape, case, rng, monkeypatch):
     rows-mode steps over the three (rows.wgsl); slot 3 stays NaN in every cache."""
     from fastllm.backends.webgpu import attention as webgpu_attention
 
-    softcap, n_rot, split, sinks = CASES[case]
+    softcap, n_rot, split, sinks, norm = CASES[case]
     if split:
         monkeypatch.setattr(webgpu_attention, "ATTN_DIRECT_MAX", 0)
     d = shape[2]
-    infos, spec, build = attention_case(shape, rng, softcap, n_rot or d, sinks)
+    infos, spec, build = attention_case(shape, rng, softcap, n_rot or d, sinks, norm)
     twin = Twin(gpu, infos, spec, prepare=lambda p: p.poison())
 
     def tol(n, rows):
@@ -73,6 +75,8 @@ def test_attention_slots_and_rows(gpu, shape, case, rng, monkeypatch):
     one = _ops(twin, build, 1, False)
     assert one.count("rope_kv_store") + one.count("attn_decode_rope") == 2, one
     assert ("attn_decode_rope" in one) == (n_rot is None), one
+    if norm:  # layer 1's norms went into its attention (layer 0's roped q is an output)
+        assert one.count("rms_norm") == rows_ops.count("rms_norm") == 2, (one, rows_ops)
 
 
 def test_attention_rows_unfused(gpu, rng, monkeypatch):

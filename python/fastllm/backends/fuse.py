@@ -21,9 +21,23 @@ def reader_counts(nodes: list[Node], outputs: Iterable[Value]) -> dict[int, int]
     return readers
 
 
+def _head_norms(out: list[Node], inner, d: int) -> None:
+    """attn_decode_rope at out[-1] whose q and k come from per-head rms_norms (weights of head_dim
+    values, the same eps) at out[-3] and out[-2], read by nothing else: those norms folded in."""
+    at, nq, nk = out[-1], out[-3], out[-2]
+    q, k = at.args[0], at.args[1]
+    if (nq.op == nk.op == "rms_norm" and nq.out is q and nk.out is k and inner(q) and inner(k)
+            and nq.args[1] is not None and nk.args[1] is not None
+            and nq.attrs["group"] == nk.attrs["group"] == d
+            and nq.attrs["eps"] == nk.attrs["eps"]):
+        out[-3:] = [Node("attn_decode_rope", (nq.args[0], nk.args[0], *at.args[2:],
+                                              nq.args[1], nk.args[1]),
+                         {**at.attrs, "head_norm_eps": nq.attrs["eps"]}, at.out)]
+
+
 def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
          attn_rope: bool = True, rows: bool = False, rows_rope_kv: bool = False,
-         moe_res: bool = False) -> list[Node]:
+         moe_res: bool = False, head_norm: bool = False) -> list[Node]:
     """Neighbouring ops merged into one dispatch (a decode step is bound by per-dispatch
     cost, DESIGN.md principle 5). Only runs of consecutive nodes whose inner values nothing
     else reads, so the list stays in order and _plan sees the fused reads:
@@ -33,6 +47,9 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
       rope(q), rope(k), kv_store(k', v)  => rope_kv_store
       rope_kv_store -> attention, one row => attn_decode_rope (rotations and the store inside
         (or rows mode, rows_rope_kv)        decode attention)
+      rms_norm(q), rms_norm(k) per head -> attn_decode_rope, head_norm
+                                         => attn_decode_rope (q, k, v, ff, q's and k's
+                                            norm weights): the norms in its prologue
       moe_sum -> add(x, .), moe_res      => moe_sum (y, weights, x): + x on store
       rms_norm(x, nw) -> mul_mat, ...     => mul_mv_fused (norm: each workgroup reduces x;
                                             one token row, every reader a mul_mat), or for
@@ -152,6 +169,8 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
                     and rk.attrs["k_n_head"] == node.attrs["n_kv_head"]):
                 out[-1] = Node("attn_decode_rope", rk.args, {**node.attrs, "rope": rk.attrs},
                                node.out)
+                if head_norm and len(out) >= 3:
+                    _head_norms(out, inner, d)
                 continue
         out.append(node)
     return out

@@ -115,14 +115,19 @@ class AttentionOps:
         b = {0: args, 1: self.step, 2: self.buf(q), 3: kc, 4: vc,
              11: self.rows if rows else self.be.dummy}
         rope = at.get("rope")
+        hn = {}
         if rope is not None:  # attn_decode_rope: q, k, v unrotated, k and v not yet stored
-            _, k, v, ff = node.args
+            k, v, ff = node.args[1:4]
             b.update({7: self.buf(k), 8: self.buf(v),
-                      9: self._rope_table(rope["n_rot"], rope["base"], rope["freq_scale"], ff)})
+                      9: self._rope_table(rope["n_rot"], rope["base"], rope["freq_scale"], ff),
+                      13: self.be.dummy, 14: self.be.dummy})
+            if "head_norm_eps" in at:  # q's and k's per-head norms first (fuse.py)
+                b.update({13: self.buf(node.args[4]), 14: self.buf(node.args[5])})
+                hn = {"HEAD_NORM": True, "HN_EPS": at["head_norm_eps"]}
         visible = min(at["window"], ring) if at["window"] else ring
         q8 = node.out.id in self.prequantized  # written as the output projection's x
         variant = "rope" if rope else None
-        consts = {"NEOX": bool(rope["neox"])} if rope else {}
+        consts = {"NEOX": bool(rope["neox"]), **hn} if rope else {}
         if rows:
             consts["ROWS"] = True
         lim = self.be.limits

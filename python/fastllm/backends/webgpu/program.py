@@ -77,7 +77,8 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, Elementw
             self.rows = (self._buf(8 * self.n, "STORAGE|COPY_DST", "rows") if graph.rows
                          else None)
             self.nodes = (fuse(graph.nodes, graph.outputs.values(), MV_MAX_M, rows=graph.rows,
-                               rows_rope_kv=shapes.ROWS_FUSE, moe_res=True) if backend.fuse
+                               rows_rope_kv=shapes.ROWS_FUSE, moe_res=True,
+                               head_norm=True) if backend.fuse
                           else list(graph.nodes))
             self._plan()
             self.rows_normed = self._rows_normed()  # norm output id -> norm, readers

@@ -34,10 +34,12 @@ def sections(name: str) -> tuple[str, dict[str, str]]:
     return parts[0], {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
 
 
-def specialize(src: str, consts: dict[str, int | bool]) -> str:
+def specialize(src: str, consts: dict[str, int | bool | float]) -> str:
     for name, value in consts.items():
         if isinstance(value, bool):
             lit = "true" if value else "false"
+        elif isinstance(value, float):  # an f32 constant, to nine digits (round-trips f32)
+            lit = f"{value:.9e}"
         else:
             lit = f"{int(value)}u"
         pat = re.compile(rf"^const {name}: (\w+) = [^;]+;", re.MULTILINE)

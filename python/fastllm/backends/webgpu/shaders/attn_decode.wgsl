@@ -440,14 +440,51 @@ fn prologue(ids: Ids, kvh: u32, p: u32, s0: u32, s1: u32) {
 // rotates its KV head's G query heads as it loads them; the one whose share of positions holds
 // the new position p rotates k, stores k and v at p's cache row, and reads them back from there
 // like every other key (no other workgroup reads row p). Same arithmetic as rope_kv.wgsl, for
-// n_rot == head_dim, a multiple of 8, so a rotation never splits a vec4.
+// n_rot == head_dim, a multiple of 8, so a rotation never splits a vec4. With HEAD_NORM, q's
+// and k's heads are first rms-normed with their weights (Qwen3's attn_q_norm and attn_k_norm, D
+// values each, eps HN_EPS): two dispatches a layer fewer.
 const NEOX: bool = false;
+const HEAD_NORM: bool = false;
+const HN_EPS: f32 = 1e-6;
 
 @group(0) @binding(3) var<storage, read_write> kc4: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> vc4: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> k4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> v4: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read> inv_freq: array<f32>;
+@group(0) @binding(13) var<storage, read> qnw4: array<vec4<f32>>;  // HEAD_NORM: q's weights
+@group(0) @binding(14) var<storage, read> knw4: array<vec4<f32>>;  // and k's
+var<workgroup> hn: array<f32, G + 1u>;  // 1 / rms of the G q heads and of the k head
+
+// 1 / rms of head vector v (D4 vec4s from vec4 b of `which`: q4 when 0, k4 when 1)
+fn head_inv_rms(b: u32, which: u32) -> f32 {
+    var s = 0.0;
+    for (var e = 0u; e < D4; e++) {
+        var v: vec4<f32>;
+        if (which == 0u) {
+            v = q4[b + e];
+        } else {
+            v = k4[b + e];
+        }
+        s += dot(v, v);
+    }
+    return 1.0 / sqrt(s / f32(D) + HN_EPS);
+}
+
+// q's vec4 i of head g (scaled by its norm with HEAD_NORM)
+fn q_at(qb: u32, g: u32, i: u32) -> vec4<f32> {
+    if (HEAD_NORM) {
+        return q4[qb + i] * hn[g] * qnw4[i];
+    }
+    return q4[qb + i];
+}
+
+fn k_at(kb: u32, i: u32) -> vec4<f32> {
+    if (HEAD_NORM) {
+        return k4[kb + i] * hn[G] * knw4[i];
+    }
+    return k4[kb + i];
+}
 
 fn cs(p: u32, i: u32) -> vec2<f32> {
     let theta = f32(p) * inv_freq[i];
@@ -480,32 +517,40 @@ fn rot_halves(lo: vec4<f32>, hi: vec4<f32>, e: u32, p: u32) -> Halves {
 
 fn prologue(ids: Ids, kvh: u32, p: u32, s0: u32, s1: u32) {
     let h4 = D4 / 2u;
+    let kb = krow + kvh * D4;
+    if (HEAD_NORM) {  // one thread a head: D values each, a few dozen loads
+        if (ids.lid < G) {
+            hn[ids.lid] = head_inv_rms(qrow + kvh * P + ids.lid * D4, 0u);
+        } else if (ids.lid == G) {
+            hn[G] = head_inv_rms(kb, 1u);
+        }
+        workgroupBarrier();
+    }
     for (var e = ids.lid; e < G * h4; e += WG) {
         let g = e / h4;
         let i = e % h4;
         let qb = qrow + kvh * P + g * D4;
         if (NEOX) {
-            let r = rot_halves(q4[qb + i], q4[qb + i + h4], i, p);
+            let r = rot_halves(q_at(qb, g, i), q_at(qb, g, i + h4), i, p);
             qd[g * D4 + i] = r.lo * args.scale;
             qd[g * D4 + i + h4] = r.hi * args.scale;
         } else {
-            qd[g * D4 + 2u * i] = rot_pairs(q4[qb + 2u * i], 2u * i, p) * args.scale;
-            qd[g * D4 + 2u * i + 1u] = rot_pairs(q4[qb + 2u * i + 1u], 2u * i + 1u, p)
+            qd[g * D4 + 2u * i] = rot_pairs(q_at(qb, g, 2u * i), 2u * i, p) * args.scale;
+            qd[g * D4 + 2u * i + 1u] = rot_pairs(q_at(qb, g, 2u * i + 1u), 2u * i + 1u, p)
                 * args.scale;
         }
     }
     if (s0 <= p && p < s1) {
         let kvd4 = args.n_kv_head * D4;
         let row = (cslot * args.ring + p % args.ring) * kvd4 + kvh * D4;
-        let kb = krow + kvh * D4;
         for (var i = ids.lid; i < h4; i += WG) {
             if (NEOX) {
-                let r = rot_halves(k4[kb + i], k4[kb + i + h4], i, p);
+                let r = rot_halves(k_at(kb, i), k_at(kb, i + h4), i, p);
                 kc4[row + i] = r.lo;
                 kc4[row + i + h4] = r.hi;
             } else {
-                kc4[row + 2u * i] = rot_pairs(k4[kb + 2u * i], 2u * i, p);
-                kc4[row + 2u * i + 1u] = rot_pairs(k4[kb + 2u * i + 1u], 2u * i + 1u, p);
+                kc4[row + 2u * i] = rot_pairs(k_at(kb, 2u * i), 2u * i, p);
+                kc4[row + 2u * i + 1u] = rot_pairs(k_at(kb, 2u * i + 1u), 2u * i + 1u, p);
             }
         }
         for (var i = ids.lid; i < D4; i += WG) {
