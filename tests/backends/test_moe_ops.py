@@ -221,9 +221,10 @@ def test_mul_mat_id_int_dot(t, rng):
 
 def test_moe_layer_folds(rng, monkeypatch):
     """A decode MoE layer as WebGPU folds it: its norm computed by its readers (a router-like
-    mat-vec's norm variant, the experts' quantize_x), silu(gate) * up by the down projection's
-    quantize_x (no swiglu dispatch) and the residual added by the weighted sum (no add
-    dispatch), against the same device with the folds off. The folded tail is exact; the norm
+    mat-vec's norm variant, the experts' quantize_x), gate and up in one dispatch that writes
+    silu(gate) * up as the down projection's quantized x (no swiglu or quantize_x dispatch)
+    and the residual added by the weighted sum (no add dispatch), against the same device with
+    the folds off. The folded tail is exact; the norm
     computed in another order may move a byte of the experts' rounded x (1/254 of a block's
     largest value), hence the looser bound there."""
     from fastllm.backends import fuse as fuse_mod
@@ -259,6 +260,10 @@ def test_moe_layer_folds(rng, monkeypatch):
     for labels, _ in folded:
         assert "kernel_swiglu_f32" not in labels and "kernel_add_f32" not in labels, labels
         assert "kernel_rms_norm_f32" not in labels, labels
+        # gate and up in one dispatch, which writes the down projection's x
+        assert "kernel_mul_mvq_id_glu_q4_K_f32" in labels, labels
+        assert labels.count("kernel_quantize_x_f32") == 1, labels
+    monkeypatch.setattr(webgpu_moe.MoeOps, "_moe_glu_id", lambda self: {})
     monkeypatch.setattr(webgpu_moe.MoeOps, "_moe_glu", lambda self: {})
     monkeypatch.setattr(webgpu_moe.MoeOps, "_id_normed", lambda self: {})
     monkeypatch.setattr(webgpu_program, "fuse",

@@ -12,7 +12,8 @@ from ...quants import GGMLType
 from ..base import Node, Value
 from ..fuse import reader_counts
 from . import repack
-from .matmul_shapes import MV_MAX_M, Q8_TYPES, QX_WG, _guard_k, mv_shape, mvq_shape
+from .matmul_shapes import MV_MAX_M, Q8_TYPES, QX_WG, _guard_k, glu_tpr, mv_shape, mvq_shape
+from .shaders import MULTI_W
 
 MAX_E = 512  # moe.wgsl's MAX_E (llama.cpp's LLAMA_MAX_EXPERTS)
 MAX_K = 64  # moe.wgsl's MAX_K
@@ -56,6 +57,38 @@ class MoeOps:
                     and nxt.args[0] is n.out and not self._grouped(nxt)
                     and n.out.cols % 32 == 0 and nxt.args[1].handle.tname in Q8_TYPES):
                 found[n.out.id] = n
+        return found
+
+    def _moe_glu_id(self) -> dict[int, tuple[Node, Node, Node]]:
+        """Gate and up products of one token row's experts (two integer-path mul_mat_id of one
+        x and one ids, weights of one type in one part each, in either order), then swiglu of
+        them, then the down projection reading it, all in a row: one dispatch of
+        mul_mvq_id.wgsl's glu variant writes silu(gate) * up as the down projection's quantized
+        x. {id of the first of the two nodes: (gate, up, swiglu)}; the swiglu's output is in
+        self.prequantized_id."""
+        if not self.be.int_dot:
+            return {}
+        reads = reader_counts(self.nodes, self.g.outputs.values())
+        lim = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
+        found = {}
+        for a, b, sw, down in zip(self.nodes, self.nodes[1:], self.nodes[2:], self.nodes[3:]):
+            if not (a.op == b.op == "mul_mat_id" and sw.op == "swiglu"
+                    and down.op == "mul_mat_id" and down.args[0] is sw.out):
+                continue
+            if sw.args[0] is b.out:  # the up product recorded first
+                a, b = b, a
+            if (a.args[0] is not b.args[0] or a.args[2] is not b.args[2]
+                    or sw.args[0] is not a.out or sw.args[1] is not b.out
+                    or self._grouped(a) or self._grouped(down)
+                    or any(reads.get(v.id) != 1 for v in (a.out, b.out, sw.out))):
+                continue
+            wg, wu, wd = a.args[1].handle, b.args[1].handle, down.args[1].handle
+            if (wg.tname != wu.tname or wg.tname not in Q8_TYPES or wd.tname not in Q8_TYPES
+                    or len(wg.parts) != 1 or len(wu.parts) != 1 or a.args[0].cols % 32
+                    or sw.out.cols % 32
+                    or 3 + len(wg.parts[0].buffers) + len(wu.parts[0].buffers) > lim):
+                continue
+            found[id(self.nodes[self.nodes.index(sw) - 2])] = (a, b, sw)
         return found
 
     def _id_normed(self) -> dict[int, Node]:
@@ -107,6 +140,11 @@ class MoeOps:
                        self._grid1(n, 1))
 
     def _op_mul_mat_id(self, node: Node) -> None:
+        if id(node) in self.glu_id_up:  # its products came out of the gate's dispatch
+            return
+        if id(node) in self.moe_glu_id:
+            self._mul_mvq_id_glu(*self.moe_glu_id[id(node)])
+            return
         x, w, ids = node.args
         h = w.handle
         n_expert, m, k = w.shape
@@ -150,12 +188,33 @@ class MoeOps:
                                    "GUARD_K": _guard_k(t, k)},
                            variant="grouped" if grouped else None)
 
-    def _mul_mvq_id(self, node: Node, fields: dict) -> None:
-        """Decode's expert mat-vecs as integer dot products (mul_mvq_id.wgsl): x's rows (one,
-        or one per pair) quantized to bytes by quantize_x.wgsl into a scratch of their own."""
-        x, w, ids = node.args
-        h = w.handle
+    def _mul_mvq_id_glu(self, gate: Node, up: Node, sw: Node) -> None:
+        """Gate and up of the experts and silu(gate) * up, quantized as the down projection's
+        x in the swiglu output's buffer (_moe_glu_id): mul_mvq_id.wgsl's glu variant."""
+        x, w, ids = gate.args
+        h, hu = w.handle, up.args[1].handle
         k, m = x.cols, w.shape[1]
+        n, kk = ids.shape
+        fields = {"n_pairs": n * kk, "k": kk, "m": m, "K": k, "x_per_pair": int(len(x.shape) == 3),
+                  "n_expert": w.shape[0], "w_row_words": 0, "n_chunks": 0, "chunk": 1}
+        tpr = glu_tpr(k // 32)
+        b = {0: self._arg(("kargs_mul_mv_id", fields),
+                          ("kargs_part", {"row0": 0, "n_rows": h.parts[0].n_rows})),
+             1: self._id_xq(x), 7: self.buf(ids), 10: self.buf(sw.out)}
+        b.update({3 + i: buf for i, buf in enumerate(h.parts[0].buffers)})
+        b.update({MULTI_W + 4 + i: buf for i, buf in enumerate(hu.parts[0].buffers)})
+        gx, _, gz = self._mv_grid(-(-m // 32))
+        self._dispatch("mul_mvq_id.wgsl", f"kernel_mul_mvq_id_glu_{h.tname}_f32", b,
+                       (gx, n * kk, gz), wtype=h.tname, consts={"TPR": tpr, "WG": 32 * tpr},
+                       variant="glu")
+
+    def _id_xq(self, x):
+        """x's rows (one, or one per pair) quantized to bytes by quantize_x.wgsl into the
+        experts' scratch, unless it holds them already (or x is prequantized_id: its producer
+        wrote them in x's own buffer)."""
+        if x.id in self.prequantized_id:
+            return self.buf(x)
+        k = x.cols
         rows = math.prod(x.shape[:-1])
         need = (k + k // 2) * rows  # bytes: a vec4 of bytes per 16 values, one of scales per 32
         if self._xq_id is None or self._xq_id.size < need:
@@ -180,12 +239,21 @@ class MoeOps:
                            consts={"WG": QX_WG},
                            variant="glu" if glu else "norm" if nrm else "plain")
             self._xq_id_holds = (x.id, self._xq_id)
+        return self._xq_id
+
+    def _mul_mvq_id(self, node: Node, fields: dict) -> None:
+        """Decode's expert mat-vecs as integer dot products (mul_mvq_id.wgsl): x's rows (one,
+        or one per pair) quantized to bytes by quantize_x.wgsl into a scratch of their own."""
+        x, w, ids = node.args
+        h = w.handle
+        m = w.shape[1]
+        xq = self._id_xq(x)
         r, tpr, wg = mvq_shape(m, h.units, h.tname)
         gx, _, gz = self._mv_grid(-(-m // (r * (wg // tpr))))
         for part in h.parts:
             b = {0: self._arg(("kargs_mul_mv_id", fields),
                               ("kargs_part", {"row0": part.row0, "n_rows": part.n_rows})),
-                 1: self._xq_id, 2: self.buf(node.out), 7: self.buf(ids)}
+                 1: xq, 2: self.buf(node.out), 7: self.buf(ids)}
             b.update({3 + i: buf for i, buf in enumerate(part.buffers)})
             self._dispatch("mul_mvq_id.wgsl", f"kernel_mul_mvq_id_{h.tname}_f32", b,
                            (gx, ids.shape[0] * ids.shape[1], gz), wtype=h.tname,

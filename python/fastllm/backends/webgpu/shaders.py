@@ -68,6 +68,8 @@ def module_source(file: str, *, subgroups: bool, wtype: str | None = None,
         if file in ("mul_mvq.wgsl", "mul_mvq_id.wgsl"):  # the type's integer form: it reads
             # the x accessors (xq16, xmeta) of these files
             parts.append(qsec[wtype + "_int"])
+        if file == "mul_mvq_id.wgsl" and variant == "glu":  # a second weight, up, of the type
+            parts.append(slot_section(wtype, 1, q8=True))
         body = body.replace("_TYPE", "_" + wtype)
     parts.append(body)
     src = "\n".join(parts)

@@ -4,6 +4,7 @@
 // one matrix. Pair p = row * k + j reads the m rows of expert ids[p] and writes y[p * m ..];
 // grid (row blocks of the expert as (x, z), pairs as y); a weight split into parts runs one
 // dispatch per part, each storing the rows its part holds.
+// Variants: plain (above); glu, gate and up of the chosen experts at once (section glu).
 
 const WG: u32 = 64u;
 const TPR: u32 = 32u;
@@ -33,6 +34,7 @@ fn xmeta(col: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(xq[xbase + args.id.K / 16u + (col >> 5u)]);
 }
 
+//! section plain
 @compute @workgroup_size(WG)
 fn kernel_mul_mvq_id_TYPE_f32(ids: Ids) {
     let t = thread_index(ids);
@@ -65,5 +67,51 @@ fn kernel_mul_mvq_id_TYPE_f32(ids: Ids) {
                 }
             }
         }
+    }
+}
+
+//! section glu
+// Gate and up of the chosen experts in one dispatch (decode): a workgroup takes 32 consecutive
+// rows of its pair's expert in both weights (TPR threads a row; up's names end in _1, its
+// arrays bound after gate's, shaders.slot_section) and writes silu(gate) * up of those rows as
+// one block of the pair's row of the down projection's quantized x (xo: quantize_x.wgsl's
+// layout, a row of m values per pair), so neither output reaches memory and no swiglu or
+// quantize_x dispatch runs before the down projection. WG = 32 * TPR; m a multiple of 32; both
+// weights of one type, each in one part.
+@group(0) @binding(10) var<storage, read_write> xo: array<vec4<u32>>;
+var<workgroup> gv: array<f32, 32>;
+
+@compute @workgroup_size(WG)
+fn kernel_mul_mvq_id_TYPE_f32(ids: Ids) {
+    let t = thread_index(ids);
+    let U = args.id.K / 32u;
+    let m = args.id.m;
+    let p = ids.wg.y;
+    let g0 = u32(clamp(eids[p], 0, i32(args.id.n_expert) - 1)) * m;
+    xbase = select(p / args.id.k, p, args.id.x_per_pair != 0u) * (args.id.K / 16u + U);
+    let lane = t % TPR;
+    let b = ids.wg.z * ids.nwg.x + ids.wg.x;  // block of 32 rows of the expert
+    let r = 32u * b + t / TPR;
+    let row = g0 + min(r, m - 1u);  // a short last block repeats its last row (dropped below)
+    var acc = vec4<f32>(0.0);
+    for (var u = lane; u < U; u += TPR) {
+        acc.x += dot_q8(row * U + u, load_q8(u));
+        acc.y += dot_q8_1(row * U + u, load_q8_1(u));
+    }
+    let s = group_sum4(acc, TPR, ids);
+    if (lane == 0u) {
+        gv[t / TPR] = select(0.0, swiglu(s.x, s.y), r < m);
+    }
+    workgroupBarrier();
+    if (t == 0u) {
+        var v: array<vec4<f32>, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            v[j] = vec4<f32>(gv[4u * j], gv[4u * j + 1u], gv[4u * j + 2u], gv[4u * j + 3u]);
+        }
+        let q = quant_block(&v);
+        let base = p * (m / 16u + m / 32u);
+        xo[base + 2u * b] = q.lo;
+        xo[base + 2u * b + 1u] = q.hi;
+        xo[base + m / 16u + b] = q.scales;
     }
 }
