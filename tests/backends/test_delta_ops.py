@@ -40,3 +40,42 @@ def test_delta_errors(gpu):
     g.output("y", g.ssm_conv(g.get_rows(w, g.tokens), cw, "s"))
     with pytest.raises(UnsupportedError, match="12 taps"):
         gpu.compile(g)
+
+
+def test_norm_gate_writes_the_projections_x(rng, monkeypatch):
+    """norm_gate read by an integer mat-vec writes that mat-vec's quantized x itself
+    (kernel_norm_gate_q8: no quantize_x dispatch), giving the products of the norm_gate output
+    quantized by quantize_x (the same bytes: Q8_0 reads no block sums)."""
+    from fastllm.backends.webgpu import matmul as webgpu_matmul
+    from fastllm.quants import GGMLType, random_blocks
+
+    from .pairs import _backend, info
+
+    be = _backend(None, False, int_dot=True)
+    d, n_out, group = 256, 96, 128
+    w = {n: be.load_weight(f32_info(n, a)) for n, a in (
+        ("x", rng.standard_normal((8, d))), ("z", rng.standard_normal((8, d))),
+        ("nw", rng.uniform(0.5, 1.5, group)))}
+    w["o"] = be.load_weight(info("o", GGMLType.Q8_0, (n_out, d),
+                                 random_blocks(GGMLType.Q8_0, n_out, d, rng)))
+
+    def run():
+        g = Graph(1)
+        y = g.norm_gate(g.get_rows(w["x"], g.tokens), w["nw"], g.get_rows(w["z"], g.tokens),
+                        1e-6, group)
+        g.output("o", g.matmul(y, w["o"]))
+        prog = be.compile(g)
+        labels = [p.label for p, _bg, _grid in prog.dispatches]
+        prog.poison()
+        out = prog.run(np.array([3], np.int32), 0)["o"].copy()
+        prog.release()
+        return labels, out
+
+    labels, got = run()
+    assert "kernel_norm_gate_q8" in labels and "kernel_quantize_x_f32" not in labels, labels
+    monkeypatch.setattr(webgpu_matmul, "NORM_GATE_MAX", 0)
+    labels, want = run()
+    assert "kernel_norm_gate_f32" in labels and "kernel_quantize_x_f32" in labels, labels
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    be.close()

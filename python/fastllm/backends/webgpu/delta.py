@@ -64,9 +64,13 @@ class DeltaOps:
         g = node.attrs["group"]
         rows = math.prod(x.shape[:-1])
         args = {"n_rows": rows, "n_cols": x.cols, "group": g, "eps": node.attrs["eps"]}
-        self._dispatch(_FILE, "kernel_norm_gate_f32",
-                       {0: self._arg(("kargs_rwkv", args)), 1: self.buf(node.out),
-                        3: self.buf(x), 4: self.buf(w), 5: self.buf(z)}, (x.cols // g, rows))
+        b = {0: self._arg(("kargs_rwkv", args)), 3: self.buf(x), 4: self.buf(w), 5: self.buf(z)}
+        if node.out.id in self.prequantized:  # written as the output projection's x
+            self._dispatch(_FILE, "kernel_norm_gate_q8", {**b, 11: self.buf(node.out)},
+                           (x.cols // g, rows))
+            return
+        self._dispatch(_FILE, "kernel_norm_gate_f32", {**b, 1: self.buf(node.out)},
+                       (x.cols // g, rows))
 
     @staticmethod
     def _gd_scratch(node: Node) -> int:

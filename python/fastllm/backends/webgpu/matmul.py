@@ -22,6 +22,9 @@ def _norm_args(k: int, eps: float) -> tuple[str, dict]:
                                "eps": eps})
 
 
+NORM_GATE_MAX = 256  # delta.wgsl's NG_MAX: the largest group kernel_norm_gate_q8 takes
+
+
 class MatmulOps:
     """The mat-mul ops of WebGPUProgram (uses its _arg, _dispatch, _buf, buf and be)."""
 
@@ -43,6 +46,7 @@ class MatmulOps:
         holds the bytes and scales (1.5 bytes a value). Returns (those values' ids, ids of the
         mul_mv_multi nodes that become kernel_mul_mv_glu_q8):
           decode attention -> output projection (+ residual): kernel_attn_reduce_q8;
+          norm_gate (Gated DeltaNet) -> output projection: kernel_norm_gate_q8;
           mul_mv_multi (gate, up) -> down projection of silu(gate) * up (+ residual): the glu
             kernel, writing silu(gate) * up quantized in the gate output's buffer."""
         produced = {n.out.id: n for n in self.nodes if n.out is not None}
@@ -61,8 +65,12 @@ class MatmulOps:
             src = produced.get(x.id)
             if src is None or reads.get(x.id) != 1:
                 continue
-            if (up is None and src.op in ("attention", "attn_decode_rope")
-                    and src.attrs["head_dim"] % 32 == 0):
+            # attention's reduce or direct kernel, or delta.wgsl's kernel_norm_gate_q8
+            writes_q8 = (src.op in ("attention", "attn_decode_rope")
+                         and src.attrs["head_dim"] % 32 == 0) or (
+                src.op == "norm_gate" and src.attrs["group"] % 32 == 0
+                and src.attrs["group"] <= NORM_GATE_MAX)
+            if up is None and writes_q8:
                 values.add(x.id)
             elif (up is not None and src.op == "mul_mv_multi" and src.out is x
                   and src.attrs["also_out"] == [up] and reads.get(up.id) == 1

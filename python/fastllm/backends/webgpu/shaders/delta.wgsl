@@ -93,6 +93,46 @@ fn kernel_norm_gate_f32(ids: Ids) {
     }
 }
 
+// As kernel_norm_gate_f32, writing the output as the integer mat-vec's x of the projection
+// that reads it (quantize_x.wgsl's layout, row after row; the group a multiple of 32 values and
+// at most NG_MAX): no quantize_x dispatch before that projection, and the projection, its x
+// not in the shared scratch, may write the next norm's x itself (mul_mvq.wgsl's resq)
+const NG_MAX: u32 = 256u;
+@group(0) @binding(11) var<storage, read_write> yq: array<vec4<u32>>;
+var<workgroup> ng: array<f32, NG_MAX>;
+
+@compute @workgroup_size(WG)
+fn kernel_norm_gate_q8(ids: Ids) {
+    let g = cv_args.group;
+    let K = cv_args.n_cols;
+    let base = ids.wg.y * K + ids.wg.x * g;
+    var q = 0.0;
+    for (var k = ids.lid; k < g; k += WG) {
+        let v = i0[base + k];
+        q += v * v;
+    }
+    let inv = 1.0 / sqrt(wg_sum(q, ids) / f32(g) + cv_args.eps);
+    for (var k = ids.lid; k < g; k += WG) {
+        let z = i2[base + k];
+        ng[k] = i0[base + k] * inv * i1[k] * (z / (1.0 + exp(-clamp(z, -88.0, 88.0))));
+    }
+    workgroupBarrier();
+    let nb = g / 32u;
+    let row0 = ids.wg.y * (K / 16u + K / 32u);  // the row's first vec4 in yq
+    for (var b = ids.lid; b < nb; b += WG) {
+        var v: array<vec4<f32>, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            let e = 32u * b + 4u * j;
+            v[j] = vec4<f32>(ng[e], ng[e + 1u], ng[e + 2u], ng[e + 3u]);
+        }
+        let qb = quant_block(&v);
+        let blk = ids.wg.x * nb + b;  // the block's index in the row
+        yq[row0 + 2u * blk] = qb.lo;
+        yq[row0 + 2u * blk + 1u] = qb.hi;
+        yq[row0 + K / 16u + blk] = qb.scales;
+    }
+}
+
 // -- ssm_conv: one thread per channel walks the rows in order; inputs x, w (C x K). The state
 // holds channel c's K-1 previous inputs at c * (K-1).., the oldest first. ----------------------
 
