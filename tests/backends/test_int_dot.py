@@ -136,7 +136,7 @@ def test_int_dot_mul_mv(gpu, t, form, rng):
 def test_int_dot_multi(gpu, types, rng):
     """q, k, v-like readers of one normed row: one quantize_x and one mul_mv_multi q8 dispatch
     for the first three (mixed types, row counts not multiples of a group's rows), the fourth on
-    its own; a float reader of the same norm keeps the float path."""
+    its own over the same quantized x; a float reader of the same norm keeps the float path."""
     k, vocab = 512, 8
     rows = (96, 40, 72, 8)
     x = rng.standard_normal((vocab, k)) * 3
@@ -153,7 +153,8 @@ def test_int_dot_multi(gpu, types, rng):
     tok = int(rng.integers(0, vocab))
     out, labels = _run(gpu, build, tok)
     assert labels.count("kernel_mul_mv_multi_q8") == 1, labels
-    assert labels.count("kernel_quantize_x_f32") == 2, labels  # the multi's and the fourth's
+    # the multi's, which the fourth reads too (the scratch still holds the same normed x)
+    assert labels.count("kernel_quantize_x_f32") == 1, labels
     xn = _rms(x[tok].astype(np.float32), nw.astype(np.float32))
     for i, inf in enumerate(infos):
         check_model(out[f"y{i}"][0], xn, inf, f"slot {i} {inf.type.name}", rng.seed_value)
