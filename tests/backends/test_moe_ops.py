@@ -219,12 +219,14 @@ def test_mul_mat_id_int_dot(t, rng):
     be.close()
 
 
-def test_moe_layer_folds(rng, monkeypatch):
+@pytest.mark.parametrize("fused", [False, True], ids=["gate_up", "gate_up_fused"])
+def test_moe_layer_folds(rng, monkeypatch, fused):
     """A decode MoE layer as WebGPU folds it: its norm computed by its readers (a router-like
     mat-vec's norm variant, the experts' quantize_x), gate and up in one dispatch that writes
     silu(gate) * up as the down projection's quantized x (no swiglu or quantize_x dispatch)
     and the residual added by the weighted sum (no add dispatch), against the same device with
-    the folds off. The folded tail is exact; the norm
+    the folds off; `fused`: gate and up as one weight of gate rows then up rows an expert, its
+    halves taken by slice_cols (Qwen3.5's ffn_gate_up_exps). The folded tail is exact; the norm
     computed in another order may move a byte of the experts' rounded x (1/254 of a block's
     largest value), hence the looser bound there."""
     from fastllm.backends import fuse as fuse_mod
@@ -237,7 +239,7 @@ def test_moe_layer_folds(rng, monkeypatch):
               "nw": rng.uniform(0.5, 1.5, d), "r": rng.standard_normal((n_expert, d))}
     w = {name: be.load_weight(f32_info(name, a)) for name, a in tables.items()}
     for name, t, rows, cols in (("wg", GGMLType.Q4_K, m, d), ("wu", GGMLType.Q4_K, m, d),
-                                ("wd", GGMLType.Q8_0, d, m)):
+                                ("wgu", GGMLType.Q4_K, 2 * m, d), ("wd", GGMLType.Q8_0, d, m)):
         w[name] = be.load_weight(expert_info(name, t, n_expert, rows, cols, rng))
 
     def run(normed: bool):
@@ -247,7 +249,11 @@ def test_moe_layer_folds(rng, monkeypatch):
         if normed:  # as a router reads the norm (its logits are not the ones routed here)
             g.output("r", g.matmul(xn, w["r"]))
         ids, wts = g.moe_route(g.get_rows(w["l"], g.tokens), k, norm=True)
-        h = g.swiglu(g.matmul_id(xn, w["wg"], ids), g.matmul_id(xn, w["wu"], ids))
+        if fused:
+            gu = g.matmul_id(xn, w["wgu"], ids)
+            h = g.swiglu(g.slice_cols(gu, 0, m), g.slice_cols(gu, m, m))
+        else:
+            h = g.swiglu(g.matmul_id(xn, w["wg"], ids), g.matmul_id(xn, w["wu"], ids))
         g.output("out", g.add(g.moe_sum(g.matmul_id(h, w["wd"], ids), wts), x))
         prog = be.compile(g)
         labels = [p.label for p, _bg, _grid in prog.dispatches]
@@ -259,7 +265,7 @@ def test_moe_layer_folds(rng, monkeypatch):
     folded = [run(False), run(True)]
     for labels, _ in folded:
         assert "kernel_swiglu_f32" not in labels and "kernel_add_f32" not in labels, labels
-        assert "kernel_rms_norm_f32" not in labels, labels
+        assert "kernel_rms_norm_f32" not in labels and "kernel_slice_cols_f32" not in labels, labels
         # gate and up in one dispatch, which writes the down projection's x
         assert "kernel_mul_mvq_id_glu_q4_K_f32" in labels, labels
         assert labels.count("kernel_quantize_x_f32") == 1, labels

@@ -64,13 +64,33 @@ class MoeOps:
         x and one ids, weights of one type in one part each, in either order), then swiglu of
         them, then the down projection reading it, all in a row: one dispatch of
         mul_mvq_id.wgsl's glu variant writes silu(gate) * up as the down projection's quantized
-        x. {id of the first of the two nodes: (gate, up, swiglu)}; the swiglu's output is in
-        self.prequantized_id."""
+        x. {id of the first of the two nodes: (gate, up, swiglu, ())}, or for one weight of gate
+        rows then up rows an expert whose halves slice_cols takes {id of its product: (product,
+        None, swiglu, (the two slices))}; the swiglu's output is in self.prequantized_id."""
         if not self.be.int_dot:
             return {}
         reads = reader_counts(self.nodes, self.g.outputs.values())
         lim = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
         found = {}
+        for a, s1, s2, sw, down in zip(*(self.nodes[i:] for i in range(5))):
+            # one fused weight, its gate and up halves taken by slice_cols (Qwen3.5)
+            if not (a.op == "mul_mat_id" and s1.op == s2.op == "slice_cols" and sw.op == "swiglu"
+                    and down.op == "mul_mat_id" and down.args[0] is sw.out):
+                continue
+            half = a.out.cols // 2
+            h, hd = a.args[1].handle, down.args[1].handle
+            if (s1.args[0] is a.out and s2.args[0] is a.out and sw.args[0] is s1.out
+                    and sw.args[1] is s2.out and a.out.cols % 64 == 0 and a.args[0].cols % 32 == 0
+                    and (s1.attrs["start"], s1.attrs["width"], s1.attrs["period"])
+                    == (0, half, a.out.cols)
+                    and (s2.attrs["start"], s2.attrs["width"], s2.attrs["period"])
+                    == (half, half, a.out.cols)
+                    and reads.get(a.out.id) == 2
+                    and all(reads.get(v.id) == 1 for v in (s1.out, s2.out, sw.out))
+                    and not self._grouped(a) and not self._grouped(down)
+                    and h.tname in Q8_TYPES and hd.tname in Q8_TYPES and len(h.parts) == 1
+                    and 3 + 2 * len(h.parts[0].buffers) <= lim):
+                found[id(a)] = (a, None, sw, (s1, s2))
         for a, b, sw, down in zip(self.nodes, self.nodes[1:], self.nodes[2:], self.nodes[3:]):
             if not (a.op == b.op == "mul_mat_id" and sw.op == "swiglu"
                     and down.op == "mul_mat_id" and down.args[0] is sw.out):
@@ -88,7 +108,7 @@ class MoeOps:
                     or sw.out.cols % 32
                     or 3 + len(wg.parts[0].buffers) + len(wu.parts[0].buffers) > lim):
                 continue
-            found[id(self.nodes[self.nodes.index(sw) - 2])] = (a, b, sw)
+            found[id(self.nodes[self.nodes.index(sw) - 2])] = (a, b, sw, ())
         return found
 
     def _id_normed(self) -> dict[int, Node]:
@@ -140,8 +160,6 @@ class MoeOps:
                        self._grid1(n, 1))
 
     def _op_mul_mat_id(self, node: Node) -> None:
-        if id(node) in self.glu_id_up:  # its products came out of the gate's dispatch
-            return
         if id(node) in self.moe_glu_id:
             self._mul_mvq_id_glu(*self.moe_glu_id[id(node)])
             return
@@ -188,12 +206,15 @@ class MoeOps:
                                    "GUARD_K": _guard_k(t, k)},
                            variant="grouped" if grouped else None)
 
-    def _mul_mvq_id_glu(self, gate: Node, up: Node, sw: Node) -> None:
+    def _mul_mvq_id_glu(self, gate: Node, up: Node | None, sw: Node, _slices=()) -> None:
         """Gate and up of the experts and silu(gate) * up, quantized as the down projection's
-        x in the swiglu output's buffer (_moe_glu_id): mul_mvq_id.wgsl's glu variant."""
+        x in the swiglu output's buffer (_moe_glu_id): mul_mvq_id.wgsl's glu variant (FUSED:
+        up None, gate's weight holding both)."""
         x, w, ids = gate.args
-        h, hu = w.handle, up.args[1].handle
-        k, m = x.cols, w.shape[1]
+        fused = up is None
+        h = w.handle
+        hu = h if fused else up.args[1].handle
+        k, m = x.cols, w.shape[1] // (2 if fused else 1)
         n, kk = ids.shape
         fields = {"n_pairs": n * kk, "k": kk, "m": m, "K": k, "x_per_pair": int(len(x.shape) == 3),
                   "n_expert": w.shape[0], "w_row_words": 0, "n_chunks": 0, "chunk": 1}
@@ -205,8 +226,8 @@ class MoeOps:
         b.update({MULTI_W + 4 + i: buf for i, buf in enumerate(hu.parts[0].buffers)})
         gx, _, gz = self._mv_grid(-(-m // 32))
         self._dispatch("mul_mvq_id.wgsl", f"kernel_mul_mvq_id_glu_{h.tname}_f32", b,
-                       (gx, n * kk, gz), wtype=h.tname, consts={"TPR": tpr, "WG": 32 * tpr},
-                       variant="glu")
+                       (gx, n * kk, gz), wtype=h.tname,
+                       consts={"TPR": tpr, "WG": 32 * tpr, "FUSED": fused}, variant="glu")
 
     def _id_xq(self, x):
         """x's rows (one, or one per pair) quantized to bytes by quantize_x.wgsl into the

@@ -77,7 +77,9 @@ fn kernel_mul_mvq_id_TYPE_f32(ids: Ids) {
 // one block of the pair's row of the down projection's quantized x (xo: quantize_x.wgsl's
 // layout, a row of m values per pair), so neither output reaches memory and no swiglu or
 // quantize_x dispatch runs before the down projection. WG = 32 * TPR; m a multiple of 32; both
-// weights of one type, each in one part.
+// weights of one type, each in one part. FUSED: one weight of 2m rows an expert, gate rows
+// then up rows (Qwen3.5's ffn_gate_up_exps), bound as both.
+const FUSED: bool = false;
 @group(0) @binding(10) var<storage, read_write> xo: array<vec4<u32>>;
 var<workgroup> gv: array<f32, 32>;
 
@@ -87,16 +89,17 @@ fn kernel_mul_mvq_id_TYPE_f32(ids: Ids) {
     let U = args.id.K / 32u;
     let m = args.id.m;
     let p = ids.wg.y;
-    let g0 = u32(clamp(eids[p], 0, i32(args.id.n_expert) - 1)) * m;
+    let g0 = u32(clamp(eids[p], 0, i32(args.id.n_expert) - 1)) * select(m, 2u * m, FUSED);
     xbase = select(p / args.id.k, p, args.id.x_per_pair != 0u) * (args.id.K / 16u + U);
     let lane = t % TPR;
     let b = ids.wg.z * ids.nwg.x + ids.wg.x;  // block of 32 rows of the expert
     let r = 32u * b + t / TPR;
     let row = g0 + min(r, m - 1u);  // a short last block repeats its last row (dropped below)
+    let urow = row + select(0u, m, FUSED);
     var acc = vec4<f32>(0.0);
     for (var u = lane; u < U; u += TPR) {
         acc.x += dot_q8(row * U + u, load_q8(u));
-        acc.y += dot_q8_1(row * U + u, load_q8_1(u));
+        acc.y += dot_q8_1(urow * U + u, load_q8_1(u));
     }
     let s = group_sum4(acc, TPR, ids);
     if (lane == 0u) {
