@@ -3,7 +3,8 @@
 # call (../shared/bench/README.md, "Same-run peers"): carry .gpu and .peer, run from the root.
 # fastllm runs pinned to cores 0-3 while llama.cpp builds on cores 4-15; the peers run after.
 # Besides the default table: the batched step with its fusions off (matmul_shapes.ROWS_FUSE) and
-# with the integer mat-vec past 8 rows (MVQ_ROWS_MAX), and the GPU time of one batched step at
+# with the integer mat-vec past 8 rows (MVQ_ROWS_MAX, and 16 token rows a workgroup:
+# MVQ_ROWS_C), and the GPU time of one batched step at
 # each B (benchmarks/step_edits.py --rows), so the host's share of a step shows.
 # MODELS="1b" picks some; VARIANTS=0 skips the variant rows.
 set -u
@@ -40,6 +41,9 @@ for m in $MODELS; do
       --rows-alone -p 128 -n 128 -r 1 -q 2>&1 | grep -E '^\| +[0-9]'
     with "s.MVQ_ROWS_MAX = 32" bench -m /tmp/$m.gguf --backend webgpu --parallel 1,16,32 \
       --rows-alone -p 128 -n 128 -r 1 -q 2>&1 | grep -E '^\| +[0-9]'
+    echo "== $m variant: integer mat-vec to 32 rows, 16 token rows a workgroup"
+    with "s.MVQ_ROWS_MAX = 32; s.MVQ_ROWS_C = 16" bench -m /tmp/$m.gguf --backend webgpu \
+      --parallel 16,32 -p 128 -n 128 -r 1 -q 2>&1 | grep -E '^\| +[0-9]'
     echo "== $m GPU time of one step at position 192 ($(( SECONDS - t0 )) s)"
     taskset -c 0-3 timeout 120 python3 benchmarks/step_edits.py --model /tmp/$m.gguf --pos 192 \
       --rows 1,4,8,16,32 --summary 2>&1 | grep -E "dispatches|rror"
