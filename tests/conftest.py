@@ -6,6 +6,7 @@ Without it they skip with a reason, except under CI=true, where missing data fai
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +29,19 @@ def need(path: Path | None, what: str) -> Path:
 def data_dir() -> Path:
     root = os.environ.get("FASTLLM_TEST_DATA")
     return need(Path(root) if root else None, "FASTLLM_TEST_DATA folder")
+
+
+@pytest.fixture(scope="session")
+def archs(data_dir) -> Path:
+    """../shared/archs: llama.cpp's tiny random models of many architectures."""
+    return need(data_dir / "archs" / "llamacpp_logits.json", "archs/ (llama.cpp's random models)"
+                ).parent
+
+
+@pytest.fixture(scope="session")
+def archs_logits(archs) -> dict:
+    """llama.cpp's logits and greedy ids for each archs/ file, by file name."""
+    return json.loads((archs / "llamacpp_logits.json").read_text())["models"]
 
 
 @pytest.fixture(scope="session")

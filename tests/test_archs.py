@@ -27,14 +27,12 @@ all is checked structurally at load (Architecture.check_tensors) and below.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import need
 from fastllm import Model
 from fastllm.errors import TokenizerError, UnsupportedError
 from fastllm.gguf import open_gguf
@@ -54,16 +52,6 @@ ELSEWHERE = {"qwen35-dense": "test_qwen35.py", "qwen35moe-moe": "test_qwen35.py"
 F16_ULP = 2.0**-11
 BACKENDS = ["reference", "webgpu", "metal-emu"]
 
-
-@pytest.fixture(scope="module")
-def archs(data_dir) -> Path:
-    return need(data_dir / "archs" / "llamacpp_logits.json", "archs/ (llama.cpp's random models)"
-                ).parent
-
-
-@pytest.fixture(scope="module")
-def ref(archs) -> dict:
-    return json.loads((archs / "llamacpp_logits.json").read_text())["models"]
 
 
 def make_backend(kind: str):
@@ -109,8 +97,8 @@ def greedy_steps_to_compare(margins: list[float], tol: float) -> int:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", RUN)
-def test_logits_and_greedy_match_llamacpp(archs, ref, name, backend):
-    r = ref[name + ".gguf"]
+def test_logits_and_greedy_match_llamacpp(archs, archs_logits, name, backend):
+    r = archs_logits[name + ".gguf"]
     want = np.asarray(r["logits"], np.float32)
     tol = bound(backend, want)
     m = Model.load(archs / f"{name}.gguf", backend=make_backend(backend))
@@ -127,10 +115,10 @@ def test_logits_and_greedy_match_llamacpp(archs, ref, name, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", RUN)
-def test_two_chunks_give_the_same_logits(archs, ref, name, backend):
+def test_two_chunks_give_the_same_logits(archs, archs_logits, name, backend):
     """The 40 tokens in runs of 24 and 16 (gemma3: the second run crosses its 32-position window
     over a ring cache of window + batch rows) give the logits of one run of 40."""
-    ids = ref[name + ".gguf"]["tokens"]
+    ids = archs_logits[name + ".gguf"]["tokens"]
     whole = Model.load(archs / f"{name}.gguf", backend=make_backend(backend)).logits(ids)
     m = Model.load(archs / f"{name}.gguf", backend=make_backend(backend), n_batch=24)
     chunked = m.logits(ids)
@@ -167,11 +155,11 @@ def test_a_tensor_the_graph_forgets_fails_the_load(archs, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["qwen2-dense", "gemma3-dense"])
-def test_ffn_scales_llamacpp_leaves_out(archs, ref, name):
+def test_ffn_scales_llamacpp_leaves_out(archs, archs_logits, name):
     """qwen2's and gemma3's graphs in llama.cpp pass no FFN scales to build_ffn although its
     loader reads them: applying them moves the logits far from llama.cpp's, so leaving them out
     (the architectures' ignored lists) is what llama.cpp does."""
-    r = ref[name + ".gguf"]
+    r = archs_logits[name + ".gguf"]
     want = np.asarray(r["logits"], np.float32)
     m = Model.load(archs / f"{name}.gguf", backend="reference")
     assert np.abs(m.logits(r["tokens"]) - want).max() <= bound("reference", want)
@@ -193,9 +181,9 @@ def test_every_file_is_accounted_for(archs):
                 Model.load(p, backend="reference")
 
 
-def test_placeholder_vocabulary_runs_on_ids(archs, ref):
+def test_placeholder_vocabulary_runs_on_ids(archs, archs_logits):
     """tokenizer.ggml.model "test" (llama.cpp's saver): ids work, text is a clear error."""
-    r = ref["llama-dense.gguf"]
+    r = archs_logits["llama-dense.gguf"]
     m = Model.load(archs / "llama-dense.gguf", backend="reference")
     assert m.n_vocab == r["n_vocab"] == 128
     for call in (lambda: m.tokenize("hello"), lambda: m.detokenize([1, 2]),
@@ -245,12 +233,12 @@ def test_gemma3_window_layers_by_pattern():
         swa_layers({key: np.array([1])}, "gemma3", 2, "g.gguf")
 
 
-def test_gemma3_rope_scaling_only_on_global_layers(archs, ref, tmp_path):
+def test_gemma3_rope_scaling_only_on_global_layers(archs, archs_logits, tmp_path):
     """A linear rope factor changes the logits when a layer is global and not at all when every
     layer slides (llama.cpp scales only the global layers' frequencies)."""
     import gguf
 
-    ids = ref["gemma3-dense.gguf"]["tokens"]
+    ids = archs_logits["gemma3-dense.gguf"]["tokens"]
     u32, f32 = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32
     factor = {"gemma3.rope.scaling.factor": (4.0, f32)}
     out = {}
@@ -267,11 +255,11 @@ def test_gemma3_rope_scaling_only_on_global_layers(archs, ref, tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["reference", "webgpu"])
-def test_gemma3_final_logit_softcapping(archs, ref, tmp_path, backend):
+def test_gemma3_final_logit_softcapping(archs, archs_logits, tmp_path, backend):
     """final_logit_softcapping c: logits c * tanh(logits / c), as llama.cpp's gemma3 graph."""
     import gguf
 
-    ids = ref["gemma3-dense.gguf"]["tokens"][:12]
+    ids = archs_logits["gemma3-dense.gguf"]["tokens"][:12]
     plain = Model.load(archs / "gemma3-dense.gguf", backend=make_backend(backend)).logits(ids)
     p = copy_with_keys(archs / "gemma3-dense.gguf", tmp_path / "cap.gguf",
                        {"gemma3.final_logit_softcapping": (0.3, gguf.GGUFValueType.FLOAT32)})
@@ -280,7 +268,7 @@ def test_gemma3_final_logit_softcapping(archs, ref, tmp_path, backend):
     assert np.abs(capped - plain).max() > 0.05  # the cap bites on these logits (up to 0.7)
 
 
-def test_moe_scales_and_routing_matter(archs, ref, monkeypatch):
+def test_moe_scales_and_routing_matter(archs, archs_logits, monkeypatch):
     """The e6k2 file (6 experts, 2 chosen per row): leaving out any per-expert `.scale`
     (llama.cpp multiplies each chosen expert's product by its own), the normalization of the
     chosen weights (qwen3moe's graph asks for it), or choosing one expert instead of two moves
@@ -288,7 +276,7 @@ def test_moe_scales_and_routing_matter(archs, ref, monkeypatch):
     from fastllm.models import moe
     from fastllm.models.moe import Routing
 
-    r = ref["qwen3moe-moe-e6k2.gguf"]
+    r = archs_logits["qwen3moe-moe-e6k2.gguf"]
     want = np.asarray(r["logits"], np.float32)
     m = Model.load(archs / "qwen3moe-moe-e6k2.gguf", backend="reference")
 
@@ -315,10 +303,10 @@ def test_moe_scales_and_routing_matter(archs, ref, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_moe_rows_step_equals_one_at_a_time(archs, ref, backend):
+def test_moe_rows_step_equals_one_at_a_time(archs, archs_logits, backend):
     """Batched decoding (one row per sequence, each row choosing its own experts) of the e6k2
     file: a step of two sequences gives each the logits of decoding it alone."""
-    ids = ref["qwen3moe-moe-e6k2.gguf"]["tokens"]
+    ids = archs_logits["qwen3moe-moe-e6k2.gguf"]["tokens"]
     path = archs / "qwen3moe-moe-e6k2.gguf"
     many = Model.load(path, backend=make_backend(backend), n_seq=2, n_ctx=64)
     alone = Model.load(path, backend="reference", n_ctx=64)
@@ -339,12 +327,12 @@ def test_moe_rows_step_equals_one_at_a_time(archs, ref, backend):
             np.testing.assert_allclose(got[row], want, rtol=0, atol=tol)
 
 
-def test_granite_moe_scales_llamacpp_leaves_out(archs, ref):
+def test_granite_moe_scales_llamacpp_leaves_out(archs, archs_logits):
     """granite-moe: llama.cpp's granite graph applies neither the experts' per-expert `.scale`
     nor the shared expert's `.scale` (its loader reads both), and adds the shared expert to the
     experts' sum: applying the scales, or leaving the shared expert out, moves the logits far
     from llama.cpp's."""
-    r = ref["granite-moe.gguf"]
+    r = archs_logits["granite-moe.gguf"]
     want = np.asarray(r["logits"], np.float32)
     m = Model.load(archs / "granite-moe.gguf", backend="reference")
     assert np.abs(m.logits(r["tokens"]) - want).max() <= bound("reference", want)
@@ -360,12 +348,12 @@ def test_granite_moe_scales_llamacpp_leaves_out(archs, ref):
     assert np.abs(rerun(m, r["tokens"]) - want).max() > 0.01
 
 
-def test_expert_count_of_a_dense_architecture_changes_nothing(archs, ref, tmp_path):
+def test_expert_count_of_a_dense_architecture_changes_nothing(archs, archs_logits, tmp_path):
     """qwen3's graph in llama.cpp has no MoE layers: an expert_count in a qwen3 file is read
     (and checked) but the layers stay dense, with the same logits."""
     import gguf
 
-    ids = ref["qwen3-dense.gguf"]["tokens"][:8]
+    ids = archs_logits["qwen3-dense.gguf"]["tokens"][:8]
     u32 = gguf.GGUFValueType.UINT32
     p = copy_with_keys(archs / "qwen3-dense.gguf", tmp_path / "q.gguf",
                        {"qwen3.expert_count": (4, u32), "qwen3.expert_used_count": (2, u32)})

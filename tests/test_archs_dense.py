@@ -12,30 +12,18 @@ function, and by an exact relation or the graph's structure where it does not.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
-from conftest import need
 from fastllm import Model
 from fastllm.errors import GGUFError, UnsupportedError
 from test_archs import RMS_BOUND, bound, copy_with_keys, make_backend
 
 F32 = gguf.GGUFValueType.FLOAT32
 
-
-@pytest.fixture(scope="module")
-def archs(data_dir) -> Path:
-    return need(data_dir / "archs" / "llamacpp_logits.json", "archs/ (llama.cpp's random models)"
-                ).parent
-
-
-@pytest.fixture(scope="module")
-def ref(archs) -> dict:
-    return json.loads((archs / "llamacpp_logits.json").read_text())["models"]
 
 
 def rewrite(src: Path, dst: Path, tensors: dict[str, np.ndarray | None],
@@ -103,10 +91,10 @@ def fuse_qkv(src: Path, dst: Path, fused_bias: bool) -> Path:
 @pytest.mark.parametrize(("name", "fused_bias", "backend"), [
     ("phi3-dense", True, "reference"), ("phi3-dense", False, "reference"),
     ("phi3-dense", True, "webgpu"), ("granite-dense", True, "reference")])
-def test_fused_qkv_gives_llamacpp_logits(archs, ref, tmp_path, name, fused_bias, backend):
+def test_fused_qkv_gives_llamacpp_logits(archs, archs_logits, tmp_path, name, fused_bias, backend):
     """A fused attn_qkv (Phi-3's own layout; llama.cpp's create_tensor_qkv takes it for every
     architecture here) computes what the separate tensors do: llama.cpp's logits for them."""
-    r = ref[name + ".gguf"]
+    r = archs_logits[name + ".gguf"]
     p = fuse_qkv(archs / f"{name}.gguf", tmp_path / "fused.gguf", fused_bias)
     m = Model.load(p, backend=make_backend(backend))
     assert "blk.0.attn_qkv.weight[k]" in m.net.w and "blk.0.attn_q.weight" not in m.net.w
@@ -141,12 +129,12 @@ def test_a_fused_part_the_graph_forgets_fails_the_load(archs, monkeypatch):
         Model.load(archs / "phi3-dense.gguf", backend="reference")
 
 
-def test_phi3_long_rope_factors_past_the_original_context(archs, ref, tmp_path):
+def test_phi3_long_rope_factors_past_the_original_context(archs, archs_logits, tmp_path):
     """llama.cpp's get_rope_factors: rope_factors_long when the context exceeds
     rope.scaling.original_context_length (256 in the file), else rope_factors_short. Its logits
     were computed with the short ones: a context of 512 moves fastllm off them, unless the
     long factors are made equal to the short ones; at 256 the long ones are never read."""
-    r = ref["phi3-dense.gguf"]
+    r = archs_logits["phi3-dense.gguf"]
     want = np.asarray(r["logits"], np.float32)
     src = archs / "phi3-dense.gguf"
     long_ctx = Model.load(src, backend="reference", n_ctx=512).logits(r["tokens"])
@@ -182,51 +170,51 @@ def test_smollm3_no_rope_in_every_fourth_layer(archs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def granite_plain(archs, ref) -> np.ndarray:
+def granite_plain(archs, archs_logits) -> np.ndarray:
     return Model.load(archs / "granite-dense.gguf", backend="reference").logits(
-        ref["granite-dense.gguf"]["tokens"])
+        archs_logits["granite-dense.gguf"]["tokens"])
 
 
-def granite_with(archs, ref, tmp_path, keys: dict, tensors: dict | None = None) -> np.ndarray:
+def granite_with(archs, archs_logits, tmp_path, keys: dict, tensors: dict | None = None) -> np.ndarray:
     p = rewrite(archs / "granite-dense.gguf", tmp_path / "g.gguf", tensors or {},
                 {f"granite.{k}": v for k, v in keys.items()})
-    return Model.load(p, backend="reference").logits(ref["granite-dense.gguf"]["tokens"])
+    return Model.load(p, backend="reference").logits(archs_logits["granite-dense.gguf"]["tokens"])
 
 
-def test_granite_logit_scale_divides_the_logits(archs, ref, tmp_path, granite_plain):
-    got = granite_with(archs, ref, tmp_path, {"logit_scale": (4.0, F32)})
+def test_granite_logit_scale_divides_the_logits(archs, archs_logits, tmp_path, granite_plain):
+    got = granite_with(archs, archs_logits, tmp_path, {"logit_scale": (4.0, F32)})
     np.testing.assert_array_equal(got, granite_plain / 4)  # a power of two: exact
 
 
-def test_granite_embedding_scale_multiplies_the_embeddings(archs, ref, tmp_path, granite_plain):
+def test_granite_embedding_scale_multiplies_the_embeddings(archs, archs_logits, tmp_path, granite_plain):
     """embedding_scale 4 over embeddings divided by 4 (exact in float32) is the file's network
     again; embedding_scale 0, as in the file, means no scaling (llama.cpp), so the same
     divided embeddings give other logits."""
     emb = tensors_of(archs / "granite-dense.gguf")["token_embd.weight"] / 4
-    scaled = granite_with(archs, ref, tmp_path, {"embedding_scale": (4.0, F32)},
+    scaled = granite_with(archs, archs_logits, tmp_path, {"embedding_scale": (4.0, F32)},
                           {"token_embd.weight": emb})
     np.testing.assert_array_equal(scaled, granite_plain)
-    unscaled = granite_with(archs, ref, tmp_path, {"embedding_scale": (0.0, F32)},
+    unscaled = granite_with(archs, archs_logits, tmp_path, {"embedding_scale": (0.0, F32)},
                             {"token_embd.weight": emb})
     assert np.abs(unscaled - granite_plain).max() > 1e-3
 
 
-def test_granite_attention_scale(archs, ref, tmp_path, granite_plain):
+def test_granite_attention_scale(archs, archs_logits, tmp_path, granite_plain):
     """attention.scale 0 (the file's) means 1/sqrt(head size); another value replaces it."""
     d = 1.0 / np.sqrt(np.float32(128))
-    same = granite_with(archs, ref, tmp_path, {"attention.scale": (float(d), F32)})
+    same = granite_with(archs, archs_logits, tmp_path, {"attention.scale": (float(d), F32)})
     np.testing.assert_allclose(same, granite_plain, rtol=0, atol=1e-6)
-    other = granite_with(archs, ref, tmp_path, {"attention.scale": (0.5, F32)})
+    other = granite_with(archs, archs_logits, tmp_path, {"attention.scale": (0.5, F32)})
     # (these random weights leave attention nearly uniform: 0.5 instead of 0.088 moves the
     # logits by 5e-4, 50 times the RMS bound of test_archs)
     assert np.abs(other - granite_plain).max() > 1e-4
 
 
-def test_granite_rope_off_when_not_finetuned(archs, ref, tmp_path, granite_plain):
+def test_granite_rope_off_when_not_finetuned(archs, archs_logits, tmp_path, granite_plain):
     """rope.scaling.finetuned false switches rope off (llama.cpp's granite). Rope with every
     frequency divided by 1e30 (rope_freqs, which the file has) rotates by angles of 1e-28 at
     most: the network without rope, as a second way of writing it."""
-    ids = ref["granite-dense.gguf"]["tokens"]
+    ids = archs_logits["granite-dense.gguf"]["tokens"]
     src = archs / "granite-dense.gguf"
     off = copy_with_keys(src, tmp_path / "norope.gguf",
                          {"granite.rope.scaling.finetuned": (False, gguf.GGUFValueType.BOOL)})
@@ -247,11 +235,11 @@ def test_granite_logit_scale_zero_is_an_error(archs, tmp_path):
         Model.load(p, backend="reference")
 
 
-def test_mistral3_attention_temperature_within_the_original_context(archs, ref, tmp_path):
+def test_mistral3_attention_temperature_within_the_original_context(archs, archs_logits, tmp_path):
     """llama.cpp scales mistral3's queries by 1 + beta * log(1 + floor(p / n)), n the original
     context (256 here): 1 exactly below n. So a context of n gives llama.cpp's logits for the
     file without the key, and a longer one is refused naming the key and the way out."""
-    r = ref["mistral3-dense.gguf"]
+    r = archs_logits["mistral3-dense.gguf"]
     p = copy_with_keys(archs / "mistral3-dense.gguf", tmp_path / "t.gguf",
                        {"mistral3.attention.temperature_scale": (0.1, F32)})
     m = Model.load(p, backend="reference", n_ctx=256)
@@ -314,13 +302,13 @@ def test_a_batched_step_equals_each_sequence_alone(archs, name, backend):
         np.testing.assert_allclose(got[row], want, rtol=0, atol=1e-6)
 
 
-def test_mistral3_yarn_loads_and_scales(archs, ref, tmp_path):
+def test_mistral3_yarn_loads_and_scales(archs, archs_logits, tmp_path):
     """Ministral 3's rope.scaling.type "yarn" (test_yarn.py checks the rotation against ggml):
     the file's rope_freqs are folded into the divisors computed at load, so they count as read;
     factor 1 is no scaling at all, another factor moves the logits."""
     from fastllm.models.layout import YARN_FACTORS
 
-    ids = ref["mistral3-dense.gguf"]["tokens"][:24]
+    ids = archs_logits["mistral3-dense.gguf"]["tokens"][:24]
     plain = Model.load(archs / "mistral3-dense.gguf", backend="reference").logits(ids)
     out = {}
     for factor in (1.0, 4.0):

@@ -14,13 +14,11 @@ carry each head's output gate (its fused query part is twice n_head * head_dim r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import need
 from fastllm import Model
 from fastllm.errors import GGUFError
 from test_archs import make_backend
@@ -34,23 +32,13 @@ FILES = ["llama-dense", "llama-moe", "qwen2-dense", "qwen3-dense", "gemma3-dense
 GPU_FILES = ["qwen3-dense", "gemma3-dense", "gpt-oss-moe-e6k2", "qwen35-dense"]
 
 
-@pytest.fixture(scope="module")
-def archs(data_dir) -> Path:
-    return need(data_dir / "archs" / "llamacpp_logits.json", "archs/ (llama.cpp's random models)"
-                ).parent
-
-
-@pytest.fixture(scope="module")
-def ref(archs) -> dict:
-    return json.loads((archs / "llamacpp_logits.json").read_text())["models"]
-
 
 def attention_layers(path: Path) -> list[int]:
     return sorted(int(n.split(".")[1]) for n in tensors_of(path) if n.endswith(".attn_q.weight"))
 
 
-def check_fused(archs, ref, tmp_path, name: str, fused_bias: bool, backend: str) -> None:
-    r = ref[name + ".gguf"]
+def check_fused(archs, archs_logits, tmp_path, name: str, fused_bias: bool, backend: str) -> None:
+    r = archs_logits[name + ".gguf"]
     layers = attention_layers(archs / f"{name}.gguf")
     p = fuse_qkv(archs / f"{name}.gguf", tmp_path / "fused.gguf", fused_bias)
     m = Model.load(p, backend=make_backend(backend))
@@ -62,22 +50,22 @@ def check_fused(archs, ref, tmp_path, name: str, fused_bias: bool, backend: str)
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_fused_qkv_gives_llamacpp_logits(archs, ref, tmp_path, name):
-    check_fused(archs, ref, tmp_path, name, True, "reference")
+def test_fused_qkv_gives_llamacpp_logits(archs, archs_logits, tmp_path, name):
+    check_fused(archs, archs_logits, tmp_path, name, True, "reference")
 
 
 @pytest.mark.parametrize("name", GPU_FILES)
-def test_fused_qkv_on_webgpu(archs, ref, tmp_path, name):
-    check_fused(archs, ref, tmp_path, name, True, "webgpu")
+def test_fused_qkv_on_webgpu(archs, archs_logits, tmp_path, name):
+    check_fused(archs, archs_logits, tmp_path, name, True, "webgpu")
 
 
 @pytest.mark.parametrize("name", ["gpt-oss-moe-e6k2", "qwen35-dense"])
-def test_fused_weight_with_separate_biases(archs, ref, tmp_path, name):
+def test_fused_weight_with_separate_biases(archs, archs_logits, tmp_path, name):
     """build_qkv adds the three separate biases to a fused product when all three are there."""
-    check_fused(archs, ref, tmp_path, name, False, "reference")
+    check_fused(archs, archs_logits, tmp_path, name, False, "reference")
 
 
-def test_qwen35_delta_layer_attn_qkv_stays_whole(archs, ref, tmp_path):
+def test_qwen35_delta_layer_attn_qkv_stays_whole(archs, archs_logits, tmp_path):
     """qwen35's DeltaNet layers have an attn_qkv of their own (the delta rule's q, k, v, read
     whole by the convolution): only the attention layers' one is split."""
     p = fuse_qkv(archs / "qwen35-dense.gguf", tmp_path / "fused.gguf", True)

@@ -20,15 +20,9 @@ E6K2 = "gpt-oss-moe-e6k2"
 
 
 @pytest.fixture(scope="module")
-def archs(data_dir):
-    return need(data_dir / "archs" / f"{E6K2}.gguf", f"archs/{E6K2}.gguf").parent
-
-
-@pytest.fixture(scope="module")
-def ref(archs) -> dict:
-    import json
-
-    return json.loads((archs / "llamacpp_logits.json").read_text())["models"][E6K2 + ".gguf"]
+def ref(archs, archs_logits) -> dict:
+    need(archs / f"{E6K2}.gguf", f"archs/{E6K2}.gguf")
+    return archs_logits[E6K2 + ".gguf"]
 
 
 def test_each_piece_matters(archs, ref, monkeypatch):

@@ -17,13 +17,9 @@ rows-mode step, save_state / restore_state, and state checkpoints for prefix reu
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from conftest import need
 from fastllm import Model
 from fastllm.errors import UnsupportedError
 from test_archs import RMS_BOUND, bound, copy_with_keys, greedy_steps_to_compare, make_backend
@@ -35,19 +31,8 @@ CASES = [(f, b) for f in [NAME, *MOE] for b in BACKENDS]
 
 
 @pytest.fixture(scope="module")
-def archs(data_dir) -> Path:
-    return need(data_dir / "archs" / "llamacpp_logits.json", "archs/ (llama.cpp's random models)"
-                ).parent
-
-
-@pytest.fixture(scope="module")
-def refs(archs) -> dict:
-    return json.loads((archs / "llamacpp_logits.json").read_text())["models"]
-
-
-@pytest.fixture(scope="module")
-def ref(refs) -> dict:
-    return refs[NAME + ".gguf"]
+def ref(archs_logits) -> dict:
+    return archs_logits[NAME + ".gguf"]
 
 
 def load(archs, backend="reference", name=NAME, **kw) -> Model:
@@ -55,11 +40,11 @@ def load(archs, backend="reference", name=NAME, **kw) -> Model:
 
 
 @pytest.mark.parametrize("name,backend", CASES)
-def test_logits_chunks_and_greedy_match_llamacpp(archs, refs, name, backend):
+def test_logits_chunks_and_greedy_match_llamacpp(archs, archs_logits, name, backend):
     """The 40 tokens at once, then in runs of 7 (the states carried over six runs), then
     llama.cpp's greedy steps decoded one token at a time (each step's argmax fed back through
     Model.decode) and on the device's own greedy loop (generate)."""
-    ref = refs[name + ".gguf"]
+    ref = archs_logits[name + ".gguf"]
     want = np.asarray(ref["logits"], np.float32)
     tol = bound(backend, want)
     m = load(archs, backend, name)
@@ -113,7 +98,7 @@ def test_rows_step_equals_each_sequence_alone(archs, ref, name, backend):
 @pytest.mark.parametrize("name", [NAME, MOE[1]])
 @pytest.mark.parametrize("backend,chunk,least", [("webgpu", 32, 16), ("webgpu", 8, 1),
                                                  ("metal-emu", 32, 16)])
-def test_chunked_gated_delta_prefill_matches_llamacpp(archs, refs, monkeypatch, name, backend,
+def test_chunked_gated_delta_prefill_matches_llamacpp(archs, archs_logits, monkeypatch, name, backend,
                                                       chunk, least):
     """The chunked gated_delta (taken by runs of GD_CHUNK_MIN rows or more, 64 by default: more
     than the 40 tokens) lowered to take these runs: the 40 tokens at once (chunks of 32 and 8, or
@@ -132,7 +117,7 @@ def test_chunked_gated_delta_prefill_matches_llamacpp(archs, refs, monkeypatch, 
         from fastllm.backends.metal import delta
 
         assert delta.GD_C == chunk
-    ref = refs[name + ".gguf"]
+    ref = archs_logits[name + ".gguf"]
     want = np.asarray(ref["logits"], np.float32)
     per_row = load(archs, backend, name).logits(ref["tokens"])
     monkeypatch.setattr(delta, "GD_CHUNK_MIN", least)
@@ -209,13 +194,13 @@ def test_rope_sections_that_leave_pairs_unrotated_fail(archs, tmp_path):
         Model.load(p, backend="reference")
 
 
-def test_moe_down_scales_matter(archs, refs):
+def test_moe_down_scales_matter(archs, archs_logits):
     """What these random MoE weights resolve: leaving out the per-expert down scales moves the
     logits far past the bound (matching llama.cpp shows they are applied as it applies them).
     The shared expert's gate does not resolve so well: without it the logits move by 1.7e-5 at
     most (4.6e-6 RMS), within llama.cpp's own rounding; dot_gate's arithmetic is checked by the
     op tests (tests/delta_cases.py) and its place in the graph by llama.cpp's source."""
-    r = refs["qwen35moe-moe-e6k2.gguf"]
+    r = archs_logits["qwen35moe-moe-e6k2.gguf"]
     want = np.asarray(r["logits"], np.float32)
     m = load(archs, "reference", "qwen35moe-moe-e6k2")
     assert np.abs(m.logits(r["tokens"]) - want).max() <= bound("reference", want)
