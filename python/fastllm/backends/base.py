@@ -8,8 +8,8 @@ The start position of the tokens is *not* part of the graph: it is a run-time sc
 the decode graph (n_tokens = 1) is recorded once and replayed for every token, and a GPU backend
 only rewrites a few bytes per step (DESIGN.md, principle 5).
 
-Every op's meaning is defined by `backends/reference.py` (NumPy, float32); the WebGPU and Metal
-kernels are tested against it. Op names here match kernel names `kernel_<op>[_<variant>]_<type>`.
+Every op's meaning is defined by `backends/reference.py` (NumPy, float32; the functions of
+numpy_ops.py); the WebGPU and Metal kernels are tested against it. Op names here match kernel names `kernel_<op>[_<variant>]_<type>`.
 """
 
 from __future__ import annotations
