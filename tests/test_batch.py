@@ -452,3 +452,31 @@ def test_reference_state_ops_in_rows_mode(op):
         np.testing.assert_allclose(got[i:i + 1], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(rows_be.get_state(s)["s"], seq_be.get_state(s)["s"])
     np.testing.assert_array_equal(rows_be.get_state(1)["s"], s0[1])  # untouched
+
+
+def test_bias_adds_inside_the_multi_weight_matvec(tmp_path, monkeypatch):
+    """Qwen2's q, k and v biases added by the multi-weight integer mat-vec as it stores (no add
+    dispatches) in a one-sequence step give the logits of the same device with the adds
+    dispatched; a batched step (whose graph interleaves the adds with q, k and v, so its
+    products stay apart) gives the same rows either way."""
+    from fastllm.backends.webgpu import matmul
+
+    path = write_tiny_model(tmp_path / "q.gguf", "qwen2", qtype="Q8_0")
+    seqs = [[1, 5, 9, 20], [1, 7, 8], [1, 3, 4, 6, 2]]
+
+    def run():
+        m = load(path, "webgpu", n_seq=3, n_ctx=64)
+        for s, ids in enumerate(seqs):
+            m.prefill(ids, slot=s)
+        one = m.decode(30, slot=0)
+        rows = m.decode_rows([31, 32, 33], [0, 1, 2])
+        kernels = [[p.label for p, _, _ in m._program(n, rows, rows=rows).dispatches]
+                   for n, rows in ((1, False), (3, True))]
+        return np.concatenate([one[None], rows]), kernels
+
+    got, kernels = run()
+    assert "kernel_add_f32" not in kernels[0] and "kernel_mul_mv_multi_q8" in kernels[0], kernels
+    monkeypatch.setattr(matmul.MatmulOps, "_bias_adds", lambda self: {})
+    want, kernels = run()
+    assert "kernel_add_f32" in kernels[0], kernels
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())

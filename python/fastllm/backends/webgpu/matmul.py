@@ -8,6 +8,8 @@ so that a benchmark's or a test's setting of one reaches every dispatch.
 
 from __future__ import annotations
 
+import math
+
 from ...errors import UnsupportedError
 from ...quants import GGMLType
 from ..base import Node, Value, Weight
@@ -84,6 +86,41 @@ class MatmulOps:
                 glu.add(id(readers[0]))
         return values, glu
 
+    def _bias_adds(self) -> dict[int, Node]:
+        """Bias adds (add of a weight of one row's values, Qwen2's and gpt-oss's q, k and v)
+        right after a multi-weight integer mat-vec of their one input: the mat-vec adds the
+        bias as it stores and writes the add's output (mul_mv_multi.wgsl's BIAS_s), the add is
+        not dispatched. Only the integer form, whose dispatch reads no activation slot (x is
+        quantized in the scratch), so writing the adds' outputs cannot meet a slot it reads.
+        {id of the mat-vec's output: the add node}."""
+        reads = reader_counts(self.nodes, self.g.outputs.values())
+        found = {}
+        for i, n in enumerate(self.nodes):
+            if n.op == "mul_mv_multi":
+                x, _nw, *ws = n.args
+                outs = [n.out, *n.attrs["also_out"]]
+                if (id(n) in self.glu_multi or x.shape[0] != 1 or not self._int_dot(ws, x)
+                        or not self._bindings_fit(ws, 2 + 2 * len(ws))):
+                    continue
+            elif n.op == "mul_mat" and n.args[0].id in self.rows_normed:
+                readers = self.rows_normed[n.args[0].id][1]
+                if n is not readers[0] or not self._rows_multi(readers, bias=True) or (
+                        id(readers[0]) in self.glu_multi):
+                    continue
+                outs = [r.out for r in readers]
+                i += len(readers) - 1
+            else:
+                continue
+            for a in self.nodes[i + 1:i + 1 + len(outs)]:
+                if a.op != "add":
+                    break
+                y, b = a.args if isinstance(a.args[1], Weight) else a.args[::-1]
+                if (isinstance(b, Weight) and any(y is o for o in outs)
+                        and reads.get(y.id) == 1 and math.prod(b.shape) == y.cols
+                        and y.shape == a.out.shape):
+                    found[y.id] = a
+        return found
+
     def _rows_glu(self, readers: list[Node], reads: dict[int, int]) -> bool:
         """Rows mode: whether a folded norm's readers are gate and up whose one reader, right
         after them, is the down projection of silu(gate) * up (mul_mv_fused with glu): then
@@ -99,10 +136,11 @@ class MatmulOps:
                 and reads.get(gate.out.id) == 1 and reads.get(up.out.id) == 1
                 and gate.out.cols % 32 == 0 and self._int_dot_rows(nxt.args[1], gate.out))
 
-    def _rows_multi(self, readers: list[Node]) -> bool:
-        """Rows mode: whether a folded norm's 2-3 readers are one multi-weight dispatch."""
-        return 2 <= len(readers) <= 3 and self._bindings_fit([r.args[1] for r in readers],
-                                                              1 + len(readers))
+    def _rows_multi(self, readers: list[Node], bias: bool = False) -> bool:
+        """Rows mode: whether a folded norm's 2-3 readers are one multi-weight dispatch (with
+        `bias`: with room for a bias binding each too)."""
+        return 2 <= len(readers) <= 3 and self._bindings_fit(
+            [r.args[1] for r in readers], (2 if bias else 1) * len(readers) + 1)
 
     def _prenormed(self) -> dict[int, Node]:
         """Integer mat-vecs of a normed row whose producer writes their x (PRENORM): a mat-vec
@@ -335,6 +373,13 @@ class MatmulOps:
                       for i, buf in enumerate(w.handle.parts[0].buffers)})
         guards = ({"PRENORM": prenorm} if q8 else
                   {f"GUARD_K_{s}": shapes._guard_k(GGMLType(w.type), k) for s, w in enumerate(ws)})
+        for s, out in enumerate(outs):  # a bias add folded in: its output written instead
+            add = self.bias_adds.get(out.id) if q8 else None
+            if add is not None:
+                bias = add.args[1] if isinstance(add.args[1], Weight) else add.args[0]
+                b[shaders.MULTI_OUT + s] = self.buf(add.out)
+                b[shaders.MULTI_BIAS + s] = self.buf(bias)
+                guards[f"BIAS_{s}"] = True
         gx, _, gz = self._mv_grid(total)
         self._dispatch("mul_mv_multi.wgsl",
                        "kernel_mul_mv_multi_q8" if q8 else "kernel_mul_mv_multi_f32", b,

@@ -85,13 +85,16 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, Elementw
             self.moe_glu = self._moe_glu()  # swiglu outputs read by an expert quantize_x
             self.id_normed = self._id_normed()  # norms read by a router and its experts
             self.moe_glu_id = self._moe_glu_id()  # gate node id -> gate, up, swiglu
-            # nodes whose work another node's dispatch does (the second product, the slices)
-            self.skip = {id(n) for k, t in self.moe_glu_id.items()
-                         for n in (*t[:2], *t[3]) if n is not None and id(n) != k}
             self.prequantized_id = {t[2].out.id for t in self.moe_glu_id.values()}
             self.prequantized, self.glu_multi = self._prequantized()
             self.prenorm = self._prenormed()  # producer id -> the reader it writes x for
             self.prenormed = {id(n) for n in self.prenorm.values()}
+            self.bias_adds = self._bias_adds()  # mat-vec output id -> the bias add it does
+            # nodes whose work another node's dispatch does (the second product, the slices,
+            # the bias adds)
+            self.skip = {id(n) for k, t in self.moe_glu_id.items()
+                         for n in (*t[:2], *t[3]) if n is not None and id(n) != k}
+            self.skip |= {id(a) for a in self.bias_adds.values()}
             for node in self.nodes:
                 if id(node) not in self.skip:
                     getattr(self, "_op_" + node.op)(node)

@@ -84,6 +84,7 @@ _SLOT_NAMES = (re.compile(r"^fn (\w+)", re.MULTILINE), re.compile(r"^const (\w+)
                re.compile(r"^struct (\w+)", re.MULTILINE), re.compile(r"var<storage, read> (\w+)"))
 MULTI_OUT = 10  # slot s writes its output at binding MULTI_OUT + s
 MULTI_W = 13  # and binds weight array i at MULTI_W + 4 s + i
+MULTI_BIAS = 25  # and its bias (a placeholder without) at MULTI_BIAS + s
 
 
 def slot_section(wtype: str, s: int, q8: bool = False) -> str:
@@ -115,8 +116,13 @@ def multi_source(wtypes: tuple[str, ...], *, subgroups: bool,
     for s, t in enumerate(wtypes):
         parts.append(slot_section(t, s, q8))
         for sec in ("slotq" if q8 else "slot", "store"):
-            parts.append(msec[sec].replace("OUT_SLOT", str(MULTI_OUT + s))
-                         .replace("_SLOT", f"_{s}"))
+            text = msec[sec]
+            if sec == "store" and not consts.get(f"BIAS_{s}"):  # no bias: no binding for it
+                text = re.sub(r"^@group\(0\) @binding\(BIASB_SLOT\).*\n", "", text,
+                              flags=re.MULTILINE)
+                text = text.replace("return b_SLOT[r];", "return 0.0;")
+            parts.append(text.replace("OUT_SLOT", str(MULTI_OUT + s))
+                         .replace("BIASB_SLOT", str(MULTI_BIAS + s)).replace("_SLOT", f"_{s}"))
         first = f"g - args.slots.wg_end{s - 1}" if s else "g"
         branches.append(f"if (g < args.slots.wg_end{s}) {{\n"
                         f"        mv_{s}({first}, args.slots.n_rows{s}, ids);\n    }}")

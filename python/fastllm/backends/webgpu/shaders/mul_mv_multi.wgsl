@@ -161,8 +161,18 @@ fn mv_SLOT(g: u32, nr: u32, ids: Ids) {
 
 //! section store
 // (after slot or slotq, once per slot) the rows' sums: each group of TPR threads adds up its
-// partial sums and its first thread stores the rows inside the slot
+// partial sums and its first thread stores the rows inside the slot (with BIAS_SLOT, plus the
+// slot's bias: the bias adds of Qwen2's and gpt-oss's q, k and v, not dispatched)
 @group(0) @binding(OUT_SLOT) var<storage, read_write> y_SLOT: array<f32>;
+@group(0) @binding(BIASB_SLOT) var<storage, read> b_SLOT: array<f32>;
+const BIAS_SLOT: bool = false;
+
+fn bias_SLOT(r: u32) -> f32 {
+    if (BIAS_SLOT) {
+        return b_SLOT[r];
+    }
+    return 0.0;
+}
 
 // acc's sums of workgroup token row c, which is token row tok (rows mode; else 0 and 0)
 fn store_SLOT(acc: array<vec4<f32>, RV * C>, c: u32, tok: u32, r0: u32, nr: u32, lane: u32,
@@ -173,7 +183,7 @@ fn store_SLOT(acc: array<vec4<f32>, RV * C>, c: u32, tok: u32, r0: u32, nr: u32,
             for (var q = 0u; q < min(4u, R); q++) {
                 let r = r0 + 4u * v + q;
                 if (r < nr) {
-                    y_SLOT[tok * nr + r] = s[q];
+                    y_SLOT[tok * nr + r] = s[q] + bias_SLOT(r);
                 }
             }
         }
