@@ -108,17 +108,17 @@ class MatmulOps:
                         id(readers[0]) in self.glu_multi):
                     continue
                 outs = [r.out for r in readers]
-                i += len(readers) - 1
+                i = self.nodes.index(readers[-1])  # adds after the last reader, as one row's
             else:
                 continue
             for a in self.nodes[i + 1:i + 1 + len(outs)]:
-                if a.op != "add":
+                y = next((o for o in outs if self._bias_add_of(a, o, reads)), None)
+                if y is None:
                     break
-                y, b = a.args if isinstance(a.args[1], Weight) else a.args[::-1]
-                if (isinstance(b, Weight) and any(y is o for o in outs)
-                        and reads.get(y.id) == 1 and math.prod(b.shape) == y.cols
-                        and y.shape == a.out.shape):
-                    found[y.id] = a
+                found[y.id] = a
+        for a in self.rows_bias_adds:  # interleaved with their readers (_rows_normed)
+            y = a.args[0] if not isinstance(a.args[0], Weight) else a.args[1]
+            found[y.id] = a
         return found
 
     def _rows_glu(self, readers: list[Node], reads: dict[int, int]) -> bool:
@@ -185,8 +185,11 @@ class MatmulOps:
         are not dispatched: 5 dispatches a transformer layer. Two or three readers whose
         weights the device can bind at once are one multi-weight dispatch (mul_mv_multi.wgsl's
         q8 form over C token rows): 3 more. The readers must follow the norm at once, so
-        nothing writes the scratch or the norm's input between them. Returns {id of the norm's
-        output: (the norm node, its readers)}."""
+        nothing writes the scratch or the norm's input between them, except each reader's bias
+        add (Qwen2) where the readers are one multi-weight dispatch that does those adds too
+        (_bias_adds; self.rows_bias_adds lists them): skipped, they write nothing in between
+        either. Returns {id of the norm's output: (the norm node, its readers)}."""
+        self.rows_bias_adds: list[Node] = []
         if not (self.g.rows and shapes.ROWS_FUSE):
             return {}
         reads = reader_counts(self.nodes, self.g.outputs.values())
@@ -197,12 +200,32 @@ class MatmulOps:
                     or n.attrs["group"] != n.out.cols or n.out.cols % 32):
                 continue
             r = reads.get(n.out.id, 0)
-            after = self.nodes[i + 1:i + 1 + r]
-            if r and len(after) == r and all(
-                    m.op == "mul_mat" and m.args[0] is n.out and self._int_dot_rows(m.args[1], n.out)
-                    for m in after):
-                found[n.out.id] = (n, after)
+            readers, adds = [], []
+            for m in self.nodes[i + 1:i + 1 + 2 * r]:
+                if len(readers) == r:
+                    break
+                if (m.op == "mul_mat" and m.args[0] is n.out
+                        and self._int_dot_rows(m.args[1], n.out)):
+                    readers.append(m)
+                elif readers and self._bias_add_of(m, readers[-1].out, reads):
+                    adds.append(m)
+                else:
+                    break
+            if not r or len(readers) != r:
+                continue
+            if adds and not self._rows_multi(readers, bias=True):
+                continue  # interleaved adds must be done by the readers' one dispatch
+            found[n.out.id] = (n, readers)
+            self.rows_bias_adds += adds
         return found
+
+    @staticmethod
+    def _bias_add_of(a: Node, y: Value, reads: dict[int, int]) -> bool:
+        """Whether node a adds a bias (a weight of one row's values) to y, y's one reader."""
+        if a.op != "add" or y not in a.args or reads.get(y.id) != 1:
+            return False
+        b = a.args[1] if a.args[0] is y else a.args[0]
+        return isinstance(b, Weight) and math.prod(b.shape) == y.cols and y.shape == a.out.shape
 
     def _rows_xq(self, x: Value):
         """The quantized x of a rows-mode integer mat-vec reading a folded norm's output x
