@@ -282,3 +282,38 @@ def test_moe_layer_folds(rng, monkeypatch, fused):
             tol = (2e-2 if normed and a == "out" else 1e-6) * np.abs(want[a]).max()
             np.testing.assert_allclose(got[a], want[a], rtol=0, atol=tol, err_msg=a)
     be.close()
+
+
+def test_weighted_sum_writes_the_next_layers_x(archs, tmp_path, monkeypatch):
+    """A MoE layer's weighted sum (+ residual) also writes the next layer's q, k, v mat-vec's
+    quantized x, its norm applied by that reader (kernel_moe_sum_q8, PRENORM): llama.cpp's
+    qwen3moe file with its weights in Q8_0, against the same device with a quantize_x
+    dispatch starting each layer; equal to float rounding."""
+    from fastllm import Model
+    from fastllm.backends.webgpu import matmul as webgpu_matmul
+    from fastllm.quantize import quantize_file
+
+    path = tmp_path / "q8.gguf"
+    quantize_file(archs / "qwen3moe-moe-e6k2.gguf", path, "Q8_0")
+    ids = [1, 5, 9, 20, 33, 7, 8]
+
+    def run():
+        m = Model.load(path, backend=_backend(None, False, int_dot=True), n_ctx=32)
+        m.prefill(ids)
+        out = m.decode(2)
+        labels = [p.label for p, _bg, _grid in m._program(1, False).dispatches]
+        m.close()
+        return out, labels
+
+    got, labels = run()
+    assert "kernel_moe_sum_q8" in labels, labels
+    orig = webgpu_matmul.MatmulOps._prenormed
+
+    def without(self):
+        return {k: v for k, v in orig(self).items()
+                if not any(id(n) == k and n.op == "moe_sum" for n in self.nodes)}
+
+    monkeypatch.setattr(webgpu_matmul.MatmulOps, "_prenormed", without)
+    want, labels = run()
+    assert "kernel_moe_sum_q8" not in labels, labels
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())

@@ -152,6 +152,13 @@ class MatmulOps:
         out = {}
         for i in range(len(self.nodes) - 1):
             src, n = self.nodes[i], self.nodes[i + 1]
+            if (src.op == "moe_sum" and len(src.args) == 3 and n.op == "mul_mv_multi"
+                    and n.args[0] is src.out and src.out.shape[0] == 1
+                    and src.out.cols % 64 == 0 and self._int_dot(n.args[2:], src.out)
+                    and (id(n) in self.glu_multi
+                         or self._bindings_fit(n.args[2:], 2 + len(n.args[2:])))):
+                out[id(src)] = n  # the layer's weighted sum + residual (moe.wgsl's q8 form)
+                continue
             if src.op != "mul_mv_fused" or n.op != "mul_mv_multi":
                 continue
             sx, w, _up, res, nw = src.args  # with up, sx is prequantized as silu(sx) * up

@@ -298,6 +298,14 @@ class MoeOps:
         y, weights, *res = node.args  # res: the residual added on store (fuse.py's moe_res)
         n, kk, m = y.shape
         fields = {"n_pairs": n * kk, "k": kk, "m": m, "b_cols": 1}
+        reader = self.prenorm.get(id(node))
+        if reader is not None:  # and the next norm's reader's quantized x (matmul._prenormed)
+            self._dispatch("moe.wgsl", "kernel_moe_sum_q8",
+                           {0: self._arg(("kargs_moe_ew", fields)), 1: self.buf(y),
+                            2: self.buf(weights), 4: self.buf(node.out), 5: self.buf(res[0]),
+                            6: self.buf(reader.args[1]), 7: self._xq_scratch(m)},
+                           self._grid1(n * m), consts={"RES": True})
+            return
         self._dispatch("moe.wgsl", "kernel_moe_sum_f32",
                        {0: self._arg(("kargs_moe_ew", fields)), 1: self.buf(y),
                         2: self.buf(weights), 4: self.buf(node.out),

@@ -250,3 +250,49 @@ fn kernel_moe_sum_f32(ids: Ids) {
         ey[i] = s;
     }
 }
+
+// As kernel_moe_sum_f32 with RES, and y * nw also written as the integer mat-vec's x of the
+// rms_norm reader that comes next (the next layer's q, k, v), quantized, each block's sum of
+// y^2 as its fourth scale: the reader applies 1 / rms itself (mul_mv_multi.wgsl's PRENORM, as
+// after mul_mvq.wgsl's resq), so no quantize_x dispatch starts the next layer. A workgroup
+// takes WG consecutive values of one row (m a multiple of WG).
+@group(0) @binding(6) var<storage, read> qnw: array<f32>;
+@group(0) @binding(7) var<storage, read_write> xo: array<vec4<u32>>;
+var<workgroup> kept: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn kernel_moe_sum_q8(ids: Ids) {
+    let i = gidx(ids);
+    let k = eargs.k;
+    let m = eargs.m;
+    let r = i / m;
+    let c = i % m;
+    var s = 0.0;
+    if (i < eargs.n_pairs / k * m) {
+        for (var j = 0u; j < k; j++) {
+            s += eb[r * k + j] * ea[(r * k + j) * m + c];
+        }
+        s += eres[i];
+        ey[i] = s;
+    }
+    kept[ids.lid] = s;
+    workgroupBarrier();
+    if (ids.lid < WG / 32u && i - ids.lid < eargs.n_pairs / k * m) {
+        let c0 = c - ids.lid + 32u * ids.lid;  // this thread's block's first column
+        var v: array<vec4<f32>, 8>;
+        var ss = 0.0;
+        for (var j = 0u; j < 8u; j++) {
+            let e = 32u * ids.lid + 4u * j;
+            let y4 = vec4<f32>(kept[e], kept[e + 1u], kept[e + 2u], kept[e + 3u]);
+            ss += dot(y4, y4);
+            let cc = c0 + 4u * j;
+            v[j] = y4 * vec4<f32>(qnw[cc], qnw[cc + 1u], qnw[cc + 2u], qnw[cc + 3u]);
+        }
+        let q = quant_block(&v);
+        let base = r * (m / 16u + m / 32u);
+        let b = c0 / 32u;
+        xo[base + 2u * b] = q.lo;
+        xo[base + 2u * b + 1u] = q.hi;
+        xo[base + m / 16u + b] = vec4<u32>(q.scales.xyz, bitcast<u32>(ss));
+    }
+}
