@@ -46,7 +46,7 @@ def test_norm_gate_writes_the_projections_x(rng, monkeypatch):
     """norm_gate read by an integer mat-vec writes that mat-vec's quantized x itself
     (kernel_norm_gate_q8: no quantize_x dispatch), giving the products of the norm_gate output
     quantized by quantize_x (the same bytes: Q8_0 reads no block sums)."""
-    from fastllm.backends.webgpu import matmul as webgpu_matmul
+    from fastllm.backends.webgpu import xq_plans
     from fastllm.quants import GGMLType, random_blocks
 
     from .pairs import _backend, info
@@ -73,7 +73,7 @@ def test_norm_gate_writes_the_projections_x(rng, monkeypatch):
 
     labels, got = run()
     assert "kernel_norm_gate_q8" in labels and "kernel_quantize_x_f32" not in labels, labels
-    monkeypatch.setattr(webgpu_matmul, "NORM_GATE_MAX", 0)
+    monkeypatch.setattr(xq_plans, "NORM_GATE_MAX", 0)
     labels, want = run()
     assert "kernel_norm_gate_f32" in labels and "kernel_quantize_x_f32" in labels, labels
     assert np.isfinite(got).all()
