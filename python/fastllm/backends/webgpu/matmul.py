@@ -29,12 +29,10 @@ class MatmulOps(XqPlans):
 
     def _rows_xq(self, x: Value):
         """The quantized x of a rows-mode integer mat-vec reading a folded norm's output x
-        (_rows_normed): quantized (and normed) by the first reader, shared by the others."""
-        if self._xq_holds != x.id:
-            nrm = self.rows_normed[x.id][0]
-            self._quantize_x(nrm.args[0], nw=nrm.args[1], eps=nrm.attrs["eps"])
-            self._xq_holds = x.id
-        return self._xq
+        (_rows_normed): quantized (and normed) by the first reader, shared by the others
+        (_quantize_x finds the scratch still holding it)."""
+        nrm = self.rows_normed[x.id][0]
+        return self._quantize_x(nrm.args[0], nw=nrm.args[1], eps=nrm.attrs["eps"])
 
     def _xq_scratch(self, k: int):
         """The scratch buffer of quantized x (quantize_x.wgsl's layout) for rows of k values.

@@ -10,7 +10,6 @@ import math
 from ...errors import UnsupportedError
 from ...quants import GGMLType
 from ..base import Node, Value
-from ..fuse import reader_counts
 from . import repack
 from .matmul_shapes import MV_MAX_M, Q8_TYPES, QX_WG, _guard_k, glu_tpr, mv_shape, mvq_shape
 from .shaders import MULTI_W
@@ -50,7 +49,7 @@ class MoeOps:
         variant), one dispatch less a MoE layer. {id of the swiglu's output: the node}."""
         if not self.be.int_dot:
             return {}
-        reads = reader_counts(self.nodes, self.g.outputs.values())
+        reads = self.reads
         found = {}
         for n, nxt in zip(self.nodes, self.nodes[1:]):
             if (n.op == "swiglu" and reads.get(n.out.id) == 1 and nxt.op == "mul_mat_id"
@@ -69,7 +68,7 @@ class MoeOps:
         None, swiglu, (the two slices))}; the swiglu's output is in self.prequantized_id."""
         if not self.be.int_dot:
             return {}
-        reads = reader_counts(self.nodes, self.g.outputs.values())
+        reads = self.reads
         lim = self.be.limits.get("max-storage-buffers-per-shader-stage", 8)
         found = {}
         for a, s1, s2, sw, down in zip(*(self.nodes[i:] for i in range(5))):

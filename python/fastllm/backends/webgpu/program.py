@@ -19,7 +19,7 @@ import numpy as np
 from ... import kargs
 from ...errors import ContextOverflowError, UnsupportedError
 from ..base import Graph, Program, Value, Weight
-from ..fuse import fuse
+from ..fuse import fuse, reader_counts
 from . import matmul_shapes as shapes
 from .attention import AttentionOps
 from .delta import DeltaOps
@@ -60,7 +60,7 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, Elementw
         self._rows_sampler = self._rows_stage = None  # rows mode's device sampling (loops.py)
         self._rows_chain = None  # run_rows_chain's buffers (loops.py)
         self._xq = None  # quantize_x's scratch buffer (matmul.py), made on first use
-        self._xq_holds = None  # rows mode: the folded norm's output the scratch holds
+        self._xq_holds = None  # (x, up, norm weight, eps) of what the scratch holds
         self._xq_id = None  # the experts' quantized x (moe.py), made on first use
         self._xq_id_holds = None  # (value id, buffer) of the x last quantized into it
         # (pipeline, entries, grid, when) until bind groups exist; `when` is None for a
@@ -81,6 +81,8 @@ class WebGPUProgram(MoeOps, MatmulOps, AttentionOps, RwkvOps, DeltaOps, Elementw
                                head_norm=True) if backend.fuse
                           else list(graph.nodes))
             self._plan()
+            # how many nodes read each value (a graph output counting as one), for the plans
+            self.reads = reader_counts(self.nodes, graph.outputs.values())
             self.rows_normed = self._rows_normed()  # norm output id -> norm, readers
             self.moe_glu = self._moe_glu()  # swiglu outputs read by an expert quantize_x
             self.id_normed = self._id_normed()  # norms read by a router and its experts

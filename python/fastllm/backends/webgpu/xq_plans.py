@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 from ..base import Node, Value, Weight
-from ..fuse import reader_counts
 from . import matmul_shapes as shapes
 
 NORM_GATE_MAX = 256  # delta.wgsl's NG_MAX: the largest group kernel_norm_gate_q8 takes
@@ -42,7 +41,7 @@ class XqPlans:
           mul_mv_multi (gate, up) -> down projection of silu(gate) * up (+ residual): the glu
             kernel, writing silu(gate) * up quantized in the gate output's buffer."""
         produced = {n.out.id: n for n in self.nodes if n.out is not None}
-        reads = reader_counts(self.nodes, self.g.outputs.values())
+        reads = self.reads
         values, glu = set(), set()
         for n in self.nodes:
             if n.op not in ("mul_mat", "mul_mv_fused"):
@@ -83,7 +82,7 @@ class XqPlans:
         not dispatched. Only the integer form, whose dispatch reads no activation slot (x is
         quantized in the scratch), so writing the adds' outputs cannot meet a slot it reads.
         {id of the mat-vec's output: the add node}."""
-        reads = reader_counts(self.nodes, self.g.outputs.values())
+        reads = self.reads
         found = {}
         for i, n in enumerate(self.nodes):
             if n.op == "mul_mv_multi":
@@ -189,7 +188,7 @@ class XqPlans:
         self.rows_bias_adds: list[Node] = []
         if not (self.g.rows and shapes.ROWS_FUSE):
             return {}
-        reads = reader_counts(self.nodes, self.g.outputs.values())
+        reads = self.reads
         outs = {v.id for v in self.g.outputs.values()}
         found = {}
         for i, n in enumerate(self.nodes):
