@@ -77,19 +77,30 @@ fn kernel_dot_gate_f32(ids: Ids) {
 // -- norm_gate: rms_norm(x, w) * silu(z) over each group of a row; inputs x, w, z. One
 // workgroup per (group, row): grid (n_cols / group, rows); kargs_rwkv (group, eps). ----------
 
-@compute @workgroup_size(WG)
-fn kernel_norm_gate_f32(ids: Ids) {
+// 1 / rms of the group of x from base (every thread of the workgroup calls it: a reduction)
+fn group_inv_rms(base: u32, ids: Ids) -> f32 {
     let g = cv_args.group;
-    let base = ids.wg.y * cv_args.n_cols + ids.wg.x * g;
     var q = 0.0;
     for (var k = ids.lid; k < g; k += WG) {
         let v = i0[base + k];
         q += v * v;
     }
-    let inv = 1.0 / sqrt(wg_sum(q, ids) / f32(g) + cv_args.eps);
+    return 1.0 / sqrt(wg_sum(q, ids) / f32(g) + cv_args.eps);
+}
+
+// value k of the group from base: x * inv * w * silu(z)
+fn norm_gate_at(base: u32, k: u32, inv: f32) -> f32 {
+    let z = i2[base + k];
+    return i0[base + k] * inv * i1[k] * (z / (1.0 + exp(-clamp(z, -88.0, 88.0))));
+}
+
+@compute @workgroup_size(WG)
+fn kernel_norm_gate_f32(ids: Ids) {
+    let g = cv_args.group;
+    let base = ids.wg.y * cv_args.n_cols + ids.wg.x * g;
+    let inv = group_inv_rms(base, ids);
     for (var k = ids.lid; k < g; k += WG) {
-        let z = i2[base + k];
-        y[base + k] = i0[base + k] * inv * i1[k] * (z / (1.0 + exp(-clamp(z, -88.0, 88.0))));
+        y[base + k] = norm_gate_at(base, k, inv);
     }
 }
 
@@ -106,15 +117,9 @@ fn kernel_norm_gate_q8(ids: Ids) {
     let g = cv_args.group;
     let K = cv_args.n_cols;
     let base = ids.wg.y * K + ids.wg.x * g;
-    var q = 0.0;
+    let inv = group_inv_rms(base, ids);
     for (var k = ids.lid; k < g; k += WG) {
-        let v = i0[base + k];
-        q += v * v;
-    }
-    let inv = 1.0 / sqrt(wg_sum(q, ids) / f32(g) + cv_args.eps);
-    for (var k = ids.lid; k < g; k += WG) {
-        let z = i2[base + k];
-        ng[k] = i0[base + k] * inv * i1[k] * (z / (1.0 + exp(-clamp(z, -88.0, 88.0))));
+        ng[k] = norm_gate_at(base, k, inv);
     }
     workgroupBarrier();
     let nb = g / 32u;

@@ -233,21 +233,26 @@ fn kernel_mul_id_f32(ids: Ids) {
 const RES: bool = false;
 @group(0) @binding(5) var<storage, read> eres: array<f32>;
 
+// y's value i (row i / m, column i % m), with the residual under RES
+fn weighted_sum(i: u32) -> f32 {
+    let k = eargs.k;
+    let r = i / eargs.m;
+    let c = i % eargs.m;
+    var s = 0.0;
+    for (var j = 0u; j < k; j++) {
+        s += eb[r * k + j] * ea[(r * k + j) * eargs.m + c];
+    }
+    if (RES) {
+        s += eres[i];
+    }
+    return s;
+}
+
 @compute @workgroup_size(WG)
 fn kernel_moe_sum_f32(ids: Ids) {
     let i = gidx(ids);
-    let k = eargs.k;
-    if (i < eargs.n_pairs / k * eargs.m) {
-        let r = i / eargs.m;
-        let c = i % eargs.m;
-        var s = 0.0;
-        for (var j = 0u; j < k; j++) {
-            s += eb[r * k + j] * ea[(r * k + j) * eargs.m + c];
-        }
-        if (RES) {
-            s += eres[i];
-        }
-        ey[i] = s;
+    if (i < eargs.n_pairs / eargs.k * eargs.m) {
+        ey[i] = weighted_sum(i);
     }
 }
 
@@ -263,21 +268,17 @@ var<workgroup> kept: array<f32, WG>;
 @compute @workgroup_size(WG)
 fn kernel_moe_sum_q8(ids: Ids) {
     let i = gidx(ids);
-    let k = eargs.k;
     let m = eargs.m;
     let r = i / m;
     let c = i % m;
     var s = 0.0;
-    if (i < eargs.n_pairs / k * m) {
-        for (var j = 0u; j < k; j++) {
-            s += eb[r * k + j] * ea[(r * k + j) * m + c];
-        }
-        s += eres[i];
+    if (i < eargs.n_pairs / eargs.k * m) {
+        s = weighted_sum(i);  // RES is on: the host sets it for this kernel
         ey[i] = s;
     }
     kept[ids.lid] = s;
     workgroupBarrier();
-    if (ids.lid < WG / 32u && i - ids.lid < eargs.n_pairs / k * m) {
+    if (ids.lid < WG / 32u && i - ids.lid < eargs.n_pairs / eargs.k * m) {
         let c0 = c - ids.lid + 32u * ids.lid;  // this thread's block's first column
         var v: array<vec4<f32>, 8>;
         var ss = 0.0;

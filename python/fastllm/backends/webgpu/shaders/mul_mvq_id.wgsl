@@ -34,6 +34,14 @@ fn xmeta(col: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(xq[xbase + args.id.K / 16u + (col >> 5u)]);
 }
 
+// pair p's x row (sets xbase: the token row's, or the pair's own for x of (n, k, m)) and the
+// first weight row of its expert, whose rows are `stride` apart
+fn pair_start(p: u32, stride: u32) -> u32 {
+    let U = args.id.K / 32u;
+    xbase = select(p / args.id.k, p, args.id.x_per_pair != 0u) * (args.id.K / 16u + U);
+    return u32(clamp(eids[p], 0, i32(args.id.n_expert) - 1)) * stride;
+}
+
 //! section plain
 @compute @workgroup_size(WG)
 fn kernel_mul_mvq_id_TYPE_f32(ids: Ids) {
@@ -41,8 +49,7 @@ fn kernel_mul_mvq_id_TYPE_f32(ids: Ids) {
     let U = args.id.K / 32u;
     let m = args.id.m;
     let p = ids.wg.y;
-    let g0 = u32(clamp(eids[p], 0, i32(args.id.n_expert) - 1)) * m;
-    xbase = select(p / args.id.k, p, args.id.x_per_pair != 0u) * (args.id.K / 16u + U);
+    let g0 = pair_start(p, m);
     let lane = t % TPR;
     let r0 = ((ids.wg.z * ids.nwg.x + ids.wg.x) * (WG / TPR) + t / TPR) * R;
     let lo = args.part.row0;
@@ -89,8 +96,7 @@ fn kernel_mul_mvq_id_TYPE_f32(ids: Ids) {
     let U = args.id.K / 32u;
     let m = args.id.m;
     let p = ids.wg.y;
-    let g0 = u32(clamp(eids[p], 0, i32(args.id.n_expert) - 1)) * select(m, 2u * m, FUSED);
-    xbase = select(p / args.id.k, p, args.id.x_per_pair != 0u) * (args.id.K / 16u + U);
+    let g0 = pair_start(p, select(m, 2u * m, FUSED));
     let lane = t % TPR;
     let b = ids.wg.z * ids.nwg.x + ids.wg.x;  // block of 32 rows of the expert
     let r = 32u * b + t / TPR;
