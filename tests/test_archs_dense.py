@@ -175,7 +175,8 @@ def granite_plain(archs, archs_logits) -> np.ndarray:
         archs_logits["granite-dense.gguf"]["tokens"])
 
 
-def granite_with(archs, archs_logits, tmp_path, keys: dict, tensors: dict | None = None) -> np.ndarray:
+def granite_with(archs, archs_logits, tmp_path, keys: dict,
+                 tensors: dict | None = None) -> np.ndarray:
     p = rewrite(archs / "granite-dense.gguf", tmp_path / "g.gguf", tensors or {},
                 {f"granite.{k}": v for k, v in keys.items()})
     return Model.load(p, backend="reference").logits(archs_logits["granite-dense.gguf"]["tokens"])
@@ -186,7 +187,8 @@ def test_granite_logit_scale_divides_the_logits(archs, archs_logits, tmp_path, g
     np.testing.assert_array_equal(got, granite_plain / 4)  # a power of two: exact
 
 
-def test_granite_embedding_scale_multiplies_the_embeddings(archs, archs_logits, tmp_path, granite_plain):
+def test_granite_embedding_scale_multiplies_the_embeddings(archs, archs_logits, tmp_path,
+                                                           granite_plain):
     """embedding_scale 4 over embeddings divided by 4 (exact in float32) is the file's network
     again; embedding_scale 0, as in the file, means no scaling (llama.cpp), so the same
     divided embeddings give other logits."""

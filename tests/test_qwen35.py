@@ -98,8 +98,8 @@ def test_rows_step_equals_each_sequence_alone(archs, ref, name, backend):
 @pytest.mark.parametrize("name", [NAME, MOE[1]])
 @pytest.mark.parametrize("backend,chunk,least", [("webgpu", 32, 16), ("webgpu", 8, 1),
                                                  ("metal-emu", 32, 16)])
-def test_chunked_gated_delta_prefill_matches_llamacpp(archs, archs_logits, monkeypatch, name, backend,
-                                                      chunk, least):
+def test_chunked_gated_delta_prefill_matches_llamacpp(archs, archs_logits, monkeypatch, name,
+                                                      backend, chunk, least):
     """The chunked gated_delta (taken by runs of GD_CHUNK_MIN rows or more, 64 by default: more
     than the 40 tokens) lowered to take these runs: the 40 tokens at once (chunks of 32 and 8, or
     five of 8 on WebGPU), then in runs of 20 (the state carried) within the same bound as the

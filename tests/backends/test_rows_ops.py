@@ -39,7 +39,8 @@ def _ops(twin: Twin, build, n: int, rows: bool) -> list[str]:
 # "norm": Qwen3's per-head norms of q and k, folded into attn_decode_rope's prologue
 CASES = {"plain": (0.0, 16, False, False, False), "softcap_split": (8.0, 16, True, False, False),
          "rope": (0.0, None, False, False, False), "rope_split": (5.0, None, True, False, False),
-         "sinks_rope": (0.0, None, False, True, False), "norm_rope": (0.0, None, False, False, True),
+         "sinks_rope": (0.0, None, False, True, False),
+         "norm_rope": (0.0, None, False, False, True),
          "norm_rope_split": (0.0, None, True, False, True)}
 
 

@@ -9,7 +9,8 @@ the decode graph (n_tokens = 1) is recorded once and replayed for every token, a
 only rewrites a few bytes per step (DESIGN.md, principle 5).
 
 Every op's meaning is defined by `backends/reference.py` (NumPy, float32; the functions of
-numpy_ops.py); the WebGPU and Metal kernels are tested against it. Op names here match kernel names `kernel_<op>[_<variant>]_<type>`.
+numpy_ops.py); the WebGPU and Metal kernels are tested against it. Op names here match kernel
+names `kernel_<op>[_<variant>]_<type>`.
 """
 
 from __future__ import annotations

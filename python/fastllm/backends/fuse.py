@@ -58,9 +58,9 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
     attn_decode_rope only where the backend has it (attn_rope). A rows-mode graph (Graph.rows,
     each row its own sequence) keeps rope, kv_store and attention apart: the fused kernels
     assume one sequence's consecutive positions (rows_rope_kv: the backend's rope_kv_store and
-    attn_decode_rope read each row's own slot and position, so those are made); nor does it fold an activation into a mat-mat's
-    epilogue (a batched step's products are integer mat-vecs over several rows where the
-    weights allow, which have no such epilogue)."""
+    attn_decode_rope read each row's own slot and position, so those are made); nor does it
+    fold an activation into a mat-mat's epilogue (a batched step's products are integer
+    mat-vecs over several rows where the weights allow, which have no such epilogue)."""
     outputs = list(outputs)
     readers = reader_counts(nodes, outputs)
 
@@ -147,8 +147,8 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
                     and res.shape == node.out.shape == prev.out.shape):
                 out[-1] = Node("moe_sum", (*prev.args, res), prev.attrs, node.out)
                 continue
-        if ((not rows or rows_rope_kv) and node.op == "kv_store" and len(out) >= 2 and out[-1].op == "rope"
-                and out[-2].op == "rope" and node.args[0] is out[-1].out
+        if ((not rows or rows_rope_kv) and node.op == "kv_store" and len(out) >= 2
+                and out[-1].op == "rope" and out[-2].op == "rope" and node.args[0] is out[-1].out
                 and inner(out[-1].out) and node.args[1] not in (out[-2].out, out[-1].out)):
             rq, rk = out[-2], out[-1]
             same = ("head_dim", "n_rot", "base", "freq_scale", "neox")
@@ -161,7 +161,8 @@ def fuse(nodes: list[Node], outputs: Iterable[Value], mv_max_m: int,
                 continue
         if (attn_rope and (not rows or rows_rope_kv) and node.op == "attention" and out
                 and out[-1].op == "rope_kv_store" and node.args[0] is out[-1].out
-                and inner(out[-1].out) and (node.out.shape[0] == 1 or rows) and out[-1].attrs["layer"] == node.attrs["layer"]):
+                and inner(out[-1].out) and (node.out.shape[0] == 1 or rows)
+                and out[-1].attrs["layer"] == node.attrs["layer"]):
             rk = out[-1]
             d = node.attrs["head_dim"]
             if (rk.attrs["n_rot"] == d == rk.attrs["head_dim"] and d % 8 == 0
